@@ -1,0 +1,53 @@
+//! `flow8:integration/credentials`: a module asks for the credentials its step was
+//! granted, by binding name. Reading a secret taints the step: from then on its
+//! requests may go only to that credential's pinned hosts (see `http`).
+
+use crate::runtime::bindings::GuestError;
+use crate::runtime::bindings::flow8::integration::credentials::Host;
+use crate::runtime::sandbox::{CredentialUse, StepState};
+
+impl StepState {
+    fn not_granted(&self, binding: &str) -> GuestError {
+        GuestError::AccessDenied(format!(
+            "credential `{binding}` is not bound to this step (declare it in the manifest and bind it when running the step)"
+        ))
+    }
+}
+
+impl Host for StepState {
+    async fn is_bound(&mut self, binding: String) -> wasmtime::Result<bool> {
+        Ok(self.grant(&binding).is_some())
+    }
+
+    async fn config(&mut self, binding: String) -> wasmtime::Result<Result<String, GuestError>> {
+        Ok(match self.grant(&binding) {
+            Some((_, g)) => Ok(g.config.to_string()),
+            None => Err(self.not_granted(&binding)),
+        })
+    }
+
+    async fn get(
+        &mut self,
+        binding: String,
+    ) -> wasmtime::Result<Result<Vec<(String, String)>, GuestError>> {
+        let Some((index, grant)) = self.grant(&binding) else {
+            return Ok(Err(self.not_granted(&binding)));
+        };
+        let fields = grant
+            .secrets
+            .iter()
+            .map(|(k, v)| (k.clone(), v.expose().to_string()))
+            .collect();
+        let resource_id = grant.resource_id.clone();
+        if !self.tainted.contains(&index) {
+            self.tainted.push(index);
+        }
+        self.uses.push(CredentialUse {
+            binding,
+            resource_id,
+            how: "read",
+            destination: None,
+        });
+        Ok(Ok(fields))
+    }
+}

@@ -1,0 +1,227 @@
+//! `flow8:integration/http`: outbound HTTP on a module's behalf. Before a request leaves
+//! the host it must pass, in order: the step's request budget, the module manifest's
+//! allowed hosts, the pinned hosts of the credential it asks the host to attach, the
+//! pinned hosts of every credential the module has read (taint), and finally the
+//! operator's policy (allowed hosts, private and loopback addresses) in `outbound`.
+
+use crate::manifest::any_matches;
+use crate::outbound::{OutboundBody, OutboundError, OutboundRequest, origin};
+use crate::runtime::bindings::GuestError;
+use crate::runtime::bindings::flow8::integration::http::{Body, Host, Request, Response};
+use crate::runtime::grants::Attach;
+use crate::runtime::sandbox::{CredentialUse, StepState};
+use std::time::Duration;
+
+/// Headers a module may not set: the host owns the connection and its framing.
+const FORBIDDEN_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-authorization",
+    "keep-alive",
+];
+
+impl Host for StepState {
+    async fn send(&mut self, request: Request) -> wasmtime::Result<Result<Response, GuestError>> {
+        Ok(self.send_checked(request).await)
+    }
+}
+
+fn forbidden(msg: String) -> GuestError {
+    GuestError::Forbidden(msg)
+}
+
+impl StepState {
+    async fn send_checked(&mut self, request: Request) -> Result<Response, GuestError> {
+        self.http_requests += 1;
+        if self.http_requests > self.limits.max_http_requests {
+            return Err(GuestError::LimitExceeded(format!(
+                "a step may make at most {} HTTP requests",
+                self.limits.max_http_requests
+            )));
+        }
+        let url = url::Url::parse(&request.url)
+            .map_err(|e| GuestError::InvalidInput(format!("URL is not valid: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(GuestError::InvalidInput(format!(
+                "scheme `{}` is not http or https",
+                url.scheme()
+            )));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(GuestError::InvalidInput(
+                "URLs with user info are refused; attach credentials by binding".into(),
+            ));
+        }
+        let dest = origin(&url);
+        if !any_matches(&self.manifest_hosts, &url) {
+            return Err(forbidden(format!(
+                "{dest} is not among the module's allowed hosts"
+            )));
+        }
+
+        // The credential the host is asked to attach must be the step's, and pinned here.
+        let mut attach = None;
+        if let Some(binding) = &request.credential {
+            let Some((_, grant)) = self.grant(binding) else {
+                return Err(GuestError::AccessDenied(format!(
+                    "credential `{binding}` is not bound to this step"
+                )));
+            };
+            if !any_matches(&grant.pinned, &url) {
+                return Err(forbidden(format!(
+                    "credential `{binding}` may only be sent to its own service's hosts, not {dest}"
+                )));
+            }
+            attach = Some((
+                grant.attach.clone(),
+                grant.resource_id.clone(),
+                binding.clone(),
+            ));
+        }
+        // Once a secret is in the module's memory, the module may talk only to the
+        // hosts that secret belongs to: nothing it does can carry it elsewhere.
+        for &i in &self.tainted {
+            let grant = &self.grants[i];
+            if !any_matches(&grant.pinned, &url) {
+                return Err(forbidden(format!(
+                    "this step read credential `{}`, so it may only talk to that credential's hosts, not {dest}",
+                    grant.binding
+                )));
+            }
+        }
+
+        let method = http::Method::from_bytes(request.method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| {
+                GuestError::InvalidInput(format!("`{}` is not an HTTP method", request.method))
+            })?;
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in &request.headers {
+            let lower = name.to_ascii_lowercase();
+            if FORBIDDEN_HEADERS.contains(&lower.as_str()) {
+                return Err(GuestError::InvalidInput(format!(
+                    "header `{name}` is set by the host, not by modules"
+                )));
+            }
+            let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                GuestError::InvalidInput(format!("`{name}` is not a valid header name"))
+            })?;
+            let value = http::HeaderValue::from_str(value).map_err(|_| {
+                GuestError::InvalidInput(format!("the value of header `{name}` is not valid"))
+            })?;
+            headers.append(name, value);
+        }
+
+        let body = match request.body {
+            Body::Empty => OutboundBody::Empty,
+            Body::Bytes(b) => {
+                if b.len() > self.outbound.policy().max_request_bytes {
+                    return Err(GuestError::LimitExceeded(format!(
+                        "request body is larger than {} bytes; stream a workspace file instead",
+                        self.outbound.policy().max_request_bytes
+                    )));
+                }
+                OutboundBody::Bytes(b)
+            }
+            Body::WorkspaceFile(path) => OutboundBody::File(self.open_workspace_file(&path)?),
+        };
+
+        if let Some((attach, resource_id, binding)) = attach {
+            match attach {
+                Attach::Bearer(token) => {
+                    headers.insert(
+                        http::header::AUTHORIZATION,
+                        sensitive(&format!("Bearer {}", token.expose()))?,
+                    );
+                }
+                Attach::Header { name, value } => {
+                    headers.insert(name, sensitive(value.expose())?);
+                }
+                Attach::AwsSigV4 { .. } => {
+                    return Err(GuestError::Internal(format!(
+                        "credential `{binding}` needs AWS SigV4 signing, which this host does not perform yet"
+                    )));
+                }
+                Attach::NotHttp => {
+                    return Err(GuestError::InvalidInput(format!(
+                        "credential `{binding}` is not an HTTP credential; it cannot be attached to a request"
+                    )));
+                }
+            }
+            self.uses.push(CredentialUse {
+                binding,
+                resource_id,
+                how: "attached",
+                destination: Some(dest.clone()),
+            });
+        }
+
+        let remaining = self.remaining();
+        if remaining.is_zero() {
+            return Err(GuestError::LimitExceeded(
+                "the step's deadline has passed".into(),
+            ));
+        }
+        let timeout = match request.timeout_ms {
+            Some(ms) => remaining.min(Duration::from_millis(ms.into())),
+            None => remaining,
+        };
+        let outbound = self.outbound.clone();
+        let response = outbound
+            .send(OutboundRequest {
+                method,
+                url,
+                headers,
+                body,
+                timeout,
+            })
+            .await
+            .map_err(|e| match e {
+                OutboundError::Forbidden(m) => GuestError::Forbidden(m),
+                OutboundError::InvalidRequest(m) => GuestError::InvalidInput(m),
+                OutboundError::Timeout(_) => GuestError::Network(format!("{dest}: {e}")),
+                OutboundError::Network(m) => GuestError::Network(format!("{dest}: {m}")),
+                OutboundError::ResponseTooLarge(_) => {
+                    GuestError::LimitExceeded(format!("{dest}: {e}"))
+                }
+            })?;
+        Ok(Response {
+            status: response.status,
+            headers: response.headers,
+            body: response.body,
+        })
+    }
+
+    fn open_workspace_file(&self, path: &str) -> Result<tokio::fs::File, GuestError> {
+        let Some(root) = &self.workspace else {
+            return Err(GuestError::InvalidInput(
+                "this step has no workspace to read files from".into(),
+            ));
+        };
+        // The module sees the workspace as `/`; resolve inside it with cap-std, which
+        // refuses `..` and symlink escapes.
+        let relative = path.trim_start_matches('/');
+        let dir = cap_std::fs::Dir::open_ambient_dir(root, cap_std::ambient_authority())
+            .map_err(|e| GuestError::Internal(format!("cannot open the step workspace: {e}")))?;
+        let file = dir.open(relative).map_err(|e| {
+            GuestError::InvalidInput(format!("cannot open workspace file `{path}`: {e}"))
+        })?;
+        let std_file = file.into_std();
+        if std_file.metadata().map(|m| !m.is_file()).unwrap_or(true) {
+            return Err(GuestError::InvalidInput(format!("`{path}` is not a file")));
+        }
+        Ok(tokio::fs::File::from_std(std_file))
+    }
+}
+
+fn sensitive(value: &str) -> Result<http::HeaderValue, GuestError> {
+    let mut v = http::HeaderValue::from_str(value).map_err(|_| {
+        GuestError::Internal("the stored credential is not a valid header value".into())
+    })?;
+    v.set_sensitive(true);
+    Ok(v)
+}

@@ -1,0 +1,21 @@
+//! The flow8 integration host: runs flow8's integration modules (WebAssembly
+//! components) in a fresh sandbox per step and owns their credentials.
+//!
+//! Where things live:
+//! - `manifest`: what a module declares (hosts, credential bindings, input schema).
+//! - `runtime`: engine, compile cache, module registry, the per-step sandbox.
+//! - `capabilities`: the host functions modules call (credentials, http, log, step).
+//! - `outbound`: the egress policy and HTTP client every module request goes through.
+//! - `vault`: encryption of secrets at rest (NaCl secretbox).
+//! - `store`: storage behind a trait; `store::embedded` is the SQLite default.
+//! - `components`: API-key components (S3, OpenAI, HTTP, ...): validation, summaries, pinning.
+//! - `cli`: the `flow8-host` command line.
+
+pub mod capabilities;
+pub mod cli;
+pub mod components;
+pub mod manifest;
+pub mod outbound;
+pub mod runtime;
+pub mod store;
+pub mod vault;

@@ -1,0 +1,168 @@
+//! The one wasmtime `Engine` a host process uses, its `Linker`, and the epoch ticker
+//! that enforces step deadlines. Everything compiled or instantiated in the process
+//! hangs off this, so tests and servers create it once and share it.
+
+use super::bindings::Module;
+use super::sandbox::StepState;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the epoch advances: the granularity of deadlines and of yielding a
+/// long-running guest back to the async executor.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Engine-wide settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Try the pooling allocator (falls back to on-demand when the pool cannot be reserved).
+    pub pooling: bool,
+    /// Concurrent instances the pool holds.
+    pub pool_instances: u32,
+    /// The largest linear memory any step may be given (per-step caps are at most this).
+    pub max_memory_ceiling: usize,
+    /// Guest call-stack size (deep recursion traps beyond it).
+    pub max_wasm_stack: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            pooling: true,
+            pool_instances: 128,
+            max_memory_ceiling: 1024 * 1024 * 1024,
+            max_wasm_stack: 512 * 1024,
+        }
+    }
+}
+
+/// The shared engine, linker and deadline clock.
+pub struct SandboxEngine {
+    engine: Engine,
+    linker: Linker<StepState>,
+    pooling: bool,
+    ticker_stop: Arc<AtomicBool>,
+    config: EngineConfig,
+}
+
+impl std::fmt::Debug for SandboxEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxEngine")
+            .field("pooling", &self.pooling)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+fn base_config(config: &EngineConfig) -> Config {
+    let mut c = Config::new();
+    c.wasm_component_model(true);
+    c.epoch_interruption(true);
+    c.max_wasm_stack(config.max_wasm_stack);
+    // Guests must not be able to tell the host's CPU apart or change behaviour across
+    // hosts; NaN canonicalisation keeps float results identical everywhere.
+    c.cranelift_nan_canonicalization(true);
+    c
+}
+
+impl SandboxEngine {
+    /// Build the engine: pooling where the pool can be reserved, on-demand otherwise
+    /// (logged, never fatal).
+    pub fn new(config: EngineConfig) -> anyhow::Result<Arc<SandboxEngine>> {
+        let mut pooling = false;
+        let mut engine = None;
+        if config.pooling {
+            let mut c = base_config(&config);
+            let mut pool = PoolingAllocationConfig::default();
+            let n = config.pool_instances;
+            pool.total_component_instances(n)
+                .total_core_instances(n * 4)
+                .total_memories(n * 2)
+                .total_tables(n * 4)
+                .max_memories_per_component(4)
+                .max_tables_per_component(8)
+                .max_core_instances_per_component(16)
+                .max_memory_size(config.max_memory_ceiling);
+            c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+            match Engine::new(&c) {
+                Ok(e) => {
+                    pooling = true;
+                    engine = Some(e);
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "pooling allocator unavailable (cannot reserve its memory); using on-demand allocation"
+                ),
+            }
+        }
+        let engine = match engine {
+            Some(e) => e,
+            None => Engine::new(&base_config(&config))
+                .map_err(|e| anyhow::anyhow!("cannot create wasmtime engine: {e}"))?,
+        };
+        let mut linker = Linker::<StepState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| anyhow::anyhow!("cannot link WASI: {e}"))?;
+        Module::add_to_linker::<_, HasSelf<StepState>>(&mut linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("cannot link the flow8 interfaces: {e}"))?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        {
+            let engine = engine.clone();
+            let stop = ticker_stop.clone();
+            std::thread::Builder::new()
+                .name("flow8-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })?;
+        }
+        tracing::debug!(pooling, "sandbox engine ready");
+        Ok(Arc::new(SandboxEngine {
+            engine,
+            linker,
+            pooling,
+            ticker_stop,
+            config,
+        }))
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The linker with WASI and the flow8 interfaces.
+    pub fn linker(&self) -> &Linker<StepState> {
+        &self.linker
+    }
+
+    /// Whether the pooling allocator is in use.
+    pub fn pooling(&self) -> bool {
+        self.pooling
+    }
+
+    /// The settings it was built with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// A string that changes whenever compiled code from another engine setup would not
+    /// load here (wasmtime version, target, settings): part of the compile-cache key.
+    pub fn compatibility_key(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        format!("{:016x}", h.finish())
+    }
+}
+
+impl Drop for SandboxEngine {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}

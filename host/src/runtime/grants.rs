@@ -1,0 +1,249 @@
+//! Which credentials a step may use. Before a module runs, the host resolves each
+//! binding its manifest declares to a component (or, later, an OAuth link) of the
+//! step's own company, decrypts it, and records the hosts it is pinned to and how the
+//! host attaches it to a request. The module only ever sees what `credentials.get`
+//! hands it, and only for bindings resolved here.
+
+use super::error::StepError;
+use crate::components::{self, Attachment};
+use crate::manifest::{CredentialBinding, CredentialKind, HostPattern, Manifest};
+use crate::store::{ComponentRecord, Store};
+use crate::vault::{Secret, Vault};
+use std::collections::BTreeMap;
+
+/// How the host attaches a credential to an outbound request.
+#[derive(Debug, Clone)]
+pub enum Attach {
+    /// `Authorization: Bearer <token>`.
+    Bearer(Secret),
+    /// A named header with the secret as its value.
+    Header {
+        /// Header name.
+        name: http::HeaderName,
+        /// Header value.
+        value: Secret,
+    },
+    /// AWS Signature Version 4.
+    AwsSigV4 {
+        /// AWS region.
+        region: String,
+        /// Signing service name.
+        service: String,
+        /// Access key id.
+        access_key_id: Secret,
+        /// Secret access key.
+        secret_access_key: Secret,
+    },
+    /// Not an HTTP credential (SMTP, FTP): `credentials.get` only.
+    NotHttp,
+}
+
+/// A credential granted to one step.
+#[derive(Debug, Clone)]
+pub struct GrantedCredential {
+    /// The manifest's binding name.
+    pub binding: String,
+    /// Link or component.
+    pub kind: CredentialKind,
+    /// OAuth service or component provider.
+    pub service: String,
+    /// The component or link id.
+    pub resource_id: String,
+    /// The component's name (or link's service).
+    pub resource_name: String,
+    /// Non-secret configuration handed to the module on request.
+    pub config: serde_json::Value,
+    /// Decrypted secret fields.
+    pub secrets: Vec<(String, Secret)>,
+    /// Where this credential may be sent.
+    pub pinned: Vec<HostPattern>,
+    /// How the host attaches it.
+    pub attach: Attach,
+}
+
+/// The component kind that holds a provider's components (`storage` for `s3`, ...).
+pub fn kind_of_provider(provider: &str) -> &'static str {
+    match provider {
+        "s3" => "storage",
+        "anthropic" | "openai" => "ai",
+        "smtp" => "smtp",
+        "ftp" => "ftp",
+        _ => "http",
+    }
+}
+
+fn looks_like_object_id(s: &str) -> bool {
+    s.len() == 24 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Resolve every binding of `manifest` for a step of `company_id`.
+///
+/// `bindings` maps binding names to a component name or id (or link id); an OAuth
+/// binding may instead be named by the input field its manifest declares; an
+/// unbound component binding falls back to the company's default component of the
+/// provider's kind.
+pub async fn resolve<S: Store>(
+    store: &S,
+    vault: &Vault,
+    manifest: &Manifest,
+    company_id: &str,
+    bindings: &BTreeMap<String, String>,
+    input: &serde_json::Value,
+) -> Result<Vec<GrantedCredential>, StepError> {
+    for name in bindings.keys() {
+        if manifest.binding(name).is_none() {
+            return Err(StepError::invalid_input(format!(
+                "module `{}` declares no credential binding `{name}`",
+                manifest.name
+            )));
+        }
+    }
+    let mut grants = Vec::new();
+    for binding in &manifest.credentials {
+        let explicit = bindings.get(&binding.name).cloned().or_else(|| {
+            binding
+                .input_field
+                .as_ref()
+                .and_then(|f| input.get(f))
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        });
+        let grant = match binding.kind {
+            CredentialKind::Component => {
+                resolve_component(store, vault, binding, company_id, explicit.as_deref()).await?
+            }
+            CredentialKind::OauthLink => match explicit {
+                Some(link) => {
+                    return Err(StepError::access_denied(format!(
+                        "OAuth link `{link}` for binding `{}` does not exist or is not yours",
+                        binding.name
+                    )));
+                }
+                None => None,
+            },
+        };
+        match grant {
+            Some(g) => grants.push(g),
+            None if binding.required => {
+                return Err(StepError::access_denied(format!(
+                    "module `{}` needs credential `{}` ({} {}), and the step bound none",
+                    manifest.name,
+                    binding.name,
+                    match binding.kind {
+                        CredentialKind::Component => "component",
+                        CredentialKind::OauthLink => "OAuth link",
+                    },
+                    binding.service
+                )));
+            }
+            None => {}
+        }
+    }
+    Ok(grants)
+}
+
+async fn resolve_component<S: Store>(
+    store: &S,
+    vault: &Vault,
+    binding: &CredentialBinding,
+    company_id: &str,
+    named: Option<&str>,
+) -> Result<Option<GrantedCredential>, StepError> {
+    let store_err = |e: crate::store::StoreError| {
+        StepError::new(super::error::ErrorName::StoreUnavailable, e.to_string())
+    };
+    let record = match named {
+        Some(n) => {
+            let by_id = if looks_like_object_id(n) {
+                store
+                    .get_component(company_id, n)
+                    .await
+                    .map_err(store_err)?
+            } else {
+                None
+            };
+            let found = match by_id {
+                Some(r) => Some(r),
+                None => store
+                    .find_component_by_name(company_id, n)
+                    .await
+                    .map_err(store_err)?,
+            };
+            Some(found.ok_or_else(|| {
+                StepError::access_denied(format!(
+                    "component `{n}` for binding `{}` does not exist or is not yours",
+                    binding.name
+                ))
+            })?)
+        }
+        None => store
+            .default_component(company_id, kind_of_provider(&binding.service))
+            .await
+            .map_err(store_err)?
+            .filter(|r| components::provider(r) == binding.service),
+    };
+    let Some(record) = record else {
+        return Ok(None);
+    };
+    grant_component(binding, &record, vault).map(Some)
+}
+
+/// Build the grant for one component record.
+pub fn grant_component(
+    binding: &CredentialBinding,
+    record: &ComponentRecord,
+    vault: &Vault,
+) -> Result<GrantedCredential, StepError> {
+    let provider = components::provider(record);
+    if provider != binding.service {
+        return Err(StepError::access_denied(format!(
+            "component `{}` is a `{provider}` component; binding `{}` needs `{}`",
+            record.name, binding.name, binding.service
+        )));
+    }
+    let secrets = components::decrypt_secrets(record, vault).map_err(|e| {
+        StepError::internal(format!("cannot decrypt component `{}`: {e}", record.name))
+    })?;
+    let field = |f: &str| secrets.iter().find(|(k, _)| k == f).map(|(_, v)| v.clone());
+    let attach = match components::attachment(record) {
+        Attachment::Bearer { field: f } => field(&f).map(Attach::Bearer).unwrap_or(Attach::NotHttp),
+        Attachment::Header { name, field: f } => {
+            match (http::HeaderName::from_bytes(name.as_bytes()), field(&f)) {
+                (Ok(name), Some(value)) => Attach::Header { name, value },
+                _ => Attach::NotHttp,
+            }
+        }
+        Attachment::AwsSigV4 { region, service } => {
+            match (field("access_key_id"), field("secret_access_key")) {
+                (Some(access_key_id), Some(secret_access_key)) => Attach::AwsSigV4 {
+                    region,
+                    service: service.to_string(),
+                    access_key_id,
+                    secret_access_key,
+                },
+                _ => Attach::NotHttp,
+            }
+        }
+        Attachment::NotHttp => Attach::NotHttp,
+    };
+    let pinned = components::pinned_hosts(record)
+        .iter()
+        .filter_map(|p| HostPattern::parse(p).ok())
+        .collect();
+    let mut config = serde_json::Value::Object(components::config_summary(record));
+    if let Some(obj) = config.as_object_mut() {
+        obj.insert("name".into(), record.name.clone().into());
+        obj.insert("kind".into(), record.kind.clone().into());
+    }
+    Ok(GrantedCredential {
+        binding: binding.name.clone(),
+        kind: CredentialKind::Component,
+        service: binding.service.clone(),
+        resource_id: record.id.clone(),
+        resource_name: record.name.clone(),
+        config,
+        secrets,
+        pinned,
+        attach,
+    })
+}

@@ -1,0 +1,449 @@
+//! The sandboxed module runtime: one engine, a registry of compiled modules, and
+//! `Runtime::run_step`, which runs one flow step in a fresh store with its deadline,
+//! memory cap, output cap, locked-down WASI and exactly the credentials it was granted.
+
+pub mod bindings;
+pub mod cache;
+pub mod engine;
+pub mod error;
+pub mod grants;
+pub mod module;
+pub mod registry;
+pub mod sandbox;
+
+use crate::outbound::OutboundClient;
+use crate::store::Store;
+use crate::vault::Vault;
+use error::{ErrorName, StepError};
+use module::LoadedModule;
+use registry::ModuleRegistry;
+use sandbox::{
+    CredentialUse, DeadlineHit, LogLevel, LogLine, MemoryLimitHit, Redactor, StepLimits, StepLog,
+    StepState,
+};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmtime::{Store as WasmStore, UpdateDeadline};
+use wasmtime_wasi::{FsPerms, WasiCtx};
+
+pub use engine::{EngineConfig, SandboxEngine};
+
+/// One flow step to run.
+#[derive(Debug, Clone)]
+pub struct StepRequest {
+    /// The company whose credentials the step may use.
+    pub company_id: String,
+    /// `name`, `name@version`, or a path to a `.wasm`.
+    pub module_ref: String,
+    /// The step's input (flow8's `input_mapping`, resolved).
+    pub input: serde_json::Value,
+    /// Binding name -> component name or id (or link id).
+    pub bindings: BTreeMap<String, String>,
+    /// Overrides of the host's default limits.
+    pub limits: Option<StepLimits>,
+    /// The step's workspace directory, seen by the module as `/`.
+    pub workspace: Option<PathBuf>,
+}
+
+/// Which module ran.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModuleInfo {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// SHA-256 of the `.wasm`.
+    pub digest: String,
+}
+
+/// The result of a step, with its log whether it succeeded or not.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    /// The module, when it was resolved.
+    pub module: Option<ModuleInfo>,
+    /// Output or named error.
+    #[serde(flatten, with = "report_result")]
+    pub result: Result<serde_json::Value, StepError>,
+    /// The module's log lines and stdout/stderr, secrets redacted.
+    pub log: Vec<LogLine>,
+    /// Whether log lines were dropped at the cap.
+    pub log_truncated: bool,
+    /// Wall-clock time of the whole step.
+    pub duration_ms: f64,
+    /// Credentials the module read or had attached.
+    pub credentials_used: Vec<CredentialUse>,
+}
+
+mod report_result {
+    use super::StepError;
+    use serde::Serializer;
+    use serde::ser::SerializeMap;
+
+    pub fn serialize<S: Serializer>(
+        r: &Result<serde_json::Value, StepError>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(2))?;
+        match r {
+            Ok(v) => {
+                m.serialize_entry("status", "ok")?;
+                m.serialize_entry("output", v)?;
+            }
+            Err(e) => {
+                m.serialize_entry("status", "error")?;
+                m.serialize_entry("error", e)?;
+            }
+        }
+        m.end()
+    }
+}
+
+/// Runs steps. Cheap to clone; share one per process.
+pub struct Runtime<S: Store> {
+    modules: Arc<ModuleRegistry>,
+    outbound: OutboundClient,
+    store: Arc<S>,
+    vault: Arc<Vault>,
+    limits: StepLimits,
+}
+
+impl<S: Store> Clone for Runtime<S> {
+    fn clone(&self) -> Self {
+        Runtime {
+            modules: self.modules.clone(),
+            outbound: self.outbound.clone(),
+            store: self.store.clone(),
+            vault: self.vault.clone(),
+            limits: self.limits,
+        }
+    }
+}
+
+pub(crate) fn new_store(engine: &SandboxEngine, state: StepState) -> WasmStore<StepState> {
+    let deadline = state.deadline;
+    let budget = state.limits.deadline;
+    let mut store = WasmStore::new(engine.engine(), state);
+    store.limiter(|s| &mut s.limiter);
+    store.set_epoch_deadline(1);
+    // Every tick: trap past the deadline, otherwise yield so one busy module cannot
+    // hold an executor thread from the other steps.
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Err(DeadlineHit(budget).into())
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    store
+}
+
+/// WASI with nothing in it: no environment, no arguments, no sockets, no name lookup,
+/// stdout and stderr into the step log, and only the workspace (as `/`) on disk.
+pub(crate) fn locked_down_wasi(
+    log: &StepLog,
+    workspace: Option<&std::path::Path>,
+) -> Result<WasiCtx, StepError> {
+    let mut b = WasiCtx::builder();
+    b.stdout(sandbox::CapturedStream::new(log.clone(), LogLevel::Stdout))
+        .stderr(sandbox::CapturedStream::new(log.clone(), LogLevel::Stderr))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    if let Some(dir) = workspace {
+        b.preopened_dir(dir, "/", FsPerms::ReadWrite).map_err(|e| {
+            StepError::invalid_input(format!(
+                "cannot open the step workspace `{}`: {e}",
+                dir.display()
+            ))
+        })?;
+    }
+    Ok(b.build())
+}
+
+/// A trap or host error, described for a person (first line only: backtraces are for logs).
+pub(crate) fn describe_trap(e: &wasmtime::Error) -> String {
+    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+        return trap.to_string();
+    }
+    let text = format!("{e:#}");
+    text.lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(500)
+        .collect()
+}
+
+fn classify_trap(e: &wasmtime::Error, limits: &StepLimits) -> StepError {
+    if let Some(hit) = e.downcast_ref::<MemoryLimitHit>() {
+        return StepError::new(ErrorName::MemoryLimitExceeded, hit.to_string());
+    }
+    if e.downcast_ref::<DeadlineHit>().is_some() {
+        return StepError::new(
+            ErrorName::DeadlineExceeded,
+            format!("the step ran past its deadline of {:?}", limits.deadline),
+        );
+    }
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::StackOverflow) => StepError::new(
+            ErrorName::LimitExceeded,
+            "the module exhausted its call stack (runaway recursion?)",
+        ),
+        Some(wasmtime::Trap::Interrupt) => StepError::new(
+            ErrorName::DeadlineExceeded,
+            format!("the step ran past its deadline of {:?}", limits.deadline),
+        ),
+        Some(trap) => StepError::module_error(format!("the module crashed: {trap}")),
+        None => StepError::module_error(format!("the module failed: {}", describe_trap(e))),
+    }
+}
+
+fn guest_error(e: bindings::GuestError) -> StepError {
+    use bindings::GuestError as G;
+    match e {
+        G::InvalidInput(m) => StepError::new(ErrorName::InvalidInput, m),
+        G::AccessDenied(m) => StepError::new(ErrorName::AccessDenied, m),
+        G::InsufficientScope(m) => StepError::new(ErrorName::InsufficientScope, m),
+        G::TokenRevoked(m) => StepError::new(ErrorName::TokenRevoked, m),
+        G::RateLimitExceeded(r) => StepError {
+            retry_after_seconds: r.retry_after_seconds,
+            ..StepError::new(ErrorName::RateLimitExceeded, r.message)
+        },
+        G::Upstream(u) => StepError {
+            status: Some(u.status),
+            ..StepError::new(ErrorName::UpstreamError, u.message)
+        },
+        G::Network(m) => StepError::new(ErrorName::NetworkError, m),
+        G::Forbidden(m) => StepError::new(ErrorName::Forbidden, m),
+        G::LimitExceeded(m) => StepError::new(ErrorName::LimitExceeded, m),
+        G::Internal(m) => StepError::new(ErrorName::ModuleError, m),
+    }
+}
+
+/// Check an input against the module's schema; name the first few problems.
+pub fn validate_input(module: &LoadedModule, input: &serde_json::Value) -> Result<(), StepError> {
+    let problems: Vec<String> = module
+        .input_validator
+        .iter_errors(input)
+        .take(5)
+        .map(|e| {
+            let path = e.instance_path.to_string();
+            if path.is_empty() {
+                e.to_string()
+            } else {
+                format!("{path}: {e}")
+            }
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(StepError::invalid_input(format!(
+            "input does not match the schema of `{}`: {}",
+            module.manifest.name,
+            problems.join("; ")
+        )))
+    }
+}
+
+impl<S: Store> Runtime<S> {
+    /// A runtime over a module registry, an outbound client, a store and a vault.
+    pub fn new(
+        modules: Arc<ModuleRegistry>,
+        outbound: OutboundClient,
+        store: Arc<S>,
+        vault: Arc<Vault>,
+        limits: StepLimits,
+    ) -> Runtime<S> {
+        Runtime {
+            modules,
+            outbound,
+            store,
+            vault,
+            limits,
+        }
+    }
+
+    /// The module registry.
+    pub fn modules(&self) -> &Arc<ModuleRegistry> {
+        &self.modules
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// The vault.
+    pub fn vault(&self) -> &Arc<Vault> {
+        &self.vault
+    }
+
+    /// The default per-step limits.
+    pub fn default_limits(&self) -> StepLimits {
+        self.limits
+    }
+
+    /// Run one step to completion (or to its deadline).
+    pub async fn run_step(&self, req: StepRequest) -> StepReport {
+        let start = Instant::now();
+        let mut report = StepReport {
+            module: None,
+            result: Ok(serde_json::Value::Null),
+            log: Vec::new(),
+            log_truncated: false,
+            duration_ms: 0.0,
+            credentials_used: Vec::new(),
+        };
+        let module = match self.modules.resolve(&req.module_ref).await {
+            Ok(m) => m,
+            Err(e) => {
+                report.result = Err(e);
+                report.duration_ms = start.elapsed().as_secs_f64() * 1000.0;
+                return report;
+            }
+        };
+        report.module = Some(ModuleInfo {
+            name: module.manifest.name.clone(),
+            version: module.manifest.version.clone(),
+            digest: module.digest.clone(),
+        });
+        self.run_loaded(&module, req, &mut report).await;
+        report.duration_ms = start.elapsed().as_secs_f64() * 1000.0;
+        report
+    }
+
+    async fn run_loaded(
+        &self,
+        module: &Arc<LoadedModule>,
+        req: StepRequest,
+        report: &mut StepReport,
+    ) {
+        let limits = req.limits.unwrap_or(self.limits);
+        if let Err(e) = validate_input(module, &req.input) {
+            report.result = Err(e);
+            return;
+        }
+        let grants = match grants::resolve(
+            &*self.store,
+            &self.vault,
+            &module.manifest,
+            &req.company_id,
+            &req.bindings,
+            &req.input,
+        )
+        .await
+        {
+            Ok(g) => g,
+            Err(e) => {
+                report.result = Err(e);
+                return;
+            }
+        };
+        let redactor = Redactor::new(
+            grants
+                .iter()
+                .flat_map(|g| g.secrets.iter().map(|(_, s)| s.expose().to_string())),
+        );
+        let log = StepLog::with_capacity(limits.log_bytes);
+        let wasi = match locked_down_wasi(&log, req.workspace.as_deref()) {
+            Ok(w) => w,
+            Err(e) => {
+                report.result = Err(e);
+                return;
+            }
+        };
+        let engine = self.modules.engine();
+        let state = StepState::new(
+            wasi,
+            log.clone(),
+            limits,
+            grants,
+            module.host_patterns.clone(),
+            self.outbound.clone(),
+            req.workspace.clone(),
+        );
+        let mut store = new_store(engine, state);
+        let input = req.input.to_string();
+        let run = async {
+            let instance = module.pre.instantiate_async(&mut store).await?;
+            instance.call_execute(&mut store, &input).await
+        };
+        // The epoch callback stops a busy module; this stops one waiting on the host
+        // (a slow upstream, a sleep) at the same deadline.
+        let outcome = tokio::time::timeout(limits.deadline + Duration::from_millis(50), run).await;
+        report.result = match outcome {
+            Err(_) => Err(StepError::new(
+                ErrorName::DeadlineExceeded,
+                format!("the step ran past its deadline of {:?}", limits.deadline),
+            )),
+            Ok(Err(trap)) => Err(classify_trap(&trap, &limits)),
+            Ok(Ok(Err(e))) => Err(guest_error(e)),
+            Ok(Ok(Ok(output))) => {
+                if output.len() > limits.output_bytes {
+                    Err(StepError::new(
+                        ErrorName::OutputTooLarge,
+                        format!(
+                            "the module returned {} bytes of output; this step allows {}",
+                            output.len(),
+                            limits.output_bytes
+                        ),
+                    ))
+                } else {
+                    let output = if redactor.is_empty() {
+                        output
+                    } else {
+                        redactor.redact(&output)
+                    };
+                    serde_json::from_str(&output).map_err(|e| {
+                        StepError::module_error(format!("the module's output is not JSON: {e}"))
+                    })
+                }
+            }
+        };
+        if let Err(e) = &mut report.result
+            && !redactor.is_empty()
+        {
+            e.message = redactor.redact(&e.message);
+        }
+        let (lines, truncated) = log.take();
+        report.log = lines
+            .into_iter()
+            .map(|l| LogLine {
+                level: l.level,
+                message: redactor.redact(&l.message),
+            })
+            .collect();
+        report.log_truncated = truncated;
+        report.credentials_used = std::mem::take(&mut store.data_mut().uses);
+    }
+}
+
+/// The benchmark baseline: instantiate a module in a bare store (no credentials, no
+/// limiter, no deadline callback, default WASI) and call `execute`. What wasmtime alone
+/// costs, to set a full step against.
+pub async fn raw_execute(
+    engine: &SandboxEngine,
+    module: &LoadedModule,
+    input: &str,
+) -> wasmtime::Result<Result<String, bindings::GuestError>> {
+    let log = StepLog::with_capacity(1024);
+    let outbound = OutboundClient::new(crate::outbound::OutboundPolicy::default())
+        .map_err(|e| wasmtime::format_err!("{e}"))?;
+    let state = StepState::new(
+        WasiCtx::builder().build(),
+        log,
+        StepLimits::default(),
+        Vec::new(),
+        Arc::new(Vec::new()),
+        outbound,
+        None,
+    );
+    let mut store = WasmStore::new(engine.engine(), state);
+    store.set_epoch_deadline(u64::MAX / 2);
+    let instance = module.pre.instantiate_async(&mut store).await?;
+    instance.call_execute(&mut store, input).await
+}

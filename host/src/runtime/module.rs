@@ -1,0 +1,164 @@
+//! Loading a module: check the bytes are a WebAssembly component of the flow8 `module`
+//! world, compile it (or load it from the compile cache), pre-instantiate it once, and
+//! read and validate its manifest. A `LoadedModule` is then instantiated afresh for
+//! every step.
+
+use super::bindings::ModulePre;
+use super::cache::CompileCache;
+use super::engine::SandboxEngine;
+use super::error::StepError;
+use super::sandbox::{StepLimits, StepLog, StepState};
+use crate::manifest::Manifest;
+use crate::outbound::{OutboundClient, OutboundPolicy};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The largest `.wasm` file the host accepts.
+pub const MAX_MODULE_BYTES: usize = 64 * 1024 * 1024;
+
+/// A compiled, validated module ready to run steps.
+pub struct LoadedModule {
+    /// The validated manifest.
+    pub manifest: Manifest,
+    /// SHA-256 of the `.wasm`, hex.
+    pub digest: String,
+    /// Size of the `.wasm` in bytes.
+    pub size: usize,
+    pub(crate) pre: ModulePre<StepState>,
+    pub(crate) input_validator: jsonschema::Validator,
+    pub(crate) host_patterns: Arc<Vec<crate::manifest::HostPattern>>,
+}
+
+impl std::fmt::Debug for LoadedModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModule")
+            .field("name", &self.manifest.name)
+            .field("version", &self.manifest.version)
+            .field("digest", &self.digest)
+            .finish()
+    }
+}
+
+/// SHA-256 of bytes, hex.
+pub fn digest(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+impl LoadedModule {
+    /// Validate, compile and pre-instantiate `bytes`, then read its manifest.
+    pub async fn load(
+        engine: &Arc<SandboxEngine>,
+        cache: &CompileCache,
+        bytes: &[u8],
+    ) -> Result<LoadedModule, StepError> {
+        if bytes.len() > MAX_MODULE_BYTES {
+            return Err(StepError::invalid_module(format!(
+                "the file is {} bytes; modules may be at most {MAX_MODULE_BYTES}",
+                bytes.len()
+            )));
+        }
+        if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+            return Err(StepError::invalid_module(
+                "the file is not WebAssembly (no \\0asm header)",
+            ));
+        }
+        // Byte 4..8: version and layer. A core module has layer 0; a component layer 1.
+        if bytes[6..8] == [0, 0] {
+            return Err(StepError::invalid_module(
+                "the file is a core WebAssembly module, not a component; build for wasm32-wasip2 (or componentize it)",
+            ));
+        }
+        let digest = digest(bytes);
+        let component = {
+            let engine = engine.clone();
+            let cache = cache.clone();
+            let bytes = bytes.to_vec();
+            let digest = digest.clone();
+            tokio::task::spawn_blocking(move || cache.load(&engine, &digest, &bytes))
+                .await
+                .map_err(|e| StepError::internal(format!("compile task failed: {e}")))?
+                .map_err(|e| StepError::invalid_module(format!("not a valid component: {e:#}")))?
+        };
+        let instance_pre = engine.linker().instantiate_pre(&component).map_err(|e| {
+            StepError::invalid_module(format!(
+                "the component is not a flow8 module (world flow8:integration/module): it needs imports the host does not offer: {e:#}"
+            ))
+        })?;
+        let pre = ModulePre::new(instance_pre).map_err(|e| {
+            StepError::invalid_module(format!(
+                "the component is not a flow8 module (world flow8:integration/module): {e:#}"
+            ))
+        })?;
+        let manifest_json = read_manifest(engine, &pre).await?;
+        let manifest = Manifest::parse(&manifest_json)
+            .map_err(|e| StepError::invalid_manifest(e.to_string()))?;
+        let input_validator = jsonschema::validator_for(&manifest.input_schema)
+            .map_err(|e| StepError::invalid_manifest(format!("input_schema: {e}")))?;
+        let host_patterns = Arc::new(manifest.host_patterns());
+        Ok(LoadedModule {
+            manifest,
+            digest,
+            size: bytes.len(),
+            pre,
+            input_validator,
+            host_patterns,
+        })
+    }
+}
+
+/// Call the `manifest` export in a sandbox with no credentials, no network and a short
+/// deadline: a module cannot do anything useful (or harmful) while describing itself.
+async fn read_manifest(
+    engine: &Arc<SandboxEngine>,
+    pre: &ModulePre<StepState>,
+) -> Result<String, StepError> {
+    let limits = StepLimits {
+        deadline: Duration::from_secs(2),
+        memory_bytes: 32 * 1024 * 1024,
+        output_bytes: 256 * 1024,
+        log_bytes: 16 * 1024,
+        max_http_requests: 0,
+    };
+    let outbound = OutboundClient::new(OutboundPolicy {
+        allowed_hosts: Vec::new(),
+        ..OutboundPolicy::default()
+    })
+    .map_err(|e| StepError::internal(e.to_string()))?;
+    let mut store = super::new_store(
+        engine,
+        StepState::new(
+            super::locked_down_wasi(&StepLog::with_capacity(limits.log_bytes), None)?,
+            StepLog::with_capacity(limits.log_bytes),
+            limits,
+            Vec::new(),
+            Arc::new(Vec::new()),
+            outbound,
+            None,
+        ),
+    );
+    let run = async {
+        let instance = pre.instantiate_async(&mut store).await?;
+        instance.call_manifest(&mut store).await
+    };
+    let json = match tokio::time::timeout(limits.deadline + Duration::from_millis(500), run).await {
+        Ok(Ok(json)) => json,
+        Ok(Err(e)) => {
+            return Err(StepError::invalid_manifest(format!(
+                "the module's `manifest` export failed: {}",
+                super::describe_trap(&e)
+            )));
+        }
+        Err(_) => {
+            return Err(StepError::invalid_manifest(
+                "the module's `manifest` export did not return in time",
+            ));
+        }
+    };
+    if json.len() > limits.output_bytes {
+        return Err(StepError::invalid_manifest(
+            "the manifest is larger than 256 KiB",
+        ));
+    }
+    Ok(json)
+}

@@ -1,0 +1,182 @@
+//! Where modules come from: `.wasm` files in the module directories (first-party
+//! builds and installed third-party modules) or a path given directly. A module is
+//! compiled once per digest; `module_ref` resolves `name` (highest version) or
+//! `name@version`. A directory is rescanned when a name is not found, so a newly
+//! installed version is picked up without a restart, while steps already running keep
+//! the `Arc` of the version they started with.
+
+use super::cache::CompileCache;
+use super::engine::SandboxEngine;
+use super::error::StepError;
+use super::module::{LoadedModule, digest};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// A module file found in a module directory, loaded or not.
+#[derive(Debug)]
+pub struct ModuleEntry {
+    /// The file.
+    pub path: PathBuf,
+    /// The module, or why it could not be loaded.
+    pub module: Result<Arc<LoadedModule>, StepError>,
+}
+
+/// Resolves `module_ref`s to loaded modules.
+pub struct ModuleRegistry {
+    engine: Arc<SandboxEngine>,
+    cache: CompileCache,
+    dirs: Vec<PathBuf>,
+    by_digest: Mutex<HashMap<String, Arc<LoadedModule>>>,
+    by_name: Mutex<HashMap<String, Vec<Arc<LoadedModule>>>>,
+    /// (path, len, mtime) -> digest, so an unchanged file is not re-hashed.
+    file_digests: Mutex<HashMap<PathBuf, (u64, std::time::SystemTime, String)>>,
+}
+
+impl std::fmt::Debug for ModuleRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModuleRegistry")
+            .field("dirs", &self.dirs)
+            .finish()
+    }
+}
+
+impl ModuleRegistry {
+    /// A registry over these directories (missing ones are skipped).
+    pub fn new(
+        engine: Arc<SandboxEngine>,
+        cache: CompileCache,
+        dirs: Vec<PathBuf>,
+    ) -> ModuleRegistry {
+        ModuleRegistry {
+            engine,
+            cache,
+            dirs,
+            by_digest: Mutex::new(HashMap::new()),
+            by_name: Mutex::new(HashMap::new()),
+            file_digests: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The engine modules are compiled for.
+    pub fn engine(&self) -> &Arc<SandboxEngine> {
+        &self.engine
+    }
+
+    /// The module directories.
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// Load a module from bytes (cached by digest).
+    pub async fn load_bytes(&self, bytes: &[u8]) -> Result<Arc<LoadedModule>, StepError> {
+        let d = digest(bytes);
+        if let Some(m) = self.by_digest.lock().expect("registry lock").get(&d) {
+            return Ok(m.clone());
+        }
+        let module = Arc::new(LoadedModule::load(&self.engine, &self.cache, bytes).await?);
+        self.by_digest
+            .lock()
+            .expect("registry lock")
+            .insert(d, module.clone());
+        Ok(module)
+    }
+
+    /// Load a module from a file.
+    pub async fn load_file(&self, path: &Path) -> Result<Arc<LoadedModule>, StepError> {
+        let meta = tokio::fs::metadata(path).await.map_err(|e| {
+            StepError::module_not_found(format!("cannot read `{}`: {e}", path.display()))
+        })?;
+        if let Ok(mtime) = meta.modified() {
+            let known = self
+                .file_digests
+                .lock()
+                .expect("registry lock")
+                .get(path)
+                .filter(|(len, t, _)| *len == meta.len() && *t == mtime)
+                .map(|(_, _, d)| d.clone());
+            if let Some(d) = known
+                && let Some(m) = self.by_digest.lock().expect("registry lock").get(&d)
+            {
+                return Ok(m.clone());
+            }
+        }
+        let bytes = tokio::fs::read(path).await.map_err(|e| {
+            StepError::module_not_found(format!("cannot read `{}`: {e}", path.display()))
+        })?;
+        let module = self.load_bytes(&bytes).await?;
+        if let Ok(mtime) = meta.modified() {
+            self.file_digests.lock().expect("registry lock").insert(
+                path.to_path_buf(),
+                (meta.len(), mtime, module.digest.clone()),
+            );
+        }
+        Ok(module)
+    }
+
+    /// Every `.wasm` in the module directories, loaded (a broken file is reported, not fatal).
+    pub async fn scan(&self) -> Vec<ModuleEntry> {
+        let mut entries = Vec::new();
+        for dir in &self.dirs {
+            let Ok(read) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            let mut paths: Vec<PathBuf> = read
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+                .collect();
+            paths.sort();
+            for path in paths {
+                let module = self.load_file(&path).await;
+                if let Err(e) = &module {
+                    tracing::debug!(path = %path.display(), error = %e, "skipping module that does not load");
+                }
+                entries.push(ModuleEntry { path, module });
+            }
+        }
+        let mut by_name: HashMap<String, Vec<Arc<LoadedModule>>> = HashMap::new();
+        for e in &entries {
+            if let Ok(m) = &e.module {
+                let list = by_name.entry(m.manifest.name.clone()).or_default();
+                if !list.iter().any(|x| x.digest == m.digest) {
+                    list.push(m.clone());
+                }
+            }
+        }
+        *self.by_name.lock().expect("registry lock") = by_name;
+        entries
+    }
+
+    /// Resolve a `module_ref`: a path to a `.wasm`, `name`, or `name@version`.
+    pub async fn resolve(&self, module_ref: &str) -> Result<Arc<LoadedModule>, StepError> {
+        if module_ref.ends_with(".wasm") || module_ref.contains('/') {
+            return self.load_file(Path::new(module_ref)).await;
+        }
+        let (name, version) = match module_ref.split_once('@') {
+            Some((n, v)) => (n, Some(v)),
+            None => (module_ref, None),
+        };
+        if let Some(m) = self.lookup(name, version) {
+            return Ok(m);
+        }
+        self.scan().await;
+        self.lookup(name, version).ok_or_else(|| {
+            StepError::module_not_found(match version {
+                Some(v) => format!("no module `{name}` at version {v}"),
+                None => format!("no module named `{name}`"),
+            })
+        })
+    }
+
+    fn lookup(&self, name: &str, version: Option<&str>) -> Option<Arc<LoadedModule>> {
+        let by_name = self.by_name.lock().expect("registry lock");
+        let list = by_name.get(name)?;
+        match version {
+            Some(v) => list.iter().find(|m| m.manifest.version == v).cloned(),
+            None => list
+                .iter()
+                .max_by_key(|m| semver::Version::parse(&m.manifest.version).ok())
+                .cloned(),
+        }
+    }
+}

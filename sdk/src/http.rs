@@ -1,0 +1,202 @@
+//! Outbound HTTP through the host. The host checks every request against the
+//! manifest's allowed hosts and the operator's policy, and can attach a credential
+//! itself ([`Request::credential`]) so the secret never enters the module.
+
+use crate::__private::bindings::flow8::integration::http as wit;
+use crate::Error;
+use std::time::Duration;
+
+/// A request under construction.
+#[derive(Debug, Clone)]
+pub struct Request {
+    method: String,
+    url: String,
+    headers: Vec<(String, String)>,
+    body: Body,
+    timeout: Option<Duration>,
+    credential: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+enum Body {
+    Empty,
+    Bytes(Vec<u8>),
+    WorkspaceFile(String),
+}
+
+impl Request {
+    /// A request with any method.
+    pub fn new(method: &str, url: &str) -> Request {
+        Request {
+            method: method.to_ascii_uppercase(),
+            url: url.into(),
+            headers: Vec::new(),
+            body: Body::Empty,
+            timeout: None,
+            credential: None,
+        }
+    }
+
+    /// `GET url`.
+    pub fn get(url: &str) -> Request {
+        Request::new("GET", url)
+    }
+
+    /// `POST url`.
+    pub fn post(url: &str) -> Request {
+        Request::new("POST", url)
+    }
+
+    /// `PUT url`.
+    pub fn put(url: &str) -> Request {
+        Request::new("PUT", url)
+    }
+
+    /// `DELETE url`.
+    pub fn delete(url: &str) -> Request {
+        Request::new("DELETE", url)
+    }
+
+    /// Add a header.
+    pub fn header(mut self, name: &str, value: &str) -> Request {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Whether a header is already set (case-insensitive).
+    pub fn has_header(&self, name: &str) -> bool {
+        self.headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case(name))
+    }
+
+    /// A JSON body (sets `content-type: application/json` unless already set).
+    pub fn json<T: serde::Serialize>(mut self, value: &T) -> Result<Request, Error> {
+        self.body = Body::Bytes(serde_json::to_vec(value)?);
+        if !self.has_header("content-type") {
+            self.headers
+                .push(("content-type".into(), "application/json".into()));
+        }
+        Ok(self)
+    }
+
+    /// A text body (sets `content-type: text/plain; charset=utf-8` unless already set).
+    pub fn text(mut self, text: &str) -> Request {
+        self.body = Body::Bytes(text.as_bytes().to_vec());
+        if !self.has_header("content-type") {
+            self.headers
+                .push(("content-type".into(), "text/plain; charset=utf-8".into()));
+        }
+        self
+    }
+
+    /// Raw bytes.
+    pub fn body(mut self, bytes: Vec<u8>) -> Request {
+        self.body = Body::Bytes(bytes);
+        self
+    }
+
+    /// Stream a file from the step's workspace as the body: the host reads it, so
+    /// large files never pass through the module's memory.
+    pub fn workspace_file(mut self, path: &str) -> Request {
+        self.body = Body::WorkspaceFile(path.into());
+        self
+    }
+
+    /// Give up after this long (the host never waits past the step's deadline anyway).
+    pub fn timeout(mut self, timeout: Duration) -> Request {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Have the host attach the credential bound as `binding` (Bearer token, API-key
+    /// header or AWS signature). The request may then only go to that credential's hosts.
+    pub fn credential(mut self, binding: &str) -> Request {
+        self.credential = Some(binding.into());
+        self
+    }
+
+    /// Send it and wait for the whole response. Any status is a response; an `Err` means
+    /// no response (refused, network, limit).
+    pub fn send(&self) -> Result<Response, Error> {
+        let req = wit::Request {
+            method: self.method.clone(),
+            url: self.url.clone(),
+            headers: self.headers.clone(),
+            body: match &self.body {
+                Body::Empty => wit::Body::Empty,
+                Body::Bytes(b) => wit::Body::Bytes(b.clone()),
+                Body::WorkspaceFile(p) => wit::Body::WorkspaceFile(p.clone()),
+            },
+            timeout_ms: self
+                .timeout
+                .map(|t| t.as_millis().min(u32::MAX as u128) as u32),
+            credential: self.credential.clone(),
+        };
+        let r = wit::send(&req).map_err(Error::from_wit)?;
+        Ok(Response {
+            status: r.status,
+            headers: r.headers,
+            body: r.body,
+        })
+    }
+}
+
+/// A response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers as received.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A header's value (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// 2xx.
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// Whether the content type is JSON (`application/json`, `application/*+json`).
+    pub fn is_json(&self) -> bool {
+        self.header("content-type").is_some_and(|c| {
+            let c = c
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            c == "application/json" || (c.starts_with("application/") && c.ends_with("+json"))
+        })
+    }
+
+    /// The body parsed as JSON.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            Error::upstream(
+                self.status,
+                format!("the response is not the JSON expected: {e}"),
+            )
+        })
+    }
+
+    /// The body as text (invalid UTF-8 replaced).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// `Retry-After` in seconds, when given in that form (RFC 9110 §10.2.3).
+    pub fn retry_after(&self) -> Option<u32> {
+        self.header("retry-after")?.trim().parse().ok()
+    }
+}

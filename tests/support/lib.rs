@@ -1,0 +1,219 @@
+//! Test support for the flow8 host's end-to-end tests: where the built binaries and
+//! modules are, a recording HTTP server, a runner for the `flow8-host` CLI with its own
+//! data directory, and one shared engine and module registry for in-process tests.
+
+pub mod recording_server;
+
+use flow8_host::runtime::cache::CompileCache;
+use flow8_host::runtime::registry::ModuleRegistry;
+use flow8_host::runtime::{EngineConfig, SandboxEngine};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, OnceLock};
+
+pub use recording_server::{RecordedRequest, RecordingServer, Reply};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the repository")
+        .to_path_buf()
+}
+
+/// The cargo profile directory this test binary was built into (target/debug).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/e2e-<hash>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in <target>/<profile>/deps")
+        .to_path_buf()
+}
+
+/// The `flow8-host` binary (built by `just test` before the tests run).
+pub fn host_bin() -> PathBuf {
+    let bin = std::env::var_os("FLOW8_HOST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| profile_dir().join("flow8-host"));
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `just test` (it builds the host first)",
+        bin.display()
+    );
+    bin
+}
+
+/// Where the wasm32-wasip2 builds of modules and test guests are.
+pub fn wasm_dir() -> PathBuf {
+    std::env::var_os("FLOW8_WASM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/wasm/wasm32-wasip2/release"))
+}
+
+/// A built module or guest, e.g. `wasm("http_request")`.
+pub fn wasm(name: &str) -> PathBuf {
+    let p = wasm_dir().join(format!("{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} is missing: run the tests with `just test` (it builds the modules and guests first)",
+        p.display()
+    );
+    p
+}
+
+/// The compiled-module cache all tests share (so each module compiles once per run).
+pub fn shared_cache_dir() -> PathBuf {
+    profile_dir().join("flow8-test-compile-cache")
+}
+
+/// One engine for every in-process test of this binary.
+pub fn shared_engine() -> Arc<SandboxEngine> {
+    static ENGINE: OnceLock<Arc<SandboxEngine>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| SandboxEngine::new(EngineConfig::default()).expect("engine"))
+        .clone()
+}
+
+/// One module registry (over the built modules and guests) for every in-process test.
+pub fn shared_registry() -> Arc<ModuleRegistry> {
+    static REGISTRY: OnceLock<Arc<ModuleRegistry>> = OnceLock::new();
+    REGISTRY
+        .get_or_init(|| {
+            let cache = CompileCache::at(shared_cache_dir()).expect("cache dir");
+            Arc::new(ModuleRegistry::new(
+                shared_engine(),
+                cache,
+                vec![wasm_dir()],
+            ))
+        })
+        .clone()
+}
+
+/// A `flow8-host` CLI with its own data directory (and so its own store and key).
+pub struct Cli {
+    /// The data directory (deleted on drop).
+    pub data_dir: tempfile::TempDir,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for Cli {
+    fn default() -> Self {
+        Cli::new()
+    }
+}
+
+/// What a CLI run printed.
+#[derive(Debug)]
+pub struct CliOutput {
+    /// Exit code (None if killed).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// Standard output as JSON (panics with both streams when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n--- stdout\n{}\n--- stderr\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    /// Assert success and return stdout as JSON.
+    pub fn ok_json(&self) -> serde_json::Value {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "command failed:\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self.json()
+    }
+
+    /// The `error: <name>: ...` name printed on stderr.
+    pub fn error_name(&self) -> Option<String> {
+        self.stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("error: "))
+            .and_then(|l| l.split(':').next())
+            .map(str::to_string)
+    }
+}
+
+impl Cli {
+    /// A fresh data directory.
+    pub fn new() -> Cli {
+        Cli {
+            data_dir: tempfile::tempdir().expect("temp dir"),
+            env: Vec::new(),
+        }
+    }
+
+    /// Run `flow8-host ARGS` with `stdin` as standard input.
+    pub fn run_with_stdin(&self, args: &[&str], stdin: &str) -> CliOutput {
+        let mut cmd = Command::new(host_bin());
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("FLOW8_DATA_DIR", self.data_dir.path())
+            .env("FLOW8_CACHE_DIR", shared_cache_dir())
+            .env("FLOW8_MODULES_PATH", wasm_dir())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn flow8-host");
+        {
+            use std::io::Write;
+            let mut i = child.stdin.take().expect("stdin");
+            let _ = i.write_all(stdin.as_bytes());
+        }
+        let Output {
+            status,
+            stdout,
+            stderr,
+        } = child.wait_with_output().expect("wait flow8-host");
+        CliOutput {
+            code: status.code(),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        }
+    }
+
+    /// Run `flow8-host ARGS`.
+    pub fn run(&self, args: &[&str]) -> CliOutput {
+        self.run_with_stdin(args, "")
+    }
+
+    /// Every file under the data directory, read whole (to look for plaintext secrets).
+    pub fn data_files(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.data_dir.path().to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).expect("read dir").flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if let Ok(bytes) = std::fs::read(&p) {
+                    out.push((p, bytes));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
