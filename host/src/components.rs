@@ -231,27 +231,25 @@ fn check_secret_format(provider: &str, field: &str, value: &str) -> Result<(), C
                 ));
             }
         }
-        ("s3", "secret_access_key") => {
-            if value.len() != 40 || !all(value, |c| c.is_ascii_alphanumeric() || "/+=".contains(c))
-            {
-                return Err(invalid(
-                    field,
-                    "an AWS secret access key is 40 characters of A-Z, a-z, 0-9, '/', '+', '='",
-                ));
-            }
+        ("s3", "secret_access_key")
+            if (value.len() != 40
+                || !all(value, |c| c.is_ascii_alphanumeric() || "/+=".contains(c))) =>
+        {
+            return Err(invalid(
+                field,
+                "an AWS secret access key is 40 characters of A-Z, a-z, 0-9, '/', '+', '='",
+            ));
         }
-        ("anthropic", "api_key") => {
-            if !value.starts_with("sk-ant-") || value.len() < 20 {
-                return Err(invalid(field, "an Anthropic API key starts with `sk-ant-`"));
-            }
+        ("anthropic", "api_key") if (!value.starts_with("sk-ant-") || value.len() < 20) => {
+            return Err(invalid(field, "an Anthropic API key starts with `sk-ant-`"));
         }
-        ("openai", "api_key") => {
-            if !value.starts_with("sk-") || value.starts_with("sk-ant-") || value.len() < 20 {
-                return Err(invalid(
-                    field,
-                    "an OpenAI API key starts with `sk-` (and is not an Anthropic key)",
-                ));
-            }
+        ("openai", "api_key")
+            if (!value.starts_with("sk-") || value.starts_with("sk-ant-") || value.len() < 20) =>
+        {
+            return Err(invalid(
+                field,
+                "an OpenAI API key starts with `sk-` (and is not an Anthropic key)",
+            ));
         }
         _ => {}
     }
@@ -327,10 +325,10 @@ pub fn prepare(
                     .map_err(|e| invalid(&format!("allowed_hosts[{i}]"), e))?;
             }
         }
-        if let Some(Value::String(h)) = config.get("auth_header") {
-            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                return Err(invalid("auth_header", "is not a valid HTTP header name"));
-            }
+        if let Some(Value::String(h)) = config.get("auth_header")
+            && http::HeaderName::from_bytes(h.as_bytes()).is_err()
+        {
+            return Err(invalid("auth_header", "is not a valid HTTP header name"));
         }
     }
     fill_defaults(&provider_name, &mut config);
@@ -621,7 +619,9 @@ mod tests {
                 prepare(new(json!({"name": "x", "config": config})), "c", &vault).unwrap_err();
             let msg = err.to_string();
             assert!(msg.contains(field), "{msg} should name {field}");
-            assert!(!msg.contains("sk-") && !msg.contains("short"), "{msg}");
+            for value in ["abcdefghijklmnopqrst", "short", "nope-not-a-key", "u:p@"] {
+                assert!(!msg.contains(value), "{msg} echoes a value");
+            }
         }
         assert_eq!(
             prepare(

@@ -133,10 +133,10 @@ impl MasterKey {
     /// The key from `FLOW8_MASTER_KEY`, else from `<data_dir>/master.key`, which is
     /// created (mode 0600) on first use.
     pub fn load(data_dir: &Path) -> Result<MasterKey, VaultError> {
-        if let Ok(v) = std::env::var("FLOW8_MASTER_KEY") {
-            if !v.trim().is_empty() {
-                return MasterKey::parse(&v);
-            }
+        if let Ok(v) = std::env::var("FLOW8_MASTER_KEY")
+            && !v.trim().is_empty()
+        {
+            return MasterKey::parse(&v);
         }
         let path = data_dir.join("master.key");
         let io = |source| VaultError::KeyFile {

@@ -5,7 +5,7 @@
 //! module never saw.
 
 use flow8_tests::{RecordingServer, Reply};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 fn arg(name: &str) -> Option<String> {
@@ -17,7 +17,7 @@ fn arg(name: &str) -> Option<String> {
 
 fn host(
     bin: &str,
-    data_dir: &PathBuf,
+    data_dir: &Path,
     modules: &str,
     args: &[&str],
     stdin: Option<&str>,

@@ -221,12 +221,12 @@ async fn an_unbound_credential_is_refused() {
         .run(json!({"attack": "get_credential", "binding": "nope"}))
         .await;
     let out = r.result.expect("the module reports the refusal");
-    assert_eq!(out["error"]["kind"], "access-denied", "{out}");
+    assert_eq!(out["error"]["kind"], "access_denied", "{out}");
     // Declared but not bound for this step: refused too.
     let r = h
         .run(json!({"attack": "get_credential", "binding": "api"}))
         .await;
-    assert_eq!(r.result.unwrap()["error"]["kind"], "access-denied");
+    assert_eq!(r.result.unwrap()["error"]["kind"], "access_denied");
     h.assert_healthy().await;
 }
 

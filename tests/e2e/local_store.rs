@@ -31,7 +31,7 @@ fn a_stored_secret_is_nowhere_in_the_data_directory_in_plaintext() {
     assert_eq!(created["is_default"], false);
     assert_eq!(
         created["config_summary"],
-        json!({"provider": "s3", "bucket": "flow8-artifacts", "region": "us-east-1", "path_style": false})
+        json!({"provider": "s3", "bucket": "flow8-artifacts", "region": "us-east-1"})
     );
     assert!(!out.stdout.contains(CANARY_SECRET) && !out.stdout.contains(CANARY_KEY_ID));
 
