@@ -9,12 +9,16 @@ default:
     @just --list
 
 # Build the first-party modules (http-request, ...) for wasm32-wasip2.
-modules:
+modules: wasm-target
     cargo build --manifest-path modules/Cargo.toml --target wasm32-wasip2 --release --target-dir {{wasm_target_dir}}
 
 # Build the small hostile and broken modules the tests use.
-guests:
+guests: wasm-target
     cargo build --manifest-path tests/guests/Cargo.toml --target wasm32-wasip2 --release --target-dir {{wasm_target_dir}}
+
+# The guest target (rustup adds it once; later runs only check).
+wasm-target:
+    @rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
 # Build the host.
 build: modules

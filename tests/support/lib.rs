@@ -213,6 +213,108 @@ impl Cli {
     }
 }
 
+/// A `flow8-host serve` process on an ephemeral loopback port; killed on drop.
+pub struct ServerProcess {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    child: std::process::Child,
+    /// What the server logged (stderr), collected by a thread.
+    pub stderr: Arc<std::sync::Mutex<String>>,
+}
+
+impl ServerProcess {
+    /// Start `flow8-host serve` for this CLI's data directory and wait until it listens.
+    pub fn start(cli: &Cli, modules_dir: &Path, extra: &[&str]) -> ServerProcess {
+        use std::io::{BufRead, BufReader, Read};
+        let mut cmd = Command::new(host_bin());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--allow-loopback"])
+            .args(extra)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("FLOW8_DATA_DIR", cli.data_dir.path())
+            .env("FLOW8_CACHE_DIR", shared_cache_dir())
+            .env("FLOW8_MODULES_PATH", modules_dir)
+            .env("FLOW8_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &cli.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn flow8-host serve");
+        let stderr = Arc::new(std::sync::Mutex::new(String::new()));
+        {
+            let mut err = child.stderr.take().expect("stderr");
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = err.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock()
+                        .expect("lock")
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(addr) = line.strip_prefix("listening on ") {
+                        break addr.trim().to_string();
+                    }
+                }
+                _ => panic!(
+                    "flow8-host serve exited before listening:\n{}",
+                    stderr.lock().expect("lock")
+                ),
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        ServerProcess {
+            base,
+            child,
+            stderr,
+        }
+    }
+
+    /// `base` + path.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Send SIGTERM and wait for the process to exit; returns whether it exited cleanly.
+    pub fn terminate(mut self) -> bool {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Create an API token with the CLI; returns the token.
+pub fn create_token(cli: &Cli, company: &str, user: &str, admin: bool) -> String {
+    let mut args = vec!["tokens", "create", "--for-company", company, "--user", user];
+    if admin {
+        args.push("--admin");
+    }
+    cli.run(&args).ok_json()["token"]
+        .as_str()
+        .expect("token")
+        .to_string()
+}
+
 /// Whether `needle` occurs in `haystack`.
 pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)

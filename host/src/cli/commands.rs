@@ -95,12 +95,200 @@ pub enum ComponentsCommand {
     },
 }
 
+/// `serve` arguments.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on [env: FLOW8_LISTEN] (default from the config file, else 127.0.0.1:4454).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Let modules reach loopback addresses (local development and tests).
+    #[arg(long)]
+    pub allow_loopback: bool,
+}
+
+/// `tokens` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Create a token (printed once; only its hash is stored).
+    Create {
+        /// Company the token is scoped to (defaults to --company).
+        #[arg(long = "for-company")]
+        for_company: Option<String>,
+        /// The user it acts for.
+        #[arg(long)]
+        user: String,
+        /// Allow admin routes.
+        #[arg(long)]
+        admin: bool,
+        /// A label.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List tokens (never the tokens themselves).
+    List,
+    /// Revoke a token by id.
+    Revoke {
+        /// Token id.
+        id: String,
+    },
+}
+
 pub(super) async fn dispatch(cli: Cli) -> ExitCode {
-    let data_dir = config::data_dir(cli.data_dir.clone());
+    let file_config = match crate::config::HostConfig::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return fail("invalid_config", e),
+    };
+    let data_dir = config::data_dir(
+        cli.data_dir
+            .clone()
+            .or_else(|| file_config.data_dir.clone()),
+    );
     match &cli.command {
         Command::RunModule(args) => run_module(&cli, &data_dir, args).await,
         Command::Modules(cmd) => modules(&cli, &data_dir, cmd).await,
         Command::Components(cmd) => components_cmd(&cli, &data_dir, cmd).await,
+        Command::Serve(args) => serve(&cli, &data_dir, file_config, args).await,
+        Command::Tokens(cmd) => tokens(&cli, &data_dir, cmd).await,
+    }
+}
+
+async fn serve(
+    cli: &Cli,
+    data_dir: &Path,
+    mut cfg: crate::config::HostConfig,
+    args: &ServeArgs,
+) -> ExitCode {
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    if args.allow_loopback {
+        cfg.outbound.allow_loopback = true;
+    }
+    let (store, vault) = match open_local(data_dir).await {
+        Ok(x) => x,
+        Err((name, msg)) => return fail(&name, msg),
+    };
+    let mut dirs = cli.modules_dirs.clone();
+    dirs.extend(cfg.modules_dirs.iter().cloned());
+    dirs.push(config::installed_modules_dir(data_dir));
+    let engine = match SandboxEngine::new(EngineConfig::default()) {
+        Ok(e) => e,
+        Err(e) => return fail("internal_error", e),
+    };
+    let cache =
+        CompileCache::at(config::cache_dir(data_dir)).unwrap_or_else(|_| CompileCache::disabled());
+    let install_root = data_dir.join("company-modules");
+    let registry =
+        Arc::new(ModuleRegistry::new(engine, cache, dirs).with_company_root(install_root.clone()));
+    // Compile everything once before taking traffic.
+    let found = registry.scan().await;
+    let outbound = match OutboundClient::new(cfg.outbound_policy()) {
+        Ok(c) => c,
+        Err(e) => return fail("internal_error", e),
+    };
+    let runtime = Runtime::new(registry, outbound, store, vault, cfg.step_limits());
+    let state = Arc::new(crate::server::AppState {
+        runtime,
+        metrics: Default::default(),
+        install_dir: install_root,
+        max_body_bytes: cfg.max_body_bytes,
+        max_module_bytes: cfg.max_module_bytes,
+    });
+    let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            return fail(
+                "listen_failed",
+                format!("cannot listen on {}: {e}", cfg.listen),
+            );
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(%addr, modules = found.len(), "serving");
+    // The line tests and scripts wait for (the port may have been 0).
+    println!("listening on http://{addr}");
+    let shutdown = async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(t) => t,
+                    Err(_) => {
+                        let _ = ctrl_c.await;
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down; letting running steps finish");
+    };
+    match crate::server::serve(listener, state, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail("internal_error", e),
+    }
+}
+
+async fn tokens(cli: &Cli, data_dir: &Path, cmd: &TokensCommand) -> ExitCode {
+    let (store, _vault) = match open_local(data_dir).await {
+        Ok(x) => x,
+        Err((name, msg)) => return fail(&name, msg),
+    };
+    match cmd {
+        TokensCommand::Create {
+            for_company,
+            user,
+            admin,
+            name,
+        } => {
+            let company = for_company.clone().unwrap_or_else(|| cli.company.clone());
+            match crate::server::auth::create_token(&*store, &company, user, *admin, name).await {
+                Ok((token, record)) => {
+                    print_json(&serde_json::json!({
+                        "id": record.id,
+                        "token": token,
+                        "company_id": record.company_id,
+                        "user_id": record.user_id,
+                        "admin": record.admin,
+                        "name": record.name,
+                    }));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail("store_unavailable", e),
+            }
+        }
+        TokensCommand::List => match store.list_tokens().await {
+            Ok(list) => {
+                let list: Vec<serde_json::Value> = list
+                    .iter()
+                    .map(|t| {
+                        serde_json::json!({
+                            "id": t.id, "company_id": t.company_id, "user_id": t.user_id,
+                            "admin": t.admin, "name": t.name, "revoked": t.revoked_at.is_some(),
+                        })
+                    })
+                    .collect();
+                print_json(&serde_json::Value::Array(list));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("store_unavailable", e),
+        },
+        TokensCommand::Revoke { id } => match store.revoke_token(id).await {
+            Ok(true) => {
+                print_json(&serde_json::json!({"id": id, "revoked": true}));
+                ExitCode::SUCCESS
+            }
+            Ok(false) => fail("not_found", format!("no live token `{id}`")),
+            Err(e) => fail("store_unavailable", e),
+        },
     }
 }
 

@@ -29,6 +29,9 @@ pub struct Cli {
     /// The company whose components the command uses (local use: `local`).
     #[arg(long, global = true, env = "FLOW8_COMPANY", default_value = "local")]
     pub company: String,
+    /// A YAML config file (flow8's `config/config.yml` shape) [env: FLOW8_CONFIG].
+    #[arg(long, global = true, env = "FLOW8_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Log as JSON lines instead of text (stderr).
     #[arg(long, global = true, env = "FLOW8_LOG_JSON")]
     pub log_json: bool,
@@ -48,6 +51,11 @@ pub enum Command {
     /// API-key components in the local store.
     #[command(subcommand)]
     Components(commands::ComponentsCommand),
+    /// Serve the REST API (default 127.0.0.1:4454).
+    Serve(commands::ServeArgs),
+    /// API tokens for the REST API.
+    #[command(subcommand)]
+    Tokens(commands::TokensCommand),
 }
 
 /// Entry point of the binary.

@@ -298,7 +298,14 @@ impl<S: Store> Runtime<S> {
             duration_ms: 0.0,
             credentials_used: Vec::new(),
         };
-        let module = match self.modules.resolve(&req.module_ref).await {
+        let resolved = if req.module_ref.ends_with(".wasm") || req.module_ref.contains('/') {
+            self.modules.resolve(&req.module_ref).await
+        } else {
+            self.modules
+                .resolve_for(&req.company_id, &req.module_ref)
+                .await
+        };
+        let module = match resolved {
             Ok(m) => m,
             Err(e) => {
                 report.result = Err(e);

@@ -22,13 +22,20 @@ pub struct ModuleEntry {
     pub module: Result<Arc<LoadedModule>, StepError>,
 }
 
+/// Modules by name (each name may have several versions).
+type NameIndex = HashMap<String, Vec<Arc<LoadedModule>>>;
+
 /// Resolves `module_ref`s to loaded modules.
 pub struct ModuleRegistry {
     engine: Arc<SandboxEngine>,
     cache: CompileCache,
     dirs: Vec<PathBuf>,
+    /// `<root>/<company_id>/*.wasm`: modules a company's admins installed, seen only by
+    /// that company's steps.
+    company_root: Option<PathBuf>,
+    by_company: Mutex<HashMap<String, NameIndex>>,
     by_digest: Mutex<HashMap<String, Arc<LoadedModule>>>,
-    by_name: Mutex<HashMap<String, Vec<Arc<LoadedModule>>>>,
+    by_name: Mutex<NameIndex>,
     /// (path, len, mtime) -> digest, so an unchanged file is not re-hashed.
     file_digests: Mutex<HashMap<PathBuf, (u64, std::time::SystemTime, String)>>,
 }
@@ -52,10 +59,127 @@ impl ModuleRegistry {
             engine,
             cache,
             dirs,
+            company_root: None,
+            by_company: Mutex::new(HashMap::new()),
             by_digest: Mutex::new(HashMap::new()),
             by_name: Mutex::new(HashMap::new()),
             file_digests: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Also serve per-company installed modules from `root/<company_id>/`.
+    pub fn with_company_root(mut self, root: PathBuf) -> ModuleRegistry {
+        self.company_root = Some(root);
+        self
+    }
+
+    /// The directory a company's installed modules live in (None when the id is not a
+    /// safe path component or no root is configured).
+    pub fn company_dir(&self, company_id: &str) -> Option<PathBuf> {
+        let safe = !company_id.is_empty()
+            && company_id.len() <= 64
+            && company_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !safe {
+            return None;
+        }
+        self.company_root.as_ref().map(|r| r.join(company_id))
+    }
+
+    async fn scan_dir(&self, dir: &Path, entries: &mut Vec<ModuleEntry>) {
+        let Ok(read) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut paths: Vec<PathBuf> = read
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let module = self.load_file(&path).await;
+            if let Err(e) = &module {
+                tracing::debug!(path = %path.display(), error = %e, "skipping module that does not load");
+            }
+            entries.push(ModuleEntry { path, module });
+        }
+    }
+
+    fn index(entries: &[ModuleEntry]) -> NameIndex {
+        let mut by_name = NameIndex::new();
+        for e in entries {
+            if let Ok(m) = &e.module {
+                let list = by_name.entry(m.manifest.name.clone()).or_default();
+                if !list.iter().any(|x| x.digest == m.digest) {
+                    list.push(m.clone());
+                }
+            }
+        }
+        by_name
+    }
+
+    /// The modules a company installed (rescanned).
+    pub async fn scan_company(&self, company_id: &str) -> Vec<ModuleEntry> {
+        let mut entries = Vec::new();
+        if let Some(dir) = self.company_dir(company_id) {
+            self.scan_dir(&dir, &mut entries).await;
+        }
+        let index = Self::index(&entries);
+        self.by_company
+            .lock()
+            .expect("registry lock")
+            .insert(company_id.to_string(), index);
+        entries
+    }
+
+    /// Whether a shared (first-party or operator-installed) module has this name.
+    pub async fn is_shared_name(&self, name: &str) -> bool {
+        if self
+            .by_name
+            .lock()
+            .expect("registry lock")
+            .contains_key(name)
+        {
+            return true;
+        }
+        self.scan().await;
+        self.by_name
+            .lock()
+            .expect("registry lock")
+            .contains_key(name)
+    }
+
+    /// Resolve a `module_ref` for a company's step: its own installed modules first,
+    /// then the shared ones. Paths are not accepted here.
+    pub async fn resolve_for(
+        &self,
+        company_id: &str,
+        module_ref: &str,
+    ) -> Result<Arc<LoadedModule>, StepError> {
+        let (name, version) = match module_ref.split_once('@') {
+            Some((n, v)) => (n, Some(v)),
+            None => (module_ref, None),
+        };
+        if self.company_root.is_some() {
+            let known = self
+                .by_company
+                .lock()
+                .expect("registry lock")
+                .contains_key(company_id);
+            if !known {
+                self.scan_company(company_id).await;
+            }
+            let found = {
+                let by_company = self.by_company.lock().expect("registry lock");
+                by_company
+                    .get(company_id)
+                    .and_then(|idx| Self::pick(idx, name, version))
+            };
+            if let Some(m) = found {
+                return Ok(m);
+            }
+        }
+        self.resolve(module_ref).await
     }
 
     /// The engine modules are compiled for.
@@ -114,36 +238,14 @@ impl ModuleRegistry {
         Ok(module)
     }
 
-    /// Every `.wasm` in the module directories, loaded (a broken file is reported, not fatal).
+    /// Every `.wasm` in the shared module directories, loaded (a broken file is
+    /// reported, not fatal).
     pub async fn scan(&self) -> Vec<ModuleEntry> {
         let mut entries = Vec::new();
         for dir in &self.dirs {
-            let Ok(read) = std::fs::read_dir(dir) else {
-                continue;
-            };
-            let mut paths: Vec<PathBuf> = read
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
-                .collect();
-            paths.sort();
-            for path in paths {
-                let module = self.load_file(&path).await;
-                if let Err(e) = &module {
-                    tracing::debug!(path = %path.display(), error = %e, "skipping module that does not load");
-                }
-                entries.push(ModuleEntry { path, module });
-            }
+            self.scan_dir(dir, &mut entries).await;
         }
-        let mut by_name: HashMap<String, Vec<Arc<LoadedModule>>> = HashMap::new();
-        for e in &entries {
-            if let Ok(m) = &e.module {
-                let list = by_name.entry(m.manifest.name.clone()).or_default();
-                if !list.iter().any(|x| x.digest == m.digest) {
-                    list.push(m.clone());
-                }
-            }
-        }
-        *self.by_name.lock().expect("registry lock") = by_name;
+        *self.by_name.lock().expect("registry lock") = Self::index(&entries);
         entries
     }
 
@@ -169,8 +271,11 @@ impl ModuleRegistry {
     }
 
     fn lookup(&self, name: &str, version: Option<&str>) -> Option<Arc<LoadedModule>> {
-        let by_name = self.by_name.lock().expect("registry lock");
-        let list = by_name.get(name)?;
+        Self::pick(&self.by_name.lock().expect("registry lock"), name, version)
+    }
+
+    fn pick(index: &NameIndex, name: &str, version: Option<&str>) -> Option<Arc<LoadedModule>> {
+        let list = index.get(name)?;
         match version {
             Some(v) => list.iter().find(|m| m.manifest.version == v).cloned(),
             None => list

@@ -4,7 +4,7 @@
 //! query has an index. Point reads run inline (WAL readers never wait on writers);
 //! writes run on the blocking pool.
 
-use super::{ComponentRecord, Store, StoreError};
+use super::{AuditQuery, AuditRecord, ComponentRecord, Store, StoreError, TokenRecord};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -28,6 +28,25 @@ CREATE TABLE IF NOT EXISTS components (
 CREATE INDEX IF NOT EXISTS components_by_kind ON components (company_id, kind);
 CREATE UNIQUE INDEX IF NOT EXISTS components_one_default
     ON components (company_id, kind) WHERE is_default = 1;
+CREATE TABLE IF NOT EXISTS api_tokens (
+    id         TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    doc        TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_log (
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+    id            TEXT NOT NULL UNIQUE,
+    company_id    TEXT NOT NULL,
+    action_type   TEXT NOT NULL,
+    resource_type TEXT NOT NULL,
+    resource_id   TEXT NOT NULL,
+    ts            INTEGER NOT NULL,
+    doc           TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_by_company ON audit_log (company_id, ts);
+CREATE INDEX IF NOT EXISTS audit_by_resource ON audit_log (company_id, resource_id, ts);
+CREATE INDEX IF NOT EXISTS audit_by_action ON audit_log (company_id, action_type, ts);
 ";
 
 /// SQLite-backed store.
@@ -297,6 +316,156 @@ impl Store for EmbeddedStore {
             company_id,
             kind,
         )
+    }
+
+    async fn insert_token(&self, token: TokenRecord) -> Result<(), StoreError> {
+        let doc = serde_json::to_string(&token).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO api_tokens (id, token_hash, created_at, doc) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    token.id,
+                    token.token_hash,
+                    token.created_at.unix_timestamp_nanos().to_string(),
+                    doc
+                ],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn find_token_by_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        self.read(|c| {
+            let doc: Option<String> = c
+                .prepare_cached("SELECT doc FROM api_tokens WHERE token_hash = ?1")
+                .map_err(unavailable)?
+                .query_row(params![token_hash], |r| r.get(0))
+                .optional()
+                .map_err(unavailable)?;
+            doc.map(|d| serde_json::from_str(&d).map_err(|e| StoreError::Corrupt(e.to_string())))
+                .transpose()
+        })
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached("SELECT doc FROM api_tokens ORDER BY created_at DESC")
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, String>(0))
+                .map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(
+                    serde_json::from_str(&row.map_err(unavailable)?)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                );
+            }
+            Ok(out)
+        })
+    }
+
+    async fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.write(move |tx| {
+            let doc: Option<String> = tx
+                .query_row(
+                    "SELECT doc FROM api_tokens WHERE id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            let Some(doc) = doc else {
+                return Ok(false);
+            };
+            let mut token: TokenRecord =
+                serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if token.revoked_at.is_some() {
+                return Ok(false);
+            }
+            token.revoked_at = Some(super::now());
+            let doc =
+                serde_json::to_string(&token).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            tx.execute(
+                "UPDATE api_tokens SET doc = ?2 WHERE id = ?1",
+                params![id, doc],
+            )
+            .map_err(unavailable)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn insert_audit(&self, entry: AuditRecord) -> Result<(), StoreError> {
+        let doc = serde_json::to_string(&entry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO audit_log (id, company_id, action_type, resource_type, resource_id, ts, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    entry.id,
+                    entry.company_id,
+                    entry.action_type,
+                    entry.resource_type,
+                    entry.resource_id,
+                    (entry.timestamp.unix_timestamp_nanos() / 1_000_000) as i64,
+                    doc
+                ],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_audit(
+        &self,
+        company_id: &str,
+        q: &AuditQuery,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let millis = |t: time::OffsetDateTime| (t.unix_timestamp_nanos() / 1_000_000) as i64;
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT doc FROM audit_log WHERE company_id = ?1
+                       AND (?2 IS NULL OR action_type = ?2)
+                       AND (?3 IS NULL OR resource_type = ?3)
+                       AND (?4 IS NULL OR resource_id = ?4)
+                       AND (?5 IS NULL OR ts >= ?5)
+                       AND (?6 IS NULL OR ts < ?6)
+                     ORDER BY ts DESC, seq DESC LIMIT ?7 OFFSET ?8",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        company_id,
+                        q.action_type,
+                        q.resource_type,
+                        q.resource_id,
+                        q.since.map(millis),
+                        q.until.map(millis),
+                        q.limit as i64,
+                        q.offset as i64
+                    ],
+                    |r| r.get::<_, String>(0),
+                )
+                .map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(
+                    serde_json::from_str(&row.map_err(unavailable)?)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                );
+            }
+            Ok(out)
+        })
     }
 
     async fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {

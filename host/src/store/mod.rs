@@ -53,6 +53,78 @@ pub struct ComponentRecord {
     pub updated_at: OffsetDateTime,
 }
 
+/// An API token: stored hashed, shown once at creation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Id (ObjectId hex).
+    #[serde(rename = "_id")]
+    pub id: String,
+    /// The company every call with this token is scoped to.
+    pub company_id: String,
+    /// The user it acts for.
+    pub user_id: String,
+    /// Admin routes allowed.
+    pub admin: bool,
+    /// A label.
+    #[serde(default)]
+    pub name: String,
+    /// SHA-256 of the token, hex.
+    pub token_hash: String,
+    /// Created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Revoked, if it was.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// One audit-log entry, in flow8's shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Id (ObjectId hex).
+    #[serde(rename = "_id")]
+    pub id: String,
+    /// Company.
+    pub company_id: String,
+    /// Who did it (user id), if a user did.
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// `component_created`, `credential_used`, `integration_linked`, ...
+    pub action_type: String,
+    /// `component`, `integration`, `module`, ...
+    pub resource_type: String,
+    /// The resource's id.
+    pub resource_id: String,
+    /// State before (never a secret).
+    #[serde(default)]
+    pub before_state: serde_json::Value,
+    /// State after (never a secret).
+    #[serde(default)]
+    pub after_state: serde_json::Value,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub timestamp: OffsetDateTime,
+}
+
+/// Which audit entries to read (newest first).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only this action.
+    pub action_type: Option<String>,
+    /// Only this resource type.
+    pub resource_type: Option<String>,
+    /// Only this resource.
+    pub resource_id: Option<String>,
+    /// At or after.
+    pub since: Option<OffsetDateTime>,
+    /// Before.
+    pub until: Option<OffsetDateTime>,
+    /// Skip this many.
+    pub offset: u64,
+    /// At most this many.
+    pub limit: u64,
+}
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -110,6 +182,31 @@ pub trait Store: Send + Sync + 'static {
         company_id: &str,
         kind: &str,
     ) -> impl Future<Output = Result<Option<ComponentRecord>, StoreError>> + Send;
+    /// Store a new API token.
+    fn insert_token(
+        &self,
+        token: TokenRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The token with this hash, revoked or not.
+    fn find_token_by_hash(
+        &self,
+        token_hash: &str,
+    ) -> impl Future<Output = Result<Option<TokenRecord>, StoreError>> + Send;
+    /// All tokens (for the operator's CLI), newest first.
+    fn list_tokens(&self) -> impl Future<Output = Result<Vec<TokenRecord>, StoreError>> + Send;
+    /// Revoke a token; whether it existed and was live.
+    fn revoke_token(&self, id: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Append an audit entry.
+    fn insert_audit(
+        &self,
+        entry: AuditRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Read a company's audit entries, newest first.
+    fn list_audit(
+        &self,
+        company_id: &str,
+        query: &AuditQuery,
+    ) -> impl Future<Output = Result<Vec<AuditRecord>, StoreError>> + Send;
     /// A host-wide setting (e.g. the master-key check value).
     fn get_meta(
         &self,

@@ -1,0 +1,243 @@
+//! Host configuration: defaults, then a YAML file (`--config` or `FLOW8_CONFIG`, the
+//! shape of flow8's `config/config.yml`), then `FLOW8_*` environment variables. Unknown
+//! keys in the file are refused, so a typo never silently does nothing.
+
+use crate::manifest::HostPattern;
+use crate::outbound::OutboundPolicy;
+use crate::runtime::sandbox::StepLimits;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("config file {path} is not valid: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// An environment variable is not valid.
+    #[error("{name} is not valid: {message}")]
+    Env {
+        /// The variable.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Egress settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundConfig {
+    /// Host patterns any module may reach (intersected with each manifest).
+    pub allowed_hosts: Vec<String>,
+    /// Let modules reach loopback addresses.
+    pub allow_loopback: bool,
+    /// Let modules reach private and link-local addresses.
+    pub allow_private: bool,
+    /// Largest response body handed to a module, bytes.
+    pub max_response_bytes: usize,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        let p = OutboundPolicy::default();
+        OutboundConfig {
+            allowed_hosts: p.allowed_hosts.iter().map(|h| h.to_string()).collect(),
+            allow_loopback: p.allow_loopback,
+            allow_private: p.allow_private,
+            max_response_bytes: p.max_response_bytes,
+        }
+    }
+}
+
+/// Default per-step limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Step deadline.
+    pub deadline_seconds: f64,
+    /// Memory cap.
+    pub memory_mib: usize,
+    /// Output cap.
+    pub output_kib: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let l = StepLimits::default();
+        LimitsConfig {
+            deadline_seconds: l.deadline.as_secs_f64(),
+            memory_mib: l.memory_bytes / (1024 * 1024),
+            output_kib: l.output_bytes / 1024,
+        }
+    }
+}
+
+/// Everything the host is configured with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    /// Where `serve` listens (flow8's default port is 4454).
+    pub listen: SocketAddr,
+    /// Data directory (store, key file, compile cache, installed modules).
+    pub data_dir: Option<PathBuf>,
+    /// Extra module directories.
+    pub modules_dirs: Vec<PathBuf>,
+    /// Largest JSON request body the API accepts, bytes.
+    pub max_body_bytes: usize,
+    /// Largest `.wasm` an admin may install, bytes.
+    pub max_module_bytes: usize,
+    /// Egress policy.
+    pub outbound: OutboundConfig,
+    /// Default step limits.
+    pub limits: LimitsConfig,
+    /// Log as JSON lines.
+    pub log_json: bool,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4454)),
+            data_dir: None,
+            modules_dirs: Vec::new(),
+            max_body_bytes: 1024 * 1024,
+            max_module_bytes: crate::runtime::module::MAX_MODULE_BYTES,
+            outbound: OutboundConfig::default(),
+            limits: LimitsConfig::default(),
+            log_json: false,
+        }
+    }
+}
+
+fn env_bool(name: &str) -> Result<Option<bool>, ConfigError> {
+    match std::env::var(name) {
+        Err(_) => Ok(None),
+        Ok(v) => match v.to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(Some(true)),
+            "0" | "false" | "no" | "off" | "" => Ok(Some(false)),
+            _ => Err(ConfigError::Env {
+                name: name.into(),
+                message: format!("`{v}` is not true or false"),
+            }),
+        },
+    }
+}
+
+impl HostConfig {
+    /// Defaults, then the file (if any), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<HostConfig, ConfigError> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                serde_norway::from_str::<HostConfig>(&text).map_err(|e| ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?
+            }
+            None => HostConfig::default(),
+        };
+        if let Ok(v) = std::env::var("FLOW8_LISTEN") {
+            config.listen = v.parse().map_err(|e| ConfigError::Env {
+                name: "FLOW8_LISTEN".into(),
+                message: format!("{e}"),
+            })?;
+        }
+        if let Some(b) = env_bool("FLOW8_ALLOW_LOOPBACK")? {
+            config.outbound.allow_loopback = b;
+        }
+        if let Some(b) = env_bool("FLOW8_ALLOW_PRIVATE")? {
+            config.outbound.allow_private = b;
+        }
+        if let Some(b) = env_bool("FLOW8_LOG_JSON")? {
+            config.log_json = b;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |message: String| ConfigError::Invalid {
+            path: PathBuf::from("(configuration)"),
+            message,
+        };
+        for h in &self.outbound.allowed_hosts {
+            HostPattern::parse(h).map_err(|e| bad(format!("outbound.allowed_hosts: {e}")))?;
+        }
+        if !(self.limits.deadline_seconds > 0.0 && self.limits.deadline_seconds <= 3600.0) {
+            return Err(bad("limits.deadline_seconds must be in (0, 3600]".into()));
+        }
+        if self.limits.memory_mib == 0 || self.limits.memory_mib > 1024 {
+            return Err(bad("limits.memory_mib must be 1-1024".into()));
+        }
+        Ok(())
+    }
+
+    /// The egress policy this configuration describes.
+    pub fn outbound_policy(&self) -> OutboundPolicy {
+        OutboundPolicy {
+            allowed_hosts: self
+                .outbound
+                .allowed_hosts
+                .iter()
+                .filter_map(|h| HostPattern::parse(h).ok())
+                .collect(),
+            allow_loopback: self.outbound.allow_loopback,
+            allow_private: self.outbound.allow_private,
+            max_response_bytes: self.outbound.max_response_bytes,
+            ..OutboundPolicy::default()
+        }
+    }
+
+    /// The default step limits this configuration describes.
+    pub fn step_limits(&self) -> StepLimits {
+        StepLimits {
+            deadline: Duration::from_secs_f64(self.limits.deadline_seconds),
+            memory_bytes: self.limits.memory_mib * 1024 * 1024,
+            output_bytes: self.limits.output_kib * 1024,
+            ..StepLimits::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_values_apply_and_typos_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.yml");
+        std::fs::write(&p, "listen: 127.0.0.1:9999\noutbound:\n  allow_loopback: true\nlimits:\n  deadline_seconds: 5\n").unwrap();
+        let c = HostConfig::load(Some(&p)).unwrap();
+        assert_eq!(c.listen.port(), 9999);
+        assert!(c.outbound_policy().allow_loopback);
+        assert_eq!(c.step_limits().deadline, Duration::from_secs(5));
+        std::fs::write(&p, "listen: 127.0.0.1:9999\noutbund: {}\n").unwrap();
+        assert!(matches!(
+            HostConfig::load(Some(&p)),
+            Err(ConfigError::Invalid { .. })
+        ));
+        std::fs::write(&p, "outbound:\n  allowed_hosts: ['https://*.com']\n").unwrap();
+        assert!(HostConfig::load(Some(&p)).is_err());
+    }
+}

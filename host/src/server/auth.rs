@@ -1,0 +1,113 @@
+//! API tokens and who is calling. Every call carries `Authorization: Bearer <token>`;
+//! tokens are created by the operator's CLI, shown once, stored as SHA-256 hashes, and
+//! revocable. A token fixes the company every read and write is scoped to.
+
+use super::AppState;
+use super::error::ApiError;
+use crate::store::{Store, TokenRecord, new_object_id, now};
+use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The token's id.
+    pub token_id: String,
+    /// Company scope.
+    pub company_id: String,
+    /// The user.
+    pub user_id: String,
+    /// Admin routes allowed.
+    pub admin: bool,
+}
+
+impl Caller {
+    /// Refuse non-admins.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.admin {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "admin_required",
+                "this route needs an admin token",
+            ))
+        }
+    }
+}
+
+/// SHA-256 of a token, hex: what the store keeps.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Create a token; returns the plaintext (to show once) and the stored record.
+pub async fn create_token<S: Store>(
+    store: &S,
+    company_id: &str,
+    user_id: &str,
+    admin: bool,
+    name: &str,
+) -> Result<(String, TokenRecord), crate::store::StoreError> {
+    let raw: [u8; 32] = rand::random();
+    let token = format!(
+        "f8_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    );
+    let record = TokenRecord {
+        id: new_object_id(),
+        company_id: company_id.into(),
+        user_id: user_id.into(),
+        admin,
+        name: name.into(),
+        token_hash: hash_token(&token),
+        created_at: now(),
+        revoked_at: None,
+    };
+    store.insert_token(record.clone()).await?;
+    Ok((token, record))
+}
+
+fn unauthorized(message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+}
+
+impl<S: Store> FromRequestParts<Arc<AppState<S>>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState<S>>,
+    ) -> Result<Caller, ApiError> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| unauthorized("missing `Authorization: Bearer <token>`"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| unauthorized("the Authorization header is not `Bearer <token>`"))?;
+        let record = state
+            .runtime
+            .store()
+            .find_token_by_hash(&hash_token(token))
+            .await?
+            .ok_or_else(|| unauthorized("unknown token"))?;
+        if record.revoked_at.is_some() {
+            return Err(unauthorized("this token was revoked"));
+        }
+        Ok(Caller {
+            token_id: record.id,
+            company_id: record.company_id,
+            user_id: record.user_id,
+            admin: record.admin,
+        })
+    }
+}

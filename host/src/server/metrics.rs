@@ -1,0 +1,116 @@
+//! Prometheus metrics in the text exposition format: steps by module and outcome, a
+//! step-latency histogram, and sandbox limit hits. Kept by hand: a handful of counters
+//! does not need a metrics framework.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+
+const BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+/// The host's metrics.
+#[derive(Default)]
+pub struct Metrics {
+    steps: Mutex<BTreeMap<(String, String), u64>>,
+    latency: Mutex<BTreeMap<String, Histogram>>,
+    limit_hits: Mutex<BTreeMap<String, u64>>,
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    /// Record one finished step.
+    pub fn step(&self, module: &str, outcome: &str, seconds: f64) {
+        *self
+            .steps
+            .lock()
+            .expect("metrics lock")
+            .entry((module.into(), outcome.into()))
+            .or_default() += 1;
+        let mut lat = self.latency.lock().expect("metrics lock");
+        let h = lat.entry(module.into()).or_insert_with(|| Histogram {
+            counts: vec![0; BUCKETS.len()],
+            ..Default::default()
+        });
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if seconds <= *b {
+                h.counts[i] += 1;
+            }
+        }
+        h.sum += seconds;
+        h.count += 1;
+        if matches!(
+            outcome,
+            "deadline_exceeded" | "memory_limit_exceeded" | "output_too_large" | "limit_exceeded"
+        ) {
+            *self
+                .limit_hits
+                .lock()
+                .expect("metrics lock")
+                .entry(outcome.into())
+                .or_default() += 1;
+        }
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP flow8_steps_total Flow steps run, by module and outcome.\n# TYPE flow8_steps_total counter\n");
+        for ((m, o), n) in self.steps.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "flow8_steps_total{{module=\"{}\",outcome=\"{}\"}} {n}",
+                escape(m),
+                escape(o)
+            );
+        }
+        out.push_str("# HELP flow8_step_duration_seconds Step latency, by module.\n# TYPE flow8_step_duration_seconds histogram\n");
+        for (m, h) in self.latency.lock().expect("metrics lock").iter() {
+            let m = escape(m);
+            for (i, b) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "flow8_step_duration_seconds_bucket{{module=\"{m}\",le=\"{b}\"}} {}",
+                    h.counts[i]
+                );
+            }
+            let _ = writeln!(
+                out,
+                "flow8_step_duration_seconds_bucket{{module=\"{m}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "flow8_step_duration_seconds_sum{{module=\"{m}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "flow8_step_duration_seconds_count{{module=\"{m}\"}} {}",
+                h.count
+            );
+        }
+        out.push_str("# HELP flow8_sandbox_limit_hits_total Steps stopped by a sandbox limit.\n# TYPE flow8_sandbox_limit_hits_total counter\n");
+        for (l, n) in self.limit_hits.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "flow8_sandbox_limit_hits_total{{limit=\"{}\"}} {n}",
+                escape(l)
+            );
+        }
+        out
+    }
+}

@@ -1,0 +1,92 @@
+//! The REST API flow8 talks to (`flow8-host serve`, port 4454 by default): API-key
+//! components, flow-step execution, the audit log, the module registry, and the
+//! operational endpoints (`/healthz`, `/readyz`, `/metrics`, `/openapi.json`). Built to
+//! be tested: `router(state)` and `serve(listener, shutdown)`.
+
+pub mod audit;
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod openapi;
+pub mod routes;
+
+use crate::runtime::Runtime;
+use crate::store::Store;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// What every handler shares.
+pub struct AppState<S: Store> {
+    /// Runs steps; holds the store, vault and module registry.
+    pub runtime: Runtime<S>,
+    /// Metrics.
+    pub metrics: metrics::Metrics,
+    /// Where admins' modules are installed.
+    pub install_dir: PathBuf,
+    /// Largest JSON body.
+    pub max_body_bytes: usize,
+    /// Largest installed module.
+    pub max_module_bytes: usize,
+}
+
+/// The API's routes.
+pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
+    let json_limit = DefaultBodyLimit::max(state.max_body_bytes);
+    let module_limit = DefaultBodyLimit::max(state.max_module_bytes);
+    let api = Router::new()
+        .route(
+            "/api/v1/admin/components",
+            post(routes::components::create::<S>).get(routes::components::list::<S>),
+        )
+        .route(
+            "/api/v1/admin/components/{id}",
+            get(routes::components::get_one::<S>).delete(routes::components::remove::<S>),
+        )
+        .route(
+            "/api/v1/admin/components/{id}/default",
+            post(routes::components::make_default::<S>),
+        )
+        .route(
+            "/api/v1/components",
+            get(routes::components::list_for_members::<S>),
+        )
+        .route("/api/v1/steps", post(routes::steps::run::<S>))
+        .route("/api/v1/admin/audit", get(routes::audit_log::list::<S>))
+        .route("/api/v1/modules", get(routes::modules::list::<S>))
+        .route(
+            "/api/v1/modules/{module_ref}",
+            get(routes::modules::get_one::<S>),
+        )
+        .layer(json_limit);
+    let installs = Router::new()
+        .route("/api/v1/admin/modules", post(routes::modules::install::<S>))
+        .route(
+            "/api/v1/admin/modules/{module_ref}",
+            delete(routes::modules::remove::<S>),
+        )
+        .layer(module_limit);
+    Router::new()
+        .route("/healthz", get(routes::ops::healthz))
+        .route("/readyz", get(routes::ops::readyz::<S>))
+        .route("/metrics", get(routes::ops::metrics::<S>))
+        .route("/openapi.json", get(routes::ops::openapi))
+        .merge(api)
+        .merge(installs)
+        .fallback(routes::ops::no_such_route)
+        .with_state(state)
+}
+
+/// Serve until `shutdown` resolves, then let running requests (steps) finish.
+pub async fn serve<S: Store>(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState<S>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

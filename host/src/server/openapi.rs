@@ -1,0 +1,192 @@
+//! The OpenAPI 3.1 document the server serves at `/openapi.json`, generated from one
+//! table of routes (`ROUTES`); a test calls every route it lists to keep the two true.
+
+use serde_json::{Map, Value, json};
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No token.
+    Public,
+    /// Any token of the company.
+    Member,
+    /// An admin token.
+    Admin,
+}
+
+/// One route.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    /// HTTP method, lower case.
+    pub method: &'static str,
+    /// Path with `{param}`s.
+    pub path: &'static str,
+    /// Who may call it.
+    pub access: Access,
+    /// What it does.
+    pub summary: &'static str,
+    /// Success status.
+    pub ok: u16,
+}
+
+const fn r(
+    method: &'static str,
+    path: &'static str,
+    access: Access,
+    summary: &'static str,
+    ok: u16,
+) -> Route {
+    Route {
+        method,
+        path,
+        access,
+        summary,
+        ok,
+    }
+}
+
+/// Every route the server answers.
+pub const ROUTES: &[Route] = &[
+    r("get", "/healthz", Access::Public, "Liveness", 200),
+    r(
+        "get",
+        "/readyz",
+        Access::Public,
+        "Readiness: the store answers",
+        200,
+    ),
+    r("get", "/metrics", Access::Public, "Prometheus metrics", 200),
+    r("get", "/openapi.json", Access::Public, "This document", 200),
+    r(
+        "post",
+        "/api/v1/admin/components",
+        Access::Admin,
+        "Create an API-key component (flow8 body); answers config_summary, never a credential",
+        201,
+    ),
+    r(
+        "get",
+        "/api/v1/admin/components",
+        Access::Admin,
+        "List the company's components",
+        200,
+    ),
+    r(
+        "get",
+        "/api/v1/admin/components/{id}",
+        Access::Admin,
+        "One component",
+        200,
+    ),
+    r(
+        "delete",
+        "/api/v1/admin/components/{id}",
+        Access::Admin,
+        "Delete a component",
+        204,
+    ),
+    r(
+        "post",
+        "/api/v1/admin/components/{id}/default",
+        Access::Admin,
+        "Make a component the default of its kind",
+        200,
+    ),
+    r(
+        "get",
+        "/api/v1/components",
+        Access::Member,
+        "List the company's components (summaries)",
+        200,
+    ),
+    r(
+        "post",
+        "/api/v1/steps",
+        Access::Member,
+        "Run one flow step: {name, module_ref, input_mapping, bindings, limits}",
+        200,
+    ),
+    r(
+        "get",
+        "/api/v1/admin/audit",
+        Access::Admin,
+        "The audit log, newest first (filters: action_type, resource_type, resource_id, since, until; paging: limit, offset)",
+        200,
+    ),
+    r(
+        "get",
+        "/api/v1/modules",
+        Access::Member,
+        "Modules this company can run",
+        200,
+    ),
+    r(
+        "get",
+        "/api/v1/modules/{module_ref}",
+        Access::Member,
+        "One module by name or name@version",
+        200,
+    ),
+    r(
+        "post",
+        "/api/v1/admin/modules",
+        Access::Admin,
+        "Install a module: the .wasm as the body (application/wasm)",
+        201,
+    ),
+    r(
+        "delete",
+        "/api/v1/admin/modules/{module_ref}",
+        Access::Admin,
+        "Remove an installed module (name@version)",
+        204,
+    ),
+];
+
+/// The document.
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    for route in ROUTES {
+        let entry = paths
+            .entry(route.path.to_string())
+            .or_insert_with(|| json!({}));
+        let params: Vec<Value> = route
+            .path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        let mut op = json!({
+            "summary": route.summary,
+            "parameters": params,
+            "responses": {
+                route.ok.to_string(): {"description": "Success"},
+                "default": {"description": "A named error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            }
+        });
+        if route.access != Access::Public {
+            op["security"] = json!([{"bearer": []}]);
+            op["x-flow8-access"] = json!(if route.access == Access::Admin {
+                "admin"
+            } else {
+                "member"
+            });
+        }
+        entry[route.method] = op;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "flow8 integration host", "version": env!("CARGO_PKG_VERSION")},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "message"],
+                    "properties": {"error": {"type": "string"}, "message": {"type": "string"}}
+                }
+            }
+        }
+    })
+}

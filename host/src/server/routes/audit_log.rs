@@ -1,0 +1,87 @@
+//! `GET /api/v1/admin/audit`: the company's audit log, newest first, with filters
+//! (`action_type`, `resource_type`, `resource_id`, `since`, `until` as RFC 3339) and
+//! paging (`limit` up to 500, `offset`).
+
+use crate::server::AppState;
+use crate::server::auth::Caller;
+use crate::server::error::ApiError;
+use crate::store::{AuditQuery, Store};
+use axum::Json;
+use axum::extract::{Query, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Query parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditParams {
+    action_type: Option<String>,
+    resource_type: Option<String>,
+    resource_id: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<u64>,
+    offset: Option<u64>,
+}
+
+fn when(name: &str, v: Option<String>) -> Result<Option<OffsetDateTime>, ApiError> {
+    v.map(|s| {
+        OffsetDateTime::parse(&s, &Rfc3339)
+            .map_err(|_| ApiError::invalid_input(format!("`{name}` is not an RFC 3339 time")))
+    })
+    .transpose()
+}
+
+/// `GET /api/v1/admin/audit`
+pub async fn list<S: Store>(
+    State(st): State<Arc<AppState<S>>>,
+    caller: Caller,
+    params: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    let Query(p) = params.map_err(|e| ApiError::invalid_input(e.body_text()))?;
+    let limit = p.limit.unwrap_or(50);
+    if limit == 0 || limit > 500 {
+        return Err(ApiError::invalid_input("`limit` must be 1-500"));
+    }
+    let offset = p.offset.unwrap_or(0);
+    let query = AuditQuery {
+        action_type: p.action_type,
+        resource_type: p.resource_type,
+        resource_id: p.resource_id,
+        since: when("since", p.since)?,
+        until: when("until", p.until)?,
+        offset,
+        limit: limit + 1,
+    };
+    let mut entries = st
+        .runtime
+        .store()
+        .list_audit(&caller.company_id, &query)
+        .await?;
+    let more = entries.len() as u64 > limit;
+    entries.truncate(limit as usize);
+    let entries: Vec<Value> = entries
+        .into_iter()
+        .map(|e| {
+            json!({
+                "id": e.id,
+                "action_type": e.action_type,
+                "resource_type": e.resource_type,
+                "resource_id": e.resource_id,
+                "before_state": e.before_state,
+                "after_state": e.after_state,
+                "timestamp": e.timestamp.format(&Rfc3339).unwrap_or_default(),
+                "user_id": e.user_id,
+                "company_id": e.company_id,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "entries": entries,
+        "next_offset": if more { Some(offset + limit) } else { None },
+    })))
+}

@@ -1,0 +1,167 @@
+//! `/api/v1/admin/components`: API-key components (flow8's "Storing API Keys"). Answers
+//! carry `config_summary`, never a credential. Rotation is the flow8 procedure: create
+//! the new component, repoint flows, delete the old one.
+
+use crate::components::{self, NewComponent};
+use crate::server::AppState;
+use crate::server::audit;
+use crate::server::auth::Caller;
+use crate::server::error::ApiError;
+use crate::server::extract::ApiJson;
+use crate::store::{ComponentRecord, Store};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// The API's view of a component.
+pub fn summary(c: &ComponentRecord) -> Value {
+    json!({
+        "id": c.id,
+        "name": c.name,
+        "kind": c.kind,
+        "config_summary": components::config_summary(c),
+        "is_default": c.is_default,
+        "created_at": c.created_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+    })
+}
+
+fn audit_state(c: &ComponentRecord) -> Value {
+    json!({"name": c.name, "kind": c.kind, "config_summary": components::config_summary(c), "is_default": c.is_default})
+}
+
+/// `POST /api/v1/admin/components`
+pub async fn create<S: Store>(
+    State(st): State<Arc<AppState<S>>>,
+    caller: Caller,
+    ApiJson(body): ApiJson<NewComponent>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require_admin()?;
+    let record = components::prepare(body, &caller.company_id, st.runtime.vault())
+        .map_err(|e| ApiError::invalid_input(e.to_string()))?;
+    st.runtime.store().insert_component(record.clone()).await?;
+    audit::record(
+        &**st.runtime.store(),
+        &caller.company_id,
+        Some(&caller.user_id),
+        "component_created",
+        "component",
+        &record.id,
+        json!({}),
+        audit_state(&record),
+    )
+    .await;
+    Ok((StatusCode::CREATED, Json(summary(&record))))
+}
+
+async fn list_all<S: Store>(st: &AppState<S>, caller: &Caller) -> Result<Json<Value>, ApiError> {
+    let list = st
+        .runtime
+        .store()
+        .list_components(&caller.company_id)
+        .await?;
+    Ok(Json(
+        json!({"components": list.iter().map(summary).collect::<Vec<_>>()}),
+    ))
+}
+
+/// `GET /api/v1/admin/components`
+pub async fn list<S: Store>(
+    State(st): State<Arc<AppState<S>>>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    list_all(&st, &caller).await
+}
+
+/// `GET /api/v1/components`: members see the summaries too (to bind components to steps).
+pub async fn list_for_members<S: Store>(
+    State(st): State<Arc<AppState<S>>>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    list_all(&st, &caller).await
+}
+
+async fn find<S: Store>(
+    st: &AppState<S>,
+    caller: &Caller,
+    id: &str,
+) -> Result<ComponentRecord, ApiError> {
+    st.runtime
+        .store()
+        .get_component(&caller.company_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("component"))
+}
+
+/// `GET /api/v1/admin/components/{id}`
+pub async fn get_one<S: Store>(
+    State(st): State<Arc<AppState<S>>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    Ok(Json(summary(&find(&st, &caller, &id).await?)))
+}
+
+/// `DELETE /api/v1/admin/components/{id}`
+pub async fn remove<S: Store>(
+    State(st): State<Arc<AppState<S>>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_admin()?;
+    let record = find(&st, &caller, &id).await?;
+    if !st
+        .runtime
+        .store()
+        .delete_component(&caller.company_id, &id)
+        .await?
+    {
+        return Err(ApiError::not_found("component"));
+    }
+    audit::record(
+        &**st.runtime.store(),
+        &caller.company_id,
+        Some(&caller.user_id),
+        "component_deleted",
+        "component",
+        &id,
+        audit_state(&record),
+        json!({}),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/v1/admin/components/{id}/default`
+pub async fn make_default<S: Store>(
+    State(st): State<Arc<AppState<S>>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    let before = find(&st, &caller, &id).await?;
+    if !st
+        .runtime
+        .store()
+        .set_default_component(&caller.company_id, &id)
+        .await?
+    {
+        return Err(ApiError::not_found("component"));
+    }
+    let after = find(&st, &caller, &id).await?;
+    audit::record(
+        &**st.runtime.store(),
+        &caller.company_id,
+        Some(&caller.user_id),
+        "component_made_default",
+        "component",
+        &id,
+        audit_state(&before),
+        audit_state(&after),
+    )
+    .await;
+    Ok(Json(summary(&after)))
+}

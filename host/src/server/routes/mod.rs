@@ -1,0 +1,7 @@
+//! Route handlers, one file per resource.
+
+pub mod audit_log;
+pub mod components;
+pub mod modules;
+pub mod ops;
+pub mod steps;

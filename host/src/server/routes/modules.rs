@@ -1,0 +1,175 @@
+//! `/api/v1/modules`: the modules a company can run (shared first-party modules plus
+//! the ones its admins installed), and installing or removing a third party's `.wasm`.
+//! An upload is validated whole (component, world, manifest, hosts, size) before it is
+//! accepted; a new version is picked up at once, while steps already running finish
+//! on the version they started with.
+
+use crate::runtime::module::LoadedModule;
+use crate::runtime::registry::ModuleEntry;
+use crate::server::AppState;
+use crate::server::audit;
+use crate::server::auth::Caller;
+use crate::server::error::ApiError;
+use crate::store::Store;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+fn describe(m: &LoadedModule, scope: &str) -> Value {
+    json!({
+        "name": m.manifest.name,
+        "version": m.manifest.version,
+        "description": m.manifest.description,
+        "digest": m.digest,
+        "size": m.size,
+        "scope": scope,
+        "manifest": m.manifest,
+    })
+}
+
+fn loaded(entries: &[ModuleEntry], scope: &str) -> Vec<Value> {
+    let mut seen = std::collections::HashSet::new();
+    entries
+        .iter()
+        .filter_map(|e| e.module.as_ref().ok())
+        .filter(|m| seen.insert(m.digest.clone()))
+        .map(|m| describe(m, scope))
+        .collect()
+}
+
+/// `GET /api/v1/modules`
+pub async fn list<S: Store>(State(st): State<Arc<AppState<S>>>, caller: Caller) -> Json<Value> {
+    let registry = st.runtime.modules();
+    let mut modules = loaded(&registry.scan_company(&caller.company_id).await, "company");
+    modules.extend(loaded(&registry.scan().await, "shared"));
+    Json(json!({"modules": modules}))
+}
+
+/// `GET /api/v1/modules/{module_ref}` (`name` or `name@version`)
+pub async fn get_one<S: Store>(
+    State(st): State<Arc<AppState<S>>>,
+    caller: Caller,
+    Path(module_ref): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if module_ref.contains('/') || module_ref.ends_with(".wasm") {
+        return Err(ApiError::not_found("module"));
+    }
+    let m = st
+        .runtime
+        .modules()
+        .resolve_for(&caller.company_id, &module_ref)
+        .await
+        .map_err(|_| ApiError::not_found("module"))?;
+    Ok(Json(describe(&m, "resolved")))
+}
+
+/// `POST /api/v1/admin/modules` with the `.wasm` as the body.
+pub async fn install<S: Store>(
+    State(st): State<Arc<AppState<S>>>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require_admin()?;
+    let registry = st.runtime.modules();
+    let module = registry
+        .load_bytes(&body)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.name.as_str(), e.message))?;
+    let name = module.manifest.name.clone();
+    let version = module.manifest.version.clone();
+    if registry.is_shared_name(&name).await {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("`{name}` is a first-party module; give yours another name"),
+        ));
+    }
+    let dir = registry.company_dir(&caller.company_id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "no install directory",
+        )
+    })?;
+    let path = dir.join(format!("{name}-{version}.wasm"));
+    if path.exists() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("{name}@{version} is already installed; bump the version"),
+        ));
+    }
+    let write = async {
+        tokio::fs::create_dir_all(&dir).await?;
+        let tmp = dir.join(format!(".{name}-{version}.wasm.partial"));
+        tokio::fs::write(&tmp, &body).await?;
+        tokio::fs::rename(&tmp, &path).await
+    };
+    write.await.map_err(|e| {
+        tracing::error!(error = %e, "cannot write installed module");
+        ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "storage_error",
+            "the module could not be written to disk",
+        )
+    })?;
+    registry.scan_company(&caller.company_id).await;
+    audit::record(
+        &**st.runtime.store(),
+        &caller.company_id,
+        Some(&caller.user_id),
+        "module_installed",
+        "module",
+        &format!("{name}@{version}"),
+        json!({}),
+        json!({"name": name, "version": version, "digest": module.digest}),
+    )
+    .await;
+    Ok((StatusCode::CREATED, Json(describe(&module, "company"))))
+}
+
+/// `DELETE /api/v1/admin/modules/{name@version}`
+pub async fn remove<S: Store>(
+    State(st): State<Arc<AppState<S>>>,
+    caller: Caller,
+    Path(module_ref): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_admin()?;
+    let Some((name, version)) = module_ref.split_once('@') else {
+        return Err(ApiError::invalid_input("name the module as name@version"));
+    };
+    let registry = st.runtime.modules();
+    let entries = registry.scan_company(&caller.company_id).await;
+    let entry = entries.iter().find(|e| {
+        e.module
+            .as_ref()
+            .is_ok_and(|m| m.manifest.name == name && m.manifest.version == version)
+    });
+    let Some(entry) = entry else {
+        return Err(ApiError::not_found("installed module"));
+    };
+    tokio::fs::remove_file(&entry.path).await.map_err(|e| {
+        tracing::error!(error = %e, "cannot remove installed module");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage_error",
+            "the module could not be removed",
+        )
+    })?;
+    registry.scan_company(&caller.company_id).await;
+    audit::record(
+        &**st.runtime.store(),
+        &caller.company_id,
+        Some(&caller.user_id),
+        "module_removed",
+        "module",
+        &module_ref,
+        json!({"name": name, "version": version}),
+        json!({}),
+    )
+    .await;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,168 @@
+//! `POST /api/v1/steps`: run one flow step, body as in flow8 (`name`, `module_ref`,
+//! `input_mapping`) plus `bindings` (binding name -> component name or id) and optional
+//! limits. The answer is the step report (output or named error, log, duration,
+//! credentials used); a failed step answers with the status its error maps to. Every
+//! credential use is audited.
+
+use crate::runtime::sandbox::StepLimits;
+use crate::runtime::{StepReport, StepRequest};
+use crate::server::AppState;
+use crate::server::audit;
+use crate::server::auth::Caller;
+use crate::server::error::{ApiError, step_status};
+use crate::server::extract::ApiJson;
+use crate::store::Store;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Per-step limit overrides (each at most the host's default).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverrides {
+    deadline_seconds: Option<f64>,
+    memory_mib: Option<usize>,
+    output_kib: Option<usize>,
+}
+
+/// The step body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepBody {
+    /// The step's name in its flow.
+    #[serde(default)]
+    name: String,
+    /// The module.
+    module_ref: String,
+    /// The input.
+    #[serde(default = "empty_object")]
+    input_mapping: Value,
+    /// Binding name -> component name or id.
+    #[serde(default)]
+    bindings: BTreeMap<String, String>,
+    /// Limit overrides.
+    #[serde(default)]
+    limits: Option<LimitOverrides>,
+}
+
+fn empty_object() -> Value {
+    json!({})
+}
+
+fn limits(defaults: StepLimits, o: Option<LimitOverrides>) -> Result<StepLimits, ApiError> {
+    let Some(o) = o else {
+        return Ok(defaults);
+    };
+    let mut l = defaults;
+    if let Some(d) = o.deadline_seconds {
+        if !(d > 0.0 && d <= defaults.deadline.as_secs_f64()) {
+            return Err(ApiError::invalid_input(format!(
+                "limits.deadline_seconds must be in (0, {}]",
+                defaults.deadline.as_secs_f64()
+            )));
+        }
+        l.deadline = Duration::from_secs_f64(d);
+    }
+    if let Some(m) = o.memory_mib {
+        if m == 0 || m * 1024 * 1024 > defaults.memory_bytes {
+            return Err(ApiError::invalid_input(format!(
+                "limits.memory_mib must be 1-{}",
+                defaults.memory_bytes / (1024 * 1024)
+            )));
+        }
+        l.memory_bytes = m * 1024 * 1024;
+    }
+    if let Some(k) = o.output_kib {
+        if k == 0 || k * 1024 > defaults.output_bytes {
+            return Err(ApiError::invalid_input(format!(
+                "limits.output_kib must be 1-{}",
+                defaults.output_bytes / 1024
+            )));
+        }
+        l.output_bytes = k * 1024;
+    }
+    Ok(l)
+}
+
+/// `POST /api/v1/steps`
+pub async fn run<S: Store>(
+    State(st): State<Arc<AppState<S>>>,
+    caller: Caller,
+    ApiJson(body): ApiJson<StepBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if body.module_ref.trim().is_empty()
+        || body.module_ref.contains('/')
+        || body.module_ref.ends_with(".wasm")
+    {
+        return Err(ApiError::invalid_input(
+            "module_ref is a module name or name@version (paths are for the local CLI)",
+        ));
+    }
+    let limits = limits(st.runtime.default_limits(), body.limits)?;
+    let report: StepReport = st
+        .runtime
+        .run_step(StepRequest {
+            company_id: caller.company_id.clone(),
+            module_ref: body.module_ref.clone(),
+            input: body.input_mapping,
+            bindings: body.bindings,
+            limits: Some(limits),
+            workspace: None,
+        })
+        .await;
+    let module_name = report
+        .module
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_else(|| body.module_ref.clone());
+    let outcome = match &report.result {
+        Ok(_) => "ok",
+        Err(e) => e.name.as_str(),
+    };
+    st.metrics
+        .step(&module_name, outcome, report.duration_ms / 1000.0);
+
+    // One audit entry per distinct use of a credential.
+    let mut seen = std::collections::BTreeSet::new();
+    for u in &report.credentials_used {
+        if !seen.insert((u.binding.clone(), u.how, u.destination.clone())) {
+            continue;
+        }
+        audit::record(
+            &**st.runtime.store(),
+            &caller.company_id,
+            Some(&caller.user_id),
+            "credential_used",
+            "component",
+            &u.resource_id,
+            json!({}),
+            json!({
+                "step": body.name,
+                "module": module_name,
+                "module_version": report.module.as_ref().map(|m| m.version.clone()),
+                "binding": u.binding,
+                "how": u.how,
+                "destination": u.destination,
+            }),
+        )
+        .await;
+    }
+    let status = match &report.result {
+        Ok(_) => StatusCode::OK,
+        Err(e) => step_status(e),
+    };
+    let mut value = serde_json::to_value(&report).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            e.to_string(),
+        )
+    })?;
+    value["name"] = Value::String(body.name);
+    Ok((status, Json(value)))
+}

@@ -1,0 +1,621 @@
+//! The REST API over real HTTP: a `flow8-host serve` process on port 0, tokens made
+//! with the CLI, and a real HTTP client. Token lifecycle, admin vs member, tenant
+//! isolation on every route, component CRUD, a step that uses a bound component, the
+//! audit log, module installs, bad input, and that no secret leaks anywhere.
+
+use flow8_tests::{
+    Cli, RecordingServer, Reply, ServerProcess, contains_bytes, create_token, wasm, wasm_dir,
+};
+use serde_json::{Value, json};
+
+const CANARY: &str = "Bearer api-canary-3d9f1b7c2e";
+
+struct Api {
+    client: reqwest::Client,
+}
+
+impl Api {
+    fn new() -> Api {
+        Api {
+            client: reqwest::Client::new(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        url: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, Value, String) {
+        let mut req = self
+            .client
+            .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        (status, value, text)
+    }
+}
+
+fn component_body(name: &str, base_url: &str) -> String {
+    json!({
+        "name": name,
+        "kind": "http",
+        "config": {"provider": "http", "base_url": base_url, "auth_value": CANARY, "max_retries": 0}
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_roles_and_tenant_isolation() {
+    let cli = Cli::new();
+    let admin_a = create_token(&cli, "company-a", "alice", true);
+    let member_a = create_token(&cli, "company-a", "bob", false);
+    let admin_b = create_token(&cli, "company-b", "carol", true);
+    let server = ServerProcess::start(&cli, &wasm_dir(), &[]);
+    let api = Api::new();
+    let upstream = RecordingServer::start();
+
+    // No token, a wrong token, a malformed header.
+    let (s, v, _) = api
+        .call("GET", &server.url("/api/v1/components"), None, None)
+        .await;
+    assert_eq!((s, v["error"].as_str()), (401, Some("unauthorized")));
+    let (s, _, _) = api
+        .call(
+            "GET",
+            &server.url("/api/v1/components"),
+            Some("f8_nope"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 401);
+
+    // Members cannot use admin routes.
+    let (s, v, _) = api
+        .call(
+            "POST",
+            &server.url("/api/v1/admin/components"),
+            Some(&member_a),
+            Some(&component_body("x", &upstream.url(""))),
+        )
+        .await;
+    assert_eq!((s, v["error"].as_str()), (403, Some("admin_required")));
+
+    // Admin A creates a component: 201, config_summary, no credential.
+    let (s, created, text) = api
+        .call(
+            "POST",
+            &server.url("/api/v1/admin/components"),
+            Some(&admin_a),
+            Some(&component_body("partner-api", &upstream.url(""))),
+        )
+        .await;
+    assert_eq!(s, 201, "{text}");
+    assert_eq!(created["config_summary"]["base_url"], upstream.url(""));
+    assert_eq!(created["is_default"], false);
+    assert!(!text.contains("api-canary"));
+    let id = created["id"].as_str().unwrap().to_string();
+
+    // Company B sees nothing of it, on every route.
+    for (method, path) in [
+        ("GET", format!("/api/v1/admin/components/{id}")),
+        ("DELETE", format!("/api/v1/admin/components/{id}")),
+        ("POST", format!("/api/v1/admin/components/{id}/default")),
+    ] {
+        let (s, v, _) = api
+            .call(method, &server.url(&path), Some(&admin_b), None)
+            .await;
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (404, Some("not_found")),
+            "{method} {path}"
+        );
+    }
+    let (_, v, _) = api
+        .call(
+            "GET",
+            &server.url("/api/v1/admin/components"),
+            Some(&admin_b),
+            None,
+        )
+        .await;
+    assert_eq!(v["components"], json!([]));
+    // B cannot bind A's component by name or id.
+    for binding in ["partner-api", id.as_str()] {
+        let step = json!({"name": "s", "module_ref": "http-request", "input_mapping": {"url": "/x"}, "bindings": {"request": binding}});
+        let (s, v, _) = api
+            .call(
+                "POST",
+                &server.url("/api/v1/steps"),
+                Some(&admin_b),
+                Some(&step.to_string()),
+            )
+            .await;
+        assert_eq!(
+            (s, v["error"]["name"].as_str()),
+            (403, Some("access_denied")),
+            "{v}"
+        );
+    }
+    let (_, v, _) = api
+        .call(
+            "GET",
+            &server.url("/api/v1/admin/audit"),
+            Some(&admin_b),
+            None,
+        )
+        .await;
+    assert_eq!(v["entries"], json!([]), "B reads no audit of A");
+    assert!(upstream.requests().is_empty());
+
+    // A's member runs a step with the component bound: the host attaches the credential.
+    upstream.script([Reply::json(200, json!({"done": true}))]);
+    let step = json!({"name": "call-partner", "module_ref": "http-request",
+        "input_mapping": {"url": "/v1/process", "method": "POST", "body": {"document_id": "doc_001"}},
+        "bindings": {"request": "partner-api"}});
+    let (s, report, text) = api
+        .call(
+            "POST",
+            &server.url("/api/v1/steps"),
+            Some(&member_a),
+            Some(&step.to_string()),
+        )
+        .await;
+    assert_eq!(s, 200, "{text}");
+    assert_eq!(report["status"], "ok");
+    assert_eq!(report["name"], "call-partner");
+    assert_eq!(report["output"]["body"], json!({"done": true}));
+    assert!(!text.contains("api-canary"));
+    let got = upstream.requests();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].header("authorization"), Some(CANARY));
+
+    // Make default, then a step without explicit binding uses it.
+    let (s, v, _) = api
+        .call(
+            "POST",
+            &server.url(&format!("/api/v1/admin/components/{id}/default")),
+            Some(&admin_a),
+            None,
+        )
+        .await;
+    assert_eq!((s, v["is_default"].as_bool()), (200, Some(true)));
+    let step = json!({"module_ref": "http-request", "input_mapping": {"url": "/v1/default"}});
+    let (s, _, text) = api
+        .call(
+            "POST",
+            &server.url("/api/v1/steps"),
+            Some(&member_a),
+            Some(&step.to_string()),
+        )
+        .await;
+    assert_eq!(s, 200, "{text}");
+    assert_eq!(upstream.requests()[1].header("authorization"), Some(CANARY));
+
+    // The audit log has the events, in flow8's shape, with no secret.
+    let (s, audit, text) = api
+        .call(
+            "GET",
+            &server.url("/api/v1/admin/audit?limit=10"),
+            Some(&admin_a),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{text}");
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action_type"].as_str())
+        .collect();
+    assert!(actions.contains(&"component_created"), "{actions:?}");
+    assert!(actions.contains(&"component_made_default"), "{actions:?}");
+    assert!(actions.contains(&"credential_used"), "{actions:?}");
+    let used = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action_type"] == "credential_used")
+        .unwrap();
+    assert_eq!(used["resource_id"], id.as_str());
+    assert_eq!(used["after_state"]["module"], "http-request");
+    assert_eq!(used["after_state"]["how"], "attached");
+    assert!(used["timestamp"].as_str().unwrap().ends_with('Z'));
+    assert!(!text.contains("api-canary"));
+    let (_, page, _) = api
+        .call(
+            "GET",
+            &server.url("/api/v1/admin/audit?limit=1&action_type=credential_used"),
+            Some(&admin_a),
+            None,
+        )
+        .await;
+    assert_eq!(page["entries"].as_array().unwrap().len(), 1);
+    assert_eq!(page["next_offset"], 1);
+    let (s, v, _) = api
+        .call(
+            "GET",
+            &server.url("/api/v1/admin/audit?limit=0"),
+            Some(&admin_a),
+            None,
+        )
+        .await;
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_input")));
+
+    // Rotation (flow8's procedure): create v2, repoint, delete the old one.
+    let (s, _, _) = api
+        .call(
+            "POST",
+            &server.url("/api/v1/admin/components"),
+            Some(&admin_a),
+            Some(&component_body("partner-api-v2", &upstream.url(""))),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, _, _) = api
+        .call(
+            "DELETE",
+            &server.url(&format!("/api/v1/admin/components/{id}")),
+            Some(&admin_a),
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    let step = json!({"module_ref": "http-request", "input_mapping": {"url": "/v2"}, "bindings": {"request": "partner-api-v2"}});
+    let (s, _, _) = api
+        .call(
+            "POST",
+            &server.url("/api/v1/steps"),
+            Some(&member_a),
+            Some(&step.to_string()),
+        )
+        .await;
+    assert_eq!(s, 200);
+
+    // Revoked tokens stop working at once.
+    let token_id = cli
+        .run(&["tokens", "list"])
+        .ok_json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["user_id"] == "bob")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    cli.run(&["tokens", "revoke", &token_id]).ok_json();
+    let (s, v, _) = api
+        .call(
+            "GET",
+            &server.url("/api/v1/components"),
+            Some(&member_a),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["message"].as_str()),
+        (401, Some("this token was revoked"))
+    );
+    let listed = cli.run(&["tokens", "list"]);
+    assert!(!listed.stdout.contains("f8_"), "token list shows a token");
+
+    // Metrics count the steps.
+    let (_, _, metrics) = api.call("GET", &server.url("/metrics"), None, None).await;
+    assert!(
+        metrics.contains("flow8_steps_total{module=\"http-request\",outcome=\"ok\"} 3"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("flow8_step_duration_seconds_bucket"));
+
+    // The canary is nowhere: not in the server's log, not in the data directory.
+    let log = server.stderr.lock().unwrap().clone();
+    assert!(!log.contains("api-canary"), "server log leaks the secret");
+    for (path, bytes) in cli.data_files() {
+        assert!(
+            !contains_bytes(&bytes, b"api-canary"),
+            "{} holds the secret",
+            path.display()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_named_errors_and_writes_nothing() {
+    let cli = Cli::new();
+    let admin = create_token(&cli, "company-a", "alice", true);
+    let server = ServerProcess::start(&cli, &wasm_dir(), &[]);
+    let api = Api::new();
+    let url = server.url("/api/v1/admin/components");
+    let cases: Vec<(&str, u16, &str)> = vec![
+        ("{\"name\": ", 400, "invalid_json"),
+        ("[]", 400, "invalid_input"),
+        ("{\"name\": 5, \"config\": {}}", 400, "invalid_input"),
+        (
+            "{\"name\": \"x\", \"config\": {\"provider\": \"http\", \"base_url\": \"https://a.example\"}, \"extra\": 1}",
+            400,
+            "invalid_input",
+        ),
+        (
+            "{\"name\": \"x\", \"config\": {\"provider\": \"s3\", \"access_key_id\": \"AKIA-short\", \"secret_access_key\": \"x\"}}",
+            400,
+            "invalid_input",
+        ),
+        (
+            "{\"name\": \"x\", \"config\": {\"provider\": \"carrier-pigeon\"}}",
+            400,
+            "invalid_input",
+        ),
+    ];
+    for (body, status, name) in cases {
+        let (s, v, text) = api.call("POST", &url, Some(&admin), Some(body)).await;
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (status, Some(name)),
+            "{body} -> {text}"
+        );
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    // Too large.
+    let big = format!(
+        "{{\"name\": \"x\", \"config\": {{\"provider\": \"http\", \"base_url\": \"https://a.example\", \"pad\": \"{}\"}}}}",
+        "y".repeat(2 * 1024 * 1024)
+    );
+    let (s, v, _) = api.call("POST", &url, Some(&admin), Some(&big)).await;
+    assert_eq!((s, v["error"].as_str()), (413, Some("body_too_large")));
+    // Wrong content type.
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .header("authorization", format!("Bearer {admin}"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 415);
+    // Nothing was written.
+    let (_, v, _) = api.call("GET", &url, Some(&admin), None).await;
+    assert_eq!(v["components"], json!([]));
+    let (_, v, _) = api
+        .call(
+            "GET",
+            &server.url("/api/v1/admin/audit"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(v["entries"], json!([]));
+
+    // Steps: unknown fields, paths as module_ref, schema violations, limits above the host's.
+    let steps = server.url("/api/v1/steps");
+    for (body, status, name) in [
+        (
+            json!({"module_ref": "http-request", "input": {}}),
+            400,
+            "invalid_input",
+        ),
+        (
+            json!({"module_ref": "/etc/passwd.wasm"}),
+            400,
+            "invalid_input",
+        ),
+        (
+            json!({"module_ref": "http-request", "limits": {"deadline_seconds": 99999}}),
+            400,
+            "invalid_input",
+        ),
+    ] {
+        let (s, v, text) = api
+            .call("POST", &steps, Some(&admin), Some(&body.to_string()))
+            .await;
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (status, Some(name)),
+            "{body} -> {text}"
+        );
+    }
+    let (s, v, _) = api
+        .call(
+            "POST",
+            &steps,
+            Some(&admin),
+            Some(
+                &json!({"module_ref": "http-request", "input_mapping": {"method": 7}}).to_string(),
+            ),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["name"].as_str()),
+        (422, Some("invalid_input"))
+    );
+    let (s, v, _) = api
+        .call(
+            "POST",
+            &steps,
+            Some(&admin),
+            Some(&json!({"module_ref": "nope"}).to_string()),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["name"].as_str()),
+        (404, Some("module_not_found"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_route_exists_and_unknown_ones_do_not() {
+    let cli = Cli::new();
+    let admin = create_token(&cli, "company-a", "alice", true);
+    let server = ServerProcess::start(&cli, &wasm_dir(), &[]);
+    let api = Api::new();
+    let (s, doc, _) = api
+        .call("GET", &server.url("/openapi.json"), None, None)
+        .await;
+    assert_eq!(s, 200);
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 12);
+    for (path, ops) in paths {
+        let concrete = path
+            .replace("{id}", "000000000000000000000000")
+            .replace("{module_ref}", "nothing@0.0.0");
+        for (method, op) in ops.as_object().unwrap() {
+            let body = if method == "post" { Some("{}") } else { None };
+            let (s, v, text) = api
+                .call(
+                    &method.to_uppercase(),
+                    &server.url(&concrete),
+                    Some(&admin),
+                    body,
+                )
+                .await;
+            assert_ne!(
+                v["error"].as_str(),
+                Some("no_such_route"),
+                "{method} {path} is documented but not served"
+            );
+            assert_ne!(s, 405, "{method} {path}: {text}");
+            if op.get("security").is_some() {
+                let (s, _, _) = api
+                    .call(&method.to_uppercase(), &server.url(&concrete), None, body)
+                    .await;
+                assert_eq!(s, 401, "{method} {path} answers without a token");
+            }
+        }
+    }
+    let (s, v, _) = api
+        .call(
+            "GET",
+            &server.url("/api/v1/nothing-here"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!((s, v["error"].as_str()), (404, Some("no_such_route")));
+    let (s, _, _) = api.call("GET", &server.url("/healthz"), None, None).await;
+    assert_eq!(s, 200);
+    let (s, _, _) = api.call("GET", &server.url("/readyz"), None, None).await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_install_modules_for_their_company_only() {
+    // A module directory with only the first-party module, so the hostile guest can be
+    // installed under its own name.
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        wasm("http_request"),
+        shared.path().join("http_request.wasm"),
+    )
+    .unwrap();
+    let cli = Cli::new();
+    let admin_a = create_token(&cli, "company-a", "alice", true);
+    let member_a = create_token(&cli, "company-a", "bob", false);
+    let admin_b = create_token(&cli, "company-b", "carol", true);
+    let server = ServerProcess::start(&cli, shared.path(), &[]);
+    let client = reqwest::Client::new();
+    let install = |token: &str, bytes: Vec<u8>| {
+        client
+            .post(server.url("/api/v1/admin/modules"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/wasm")
+            .body(bytes)
+            .send()
+    };
+    let hostile = std::fs::read(wasm("hostile_guest")).unwrap();
+
+    let r = install(&member_a, hostile.clone()).await.unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let r = install(&admin_a, b"not wasm".to_vec()).await.unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    let r = install(&admin_a, std::fs::read(wasm("bad_manifest_guest")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(v["error"], "invalid_manifest");
+    let r = install(&admin_a, std::fs::read(wasm("http_request")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        409,
+        "a first-party name cannot be shadowed"
+    );
+
+    let r = install(&admin_a, hostile.clone()).await.unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let r = install(&admin_a, hostile.clone()).await.unwrap();
+    assert_eq!(r.status().as_u16(), 409, "same version twice");
+
+    let api = Api::new();
+    let step = json!({"module_ref": "hostile", "input_mapping": {"attack": "ok"}}).to_string();
+    let (s, v, _) = api
+        .call(
+            "POST",
+            &server.url("/api/v1/steps"),
+            Some(&member_a),
+            Some(&step),
+        )
+        .await;
+    assert_eq!((s, v["output"]["ok"].as_bool()), (200, Some(true)));
+    let (s, v, _) = api
+        .call(
+            "POST",
+            &server.url("/api/v1/steps"),
+            Some(&admin_b),
+            Some(&step),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["name"].as_str()),
+        (404, Some("module_not_found")),
+        "B cannot run A's module"
+    );
+    let (_, list, _) = api
+        .call("GET", &server.url("/api/v1/modules"), Some(&admin_b), None)
+        .await;
+    assert!(!list.to_string().contains("\"hostile\""));
+    let (_, list, _) = api
+        .call("GET", &server.url("/api/v1/modules"), Some(&member_a), None)
+        .await;
+    assert!(list.to_string().contains("\"hostile\""));
+
+    let (s, _, _) = api
+        .call(
+            "DELETE",
+            &server.url("/api/v1/admin/modules/hostile@0.1.0"),
+            Some(&admin_b),
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+    let (s, _, _) = api
+        .call(
+            "DELETE",
+            &server.url("/api/v1/admin/modules/hostile@0.1.0"),
+            Some(&admin_a),
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    let (s, _, _) = api
+        .call(
+            "POST",
+            &server.url("/api/v1/steps"),
+            Some(&member_a),
+            Some(&step),
+        )
+        .await;
+    assert_eq!(s, 404);
+    assert!(server.terminate(), "graceful shutdown exits 0");
+}
