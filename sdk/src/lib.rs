@@ -65,6 +65,7 @@ pub mod log;
 mod manifest;
 pub mod retry;
 pub mod step;
+pub mod storage;
 
 pub use error::Error;
 pub use manifest::{Credential, Manifest};

@@ -8,3 +8,4 @@ mod bad_input;
 mod cli_http_request;
 mod hostile_guests;
 mod local_store;
+mod s3_upload;

@@ -3,6 +3,7 @@
 //! data directory, and one shared engine and module registry for in-process tests.
 
 pub mod recording_server;
+pub mod s3_server;
 
 use flow8_host::runtime::cache::CompileCache;
 use flow8_host::runtime::registry::ModuleRegistry;

@@ -5,7 +5,7 @@
 //! operator's policy (allowed hosts, private and loopback addresses) in `outbound`.
 
 use crate::manifest::any_matches;
-use crate::outbound::{OutboundBody, OutboundError, OutboundRequest, origin};
+use crate::outbound::{OutboundBody, OutboundError, OutboundRequest, origin, sigv4};
 use crate::runtime::bindings::GuestError;
 use crate::runtime::bindings::flow8::integration::http::{Body, Host, Request, Response};
 use crate::runtime::grants::Attach;
@@ -37,63 +37,11 @@ fn forbidden(msg: String) -> GuestError {
 
 impl StepState {
     async fn send_checked(&mut self, request: Request) -> Result<Response, GuestError> {
-        self.http_requests += 1;
-        if self.http_requests > self.limits.max_http_requests {
-            return Err(GuestError::LimitExceeded(format!(
-                "a step may make at most {} HTTP requests",
-                self.limits.max_http_requests
-            )));
-        }
+        self.count_request()?;
         let url = url::Url::parse(&request.url)
             .map_err(|e| GuestError::InvalidInput(format!("URL is not valid: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(GuestError::InvalidInput(format!(
-                "scheme `{}` is not http or https",
-                url.scheme()
-            )));
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(GuestError::InvalidInput(
-                "URLs with user info are refused; attach credentials by binding".into(),
-            ));
-        }
         let dest = origin(&url);
-        if !any_matches(&self.manifest_hosts, &url) {
-            return Err(forbidden(format!(
-                "{dest} is not among the module's allowed hosts"
-            )));
-        }
-
-        // The credential the host is asked to attach must be the step's, and pinned here.
-        let mut attach = None;
-        if let Some(binding) = &request.credential {
-            let Some((_, grant)) = self.grant(binding) else {
-                return Err(GuestError::AccessDenied(format!(
-                    "credential `{binding}` is not bound to this step"
-                )));
-            };
-            if !any_matches(&grant.pinned, &url) {
-                return Err(forbidden(format!(
-                    "credential `{binding}` may only be sent to its own service's hosts, not {dest}"
-                )));
-            }
-            attach = Some((
-                grant.attach.clone(),
-                grant.resource_id.clone(),
-                binding.clone(),
-            ));
-        }
-        // Once a secret is in the module's memory, the module may talk only to the
-        // hosts that secret belongs to: nothing it does can carry it elsewhere.
-        for &i in &self.tainted {
-            let grant = &self.grants[i];
-            if !any_matches(&grant.pinned, &url) {
-                return Err(forbidden(format!(
-                    "this step read credential `{}`, so it may only talk to that credential's hosts, not {dest}",
-                    grant.binding
-                )));
-            }
-        }
+        let attach = self.authorize(&url, request.credential.as_deref())?;
 
         let method = http::Method::from_bytes(request.method.to_ascii_uppercase().as_bytes())
             .map_err(|_| {
@@ -116,7 +64,7 @@ impl StepState {
             headers.append(name, value);
         }
 
-        let body = match request.body {
+        let mut body = match request.body {
             Body::Empty => OutboundBody::Empty,
             Body::Bytes(b) => {
                 if b.len() > self.outbound.policy().max_request_bytes {
@@ -141,10 +89,34 @@ impl StepState {
                 Attach::Header { name, value } => {
                     headers.insert(name, sensitive(value.expose())?);
                 }
-                Attach::AwsSigV4 { .. } => {
-                    return Err(GuestError::Internal(format!(
-                        "credential `{binding}` needs AWS SigV4 signing, which this host does not perform yet"
-                    )));
+                Attach::AwsSigV4 {
+                    region,
+                    service,
+                    access_key_id,
+                    secret_access_key,
+                } => {
+                    let hash = match &mut body {
+                        OutboundBody::Empty => sigv4::payload_hash(b""),
+                        OutboundBody::Bytes(b) => sigv4::payload_hash(b),
+                        OutboundBody::File(f) => {
+                            sigv4::file_hash(f)
+                                .await
+                                .map_err(|e| {
+                                    GuestError::Internal(format!(
+                                        "cannot read the workspace file: {e}"
+                                    ))
+                                })?
+                                .0
+                        }
+                    };
+                    let key = sigv4::SigningKey {
+                        region: &region,
+                        service: &service,
+                        access_key_id: access_key_id.expose(),
+                        secret_access_key: secret_access_key.expose(),
+                    };
+                    sigv4::sign_request(&key, &method, &url, &mut headers, &hash)
+                        .map_err(GuestError::Internal)?;
                 }
                 Attach::NotHttp => {
                     return Err(GuestError::InvalidInput(format!(
@@ -180,15 +152,7 @@ impl StepState {
                 timeout,
             })
             .await
-            .map_err(|e| match e {
-                OutboundError::Forbidden(m) => GuestError::Forbidden(m),
-                OutboundError::InvalidRequest(m) => GuestError::InvalidInput(m),
-                OutboundError::Timeout(_) => GuestError::Network(format!("{dest}: {e}")),
-                OutboundError::Network(m) => GuestError::Network(format!("{dest}: {m}")),
-                OutboundError::ResponseTooLarge(_) => {
-                    GuestError::LimitExceeded(format!("{dest}: {e}"))
-                }
-            })?;
+            .map_err(|e| outbound_error(&dest, e))?;
         Ok(Response {
             status: response.status,
             headers: response.headers,
@@ -196,7 +160,93 @@ impl StepState {
         })
     }
 
-    fn open_workspace_file(&self, path: &str) -> Result<tokio::fs::File, GuestError> {
+    /// The step's checks for one destination: scheme, the manifest's hosts, the pinned
+    /// hosts of the credential to attach (returned, with its resource id), and the
+    /// pinned hosts of every credential the module has read.
+    pub(crate) fn authorize(
+        &self,
+        url: &url::Url,
+        credential: Option<&str>,
+    ) -> Result<Option<(Attach, String, String)>, GuestError> {
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(GuestError::InvalidInput(format!(
+                "scheme `{}` is not http or https",
+                url.scheme()
+            )));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(GuestError::InvalidInput(
+                "URLs with user info are refused; attach credentials by binding".into(),
+            ));
+        }
+        let dest = origin(url);
+        if !any_matches(&self.manifest_hosts, url) {
+            return Err(forbidden(format!(
+                "{dest} is not among the module's allowed hosts"
+            )));
+        }
+        let mut attach = None;
+        if let Some(binding) = credential {
+            let Some((_, grant)) = self.grant(binding) else {
+                return Err(GuestError::AccessDenied(format!(
+                    "credential `{binding}` is not bound to this step"
+                )));
+            };
+            if !any_matches(&grant.pinned, url) {
+                return Err(forbidden(format!(
+                    "credential `{binding}` may only be sent to its own service's hosts, not {dest}"
+                )));
+            }
+            attach = Some((
+                grant.attach.clone(),
+                grant.resource_id.clone(),
+                binding.to_string(),
+            ));
+        }
+        // Once a secret is in the module's memory, the module may talk only to the
+        // hosts that secret belongs to: nothing it does can carry it elsewhere.
+        for &i in &self.tainted {
+            let grant = &self.grants[i];
+            if !any_matches(&grant.pinned, url) {
+                return Err(forbidden(format!(
+                    "this step read credential `{}`, so it may only talk to that credential's hosts, not {dest}",
+                    grant.binding
+                )));
+            }
+        }
+        Ok(attach)
+    }
+
+    /// Count a request against the step's budget.
+    pub(crate) fn count_request(&mut self) -> Result<(), GuestError> {
+        self.http_requests += 1;
+        if self.http_requests > self.limits.max_http_requests {
+            return Err(GuestError::LimitExceeded(format!(
+                "a step may make at most {} HTTP requests",
+                self.limits.max_http_requests
+            )));
+        }
+        Ok(())
+    }
+
+    /// Time for one request: the module's timeout, never past the deadline.
+    pub(crate) fn request_timeout(
+        &self,
+        requested_ms: Option<u32>,
+    ) -> Result<Duration, GuestError> {
+        let remaining = self.remaining();
+        if remaining.is_zero() {
+            return Err(GuestError::LimitExceeded(
+                "the step's deadline has passed".into(),
+            ));
+        }
+        Ok(match requested_ms {
+            Some(ms) => remaining.min(Duration::from_millis(ms.into())),
+            None => remaining,
+        })
+    }
+
+    pub(crate) fn open_workspace_file(&self, path: &str) -> Result<tokio::fs::File, GuestError> {
         let Some(root) = &self.workspace else {
             return Err(GuestError::InvalidInput(
                 "this step has no workspace to read files from".into(),
@@ -215,6 +265,17 @@ impl StepState {
             return Err(GuestError::InvalidInput(format!("`{path}` is not a file")));
         }
         Ok(tokio::fs::File::from_std(std_file))
+    }
+}
+
+/// An outbound failure as the module sees it.
+pub(crate) fn outbound_error(dest: &str, e: OutboundError) -> GuestError {
+    match e {
+        OutboundError::Forbidden(m) => GuestError::Forbidden(m),
+        OutboundError::InvalidRequest(m) => GuestError::InvalidInput(m),
+        OutboundError::Timeout(_) => GuestError::Network(format!("{dest}: {e}")),
+        OutboundError::Network(m) => GuestError::Network(format!("{dest}: {m}")),
+        OutboundError::ResponseTooLarge(_) => GuestError::LimitExceeded(format!("{dest}: {e}")),
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod credentials;
 pub mod http;
 pub mod log;
+pub mod object_storage;
 pub mod step;
 
 use crate::runtime::bindings::flow8::integration::types;

@@ -6,6 +6,7 @@
 
 pub mod address;
 pub mod resolver;
+pub mod sigv4;
 
 use crate::manifest::{HostPattern, any_matches};
 use futures_util::StreamExt;

@@ -22,6 +22,33 @@ fn recurse(depth: u64, acc: &mut [u64; 16]) -> u64 {
     r.wrapping_add(acc[(depth % 7) as usize])
 }
 
+/// Occurrences of `needle` anywhere in this module's linear memory, other than the
+/// needle's own buffer.
+fn scan_memory(needle: &[u8]) -> usize {
+    if needle.is_empty() {
+        return 0;
+    }
+    #[cfg(target_arch = "wasm32")]
+    let size = core::arch::wasm32::memory_size(0) * 65536;
+    #[cfg(not(target_arch = "wasm32"))]
+    let size = 0usize;
+    let own = needle.as_ptr() as usize..needle.as_ptr() as usize + needle.len();
+    let mut hits = 0;
+    let mut addr = 1usize;
+    while addr + needle.len() <= size {
+        if !own.contains(&addr) {
+            // SAFETY: every address below memory_size is readable linear memory in wasm.
+            let matches = (0..needle.len())
+                .all(|i| unsafe { core::ptr::read_volatile((addr + i) as *const u8) } == needle[i]);
+            if matches {
+                hits += 1;
+            }
+        }
+        addr += 1;
+    }
+    hits
+}
+
 fn str_param<'a>(input: &'a Value, k: &str) -> Result<&'a str, Error> {
     input[k]
         .as_str()
@@ -37,6 +64,7 @@ impl Module for Hostile {
             .description("Test module that attacks its sandbox.")
             .input_schema(json!({"type": "object", "required": ["attack"], "properties": {"attack": {"type": "string"}}}))
             .credential(Credential::component("api", "http").optional())
+            .credential(Credential::component("s3", "s3").optional())
             .allowed_host("http://127.0.0.1:*")
             .allowed_host("http://localhost:*")
             .allowed_host("http://[::1]:*")
@@ -154,6 +182,50 @@ impl Module for Hostile {
                 println!("to stdout");
                 eprintln!("to stderr");
                 Ok(json!({"logged": n}))
+            }
+            "s3_then_scan" => {
+                // Upload through the host, then look for the secret everywhere this
+                // module can see: the binding's config, and every byte of its own
+                // linear memory. The needle arrives XOR-masked so the input itself does
+                // not contain it; its decoded copy is skipped.
+                let mut out = json!({});
+                // Control: read the secret on purpose, so the scan must find it.
+                let _held = if input["read_first"] == json!(true) {
+                    Some(std::hint::black_box(credentials::get("s3")))
+                } else {
+                    None
+                };
+                out["upload"] =
+                    match flow8_sdk::storage::put_object(&flow8_sdk::storage::PutObject {
+                        credential: "s3".into(),
+                        key: str_param(&input, "key")?.into(),
+                        file_path: str_param(&input, "file_path")?.into(),
+                        ..Default::default()
+                    }) {
+                        Ok(r) => json!({"etag": r.etag, "size": r.size}),
+                        Err(e) => report(&e),
+                    };
+                let config = credentials::config("s3")
+                    .map(|c| c.to_string())
+                    .unwrap_or_default();
+                let needle: Vec<u8> = input["needle_xor"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|b| b.as_u64())
+                            .map(|b| (b as u8) ^ 0x5a)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out["config_has_secret"] = json!(
+                    config
+                        .as_bytes()
+                        .windows(needle.len().max(1))
+                        .any(|w| w == needle.as_slice())
+                );
+                out["memory_hits"] = json!(scan_memory(&needle));
+                out["needle_len"] = json!(needle.len());
+                Ok(out)
             }
             "panic" => panic!("the hostile module panicked on purpose"),
             other => Err(Error::invalid_input(format!("unknown attack `{other}`"))),
