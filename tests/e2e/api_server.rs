@@ -619,3 +619,39 @@ async fn admins_install_modules_for_their_company_only() {
     assert_eq!(s, 404);
     assert!(server.terminate(), "graceful shutdown exits 0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_a_running_step_finish() {
+    let cli = Cli::new();
+    let member = create_token(&cli, "company-a", "bob", false);
+    let server = ServerProcess::start(&cli, &wasm_dir(), &[]);
+    let upstream = RecordingServer::start();
+    upstream
+        .script([Reply::json(200, json!({"slow": true}))
+            .with_delay(std::time::Duration::from_millis(1500))]);
+    let step =
+        json!({"module_ref": "http-request", "input_mapping": {"url": upstream.url("/slow")}})
+            .to_string();
+    let url = server.url("/api/v1/steps");
+    let running = tokio::spawn(async move {
+        let api = Api::new();
+        api.call("POST", &url, Some(&member), Some(&step)).await
+    });
+    // Wait until the step is mid-flight: the upstream has its request.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while upstream.requests().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never reached the upstream"
+        );
+        tokio::task::yield_now().await;
+        std::thread::yield_now();
+    }
+    let clean = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
+    let (status, report, text) = running.await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(report["output"]["body"], json!({"slow": true}));
+    assert!(clean, "the server exits 0 after draining");
+}
