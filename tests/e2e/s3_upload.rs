@@ -179,6 +179,24 @@ fn s3_errors_come_back_named() {
     );
 }
 
+fn run_hostile(
+    cli: &Cli,
+    workspace: &std::path::Path,
+    input: &std::path::Path,
+) -> serde_json::Value {
+    cli.run(&[
+        "run-module",
+        wasm_dir().join("hostile_guest.wasm").to_str().unwrap(),
+        input.to_str().unwrap(),
+        "--workspace",
+        workspace.to_str().unwrap(),
+        "--bind",
+        "s3=s3-local",
+        "--allow-loopback",
+    ])
+    .ok_json()
+}
+
 #[test]
 fn the_secret_key_never_reaches_the_module() {
     let s3 = S3Server::start(&["flow8-artifacts"]);
@@ -197,18 +215,7 @@ fn the_secret_key_never_reaches_the_module() {
         json!({"attack": "s3_then_scan", "key": "scan/f.bin", "file_path": "f.bin", "needle_xor": needle}).to_string(),
     )
     .unwrap();
-    let out = cli
-        .run(&[
-            "run-module",
-            wasm_dir().join("hostile_guest.wasm").to_str().unwrap(),
-            input_path.to_str().unwrap(),
-            "--workspace",
-            workspace.path().to_str().unwrap(),
-            "--bind",
-            "s3=s3-local",
-            "--allow-loopback",
-        ])
-        .ok_json();
+    let out = run_hostile(&cli, workspace.path(), &input_path);
     // The upload worked (so the host had and used the secret)...
     assert_eq!(out["upload"]["size"], 50_000, "{out}");
     assert!(s3.object_path("flow8-artifacts", "scan/f.bin").exists());
@@ -224,17 +231,6 @@ fn the_secret_key_never_reaches_the_module() {
         json!({"attack": "s3_then_scan", "key": "scan/g.bin", "file_path": "f.bin", "needle_xor": needle, "read_first": true}).to_string(),
     )
     .unwrap();
-    let out = cli
-        .run(&[
-            "run-module",
-            wasm_dir().join("hostile_guest.wasm").to_str().unwrap(),
-            input_path.to_str().unwrap(),
-            "--workspace",
-            workspace.path().to_str().unwrap(),
-            "--bind",
-            "s3=s3-local",
-            "--allow-loopback",
-        ])
-        .ok_json();
+    let out = run_hostile(&cli, workspace.path(), &input_path);
     assert!(out["memory_hits"].as_u64().unwrap() >= 1, "{out}");
 }

@@ -132,27 +132,16 @@ impl StepState {
             });
         }
 
-        let remaining = self.remaining();
-        if remaining.is_zero() {
-            return Err(GuestError::LimitExceeded(
-                "the step's deadline has passed".into(),
-            ));
-        }
-        let timeout = match request.timeout_ms {
-            Some(ms) => remaining.min(Duration::from_millis(ms.into())),
-            None => remaining,
-        };
-        let outbound = self.outbound.clone();
-        let response = outbound
-            .send(OutboundRequest {
+        let timeout = self.request_timeout(request.timeout_ms)?;
+        let response = self
+            .send_outbound(OutboundRequest {
                 method,
                 url,
                 headers,
                 body,
                 timeout,
             })
-            .await
-            .map_err(|e| outbound_error(&dest, e))?;
+            .await?;
         Ok(Response {
             status: response.status,
             headers: response.headers,
@@ -215,6 +204,24 @@ impl StepState {
             }
         }
         Ok(attach)
+    }
+
+    /// Send a request that passed the step's checks (the operator's policy is applied
+    /// by the client).
+    pub(crate) fn send_outbound(
+        &self,
+        request: OutboundRequest,
+    ) -> impl Future<Output = Result<crate::outbound::OutboundResponse, GuestError>> + Send + 'static
+    {
+        // The client is cloned so the future does not borrow the (non-Sync) step state.
+        let outbound = self.outbound.clone();
+        async move {
+            let dest = origin(&request.url);
+            outbound
+                .send(request)
+                .await
+                .map_err(|e| outbound_error(&dest, e))
+        }
     }
 
     /// Count a request against the step's budget.

@@ -5,7 +5,6 @@
 //! one PUT up to `MULTIPART_THRESHOLD`, a multipart upload of `PART_SIZE` parts above
 //! it (so memory stays at one part whatever the file size).
 
-use crate::capabilities::http::outbound_error;
 use crate::outbound::{OutboundBody, OutboundRequest, OutboundResponse, origin, sigv4};
 use crate::runtime::bindings::flow8::integration::object_storage::{
     Host, PutObjectRequest, PutObjectResult,
@@ -109,18 +108,15 @@ impl StepState {
         };
         sigv4::sign_request(&key, &method, &url, &mut headers, payload_hash)
             .map_err(GuestError::Internal)?;
-        let dest = origin(&url);
         let resp = self
-            .outbound
-            .send(OutboundRequest {
+            .send_outbound(OutboundRequest {
                 method,
                 url,
                 headers,
                 body,
                 timeout,
             })
-            .await
-            .map_err(|e| outbound_error(&dest, e))?;
+            .await?;
         if (200..300).contains(&resp.status) {
             Ok(resp)
         } else {

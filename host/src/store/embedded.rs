@@ -72,6 +72,17 @@ fn unavailable(e: rusqlite::Error) -> StoreError {
     }
 }
 
+/// Parse every JSON document a query returns.
+fn docs<T: serde::de::DeserializeOwned>(
+    rows: impl Iterator<Item = rusqlite::Result<String>>,
+) -> Result<Vec<T>, StoreError> {
+    rows.map(|row| {
+        serde_json::from_str(&row.map_err(unavailable)?)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
+    })
+    .collect()
+}
+
 fn parse(doc: String, is_default: bool) -> Result<ComponentRecord, StoreError> {
     let mut r: ComponentRecord =
         serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -360,14 +371,7 @@ impl Store for EmbeddedStore {
             let rows = stmt
                 .query_map([], |r| r.get::<_, String>(0))
                 .map_err(unavailable)?;
-            let mut out = Vec::new();
-            for row in rows {
-                out.push(
-                    serde_json::from_str(&row.map_err(unavailable)?)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                );
-            }
-            Ok(out)
+            docs(rows)
         })
     }
 
@@ -457,14 +461,7 @@ impl Store for EmbeddedStore {
                     |r| r.get::<_, String>(0),
                 )
                 .map_err(unavailable)?;
-            let mut out = Vec::new();
-            for row in rows {
-                out.push(
-                    serde_json::from_str(&row.map_err(unavailable)?)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                );
-            }
-            Ok(out)
+            docs(rows)
         })
     }
 
