@@ -2,6 +2,12 @@
 //! `crypto_secretbox`), stored in the flow8 shape `{"encrypted": true, "nonce": ...,
 //! "ciphertext": ...}` plus the id of the master key that sealed it, so keys can be
 //! rotated. Secret values and keys never print: their `Debug` says `***`.
+//!
+//! The master key comes from `FLOW8_MASTER_KEY` (64 hex characters or base64 of 32
+//! bytes) or, when that is unset, from `<data-dir>/master.key`, created on first use
+//! (see [`MasterKey::load`]). A store keeps [`Vault::check_value`] so a host started
+//! with another key fails at start ([`VaultError::WrongMasterKey`]) instead of on every
+//! secret it reads.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -12,6 +18,17 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
+
+/// The environment variable holding the master key.
+pub const MASTER_KEY_ENV: &str = "FLOW8_MASTER_KEY";
+
+/// The key file's name inside the data directory.
+pub const MASTER_KEY_FILE: &str = "master.key";
+
+/// Secretbox nonce length (XSalsa20).
+const NONCE_LEN: usize = 24;
+/// Poly1305 tag length, prepended to every ciphertext.
+const TAG_LEN: usize = 16;
 
 /// Why a key could not be loaded or a secret not be opened. Never carries key or
 /// plaintext bytes.
@@ -43,6 +60,17 @@ pub enum VaultError {
         #[source]
         source: std::io::Error,
     },
+    /// The key file exists but others may read it: refuse to use a key that may have
+    /// leaked, rather than silently tightening it.
+    #[error(
+        "master key file {path} is accessible to other users (mode {mode:o}); run `chmod 600 {path}` if that was not the case for long, or rotate the key"
+    )]
+    InsecureKeyFile {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// The host was started with another key than the one the store was written with.
     #[error(
         "the store was written with master key {expected_key_id}, but this host has key {got_key_id}: start it with the original FLOW8_MASTER_KEY (or key file)"
@@ -55,8 +83,9 @@ pub enum VaultError {
     },
 }
 
-/// A decrypted secret. Never printed; zeroed on drop.
-#[derive(Clone, PartialEq, Eq)]
+/// A decrypted secret. Never printed; zeroed on drop; not `Serialize`, so it cannot
+/// end up in a response or a document by accident.
+#[derive(Clone)]
 pub struct Secret(Zeroizing<String>);
 
 impl Secret {
@@ -71,6 +100,17 @@ impl Secret {
     }
 }
 
+/// Constant-time in the contents (secrets are compared against attacker input, e.g.
+/// webhook signatures); only the length may leak.
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl Eq for Secret {}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(***)")
@@ -83,7 +123,7 @@ impl fmt::Display for Secret {
     }
 }
 
-/// A 32-byte master key and its id.
+/// A 32-byte master key (zeroed on drop) and its id.
 #[derive(Clone)]
 pub struct MasterKey {
     bytes: Zeroizing<[u8; 32]>,
@@ -108,83 +148,77 @@ impl MasterKey {
         }
     }
 
-    /// A fresh random key.
+    /// A fresh random key (from the OS generator, via `rand`).
     pub fn generate() -> MasterKey {
         MasterKey::from_bytes(rand::random())
     }
 
-    /// Parse 64 hex characters or standard base64 of 32 bytes.
+    /// Parse 64 hex characters or standard base64 of 32 bytes (surrounding whitespace
+    /// ignored). The error never repeats the text.
     pub fn parse(text: &str) -> Result<MasterKey, VaultError> {
         let text = text.trim();
-        let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            Zeroizing::new(hex::decode(text).map_err(|e| VaultError::BadKey(e.to_string()))?)
-        } else {
-            Zeroizing::new(B64.decode(text).map_err(|_| {
-                VaultError::BadKey("expected 64 hex characters or base64 of 32 bytes".into())
-            })?)
+        let shape = || {
+            VaultError::BadKey(format!(
+                "expected 64 hex characters or the standard base64 of 32 bytes, got {} characters",
+                text.chars().count()
+            ))
         };
-        let arr: [u8; 32] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| VaultError::BadKey(format!("it is {} bytes; a key is 32", bytes.len())))?;
-        Ok(MasterKey::from_bytes(arr))
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            hex::decode_to_slice(text, &mut bytes[..]).map_err(|_| shape())?;
+        } else {
+            let decoded = Zeroizing::new(B64.decode(text).map_err(|_| shape())?);
+            if decoded.len() != 32 {
+                return Err(VaultError::BadKey(format!(
+                    "it decodes to {} bytes; a master key is 32",
+                    decoded.len()
+                )));
+            }
+            bytes.copy_from_slice(&decoded);
+        }
+        Ok(MasterKey::from_bytes(*bytes))
     }
 
-    /// The key from `FLOW8_MASTER_KEY`, else from `<data_dir>/master.key`, which is
-    /// created (mode 0600) on first use.
+    /// The host's master key (also known as "from env or file"):
+    ///
+    /// 1. `FLOW8_MASTER_KEY`, when set and not empty, parsed with [`MasterKey::parse`];
+    /// 2. else `<data_dir>/master.key` (hex). On first use the directory is created
+    ///    (0700) and a new random key is written there (0600). The file appears
+    ///    complete and at once (written aside, then hard-linked into place), so two
+    ///    processes starting together agree on one key. An existing file that group or
+    ///    others may access is refused ([`VaultError::InsecureKeyFile`]).
     pub fn load(data_dir: &Path) -> Result<MasterKey, VaultError> {
-        if let Ok(v) = std::env::var("FLOW8_MASTER_KEY")
+        let env = match std::env::var_os(MASTER_KEY_ENV) {
+            None => None,
+            Some(v) => Some(Zeroizing::new(v.into_string().map_err(|_| {
+                VaultError::BadKey(format!("{MASTER_KEY_ENV} is not valid UTF-8"))
+            })?)),
+        };
+        MasterKey::load_with(data_dir, env.as_ref().map(|s| s.as_str()))
+    }
+
+    /// [`MasterKey::load`] with the environment variable's value passed in (tests set
+    /// no process-wide environment).
+    fn load_with(data_dir: &Path, env: Option<&str>) -> Result<MasterKey, VaultError> {
+        if let Some(v) = env
             && !v.trim().is_empty()
         {
-            return MasterKey::parse(&v);
+            return MasterKey::parse(v).map_err(|e| match e {
+                VaultError::BadKey(reason) => {
+                    VaultError::BadKey(format!("{MASTER_KEY_ENV}: {reason}"))
+                }
+                other => other,
+            });
         }
-        let path = data_dir.join("master.key");
+        let path = data_dir.join(MASTER_KEY_FILE);
         let io = |source| VaultError::KeyFile {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(data_dir).map_err(io)?;
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::PermissionsExt;
-                    let mode = std::fs::metadata(&path).map_err(io)?.permissions().mode();
-                    if mode & 0o077 != 0 {
-                        return Err(VaultError::BadKey(format!(
-                            "{} is readable by others (mode {:o}); chmod 600 it",
-                            path.display(),
-                            mode & 0o777
-                        )));
-                    }
-                }
-                MasterKey::parse(&text)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = MasterKey::generate();
-                let mut opts = std::fs::OpenOptions::new();
-                opts.write(true).create_new(true);
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::OpenOptionsExt;
-                    opts.mode(0o600);
-                }
-                match opts.open(&path) {
-                    Ok(mut f) => {
-                        use std::io::Write;
-                        let text = Zeroizing::new(hex::encode(*key.bytes));
-                        f.write_all(text.as_bytes()).map_err(io)?;
-                        f.sync_all().map_err(io)?;
-                        tracing::info!(path = %path.display(), key_id = %key.id, "created a new master key");
-                        Ok(key)
-                    }
-                    // Another process created it first: use theirs.
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                        MasterKey::parse(&std::fs::read_to_string(&path).map_err(io)?)
-                    }
-                    Err(e) => Err(io(e)),
-                }
-            }
+        create_private_dir(data_dir).map_err(io)?;
+        match std::fs::symlink_metadata(&path) {
+            Ok(_) => read_key_file(&path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_key_file(data_dir, &path),
             Err(e) => Err(io(e)),
         }
     }
@@ -195,28 +229,141 @@ impl MasterKey {
     }
 }
 
+/// Create a directory (and parents) readable by the owner only; an existing directory
+/// is left as it is.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+/// Write a new file (failing if it exists) readable by the owner only, and flush it.
+fn write_new_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(contents)?;
+    f.sync_all()
+}
+
+fn create_key_file(dir: &Path, path: &Path) -> Result<MasterKey, VaultError> {
+    let io = |source| VaultError::KeyFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let key = MasterKey::generate();
+    let text = Zeroizing::new(format!("{}\n", hex::encode(*key.bytes)));
+    // Write the whole key aside, then link it into place: `link` fails if the name
+    // exists, so exactly one process's key wins and nobody reads a half-written file.
+    let tmp = dir.join(format!(
+        ".{MASTER_KEY_FILE}.{}.{:016x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    write_new_private_file(&tmp, text.as_bytes()).map_err(io)?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return read_key_file(path),
+        // A filesystem without hard links: create the file in place instead (a reader
+        // racing us may see it empty for a moment; `read_key_file` waits for that).
+        Err(_) => match write_new_private_file(path, text.as_bytes()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return read_key_file(path);
+            }
+            Err(e) => return Err(io(e)),
+        },
+    }
+    // Make the new directory entry durable too (best effort: not every platform can).
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    tracing::info!(path = %path.display(), key_id = %key.id, "created a new master key");
+    Ok(key)
+}
+
+fn read_key_file(path: &Path) -> Result<MasterKey, VaultError> {
+    let io = |source| VaultError::KeyFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(VaultError::InsecureKeyFile {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+    }
+    // Only a creator without hard links leaves an empty file visible, and only for the
+    // moment between creating and writing it.
+    let mut text = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
+    for _ in 0..40 {
+        if !text.trim().is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        text = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
+    }
+    MasterKey::parse(&text).map_err(|e| match e {
+        VaultError::BadKey(reason) => VaultError::BadKey(format!("{}: {reason}", path.display())),
+        other => other,
+    })
+}
+
 /// A sealed secret as stored: the flow8 shape plus the key id.
+///
+/// `key_id` may be absent in documents sealed before key ids existed (the flow8 shape
+/// has none); such an envelope is tried with every key the vault holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Envelope {
     /// Always `true`.
     pub encrypted: bool,
-    /// 24-byte nonce, base64.
+    /// 24-byte nonce, standard base64.
     pub nonce: String,
-    /// Ciphertext with its Poly1305 tag, base64.
+    /// Poly1305 tag followed by the ciphertext, standard base64.
     pub ciphertext: String,
     /// Id of the master key that sealed it.
+    #[serde(default)]
     pub key_id: String,
 }
 
 impl Envelope {
-    /// Whether a JSON value is an envelope (so config fields can be told apart).
+    /// The envelope a JSON value holds, if it is one (`"encrypted": true` and the
+    /// envelope's fields), so config fields can be told apart.
     pub fn from_json(v: &serde_json::Value) -> Option<Envelope> {
         if v.get("encrypted") == Some(&serde_json::Value::Bool(true)) {
             serde_json::from_value(v.clone()).ok()
         } else {
             None
         }
+    }
+
+    /// The envelope as a JSON object (the stored shape).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "encrypted": self.encrypted,
+            "nonce": self.nonce,
+            "ciphertext": self.ciphertext,
+            "key_id": self.key_id,
+        })
     }
 }
 
@@ -250,9 +397,12 @@ impl Vault {
         }
     }
 
-    /// Also open secrets sealed with an older key.
+    /// Also open secrets sealed with an older key (new secrets are always sealed with
+    /// the current one).
     pub fn with_old_key(mut self, key: MasterKey) -> Vault {
-        self.old.push(key);
+        if key.id != self.current.id && !self.old.iter().any(|k| k.id == key.id) {
+            self.old.push(key);
+        }
         self
     }
 
@@ -261,13 +411,18 @@ impl Vault {
         &self.current.id
     }
 
+    fn keys(&self) -> impl Iterator<Item = &MasterKey> {
+        std::iter::once(&self.current).chain(self.old.iter())
+    }
+
     fn cipher(key: &MasterKey) -> XSalsa20Poly1305 {
         XSalsa20Poly1305::new(Key::from_slice(&key.bytes[..]))
     }
 
     /// Seal a plaintext with a fresh random nonce.
     pub fn encrypt(&self, plaintext: &str) -> Envelope {
-        let nonce: [u8; 24] = rand::random();
+        let nonce: [u8; NONCE_LEN] = rand::random();
+        // Secretbox fails only for inputs beyond 2^38 bytes, which no `&str` in memory is.
         let ciphertext = Vault::cipher(&self.current)
             .encrypt(Nonce::from_slice(&nonce), plaintext.as_bytes())
             .expect("XSalsa20-Poly1305 encryption of an in-memory buffer cannot fail");
@@ -284,40 +439,55 @@ impl Vault {
         if !envelope.encrypted {
             return Err(VaultError::Malformed("`encrypted` is false".into()));
         }
-        let key = std::iter::once(&self.current)
-            .chain(self.old.iter())
-            .find(|k| k.id == envelope.key_id)
-            .ok_or_else(|| VaultError::UnknownKey {
-                key_id: envelope.key_id.clone(),
-            })?;
         let nonce = B64
             .decode(&envelope.nonce)
-            .map_err(|_| VaultError::Malformed("nonce is not base64".into()))?;
-        if nonce.len() != 24 {
+            .map_err(|_| VaultError::Malformed("nonce is not standard base64".into()))?;
+        if nonce.len() != NONCE_LEN {
             return Err(VaultError::Malformed(format!(
-                "nonce is {} bytes; secretbox uses 24",
+                "nonce is {} bytes; secretbox uses {NONCE_LEN}",
                 nonce.len()
             )));
         }
         let ciphertext = B64
             .decode(&envelope.ciphertext)
-            .map_err(|_| VaultError::Malformed("ciphertext is not base64".into()))?;
-        let plain = Zeroizing::new(
+            .map_err(|_| VaultError::Malformed("ciphertext is not standard base64".into()))?;
+        if ciphertext.len() < TAG_LEN {
+            return Err(VaultError::Malformed(format!(
+                "ciphertext is {} bytes, shorter than its {TAG_LEN}-byte tag",
+                ciphertext.len()
+            )));
+        }
+        let open = |key: &MasterKey| {
             Vault::cipher(key)
                 .decrypt(Nonce::from_slice(&nonce), ciphertext.as_slice())
-                .map_err(|_| VaultError::Tampered)?,
-        );
-        let text = String::from_utf8(plain.to_vec())
+                .map(Zeroizing::new)
+                .ok()
+        };
+        let plain = if envelope.key_id.is_empty() {
+            // Sealed before key ids: whichever key authenticates it is the one.
+            self.keys().find_map(open).ok_or(VaultError::Tampered)?
+        } else {
+            let key = self
+                .keys()
+                .find(|k| k.id == envelope.key_id)
+                .ok_or_else(|| VaultError::UnknownKey {
+                    key_id: envelope.key_id.clone(),
+                })?;
+            open(key).ok_or(VaultError::Tampered)?
+        };
+        let text = std::str::from_utf8(&plain)
             .map_err(|_| VaultError::Malformed("plaintext is not UTF-8".into()))?;
-        Ok(Secret::new(text))
+        Ok(Secret::new(text.to_owned()))
     }
 
-    /// A value the store keeps so a host started with the wrong key fails at start.
+    /// A value the store keeps (e.g. in its meta table) so a host started with the
+    /// wrong key fails at start, see [`Vault::verify_check_value`].
     pub fn check_value(&self) -> String {
-        serde_json::to_string(&self.encrypt(CHECK_PLAINTEXT)).expect("envelopes serialise")
+        self.encrypt(CHECK_PLAINTEXT).to_json().to_string()
     }
 
-    /// Verify a stored check value against this vault's keys.
+    /// Verify a stored check value against this vault's keys: `WrongMasterKey` when
+    /// none of them wrote it.
     pub fn verify_check_value(&self, stored: &str) -> Result<(), VaultError> {
         let envelope: Envelope = serde_json::from_str(stored)
             .map_err(|e| VaultError::Malformed(format!("key check value: {e}")))?;
@@ -325,7 +495,11 @@ impl Vault {
             Ok(s) if s.expose() == CHECK_PLAINTEXT => Ok(()),
             Ok(_) | Err(VaultError::Tampered) | Err(VaultError::UnknownKey { .. }) => {
                 Err(VaultError::WrongMasterKey {
-                    expected_key_id: envelope.key_id,
+                    expected_key_id: if envelope.key_id.is_empty() {
+                        "(unknown)".into()
+                    } else {
+                        envelope.key_id
+                    },
                     got_key_id: self.current.id.clone(),
                 })
             }
@@ -337,90 +511,356 @@ impl Vault {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
-    #[test]
-    fn round_trip_and_fresh_nonces() {
-        let v = Vault::new(MasterKey::generate());
-        let a = v.encrypt("xoxb-123");
-        let b = v.encrypt("xoxb-123");
-        assert_ne!(a.nonce, b.nonce);
-        assert_ne!(a.ciphertext, b.ciphertext);
-        assert_eq!(v.decrypt(&a).unwrap().expose(), "xoxb-123");
-        let json = serde_json::to_value(&a).unwrap();
-        assert_eq!(json["encrypted"], true);
-        assert!(!json.to_string().contains("xoxb"));
+    const PLAIN: &str = "canary-plaintext-123";
+
+    fn vault() -> Vault {
+        Vault::new(MasterKey::generate())
     }
 
     #[test]
-    fn tampering_and_wrong_keys_are_named() {
-        let v = Vault::new(MasterKey::generate());
-        let mut e = v.encrypt("secret");
-        let mut raw = B64.decode(&e.ciphertext).unwrap();
-        raw[0] ^= 1;
-        e.ciphertext = B64.encode(raw);
+    fn round_trip_and_fresh_nonces() {
+        let v = vault();
+        let a = v.encrypt(PLAIN);
+        let b = v.encrypt(PLAIN);
+        assert_ne!(a.nonce, b.nonce);
+        assert_ne!(a.ciphertext, b.ciphertext);
+        assert_eq!(v.decrypt(&a).unwrap().expose(), PLAIN);
+        assert_eq!(v.decrypt(&b).unwrap().expose(), PLAIN);
+        assert_eq!(v.decrypt(&v.encrypt("")).unwrap().expose(), "");
+        let unicode = "pässwörd 🔑";
+        assert_eq!(v.decrypt(&v.encrypt(unicode)).unwrap().expose(), unicode);
+        assert!(!serde_json::to_string(&a).unwrap().contains("canary"));
+    }
+
+    #[test]
+    fn stored_shape_is_flow8_plus_key_id() {
+        let v = vault();
+        let e = v.encrypt(PLAIN);
+        let json = serde_json::to_value(&e).unwrap();
+        let keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(keys.len(), 4);
+        for k in ["encrypted", "nonce", "ciphertext", "key_id"] {
+            assert!(keys.contains(&k), "{k} missing from {json}");
+        }
+        assert_eq!(json["encrypted"], true);
+        assert_eq!(json["key_id"], v.key_id());
+        assert_eq!(B64.decode(e.nonce.as_bytes()).unwrap().len(), 24);
+        assert_eq!(e.to_json(), json);
+        assert_eq!(Envelope::from_json(&json), Some(e.clone()));
+        assert_eq!(serde_json::from_value::<Envelope>(json.clone()).unwrap(), e);
+
+        // Unknown fields are refused; a plain string is not an envelope.
+        let mut extra = json.clone();
+        extra["plaintext"] = json!("x");
+        assert!(serde_json::from_value::<Envelope>(extra.clone()).is_err());
+        assert_eq!(Envelope::from_json(&extra), None);
+        assert_eq!(Envelope::from_json(&json!("sk-abc")), None);
+        assert_eq!(Envelope::from_json(&json!({"encrypted": false})), None);
+
+        // The seed's shape without a key id (legacy data) still opens.
+        let legacy = json!({"encrypted": true, "nonce": e.nonce, "ciphertext": e.ciphertext});
+        let legacy = Envelope::from_json(&legacy).unwrap();
+        assert_eq!(legacy.key_id, "");
+        assert_eq!(v.decrypt(&legacy).unwrap().expose(), PLAIN);
+        assert!(matches!(
+            vault().decrypt(&legacy),
+            Err(VaultError::Tampered)
+        ));
+    }
+
+    #[test]
+    fn tampering_is_detected() {
+        let v = vault();
+        let good = v.encrypt(PLAIN);
+        for i in [0, 16, 20] {
+            let mut e = good.clone();
+            let mut raw = B64.decode(&e.ciphertext).unwrap();
+            raw[i] ^= 1;
+            e.ciphertext = B64.encode(raw);
+            assert!(
+                matches!(v.decrypt(&e), Err(VaultError::Tampered)),
+                "byte {i}"
+            );
+        }
+        let mut e = good.clone();
+        let mut nonce = B64.decode(&e.nonce).unwrap();
+        nonce[3] ^= 0x80;
+        e.nonce = B64.encode(nonce);
         assert!(matches!(v.decrypt(&e), Err(VaultError::Tampered)));
+        // Truncated ciphertext.
+        let mut e = good.clone();
+        let raw = B64.decode(&e.ciphertext).unwrap();
+        e.ciphertext = B64.encode(&raw[..raw.len() - 1]);
+        assert!(matches!(v.decrypt(&e), Err(VaultError::Tampered)));
+    }
 
-        let other = Vault::new(MasterKey::generate());
-        let sealed = v.encrypt("secret");
-        assert!(matches!(
-            other.decrypt(&sealed),
-            Err(VaultError::UnknownKey { .. })
-        ));
-        assert!(matches!(
-            other.verify_check_value(&v.check_value()),
-            Err(VaultError::WrongMasterKey { .. })
-        ));
-        v.verify_check_value(&v.check_value()).unwrap();
+    #[test]
+    fn malformed_envelopes_are_named() {
+        let v = vault();
+        let good = v.encrypt(PLAIN);
+        let cases = [
+            Envelope {
+                encrypted: false,
+                ..good.clone()
+            },
+            Envelope {
+                nonce: "not base64!".into(),
+                ..good.clone()
+            },
+            Envelope {
+                nonce: B64.encode([0u8; 12]),
+                ..good.clone()
+            },
+            Envelope {
+                ciphertext: "%%%".into(),
+                ..good.clone()
+            },
+            Envelope {
+                ciphertext: B64.encode([0u8; 8]),
+                ..good.clone()
+            },
+        ];
+        for e in cases {
+            assert!(
+                matches!(v.decrypt(&e), Err(VaultError::Malformed(_))),
+                "{e:?}"
+            );
+        }
+    }
 
-        // Rotation: the old key still opens old envelopes.
+    #[test]
+    fn wrong_keys_are_named() {
+        let v = vault();
+        let other = vault();
+        let sealed = v.encrypt(PLAIN);
+        let err = other.decrypt(&sealed).unwrap_err();
+        assert!(matches!(&err, VaultError::UnknownKey { key_id } if key_id == v.key_id()));
+        let msg = err.to_string();
+        assert!(
+            msg.contains(v.key_id()) && msg.contains("FLOW8_MASTER_KEY"),
+            "{msg}"
+        );
+
+        // An envelope claiming the other key's id does not open either.
+        let forged = Envelope {
+            key_id: other.key_id().into(),
+            ..sealed.clone()
+        };
+        assert!(matches!(other.decrypt(&forged), Err(VaultError::Tampered)));
+
+        // The check value catches the wrong key at start.
+        let check = v.check_value();
+        v.verify_check_value(&check).unwrap();
+        match other.verify_check_value(&check) {
+            Err(VaultError::WrongMasterKey {
+                expected_key_id,
+                got_key_id,
+            }) => {
+                assert_eq!(expected_key_id, v.key_id());
+                assert_eq!(got_key_id, other.key_id());
+            }
+            r => panic!("expected WrongMasterKey, got {r:?}"),
+        }
+        assert!(matches!(
+            v.verify_check_value("not json"),
+            Err(VaultError::Malformed(_))
+        ));
+        assert!(!check.contains(CHECK_PLAINTEXT));
+    }
+
+    #[test]
+    fn old_keys_open_old_envelopes() {
         let key = MasterKey::generate();
         let old = Vault::new(key.clone());
         let sealed = old.encrypt("old");
-        let rotated = Vault::new(MasterKey::generate()).with_old_key(key);
+        let check = old.check_value();
+        let rotated = Vault::new(MasterKey::generate()).with_old_key(key.clone());
         assert_eq!(rotated.decrypt(&sealed).unwrap().expose(), "old");
+        rotated.verify_check_value(&check).unwrap();
+        // New secrets use the new key.
+        assert_eq!(rotated.encrypt("new").key_id, rotated.key_id());
+        assert_ne!(rotated.key_id(), key.id());
+        // Adding the current or a known key again changes nothing.
+        let current = rotated.current.clone();
+        let again = rotated
+            .clone()
+            .with_old_key(key)
+            .with_old_key(current)
+            .with_old_key(MasterKey::parse(&"00".repeat(32)).unwrap());
+        assert_eq!((rotated.old.len(), again.old.len()), (1, 2));
     }
 
     #[test]
     fn nothing_secret_prints() {
-        let k = MasterKey::parse(&"ab".repeat(32)).unwrap();
-        assert!(!format!("{k:?}").contains("abab"));
-        let s = Secret::new("hunter2-secret".into());
-        assert_eq!(format!("{s:?} {s}"), "Secret(***) ***");
-        assert!(MasterKey::parse("short").is_err());
-        let b64 = B64.encode([7u8; 32]);
-        assert_eq!(
-            MasterKey::parse(&b64).unwrap().id(),
-            MasterKey::from_bytes([7u8; 32]).id()
+        let hex_key = "ab".repeat(32);
+        let k = MasterKey::parse(&hex_key).unwrap();
+        let shown = format!("{k:?} {:?}", Vault::new(k.clone()));
+        assert!(
+            !shown.contains("abab") && !shown.contains("q6ur"),
+            "{shown}"
         );
+        assert!(shown.contains(k.id()));
+        let s = Secret::new("hunter2-secret".into());
+        assert_eq!(format!("{s:?} {s} {s:#?}"), "Secret(***) *** Secret(***)");
+        assert_eq!(format!("{:?}", Some(s.clone())), "Some(Secret(***))");
+
+        // No error, in either form, carries plaintext or key material.
+        let v = Vault::new(k);
+        let sealed = v.encrypt("hunter2-secret");
+        let mut tampered = sealed.clone();
+        tampered.ciphertext = B64.encode([1u8; 40]);
+        let errors = [
+            vault().decrypt(&sealed).unwrap_err(),
+            v.decrypt(&tampered).unwrap_err(),
+            vault().verify_check_value(&v.check_value()).unwrap_err(),
+            MasterKey::parse(&hex_key[..63]).unwrap_err(),
+            MasterKey::parse(&B64.encode([0xab; 31])).unwrap_err(),
+        ];
+        for e in errors {
+            let text = format!("{e} {e:?}");
+            assert!(
+                !text.contains("hunter2") && !text.contains("abab"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_parse_from_hex_or_base64() {
+        let hex_key = "0123456789abcdef".repeat(4);
+        let a = MasterKey::parse(&hex_key).unwrap();
+        assert_eq!(
+            MasterKey::parse(&hex_key.to_uppercase()).unwrap().id(),
+            a.id()
+        );
+        assert_eq!(
+            MasterKey::parse(&format!("  {hex_key}\n")).unwrap().id(),
+            a.id()
+        );
+        let b64 = B64.encode(hex::decode(&hex_key).unwrap());
+        assert_eq!(MasterKey::parse(&b64).unwrap().id(), a.id());
+        assert_eq!(a.id().len(), 16);
+        assert!(a.id().bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a.id(), MasterKey::generate().id());
+        // The id is the documented derivation.
+        let mut h = Sha256::new();
+        h.update(b"flow8-master-key-id:");
+        h.update(hex::decode(&hex_key).unwrap());
+        assert_eq!(a.id(), hex::encode(&h.finalize()[..8]));
+
+        for bad in [
+            "",
+            "short",
+            &"zz".repeat(32),
+            &B64.encode([1u8; 16]),
+            &"ab".repeat(33),
+        ] {
+            assert!(
+                matches!(MasterKey::parse(bad), Err(VaultError::BadKey(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[cfg(unix)]
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
     }
 
     #[test]
     fn key_file_is_created_private_and_reused() {
-        let dir = tempfile::tempdir().unwrap();
-        // The environment variable would win; this test runs only when it is unset.
-        if std::env::var_os("FLOW8_MASTER_KEY").is_some() {
-            return;
-        }
-        let a = MasterKey::load(dir.path()).unwrap();
-        let b = MasterKey::load(dir.path()).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data").join("nested");
+        let a = MasterKey::load_with(&dir, None).unwrap();
+        let b = MasterKey::load_with(&dir, Some("")).unwrap();
         assert_eq!(a.id(), b.id());
+        let path = dir.join(MASTER_KEY_FILE);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(MasterKey::parse(&text).unwrap().id(), a.id());
+        assert_eq!(text.trim().len(), 64);
+        // Nothing left behind but the key.
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(MASTER_KEY_FILE)]);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join("master.key"))
-                .unwrap()
-                .permissions()
-                .mode();
-            assert_eq!(mode & 0o777, 0o600);
-            std::fs::set_permissions(
-                dir.path().join("master.key"),
-                std::fs::Permissions::from_mode(0o644),
-            )
-            .unwrap();
-            assert!(matches!(
-                MasterKey::load(dir.path()),
-                Err(VaultError::BadKey(_))
-            ));
+            assert_eq!(mode(&path), 0o600);
+            assert_eq!(mode(&dir), 0o700);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let err = MasterKey::load_with(&dir, None).unwrap_err();
+            assert!(
+                matches!(err, VaultError::InsecureKeyFile { mode: 0o644, .. }),
+                "{err}"
+            );
+            assert!(err.to_string().contains("chmod 600"));
         }
+    }
+
+    #[test]
+    fn bad_key_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        write_new_private_file(&dir.path().join(MASTER_KEY_FILE), b"not a key").unwrap();
+        let err = MasterKey::load_with(dir.path(), None).unwrap_err();
+        assert!(matches!(err, VaultError::BadKey(_)));
+        assert!(err.to_string().contains(MASTER_KEY_FILE), "{err}");
+    }
+
+    #[test]
+    fn environment_variable_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let from_file = MasterKey::load_with(dir.path(), None).unwrap();
+        let hex_key = "42".repeat(32);
+        let k = MasterKey::load_with(dir.path(), Some(&hex_key)).unwrap();
+        assert_eq!(k.id(), MasterKey::parse(&hex_key).unwrap().id());
+        assert_ne!(k.id(), from_file.id());
+        // With the variable set, no key file is needed or created.
+        let empty = tempfile::tempdir().unwrap();
+        let dir2 = empty.path().join("fresh");
+        MasterKey::load_with(&dir2, Some(&hex_key)).unwrap();
+        assert!(!dir2.join(MASTER_KEY_FILE).exists());
+        let err = MasterKey::load_with(&dir2, Some("oops")).unwrap_err();
+        assert!(
+            matches!(&err, VaultError::BadKey(m) if m.contains(MASTER_KEY_ENV)),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("oops"));
+    }
+
+    #[test]
+    fn concurrent_first_use_agrees_on_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        MasterKey::load_with(dir.path(), None)
+                            .unwrap()
+                            .id()
+                            .to_string()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn secrets_compare_by_value() {
+        assert_eq!(Secret::new("abc".into()), Secret::new("abc".into()));
+        assert_ne!(Secret::new("abc".into()), Secret::new("abd".into()));
+        assert_ne!(Secret::new("abc".into()), Secret::new("abcd".into()));
     }
 }
