@@ -20,6 +20,10 @@ guests: wasm-target
 wasm-target:
     @rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
+# The test servers that come from npm (oauth2-mock-server), installed from the lock file.
+test-servers:
+    @test -d tests/oauth-server/node_modules/oauth2-mock-server || (cd tests/oauth-server && npm ci --no-audit --no-fund)
+
 # Build the host.
 build: modules
     cargo build -p flow8-host
@@ -49,9 +53,10 @@ lint:
     cargo clippy --manifest-path tests/guests/Cargo.toml --target wasm32-wasip2 --target-dir {{wasm_target_dir}} -- -D warnings
 
 # The whole test suite: lints, guest builds, unit, doc and end-to-end tests.
-test: lint modules guests
+test: lint modules guests test-servers
     cargo build -p flow8-host
-    FLOW8_WASM_DIR={{wasm_dir}} cargo test --workspace
+    FLOW8_WASM_DIR={{wasm_dir}} cargo test --workspace 2>&1 | tee target/test-output.log
+    @awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' target/test-output.log
 
 # Benchmarks (release build); prints a table.
 bench: modules guests

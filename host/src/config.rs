@@ -109,6 +109,11 @@ pub struct HostConfig {
     pub limits: LimitsConfig,
     /// Log as JSON lines.
     pub log_json: bool,
+    /// OAuth2 providers (flow8's `oauth2:` block): `slack: {client_id, client_secret,
+    /// redirect_uri, scopes, ...}`.
+    pub oauth2: std::collections::BTreeMap<String, crate::oauth::providers::ProviderConfig>,
+    /// Refresh OAuth tokens that expire within this many seconds (flow8: one hour).
+    pub oauth_refresh_window_seconds: u64,
 }
 
 impl Default for HostConfig {
@@ -122,6 +127,8 @@ impl Default for HostConfig {
             outbound: OutboundConfig::default(),
             limits: LimitsConfig::default(),
             log_json: false,
+            oauth2: Default::default(),
+            oauth_refresh_window_seconds: 3600,
         }
     }
 }
@@ -183,6 +190,7 @@ impl HostConfig {
         for h in &self.outbound.allowed_hosts {
             HostPattern::parse(h).map_err(|e| bad(format!("outbound.allowed_hosts: {e}")))?;
         }
+        crate::oauth::providers::configure(&self.oauth2).map_err(bad)?;
         if !(self.limits.deadline_seconds > 0.0 && self.limits.deadline_seconds <= 3600.0) {
             return Err(bad("limits.deadline_seconds must be in (0, 3600]".into()));
         }

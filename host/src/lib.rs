@@ -9,6 +9,7 @@
 //! - `vault`: encryption of secrets at rest (NaCl secretbox).
 //! - `store`: storage behind a trait; `store::embedded` is the SQLite default.
 //! - `components`: API-key components (S3, OpenAI, HTTP, ...): validation, summaries, pinning.
+//! - `oauth`: the OAuth2 lifecycle: connect, callback, refresh, revoke, health.
 //! - `server`: the REST API (`flow8-host serve`): components, steps, audit log, modules.
 //! - `config`: defaults, the config file and `FLOW8_*` variables.
 //! - `cli`: the `flow8-host` command line.
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod components;
 pub mod config;
 pub mod manifest;
+pub mod oauth;
 pub mod outbound;
 pub mod runtime;
 pub mod server;

@@ -8,4 +8,5 @@ mod bad_input;
 mod cli_http_request;
 mod hostile_guests;
 mod local_store;
+mod oauth_flow;
 mod s3_upload;

@@ -2,6 +2,7 @@
 //! modules are, a recording HTTP server, a runner for the `flow8-host` CLI with its own
 //! data directory, and one shared engine and module registry for in-process tests.
 
+pub mod oauth_server;
 pub mod recording_server;
 pub mod s3_server;
 
@@ -226,9 +227,22 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Start `flow8-host serve` for this CLI's data directory and wait until it listens.
     pub fn start(cli: &Cli, modules_dir: &Path, extra: &[&str]) -> ServerProcess {
+        ServerProcess::start_on(cli, modules_dir, "127.0.0.1:0", extra)
+    }
+
+    /// A free loopback port (for configs that must name the server's URL up front).
+    pub fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port()
+    }
+
+    /// Start on a given address.
+    pub fn start_on(cli: &Cli, modules_dir: &Path, listen: &str, extra: &[&str]) -> ServerProcess {
         use std::io::{BufRead, BufReader, Read};
         let mut cmd = Command::new(host_bin());
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--allow-loopback"])
+        cmd.args(["serve", "--listen", listen, "--allow-loopback"])
             .args(extra)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())

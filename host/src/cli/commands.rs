@@ -186,7 +186,22 @@ async fn serve(
         Ok(c) => c,
         Err(e) => return fail("internal_error", e),
     };
-    let runtime = Runtime::new(registry, outbound, store, vault, cfg.step_limits());
+    let providers = match crate::oauth::providers::configure(&cfg.oauth2) {
+        Ok(p) => p,
+        Err(e) => return fail("invalid_config", e),
+    };
+    let mut runtime = Runtime::new(
+        registry,
+        outbound,
+        store.clone(),
+        vault.clone(),
+        cfg.step_limits(),
+    );
+    if !providers.is_empty() {
+        let mut oauth = crate::oauth::OAuthService::new(store, vault, providers);
+        oauth.refresh_window = Duration::from_secs(cfg.oauth_refresh_window_seconds);
+        runtime = runtime.with_oauth(Arc::new(oauth));
+    }
     let state = Arc::new(crate::server::AppState {
         runtime,
         metrics: Default::default(),

@@ -85,6 +85,7 @@ fn looks_like_object_id(s: &str) -> bool {
 pub async fn resolve<S: Store>(
     store: &S,
     vault: &Vault,
+    oauth: Option<&crate::oauth::OAuthService<S>>,
     manifest: &Manifest,
     company_id: &str,
     bindings: &BTreeMap<String, String>,
@@ -113,12 +114,7 @@ pub async fn resolve<S: Store>(
                 resolve_component(store, vault, binding, company_id, explicit.as_deref()).await?
             }
             CredentialKind::OauthLink => match explicit {
-                Some(link) => {
-                    return Err(StepError::access_denied(format!(
-                        "OAuth link `{link}` for binding `{}` does not exist or is not yours",
-                        binding.name
-                    )));
-                }
+                Some(link_id) => Some(resolve_link(oauth, binding, company_id, &link_id).await?),
                 None => None,
             },
         };
@@ -140,6 +136,91 @@ pub async fn resolve<S: Store>(
         }
     }
     Ok(grants)
+}
+
+async fn resolve_link<S: Store>(
+    oauth: Option<&crate::oauth::OAuthService<S>>,
+    binding: &CredentialBinding,
+    company_id: &str,
+    link_id: &str,
+) -> Result<GrantedCredential, StepError> {
+    use super::error::ErrorName;
+    use crate::oauth::OAuthError;
+    let not_yours = || {
+        StepError::access_denied(format!(
+            "OAuth link `{link_id}` for binding `{}` does not exist or is not yours",
+            binding.name
+        ))
+    };
+    let Some(oauth) = oauth else {
+        return Err(not_yours());
+    };
+    let (token, link) = oauth
+        .access_token(company_id, link_id)
+        .await
+        .map_err(|e| match e {
+            OAuthError::NotFound => not_yours(),
+            OAuthError::TokenRevoked(s) | OAuthError::InvalidGrant(s) => StepError::new(
+                ErrorName::TokenRevoked,
+                format!("the {s} connection was revoked or expired; the user must reconnect it"),
+            ),
+            OAuthError::Store(e) => StepError::new(ErrorName::StoreUnavailable, e.to_string()),
+            OAuthError::NotConfigured(s) => StepError::access_denied(format!(
+                "OAuth service `{s}` is not configured on this host"
+            )),
+            other => StepError::new(ErrorName::UpstreamError, other.to_string()),
+        })?;
+    if link.integration_type != binding.service {
+        return Err(StepError::access_denied(format!(
+            "link `{link_id}` is a {} link; binding `{}` needs {}",
+            link.integration_type, binding.name, binding.service
+        )));
+    }
+    let missing: Vec<&String> = binding
+        .scopes
+        .iter()
+        .filter(|s| !link.scopes.contains(s))
+        .collect();
+    if !missing.is_empty() {
+        return Err(StepError::new(
+            ErrorName::InsufficientScope,
+            format!(
+                "link `{link_id}` was not granted {}; reconnect it to grant them",
+                missing
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    let pinned = oauth
+        .provider(&link.integration_type)
+        .map(|p| {
+            p.api_hosts
+                .iter()
+                .filter_map(|h| HostPattern::parse(h).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(GrantedCredential {
+        binding: binding.name.clone(),
+        kind: CredentialKind::OauthLink,
+        service: link.integration_type.clone(),
+        resource_id: link.id.clone(),
+        resource_name: link.integration_type.clone(),
+        config: serde_json::json!({
+            "link_id": link.id,
+            "service": link.integration_type,
+            "scopes": link.scopes,
+            "provider_user_id": link.provider_user_id,
+            "provider_user_email": link.provider_user_email,
+            "provider_metadata": link.provider_metadata,
+        }),
+        secrets: vec![("access_token".to_string(), token.clone())],
+        pinned,
+        attach: Attach::Bearer(token),
+    })
 }
 
 async fn resolve_component<S: Store>(

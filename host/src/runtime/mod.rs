@@ -104,6 +104,7 @@ mod report_result {
 /// Runs steps. Cheap to clone; share one per process.
 pub struct Runtime<S: Store> {
     modules: Arc<ModuleRegistry>,
+    oauth: Option<Arc<crate::oauth::OAuthService<S>>>,
     outbound: OutboundClient,
     store: Arc<S>,
     vault: Arc<Vault>,
@@ -114,6 +115,7 @@ impl<S: Store> Clone for Runtime<S> {
     fn clone(&self) -> Self {
         Runtime {
             modules: self.modules.clone(),
+            oauth: self.oauth.clone(),
             outbound: self.outbound.clone(),
             store: self.store.clone(),
             vault: self.vault.clone(),
@@ -260,11 +262,23 @@ impl<S: Store> Runtime<S> {
     ) -> Runtime<S> {
         Runtime {
             modules,
+            oauth: None,
             outbound,
             store,
             vault,
             limits,
         }
+    }
+
+    /// Resolve OAuth-link bindings with this service.
+    pub fn with_oauth(mut self, oauth: Arc<crate::oauth::OAuthService<S>>) -> Runtime<S> {
+        self.oauth = Some(oauth);
+        self
+    }
+
+    /// The OAuth service, when configured.
+    pub fn oauth(&self) -> Option<&Arc<crate::oauth::OAuthService<S>>> {
+        self.oauth.as_ref()
     }
 
     /// The module registry.
@@ -337,6 +351,7 @@ impl<S: Store> Runtime<S> {
         let grants = match grants::resolve(
             &*self.store,
             &self.vault,
+            self.oauth.as_deref(),
             &module.manifest,
             &req.company_id,
             &req.bindings,

@@ -56,6 +56,22 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
         )
         .route("/api/v1/steps", post(routes::steps::run::<S>))
         .route("/api/v1/admin/audit", get(routes::audit_log::list::<S>))
+        .route(
+            "/api/v1/integrations/authorize",
+            get(routes::integrations::authorize::<S>),
+        )
+        .route(
+            "/api/v1/integrations/links",
+            get(routes::integrations::list::<S>).delete(routes::integrations::unlink_all::<S>),
+        )
+        .route(
+            "/api/v1/integrations/test",
+            post(routes::integrations::test::<S>),
+        )
+        .route(
+            "/api/v1/integrations/{service}/{link_id}",
+            delete(routes::integrations::unlink::<S>),
+        )
         .route("/api/v1/modules", get(routes::modules::list::<S>))
         .route(
             "/api/v1/modules/{module_ref}",
@@ -74,6 +90,7 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
         .route("/readyz", get(routes::ops::readyz::<S>))
         .route("/metrics", get(routes::ops::metrics::<S>))
         .route("/openapi.json", get(routes::ops::openapi))
+        .route("/auth/callback", get(routes::integrations::callback::<S>))
         .merge(api)
         .merge(installs)
         .fallback(routes::ops::no_such_route)

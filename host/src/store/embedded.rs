@@ -1,15 +1,33 @@
 //! The embedded default store: SQLite (bundled, no server to install) in
-//! `<data-dir>/flow8.db`, WAL mode so the CLI and a running server can share the file.
-//! Each document is kept whole as JSON beside the columns it is queried by, and every
-//! query has an index. Point reads run inline (WAL readers never wait on writers);
-//! writes run on the blocking pool.
+//! `<data-dir>/flow8.db` (directory 0700, files 0600), in WAL mode with a busy timeout
+//! so the CLI and a running server can share the file across processes. Each document
+//! is kept whole as JSON beside the columns it is queried by, and every query has an
+//! index or unique constraint behind it. The schema is created idempotently at open
+//! and its version recorded in the `meta` table.
+//!
+//! Two connections. Writes run in an IMMEDIATE transaction on tokio's blocking pool
+//! (`spawn_blocking`), because taking SQLite's write lock may wait, up to the busy
+//! timeout, for another process. Reads use a second, query-only connection: in WAL mode
+//! a reader never waits for a writer, in this process or another, so a point read (one
+//! indexed row, a few microseconds) runs inline instead of paying a thread hop on every
+//! credential lookup of a step; lists, whose size the caller does not bound, run on the
+//! blocking pool too.
 
-use super::{AuditQuery, AuditRecord, ComponentRecord, Store, StoreError, TokenRecord};
+use super::{
+    AuditQuery, AuditRecord, ComponentRecord, LinkRecord, OAuthStateRecord, Store, StoreError,
+    TokenRecord,
+};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 const SCHEMA_VERSION: i64 = 1;
+
+/// The database file's name inside the data directory.
+pub const DB_FILE: &str = "flow8.db";
+
+/// How long a write waits for another process's write lock before `Unavailable`.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -28,6 +46,23 @@ CREATE TABLE IF NOT EXISTS components (
 CREATE INDEX IF NOT EXISTS components_by_kind ON components (company_id, kind);
 CREATE UNIQUE INDEX IF NOT EXISTS components_one_default
     ON components (company_id, kind) WHERE is_default = 1;
+CREATE TABLE IF NOT EXISTS db_links (
+    id               TEXT PRIMARY KEY,
+    company_id       TEXT NOT NULL,
+    integration_type TEXT NOT NULL,
+    token_expiry     INTEGER,
+    version          INTEGER NOT NULL,
+    created_at       INTEGER NOT NULL,
+    doc              TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS links_by_service ON db_links (company_id, integration_type, created_at);
+CREATE INDEX IF NOT EXISTS links_by_expiry ON db_links (company_id, token_expiry);
+CREATE TABLE IF NOT EXISTS oauth_states (
+    state_hash TEXT PRIMARY KEY,
+    expires_at INTEGER NOT NULL,
+    doc        TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS oauth_states_by_expiry ON oauth_states (expires_at);
 CREATE TABLE IF NOT EXISTS api_tokens (
     id         TEXT PRIMARY KEY,
     token_hash TEXT NOT NULL UNIQUE,
@@ -49,10 +84,13 @@ CREATE INDEX IF NOT EXISTS audit_by_resource ON audit_log (company_id, resource_
 CREATE INDEX IF NOT EXISTS audit_by_action ON audit_log (company_id, action_type, ts);
 ";
 
-/// SQLite-backed store.
+/// SQLite-backed store. Cloning shares the connections.
 #[derive(Clone)]
 pub struct EmbeddedStore {
+    /// The write connection (one transaction at a time).
     conn: Arc<Mutex<Connection>>,
+    /// The read connection (query-only); the same connection for an in-memory store.
+    reader: Arc<Mutex<Connection>>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -62,14 +100,98 @@ impl std::fmt::Debug for EmbeddedStore {
 }
 
 fn unavailable(e: rusqlite::Error) -> StoreError {
-    match e {
-        rusqlite::Error::SqliteFailure(f, _)
-            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-        {
+    use rusqlite::ErrorCode;
+    let code = match &e {
+        rusqlite::Error::SqliteFailure(f, _) => Some(f.code),
+        _ => None,
+    };
+    match code {
+        Some(ErrorCode::ConstraintViolation) => {
             StoreError::Conflict("a record with that unique key already exists".into())
         }
-        other => StoreError::Unavailable(other.to_string()),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Unavailable(
+            format!("the database is locked by another process (waited {BUSY_TIMEOUT:?})"),
+        ),
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
+            StoreError::Corrupt(e.to_string())
+        }
+        _ => StoreError::Unavailable(e.to_string()),
     }
+}
+
+fn join_error(e: tokio::task::JoinError) -> StoreError {
+    StoreError::Unavailable(format!("a store task failed: {e}"))
+}
+
+/// Lock a connection. A panic while it was held cannot leave it mid-transaction (an
+/// unwinding `Transaction` rolls back), so a poisoned lock is taken over, not fatal.
+fn lock(conn: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
+    conn.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn fs_error(path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Unavailable(format!("{}: {e}", path.display()))
+}
+
+/// Create the data directory (and parents) owner-only. An existing directory is not
+/// re-permissioned (it may be the user's own); a warning says if others can enter it.
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(|e| fs_error(dir, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir)
+            .map_err(|e| fs_error(dir, e))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                mode = format!("{:o}", mode & 0o777),
+                "the data directory is accessible to other users; the store's files are not, but consider chmod 700"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Make sure the database file exists owner-only before SQLite opens it: SQLite gives
+/// the `-wal` and `-shm` files it creates the database file's permissions. Our own
+/// files found with looser permissions are tightened.
+fn create_private_files(dir: &Path) -> Result<(), StoreError> {
+    let path = dir.join(DB_FILE);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    match opts.open(&path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(fs_error(&path, e)),
+    }
+    #[cfg(unix)]
+    for suffix in ["", "-wal", "-shm"] {
+        use std::os::unix::fs::PermissionsExt;
+        let file = dir.join(format!("{DB_FILE}{suffix}"));
+        if let Ok(meta) = std::fs::metadata(&file)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| fs_error(&file, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Parse every JSON document a query returns.
@@ -83,6 +205,10 @@ fn docs<T: serde::de::DeserializeOwned>(
     .collect()
 }
 
+fn millis(t: time::OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
 fn parse(doc: String, is_default: bool) -> Result<ComponentRecord, StoreError> {
     let mut r: ComponentRecord =
         serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -91,48 +217,65 @@ fn parse(doc: String, is_default: bool) -> Result<ComponentRecord, StoreError> {
 }
 
 impl EmbeddedStore {
-    /// Open (creating) `<data_dir>/flow8.db`, directory 0700 and files 0600.
+    /// Open (creating on first use) `<data_dir>/flow8.db`: the directory is created
+    /// 0700, the database and its `-wal`/`-shm` files are 0600. Runs on the blocking
+    /// pool (it may wait for another process that is creating the schema).
     pub async fn open(data_dir: &Path) -> Result<EmbeddedStore, StoreError> {
         let data_dir = data_dir.to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&data_dir)
-                .map_err(|e| StoreError::Unavailable(format!("{}: {e}", data_dir.display())))?;
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                let _ = std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700));
-            }
-            let path = data_dir.join("flow8.db");
-            #[cfg(unix)]
-            if !path.exists() {
-                use std::os::unix::fs::OpenOptionsExt;
-                let _ = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path);
-            }
-            let conn = Connection::open(&path).map_err(unavailable)?;
-            Self::init(conn)
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        tokio::task::spawn_blocking(move || EmbeddedStore::open_blocking(&data_dir))
+            .await
+            .map_err(join_error)?
     }
 
-    /// A private in-memory store (tests).
-    pub fn open_in_memory() -> Result<EmbeddedStore, StoreError> {
-        Self::init(Connection::open_in_memory().map_err(unavailable)?)
-    }
-
-    fn init(conn: Connection) -> Result<EmbeddedStore, StoreError> {
-        conn.busy_timeout(std::time::Duration::from_secs(5))
+    fn open_blocking(data_dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        create_private_dir(data_dir)?;
+        create_private_files(data_dir)?;
+        let path = data_dir.join(DB_FILE);
+        let mut writer = Connection::open(&path).map_err(unavailable)?;
+        let mode = Self::configure(&mut writer)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(
+                path = %path.display(),
+                journal_mode = %mode,
+                "SQLite could not use WAL here (network filesystem?): readers will wait for writers"
+            );
+        }
+        let reader = Connection::open(&path).map_err(unavailable)?;
+        reader.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
+        reader
+            .pragma_update(None, "query_only", true)
             .map_err(unavailable)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
+        Ok(EmbeddedStore {
+            conn: Arc::new(Mutex::new(writer)),
+            reader: Arc::new(Mutex::new(reader)),
+        })
+    }
+
+    /// A private in-memory store (tests); one connection serves reads and writes.
+    pub fn open_in_memory() -> Result<EmbeddedStore, StoreError> {
+        let mut conn = Connection::open_in_memory().map_err(unavailable)?;
+        Self::configure(&mut conn)?;
+        let conn = Arc::new(Mutex::new(conn));
+        Ok(EmbeddedStore {
+            reader: conn.clone(),
+            conn,
+        })
+    }
+
+    /// Pragmas, then the schema and its version in one transaction (two processes
+    /// opening a new file at once both succeed). Returns the journal mode in effect.
+    fn configure(conn: &mut Connection) -> Result<String, StoreError> {
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
             .map_err(unavailable)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(unavailable)?;
-        conn.execute_batch(SCHEMA).map_err(unavailable)?;
-        let version: Option<String> = conn
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(unavailable)?;
+        tx.execute_batch(SCHEMA).map_err(unavailable)?;
+        let version: Option<String> = tx
             .query_row(
                 "SELECT value FROM meta WHERE key = 'schema_version'",
                 [],
@@ -140,48 +283,59 @@ impl EmbeddedStore {
             )
             .optional()
             .map_err(unavailable)?;
-        match version.map(|v| v.parse::<i64>()) {
+        match version.as_deref().map(str::parse::<i64>) {
             None => {
-                conn.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?1)",
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
                     params![SCHEMA_VERSION.to_string()],
                 )
                 .map_err(unavailable)?;
             }
             Some(Ok(v)) if v <= SCHEMA_VERSION => {}
-            Some(_) => {
+            Some(Ok(v)) => {
                 return Err(StoreError::Corrupt(format!(
-                    "the store's schema is newer than this host understands ({SCHEMA_VERSION}); upgrade the host"
+                    "the store's schema version is {v}, newer than this host understands ({SCHEMA_VERSION}); upgrade the host"
                 )));
             }
+            Some(Err(_)) => {
+                return Err(StoreError::Corrupt(
+                    "the store's schema_version is not a number".into(),
+                ));
+            }
         }
-        Ok(EmbeddedStore {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        tx.commit().map_err(unavailable)?;
+        Ok(mode)
     }
 
-    /// Run `f` on the connection now (point reads: microseconds).
+    /// Run `f` on the read connection now. For point reads only: in WAL mode they never
+    /// wait for a writer, and the lock is held for microseconds.
     fn read<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let conn = self
-            .conn
-            .lock()
-            .map_err(|_| StoreError::Unavailable("store lock poisoned".into()))?;
-        f(&conn)
+        f(&lock(&self.reader))
     }
 
-    /// Run `f` in a transaction on the blocking pool (writes may wait on another process).
+    /// Run `f` on the read connection on the blocking pool (lists of any length).
+    async fn read_blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || f(&lock(&reader)))
+            .await
+            .map_err(join_error)?
+    }
+
+    /// Run `f` in an IMMEDIATE transaction on the blocking pool (taking the write lock
+    /// may wait for another process); committed when `f` succeeds, else rolled back.
     async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
-            let mut conn = conn
-                .lock()
-                .map_err(|_| StoreError::Unavailable("store lock poisoned".into()))?;
+            let mut conn = lock(&conn);
             let tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(unavailable)?;
@@ -190,7 +344,7 @@ impl EmbeddedStore {
             Ok(out)
         })
         .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        .map_err(join_error)?
     }
 
     fn query_one(
@@ -214,14 +368,39 @@ impl EmbeddedStore {
 impl Store for EmbeddedStore {
     async fn insert_component(&self, record: ComponentRecord) -> Result<(), StoreError> {
         let doc = serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let name = record.name.clone();
         self.write(move |tx| {
+            // Checked inside the write transaction, so the answer cannot go stale; the
+            // UNIQUE (company_id, name) constraint stays the last word.
+            let taken: bool = tx
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM components WHERE company_id = ?1 AND name = ?2)",
+                )
+                .map_err(unavailable)?
+                .query_row(params![record.company_id, record.name], |r| r.get(0))
+                .map_err(unavailable)?;
+            if taken {
+                return Err(StoreError::Conflict(format!(
+                    "a component named `{}` already exists",
+                    record.name
+                )));
+            }
+            if record.is_default {
+                // Exactly one default per (company, kind).
+                tx.execute(
+                    "UPDATE components SET is_default = 0 WHERE company_id = ?1 AND kind = ?2 AND is_default = 1",
+                    params![record.company_id, record.kind],
+                )
+                .map_err(unavailable)?;
+            }
             tx.execute(
                 "INSERT INTO components (id, company_id, name, kind, is_default, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![record.id, record.company_id, record.name, record.kind, record.is_default, doc],
             )
             .map_err(|e| match unavailable(e) {
-                StoreError::Conflict(_) => StoreError::Conflict(format!("a component named `{name}` already exists")),
+                StoreError::Conflict(_) => StoreError::Conflict(format!(
+                    "a component named `{}` or with id `{}` already exists",
+                    record.name, record.id
+                )),
                 other => other,
             })?;
             Ok(())
@@ -254,7 +433,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn list_components(&self, company_id: &str) -> Result<Vec<ComponentRecord>, StoreError> {
-        self.read(|c| {
+        let company_id = company_id.to_string();
+        self.read_blocking(move |c| {
             let mut stmt = c
                 .prepare_cached(
                     "SELECT doc, is_default FROM components WHERE company_id = ?1 ORDER BY name",
@@ -272,6 +452,7 @@ impl Store for EmbeddedStore {
             }
             Ok(out)
         })
+        .await
     }
 
     async fn delete_component(&self, company_id: &str, id: &str) -> Result<bool, StoreError> {
@@ -329,6 +510,197 @@ impl Store for EmbeddedStore {
         )
     }
 
+    async fn insert_link(&self, link: LinkRecord) -> Result<(), StoreError> {
+        let doc = serde_json::to_string(&link).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO db_links (id, company_id, integration_type, token_expiry, version, created_at, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    link.id,
+                    link.company_id,
+                    link.integration_type,
+                    link.token_expiry.map(millis),
+                    link.version,
+                    millis(link.created_at),
+                    doc
+                ],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_link(&self, company_id: &str, id: &str) -> Result<Option<LinkRecord>, StoreError> {
+        self.read(|c| {
+            let rows: Vec<LinkRecord> = docs(
+                c.prepare_cached("SELECT doc FROM db_links WHERE company_id = ?1 AND id = ?2")
+                    .map_err(unavailable)?
+                    .query_map(params![company_id, id], |r| r.get::<_, String>(0))
+                    .map_err(unavailable)?,
+            )?;
+            Ok(rows.into_iter().next())
+        })
+    }
+
+    async fn list_links(
+        &self,
+        company_id: &str,
+        service: Option<&str>,
+    ) -> Result<Vec<LinkRecord>, StoreError> {
+        self.read(|c| {
+            docs(
+                c.prepare_cached(
+                    "SELECT doc FROM db_links WHERE company_id = ?1 AND (?2 IS NULL OR integration_type = ?2) ORDER BY created_at DESC",
+                )
+                .map_err(unavailable)?
+                .query_map(params![company_id, service], |r| r.get::<_, String>(0))
+                .map_err(unavailable)?,
+            )
+        })
+    }
+
+    async fn delete_link(
+        &self,
+        company_id: &str,
+        id: &str,
+    ) -> Result<Option<LinkRecord>, StoreError> {
+        let (company_id, id) = (company_id.to_string(), id.to_string());
+        self.write(move |tx| {
+            let doc: Option<String> = tx
+                .query_row(
+                    "SELECT doc FROM db_links WHERE company_id = ?1 AND id = ?2",
+                    params![company_id, id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            let Some(doc) = doc else {
+                return Ok(None);
+            };
+            tx.execute(
+                "DELETE FROM db_links WHERE company_id = ?1 AND id = ?2",
+                params![company_id, id],
+            )
+            .map_err(unavailable)?;
+            serde_json::from_str(&doc)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))
+        })
+        .await
+    }
+
+    async fn update_link_cas(
+        &self,
+        mut link: LinkRecord,
+        expected_version: i64,
+    ) -> Result<bool, StoreError> {
+        link.version = expected_version + 1;
+        link.updated_at = super::now();
+        let doc = serde_json::to_string(&link).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.write(move |tx| {
+            let n = tx
+                .execute(
+                    "UPDATE db_links SET doc = ?1, version = ?2, token_expiry = ?3 WHERE company_id = ?4 AND id = ?5 AND version = ?6",
+                    params![doc, link.version, link.token_expiry.map(millis), link.company_id, link.id, expected_version],
+                )
+                .map_err(unavailable)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn try_lease_link(
+        &self,
+        company_id: &str,
+        id: &str,
+        owner: &str,
+        until: time::OffsetDateTime,
+    ) -> Result<Option<LinkRecord>, StoreError> {
+        let (company_id, id, owner) = (company_id.to_string(), id.to_string(), owner.to_string());
+        self.write(move |tx| {
+            let doc: Option<String> = tx
+                .query_row(
+                    "SELECT doc FROM db_links WHERE company_id = ?1 AND id = ?2",
+                    params![company_id, id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            let Some(doc) = doc else {
+                return Ok(None);
+            };
+            let mut link: LinkRecord =
+                serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let now = super::now();
+            if link.refresh_lease_until.is_some_and(|t| t > now)
+                && link.refresh_lease_owner.as_deref() != Some(owner.as_str())
+            {
+                return Ok(None);
+            }
+            link.refresh_lease_owner = Some(owner);
+            link.refresh_lease_until = Some(until);
+            link.version += 1;
+            let doc =
+                serde_json::to_string(&link).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            tx.execute(
+                "UPDATE db_links SET doc = ?1, version = ?2 WHERE company_id = ?3 AND id = ?4",
+                params![doc, link.version, link.company_id, link.id],
+            )
+            .map_err(unavailable)?;
+            Ok(Some(link))
+        })
+        .await
+    }
+
+    async fn insert_oauth_state(&self, state: OAuthStateRecord) -> Result<(), StoreError> {
+        let doc = serde_json::to_string(&state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.write(move |tx| {
+            // Expired states are garbage: drop them while we are here.
+            tx.execute(
+                "DELETE FROM oauth_states WHERE expires_at < ?1",
+                params![millis(super::now())],
+            )
+            .map_err(unavailable)?;
+            tx.execute(
+                "INSERT INTO oauth_states (state_hash, expires_at, doc) VALUES (?1, ?2, ?3)",
+                params![state.state_hash, millis(state.expires_at), doc],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_oauth_state(
+        &self,
+        state_hash: &str,
+    ) -> Result<Option<OAuthStateRecord>, StoreError> {
+        let state_hash = state_hash.to_string();
+        self.write(move |tx| {
+            let doc: Option<String> = tx
+                .query_row(
+                    "SELECT doc FROM oauth_states WHERE state_hash = ?1",
+                    params![state_hash],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            tx.execute(
+                "DELETE FROM oauth_states WHERE state_hash = ?1",
+                params![state_hash],
+            )
+            .map_err(unavailable)?;
+            let Some(doc) = doc else {
+                return Ok(None);
+            };
+            let state: OAuthStateRecord =
+                serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            Ok((state.expires_at > super::now()).then_some(state))
+        })
+        .await
+    }
+
     async fn insert_token(&self, token: TokenRecord) -> Result<(), StoreError> {
         let doc = serde_json::to_string(&token).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.write(move |tx| {
@@ -364,7 +736,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        self.read(|c| {
+        self.read_blocking(|c| {
             let mut stmt = c
                 .prepare_cached("SELECT doc FROM api_tokens ORDER BY created_at DESC")
                 .map_err(unavailable)?;
@@ -373,6 +745,7 @@ impl Store for EmbeddedStore {
                 .map_err(unavailable)?;
             docs(rows)
         })
+        .await
     }
 
     async fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
@@ -433,8 +806,8 @@ impl Store for EmbeddedStore {
         company_id: &str,
         q: &AuditQuery,
     ) -> Result<Vec<AuditRecord>, StoreError> {
-        let millis = |t: time::OffsetDateTime| (t.unix_timestamp_nanos() / 1_000_000) as i64;
-        self.read(|c| {
+        let (company_id, q) = (company_id.to_string(), q.clone());
+        self.read_blocking(move |c| {
             let mut stmt = c
                 .prepare_cached(
                     "SELECT doc FROM audit_log WHERE company_id = ?1
@@ -463,6 +836,7 @@ impl Store for EmbeddedStore {
                 .map_err(unavailable)?;
             docs(rows)
         })
+        .await
     }
 
     async fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
@@ -527,8 +901,11 @@ mod tests {
             Some(a.clone())
         );
         assert_eq!(s.get_component("B", &a.id).await.unwrap(), None);
+        assert_eq!(s.find_component_by_name("B", "api").await.unwrap(), None);
         assert!(!s.delete_component("B", &a.id).await.unwrap());
         assert!(!s.set_default_component("B", &a.id).await.unwrap());
+        assert_eq!(s.default_component("B", "http").await.unwrap(), None);
+        assert_eq!(s.get_component("A", &a.id).await.unwrap(), Some(a.clone()));
         assert!(matches!(
             s.insert_component(record("A", "api", "http", &serde_json::json!("y")))
                 .await,
@@ -575,24 +952,258 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn meta_and_files_hold_no_plaintext() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = EmbeddedStore::open(dir.path()).await.unwrap();
+    async fn files_are_private_and_hold_no_plaintext() {
+        const CANARY: &[u8] = b"canary-secret-123";
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data");
+        let s = EmbeddedStore::open(&dir).await.unwrap();
         let vault = Vault::new(MasterKey::generate());
-        let sealed = serde_json::to_value(vault.encrypt("canary-secret-123")).unwrap();
+        // The caller (the components module) seals; the store only sees the envelope.
+        let sealed = vault.encrypt("canary-secret-123").to_json();
         s.insert_component(record("A", "api", "http", &sealed))
             .await
             .unwrap();
+        s.put_meta("vault_check", &vault.check_value())
+            .await
+            .unwrap();
+        let scan = |expect_wal: bool| {
+            let mut seen = Vec::new();
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let path = e.unwrap().path();
+                let bytes = std::fs::read(&path).unwrap();
+                assert!(
+                    !bytes.windows(CANARY.len()).any(|w| w == CANARY),
+                    "{} holds the plaintext",
+                    path.display()
+                );
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+                    assert_eq!(mode, 0o600, "{}", path.display());
+                }
+                seen.push(path.file_name().unwrap().to_string_lossy().into_owned());
+            }
+            if expect_wal {
+                for f in ["flow8.db", "flow8.db-wal", "flow8.db-shm"] {
+                    assert!(seen.iter().any(|n| n == f), "{f} not in {seen:?}");
+                }
+            }
+        };
+        // While open, the write sits in the WAL; after closing it is checkpointed.
+        scan(true);
+        drop(s);
+        scan(false);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700);
+        }
+        // Reopening keeps the data, and the envelope opens again.
+        let s = EmbeddedStore::open(&dir).await.unwrap();
+        let back = s.find_component_by_name("A", "api").await.unwrap().unwrap();
+        let env = crate::vault::Envelope::from_json(&back.config["auth_value"]).unwrap();
+        assert_eq!(vault.decrypt(&env).unwrap().expose(), "canary-secret-123");
+        vault
+            .verify_check_value(&s.get_meta("vault_check").await.unwrap().unwrap())
+            .unwrap();
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn an_existing_directory_is_left_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        // A database file someone created loosely is ours: it is tightened.
+        std::fs::write(dir.path().join(DB_FILE), b"").unwrap();
+        std::fs::set_permissions(
+            dir.path().join(DB_FILE),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let _s = EmbeddedStore::open(dir.path()).await.unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(dir.path()), 0o755);
+        assert_eq!(mode(&dir.path().join(DB_FILE)), 0o600);
+    }
+
+    #[tokio::test]
+    async fn lists_are_sorted_by_name_and_meta_round_trips() {
+        let s = EmbeddedStore::open_in_memory().unwrap();
+        for name in ["zeta", "alpha", "mid.v2", "mid-v1"] {
+            s.insert_component(record("A", name, "http", &serde_json::json!("x")))
+                .await
+                .unwrap();
+        }
+        let names: Vec<String> = s
+            .list_components("A")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(names, ["alpha", "mid-v1", "mid.v2", "zeta"]);
+        assert_eq!(s.list_components("B").await.unwrap(), vec![]);
+        assert_eq!(s.get_meta("missing").await.unwrap(), None);
         s.put_meta("k", "v1").await.unwrap();
         s.put_meta("k", "v2").await.unwrap();
         assert_eq!(s.get_meta("k").await.unwrap().as_deref(), Some("v2"));
-        drop(s);
-        for e in std::fs::read_dir(dir.path()).unwrap() {
-            let bytes = std::fs::read(e.unwrap().path()).unwrap();
-            assert!(!bytes.windows(17).any(|w| w == b"canary-secret-123"));
+        assert_eq!(
+            s.get_meta("schema_version").await.unwrap().as_deref(),
+            Some("1")
+        );
+    }
+
+    #[tokio::test]
+    async fn conflicts_are_named_and_change_nothing() {
+        let s = EmbeddedStore::open_in_memory().unwrap();
+        let a = record("A", "api", "http", &serde_json::json!("x"));
+        s.insert_component(a.clone()).await.unwrap();
+        match s
+            .insert_component(record("A", "api", "ai", &serde_json::json!("y")))
+            .await
+        {
+            Err(StoreError::Conflict(m)) => assert!(m.contains("`api`"), "{m}"),
+            r => panic!("expected a conflict, got {r:?}"),
         }
-        // Reopening keeps the data.
+        // The same id under another name is refused too.
+        let mut same_id = record("A", "other", "http", &serde_json::json!("y"));
+        same_id.id = a.id.clone();
+        assert!(matches!(
+            s.insert_component(same_id).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(s.list_components("A").await.unwrap(), vec![a]);
+    }
+
+    #[tokio::test]
+    async fn inserting_a_default_replaces_the_old_default() {
+        let s = EmbeddedStore::open_in_memory().unwrap();
+        let mut a = record("A", "one", "http", &serde_json::json!("x"));
+        a.is_default = true;
+        let mut b = record("A", "two", "http", &serde_json::json!("x"));
+        b.is_default = true;
+        s.insert_component(a.clone()).await.unwrap();
+        s.insert_component(b.clone()).await.unwrap();
+        assert_eq!(
+            s.default_component("A", "http").await.unwrap().unwrap().id,
+            b.id
+        );
+        let listed = s.list_components("A").await.unwrap();
+        assert_eq!(listed.iter().filter(|r| r.is_default).count(), 1);
+        // Deleting the default leaves no default, and a deleted id cannot become one.
+        assert!(s.delete_component("A", &b.id).await.unwrap());
+        assert_eq!(s.default_component("A", "http").await.unwrap(), None);
+        assert!(!s.set_default_component("A", &b.id).await.unwrap());
+        assert!(!s.delete_component("A", &b.id).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn two_processes_share_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cli, server) = (
+            EmbeddedStore::open(dir.path()).await.unwrap(),
+            EmbeddedStore::open(dir.path()).await.unwrap(),
+        );
+        let a = record("A", "api", "http", &serde_json::json!("x"));
+        cli.insert_component(a.clone()).await.unwrap();
+        assert_eq!(
+            server.get_component("A", &a.id).await.unwrap(),
+            Some(a.clone())
+        );
+        assert!(server.set_default_component("A", &a.id).await.unwrap());
+        assert!(
+            cli.default_component("A", "http")
+                .await
+                .unwrap()
+                .unwrap()
+                .is_default
+        );
+        server.put_meta("k", "v").await.unwrap();
+        assert_eq!(cli.get_meta("k").await.unwrap().as_deref(), Some("v"));
+        assert!(matches!(
+            server
+                .insert_component(record("A", "api", "http", &serde_json::json!("y")))
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn reads_do_not_wait_for_another_processs_write_lock() {
+        let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(dir.path()).await.unwrap();
-        assert_eq!(s.list_components("A").await.unwrap().len(), 1);
+        s.put_meta("k", "before").await.unwrap();
+        // Another process takes the write lock and keeps it.
+        let other = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        other
+            .execute_batch(
+                "BEGIN IMMEDIATE; UPDATE meta SET value = 'uncommitted' WHERE key = 'k';",
+            )
+            .unwrap();
+        let t = std::time::Instant::now();
+        assert_eq!(s.get_meta("k").await.unwrap().as_deref(), Some("before"));
+        assert_eq!(s.list_components("A").await.unwrap(), vec![]);
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+        // A write waits for the lock (within the busy timeout), then succeeds.
+        let writer = s.clone();
+        let pending = tokio::spawn(async move { writer.put_meta("k", "after").await });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!pending.is_finished());
+        other.execute_batch("COMMIT").unwrap();
+        pending.await.unwrap().unwrap();
+        assert_eq!(s.get_meta("k").await.unwrap().as_deref(), Some("after"));
+    }
+
+    #[tokio::test]
+    async fn schema_is_idempotent_and_versioned() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(EmbeddedStore::open(dir.path()).await.unwrap());
+        let s = EmbeddedStore::open(dir.path()).await.unwrap();
+        assert_eq!(
+            s.get_meta("schema_version").await.unwrap().as_deref(),
+            Some("1")
+        );
+        // Every component query is backed by an index.
+        let plan = |sql: &str| -> String {
+            let c = lock(&s.reader);
+            let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let rows = stmt
+                .query_map([], |r| r.get::<_, String>(3))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect::<Vec<_>>();
+            rows.join("; ")
+        };
+        for sql in [
+            "SELECT doc FROM components WHERE company_id = 'A' AND id = 'x'",
+            "SELECT doc FROM components WHERE company_id = 'A' AND name = 'x'",
+            "SELECT doc FROM components WHERE company_id = 'A' ORDER BY name",
+            "SELECT doc FROM components WHERE company_id = 'A' AND kind = 'http' AND is_default = 1",
+        ] {
+            let p = plan(sql);
+            assert!(
+                p.contains("USING") && !p.contains("TEMP B-TREE"),
+                "{sql}: {p}"
+            );
+        }
+        s.put_meta("schema_version", "99").await.unwrap();
+        drop(s);
+        assert!(matches!(
+            EmbeddedStore::open(dir.path()).await,
+            Err(StoreError::Corrupt(m)) if m.contains("99")
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_database_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(DB_FILE), vec![b'x'; 4096]).unwrap();
+        assert!(matches!(
+            EmbeddedStore::open(dir.path()).await,
+            Err(StoreError::Corrupt(_))
+        ));
     }
 }

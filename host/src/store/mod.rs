@@ -2,6 +2,11 @@
 //! OAuth states, tokens and the audit log as they arrive) through `Store`, so the
 //! embedded default (`embedded`, SQLite) and MongoDB are interchangeable. A store only
 //! ever sees sealed secrets (`vault::Envelope`), never plaintext.
+//!
+//! The trait's methods return `impl Future + Send` (no `async_trait`), so a server can
+//! be generic over the store and still spawn its handlers. Every company-owned record
+//! is read, changed and deleted through its company id: another company's id finds,
+//! changes and deletes nothing.
 
 pub mod embedded;
 
@@ -51,6 +56,81 @@ pub struct ComponentRecord {
     /// Last changed.
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+}
+
+/// A connected OAuth2 account: flow8's `DBLink`, tokens sealed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkRecord {
+    /// Id (ObjectId hex).
+    #[serde(rename = "_id")]
+    pub id: String,
+    /// The user who connected it.
+    pub user_id: String,
+    /// Owning company.
+    pub company_id: String,
+    /// `slack`, `microsoft`, `google`, ...
+    pub integration_type: String,
+    /// Sealed access token.
+    pub access_token: crate::vault::Envelope,
+    /// Sealed refresh token, when the provider gave one.
+    #[serde(default)]
+    pub refresh_token: Option<crate::vault::Envelope>,
+    /// When the access token expires (None: long-lived).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub token_expiry: Option<OffsetDateTime>,
+    /// Scopes granted.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// The provider's id for the user.
+    #[serde(default)]
+    pub provider_user_id: String,
+    /// The provider's email for the user.
+    #[serde(default)]
+    pub provider_user_email: String,
+    /// Anything else the provider said (team, tenant, realmId).
+    #[serde(default)]
+    pub provider_metadata: serde_json::Value,
+    /// `active`, or `needs_reconnect` after the provider refused the refresh token.
+    #[serde(default = "active")]
+    pub status: String,
+    /// Who holds the refresh lease, until when.
+    #[serde(default)]
+    pub refresh_lease_owner: Option<String>,
+    /// Lease expiry.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub refresh_lease_until: Option<OffsetDateTime>,
+    /// Bumped on every write (compare-and-set).
+    #[serde(default)]
+    pub version: i64,
+    /// Created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Last changed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+fn active() -> String {
+    "active".into()
+}
+
+/// A pending OAuth authorization: single use, expiring, bound to user, company and service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OAuthStateRecord {
+    /// SHA-256 of the `state` value (the value itself only travels in the URL).
+    pub state_hash: String,
+    /// Company.
+    pub company_id: String,
+    /// User.
+    pub user_id: String,
+    /// Service.
+    pub service: String,
+    /// Sealed PKCE verifier.
+    #[serde(default)]
+    pub pkce_verifier: Option<crate::vault::Envelope>,
+    /// Expiry.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
 }
 
 /// An API token: stored hashed, shown once at creation.
@@ -125,7 +205,8 @@ pub struct AuditQuery {
     pub limit: u64,
 }
 
-/// Why a store operation failed.
+/// Why a store operation failed. Filesystem errors opening a store (its directory or
+/// file) are `Unavailable`, naming the path.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A uniqueness rule would be broken.
@@ -182,6 +263,52 @@ pub trait Store: Send + Sync + 'static {
         company_id: &str,
         kind: &str,
     ) -> impl Future<Output = Result<Option<ComponentRecord>, StoreError>> + Send;
+    /// Store a new link.
+    fn insert_link(&self, link: LinkRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// A link by id.
+    fn get_link(
+        &self,
+        company_id: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<LinkRecord>, StoreError>> + Send;
+    /// A company's links, optionally of one service, newest first.
+    fn list_links(
+        &self,
+        company_id: &str,
+        service: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<LinkRecord>, StoreError>> + Send;
+    /// Delete a link; the deleted record.
+    fn delete_link(
+        &self,
+        company_id: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<LinkRecord>, StoreError>> + Send;
+    /// Replace a link if its version is still `expected_version` (then version + 1).
+    fn update_link_cas(
+        &self,
+        link: LinkRecord,
+        expected_version: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Take the refresh lease of a link if nobody holds an unexpired one; the link as it
+    /// is after taking it (re-read), or None when someone else holds it.
+    fn try_lease_link(
+        &self,
+        company_id: &str,
+        id: &str,
+        owner: &str,
+        until: OffsetDateTime,
+    ) -> impl Future<Output = Result<Option<LinkRecord>, StoreError>> + Send;
+    /// Save a pending authorization.
+    fn insert_oauth_state(
+        &self,
+        state: OAuthStateRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Remove and return a pending authorization (single use); expired ones are
+    /// removed and not returned.
+    fn take_oauth_state(
+        &self,
+        state_hash: &str,
+    ) -> impl Future<Output = Result<Option<OAuthStateRecord>, StoreError>> + Send;
     /// Store a new API token.
     fn insert_token(
         &self,
@@ -222,15 +349,49 @@ pub trait Store: Send + Sync + 'static {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn object_ids_look_like_mongodb_ones() {
-        let a = super::new_object_id();
-        let b = super::new_object_id();
+        let before = OffsetDateTime::now_utc().unix_timestamp();
+        let a = new_object_id();
+        let b = new_object_id();
+        let after = OffsetDateTime::now_utc().unix_timestamp();
         assert_eq!(a.len(), 24);
         assert!(
             a.bytes()
                 .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
         );
         assert_ne!(a, b);
+        // The first four bytes are the creation time in Unix seconds, big-endian.
+        let secs = i64::from(u32::from_str_radix(&a[..8], 16).unwrap());
+        assert!((before..=after).contains(&secs), "{a}");
+    }
+
+    #[test]
+    fn component_documents_have_the_flow8_shape() {
+        let t = now();
+        let r = ComponentRecord {
+            id: new_object_id(),
+            company_id: "c1".into(),
+            name: "aws-s3-prod".into(),
+            kind: "storage".into(),
+            config: serde_json::json!({"provider": "s3"})
+                .as_object()
+                .unwrap()
+                .clone(),
+            is_default: false,
+            created_at: t,
+            updated_at: t,
+        };
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["_id"], r.id.as_str());
+        assert!(json.get("id").is_none());
+        for k in ["name", "kind", "company_id", "config", "is_default"] {
+            assert!(json.get(k).is_some(), "{k} missing from {json}");
+        }
+        assert!(json["created_at"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(serde_json::from_value::<ComponentRecord>(json).unwrap(), r);
+        assert_eq!(t.nanosecond() % 1_000_000, 0);
     }
 }

@@ -65,6 +65,12 @@ impl Module for Hostile {
             .input_schema(json!({"type": "object", "required": ["attack"], "properties": {"attack": {"type": "string"}}}))
             .credential(Credential::component("api", "http").optional())
             .credential(Credential::component("s3", "s3").optional())
+            .credential(
+                Credential::oauth_link("google", "google")
+                    .scopes(["drive"])
+                    .input_field("link_id")
+                    .optional(),
+            )
             .allowed_host("http://127.0.0.1:*")
             .allowed_host("http://localhost:*")
             .allowed_host("http://[::1]:*")

@@ -1,0 +1,279 @@
+//! OAuth2 integrations (flow8's "Creating OAuth2 Integration", "Unlinking",
+//! "Testing Connectivity" and "Monitoring Token Expiry"): connect, callback, list,
+//! unlink, health test. Tokens never appear in an answer.
+
+use crate::oauth::{OAuthError, OAuthService};
+use crate::server::AppState;
+use crate::server::audit;
+use crate::server::auth::Caller;
+use crate::server::error::ApiError;
+use crate::server::extract::ApiJson;
+use crate::store::{LinkRecord, Store};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use time::format_description::well_known::Rfc3339;
+
+fn oauth<S: Store>(st: &AppState<S>) -> Result<&Arc<OAuthService<S>>, ApiError> {
+    st.runtime.oauth().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_configured",
+            "no OAuth2 providers are configured on this host",
+        )
+    })
+}
+
+impl From<OAuthError> for ApiError {
+    fn from(e: OAuthError) -> ApiError {
+        let status = match &e {
+            OAuthError::NotConfigured(_) | OAuthError::NotFound => StatusCode::NOT_FOUND,
+            OAuthError::InvalidState | OAuthError::InvalidGrant(_) => StatusCode::BAD_REQUEST,
+            OAuthError::AccessDenied(_) => StatusCode::FORBIDDEN,
+            OAuthError::TokenRevoked(_) => StatusCode::UNAUTHORIZED,
+            OAuthError::Provider(_) => StatusCode::BAD_GATEWAY,
+            OAuthError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            OAuthError::Vault(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let message = match &e {
+            OAuthError::NotFound => "no such link".to_string(),
+            other => other.to_string(),
+        };
+        ApiError::new(status, e.name(), message)
+    }
+}
+
+/// A link as the API shows it: no tokens.
+pub fn view(l: &LinkRecord) -> Value {
+    json!({
+        "id": l.id,
+        "integration_type": l.integration_type,
+        "user_id": l.user_id,
+        "scopes": l.scopes,
+        "token_expiry": l.token_expiry.and_then(|t| t.format(&Rfc3339).ok()),
+        "provider_user_id": l.provider_user_id,
+        "provider_user_email": l.provider_user_email,
+        "status": l.status,
+        "created_at": l.created_at.format(&Rfc3339).unwrap_or_default(),
+    })
+}
+
+/// `?service=`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceParam {
+    service: String,
+}
+
+/// `GET /api/v1/integrations/authorize?service=slack`
+pub async fn authorize<S: Store>(
+    State(st): State<Arc<AppState<S>>>,
+    caller: Caller,
+    q: Result<Query<ServiceParam>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::invalid_input(e.body_text()))?;
+    let url = oauth(&st)?
+        .authorize_url(&caller.company_id, &caller.user_id, &q.service)
+        .await?;
+    Ok(Json(json!({"auth_url": url})))
+}
+
+fn page(title: &str, body: &str) -> String {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title></head>\
+         <body style=\"font-family:sans-serif;margin:4em\"><h1>{t}</h1><p>{b}</p></body></html>",
+        t = esc(title),
+        b = esc(body)
+    )
+}
+
+/// `GET /auth/callback?code&state` (the provider sends the browser here).
+pub async fn callback<S: Store>(
+    State(st): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> Response {
+    let wants_json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"));
+    let result = match oauth(&st) {
+        Ok(o) => o.callback(&params).await.map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(link) => {
+            audit::record(
+                &**st.runtime.store(),
+                &link.company_id,
+                Some(&link.user_id),
+                "integration_linked",
+                "integration",
+                &link.id,
+                json!({}),
+                json!({"integration_type": link.integration_type, "provider_user_id": link.provider_user_id, "scopes": link.scopes}),
+            )
+            .await;
+            let return_url = st
+                .runtime
+                .oauth()
+                .and_then(|o| o.provider(&link.integration_type).ok())
+                .and_then(|p| p.return_url.clone());
+            if wants_json {
+                (
+                    StatusCode::OK,
+                    Json(json!({"status": "connected", "link": view(&link)})),
+                )
+                    .into_response()
+            } else if let Some(url) = return_url {
+                Redirect::to(&url).into_response()
+            } else {
+                Html(page(
+                    "Connected!",
+                    &format!(
+                        "Your {} account is connected to flow8. You can close this window.",
+                        link.integration_type
+                    ),
+                ))
+                .into_response()
+            }
+        }
+        Err(e) => {
+            if wants_json {
+                e.into_response()
+            } else {
+                (
+                    e.status,
+                    Html(page("Not connected", &format!("{}: {}", e.name, e.message))),
+                )
+                    .into_response()
+            }
+        }
+    }
+}
+
+/// `GET /api/v1/integrations/links` filters.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkFilter {
+    service: Option<String>,
+    expiring_within_days: Option<u32>,
+    needs_reconnect: Option<bool>,
+}
+
+/// `GET /api/v1/integrations/links`
+pub async fn list<S: Store>(
+    State(st): State<Arc<AppState<S>>>,
+    caller: Caller,
+    q: Result<Query<LinkFilter>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(f) = q.map_err(|e| ApiError::invalid_input(e.body_text()))?;
+    let links = match f.expiring_within_days {
+        Some(days) => {
+            oauth(&st)?
+                .expiring(
+                    &caller.company_id,
+                    std::time::Duration::from_secs(u64::from(days) * 86_400),
+                )
+                .await?
+        }
+        None => {
+            st.runtime
+                .store()
+                .list_links(&caller.company_id, f.service.as_deref())
+                .await?
+        }
+    };
+    let links: Vec<Value> = links
+        .iter()
+        .filter(|l| f.service.as_deref().is_none_or(|s| l.integration_type == s))
+        .filter(|l| {
+            f.needs_reconnect
+                .is_none_or(|n| n == (l.status == "needs_reconnect"))
+        })
+        .map(view)
+        .collect();
+    Ok(Json(json!({"links": links})))
+}
+
+async fn unlink_one<S: Store>(
+    st: &AppState<S>,
+    caller: &Caller,
+    service: &str,
+    id: &str,
+) -> Result<(), ApiError> {
+    let link = oauth(st)?.unlink(&caller.company_id, service, id).await?;
+    audit::record(
+        &**st.runtime.store(),
+        &caller.company_id,
+        Some(&caller.user_id),
+        "integration_unlinked",
+        "integration",
+        &link.id,
+        json!({"integration_type": link.integration_type, "provider_user_id": link.provider_user_id, "scopes": link.scopes}),
+        json!({}),
+    )
+    .await;
+    Ok(())
+}
+
+/// `DELETE /api/v1/integrations/{service}/{link_id}`
+pub async fn unlink<S: Store>(
+    State(st): State<Arc<AppState<S>>>,
+    caller: Caller,
+    Path((service, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    unlink_one(&st, &caller, &service, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /api/v1/integrations/links?service=slack`: every link of the service
+/// (flow8's "Revoke all tokens for a service"). Admins only.
+pub async fn unlink_all<S: Store>(
+    State(st): State<Arc<AppState<S>>>,
+    caller: Caller,
+    q: Result<Query<ServiceParam>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    let Query(q) = q.map_err(|e| ApiError::invalid_input(e.body_text()))?;
+    let links = st
+        .runtime
+        .store()
+        .list_links(&caller.company_id, Some(&q.service))
+        .await?;
+    let mut deleted = 0;
+    for l in &links {
+        unlink_one(&st, &caller, &q.service, &l.id).await?;
+        deleted += 1;
+    }
+    Ok(Json(json!({"service": q.service, "deleted": deleted})))
+}
+
+/// `POST /api/v1/integrations/test` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestBody {
+    link_id: String,
+}
+
+/// `POST /api/v1/integrations/test`
+pub async fn test<S: Store>(
+    State(st): State<Arc<AppState<S>>>,
+    caller: Caller,
+    ApiJson(body): ApiJson<TestBody>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(
+        oauth(&st)?.test(&caller.company_id, &body.link_id).await?,
+    ))
+}

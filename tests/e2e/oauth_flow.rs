@@ -1,0 +1,359 @@
+//! The OAuth2 lifecycle against a real authorization server (oauth2-mock-server):
+//! authorize → follow the redirect with a real HTTP client → callback → link stored
+//! sealed → a step uses the token (refreshed first, once, even under concurrency) →
+//! unlink → the server receives the revocation. Plus replayed states, revoked refresh
+//! tokens (one `token_revoked`, no retry storm) and scope checks.
+
+use flow8_tests::oauth_server::OAuthServer;
+use flow8_tests::{Cli, RecordingServer, ServerProcess, contains_bytes, create_token, wasm_dir};
+use serde_json::{Value, json};
+
+struct Setup {
+    cli: Cli,
+    oauth: OAuthServer,
+    server: ServerProcess,
+    member: String,
+    admin: String,
+    http: reqwest::Client,
+}
+
+fn setup(ttl_sequence: &[u64]) -> Setup {
+    let oauth = OAuthServer::start(3600, ttl_sequence);
+    let cli = Cli::new();
+    let port = ServerProcess::free_port();
+    let config = format!(
+        "oauth_refresh_window_seconds: 300\noauth2:\n  google:\n    client_id: flow8-test-client\n    client_secret: test-secret\n    redirect_uri: http://127.0.0.1:{port}/auth/callback\n    scopes: [drive, sheets]\n    authorize_url: {b}/authorize\n    token_url: {b}/token\n    revoke_url: {b}/revoke\n    identity_url: {b}/userinfo\n    api_hosts: ['http://127.0.0.1:*']\n",
+        b = oauth.base
+    );
+    let config_path = cli.data_dir.path().join("config.yml");
+    std::fs::write(&config_path, config).unwrap();
+    let member = create_token(&cli, "company-a", "alice", false);
+    let admin = create_token(&cli, "company-a", "root", true);
+    let server = ServerProcess::start_on(
+        &cli,
+        &wasm_dir(),
+        &format!("127.0.0.1:{port}"),
+        &["--config", config_path.to_str().unwrap()],
+    );
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    Setup {
+        cli,
+        oauth,
+        server,
+        member,
+        admin,
+        http,
+    }
+}
+
+impl Setup {
+    async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(self.server.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The browser's part: open auth_url, follow the provider's redirect to the callback.
+    async fn connect(&self) -> (String, Value) {
+        let (s, v) = self
+            .get(
+                "/api/v1/integrations/authorize?service=google",
+                &self.member,
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let auth_url = v["auth_url"].as_str().unwrap().to_string();
+        let r = self.http.get(&auth_url).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 302);
+        let callback = r.headers()["location"].to_str().unwrap().to_string();
+        let r = self
+            .http
+            .get(&callback)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        (callback, body)
+    }
+
+    async fn step(&self, input: Value) -> (u16, Value) {
+        let body = json!({"name": "oauth-step", "module_ref": "hostile", "input_mapping": input});
+        let r = self
+            .http
+            .post(self.server.url("/api/v1/steps"))
+            .bearer_auth(&self.member)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_use_refresh_once_and_unlink() {
+    // The first access token is nearly expired (20 s < the 300 s refresh window), the
+    // next ones live an hour.
+    let s = setup(&[20]);
+    let (s_auth, v) = s
+        .get("/api/v1/integrations/authorize?service=google", &s.member)
+        .await;
+    assert_eq!(s_auth, 200);
+    let auth_url = url::Url::parse(v["auth_url"].as_str().unwrap()).unwrap();
+    let q: std::collections::HashMap<_, _> = auth_url.query_pairs().into_owned().collect();
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert!(q["state"].len() >= 43, "state carries >= 128 bits");
+    assert_eq!(q["access_type"], "offline");
+    assert_eq!(q["prompt"], "consent");
+    assert_eq!(q["scope"], "drive sheets");
+
+    let (callback_url, connected) = s.connect().await;
+    assert_eq!(connected["status"], "connected");
+    let link = &connected["link"];
+    let link_id = link["id"].as_str().unwrap().to_string();
+    assert_eq!(link["integration_type"], "google");
+    assert!(
+        !link.to_string().contains("token\":\""),
+        "no token in the answer: {link}"
+    );
+    assert_eq!(s.oauth.token_requests("authorization_code"), 1);
+
+    // Replaying the callback: the state is single use.
+    let r = s
+        .http
+        .get(&callback_url)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_state");
+    // A state nobody issued.
+    let r = s
+        .http
+        .get(s.server.url("/auth/callback?code=x&state=forged"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r.text().await.unwrap().contains("Not connected"));
+
+    // Tokens are sealed at rest.
+    let issued = s.oauth.refresh_tokens_issued();
+    assert_eq!(issued.len(), 1);
+    for (path, bytes) in s.cli.data_files() {
+        assert!(
+            !contains_bytes(&bytes, issued[0].as_bytes()),
+            "{} holds a refresh token",
+            path.display()
+        );
+    }
+
+    // 40 concurrent steps on the nearly expired link: exactly one refresh request.
+    let api = RecordingServer::start();
+    let mut steps = Vec::new();
+    for i in 0..40 {
+        let input = json!({"attack": "http", "url": api.url(&format!("/files/{i}")), "credential": "google", "link_id": link_id});
+        let body = json!({"module_ref": "hostile", "input_mapping": input}).to_string();
+        let (http, url, token) = (
+            s.http.clone(),
+            s.server.url("/api/v1/steps"),
+            s.member.clone(),
+        );
+        steps.push(tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }));
+    }
+    for t in steps {
+        let (status, v) = t.await.unwrap();
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["output"]["status"], 200, "{v}");
+    }
+    assert_eq!(
+        s.oauth.token_requests("refresh_token"),
+        1,
+        "{:?}",
+        s.oauth.events()
+    );
+    let received = api.requests();
+    assert_eq!(received.len(), 40);
+    let bearer = received[0].header("authorization").unwrap().to_string();
+    assert!(bearer.starts_with("Bearer "));
+    assert!(
+        received
+            .iter()
+            .all(|r| r.header("authorization") == Some(bearer.as_str())),
+        "all steps used the refreshed token"
+    );
+
+    // Health check in flow8's shape.
+    let r = s
+        .http
+        .post(s.server.url("/api/v1/integrations/test"))
+        .bearer_auth(&s.member)
+        .header("content-type", "application/json")
+        .body(json!({"link_id": link_id}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let health: Value = r.json().await.unwrap();
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(health["service"], "google");
+    assert_eq!(health["token_valid"], true);
+    assert_eq!(health["scopes_granted"], json!(["drive", "sheets"]));
+    assert!(health["latency_ms"].is_u64());
+
+    // Expiry monitoring: the refreshed token lives an hour, inside a 7-day window.
+    let (_, v) = s
+        .get(
+            "/api/v1/integrations/links?expiring_within_days=7",
+            &s.member,
+        )
+        .await;
+    assert_eq!(v["links"][0]["id"], link_id.as_str());
+
+    // Unlink: deleted, revoked at the provider, later steps get access_denied.
+    let r = s
+        .http
+        .delete(
+            s.server
+                .url(&format!("/api/v1/integrations/google/{link_id}")),
+        )
+        .bearer_auth(&s.member)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let latest_refresh = s.oauth.refresh_tokens_issued().last().cloned().unwrap();
+    assert!(
+        s.oauth.wait_for_revocation(&latest_refresh),
+        "{:?}",
+        s.oauth.events()
+    );
+    let (status, v) = s.step(json!({"attack": "http", "url": api.url("/after"), "credential": "google", "link_id": link_id})).await;
+    assert_eq!(
+        (status, v["error"]["name"].as_str()),
+        (403, Some("access_denied")),
+        "{v}"
+    );
+
+    // The audit log has both events in flow8's shape.
+    let (_, audit) = s
+        .get("/api/v1/admin/audit?resource_type=integration", &s.admin)
+        .await;
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action_type"].as_str())
+        .collect();
+    assert!(
+        actions.contains(&"integration_linked") && actions.contains(&"integration_unlinked"),
+        "{audit}"
+    );
+    let linked = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action_type"] == "integration_linked")
+        .unwrap();
+    assert_eq!(linked["after_state"]["integration_type"], "google");
+    assert_eq!(linked["after_state"]["scopes"], json!(["drive", "sheets"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_refresh_token_is_token_revoked_once_without_a_retry_storm() {
+    let s = setup(&[20]);
+    let (_, connected) = s.connect().await;
+    let link_id = connected["link"]["id"].as_str().unwrap().to_string();
+    // The user revokes access at the provider.
+    let refresh = s.oauth.refresh_tokens_issued()[0].clone();
+    let r = s
+        .http
+        .post(format!("{}/revoke", s.oauth.base))
+        .form(&[("token", refresh.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    assert!(s.oauth.wait_for_revocation(&refresh));
+
+    let api = RecordingServer::start();
+    let input =
+        json!({"attack": "http", "url": api.url("/x"), "credential": "google", "link_id": link_id});
+    let (status, v) = s.step(input.clone()).await;
+    assert_eq!(
+        (status, v["error"]["name"].as_str()),
+        (401, Some("token_revoked")),
+        "{v}"
+    );
+    let attempts = s.oauth.token_requests("refresh_token");
+    assert_eq!(attempts, 1);
+    for _ in 0..5 {
+        let (_, v) = s.step(input.clone()).await;
+        assert_eq!(v["error"]["name"], "token_revoked");
+    }
+    assert_eq!(
+        s.oauth.token_requests("refresh_token"),
+        attempts,
+        "no retry storm"
+    );
+    assert!(api.requests().is_empty());
+    let (_, v) = s
+        .get("/api/v1/integrations/links?needs_reconnect=true", &s.member)
+        .await;
+    assert_eq!(v["links"][0]["id"], link_id.as_str());
+    assert_eq!(v["links"][0]["status"], "needs_reconnect");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_scopes_fail_before_any_call() {
+    let s = setup(&[]);
+    let (_, connected) = s.connect().await;
+    let link_id = connected["link"]["id"].as_str().unwrap().to_string();
+    // Install nothing: the hostile module asks for `drive`, which the link has. A link of
+    // another company is invisible.
+    let other = create_token(&s.cli, "company-b", "mallory", false);
+    let body =
+        json!({"module_ref": "hostile", "input_mapping": {"attack": "ok", "link_id": link_id}})
+            .to_string();
+    let r = s
+        .http
+        .post(s.server.url("/api/v1/steps"))
+        .bearer_auth(&other)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["name"],
+        "access_denied"
+    );
+    // Unknown service.
+    let (status, v) = s
+        .get("/api/v1/integrations/authorize?service=myspace", &s.member)
+        .await;
+    assert_eq!((status, v["error"].as_str()), (404, Some("not_configured")));
+}

@@ -1,0 +1,85 @@
+// A real OAuth2 authorization server for the flow8 host's tests: oauth2-mock-server
+// (authorize with PKCE, token with code and refresh grants, RFC 7009 revoke, userinfo),
+// plus the behaviour real providers have and tests need:
+// - refresh tokens rotate: a spent refresh token gets `invalid_grant` (RFC 6749 §10.4);
+// - a revoked token gets `invalid_grant`;
+// - access tokens live TOKEN_TTL seconds (default 3600).
+// Every token request and revocation is printed as a JSON line on stdout, so tests can
+// count them. Prints `ready <issuer-url>` when listening. Usage: node server.mjs PORT
+import { OAuth2Server } from 'oauth2-mock-server';
+
+const port = Number(process.argv[2] ?? 0);
+// TOKEN_TTL: seconds every access token lives (default 3600). TTL_SEQUENCE: comma-
+// separated lifetimes for the first tokens issued, then TOKEN_TTL (e.g. "20" makes
+// the first token nearly expired and later ones long-lived).
+const ttl = Number(process.env.TOKEN_TTL ?? 3600);
+const sequence = (process.env.TTL_SEQUENCE ?? '').split(',').filter((s) => s !== '').map(Number);
+const nextTtl = () => (sequence.length > 0 ? sequence.shift() : ttl);
+
+const server = new OAuth2Server();
+await server.issuer.keys.generate('RS256');
+
+// Granted scopes travel with the code and then the refresh tokens, as a real server's do.
+const scopeByCode = new Map();
+const scopeByRefresh = new Map();
+server.service.on('beforeAuthorizeRedirect', (redirect, req) => {
+  const requested = new URL(req.url, 'http://x').searchParams.get('scope') ?? '';
+  const code = redirect.url.searchParams.get('code');
+  if (code) scopeByCode.set(code, requested);
+});
+
+const spent = new Set();
+const revoked = new Set();
+const emit = (event) => process.stdout.write(JSON.stringify(event) + '\n');
+
+server.service.on('beforeTokenSigning', (token) => {
+  token.payload.exp = Math.floor(Date.now() / 1000) + ttl;
+});
+
+server.service.on('beforeResponse', (response, req) => {
+  const body = req.body ?? {};
+  const grant = body.grant_type;
+  if (grant === 'refresh_token') {
+    const rt = body.refresh_token;
+    if (spent.has(rt) || revoked.has(rt)) {
+      response.statusCode = 400;
+      response.body = { error: 'invalid_grant', error_description: 'refresh token is spent or revoked' };
+      emit({ event: 'token', grant_type: grant, outcome: 'invalid_grant' });
+      return;
+    }
+    spent.add(rt);
+  }
+  if (response.body && typeof response.body === 'object') {
+    // The lifetime the client is told (per token response, from TTL_SEQUENCE first).
+    response.body.expires_in = nextTtl();
+    const granted =
+      grant === 'authorization_code' ? scopeByCode.get(body.code) : scopeByRefresh.get(body.refresh_token);
+    if (granted !== undefined) {
+      response.body.scope = granted;
+      if (response.body.refresh_token) scopeByRefresh.set(response.body.refresh_token, granted);
+    }
+  }
+  emit({ event: 'token', grant_type: grant, outcome: 'ok', refresh_token: response.body?.refresh_token ?? null });
+});
+
+// The mock parses only JSON bodies on /revoke; RFC 7009 clients send a form, so read
+// the raw body here (the answer does not wait for it, so tests poll for the event).
+server.service.on('beforeRevoke', (_response, req) => {
+  const record = (token) => {
+    if (token) revoked.add(token);
+    emit({ event: 'revoke', token: token ?? null });
+  };
+  if (req.body && req.body.token) {
+    record(req.body.token);
+    return;
+  }
+  let raw = '';
+  req.setEncoding('utf8');
+  req.on('data', (chunk) => {
+    raw += chunk;
+  });
+  req.on('end', () => record(new URLSearchParams(raw).get('token')));
+});
+
+await server.start(port, '127.0.0.1');
+process.stdout.write(`ready ${server.issuer.url}\n`);

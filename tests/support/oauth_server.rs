@@ -1,0 +1,121 @@
+//! A real OAuth2 authorization server for tests: `oauth2-mock-server` from npm, run by
+//! `tests/oauth-server/server.mjs` (PKCE, code and refresh grants, RFC 7009 revoke,
+//! userinfo; rotating refresh tokens, `invalid_grant` for spent or revoked ones). Its
+//! token requests and revocations are collected from its stdout as JSON events.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+/// The server process; killed on drop.
+pub struct OAuthServer {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    child: Child,
+    events: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl OAuthServer {
+    /// Start it; `ttl_sequence` gives the lifetimes of the first tokens (then `ttl`).
+    pub fn start(ttl: u64, ttl_sequence: &[u64]) -> OAuthServer {
+        let dir = crate::repo_root().join("tests/oauth-server");
+        assert!(
+            dir.join("node_modules/oauth2-mock-server").exists(),
+            "oauth2-mock-server is not installed: run `just test` (it runs npm ci in tests/oauth-server)"
+        );
+        let mut child = Command::new("node")
+            .arg("server.mjs")
+            .arg("0")
+            .current_dir(&dir)
+            .env("TOKEN_TTL", ttl.to_string())
+            .env(
+                "TTL_SEQUENCE",
+                ttl_sequence
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start node (is Node.js installed?)");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let base = loop {
+            match lines.next() {
+                Some(Ok(l)) => {
+                    if let Some(url) = l.strip_prefix("ready ") {
+                        // It reports `localhost`; it listens on 127.0.0.1.
+                        break url.trim().replace("localhost", "127.0.0.1");
+                    }
+                }
+                _ => panic!("the OAuth2 server exited before it was ready"),
+            }
+        };
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    sink.lock().expect("lock").push(v);
+                }
+            }
+        });
+        OAuthServer {
+            base,
+            child,
+            events,
+        }
+    }
+
+    /// Events so far.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.events.lock().expect("lock").clone()
+    }
+
+    /// Token requests of a grant type.
+    pub fn token_requests(&self, grant_type: &str) -> usize {
+        self.events()
+            .iter()
+            .filter(|e| e["event"] == "token" && e["grant_type"] == grant_type)
+            .count()
+    }
+
+    /// Tokens revoked.
+    pub fn revoked(&self) -> Vec<String> {
+        self.events()
+            .iter()
+            .filter(|e| e["event"] == "revoke")
+            .filter_map(|e| e["token"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// Wait (up to 10 s) until the server has seen the revocation of `token`.
+    pub fn wait_for_revocation(&self, token: &str) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if self.revoked().iter().any(|t| t == token) {
+                return true;
+            }
+            std::thread::yield_now();
+        }
+        false
+    }
+
+    /// The refresh tokens issued, oldest first.
+    pub fn refresh_tokens_issued(&self) -> Vec<String> {
+        self.events()
+            .iter()
+            .filter(|e| e["event"] == "token" && e["outcome"] == "ok")
+            .filter_map(|e| e["refresh_token"].as_str().map(str::to_string))
+            .collect()
+    }
+}
+
+impl Drop for OAuthServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
