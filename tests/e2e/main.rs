@@ -10,3 +10,4 @@ mod hostile_guests;
 mod local_store;
 mod oauth_flow;
 mod s3_upload;
+mod slack_message;

@@ -5,6 +5,7 @@
 pub mod oauth_server;
 pub mod recording_server;
 pub mod s3_server;
+pub mod slack_fake;
 
 use flow8_host::runtime::cache::CompileCache;
 use flow8_host::runtime::registry::ModuleRegistry;

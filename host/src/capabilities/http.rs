@@ -169,7 +169,13 @@ impl StepState {
             ));
         }
         let dest = origin(url);
-        if !any_matches(&self.manifest_hosts, url) {
+        // A request that carries a bound credential may also go to that credential's
+        // own hosts as the operator configured them (a sovereign cloud, a regional
+        // endpoint, a test server): the module declared the service, not its address.
+        let to_own_service = credential
+            .and_then(|b| self.grant(b))
+            .is_some_and(|(_, g)| any_matches(&g.pinned, url));
+        if !any_matches(&self.manifest_hosts, url) && !to_own_service {
             return Err(forbidden(format!(
                 "{dest} is not among the module's allowed hosts"
             )));

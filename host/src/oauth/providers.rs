@@ -51,6 +51,9 @@ pub struct ProviderDefaults {
     pub refresh: RefreshPolicy,
     /// API hosts the access token may be sent to (credential pinning).
     pub api_hosts: &'static [&'static str],
+    /// Base URL of the provider's API, handed to modules (overridable for sovereign
+    /// clouds, regional hosts and tests).
+    pub api_base_url: &'static str,
 }
 
 /// The catalogue.
@@ -69,6 +72,7 @@ pub const CATALOGUE: &[ProviderDefaults] = &[
         dialect: TokenDialect::Standard,
         refresh: RefreshPolicy::Auto,
         api_hosts: &["https://graph.microsoft.com"],
+        api_base_url: "https://graph.microsoft.com/v1.0",
     },
     ProviderDefaults {
         service: "google",
@@ -84,6 +88,7 @@ pub const CATALOGUE: &[ProviderDefaults] = &[
         dialect: TokenDialect::Standard,
         refresh: RefreshPolicy::Auto,
         api_hosts: &["https://*.googleapis.com"],
+        api_base_url: "https://www.googleapis.com",
     },
     ProviderDefaults {
         service: "slack",
@@ -98,6 +103,7 @@ pub const CATALOGUE: &[ProviderDefaults] = &[
         dialect: TokenDialect::Slack,
         refresh: RefreshPolicy::Auto,
         api_hosts: &["https://slack.com", "https://*.slack.com"],
+        api_base_url: "https://slack.com/api",
     },
     ProviderDefaults {
         service: "clio",
@@ -112,6 +118,7 @@ pub const CATALOGUE: &[ProviderDefaults] = &[
         dialect: TokenDialect::Standard,
         refresh: RefreshPolicy::Manual,
         api_hosts: &["https://app.clio.com", "https://*.app.clio.com"],
+        api_base_url: "https://app.clio.com/api/v4",
     },
     ProviderDefaults {
         service: "quickbooks",
@@ -129,6 +136,7 @@ pub const CATALOGUE: &[ProviderDefaults] = &[
             "https://quickbooks.api.intuit.com",
             "https://sandbox-quickbooks.api.intuit.com",
         ],
+        api_base_url: "https://quickbooks.api.intuit.com/v3",
     },
     ProviderDefaults {
         service: "bexio",
@@ -143,6 +151,7 @@ pub const CATALOGUE: &[ProviderDefaults] = &[
         dialect: TokenDialect::Standard,
         refresh: RefreshPolicy::Manual,
         api_hosts: &["https://api.bexio.com"],
+        api_base_url: "https://api.bexio.com",
     },
 ];
 
@@ -178,6 +187,9 @@ pub struct ProviderConfig {
     /// Override the API hosts the token is pinned to.
     #[serde(default)]
     pub api_hosts: Option<Vec<String>>,
+    /// Override the API base URL modules are told to use.
+    #[serde(default)]
+    pub api_base_url: Option<String>,
     /// Where to send the browser after a successful connect (default: a "Connected!" page).
     #[serde(default)]
     pub return_url: Option<String>,
@@ -206,6 +218,8 @@ pub struct Provider {
     pub identity_url: String,
     /// Pinned API hosts.
     pub api_hosts: Vec<String>,
+    /// API base URL for modules.
+    pub api_base_url: String,
     /// Post-connect redirect.
     pub return_url: Option<String>,
 }
@@ -258,6 +272,10 @@ pub fn configure(
                     .clone()
                     .unwrap_or_else(|| defaults.api_hosts.iter().map(|s| s.to_string()).collect()),
                 return_url: c.return_url.clone(),
+                api_base_url: c
+                    .api_base_url
+                    .clone()
+                    .unwrap_or_else(|| defaults.api_base_url.into()),
             },
         );
     }

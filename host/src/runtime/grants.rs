@@ -194,8 +194,8 @@ async fn resolve_link<S: Store>(
             ),
         ));
     }
-    let pinned = oauth
-        .provider(&link.integration_type)
+    let provider = oauth.provider(&link.integration_type).ok();
+    let pinned = provider
         .map(|p| {
             p.api_hosts
                 .iter()
@@ -203,6 +203,7 @@ async fn resolve_link<S: Store>(
                 .collect()
         })
         .unwrap_or_default();
+    let api_base_url = provider.map(|p| p.api_base_url.clone()).unwrap_or_default();
     Ok(GrantedCredential {
         binding: binding.name.clone(),
         kind: CredentialKind::OauthLink,
@@ -216,6 +217,7 @@ async fn resolve_link<S: Store>(
             "provider_user_id": link.provider_user_id,
             "provider_user_email": link.provider_user_email,
             "provider_metadata": link.provider_metadata,
+            "api_base_url": api_base_url,
         }),
         secrets: vec![("access_token".to_string(), token.clone())],
         pinned,
