@@ -8,6 +8,7 @@ mod bad_input;
 mod cli_http_request;
 mod hostile_guests;
 mod local_store;
+mod microsoft_calendar;
 mod oauth_flow;
 mod s3_upload;
 mod slack_message;
