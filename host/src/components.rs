@@ -3,28 +3,88 @@
 //! before anything is stored, which fields are secret (sealed by the vault), the
 //! non-secret `config_summary` the API shows, the hosts each credential is pinned to,
 //! and how the host attaches it to a request.
+//!
+//! flow8: "Validate API key format: reject malformed keys before storing". Every
+//! refusal names the field and never repeats a value.
 
 use crate::store::{ComponentRecord, new_object_id, now};
 use crate::vault::{Envelope, Secret, Vault};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-/// The creation body: `{"name", "kind", "config": {"provider", ...}}`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The creation body: `{"name", "kind", "config": {"provider", ...}}`. Unknown
+/// top-level fields are refused, and so is anything that is not this shape, with
+/// errors that never repeat a value (the config holds plaintext secrets).
+#[derive(Clone)]
 pub struct NewComponent {
     /// Unique name within the company.
     pub name: String,
-    /// `storage`, `ai`, `smtp`, `ftp` or `http` (inferred from the provider when absent).
-    #[serde(default)]
+    /// `storage`, `ai`, `smtp`, `ftp` or `http`. When absent it is the provider's
+    /// (flow8's rotation example creates a component without one).
     pub kind: Option<String>,
     /// Provider config, secrets in plaintext (sealed before storing).
     pub config: Map<String, Value>,
 }
 
-/// Why a component body was refused. Never includes a secret value.
+impl NewComponent {
+    /// Read a creation body from JSON.
+    pub fn from_json(body: Value) -> Result<NewComponent, ComponentError> {
+        let bad = |m: &str| ComponentError::InvalidBody(m.to_string());
+        let Value::Object(mut body) = body else {
+            return Err(bad("the body must be a JSON object"));
+        };
+        if let Some(k) = body
+            .keys()
+            .find(|k| !matches!(k.as_str(), "name" | "kind" | "config"))
+        {
+            return Err(ComponentError::InvalidBody(format!(
+                "unknown field `{k}`; the body has `name`, `kind` and `config`"
+            )));
+        }
+        let name = match body.remove("name") {
+            Some(Value::String(s)) => s,
+            None | Some(Value::Null) => return Err(bad("`name` is required")),
+            Some(_) => return Err(bad("`name` must be a string")),
+        };
+        let kind = match body.remove("kind") {
+            Some(Value::String(s)) => Some(s),
+            None | Some(Value::Null) => None,
+            Some(_) => return Err(bad("`kind` must be a string")),
+        };
+        let config = match body.remove("config") {
+            Some(Value::Object(m)) => m,
+            None | Some(Value::Null) => return Err(bad("`config` is required")),
+            Some(_) => return Err(bad("`config` must be an object")),
+        };
+        Ok(NewComponent { name, kind, config })
+    }
+}
+
+/// Shows the config's field names only: its values include plaintext secrets.
+impl std::fmt::Debug for NewComponent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewComponent")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("config", &self.config.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl<'de> Deserialize<'de> for NewComponent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<NewComponent, D::Error> {
+        // Via `Value` so that type errors are ours: serde's would quote the value.
+        NewComponent::from_json(Value::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Why a component body was refused, or a stored one could not be used. Never
+/// includes a secret value.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ComponentError {
+    /// The body is not `{"name", "kind", "config"}`.
+    #[error("the component body is not valid: {0}")]
+    InvalidBody(String),
     /// The name breaks the naming rule.
     #[error("name must be 1-64 characters of a-z, 0-9, '-', '_' and '.'")]
     InvalidName,
@@ -49,45 +109,62 @@ pub enum ComponentError {
     InvalidField {
         /// Field name.
         field: String,
-        /// What is wrong (never the value of a secret).
+        /// What is wrong (never the value).
         reason: String,
     },
     /// A field the provider does not have.
     #[error("config.{0} is not a field of this provider")]
     UnknownField(String),
-    /// A sealed field could not be opened.
+    /// A stored secret field could not be opened.
     #[error("config.{field} cannot be decrypted: {reason}")]
     Sealed {
         /// Field name.
         field: String,
-        /// Vault error.
+        /// Why (a vault error, never the value).
         reason: String,
     },
 }
 
+/// How a field's value is checked.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum FieldType {
-    Str,
-    Url,
+enum Check {
+    /// A non-empty string without control characters (secrets: also their format).
+    Text,
+    /// A host name or IP address (no scheme, no port).
+    Host,
+    /// An S3 region name.
+    Region,
+    /// An S3 bucket name.
+    Bucket,
+    /// `http(s)://host[:port]` only (an S3-compatible endpoint).
+    Origin,
+    /// An http(s) URL without user info or fragment.
+    HttpUrl,
+    /// 1-65535.
     Port,
+    /// `true` or `false`.
     Bool,
+    /// A whole number in a range.
     Int(i64, i64),
-    StrList,
+    /// Host patterns (`scheme://host[:port]`, `*.` wildcards), none matching every host.
+    HostList,
+    /// An HTTP header name a credential may ride in.
+    HeaderName,
 }
 
 struct Field {
     name: &'static str,
     secret: bool,
     required: bool,
-    ty: FieldType,
+    check: Check,
 }
 
-const fn f(name: &'static str, secret: bool, required: bool, ty: FieldType) -> Field {
+const fn f(name: &'static str, secret: bool, required: bool, check: Check) -> Field {
     Field {
         name,
         secret,
         required,
-        ty,
+        check,
     }
 }
 
@@ -97,39 +174,47 @@ struct Provider {
     fields: &'static [Field],
 }
 
-use FieldType::*;
+use Check::*;
 
 const PROVIDERS: &[Provider] = &[
     Provider {
         name: "s3",
         kind: "storage",
+        // The credentials first: when several fields are wrong, they are the ones
+        // reported.
         fields: &[
-            f("bucket", false, false, Str),
-            f("region", false, false, Str),
-            f("endpoint", false, false, Url),
+            f("access_key_id", true, true, Text),
+            f("secret_access_key", true, true, Text),
+            f("bucket", false, false, Bucket),
+            f("region", false, false, Region),
+            f("endpoint", false, false, Origin),
             f("path_style", false, false, Bool),
-            f("access_key_id", true, true, Str),
-            f("secret_access_key", true, true, Str),
         ],
     },
     Provider {
         name: "anthropic",
         kind: "ai",
-        fields: &[f("api_key", true, true, Str), f("model", false, false, Str)],
+        fields: &[
+            f("api_key", true, true, Text),
+            f("model", false, false, Text),
+        ],
     },
     Provider {
         name: "openai",
         kind: "ai",
-        fields: &[f("api_key", true, true, Str), f("model", false, false, Str)],
+        fields: &[
+            f("api_key", true, true, Text),
+            f("model", false, false, Text),
+        ],
     },
     Provider {
         name: "smtp",
         kind: "smtp",
         fields: &[
-            f("host", false, true, Str),
+            f("host", false, true, Host),
             f("port", false, false, Port),
-            f("username", false, true, Str),
-            f("password", true, true, Str),
+            f("username", false, true, Text),
+            f("password", true, true, Text),
             f("tls", false, false, Bool),
         ],
     },
@@ -137,25 +222,30 @@ const PROVIDERS: &[Provider] = &[
         name: "ftp",
         kind: "ftp",
         fields: &[
-            f("host", false, true, Str),
+            f("host", false, true, Host),
             f("port", false, false, Port),
-            f("username", false, true, Str),
-            f("password", true, true, Str),
+            f("username", false, true, Text),
+            f("password", true, true, Text),
         ],
     },
     Provider {
         name: "http",
         kind: "http",
         fields: &[
-            f("base_url", false, true, Url),
-            f("auth_header", false, false, Str),
-            f("auth_value", true, false, Str),
+            f("base_url", false, true, HttpUrl),
+            f("auth_header", false, false, HeaderName),
+            f("auth_value", true, false, Text),
             f("timeout_seconds", false, false, Int(1, 300)),
             f("max_retries", false, false, Int(0, 10)),
-            f("allowed_hosts", false, false, StrList),
+            f("allowed_hosts", false, false, HostList),
         ],
     },
 ];
+
+/// At most this many extra hosts on an http component.
+const MAX_ALLOWED_HOSTS: usize = 32;
+/// Longest string value accepted (secrets and plain fields alike).
+const MAX_TEXT: usize = 4096;
 
 fn provider_def(name: &str) -> Option<&'static Provider> {
     PROVIDERS.iter().find(|p| p.name == name)
@@ -173,162 +263,306 @@ fn invalid(field: &str, reason: impl Into<String>) -> ComponentError {
     }
 }
 
-fn check_type(field: &Field, v: &Value) -> Result<(), ComponentError> {
-    let ok = match field.ty {
-        Str => v.as_str().is_some_and(|s| !s.trim().is_empty()),
-        Url => match v.as_str().map(url::Url::parse) {
-            Some(Ok(u)) => {
-                if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
-                    return Err(invalid(field.name, "must be an http(s) URL with a host"));
-                }
-                if !u.username().is_empty() || u.password().is_some() {
+fn is_host_name(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+/// Headers that frame or route a request: a credential must not be put there.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "expect",
+    "proxy-connection",
+];
+
+fn check_http_url(field: &str, u: &url::Url) -> Result<(), ComponentError> {
+    if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+        return Err(invalid(field, "must be an http(s) URL with a host"));
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(invalid(
+            field,
+            "must not carry user info; put credentials in the secret fields",
+        ));
+    }
+    if u.fragment().is_some() {
+        return Err(invalid(field, "must not have a #fragment"));
+    }
+    Ok(())
+}
+
+/// A non-empty string of reasonable length without control characters.
+fn text<'a>(name: &str, v: &'a Value) -> Result<&'a str, ComponentError> {
+    match v.as_str() {
+        Some(s) if s.trim().is_empty() => Err(invalid(name, "must not be empty")),
+        Some(s) if s.len() > MAX_TEXT => {
+            Err(invalid(name, format!("must be at most {MAX_TEXT} bytes")))
+        }
+        Some(s) if s.chars().any(char::is_control) => {
+            Err(invalid(name, "must not contain control characters"))
+        }
+        Some(s) => Ok(s),
+        None => Err(invalid(name, "must be a string")),
+    }
+}
+
+/// Check a field's value (shape and, for plain fields, format). Messages never
+/// include the value.
+fn check_field(field: &Field, v: &Value) -> Result<(), ComponentError> {
+    let name = field.name;
+    let text = || text(name, v);
+    match field.check {
+        Text => {
+            text()?;
+        }
+        Host => {
+            let s = text()?;
+            let ok = s.parse::<std::net::IpAddr>().is_ok()
+                || match url::Host::parse(s) {
+                    Ok(url::Host::Domain(d)) => is_host_name(&d),
+                    Ok(_) => true,
+                    Err(_) => false,
+                };
+            if !ok {
+                return Err(invalid(
+                    name,
+                    "must be a host name or IP address (no scheme, port or path)",
+                ));
+            }
+        }
+        Region => {
+            let s = text()?;
+            let ok = s.len() <= 64
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !s.starts_with('-')
+                && !s.ends_with('-');
+            if !ok {
+                return Err(invalid(
+                    name,
+                    "must be a region name of a-z, 0-9 and '-' (e.g. us-east-1)",
+                ));
+            }
+        }
+        Bucket => {
+            // https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html
+            let s = text()?;
+            let ok = (3..=63).contains(&s.len())
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+                && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+                && !s.contains("..")
+                && s.parse::<std::net::Ipv4Addr>().is_err();
+            if !ok {
+                return Err(invalid(
+                    name,
+                    "must be an S3 bucket name: 3-63 characters of a-z, 0-9, '.' and '-', starting and ending with a letter or digit",
+                ));
+            }
+        }
+        Origin => {
+            let u = url::Url::parse(text()?).map_err(|_| {
+                invalid(
+                    name,
+                    "must be an http(s) URL such as https://minio.example.com:9000",
+                )
+            })?;
+            check_http_url(name, &u)?;
+            if u.path() != "/" || u.query().is_some() {
+                return Err(invalid(
+                    name,
+                    "must be scheme://host[:port] only, without a path or query",
+                ));
+            }
+        }
+        HttpUrl => {
+            let u =
+                url::Url::parse(text()?).map_err(|_| invalid(name, "must be an http(s) URL"))?;
+            check_http_url(name, &u)?;
+        }
+        Port => {
+            if !v.as_u64().is_some_and(|p| (1..=65535).contains(&p)) {
+                return Err(invalid(name, "must be a port number 1-65535"));
+            }
+        }
+        Bool => {
+            if !v.is_boolean() {
+                return Err(invalid(name, "must be true or false"));
+            }
+        }
+        Int(lo, hi) => {
+            if !v.as_i64().is_some_and(|n| (lo..=hi).contains(&n)) {
+                return Err(invalid(
+                    name,
+                    format!("must be a whole number from {lo} to {hi}"),
+                ));
+            }
+        }
+        HostList => {
+            let Some(hosts) = v.as_array() else {
+                return Err(invalid(name, "must be a list of host patterns"));
+            };
+            if hosts.len() > MAX_ALLOWED_HOSTS {
+                return Err(invalid(
+                    name,
+                    format!("may list at most {MAX_ALLOWED_HOSTS} hosts"),
+                ));
+            }
+            for (i, h) in hosts.iter().enumerate() {
+                let item = format!("{name}[{i}]");
+                let h = h
+                    .as_str()
+                    .ok_or_else(|| invalid(&item, "must be a string"))?;
+                let pattern =
+                    crate::manifest::HostPattern::parse(h).map_err(|e| invalid(&item, e))?;
+                if pattern.is_any_host() {
                     return Err(invalid(
-                        field.name,
-                        "must not carry user info; use the secret fields",
+                        &item,
+                        "a credential cannot be allowed to every host; name the hosts",
                     ));
                 }
-                true
             }
-            _ => false,
-        },
-        Port => v.as_u64().is_some_and(|p| (1..=65535).contains(&p)),
-        Bool => v.is_boolean(),
-        Int(lo, hi) => v.as_i64().is_some_and(|n| (lo..=hi).contains(&n)),
-        StrList => v
-            .as_array()
-            .is_some_and(|a| a.iter().all(|x| x.as_str().is_some())),
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(
-            field.name,
-            match field.ty {
-                Str => "must be a non-empty string".to_string(),
-                Url => "must be an http(s) URL".to_string(),
-                Port => "must be a port number 1-65535".to_string(),
-                Bool => "must be true or false".to_string(),
-                Int(lo, hi) => format!("must be a whole number from {lo} to {hi}"),
-                StrList => "must be a list of strings".to_string(),
-            },
-        ))
+        }
+        HeaderName => {
+            let s = text()?;
+            if http::HeaderName::from_bytes(s.as_bytes()).is_err() {
+                return Err(invalid(name, "is not a valid HTTP header name"));
+            }
+            if RESERVED_HEADERS.contains(&s.to_ascii_lowercase().as_str()) {
+                return Err(invalid(
+                    name,
+                    "is a header that frames or routes the request",
+                ));
+            }
+        }
     }
+    Ok(())
 }
 
 /// Format checks of secrets (flow8: "Validate API key format: reject malformed keys
 /// before storing"). Messages never include the value.
 fn check_secret_format(provider: &str, field: &str, value: &str) -> Result<(), ComponentError> {
-    let all = |s: &str, ok: fn(char) -> bool| s.chars().all(ok);
-    match (provider, field) {
-        ("s3", "access_key_id") => {
-            let ok = value.len() == 20
-                && (value.starts_with("AKIA") || value.starts_with("ASIA"))
-                && all(value, |c| c.is_ascii_uppercase() || c.is_ascii_digit());
-            if !ok {
-                return Err(invalid(
-                    field,
-                    "an AWS access key id is 20 characters: AKIA or ASIA then 16 of A-Z, 0-9",
-                ));
-            }
+    let all = |ok: fn(char) -> bool| value.chars().all(ok);
+    let api_key_chars = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    let problem = match (provider, field) {
+        // ^(AKIA|ASIA)[A-Z0-9]{16}$
+        ("s3", "access_key_id") => (value.len() != 20
+            || !(value.starts_with("AKIA") || value.starts_with("ASIA"))
+            || !all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()))
+        .then_some("an AWS access key id is 20 characters: AKIA or ASIA then 16 of A-Z, 0-9"),
+        ("s3", "secret_access_key") => (value.len() != 40
+            || !all(|c| c.is_ascii_alphanumeric() || "/+=".contains(c)))
+        .then_some("an AWS secret access key is 40 characters of A-Z, a-z, 0-9, '/', '+', '='"),
+        ("anthropic", "api_key") => {
+            (!value.starts_with("sk-ant-") || value.len() < 20 || !all(api_key_chars)).then_some(
+                "an Anthropic API key starts with `sk-ant-` and has only A-Z, a-z, 0-9, '-', '_'",
+            )
         }
-        ("s3", "secret_access_key")
-            if (value.len() != 40
-                || !all(value, |c| c.is_ascii_alphanumeric() || "/+=".contains(c))) =>
-        {
-            return Err(invalid(
-                field,
-                "an AWS secret access key is 40 characters of A-Z, a-z, 0-9, '/', '+', '='",
-            ));
+        ("openai", "api_key") if value.starts_with("sk-ant-") => {
+            Some("this is an Anthropic key (`sk-ant-`); use provider `anthropic`")
         }
-        ("anthropic", "api_key") if (!value.starts_with("sk-ant-") || value.len() < 20) => {
-            return Err(invalid(field, "an Anthropic API key starts with `sk-ant-`"));
-        }
-        ("openai", "api_key")
-            if (!value.starts_with("sk-") || value.starts_with("sk-ant-") || value.len() < 20) =>
-        {
-            return Err(invalid(
-                field,
-                "an OpenAI API key starts with `sk-` (and is not an Anthropic key)",
-            ));
-        }
-        _ => {}
+        ("openai", "api_key") => (!value.starts_with("sk-")
+            || value.len() < 20
+            || !all(api_key_chars))
+        .then_some("an OpenAI API key starts with `sk-` and has only A-Z, a-z, 0-9, '-', '_'"),
+        // Visible ASCII, spaces and tabs: RFC 9110 field values without obs-text, which
+        // servers read inconsistently.
+        ("http", "auth_value") => (!value
+            .bytes()
+            .all(|b| b == b'\t' || (0x20..0x7f).contains(&b)))
+        .then_some("must be a valid HTTP header value (visible ASCII and spaces)"),
+        _ => None,
+    };
+    match problem {
+        Some(reason) => Err(invalid(field, reason)),
+        None => Ok(()),
     }
-    if value.chars().any(|c| c.is_control()) {
-        return Err(invalid(field, "must not contain control characters"));
-    }
-    Ok(())
 }
 
-/// Validate a creation body, fill defaults and seal the secrets.
+fn check_name(name: &str) -> Result<(), ComponentError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ComponentError::InvalidName)
+    }
+}
+
+/// Validate a creation body, fill defaults and seal every secret field into an
+/// [`Envelope`] (a JSON object in `config`). The record gets a fresh id, is not the
+/// default, and is stamped now.
 pub fn prepare(
     new: NewComponent,
     company_id: &str,
     vault: &Vault,
 ) -> Result<ComponentRecord, ComponentError> {
-    let name_ok = !new.name.is_empty()
-        && new.name.len() <= 64
-        && new
-            .name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
-    if !name_ok {
-        return Err(ComponentError::InvalidName);
-    }
+    check_name(&new.name)?;
     let provider_name = match new.config.get("provider") {
         Some(Value::String(p)) => p.clone(),
+        Some(Value::Null) | None => return Err(ComponentError::MissingField("provider".into())),
         Some(_) => return Err(invalid("provider", "must be a string")),
-        None => return Err(ComponentError::MissingField("provider".into())),
     };
     let provider = provider_def(&provider_name)
         .ok_or_else(|| ComponentError::UnknownProvider(provider_name.clone()))?;
-    let kind = new.kind.unwrap_or_else(|| provider.kind.to_string());
-    if kind != provider.kind {
-        return Err(ComponentError::KindMismatch {
-            kind,
-            provider: provider_name,
-            expected: provider.kind.into(),
-        });
-    }
-    for key in new.config.keys() {
-        if key != "provider" && !provider.fields.iter().any(|f| f.name == key) {
-            return Err(ComponentError::UnknownField(key.clone()));
+    let kind = match new.kind {
+        None => provider.kind.to_string(),
+        Some(k) if k == provider.kind => k,
+        Some(k) => {
+            return Err(ComponentError::KindMismatch {
+                kind: k,
+                provider: provider_name,
+                expected: provider.kind.into(),
+            });
         }
+    };
+    // Unknown fields first: a misspelt secret name is reported as such, not as the
+    // correctly spelt one missing.
+    if let Some(key) = new
+        .config
+        .keys()
+        .find(|k| *k != "provider" && !provider.fields.iter().any(|f| f.name == k.as_str()))
+    {
+        return Err(ComponentError::UnknownField(key.clone()));
     }
     let mut config = Map::new();
     config.insert("provider".into(), Value::String(provider_name.clone()));
     for field in provider.fields {
-        match new.config.get(field.name) {
-            None | Some(Value::Null) => {
-                if field.required {
-                    return Err(ComponentError::MissingField(field.name.into()));
-                }
+        let value = match new.config.get(field.name) {
+            None | Some(Value::Null) if field.required => {
+                return Err(ComponentError::MissingField(field.name.into()));
             }
-            Some(v) => {
-                check_type(field, v)?;
-                if field.secret {
-                    let s = v.as_str().expect("checked above");
-                    check_secret_format(&provider_name, field.name, s)?;
-                    let sealed =
-                        serde_json::to_value(vault.encrypt(s)).expect("envelopes serialise");
-                    config.insert(field.name.into(), sealed);
-                } else {
-                    config.insert(field.name.into(), v.clone());
-                }
+            None | Some(Value::Null) => continue,
+            Some(v) => v,
+        };
+        check_field(field, value)?;
+        match value {
+            Value::String(s) if field.secret => {
+                check_secret_format(&provider_name, field.name, s)?;
+                config.insert(field.name.into(), vault.encrypt(s).to_json());
             }
-        }
-    }
-    if provider_name == "http" {
-        if let Some(Value::Array(hosts)) = config.get("allowed_hosts") {
-            for (i, h) in hosts.iter().enumerate() {
-                let h = h.as_str().unwrap_or_default();
-                crate::manifest::HostPattern::parse(h)
-                    .map_err(|e| invalid(&format!("allowed_hosts[{i}]"), e))?;
+            // `check_field` let only strings through for a secret field.
+            _ if field.secret => return Err(invalid(field.name, "must be a string")),
+            v => {
+                config.insert(field.name.into(), v.clone());
             }
-        }
-        if let Some(Value::String(h)) = config.get("auth_header")
-            && http::HeaderName::from_bytes(h.as_bytes()).is_err()
-        {
-            return Err(invalid("auth_header", "is not a valid HTTP header name"));
         }
     }
     fill_defaults(&provider_name, &mut config);
@@ -346,11 +580,17 @@ pub fn prepare(
 }
 
 fn fill_defaults(provider: &str, config: &mut Map<String, Value>) {
+    let has_endpoint = config.contains_key("endpoint");
     let mut default = |k: &str, v: Value| {
         config.entry(k.to_string()).or_insert(v);
     };
     match provider {
-        "s3" => default("region", "us-east-1".into()),
+        "s3" => {
+            default("region", "us-east-1".into());
+            // S3-compatible stores (MinIO, Garage, ...) are usually addressed by path;
+            // AWS itself by virtual host.
+            default("path_style", has_endpoint.into());
+        }
         "smtp" => {
             default("port", 587.into());
             default("tls", true.into());
@@ -363,13 +603,9 @@ fn fill_defaults(provider: &str, config: &mut Map<String, Value>) {
         }
         _ => {}
     }
-    if provider == "s3" {
-        let has_endpoint = config.contains_key("endpoint");
-        config.entry("path_style").or_insert(has_endpoint.into());
-    }
 }
 
-/// The component's provider (`s3`, `http`, ...).
+/// The component's provider (`s3`, `http`, ...); empty when the record has none.
 pub fn provider(record: &ComponentRecord) -> &str {
     record
         .config
@@ -384,34 +620,43 @@ fn is_secret_field(provider: &str, field: &str) -> bool {
         .is_some_and(|f| f.secret)
 }
 
-/// The non-secret fields, defaults filled (the API's `config_summary`).
+/// The non-secret fields, defaults filled (the API's `config_summary`). S3's
+/// `path_style` is shown only when set (it matters for S3-compatible endpoints), so
+/// the flow8 example reads `{"provider": "s3", "bucket": ..., "region": "us-east-1"}`.
 pub fn config_summary(record: &ComponentRecord) -> Map<String, Value> {
-    let p = provider(record).to_string();
+    let p = provider(record);
     record
         .config
         .iter()
-        .filter(|(k, v)| !is_secret_field(&p, k) && Envelope::from_json(v).is_none())
-        // An S3 summary reads as the flow8 document shows it; path_style only matters
-        // (and is shown) for S3-compatible endpoints.
+        .filter(|(k, v)| !is_secret_field(p, k) && Envelope::from_json(v).is_none())
         .filter(|(k, v)| !(p == "s3" && k.as_str() == "path_style" && *v == &Value::Bool(false)))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
 
-/// The secret fields, opened.
+/// The secret fields, decrypted, in the provider's field order (for the runtime to
+/// hand to a module or attach to a request). A secret field that is not an envelope
+/// is refused: the store never holds plaintext.
 pub fn decrypt_secrets(
     record: &ComponentRecord,
     vault: &Vault,
 ) -> Result<Vec<(String, Secret)>, ComponentError> {
+    let p = provider(record);
+    let def = provider_def(p).ok_or_else(|| ComponentError::UnknownProvider(p.to_string()))?;
     let mut out = Vec::new();
-    for (k, v) in &record.config {
-        if let Some(env) = Envelope::from_json(v) {
-            let secret = vault.decrypt(&env).map_err(|e| ComponentError::Sealed {
-                field: k.clone(),
-                reason: e.to_string(),
-            })?;
-            out.push((k.clone(), secret));
-        }
+    for field in def.fields.iter().filter(|f| f.secret) {
+        let sealed = match record.config.get(field.name) {
+            None | Some(Value::Null) => continue,
+            Some(v) => Envelope::from_json(v).ok_or_else(|| ComponentError::Sealed {
+                field: field.name.into(),
+                reason: "the stored value is not an encrypted envelope".into(),
+            })?,
+        };
+        let secret = vault.decrypt(&sealed).map_err(|e| ComponentError::Sealed {
+            field: field.name.into(),
+            reason: e.to_string(),
+        })?;
+        out.push((field.name.to_string(), secret));
     }
     Ok(out)
 }
@@ -420,17 +665,29 @@ fn str_field<'a>(record: &'a ComponentRecord, k: &str) -> Option<&'a str> {
     record.config.get(k).and_then(Value::as_str)
 }
 
-fn origin_pattern(u: &url::Url, wildcard: bool) -> Option<String> {
+/// `scheme://host[:port]` of a URL (the port only when not the scheme's default), or
+/// `scheme://*.host[:port]` for its subdomains (domains of two labels or more only).
+fn origin_pattern(u: &url::Url, subdomains: bool) -> Option<String> {
     let host = match u.host()? {
+        url::Host::Domain(d) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            if subdomains && !d.contains('.') {
+                return None;
+            }
+            d
+        }
+        _ if subdomains => return None,
+        url::Host::Ipv4(ip) => ip.to_string(),
         url::Host::Ipv6(ip) => format!("[{ip}]"),
-        h => h.to_string(),
     };
-    let port = u.port_or_known_default()?;
-    let prefix = if wildcard { "*." } else { "" };
-    Some(format!("{}://{prefix}{host}:{port}", u.scheme()))
+    let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+    let wildcard = if subdomains { "*." } else { "" };
+    Some(format!("{}://{wildcard}{host}{port}", u.scheme()))
 }
 
-/// Where this component's credential may be sent (host patterns, `wit/MANIFEST.md` syntax).
+/// Where this component's credential may be sent: host patterns in the manifest
+/// syntax (`scheme://host[:port]`, `scheme://*.domain`, port `*`). Empty for SMTP and
+/// FTP, which are not HTTP.
 pub fn pinned_hosts(record: &ComponentRecord) -> Vec<String> {
     match provider(record) {
         "s3" => match str_field(record, "endpoint").and_then(|e| url::Url::parse(e).ok()) {
@@ -441,7 +698,7 @@ pub fn pinned_hosts(record: &ComponentRecord) -> Vec<String> {
                     .and_then(Value::as_bool)
                     .unwrap_or(true);
                 let mut v: Vec<String> = origin_pattern(&u, false).into_iter().collect();
-                if !path_style && u.host_str().is_some_and(|h| h.contains('.')) {
+                if !path_style {
                     v.extend(origin_pattern(&u, true));
                 }
                 v
@@ -465,7 +722,11 @@ pub fn pinned_hosts(record: &ComponentRecord) -> Vec<String> {
                 .into_iter()
                 .collect();
             if let Some(Value::Array(extra)) = record.config.get("allowed_hosts") {
-                v.extend(extra.iter().filter_map(|h| h.as_str().map(str::to_string)));
+                for h in extra.iter().filter_map(Value::as_str) {
+                    if !v.iter().any(|x| x == h) {
+                        v.push(h.to_string());
+                    }
+                }
             }
             v
         }
@@ -473,7 +734,7 @@ pub fn pinned_hosts(record: &ComponentRecord) -> Vec<String> {
     }
 }
 
-/// How the host attaches a component's credential to a request.
+/// How the host attaches a component's credential to an outbound request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attachment {
     /// `Authorization: Bearer <field>`.
@@ -481,25 +742,28 @@ pub enum Attachment {
         /// Secret field holding the token.
         field: String,
     },
-    /// `<name>: <field>`.
+    /// `<name>: <field>`, the value verbatim.
     Header {
         /// Header name.
         name: String,
         /// Secret field holding the value.
         field: String,
     },
-    /// AWS Signature Version 4.
+    /// AWS Signature Version 4 with `access_key_id` and `secret_access_key`.
     AwsSigV4 {
         /// Region.
         region: String,
         /// Service (`s3`).
         service: &'static str,
     },
-    /// Not usable over HTTP (SMTP, FTP).
+    /// Nothing to attach to an HTTP request: SMTP and FTP credentials, or an `http`
+    /// component without an `auth_value`.
     NotHttp,
 }
 
-/// How to attach this component's credential.
+/// How to attach this component's credential: OpenAI a Bearer token, Anthropic the
+/// `x-api-key` header, http its `auth_header` with `auth_value` as written (a Bearer
+/// prefix only if the user wrote one), S3 a SigV4 signature.
 pub fn attachment(record: &ComponentRecord) -> Attachment {
     match provider(record) {
         "openai" => Attachment::Bearer {
@@ -528,6 +792,7 @@ pub fn attachment(record: &ComponentRecord) -> Attachment {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::HostPattern;
     use crate::vault::MasterKey;
     use serde_json::json;
 
@@ -535,8 +800,47 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
+    fn make(vault: &Vault, config: Value) -> Result<ComponentRecord, ComponentError> {
+        prepare(
+            new(json!({"name": "c", "config": config})),
+            "company",
+            vault,
+        )
+    }
+
     const AK: &str = "AKIAIOSFODNN7EXAMPLE";
     const SK: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+    const ANT: &str = "sk-ant-api03-secretvalue_0123456789";
+    const OAI: &str = "sk-proj-secretvalue_0123456789";
+    const PW: &str = "pa55word-secret";
+    const TOKEN: &str = "Bearer t0ken-secret-value";
+
+    /// One good config per provider, with its plaintext secrets.
+    fn good() -> Vec<(Value, Vec<&'static str>)> {
+        vec![
+            (
+                json!({"provider": "s3", "bucket": "flow8-artifacts", "access_key_id": AK, "secret_access_key": SK}),
+                vec![AK, SK],
+            ),
+            (json!({"provider": "anthropic", "api_key": ANT}), vec![ANT]),
+            (
+                json!({"provider": "openai", "api_key": OAI, "model": "gpt-4o"}),
+                vec![OAI],
+            ),
+            (
+                json!({"provider": "smtp", "host": "smtp.example.com", "username": "mailer", "password": PW}),
+                vec![PW],
+            ),
+            (
+                json!({"provider": "ftp", "host": "192.0.2.10", "username": "up", "password": PW}),
+                vec![PW],
+            ),
+            (
+                json!({"provider": "http", "base_url": "https://api.example.com/v1", "auth_value": TOKEN}),
+                vec![TOKEN],
+            ),
+        ]
+    }
 
     #[test]
     fn the_flow8_s3_example_is_sealed_and_summarised() {
@@ -550,7 +854,16 @@ mod tests {
             &vault,
         )
         .unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.kind.as_str()),
+            ("aws-s3-prod", "storage")
+        );
+        assert_eq!(r.company_id, "c1");
+        assert!(!r.is_default);
+        assert_eq!(r.id.len(), 24);
+        assert_eq!(r.created_at, r.updated_at);
         assert_eq!(r.config["access_key_id"]["encrypted"], true);
+        assert_eq!(r.config["secret_access_key"]["key_id"], vault.key_id());
         let text = serde_json::to_string(&r).unwrap();
         assert!(!text.contains(AK) && !text.contains(SK));
         assert_eq!(
@@ -558,11 +871,10 @@ mod tests {
             json!({"provider": "s3", "bucket": "flow8-artifacts", "region": "us-east-1"})
         );
         let secrets = decrypt_secrets(&r, &vault).unwrap();
-        assert!(
-            secrets
-                .iter()
-                .any(|(k, v)| k == "secret_access_key" && v.expose() == SK)
-        );
+        let names: Vec<&str> = secrets.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["access_key_id", "secret_access_key"]);
+        assert_eq!(secrets[0].1.expose(), AK);
+        assert_eq!(secrets[1].1.expose(), SK);
         assert_eq!(
             attachment(&r),
             Attachment::AwsSigV4 {
@@ -570,100 +882,381 @@ mod tests {
                 service: "s3"
             }
         );
-        assert!(pinned_hosts(&r).contains(&"https://*.s3.us-east-1.amazonaws.com".to_string()));
+        assert_eq!(
+            pinned_hosts(&r),
+            [
+                "https://s3.amazonaws.com",
+                "https://*.s3.amazonaws.com",
+                "https://s3.us-east-1.amazonaws.com",
+                "https://*.s3.us-east-1.amazonaws.com"
+            ]
+        );
+        assert_eq!(provider(&r), "s3");
     }
 
     #[test]
-    fn malformed_secrets_are_refused_naming_the_field_never_the_value() {
+    fn every_provider_seals_summarises_and_opens() {
         let vault = Vault::new(MasterKey::generate());
+        for (config, secrets) in good() {
+            let p = config["provider"].as_str().unwrap().to_string();
+            let r = make(&vault, config).unwrap();
+            assert_eq!(Some(r.kind.as_str()), kind_of(&p));
+            let stored = serde_json::to_string(&r).unwrap();
+            let summary = Value::Object(config_summary(&r)).to_string();
+            for s in &secrets {
+                assert!(!stored.contains(s), "{p}: stored plaintext");
+                assert!(!summary.contains(s), "{p}: summary shows a secret");
+            }
+            assert!(
+                !summary.contains("encrypted") && !summary.contains("ciphertext"),
+                "{p}"
+            );
+            let opened = decrypt_secrets(&r, &vault).unwrap();
+            assert_eq!(opened.len(), secrets.len(), "{p}");
+            for ((field, value), plain) in opened.iter().zip(&secrets) {
+                assert!(
+                    Envelope::from_json(&r.config[field]).is_some(),
+                    "{p}.{field}"
+                );
+                assert_eq!(value.expose(), *plain);
+            }
+            for pattern in pinned_hosts(&r) {
+                HostPattern::parse(&pattern).unwrap_or_else(|e| panic!("{p}: {e}"));
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_are_filled() {
+        let vault = Vault::new(MasterKey::generate());
+        let made: Vec<ComponentRecord> = good()
+            .into_iter()
+            .map(|(c, _)| make(&vault, c).unwrap())
+            .collect();
+        let [s3, _, _, smtp, ftp, http] = <[ComponentRecord; 6]>::try_from(made).unwrap();
+        assert_eq!(s3.config["region"], "us-east-1");
+        assert_eq!(s3.config["path_style"], false);
+        assert_eq!(smtp.config["port"], 587);
+        assert_eq!(smtp.config["tls"], true);
+        assert_eq!(ftp.config["port"], 21);
+        assert_eq!(http.config["auth_header"], "Authorization");
+        assert_eq!(http.config["timeout_seconds"], 30);
+        assert_eq!(http.config["max_retries"], 3);
+        assert!(!http.config.contains_key("allowed_hosts"));
+        // Given values win over defaults.
+        let smtp = make(
+            &vault,
+            json!({"provider": "smtp", "host": "mail.example.com", "port": 465, "tls": false, "username": "u", "password": PW}),
+        )
+        .unwrap();
+        assert_eq!(
+            (smtp.config["port"].clone(), smtp.config["tls"].clone()),
+            (json!(465), json!(false))
+        );
+        let minio = make(
+            &vault,
+            json!({"provider": "s3", "endpoint": "http://127.0.0.1:9000", "access_key_id": AK, "secret_access_key": SK}),
+        )
+        .unwrap();
+        assert_eq!(minio.config["path_style"], true);
+        let summary = config_summary(&minio);
+        assert_eq!(summary["path_style"], true);
+        assert_eq!(summary["endpoint"], "http://127.0.0.1:9000");
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_the_field_never_the_value() {
+        let vault = Vault::new(MasterKey::generate());
+        let s3 = |k: &str, v: Value| {
+            let mut c = json!({"provider": "s3", "access_key_id": AK, "secret_access_key": SK});
+            c[k] = v;
+            c
+        };
+        let http = |k: &str, v: Value| {
+            let mut c = json!({"provider": "http", "base_url": "https://api.example.com"});
+            c[k] = v;
+            c
+        };
+        let smtp = |k: &str, v: Value| {
+            let mut c = json!({"provider": "smtp", "host": "smtp.example.com", "username": "u", "password": PW});
+            c[k] = v;
+            c
+        };
         let cases = [
             (
-                json!({"provider": "s3", "access_key_id": "nope-not-a-key-value", "secret_access_key": SK}),
+                s3("access_key_id", json!("AKIAIOSFODNN7EXAMPL")),
                 "access_key_id",
             ),
             (
-                json!({"provider": "s3", "access_key_id": AK, "secret_access_key": "short"}),
+                s3("access_key_id", json!("AKIAiosfodnn7example")),
+                "access_key_id",
+            ),
+            (
+                s3("access_key_id", json!("XKIAIOSFODNN7EXAMPLE")),
+                "access_key_id",
+            ),
+            (s3("access_key_id", json!(12345)), "access_key_id"),
+            (
+                s3(
+                    "secret_access_key",
+                    json!("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKE"),
+                ),
                 "secret_access_key",
             ),
             (
-                json!({"provider": "anthropic", "api_key": "sk-proj-abcdefghijklmnopqrst"}),
+                s3(
+                    "secret_access_key",
+                    json!("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEK!Y"),
+                ),
+                "secret_access_key",
+            ),
+            (
+                s3(
+                    "secret_access_key",
+                    json!({"encrypted": true, "nonce": "", "ciphertext": ""}),
+                ),
+                "secret_access_key",
+            ),
+            (s3("bucket", json!("Flow8_Artifacts")), "bucket"),
+            (s3("bucket", json!("ab")), "bucket"),
+            (s3("bucket", json!("192.168.1.1")), "bucket"),
+            (s3("region", json!("us east 1")), "region"),
+            (s3("region", json!("x.evil.com/")), "region"),
+            (s3("endpoint", json!("ftp://minio.local")), "endpoint"),
+            (
+                s3("endpoint", json!("https://minio.local/prefix")),
+                "endpoint",
+            ),
+            (
+                s3("endpoint", json!("https://key:secret@minio.local")),
+                "endpoint",
+            ),
+            (s3("path_style", json!("yes")), "path_style"),
+            (
+                json!({"provider": "anthropic", "api_key": "sk-proj-secretvalue_0123456789"}),
                 "api_key",
             ),
             (
-                json!({"provider": "openai", "api_key": "sk-ant-abcdefghijklmnopqrst"}),
+                json!({"provider": "anthropic", "api_key": "sk-ant-secret value 0123456789"}),
+                "api_key",
+            ),
+            (json!({"provider": "openai", "api_key": ANT}), "api_key"),
+            (
+                json!({"provider": "openai", "api_key": "pk-secretvalue_0123456789"}),
                 "api_key",
             ),
             (
-                json!({"provider": "smtp", "host": "mail.example.com", "port": 70000, "username": "u", "password": "p"}),
-                "port",
+                json!({"provider": "openai", "api_key": "sk-short"}),
+                "api_key",
             ),
+            (smtp("port", json!(70000)), "port"),
+            (smtp("port", json!(0)), "port"),
+            (smtp("port", json!("587")), "port"),
+            (smtp("host", json!("smtp://smtp.example.com")), "host"),
+            (smtp("host", json!("smtp.example.com:25")), "host"),
+            (smtp("tls", json!(1)), "tls"),
+            (smtp("password", json!("")), "password"),
+            (smtp("password", json!("pa55\r\nword-secret")), "password"),
+            (smtp("username", json!("   ")), "username"),
             (
-                json!({"provider": "http", "base_url": "ftp://x"}),
+                json!({"provider": "ftp", "host": "ftp .example.com", "username": "u", "password": PW}),
+                "host",
+            ),
+            (http("base_url", json!("ftp://x.example")), "base_url"),
+            (
+                http("base_url", json!("https://user:pa55word-secret@x.example")),
                 "base_url",
             ),
+            (http("base_url", json!("not a url")), "base_url"),
+            (http("timeout_seconds", json!(0)), "timeout_seconds"),
+            (http("timeout_seconds", json!(301)), "timeout_seconds"),
+            (http("timeout_seconds", json!(2.5)), "timeout_seconds"),
+            (http("max_retries", json!(11)), "max_retries"),
+            (http("max_retries", json!(-1)), "max_retries"),
             (
-                json!({"provider": "http", "base_url": "https://u:p@x.example"}),
-                "base_url",
+                http("allowed_hosts", json!("https://a.example.com")),
+                "allowed_hosts",
             ),
             (
-                json!({"provider": "http", "base_url": "https://x.example", "max_retries": 11}),
-                "max_retries",
-            ),
-            (
-                json!({"provider": "http", "base_url": "https://x.example", "allowed_hosts": ["https://*.com"]}),
+                http("allowed_hosts", json!(["https://*.com"])),
                 "allowed_hosts[0]",
+            ),
+            (
+                http(
+                    "allowed_hosts",
+                    json!(["https://ok.example.com", "https://*"]),
+                ),
+                "allowed_hosts[1]",
+            ),
+            (http("allowed_hosts", json!([42])), "allowed_hosts[0]"),
+            (http("auth_header", json!("X Api Key")), "auth_header"),
+            (http("auth_header", json!("Host")), "auth_header"),
+            (
+                http("auth_value", json!("Bearer pa55word-secret\n")),
+                "auth_value",
+            ),
+            (
+                http("auth_value", json!("Bearer pa55word-secret\u{e9}")),
+                "auth_value",
             ),
         ];
         for (config, field) in cases {
-            let err =
-                prepare(new(json!({"name": "x", "config": config})), "c", &vault).unwrap_err();
-            let msg = err.to_string();
-            assert!(msg.contains(field), "{msg} should name {field}");
-            for value in ["abcdefghijklmnopqrst", "short", "nope-not-a-key", "u:p@"] {
-                assert!(!msg.contains(value), "{msg} echoes a value");
+            let shown = config.to_string();
+            let err = make(&vault, config).unwrap_err();
+            assert!(
+                matches!(&err, ComponentError::InvalidField { field: f, .. } if f == field),
+                "{shown}: expected InvalidField({field}), got {err:?}"
+            );
+            let msg = format!("{err} {err:?}");
+            for secret in ["pa55word-secret", "secretvalue", "EXAMPLE", "user:"] {
+                assert!(!msg.contains(secret), "{msg} echoes a value");
             }
         }
+    }
+
+    #[test]
+    fn missing_and_unknown_fields_are_named() {
+        let vault = Vault::new(MasterKey::generate());
+        let missing = [
+            (
+                json!({"provider": "s3", "secret_access_key": SK}),
+                "access_key_id",
+            ),
+            (
+                json!({"provider": "s3", "access_key_id": AK}),
+                "secret_access_key",
+            ),
+            (
+                json!({"provider": "s3", "access_key_id": AK, "secret_access_key": null}),
+                "secret_access_key",
+            ),
+            (json!({"provider": "anthropic"}), "api_key"),
+            (json!({"provider": "openai", "model": "gpt-4o"}), "api_key"),
+            (
+                json!({"provider": "smtp", "username": "u", "password": PW}),
+                "host",
+            ),
+            (
+                json!({"provider": "smtp", "host": "h.example.com", "password": PW}),
+                "username",
+            ),
+            (
+                json!({"provider": "ftp", "host": "h.example.com", "username": "u"}),
+                "password",
+            ),
+            (json!({"provider": "http"}), "base_url"),
+            (json!({"bucket": "b"}), "provider"),
+        ];
+        for (config, field) in missing {
+            assert_eq!(
+                make(&vault, config).unwrap_err(),
+                ComponentError::MissingField(field.into())
+            );
+        }
+        // A misspelt secret is named as what it is, not as the missing one.
         assert_eq!(
-            prepare(
-                new(json!({"name": "x", "config": {"provider": "s3"}})),
-                "c",
-                &vault
+            make(
+                &vault,
+                json!({"provider": "s3", "access_key_id": AK, "secret_acess_key": SK})
             )
             .unwrap_err(),
-            ComponentError::MissingField("access_key_id".into())
+            ComponentError::UnknownField("secret_acess_key".into())
         );
-        assert!(matches!(
-            prepare(
-                new(json!({"name": "x", "kind": "ai", "config": {"provider": "s3"}})),
-                "c",
-                &vault
-            ),
-            Err(ComponentError::KindMismatch { .. })
-        ));
-        assert!(matches!(
-            prepare(new(json!({"name": "x", "config": {"provider": "http", "base_url": "https://a.b", "colour": 1}})), "c", &vault),
-            Err(ComponentError::UnknownField(f)) if f == "colour"
-        ));
         assert_eq!(
-            prepare(new(json!({"name": "Bad Name", "config": {"provider": "http", "base_url": "https://a.b"}})), "c", &vault).unwrap_err(),
-            ComponentError::InvalidName
+            make(&vault, json!({"provider": "gcs"})).unwrap_err(),
+            ComponentError::UnknownProvider("gcs".into())
         );
+        assert_eq!(
+            make(&vault, json!({"provider": 3})).unwrap_err(),
+            invalid("provider", "must be a string")
+        );
+        assert!(matches!(
+            prepare(new(json!({"name": "x", "kind": "ai", "config": {"provider": "s3"}})), "c", &vault),
+            Err(ComponentError::KindMismatch { kind, expected, .. }) if kind == "ai" && expected == "storage"
+        ));
+        // The kind, when given and right, is kept; when absent it is the provider's.
+        let r = prepare(new(json!({"name": "x", "kind": "ai", "config": {"provider": "openai", "api_key": OAI}})), "c", &vault).unwrap();
+        assert_eq!(r.kind, "ai");
+    }
+
+    #[test]
+    fn names_follow_the_rule() {
+        let vault = Vault::new(MasterKey::generate());
+        let config = json!({"provider": "http", "base_url": "https://a.example.com"});
+        for good in ["a", "aws-s3-prod", "v1.2_x", "a".repeat(64).as_str()] {
+            prepare(new(json!({"name": good, "config": config})), "c", &vault).unwrap();
+        }
+        for bad in ["", "Bad", "has space", "a/b", "é", "a".repeat(65).as_str()] {
+            assert_eq!(
+                prepare(new(json!({"name": bad, "config": config})), "c", &vault).unwrap_err(),
+                ComponentError::InvalidName,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn bodies_are_checked_without_echoing_values() {
+        let bad = [
+            json!({"name": "x", "config": {}, "is_default": true}),
+            json!({"name": "x", "config": "sk-ant-secretvalue"}),
+            json!({"name": 42, "config": {}}),
+            json!({"config": {}}),
+            json!({"name": "x"}),
+            json!({"name": "x", "kind": ["sk-ant-secretvalue"], "config": {}}),
+            json!(["sk-ant-secretvalue"]),
+        ];
+        for body in bad {
+            let err = NewComponent::from_json(body.clone()).unwrap_err();
+            assert!(matches!(err, ComponentError::InvalidBody(_)), "{body}");
+            let serde_err = serde_json::from_value::<NewComponent>(body).unwrap_err();
+            for msg in [err.to_string(), serde_err.to_string()] {
+                assert!(!msg.contains("secretvalue") && !msg.contains("42"), "{msg}");
+            }
+        }
+        let ok = new(json!({"name": "x", "kind": null, "config": {"provider": "s3"}}));
+        assert_eq!(ok.kind, None);
+    }
+
+    #[test]
+    fn decrypting_needs_the_right_key_and_an_envelope() {
+        let vault = Vault::new(MasterKey::generate());
+        let mut r = make(&vault, json!({"provider": "openai", "api_key": OAI})).unwrap();
+        let other = Vault::new(MasterKey::generate());
+        match decrypt_secrets(&r, &other).unwrap_err() {
+            ComponentError::Sealed { field, reason } => {
+                assert_eq!(field, "api_key");
+                assert!(reason.contains(vault.key_id()), "{reason}");
+            }
+            e => panic!("{e:?}"),
+        }
+        // Plaintext where a secret belongs is never handed out.
+        r.config.insert("api_key".into(), json!(OAI));
+        assert!(matches!(
+            decrypt_secrets(&r, &vault),
+            Err(ComponentError::Sealed { field, .. }) if field == "api_key"
+        ));
+        assert!(!config_summary(&r).contains_key("api_key"));
+        r.config.insert("provider".into(), json!("nope"));
+        assert!(matches!(
+            decrypt_secrets(&r, &vault),
+            Err(ComponentError::UnknownProvider(_))
+        ));
     }
 
     #[test]
     fn providers_pin_and_attach_as_documented() {
         let vault = Vault::new(MasterKey::generate());
-        let http = prepare(
-            new(json!({"name": "api", "config": {"provider": "http", "base_url": "http://127.0.0.1:8080/v1",
-                "auth_value": "Bearer t0ken-value", "allowed_hosts": ["https://*.example.com"]}})),
-            "c",
+        let http = make(
             &vault,
+            json!({"provider": "http", "base_url": "http://127.0.0.1:8080/v1",
+                "auth_value": "Bearer t0ken-value", "allowed_hosts": ["https://*.example.com", "http://127.0.0.1:8080"]}),
         )
         .unwrap();
         assert_eq!(http.kind, "http");
         assert_eq!(
             pinned_hosts(&http),
-            vec!["http://127.0.0.1:8080", "https://*.example.com"]
+            ["http://127.0.0.1:8080", "https://*.example.com"]
         );
         assert_eq!(
             attachment(&http),
@@ -676,7 +1269,28 @@ mod tests {
         assert_eq!(summary["timeout_seconds"], 30);
         assert!(!summary.to_string().contains("t0ken"));
 
-        let oa = prepare(new(json!({"name": "oa", "config": {"provider": "openai", "api_key": "sk-proj-abcdefghijklmnopqrst"}})), "c", &vault).unwrap();
+        let custom = make(
+            &vault,
+            json!({"provider": "http", "base_url": "https://API.Example.com:443/", "auth_header": "X-Api-Key", "auth_value": "k-123"}),
+        )
+        .unwrap();
+        assert_eq!(pinned_hosts(&custom), ["https://api.example.com"]);
+        assert_eq!(
+            attachment(&custom),
+            Attachment::Header {
+                name: "X-Api-Key".into(),
+                field: "auth_value".into()
+            }
+        );
+        let open = make(
+            &vault,
+            json!({"provider": "http", "base_url": "https://[::1]:9443"}),
+        )
+        .unwrap();
+        assert_eq!(pinned_hosts(&open), ["https://[::1]:9443"]);
+        assert_eq!(attachment(&open), Attachment::NotHttp);
+
+        let oa = make(&vault, json!({"provider": "openai", "api_key": OAI})).unwrap();
         assert_eq!(oa.kind, "ai");
         assert_eq!(
             attachment(&oa),
@@ -684,21 +1298,74 @@ mod tests {
                 field: "api_key".into()
             }
         );
-        assert_eq!(pinned_hosts(&oa), vec!["https://api.openai.com"]);
+        assert_eq!(pinned_hosts(&oa), ["https://api.openai.com"]);
 
-        let minio = prepare(
-            new(json!({"name": "minio", "config": {"provider": "s3", "endpoint": "http://127.0.0.1:9000",
-                "bucket": "b", "access_key_id": AK, "secret_access_key": SK}})),
-            "c",
+        let an = make(&vault, json!({"provider": "anthropic", "api_key": ANT})).unwrap();
+        assert_eq!(
+            attachment(&an),
+            Attachment::Header {
+                name: "x-api-key".into(),
+                field: "api_key".into()
+            }
+        );
+        assert_eq!(pinned_hosts(&an), ["https://api.anthropic.com"]);
+
+        let eu = make(
             &vault,
+            json!({"provider": "s3", "region": "eu-west-1", "access_key_id": AK, "secret_access_key": SK}),
         )
         .unwrap();
-        assert_eq!(pinned_hosts(&minio), vec!["http://127.0.0.1:9000"]);
-        assert_eq!(config_summary(&minio)["path_style"], true);
+        assert_eq!(
+            pinned_hosts(&eu),
+            [
+                "https://s3.amazonaws.com",
+                "https://*.s3.amazonaws.com",
+                "https://s3.eu-west-1.amazonaws.com",
+                "https://*.s3.eu-west-1.amazonaws.com"
+            ]
+        );
+        assert_eq!(
+            attachment(&eu),
+            Attachment::AwsSigV4 {
+                region: "eu-west-1".into(),
+                service: "s3"
+            }
+        );
 
-        let smtp = prepare(new(json!({"name": "mail", "config": {"provider": "smtp", "host": "smtp.example.com", "username": "u", "password": "pw"}})), "c", &vault).unwrap();
-        assert_eq!(config_summary(&smtp)["port"], 587);
-        assert_eq!(attachment(&smtp), Attachment::NotHttp);
-        assert!(pinned_hosts(&smtp).is_empty());
+        let s3_compat = |endpoint: &str, path_style: Option<bool>| {
+            let mut c = json!({"provider": "s3", "endpoint": endpoint, "bucket": "b-1", "access_key_id": AK, "secret_access_key": SK});
+            if let Some(p) = path_style {
+                c["path_style"] = json!(p);
+            }
+            pinned_hosts(&make(&vault, c).unwrap())
+        };
+        assert_eq!(
+            s3_compat("http://127.0.0.1:9000", None),
+            ["http://127.0.0.1:9000"]
+        );
+        assert_eq!(
+            s3_compat("http://127.0.0.1:9000", Some(false)),
+            ["http://127.0.0.1:9000"]
+        );
+        assert_eq!(
+            s3_compat("https://minio.example.com:9000", Some(false)),
+            [
+                "https://minio.example.com:9000",
+                "https://*.minio.example.com:9000"
+            ]
+        );
+        assert_eq!(
+            s3_compat("https://minio.example.com", None),
+            ["https://minio.example.com"]
+        );
+
+        for config in [
+            json!({"provider": "smtp", "host": "smtp.example.com", "username": "u", "password": PW}),
+            json!({"provider": "ftp", "host": "ftp.example.com", "username": "u", "password": PW}),
+        ] {
+            let r = make(&vault, config).unwrap();
+            assert_eq!(attachment(&r), Attachment::NotHttp);
+            assert!(pinned_hosts(&r).is_empty());
+        }
     }
 }
