@@ -490,6 +490,22 @@ async fn every_documented_route_exists_and_unknown_ones_do_not() {
                     .await;
                 assert_eq!(s, 401, "{method} {path} answers without a token");
             }
+            // Malformed bodies get a named 4xx, never a 5xx.
+            if method == "post" && path != "/api/v1/admin/modules" {
+                let (s, v, text) = api
+                    .call(
+                        "POST",
+                        &server.url(&concrete),
+                        Some(&admin),
+                        Some("{\"oops\": "),
+                    )
+                    .await;
+                assert!(
+                    (400..500).contains(&s),
+                    "{method} {path}: malformed JSON answered {s}: {text}"
+                );
+                assert!(v["error"].is_string(), "{method} {path}: {text}");
+            }
         }
     }
     let (s, v, _) = api

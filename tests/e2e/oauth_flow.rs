@@ -357,3 +357,45 @@ async fn missing_scopes_fail_before_any_call() {
         .await;
     assert_eq!((status, v["error"].as_str()), (404, Some("not_configured")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attached_oauth_token_never_enters_the_module() {
+    let s = setup(&[]);
+    let (_, connected) = s.connect().await;
+    let link_id = connected["link"]["id"].as_str().unwrap().to_string();
+    let api = RecordingServer::start();
+    // Learn the token the host attaches (from what the API server received).
+    let (status, v) = s
+        .step(json!({"attack": "http", "url": api.url("/who"), "credential": "google", "link_id": link_id}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let token = api.requests()[0]
+        .header("authorization")
+        .unwrap()
+        .strip_prefix("Bearer ")
+        .unwrap()
+        .to_string();
+    let needle: Vec<u8> = token.bytes().map(|b| b ^ 0x5a).collect();
+    let scan = |read_first: bool| {
+        json!({"attack": "attach_then_scan", "url": api.url("/again"), "credential": "google",
+            "link_id": link_id, "needle_xor": needle, "read_first": read_first})
+    };
+    let (status, v) = s.step(scan(false)).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["output"]["status"], 200,
+        "the attached request went out: {v}"
+    );
+    assert_eq!(v["output"]["needle_len"], token.len());
+    assert_eq!(
+        v["output"]["memory_hits"], 0,
+        "the token is in the module's memory: {v}"
+    );
+    assert_eq!(
+        api.requests()[1].header("authorization"),
+        Some(format!("Bearer {token}").as_str())
+    );
+    // Control: reading it on purpose puts it there, and the scan sees it.
+    let (_, v) = s.step(scan(true)).await;
+    assert!(v["output"]["memory_hits"].as_u64().unwrap() >= 1, "{v}");
+}

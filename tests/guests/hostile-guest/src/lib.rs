@@ -233,6 +233,33 @@ impl Module for Hostile {
                 out["needle_len"] = json!(needle.len());
                 Ok(out)
             }
+            "attach_then_scan" => {
+                // Have the host attach a credential to a request, then look for the
+                // secret in this module's memory (the needle arrives XOR-masked).
+                let binding = str_param(&input, "credential")?;
+                let _held = if input["read_first"] == json!(true) {
+                    Some(std::hint::black_box(credentials::get(binding)))
+                } else {
+                    None
+                };
+                let sent = Request::get(str_param(&input, "url")?)
+                    .credential(binding)
+                    .send();
+                let needle: Vec<u8> = input["needle_xor"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|b| b.as_u64())
+                            .map(|b| (b as u8) ^ 0x5a)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Ok(json!({
+                    "status": sent.map(|r| r.status).ok(),
+                    "memory_hits": scan_memory(&needle),
+                    "needle_len": needle.len(),
+                }))
+            }
             "panic" => panic!("the hostile module panicked on purpose"),
             other => Err(Error::invalid_input(format!("unknown attack `{other}`"))),
         }
