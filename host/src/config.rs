@@ -99,6 +99,8 @@ pub struct HostConfig {
     pub data_dir: Option<PathBuf>,
     /// Extra module directories.
     pub modules_dirs: Vec<PathBuf>,
+    /// Root of step workspaces (default `<data-dir>/workspaces`).
+    pub workspaces_dir: Option<PathBuf>,
     /// Largest JSON request body the API accepts, bytes.
     pub max_body_bytes: usize,
     /// Largest `.wasm` an admin may install, bytes.
@@ -122,6 +124,7 @@ impl Default for HostConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 4454)),
             data_dir: None,
             modules_dirs: Vec::new(),
+            workspaces_dir: None,
             max_body_bytes: 1024 * 1024,
             max_module_bytes: crate::runtime::module::MAX_MODULE_BYTES,
             outbound: OutboundConfig::default(),

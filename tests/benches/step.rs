@@ -93,6 +93,7 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
         runtime: Runtime::new(registry, outbound, store, vault, StepLimits::default()),
         metrics: Default::default(),
         install_dir: data.path().join("company-modules"),
+        workspaces_dir: data.path().join("workspaces"),
         max_body_bytes: 1024 * 1024,
         max_module_bytes: 64 * 1024 * 1024,
     });

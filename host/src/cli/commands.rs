@@ -206,6 +206,10 @@ async fn serve(
         runtime,
         metrics: Default::default(),
         install_dir: install_root,
+        workspaces_dir: cfg
+            .workspaces_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("workspaces")),
         max_body_bytes: cfg.max_body_bytes,
         max_module_bytes: cfg.max_module_bytes,
     });

@@ -27,6 +27,9 @@ pub struct AppState<S: Store> {
     pub metrics: metrics::Metrics,
     /// Where admins' modules are installed.
     pub install_dir: PathBuf,
+    /// Root of step workspaces: a step naming workspace `w` of company `c` gets
+    /// `<workspaces_dir>/<c>/<w>` as its filesystem (flow8 puts the step's files there).
+    pub workspaces_dir: PathBuf,
     /// Largest JSON body.
     pub max_body_bytes: usize,
     /// Largest installed module.

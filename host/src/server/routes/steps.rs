@@ -48,6 +48,10 @@ pub struct StepBody {
     /// Limit overrides.
     #[serde(default)]
     limits: Option<LimitOverrides>,
+    /// The step's workspace (a directory name under the company's workspace root),
+    /// which the module sees as `/`: where flow8 put the files the step reads.
+    #[serde(default)]
+    workspace: Option<String>,
 }
 
 fn empty_object() -> Value {
@@ -104,6 +108,26 @@ pub async fn run<S: Store>(
         ));
     }
     let limits = limits(st.runtime.default_limits(), body.limits)?;
+    let workspace = match &body.workspace {
+        None => None,
+        Some(w) => {
+            let safe = |x: &str| {
+                !x.is_empty()
+                    && x.len() <= 128
+                    && x.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            };
+            if !safe(w) || !safe(&caller.company_id) {
+                return Err(ApiError::invalid_input(
+                    "workspace is a name of letters, digits, '-' and '_'",
+                ));
+            }
+            let dir = st.workspaces_dir.join(&caller.company_id).join(w);
+            if !dir.is_dir() {
+                return Err(ApiError::invalid_input(format!("workspace `{w}` does not exist")));
+            }
+            Some(dir)
+        }
+    };
     let report: StepReport = st
         .runtime
         .run_step(StepRequest {
@@ -112,7 +136,7 @@ pub async fn run<S: Store>(
             input: body.input_mapping,
             bindings: body.bindings,
             limits: Some(limits),
-            workspace: None,
+            workspace,
         })
         .await;
     let module_name = report
