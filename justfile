@@ -60,4 +60,5 @@ test: lint modules guests test-servers
 
 # Benchmarks (release build); prints a table.
 bench: modules guests
+    cargo build --release -p flow8-host
     FLOW8_WASM_DIR={{wasm_dir}} cargo bench -p flow8-tests --bench step

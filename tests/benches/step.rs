@@ -240,6 +240,154 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
     );
 }
 
+/// Peak resident memory of a `flow8-host` run, sampled from /proc until it exits.
+fn run_cli_peak_kib(
+    args: &[&str],
+    data_dir: &std::path::Path,
+) -> (Duration, u64, std::process::ExitStatus) {
+    let start = Instant::now();
+    let mut child = std::process::Command::new(flow8_tests::host_bin())
+        .args(args)
+        .env("FLOW8_DATA_DIR", data_dir)
+        .env("FLOW8_MODULES_PATH", wasm_dir())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak = 0u64;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&status_path) {
+            if let Some(kb) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            {
+                peak = peak.max(kb);
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            return (start.elapsed(), peak, status);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A 100 MB upload through s3-upload to a local s3s-fs, beside a native streaming PUT
+/// of the same file, and the host's peak memory growth over a tiny upload.
+async fn s3_throughput() {
+    use flow8_tests::s3_server::{ACCESS_KEY_ID, S3Server, SECRET_ACCESS_KEY};
+    let mb: usize = std::env::var("BENCH_S3_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let s3 = S3Server::start(&["bench"]);
+    let data = tempfile::tempdir().unwrap();
+    let ws = data.path().join("ws");
+    std::fs::create_dir_all(&ws).unwrap();
+    let big = ws.join("big.bin");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&big).unwrap();
+        let chunk: Vec<u8> = (0..1024 * 1024).map(|i| (i * 31 % 251) as u8).collect();
+        for _ in 0..mb {
+            f.write_all(&chunk).unwrap();
+        }
+    }
+    std::fs::write(ws.join("tiny.bin"), b"tiny").unwrap();
+    let body = serde_json::json!({"name": "bench-s3", "kind": "storage", "config": {"provider": "s3", "bucket": "bench",
+        "endpoint": s3.endpoint(), "access_key_id": ACCESS_KEY_ID, "secret_access_key": SECRET_ACCESS_KEY}});
+    let body_path = data.path().join("component.json");
+    std::fs::write(&body_path, body.to_string()).unwrap();
+    let data_dir = data.path().join("host");
+    let (_, _, st) = run_cli_peak_kib(
+        &["components", "create", body_path.to_str().unwrap()],
+        &data_dir,
+    );
+    assert!(st.success());
+    let input = |file: &str, key: &str| {
+        let p = data.path().join(format!("{key}.json"));
+        std::fs::write(
+            &p,
+            serde_json::json!({"key": key, "file_path": file}).to_string(),
+        )
+        .unwrap();
+        p
+    };
+    let run = |input: std::path::PathBuf| {
+        run_cli_peak_kib(
+            &[
+                "run-module",
+                "s3-upload",
+                input.to_str().unwrap(),
+                "--workspace",
+                ws.to_str().unwrap(),
+                "--bind",
+                "storage=bench-s3",
+                "--allow-loopback",
+                "--deadline-secs",
+                "600",
+            ],
+            &data_dir,
+        )
+    };
+    let (_, tiny_peak, st) = run(input("tiny.bin", "tiny"));
+    assert!(st.success());
+    let (host_time, big_peak, st) = run(input("big.bin", "big"));
+    assert!(st.success(), "the 100 MB upload failed");
+
+    // Native: one streaming PUT of the same file, signed with the same SigV4 code.
+    let client = reqwest::Client::new();
+    let url = url::Url::parse(&format!("{}/bench/native.bin", s3.endpoint())).unwrap();
+    let start = Instant::now();
+    let mut file = tokio::fs::File::open(&big).await.unwrap();
+    let (hash, len) = flow8_host::outbound::sigv4::file_hash(&mut file)
+        .await
+        .unwrap();
+    let mut headers = http::HeaderMap::new();
+    let key = flow8_host::outbound::sigv4::SigningKey {
+        region: "us-east-1",
+        service: "s3",
+        access_key_id: ACCESS_KEY_ID,
+        secret_access_key: SECRET_ACCESS_KEY,
+    };
+    flow8_host::outbound::sigv4::sign_request(&key, &http::Method::PUT, &url, &mut headers, &hash)
+        .unwrap();
+    let resp = client
+        .put(url.as_str())
+        .headers(headers)
+        .header("content-length", len)
+        .body(reqwest::Body::from(file))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let native_time = start.elapsed();
+    let mbps = |d: Duration| mb as f64 / d.as_secs_f64();
+    println!();
+    println!("S3 upload of {mb} MB to a local s3s-fs (SigV4 verified)");
+    println!("| path | time | MB/s |");
+    println!("| --- | ---: | ---: |");
+    println!(
+        "| native reqwest streaming PUT (baseline) | {:.2} s | {:.0} |",
+        native_time.as_secs_f64(),
+        mbps(native_time)
+    );
+    println!(
+        "| flow8-host run-module s3-upload (process start, load, multipart) | {:.2} s | {:.0} |",
+        host_time.as_secs_f64(),
+        mbps(host_time)
+    );
+    println!();
+    println!(
+        "throughput ratio host/native = {:.2} (target >= 0.8); host peak memory {} MiB vs {} MiB for a 4-byte upload: growth {:.1} MiB (target < 32 MB)",
+        native_time.as_secs_f64() / host_time.as_secs_f64(),
+        big_peak / 1024,
+        tiny_peak / 1024,
+        (big_peak.saturating_sub(tiny_peak)) as f64 / 1024.0
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let iterations: usize = std::env::var("BENCH_ITERATIONS")
@@ -363,4 +511,5 @@ async fn main() {
     );
 
     api_throughput(engine.clone(), cache.clone()).await;
+    s3_throughput().await;
 }

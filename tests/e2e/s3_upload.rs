@@ -244,8 +244,14 @@ async fn an_upload_through_the_rest_api_uses_the_steps_workspace() {
     let http = reqwest::Client::new();
     let body = json!({"name": "s3-prod", "kind": "storage", "config": {"provider": "s3", "bucket": "flow8-artifacts",
         "endpoint": s3.endpoint(), "access_key_id": ACCESS_KEY_ID, "secret_access_key": SECRET_ACCESS_KEY}});
-    let r = http.post(server.url("/api/v1/admin/components")).bearer_auth(&admin)
-        .header("content-type", "application/json").body(body.to_string()).send().await.unwrap();
+    let r = http
+        .post(server.url("/api/v1/admin/components"))
+        .bearer_auth(&admin)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 201);
     // flow8 put the step's file in its workspace.
     let ws = cli.data_dir.path().join("workspaces/company-a/run-42/tmp");
@@ -257,20 +263,43 @@ async fn an_upload_through_the_rest_api_uses_the_steps_workspace() {
         "bindings": {"storage": "s3-prod"},
         "input_mapping": {"bucket": "flow8-artifacts", "key": "invoices/2026-04/invoice-001.pdf",
             "file_path": "/tmp/invoice.pdf", "acl": "private"}});
-    let r = http.post(server.url("/api/v1/steps")).bearer_auth(&admin)
-        .header("content-type", "application/json").body(step.to_string()).send().await.unwrap();
+    let r = http
+        .post(server.url("/api/v1/steps"))
+        .bearer_auth(&admin)
+        .header("content-type", "application/json")
+        .body(step.to_string())
+        .send()
+        .await
+        .unwrap();
     let status = r.status().as_u16();
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["output"]["size"], 70_000);
-    assert_eq!(std::fs::read(s3.object_path("flow8-artifacts", "invoices/2026-04/invoice-001.pdf")).unwrap(), bytes);
+    assert_eq!(
+        std::fs::read(s3.object_path("flow8-artifacts", "invoices/2026-04/invoice-001.pdf"))
+            .unwrap(),
+        bytes
+    );
     // Another company's steps cannot name this workspace (theirs is a different directory).
     let other = flow8_tests::create_token(&cli, "company-b", "bob", true);
-    let r = http.post(server.url("/api/v1/steps")).bearer_auth(&other)
-        .header("content-type", "application/json").body(step.to_string()).send().await.unwrap();
+    let r = http
+        .post(server.url("/api/v1/steps"))
+        .bearer_auth(&other)
+        .header("content-type", "application/json")
+        .body(step.to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 400);
-    let step_escape = json!({"module_ref": "s3-upload", "workspace": "../company-a/run-42", "input_mapping": {}});
-    let r = http.post(server.url("/api/v1/steps")).bearer_auth(&admin)
-        .header("content-type", "application/json").body(step_escape.to_string()).send().await.unwrap();
+    let step_escape =
+        json!({"module_ref": "s3-upload", "workspace": "../company-a/run-42", "input_mapping": {}});
+    let r = http
+        .post(server.url("/api/v1/steps"))
+        .bearer_auth(&admin)
+        .header("content-type", "application/json")
+        .body(step_escape.to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 400);
 }

@@ -114,7 +114,8 @@ pub async fn run<S: Store>(
             let safe = |x: &str| {
                 !x.is_empty()
                     && x.len() <= 128
-                    && x.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                    && x.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             };
             if !safe(w) || !safe(&caller.company_id) {
                 return Err(ApiError::invalid_input(
@@ -123,7 +124,9 @@ pub async fn run<S: Store>(
             }
             let dir = st.workspaces_dir.join(&caller.company_id).join(w);
             if !dir.is_dir() {
-                return Err(ApiError::invalid_input(format!("workspace `{w}` does not exist")));
+                return Err(ApiError::invalid_input(format!(
+                    "workspace `{w}` does not exist"
+                )));
             }
             Some(dir)
         }
