@@ -257,14 +257,13 @@ fn run_cli_peak_kib(
     let status_path = format!("/proc/{}/status", child.id());
     let mut peak = 0u64;
     loop {
-        if let Ok(text) = std::fs::read_to_string(&status_path) {
-            if let Some(kb) = text
+        if let Ok(text) = std::fs::read_to_string(&status_path)
+            && let Some(kb) = text
                 .lines()
                 .find_map(|l| l.strip_prefix("VmHWM:"))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            {
-                peak = peak.max(kb);
-            }
+        {
+            peak = peak.max(kb);
         }
         if let Some(status) = child.try_wait().unwrap() {
             return (start.elapsed(), peak, status);
