@@ -66,7 +66,10 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(4000);
-    let concurrency = 32;
+    let concurrency: usize = std::env::var("BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
     let upstream = flow8_tests::RecordingServer::start();
     let data = tempfile::tempdir().unwrap();
     let vault = Arc::new(Vault::new(MasterKey::generate()));
@@ -89,9 +92,11 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
         ..OutboundPolicy::default()
     })
     .unwrap();
+    let audit = flow8_host::server::audit::AuditWriter::start(store.clone());
     let state = Arc::new(AppState {
         runtime: Runtime::new(registry, outbound, store, vault, StepLimits::default()),
         metrics: Default::default(),
+        audit,
         install_dir: data.path().join("company-modules"),
         workspaces_dir: data.path().join("workspaces"),
         max_body_bytes: 1024 * 1024,
@@ -389,6 +394,16 @@ async fn s3_throughput() {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // BENCH_ONLY=api|s3 runs one section (for iterating on it).
+    match std::env::var("BENCH_ONLY").as_deref() {
+        Ok("api") => {
+            let cache_dir = tempfile::tempdir().unwrap();
+            return api_throughput(shared_engine(), CompileCache::at(cache_dir.path()).unwrap())
+                .await;
+        }
+        Ok("s3") => return s3_throughput().await,
+        _ => {}
+    }
     let iterations: usize = std::env::var("BENCH_ITERATIONS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -202,9 +202,11 @@ async fn serve(
         oauth.refresh_window = Duration::from_secs(cfg.oauth_refresh_window_seconds);
         runtime = runtime.with_oauth(Arc::new(oauth));
     }
+    let audit = crate::server::audit::AuditWriter::start(runtime.store().clone());
     let state = Arc::new(crate::server::AppState {
         runtime,
         metrics: Default::default(),
+        audit,
         install_dir: install_root,
         workspaces_dir: cfg
             .workspaces_dir

@@ -1,8 +1,82 @@
 //! Writing audit entries in flow8's shape. A failed audit write is logged loudly but
 //! does not undo the operation it records (which has already happened).
+//!
+//! Steps write an entry per credential use, so on the hot path entries go through
+//! `AuditWriter`: a group commit that writes whatever is queued in one transaction and
+//! then answers every waiter, so concurrent steps share one write instead of queueing
+//! for the store's write lock one by one.
 
 use crate::store::{AuditRecord, Store, new_object_id, now};
 use serde_json::Value;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Entries written per transaction at most.
+const BATCH: usize = 512;
+
+/// Group-committing audit writer.
+#[derive(Clone)]
+pub struct AuditWriter {
+    tx: mpsc::Sender<(AuditRecord, oneshot::Sender<()>)>,
+}
+
+impl AuditWriter {
+    /// Start the writer task for a store.
+    pub fn start<S: Store>(store: Arc<S>) -> AuditWriter {
+        let (tx, mut rx) = mpsc::channel::<(AuditRecord, oneshot::Sender<()>)>(4096);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let (entries, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                let n = entries.len();
+                if let Err(e) = store.insert_audit_batch(entries).await {
+                    tracing::error!(error = %e, entries = n, "could not write audit entries");
+                }
+                for w in waiters {
+                    let _ = w.send(());
+                }
+            }
+        });
+        AuditWriter { tx }
+    }
+
+    /// Record an entry and wait until it is written (with others queued meanwhile).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn record(
+        &self,
+        company_id: &str,
+        user_id: Option<&str>,
+        action_type: &str,
+        resource_type: &str,
+        resource_id: &str,
+        before_state: Value,
+        after_state: Value,
+    ) {
+        let entry = AuditRecord {
+            id: new_object_id(),
+            company_id: company_id.into(),
+            user_id: user_id.map(str::to_string),
+            action_type: action_type.into(),
+            resource_type: resource_type.into(),
+            resource_id: resource_id.into(),
+            before_state,
+            after_state,
+            timestamp: now(),
+        };
+        let (done, wait) = oneshot::channel();
+        if self.tx.send((entry, done)).await.is_err() {
+            tracing::error!(action_type, resource_id, "the audit writer has stopped");
+            return;
+        }
+        let _ = wait.await;
+    }
+}
 
 /// Record an integration event.
 #[allow(clippy::too_many_arguments)]

@@ -25,6 +25,8 @@ pub struct AppState<S: Store> {
     pub runtime: Runtime<S>,
     /// Metrics.
     pub metrics: metrics::Metrics,
+    /// Group-committing audit writer for the step path.
+    pub audit: audit::AuditWriter,
     /// Where admins' modules are installed.
     pub install_dir: PathBuf,
     /// Root of step workspaces: a step naming workspace `w` of company `c` gets

@@ -781,11 +781,26 @@ impl Store for EmbeddedStore {
     }
 
     async fn insert_audit(&self, entry: AuditRecord) -> Result<(), StoreError> {
-        let doc = serde_json::to_string(&entry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.insert_audit_batch(vec![entry]).await
+    }
+
+    async fn insert_audit_batch(&self, entries: Vec<AuditRecord>) -> Result<(), StoreError> {
+        let rows = entries
+            .into_iter()
+            .map(|e| {
+                serde_json::to_string(&e)
+                    .map(|doc| (e, doc))
+                    .map_err(|err| StoreError::Corrupt(err.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         self.write(move |tx| {
-            tx.execute(
-                "INSERT INTO audit_log (id, company_id, action_type, resource_type, resource_id, ts, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO audit_log (id, company_id, action_type, resource_type, resource_id, ts, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(unavailable)?;
+            for (entry, doc) in rows {
+                stmt.execute(params![
                     entry.id,
                     entry.company_id,
                     entry.action_type,
@@ -793,9 +808,9 @@ impl Store for EmbeddedStore {
                     entry.resource_id,
                     (entry.timestamp.unix_timestamp_nanos() / 1_000_000) as i64,
                     doc
-                ],
-            )
-            .map_err(unavailable)?;
+                ])
+                .map_err(unavailable)?;
+            }
             Ok(())
         })
         .await

@@ -328,6 +328,11 @@ pub trait Store: Send + Sync + 'static {
         &self,
         entry: AuditRecord,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Append several audit entries in one write (all or none).
+    fn insert_audit_batch(
+        &self,
+        entries: Vec<AuditRecord>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Read a company's audit entries, newest first.
     fn list_audit(
         &self,

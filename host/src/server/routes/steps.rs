@@ -7,7 +7,6 @@
 use crate::runtime::sandbox::StepLimits;
 use crate::runtime::{StepReport, StepRequest};
 use crate::server::AppState;
-use crate::server::audit;
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, step_status};
 use crate::server::extract::ApiJson;
@@ -160,24 +159,24 @@ pub async fn run<S: Store>(
         if !seen.insert((u.binding.clone(), u.how, u.destination.clone())) {
             continue;
         }
-        audit::record(
-            &**st.runtime.store(),
-            &caller.company_id,
-            Some(&caller.user_id),
-            "credential_used",
-            "component",
-            &u.resource_id,
-            json!({}),
-            json!({
-                "step": body.name,
-                "module": module_name,
-                "module_version": report.module.as_ref().map(|m| m.version.clone()),
-                "binding": u.binding,
-                "how": u.how,
-                "destination": u.destination,
-            }),
-        )
-        .await;
+        st.audit
+            .record(
+                &caller.company_id,
+                Some(&caller.user_id),
+                "credential_used",
+                "component",
+                &u.resource_id,
+                json!({}),
+                json!({
+                    "step": body.name,
+                    "module": module_name,
+                    "module_version": report.module.as_ref().map(|m| m.version.clone()),
+                    "binding": u.binding,
+                    "how": u.how,
+                    "destination": u.destination,
+                }),
+            )
+            .await;
     }
     let status = match &report.result {
         Ok(_) => StatusCode::OK,
