@@ -2,6 +2,19 @@
 //! Prefer [`crate::http::Request::credential`]: the host attaches the secret and it
 //! never enters the module. Reading a secret here restricts the rest of the step to
 //! that credential's own hosts.
+//!
+//! ```no_run
+//! use flow8_sdk::credentials;
+//!
+//! # fn run() -> Result<(), flow8_sdk::Error> {
+//! if credentials::is_bound("request") {
+//!     let config = credentials::config("request")?; // e.g. {"base_url": ..., "timeout_seconds": 10}
+//!     let secrets = credentials::get("request")?;
+//!     let _key = secrets.field("api_key");
+//!     println!("{secrets:?}"); // {"api_key": "***"}
+//! }
+//! # Ok(()) }
+//! ```
 
 use crate::__private::bindings::flow8::integration::credentials as wit;
 use crate::Error;
@@ -26,7 +39,8 @@ pub fn get(binding: &str) -> Result<Secrets, Error> {
         .map_err(Error::from_wit)
 }
 
-/// Decrypted secret fields. `Debug` shows the field names only.
+/// Decrypted secret fields. `Debug` shows the field names only, and the values are
+/// overwritten when it is dropped: hold it no longer than the call that needs it.
 pub struct Secrets {
     fields: Vec<(String, String)>,
 }
@@ -46,10 +60,43 @@ impl Secrets {
     }
 }
 
+impl Drop for Secrets {
+    /// Overwrite the values before their memory goes back to the allocator, so a later
+    /// allocation (or a memory dump) does not find them.
+    fn drop(&mut self) {
+        for (_, value) in &mut self.fields {
+            let mut bytes = std::mem::take(value).into_bytes();
+            for b in bytes.iter_mut() {
+                // SAFETY: `b` is a valid, exclusive reference into `bytes`. A volatile
+                // write keeps the compiler from removing stores to memory about to be freed.
+                unsafe { std::ptr::write_volatile(b, 0) };
+            }
+            drop(std::hint::black_box(bytes));
+        }
+    }
+}
+
 impl fmt::Debug for Secrets {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
             .entries(self.fields.iter().map(|(k, _)| (k, "***")))
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_redacts_values() {
+        let s = Secrets {
+            fields: vec![("api_key".into(), "sk-live-123".into())],
+        };
+        assert_eq!(s.field("api_key"), Some("sk-live-123"));
+        assert_eq!(s.field("other"), None);
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("sk-live"), "{shown}");
+        assert!(shown.contains("api_key"), "{shown}");
     }
 }

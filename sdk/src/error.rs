@@ -1,10 +1,15 @@
-//! The error a module returns; its cases are flow8's error names.
+//! The error a module returns; its cases are the WIT `error` variant, which the host
+//! reports under flow8's error names.
 
 use crate::__private::bindings::flow8::integration::types as wit;
 use std::fmt;
 
-/// What went wrong in a step. The host reports it under the flow8 name shown by
-/// [`Error::name`].
+/// What went wrong in a step: the WIT `error` variant. The host reports it under the
+/// flow8 name shown by [`Error::name`]; `Display` shows `name: message`.
+///
+/// Host functions ([`crate::http::Request::send`], [`crate::credentials::get`], ...)
+/// return the same type, so `?` passes a host refusal (`forbidden`, `access_denied`)
+/// straight through to the step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Error {
     /// The step input is wrong (`invalid_input`).
@@ -35,7 +40,8 @@ pub enum Error {
     Forbidden(String),
     /// A sandbox limit was reached (`limit_exceeded`).
     LimitExceeded(String),
-    /// A bug or unexpected condition (`internal`).
+    /// A bug or unexpected condition in the module (WIT `internal`; the host reports
+    /// it as `module_error`).
     Internal(String),
 }
 
@@ -70,12 +76,24 @@ impl Error {
             message: msg.into(),
         }
     }
-    /// `internal`.
+    /// `network_error`: the call failed before a response.
+    pub fn network(msg: impl Into<String>) -> Error {
+        Error::Network(msg.into())
+    }
+    /// `forbidden`.
+    pub fn forbidden(msg: impl Into<String>) -> Error {
+        Error::Forbidden(msg.into())
+    }
+    /// `limit_exceeded`.
+    pub fn limit_exceeded(msg: impl Into<String>) -> Error {
+        Error::LimitExceeded(msg.into())
+    }
+    /// A bug or unexpected condition (WIT `internal`, reported as `module_error`).
     pub fn internal(msg: impl Into<String>) -> Error {
         Error::Internal(msg.into())
     }
 
-    /// The flow8 error name.
+    /// The flow8 error name the host reports this error under.
     pub fn name(&self) -> &'static str {
         match self {
             Error::InvalidInput(_) => "invalid_input",
@@ -87,7 +105,7 @@ impl Error {
             Error::Network(_) => "network_error",
             Error::Forbidden(_) => "forbidden",
             Error::LimitExceeded(_) => "limit_exceeded",
-            Error::Internal(_) => "internal",
+            Error::Internal(_) => "module_error",
         }
     }
 
@@ -168,8 +186,52 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// A JSON value the module builds or reads could not be (de)serialised: a bug in the
+/// module (`module_error`). Step input never takes this path: it is parsed by
+/// [`crate::export_module!`] and reported as `invalid_input` naming the field.
 impl From<serde_json::Error> for Error {
     fn from(e: serde_json::Error) -> Error {
         Error::Internal(format!("JSON: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_and_names() {
+        assert_eq!(
+            Error::invalid_input("`url` is required").to_string(),
+            "invalid_input: `url` is required"
+        );
+        let e = Error::rate_limit_exceeded("slow down", Some(7));
+        assert_eq!(e.name(), "rate_limit_exceeded");
+        assert!(e.is_retryable());
+        assert_eq!(Error::upstream(502, "bad gateway").name(), "upstream_error");
+        assert!(Error::upstream(502, "x").is_retryable());
+        assert!(!Error::upstream(404, "x").is_retryable());
+        assert_eq!(Error::internal("bug").name(), "module_error");
+        assert_eq!(Error::network("reset").name(), "network_error");
+        let json: Error = serde_json::from_str::<u8>("x").unwrap_err().into();
+        assert_eq!(json.name(), "module_error");
+    }
+
+    #[test]
+    fn wit_round_trip() {
+        for e in [
+            Error::invalid_input("a"),
+            Error::access_denied("b"),
+            Error::insufficient_scope("c"),
+            Error::token_revoked("d"),
+            Error::rate_limit_exceeded("e", None),
+            Error::upstream(500, "f"),
+            Error::network("g"),
+            Error::forbidden("h"),
+            Error::limit_exceeded("i"),
+            Error::internal("j"),
+        ] {
+            assert_eq!(Error::from_wit(e.clone().into_wit()), e);
+        }
     }
 }

@@ -1,6 +1,23 @@
 //! Outbound HTTP through the host. The host checks every request against the
 //! manifest's allowed hosts and the operator's policy, and can attach a credential
 //! itself ([`Request::credential`]) so the secret never enters the module.
+//!
+//! ```no_run
+//! use flow8_sdk::http::Request;
+//! use std::time::Duration;
+//!
+//! # fn run() -> Result<(), flow8_sdk::Error> {
+//! let response = Request::post("https://api.example.com/process")
+//!     .header("accept", "application/json")
+//!     .json(&serde_json::json!({"document_id": "doc_001"}))?
+//!     .timeout(Duration::from_secs(10))
+//!     .credential("request") // the host adds the component's auth header
+//!     .send()?;
+//! if response.is_success() {
+//!     let answer: serde_json::Value = response.json()?;
+//! }
+//! # Ok(()) }
+//! ```
 
 use crate::__private::bindings::flow8::integration::http as wit;
 use crate::Error;
@@ -52,12 +69,33 @@ impl Request {
         Request::new("PUT", url)
     }
 
+    /// `PATCH url`.
+    pub fn patch(url: &str) -> Request {
+        Request::new("PATCH", url)
+    }
+
     /// `DELETE url`.
     pub fn delete(url: &str) -> Request {
         Request::new("DELETE", url)
     }
 
-    /// Add a header.
+    /// `HEAD url`.
+    pub fn head(url: &str) -> Request {
+        Request::new("HEAD", url)
+    }
+
+    /// The method (upper case).
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+
+    /// The URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Add a header (repeat the call for a repeated header). The host refuses headers a
+    /// module may not set (e.g. `Authorization` on a request it attaches a credential to).
     pub fn header(mut self, name: &str, value: &str) -> Request {
         self.headers.push((name.into(), value.into()));
         self
@@ -90,7 +128,7 @@ impl Request {
         self
     }
 
-    /// Raw bytes.
+    /// Raw bytes (set `content-type` yourself).
     pub fn body(mut self, bytes: Vec<u8>) -> Request {
         self.body = Body::Bytes(bytes);
         self
@@ -117,7 +155,9 @@ impl Request {
     }
 
     /// Send it and wait for the whole response. Any status is a response; an `Err` means
-    /// no response (refused, network, limit).
+    /// no response: `forbidden` (host, address or credential pinning refused),
+    /// `access_denied` (binding not granted), `network_error`, `limit_exceeded`. The
+    /// request can be sent again (see [`crate::retry::Backoff::send`]).
     pub fn send(&self) -> Result<Response, Error> {
         let req = wit::Request {
             method: self.method.clone(),
@@ -147,7 +187,7 @@ impl Request {
 pub struct Response {
     /// HTTP status.
     pub status: u16,
-    /// Headers as received.
+    /// Headers as received (names as the server sent them; repeated headers repeated).
     pub headers: Vec<(String, String)>,
     /// Body bytes.
     pub body: Vec<u8>,
@@ -180,7 +220,8 @@ impl Response {
         })
     }
 
-    /// The body parsed as JSON.
+    /// The body parsed as JSON; a body that is not the JSON expected is `upstream_error`
+    /// with the response's status.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
         serde_json::from_slice(&self.body).map_err(|e| {
             Error::upstream(
@@ -198,5 +239,66 @@ impl Response {
     /// `Retry-After` in seconds, when given in that form (RFC 9110 §10.2.3).
     pub fn retry_after(&self) -> Option<u32> {
         self.header("retry-after")?.trim().parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(headers: &[(&str, &str)], body: &str) -> Response {
+        Response {
+            status: 200,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn response_helpers() {
+        let r = response(
+            &[
+                ("Content-Type", "application/problem+json; charset=utf-8"),
+                ("Retry-After", " 12 "),
+            ],
+            r#"{"ok": true}"#,
+        );
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/problem+json; charset=utf-8")
+        );
+        assert!(r.is_json());
+        assert!(r.is_success());
+        assert_eq!(r.retry_after(), Some(12));
+        assert_eq!(r.json::<serde_json::Value>().unwrap()["ok"], true);
+        assert_eq!(r.text(), r#"{"ok": true}"#);
+        let date = response(&[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")], "x");
+        assert_eq!(date.retry_after(), None);
+        assert!(!date.is_json());
+        let err = date.json::<serde_json::Value>().unwrap_err();
+        assert_eq!(err.name(), "upstream_error");
+    }
+
+    #[test]
+    fn body_helpers_set_a_content_type_only_when_missing() {
+        let r = Request::post("https://x.test/").json(&[1, 2]).unwrap();
+        assert!(r.has_header("Content-Type"));
+        let r = Request::post("https://x.test/")
+            .header("Content-Type", "application/vnd.api+json")
+            .json(&[1])
+            .unwrap();
+        assert_eq!(
+            r.headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+                .count(),
+            1
+        );
+        let r = Request::new("patch", "https://x.test/").text("hi");
+        assert_eq!(r.method(), "PATCH");
+        assert!(r.has_header("content-type"));
     }
 }

@@ -1,6 +1,15 @@
-//! The step's log, returned with the step's result.
+//! The step's log, returned with the step's result (`flow8_sdk::log::info("...")`).
+//!
+//! Lines go to the host, which bounds the log's size, redacts the step's secrets and
+//! attaches the log to the step's report. Prefer these to `println!`/`eprintln!`
+//! (which the host also captures, without a level). Never log secrets.
 
 use crate::__private::bindings::flow8::integration::log::{Level, write};
+
+/// A trace line (very detailed diagnostics).
+pub fn trace(message: &str) {
+    write(Level::Trace, message);
+}
 
 /// A debug line.
 pub fn debug(message: &str) {

@@ -1,4 +1,6 @@
-//! Declaring a module's manifest in Rust (the JSON format is `wit/MANIFEST.md`).
+//! Declaring a module's manifest in Rust; it serialises to the JSON of `wit/MANIFEST.md`
+//! (the host checks every rule there when it loads the module and refuses a module that
+//! breaks one with `invalid_manifest`).
 
 use serde::Serialize;
 
@@ -108,14 +110,78 @@ impl Manifest {
     }
 
     /// A host the module may send requests to: `https://api.example.com`,
-    /// `https://*.example.com`, `http://127.0.0.1:*`, or `https://*` for any public host.
+    /// `https://*.example.com` (subdomains), `http://127.0.0.1:*` (any port), or
+    /// `https://*` / `https://*:*` for any public host on the default / any port.
     pub fn allowed_host(mut self, pattern: &str) -> Manifest {
         self.allowed_hosts.push(pattern.into());
         self
     }
 
+    /// Several allowed hosts (see [`Manifest::allowed_host`]).
+    pub fn allowed_hosts<I, S>(mut self, patterns: I) -> Manifest
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.allowed_hosts
+            .extend(patterns.into_iter().map(Into::into));
+        self
+    }
+
+    /// The module's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The manifest as the JSON the host reads.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("manifests serialise")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn serialises_to_the_documented_json() {
+        // The example of wit/MANIFEST.md, field for field.
+        let m = Manifest::new("slack-message", "0.1.0")
+            .description("Post a message to a Slack channel.")
+            .input_schema(json!({ "type": "object", "required": ["channel"], "properties": { "channel": { "type": "string" } } }))
+            .credential(
+                Credential::oauth_link("slack", "slack")
+                    .scopes(["chat:write"])
+                    .input_field("link_id"),
+            )
+            .credential(Credential::component("request", "http").optional())
+            .allowed_hosts(["https://slack.com", "https://*.slack.com"]);
+        let expected = json!({
+          "manifest_version": 1,
+          "name": "slack-message",
+          "version": "0.1.0",
+          "description": "Post a message to a Slack channel.",
+          "input_schema": { "type": "object", "required": ["channel"], "properties": { "channel": { "type": "string" } } },
+          "credentials": [
+            { "name": "slack", "kind": "oauth-link", "service": "slack", "scopes": ["chat:write"], "required": true, "input_field": "link_id" },
+            { "name": "request", "kind": "component", "service": "http", "required": false }
+          ],
+          "allowed_hosts": ["https://slack.com", "https://*.slack.com"]
+        });
+        let actual: serde_json::Value = serde_json::from_str(&m.to_json()).unwrap();
+        assert_eq!(actual, expected);
+        assert_eq!(m.name(), "slack-message");
+    }
+
+    #[test]
+    fn defaults() {
+        let actual: serde_json::Value =
+            serde_json::from_str(&Manifest::new("x", "1.0.0").to_json()).unwrap();
+        assert_eq!(
+            actual,
+            json!({"manifest_version": 1, "name": "x", "version": "1.0.0", "description": "",
+                   "input_schema": {}, "credentials": [], "allowed_hosts": []})
+        );
     }
 }

@@ -84,7 +84,14 @@ impl SandboxEngine {
                 .max_memories_per_component(4)
                 .max_tables_per_component(8)
                 .max_core_instances_per_component(16)
-                .max_memory_size(config.max_memory_ceiling);
+                .max_memory_size(config.max_memory_ceiling)
+                // Returning memory to the kernel (madvise) on every step costs TLB
+                // shootdowns across cores; keep the first pages of each slot resident
+                // (reset with memset instead) and decommit the rest in batches.
+                .linear_memory_keep_resident(256 * 1024)
+                .table_keep_resident(64 * 1024)
+                .async_stack_keep_resident(128 * 1024)
+                .decommit_batch_size(32);
             c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
             match Engine::new(&c) {
                 Ok(e) => {

@@ -12,6 +12,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::time::Duration;
 
+/// The binding name of the optional API-key component (flow8's `GetComponent("request")`).
+const BINDING: &str = "request";
+/// Per-attempt timeout when neither the input nor the component says.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Retries when neither the input nor the component says.
+const DEFAULT_RETRIES: u32 = 3;
+/// Most retries anyone may ask for: more only burns the step's deadline.
+const MAX_RETRIES: u32 = 10;
+
 /// The step input.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,42 +47,104 @@ struct Output {
     body: Value,
 }
 
-/// Settings from the optional `request` component.
-#[derive(Debug, Default, Deserialize)]
+/// Settings from the optional `request` component (its non-secret config).
+#[derive(Debug, Default)]
 struct ComponentConfig {
     base_url: Option<String>,
-    timeout_seconds: Option<u64>,
+    timeout: Option<Duration>,
     max_retries: Option<u32>,
+}
+
+impl ComponentConfig {
+    /// Read the component's config. The host validates it when the component is
+    /// created; a value this module cannot use is still refused by name rather than
+    /// silently replaced by a default.
+    fn parse(config: &Value) -> Result<ComponentConfig, Error> {
+        let number = |key: &str| -> Result<Option<f64>, Error> {
+            match config.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Number(n)) if n.as_f64().is_some_and(|n| n >= 0.0) => Ok(n.as_f64()),
+                Some(_) => Err(Error::invalid_input(format!(
+                    "the `{BINDING}` component's `{key}` is not a non-negative number"
+                ))),
+            }
+        };
+        let base_url = match config.get("base_url") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
+            Some(_) => {
+                return Err(Error::invalid_input(format!(
+                    "the `{BINDING}` component's `base_url` is not a URL"
+                )));
+            }
+        };
+        Ok(ComponentConfig {
+            base_url,
+            timeout: number("timeout_seconds")?
+                .filter(|s| *s > 0.0)
+                .map(|s| Duration::from_secs_f64(s.min(3600.0))),
+            max_retries: number("max_retries")?.map(|n| (n as u32).min(MAX_RETRIES)),
+        })
+    }
 }
 
 struct HttpRequest;
 
 fn schema() -> Value {
     json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
         "type": "object",
         "additionalProperties": false,
         "properties": {
-            "url": {"type": "string", "minLength": 1, "description": "Absolute URL, or a path joined to the bound component's base_url."},
-            "method": {"type": "string", "enum": ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS",
-                                                   "get", "post", "put", "patch", "delete", "head", "options"]},
-            "headers": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}},
-            "body": {"description": "Objects and arrays are sent as JSON; strings as text."},
-            "timeout_seconds": {"type": "integer", "minimum": 1, "maximum": 300},
-            "max_retries": {"type": "integer", "minimum": 0, "maximum": 10}
+            "url": {
+                "type": "string", "minLength": 1,
+                "description": "Absolute http(s) URL, or a path joined to the bound `request` component's base_url. Required unless that component has a base_url."
+            },
+            "method": {
+                "type": "string",
+                "enum": ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS",
+                         "get", "post", "put", "patch", "delete", "head", "options"],
+                "default": "GET"
+            },
+            "headers": {
+                "type": "object",
+                "description": "Request headers.",
+                "additionalProperties": {"type": ["string", "number", "boolean"]}
+            },
+            "body": {
+                "description": "Objects and arrays are sent as JSON (content-type application/json); a string is sent as text (text/plain) unless a content-type header is given; null sends no body."
+            },
+            "timeout_seconds": {"type": "integer", "minimum": 1, "maximum": 300,
+                                "description": "Per attempt; defaults to the component's, else 30."},
+            "max_retries": {"type": "integer", "minimum": 0, "maximum": MAX_RETRIES,
+                            "description": "Retries of 429, 5xx and network failures; defaults to the component's, else 3."}
         }
     })
 }
 
-/// Join a relative path to a base URL (`https://api.x.com/v1` + `/things` → `https://api.x.com/v1/things`).
-fn join(base: &str, path: &str) -> String {
-    if path.starts_with("http://") || path.starts_with("https://") {
-        return path.to_string();
+/// Join a relative URL to a base URL (`https://api.x.com/v1` + `/things` →
+/// `https://api.x.com/v1/things`); an absolute URL stays as it is.
+fn join(base: &str, url: &str) -> String {
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        return url.to_string();
+    }
+    if url.is_empty() {
+        return base.to_string();
+    }
+    if url.starts_with('?') || url.starts_with('#') {
+        return format!("{base}{url}");
     }
     format!(
         "{}/{}",
         base.trim_end_matches('/'),
-        path.trim_start_matches('/')
+        url.trim_start_matches('/')
     )
+}
+
+/// The URL without its query and fragment, for logs and errors (a query may carry a key).
+fn shown(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or(url)
 }
 
 fn header_value(v: &Value) -> String {
@@ -100,7 +171,9 @@ fn build(
         Some(v) => req.json(v)?,
     };
     if attach {
-        req = req.credential("request");
+        // The host adds the component's auth header and pins the request to the
+        // component's hosts; the secret never enters this module.
+        req = req.credential(BINDING);
     }
     Ok(req)
 }
@@ -108,13 +181,14 @@ fn build(
 fn output(resp: Response) -> Output {
     let mut headers = Map::new();
     for (k, v) in &resp.headers {
-        // Repeated headers are joined as HTTP allows (RFC 9110 §5.3).
-        let entry = headers
-            .entry(k.to_ascii_lowercase())
-            .or_insert(Value::String(String::new()));
+        let name = k.to_ascii_lowercase();
+        // Repeated headers are joined with ", " as HTTP allows (RFC 9110 §5.3), except
+        // Set-Cookie, whose values may contain commas (RFC 6265 §3): one per line.
+        let sep = if name == "set-cookie" { "\n" } else { ", " };
+        let entry = headers.entry(name).or_insert(Value::String(String::new()));
         if let Value::String(s) = entry {
             if !s.is_empty() {
-                s.push_str(", ");
+                s.push_str(sep);
             }
             s.push_str(v);
         }
@@ -122,6 +196,7 @@ fn output(resp: Response) -> Output {
     let body = if resp.body.is_empty() {
         Value::Null
     } else if resp.is_json() {
+        // A server that labels non-JSON as JSON still gets its answer through, as text.
         serde_json::from_slice(&resp.body).unwrap_or_else(|_| Value::String(resp.text()))
     } else {
         Value::String(resp.text())
@@ -139,17 +214,18 @@ impl Module for HttpRequest {
 
     fn manifest() -> Manifest {
         Manifest::new("http-request", env!("CARGO_PKG_VERSION"))
-            .description("Call an HTTP API: method, URL, headers, JSON or text body; retries 429 and 5xx with backoff.")
+            .description("Call an HTTP API: method, URL, headers, JSON or text body; retries 429 and 5xx with backoff. An optional `request` component supplies a base URL, timeout, retries and an auth header the host attaches.")
             .input_schema(schema())
-            .credential(Credential::component("request", "http").optional())
-            .allowed_host("https://*:*")
-            .allowed_host("http://*:*")
+            .credential(Credential::component(BINDING, "http").optional())
+            // Any public host on any port: custom APIs often live on :8080 and friends.
+            // The operator's policy still refuses private and loopback addresses.
+            .allowed_hosts(["https://*:*", "http://*:*"])
     }
 
     fn execute(input: Input) -> Result<Output, Error> {
-        let bound = credentials::is_bound("request");
-        let config: ComponentConfig = if bound {
-            serde_json::from_value(credentials::config("request")?).unwrap_or_default()
+        let bound = credentials::is_bound(BINDING);
+        let config = if bound {
+            ComponentConfig::parse(&credentials::config(BINDING)?)?
         } else {
             ComponentConfig::default()
         };
@@ -158,9 +234,11 @@ impl Module for HttpRequest {
             (Some(u), None) => u.clone(),
             (None, Some(base)) => base.clone(),
             (None, None) => {
-                return Err(Error::invalid_input(
-                    "`url` is required (or bind a `request` component with a base_url)",
-                ));
+                return Err(Error::invalid_input(if bound {
+                    format!("`url` is required: the `{BINDING}` component has no base_url")
+                } else {
+                    format!("`url` is required (or bind a `{BINDING}` component with a base_url)")
+                }));
             }
         };
         let method = input
@@ -168,49 +246,48 @@ impl Module for HttpRequest {
             .as_deref()
             .unwrap_or("GET")
             .to_ascii_uppercase();
-        let timeout = Duration::from_secs(
+        let timeout = input
+            .timeout_seconds
+            .map(Duration::from_secs)
+            .or(config.timeout)
+            .unwrap_or(DEFAULT_TIMEOUT);
+        let backoff = Backoff::with_max_retries(
             input
-                .timeout_seconds
-                .or(config.timeout_seconds)
-                .unwrap_or(30),
+                .max_retries
+                .or(config.max_retries)
+                .unwrap_or(DEFAULT_RETRIES)
+                .min(MAX_RETRIES),
         );
-        let backoff = Backoff {
-            max_retries: input.max_retries.or(config.max_retries).unwrap_or(3),
-            ..Backoff::default()
-        };
         let request = build(&input, &url, &method, timeout, bound)?;
-
-        let mut attempt = 0;
-        loop {
-            let result = request.send();
-            let retry_after = match &result {
-                Ok(r) if r.status == 429 || r.status >= 500 => {
-                    Some(r.retry_after().map(|s| Duration::from_secs(s.into())))
-                }
-                Err(Error::Network(_)) => Some(None),
-                _ => None,
-            };
-            let Some(retry_after) = retry_after else {
-                return result.map(output);
-            };
-            attempt += 1;
-            if attempt > backoff.max_retries || !backoff.wait(attempt, retry_after) {
-                return match result {
-                    Ok(r) if r.status == 429 => Err(Error::rate_limit_exceeded(
-                        format!("{url} still answered 429 after {} attempts", attempt),
-                        r.retry_after(),
-                    )),
-                    other => other.map(output),
-                };
+        log::info(&format!(
+            "{method} {}{}",
+            shown(&url),
+            if bound {
+                " (host attaches the `request` credential)"
+            } else {
+                ""
             }
-            log::warn(&format!(
-                "attempt {attempt} of {method} {url} failed ({}); retrying",
-                match &result {
-                    Ok(r) => format!("status {}", r.status),
-                    Err(e) => e.to_string(),
-                }
+        ));
+
+        let response = backoff.send(&request)?;
+        if response.status == 429 {
+            return Err(Error::rate_limit_exceeded(
+                format!(
+                    "{method} {} answered 429 Too Many Requests; {}",
+                    shown(&url),
+                    match backoff.max_retries {
+                        0 => "retries are disabled".to_string(),
+                        1 => "retrying once (never past the step's deadline) did not get through"
+                            .to_string(),
+                        n => format!(
+                            "retrying (at most {n} times, never past the step's deadline) did not get through"
+                        ),
+                    }
+                ),
+                response.retry_after(),
             ));
         }
+        Ok(output(response))
     }
 }
 

@@ -87,14 +87,22 @@ impl Module for Hostile {
                 }
             }
             "memory_bomb" => {
+                // Keep taking 1 MiB chunks and touching every page until the allocator
+                // says no. `try_reserve` turns a refused `memory.grow` into a value, so
+                // a host that lets the guest see the failure gets a count back; a host
+                // that stops it at the limit traps here instead.
+                const CHUNK: usize = 1024 * 1024;
                 let mut chunks: Vec<Vec<u8>> = Vec::new();
                 loop {
-                    let mut c = vec![0u8; 1024 * 1024];
-                    c[4095] = 1;
-                    chunks.push(std::hint::black_box(c));
-                    if chunks.len() > 100_000 {
-                        return Ok(json!({"chunks": chunks.len()}));
+                    let mut c: Vec<u8> = Vec::new();
+                    if c.try_reserve_exact(CHUNK).is_err() || chunks.try_reserve(1).is_err() {
+                        return Ok(json!({"chunks": chunks.len(), "stopped": "allocation failed"}));
                     }
+                    c.resize(CHUNK, 0);
+                    for page in (0..CHUNK).step_by(4096) {
+                        c[page] = 1;
+                    }
+                    chunks.push(std::hint::black_box(c));
                 }
             }
             "recursion" => {
