@@ -7,8 +7,21 @@
 //! Nothing here exposes the generated WIT bindings; the contract is `wit/` in the
 //! repository.
 //!
+//! - [`Manifest`], [`Credential`]: what the module declares (`wit/MANIFEST.md`).
+//! - [`http::Request`]: outbound HTTP through the host, which can attach a bound
+//!   credential itself ([`http::Request::credential`]) so the secret never enters the
+//!   module.
+//! - [`credentials`]: `is_bound`, non-secret `config`, and `get` for the secrets when a
+//!   module really needs them.
+//! - [`retry::Backoff`]: exponential backoff with full jitter, `Retry-After`, and the
+//!   step's deadline.
+//! - [`log`], [`step`], [`storage`]: the step's log, its time left, S3 uploads the host
+//!   signs and streams.
+//! - [`Error`]: flow8's error names; step input that does not fit `Module::Input` is
+//!   `invalid_input` naming the field.
+//!
 //! ```no_run
-//! use flow8_sdk::{Credential, Error, Manifest, Module, http, log};
+//! use flow8_sdk::{Credential, Error, Manifest, Module, http, log, retry::Backoff};
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Deserialize)]
@@ -43,10 +56,14 @@
 //!     fn execute(input: Input) -> Result<Output, Error> {
 //!         log::info(&format!("posting to {}", input.channel));
 //!         // The host attaches the Slack token; this module never sees it.
-//!         let response = http::Request::post("https://slack.com/api/chat.postMessage")
+//!         let request = http::Request::post("https://slack.com/api/chat.postMessage")
 //!             .json(&serde_json::json!({"channel": input.channel, "text": input.message}))?
-//!             .credential("slack")
-//!             .send()?;
+//!             .credential("slack");
+//!         // 429 and 5xx are retried with backoff, within the step's deadline.
+//!         let response = Backoff::default().send(&request)?;
+//!         if response.status == 429 {
+//!             return Err(Error::rate_limit_exceeded("Slack", response.retry_after()));
+//!         }
 //!         let body: serde_json::Value = response.json()?;
 //!         let ts = body["ts"].as_str().ok_or_else(|| Error::upstream(response.status, "no ts"))?;
 //!         Ok(Output { ts: ts.to_string() })
