@@ -36,8 +36,7 @@ pub struct GraphFake {
     /// Where it listens.
     pub addr: SocketAddr,
     shared: Arc<Shared>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: crate::background::BackgroundServer,
 }
 
 async fn create_event(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -114,32 +113,15 @@ impl GraphFake {
     /// Start on a loopback port; the API is at `base()/v1.0`.
     pub fn start() -> GraphFake {
         let shared = Arc::new(Shared::default());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("addr");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app = Router::new()
             .route("/v1.0/me/events", post(create_event))
             .with_state(shared.clone());
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = rx.await;
-                    })
-                    .await;
-            });
-        });
+        let server = crate::background::BackgroundServer::start(app);
+        let addr = server.addr;
         GraphFake {
             addr,
             shared,
-            shutdown: Some(tx),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -156,16 +138,5 @@ impl GraphFake {
     /// Fail the next calls.
     pub fn inject(&self, failures: impl IntoIterator<Item = GraphFailure>) {
         self.shared.inject.lock().unwrap().extend(failures);
-    }
-}
-
-impl Drop for GraphFake {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }

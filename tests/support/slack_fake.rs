@@ -53,8 +53,7 @@ pub struct SlackFake {
     /// Where it listens.
     pub addr: SocketAddr,
     shared: Arc<Shared>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: crate::background::BackgroundServer,
 }
 
 fn bearer(h: &HeaderMap) -> Option<String> {
@@ -212,33 +211,16 @@ impl SlackFake {
     /// Start on a loopback port.
     pub fn start() -> SlackFake {
         let shared = Arc::new(Shared::default());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("addr");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app = Router::new()
             .route("/oauth/v2/authorize", get(authorize))
             .route("/api/{method}", post(api).get(api))
             .with_state(shared.clone());
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = rx.await;
-                    })
-                    .await;
-            });
-        });
+        let server = crate::background::BackgroundServer::start(app);
+        let addr = server.addr;
         SlackFake {
             addr,
             shared,
-            shutdown: Some(tx),
-            thread: Some(thread),
+            _server: server,
         }
     }
 
@@ -267,16 +249,5 @@ impl SlackFake {
     /// Whether a token is still live.
     pub fn token_live(&self, token: &str) -> bool {
         self.shared.tokens.lock().unwrap().contains_key(token)
-    }
-}
-
-impl Drop for SlackFake {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }

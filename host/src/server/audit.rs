@@ -47,34 +47,38 @@ impl AuditWriter {
     }
 
     /// Record an entry and wait until it is written (with others queued meanwhile).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn record(
-        &self,
-        company_id: &str,
-        user_id: Option<&str>,
-        action_type: &str,
-        resource_type: &str,
-        resource_id: &str,
-        before_state: Value,
-        after_state: Value,
-    ) {
-        let entry = AuditRecord {
-            id: new_object_id(),
-            company_id: company_id.into(),
-            user_id: user_id.map(str::to_string),
-            action_type: action_type.into(),
-            resource_type: resource_type.into(),
-            resource_id: resource_id.into(),
-            before_state,
-            after_state,
-            timestamp: now(),
-        };
+    pub async fn record(&self, entry: AuditRecord) {
+        let (action_type, resource_id) = (entry.action_type.clone(), entry.resource_id.clone());
         let (done, wait) = oneshot::channel();
         if self.tx.send((entry, done)).await.is_err() {
-            tracing::error!(action_type, resource_id, "the audit writer has stopped");
+            tracing::error!(%action_type, %resource_id, "the audit writer has stopped");
             return;
         }
         let _ = wait.await;
+    }
+}
+
+/// An audit entry in flow8's shape, stamped now.
+#[allow(clippy::too_many_arguments)]
+pub fn entry(
+    company_id: &str,
+    user_id: Option<&str>,
+    action_type: &str,
+    resource_type: &str,
+    resource_id: &str,
+    before_state: Value,
+    after_state: Value,
+) -> AuditRecord {
+    AuditRecord {
+        id: new_object_id(),
+        company_id: company_id.into(),
+        user_id: user_id.map(str::to_string),
+        action_type: action_type.into(),
+        resource_type: resource_type.into(),
+        resource_id: resource_id.into(),
+        before_state,
+        after_state,
+        timestamp: now(),
     }
 }
 
@@ -90,17 +94,15 @@ pub async fn record<S: Store>(
     before_state: Value,
     after_state: Value,
 ) {
-    let entry = AuditRecord {
-        id: new_object_id(),
-        company_id: company_id.into(),
-        user_id: user_id.map(str::to_string),
-        action_type: action_type.into(),
-        resource_type: resource_type.into(),
-        resource_id: resource_id.into(),
+    let entry = entry(
+        company_id,
+        user_id,
+        action_type,
+        resource_type,
+        resource_id,
         before_state,
         after_state,
-        timestamp: now(),
-    };
+    );
     if let Err(e) = store.insert_audit(entry).await {
         tracing::error!(error = %e, action_type, resource_id, "could not write an audit entry");
     }

@@ -160,7 +160,7 @@ pub async fn run<S: Store>(
             continue;
         }
         st.audit
-            .record(
+            .record(crate::server::audit::entry(
                 &caller.company_id,
                 Some(&caller.user_id),
                 "credential_used",
@@ -175,7 +175,7 @@ pub async fn run<S: Store>(
                     "how": u.how,
                     "destination": u.destination,
                 }),
-            )
+            ))
             .await;
     }
     let status = match &report.result {
