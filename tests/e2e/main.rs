@@ -6,6 +6,7 @@
 mod api_server;
 mod bad_input;
 mod cli_http_request;
+mod cli_links;
 mod hostile_guests;
 mod local_store;
 mod microsoft_calendar;

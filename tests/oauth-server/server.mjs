@@ -74,11 +74,20 @@ server.service.on('beforeRevoke', (_response, req) => {
     return;
   }
   let raw = '';
+  let done = false;
+  const finish = () => {
+    if (!done) {
+      done = true;
+      record(new URLSearchParams(raw).get('token'));
+    }
+  };
   req.setEncoding('utf8');
   req.on('data', (chunk) => {
     raw += chunk;
   });
-  req.on('end', () => record(new URLSearchParams(raw).get('token')));
+  // A client that exits right after the answer closes the connection before 'end'.
+  req.on('end', finish);
+  req.on('close', finish);
 });
 
 await server.start(port, '127.0.0.1');

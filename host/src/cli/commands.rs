@@ -144,11 +144,12 @@ pub(super) async fn dispatch(cli: Cli) -> ExitCode {
             .or_else(|| file_config.data_dir.clone()),
     );
     match &cli.command {
-        Command::RunModule(args) => run_module(&cli, &data_dir, args).await,
+        Command::RunModule(args) => run_module(&cli, &data_dir, &file_config, args).await,
         Command::Modules(cmd) => modules(&cli, &data_dir, cmd).await,
         Command::Components(cmd) => components_cmd(&cli, &data_dir, cmd).await,
         Command::Serve(args) => serve(&cli, &data_dir, file_config, args).await,
         Command::Tokens(cmd) => tokens(&cli, &data_dir, cmd).await,
+        Command::Links(cmd) => super::links::run(&cli, &data_dir, &file_config, cmd).await,
     }
 }
 
@@ -186,21 +187,13 @@ async fn serve(
         Ok(c) => c,
         Err(e) => return fail("internal_error", e),
     };
-    let providers = match crate::oauth::providers::configure(&cfg.oauth2) {
-        Ok(p) => p,
+    let oauth = match super::links::oauth_service(&cfg, store.clone(), vault.clone()) {
+        Ok(o) => o,
         Err(e) => return fail("invalid_config", e),
     };
-    let mut runtime = Runtime::new(
-        registry,
-        outbound,
-        store.clone(),
-        vault.clone(),
-        cfg.step_limits(),
-    );
-    if !providers.is_empty() {
-        let mut oauth = crate::oauth::OAuthService::new(store, vault, providers);
-        oauth.refresh_window = Duration::from_secs(cfg.oauth_refresh_window_seconds);
-        runtime = runtime.with_oauth(Arc::new(oauth));
+    let mut runtime = Runtime::new(registry, outbound, store, vault, cfg.step_limits());
+    if let Some(o) = oauth {
+        runtime = runtime.with_oauth(o);
     }
     let audit = crate::server::audit::AuditWriter::start(runtime.store().clone());
     let state = Arc::new(crate::server::AppState {
@@ -380,7 +373,12 @@ fn parse_json(text: &str, what: &str) -> Result<serde_json::Value, String> {
     serde_json::from_str(text).map_err(|e| format!("{what} is not valid JSON: {e}"))
 }
 
-async fn run_module(cli: &Cli, data_dir: &Path, args: &RunModuleArgs) -> ExitCode {
+async fn run_module(
+    cli: &Cli,
+    data_dir: &Path,
+    cfg: &crate::config::HostConfig,
+    args: &RunModuleArgs,
+) -> ExitCode {
     let input = match read_input(&args.input).and_then(|t| parse_json(&t, "the input")) {
         Ok(v) => v,
         Err(e) => return fail("invalid_input", e),
@@ -435,7 +433,14 @@ async fn run_module(cli: &Cli, data_dir: &Path, args: &RunModuleArgs) -> ExitCod
         Ok(c) => c,
         Err(e) => return fail("internal_error", e),
     };
-    let runtime = Runtime::new(modules, outbound, store, vault, limits);
+    let oauth = match super::links::oauth_service(cfg, store.clone(), vault.clone()) {
+        Ok(o) => o,
+        Err(e) => return fail("invalid_config", e),
+    };
+    let mut runtime = Runtime::new(modules, outbound, store, vault, limits);
+    if let Some(o) = oauth {
+        runtime = runtime.with_oauth(o);
+    }
     let report = runtime
         .run_step(StepRequest {
             company_id: cli.company.clone(),

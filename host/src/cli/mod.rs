@@ -4,6 +4,7 @@
 
 mod commands;
 pub mod config;
+mod links;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -56,6 +57,9 @@ pub enum Command {
     /// API tokens for the REST API.
     #[command(subcommand)]
     Tokens(commands::TokensCommand),
+    /// OAuth links in the local store (connect, list, test, delete).
+    #[command(subcommand)]
+    Links(links::LinksCommand),
 }
 
 /// Entry point of the binary.

@@ -1,0 +1,231 @@
+//! `flow8-host links`: OAuth links for local use, so a person testing modules can
+//! connect a real account and run `just run-module slack-message ...` with it.
+//! `connect` runs the same flow as the server: it prints the provider URL, receives
+//! the callback on the configured (loopback) `redirect_uri`, and stores the link in the
+//! local store. `list`, `test` and `delete` mirror the API.
+
+use super::{Cli, fail};
+use crate::config::HostConfig;
+use crate::oauth::OAuthService;
+use crate::server::routes::integrations::view;
+use crate::store::Store;
+use crate::store::embedded::EmbeddedStore;
+use axum::extract::{Query, State};
+use axum::response::Html;
+use clap::Subcommand;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `links` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum LinksCommand {
+    /// Connect an account: open the printed URL in a browser and consent.
+    Connect {
+        /// `slack`, `microsoft`, `google`, ...
+        service: String,
+        /// The user the link belongs to.
+        #[arg(long, default_value = "local")]
+        user: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
+    /// List links (no tokens).
+    List {
+        /// Only this service.
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Health-check a link with the provider's identity endpoint.
+    Test {
+        /// Link id.
+        link_id: String,
+    },
+    /// Unlink and revoke.
+    Delete {
+        /// Service.
+        service: String,
+        /// Link id.
+        link_id: String,
+    },
+}
+
+/// The OAuth service a configuration describes, if it configures any provider.
+pub(crate) fn oauth_service<S: Store>(
+    cfg: &HostConfig,
+    store: Arc<S>,
+    vault: Arc<crate::vault::Vault>,
+) -> Result<Option<Arc<OAuthService<S>>>, String> {
+    let providers = crate::oauth::providers::configure(&cfg.oauth2)?;
+    if providers.is_empty() {
+        return Ok(None);
+    }
+    let mut oauth = OAuthService::new(store, vault, providers);
+    oauth.refresh_window = Duration::from_secs(cfg.oauth_refresh_window_seconds);
+    Ok(Some(Arc::new(oauth)))
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("JSON values serialise")
+    );
+}
+
+type Done = tokio::sync::mpsc::Sender<Result<crate::store::LinkRecord, String>>;
+
+async fn callback(
+    State((oauth, done)): State<(Arc<OAuthService<EmbeddedStore>>, Done)>,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> Html<String> {
+    match oauth.callback(&params).await {
+        Ok(link) => {
+            let page = format!(
+                "<!doctype html><h1>Connected!</h1><p>Your {} account is connected. You can close this window.</p>",
+                link.integration_type
+            );
+            let _ = done.send(Ok(link)).await;
+            Html(page)
+        }
+        Err(e) => {
+            let _ = done.send(Err(format!("{}: {e}", e.name()))).await;
+            Html(format!(
+                "<!doctype html><h1>Not connected</h1><p>{}</p>",
+                e.name()
+            ))
+        }
+    }
+}
+
+pub(super) async fn run(
+    cli: &Cli,
+    data_dir: &Path,
+    cfg: &HostConfig,
+    cmd: &LinksCommand,
+) -> ExitCode {
+    let (store, vault) = match super::commands::open_local(data_dir).await {
+        Ok(x) => x,
+        Err((name, msg)) => return fail(&name, msg),
+    };
+    let oauth = match oauth_service(cfg, store.clone(), vault) {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            return fail(
+                "not_configured",
+                "no oauth2 providers in the configuration (--config)",
+            );
+        }
+        Err(e) => return fail("invalid_config", e),
+    };
+    let company = cli.company.as_str();
+    match cmd {
+        LinksCommand::Connect {
+            service,
+            user,
+            timeout_secs,
+        } => {
+            let provider = match oauth.provider(service) {
+                Ok(p) => p.clone(),
+                Err(e) => return fail(e.name(), e),
+            };
+            let redirect = match url::Url::parse(&provider.redirect_uri) {
+                Ok(u) => u,
+                Err(e) => return fail("invalid_config", format!("redirect_uri: {e}")),
+            };
+            let loopback = matches!(
+                redirect.host_str(),
+                Some("127.0.0.1" | "localhost" | "[::1]")
+            );
+            if !loopback || redirect.port_or_known_default().is_none() {
+                return fail(
+                    "invalid_config",
+                    "for `links connect` the provider's redirect_uri must be a loopback URL with a port (e.g. http://127.0.0.1:8765/auth/callback)",
+                );
+            }
+            let addr = format!(
+                "{}:{}",
+                redirect.host_str().unwrap_or("127.0.0.1"),
+                redirect.port_or_known_default().unwrap_or(80)
+            );
+            let listener = match tokio::net::TcpListener::bind(
+                addr.trim_start_matches('[').replace("]:", ":"),
+            )
+            .await
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    return fail(
+                        "listen_failed",
+                        format!("cannot listen on {addr} for the callback: {e}"),
+                    );
+                }
+            };
+            let url = match oauth.authorize_url(company, user, service).await {
+                Ok(u) => u,
+                Err(e) => return fail(e.name(), e),
+            };
+            let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+            let app = axum::Router::new()
+                .route(redirect.path(), axum::routing::get(callback))
+                .with_state((oauth.clone(), tx));
+            let server = tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            });
+            eprintln!(
+                "Open this URL in a browser and consent; waiting for the callback on {}:",
+                provider.redirect_uri
+            );
+            println!("{url}");
+            let result = tokio::time::timeout(Duration::from_secs(*timeout_secs), rx.recv()).await;
+            server.abort();
+            match result {
+                Ok(Some(Ok(link))) => {
+                    crate::server::audit::record(
+                        &*store,
+                        &link.company_id,
+                        Some(&link.user_id),
+                        "integration_linked",
+                        "integration",
+                        &link.id,
+                        serde_json::json!({}),
+                        serde_json::json!({"integration_type": link.integration_type, "provider_user_id": link.provider_user_id, "scopes": link.scopes}),
+                    )
+                    .await;
+                    print_json(&view(&link));
+                    ExitCode::SUCCESS
+                }
+                Ok(Some(Err(e))) => fail("connect_failed", e),
+                _ => fail("timeout", "no callback arrived in time"),
+            }
+        }
+        LinksCommand::List { service } => match store.list_links(company, service.as_deref()).await
+        {
+            Ok(links) => {
+                print_json(&serde_json::Value::Array(links.iter().map(view).collect()));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("store_unavailable", e),
+        },
+        LinksCommand::Test { link_id } => match oauth.test(company, link_id).await {
+            Ok(v) => {
+                print_json(&v);
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e.name(), e),
+        },
+        LinksCommand::Delete { service, link_id } => {
+            match oauth.unlink(company, service, link_id).await {
+                Ok(link) => {
+                    let mut v = view(&link);
+                    v["deleted"] = true.into();
+                    print_json(&v);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e.name(), e),
+            }
+        }
+    }
+}

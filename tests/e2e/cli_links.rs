@@ -1,0 +1,115 @@
+//! OAuth links from the CLI, for people testing modules locally: `links connect` runs
+//! the connect flow with a callback on the configured loopback redirect URI and stores
+//! the link in the embedded store; `run-module` then uses it; `links list|test|delete`
+//! mirror the API.
+
+use flow8_tests::oauth_server::OAuthServer;
+use flow8_tests::{Cli, RecordingServer, ServerProcess, host_bin, shared_cache_dir, wasm_dir};
+use serde_json::json;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_then_run_a_module_with_the_link() {
+    let oauth = OAuthServer::start(3600, &[]);
+    let mut cli = Cli::new();
+    let port = ServerProcess::free_port();
+    let config = format!(
+        "oauth2:\n  google:\n    client_id: local-test\n    redirect_uri: http://127.0.0.1:{port}/auth/callback\n    scopes: [drive]\n    authorize_url: {b}/authorize\n    token_url: {b}/token\n    revoke_url: {b}/revoke\n    identity_url: {b}/userinfo\n    api_hosts: ['http://127.0.0.1:*']\n",
+        b = oauth.base
+    );
+    let config_path = cli.data_dir.path().join("config.yml");
+    std::fs::write(&config_path, config).unwrap();
+    cli.env
+        .push(("FLOW8_CONFIG".into(), config_path.display().to_string()));
+
+    // `links connect google` prints the URL, then waits for the browser.
+    let mut child = Command::new(host_bin())
+        .args(["links", "connect", "google", "--timeout-secs", "60"])
+        .env("FLOW8_DATA_DIR", cli.data_dir.path())
+        .env("FLOW8_CACHE_DIR", shared_cache_dir())
+        .env("FLOW8_CONFIG", &config_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut url = String::new();
+    stdout.read_line(&mut url).unwrap();
+    assert!(url.starts_with(&oauth.base), "{url}");
+    // The browser: the provider redirects to the CLI's loopback callback.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = http.get(url.trim()).send().await.unwrap();
+    let callback = r.headers()["location"].to_str().unwrap().to_string();
+    let page = http
+        .get(&callback)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Connected!"), "{page}");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let link: serde_json::Value = serde_json::from_str(&rest).unwrap();
+    let link_id = link["id"].as_str().unwrap().to_string();
+    assert_eq!(link["integration_type"], "google");
+
+    let listed = cli.run(&["links", "list"]).ok_json();
+    assert_eq!(listed[0]["id"], link_id.as_str());
+    let health = cli.run(&["links", "test", &link_id]).ok_json();
+    assert_eq!(health["status"], "ok", "{health}");
+
+    // A module run from the CLI uses the link; the host attaches its token.
+    let api = RecordingServer::start();
+    let input = cli.data_dir.path().join("in.json");
+    std::fs::write(
+        &input,
+        json!({"attack": "http", "url": api.url("/files"), "credential": "google", "link_id": link_id}).to_string(),
+    )
+    .unwrap();
+    let out = cli
+        .run(&[
+            "run-module",
+            wasm_dir().join("hostile_guest.wasm").to_str().unwrap(),
+            input.to_str().unwrap(),
+            "--allow-loopback",
+        ])
+        .ok_json();
+    assert_eq!(out["status"], 200, "{out}");
+    assert!(
+        api.requests()[0]
+            .header("authorization")
+            .unwrap()
+            .starts_with("Bearer ")
+    );
+
+    let deleted = cli.run(&["links", "delete", "google", &link_id]).ok_json();
+    assert_eq!(deleted["deleted"], true);
+    // (The link was refreshed when used: its token expires within the default 1-hour window.)
+    let refresh = oauth.refresh_tokens_issued().last().cloned().unwrap();
+    assert!(oauth.wait_for_revocation(&refresh));
+    let out = cli.run(&[
+        "run-module",
+        wasm_dir().join("hostile_guest.wasm").to_str().unwrap(),
+        input.to_str().unwrap(),
+        "--allow-loopback",
+    ]);
+    assert_eq!(
+        out.error_name().as_deref(),
+        Some("access_denied"),
+        "{out:?}"
+    );
+}
