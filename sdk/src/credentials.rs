@@ -32,6 +32,13 @@ pub fn config(binding: &str) -> Result<serde_json::Value, Error> {
     serde_json::from_str(&text).map_err(|e| Error::internal(format!("credential config: {e}")))
 }
 
+/// Ask the host to refresh an OAuth binding's token after the provider refused it
+/// (HTTP 401). Allowed once per binding per step; later requests that attach the
+/// binding carry the new token. A refused refresh is `token_revoked`.
+pub fn refresh(binding: &str) -> Result<(), Error> {
+    wit::refresh(binding).map_err(Error::from_wit)
+}
+
 /// The binding's decrypted secret fields.
 pub fn get(binding: &str) -> Result<Secrets, Error> {
     wit::get(binding)

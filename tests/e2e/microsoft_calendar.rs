@@ -15,7 +15,7 @@ async fn a_meeting_invite_is_created_and_graph_errors_are_named() {
     let cli = Cli::new();
     let port = ServerProcess::free_port();
     let config = format!(
-        "oauth2:\n  microsoft:\n    client_id: 550e8400-e29b-41d4-a716-446655440000\n    client_secret: test\n    redirect_uri: http://127.0.0.1:{port}/auth/callback\n    scopes: [Mail.Send, Calendars.ReadWrite]\n    auto_create_users: true\n    authorize_url: {o}/authorize\n    token_url: {o}/token\n    identity_url: {o}/userinfo\n    api_base_url: {g}/v1.0\n    api_hosts: ['http://127.0.0.1:{gp}']\n",
+        "oauth_refresh_window_seconds: 300\noauth2:\n  microsoft:\n    client_id: 550e8400-e29b-41d4-a716-446655440000\n    client_secret: test\n    redirect_uri: http://127.0.0.1:{port}/auth/callback\n    scopes: [Mail.Send, Calendars.ReadWrite]\n    auto_create_users: true\n    authorize_url: {o}/authorize\n    token_url: {o}/token\n    identity_url: {o}/userinfo\n    api_base_url: {g}/v1.0\n    api_hosts: ['http://127.0.0.1:{gp}']\n",
         o = oauth.base,
         g = graph.base(),
         gp = graph.addr.port()
@@ -118,16 +118,41 @@ async fn a_meeting_invite_is_created_and_graph_errors_are_named() {
         (403, Some("insufficient_scope")),
         "{v}"
     );
+    // A 401: the module has the host refresh the token once and retries with the new one.
+    let refreshes = oauth.token_requests("refresh_token");
     graph.inject([GraphFailure {
         status: 401,
         retry_after: None,
     }]);
+    let (status, v) = step(invite.clone()).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(oauth.token_requests("refresh_token"), refreshes + 1);
+    let events = graph.events();
+    let latest = events.last().unwrap().0.clone();
+    // (The mock signs identical claims within one second identically, so the refreshed
+    // token may equal the old one; the refresh request count above is the proof.)
+    assert!(
+        !v.to_string().contains(&latest),
+        "the new token is redacted"
+    );
+    // Refused again after the refresh: token_revoked, and only one refresh.
+    graph.inject([
+        GraphFailure {
+            status: 401,
+            retry_after: None,
+        },
+        GraphFailure {
+            status: 401,
+            retry_after: None,
+        },
+    ]);
     let (status, v) = step(invite.clone()).await;
     assert_eq!(
         (status, v["error"]["name"].as_str()),
         (401, Some("token_revoked")),
         "{v}"
     );
+    assert_eq!(oauth.token_requests("refresh_token"), refreshes + 2);
     graph.inject([
         GraphFailure {
             status: 429,
@@ -140,7 +165,7 @@ async fn a_meeting_invite_is_created_and_graph_errors_are_named() {
     ]);
     let (status, v) = step(invite.clone()).await;
     assert_eq!(status, 200, "{v}");
-    assert_eq!(graph.events().len(), 2);
+    assert_eq!(graph.events().len(), 3);
 
     let bad = json!({"link_id": link_id, "event_title": "x", "start_time": "tomorrow at ten", "end_time": "2026-04-05T11:00:00Z"});
     let (status, v) = step(bad).await;

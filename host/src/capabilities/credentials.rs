@@ -15,6 +15,58 @@ impl StepState {
 }
 
 impl Host for StepState {
+    async fn refresh(&mut self, binding: String) -> wasmtime::Result<Result<(), GuestError>> {
+        use crate::manifest::CredentialKind;
+        use crate::runtime::grants::Attach;
+        let Some((index, grant)) = self.grant(&binding) else {
+            return Ok(Err(self.not_granted(&binding)));
+        };
+        if grant.kind != CredentialKind::OauthLink {
+            return Ok(Err(GuestError::InvalidInput(format!(
+                "credential `{binding}` is not an OAuth link; only links refresh"
+            ))));
+        }
+        if self.refreshed.contains(&binding) {
+            return Ok(Err(GuestError::TokenRevoked(format!(
+                "the {} token was already refreshed once in this step and is still refused",
+                grant.service
+            ))));
+        }
+        let (Attach::Bearer(rejected), Some(refresher)) =
+            (grant.attach.clone(), self.refresher.clone())
+        else {
+            return Ok(Err(GuestError::TokenRevoked(format!(
+                "the {} token cannot be refreshed",
+                grant.service
+            ))));
+        };
+        let (company, link_id) = (self.company_id.clone(), grant.resource_id.clone());
+        self.refreshed.push(binding.clone());
+        match refresher.force(company, link_id, rejected).await {
+            Ok(token) => {
+                let grant = &mut self.grants[index];
+                grant.attach = Attach::Bearer(token.clone());
+                grant.secrets = vec![("access_token".to_string(), token)];
+                Ok(Ok(()))
+            }
+            Err(
+                crate::oauth::OAuthError::TokenRevoked(s)
+                | crate::oauth::OAuthError::InvalidGrant(s),
+            ) => Ok(Err(GuestError::TokenRevoked(format!(
+                "the {s} connection was revoked; the user must reconnect it"
+            )))),
+            Err(crate::oauth::OAuthError::NotFound) => Ok(Err(GuestError::AccessDenied(format!(
+                "the link behind `{binding}` was deleted"
+            )))),
+            Err(e) => Ok(Err(GuestError::Upstream(
+                crate::runtime::bindings::UpstreamError {
+                    status: 502,
+                    message: e.to_string(),
+                },
+            ))),
+        }
+    }
+
     async fn is_bound(&mut self, binding: String) -> wasmtime::Result<bool> {
         Ok(self.grant(&binding).is_some())
     }

@@ -361,6 +361,64 @@ impl<S: Store> OAuthService<S> {
         Ok((token, link))
     }
 
+    /// Refresh a link whose access token the provider just refused (`rejected`), unless
+    /// another refresher already replaced it; the token to use now. Same single flight
+    /// and lease as the expiry refresh.
+    pub async fn force_refresh(
+        &self,
+        company_id: &str,
+        link_id: &str,
+        rejected: &Secret,
+    ) -> Result<Secret, OAuthError> {
+        let link = self
+            .store
+            .get_link(company_id, link_id)
+            .await?
+            .ok_or(OAuthError::NotFound)?;
+        let p = self.provider(&link.integration_type)?;
+        if p.defaults.refresh == RefreshPolicy::Manual || link.refresh_token.is_none() {
+            return Err(OAuthError::TokenRevoked(link.integration_type));
+        }
+        let flight = self.flight(&link.id);
+        let _guard = flight.lock().await;
+        let deadline = tokio::time::Instant::now() + self.lease + Duration::from_secs(5);
+        loop {
+            let current = self
+                .store
+                .get_link(company_id, link_id)
+                .await?
+                .ok_or(OAuthError::NotFound)?;
+            if current.status == "needs_reconnect" {
+                return Err(OAuthError::TokenRevoked(current.integration_type));
+            }
+            let token = self
+                .vault
+                .decrypt(&current.access_token)
+                .map_err(|e| OAuthError::Vault(e.to_string()))?;
+            if &token != rejected {
+                return Ok(token);
+            }
+            let until = now() + self.lease;
+            if let Some(leased) = self
+                .store
+                .try_lease_link(company_id, link_id, &self.owner, until)
+                .await?
+            {
+                let fresh = self.refresh_leased(p, leased, true).await?;
+                return self
+                    .vault
+                    .decrypt(&fresh.access_token)
+                    .map_err(|e| OAuthError::Vault(e.to_string()));
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(OAuthError::Provider(
+                    "another host is refreshing this link and has not finished".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn fresh(&self, link: LinkRecord) -> Result<LinkRecord, OAuthError> {
         if link.status == "needs_reconnect" {
             return Err(OAuthError::TokenRevoked(link.integration_type));
@@ -395,7 +453,7 @@ impl<S: Store> OAuthService<S> {
                 .try_lease_link(&link.company_id, &link.id, &self.owner, until)
                 .await?
             {
-                Some(leased) => return self.refresh_leased(p, leased).await,
+                Some(leased) => return self.refresh_leased(p, leased, false).await,
                 None => {
                     let still_valid = current.token_expiry.is_some_and(|t| t > now());
                     if still_valid {
@@ -417,8 +475,9 @@ impl<S: Store> OAuthService<S> {
         &self,
         p: &Provider,
         leased: LinkRecord,
+        force: bool,
     ) -> Result<LinkRecord, OAuthError> {
-        if !self.needs_refresh(&leased) {
+        if !force && !self.needs_refresh(&leased) {
             return Ok(leased);
         }
         let refresh = match &leased.refresh_token {
@@ -644,6 +703,29 @@ impl<S: Store> OAuthService<S> {
             .collect();
         links.sort_by_key(|l| l.token_expiry);
         Ok(links)
+    }
+}
+
+/// What the sandbox needs to force a refresh, without knowing the store type.
+pub trait LinkRefresher: Send + Sync {
+    /// See [`OAuthService::force_refresh`].
+    fn force(
+        &self,
+        company_id: String,
+        link_id: String,
+        rejected: Secret,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Secret, OAuthError>> + Send + '_>>;
+}
+
+impl<S: Store> LinkRefresher for OAuthService<S> {
+    fn force(
+        &self,
+        company_id: String,
+        link_id: String,
+        rejected: Secret,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Secret, OAuthError>> + Send + '_>>
+    {
+        Box::pin(async move { self.force_refresh(&company_id, &link_id, &rejected).await })
     }
 }
 

@@ -388,6 +388,12 @@ impl<S: Store> Runtime<S> {
             self.outbound.clone(),
             req.workspace.clone(),
         );
+        let mut state = state;
+        state.company_id = req.company_id.clone();
+        state.refresher = self
+            .oauth
+            .clone()
+            .map(|o| o as Arc<dyn crate::oauth::LinkRefresher>);
         let mut store = new_store(engine, state);
         let input = req.input.to_string();
         let run = async {
@@ -397,6 +403,16 @@ impl<S: Store> Runtime<S> {
         // The epoch callback stops a busy module; this stops one waiting on the host
         // (a slow upstream, a sleep) at the same deadline.
         let outcome = tokio::time::timeout(limits.deadline + Duration::from_millis(50), run).await;
+        // Secrets the step got during the run (a forced refresh) are redacted too.
+        let redactor = Redactor::new(
+            redactor.values().iter().cloned().chain(
+                store
+                    .data()
+                    .grants
+                    .iter()
+                    .flat_map(|g| g.secrets.iter().map(|(_, s)| s.expose().to_string())),
+            ),
+        );
         report.result = match outcome {
             Err(_) => Err(StepError::new(
                 ErrorName::DeadlineExceeded,

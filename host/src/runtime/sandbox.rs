@@ -317,6 +317,11 @@ impl Redactor {
         out
     }
 
+    /// The values redacted.
+    pub fn values(&self) -> &[String] {
+        &self.values
+    }
+
     /// Whether there is anything to redact.
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()
@@ -340,6 +345,12 @@ pub struct StepState {
     pub(crate) http_requests: u32,
     /// Credential uses, for the audit log.
     pub(crate) uses: Vec<CredentialUse>,
+    /// The step's company (for forced OAuth refreshes).
+    pub(crate) company_id: String,
+    /// Forces OAuth refreshes, when the host has OAuth.
+    pub(crate) refresher: Option<Arc<dyn crate::oauth::LinkRefresher>>,
+    /// Bindings already force-refreshed in this step.
+    pub(crate) refreshed: Vec<String>,
 }
 
 /// A credential used by a step: which binding, how, for which destination.
@@ -384,6 +395,9 @@ impl StepState {
             workspace,
             http_requests: 0,
             uses: Vec::new(),
+            company_id: String::new(),
+            refresher: None,
+            refreshed: Vec::new(),
         }
     }
 

@@ -1,8 +1,9 @@
 //! The microsoft-calendar module (flow8's "send-meeting-invite" step): create an event
 //! in the user's calendar with Microsoft Graph `POST /me/events`
 //! (learn.microsoft.com/graph/api/user-post-events). The host attaches the token.
-//! Graph errors: 401 → `token_revoked`, 403 → `insufficient_scope`, 429/503 retried
-//! after `Retry-After` within the deadline, then `rate_limit_exceeded`.
+//! Graph errors: 401 → one forced token refresh, then `token_revoked`; 403 →
+//! `insufficient_scope`; 429/503 retried after `Retry-After` within the deadline, then
+//! `rate_limit_exceeded`.
 
 use flow8_sdk::http::Request;
 use flow8_sdk::retry::Backoff;
@@ -135,8 +136,17 @@ impl Module for MicrosoftCalendar {
             ..Backoff::default()
         };
         let mut attempt = 0;
+        let mut refreshed = false;
         loop {
             let resp = request.send()?;
+            if resp.status == 401 && !refreshed {
+                // The token was refused before its expiry (revoked, or rotated keys):
+                // one forced refresh, then retry; a second 401 is token_revoked.
+                refreshed = true;
+                log::warn("Graph refused the token; refreshing it once");
+                credentials::refresh("microsoft")?;
+                continue;
+            }
             if resp.status == 429 || resp.status == 503 {
                 attempt += 1;
                 let retry_after = resp.retry_after().map(|s| Duration::from_secs(s.into()));
