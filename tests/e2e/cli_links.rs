@@ -4,10 +4,8 @@
 //! mirror the API.
 
 use flow8_tests::oauth_server::OAuthServer;
-use flow8_tests::{Cli, RecordingServer, ServerProcess, host_bin, shared_cache_dir, wasm_dir};
+use flow8_tests::{Cli, RecordingServer, ServerProcess, wasm_dir};
 use serde_json::json;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_then_run_a_module_with_the_link() {
@@ -24,46 +22,7 @@ async fn connect_then_run_a_module_with_the_link() {
         .push(("FLOW8_CONFIG".into(), config_path.display().to_string()));
 
     // `links connect google` prints the URL, then waits for the browser.
-    let mut child = Command::new(host_bin())
-        .args(["links", "connect", "google", "--timeout-secs", "60"])
-        .env("FLOW8_DATA_DIR", cli.data_dir.path())
-        .env("FLOW8_CACHE_DIR", shared_cache_dir())
-        .env("FLOW8_CONFIG", &config_path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut url = String::new();
-    stdout.read_line(&mut url).unwrap();
-    assert!(url.starts_with(&oauth.base), "{url}");
-    // The browser: the provider redirects to the CLI's loopback callback.
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let r = http.get(url.trim()).send().await.unwrap();
-    let callback = r.headers()["location"].to_str().unwrap().to_string();
-    let page = http
-        .get(&callback)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(page.contains("Connected!"), "{page}");
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let link: serde_json::Value = serde_json::from_str(&rest).unwrap();
+    let link = flow8_tests::links_connect(&cli, &config_path, "google").await;
     let link_id = link["id"].as_str().unwrap().to_string();
     assert_eq!(link["integration_type"], "google");
 
@@ -99,8 +58,13 @@ async fn connect_then_run_a_module_with_the_link() {
     let deleted = cli.run(&["links", "delete", "google", &link_id]).ok_json();
     assert_eq!(deleted["deleted"], true);
     // (The link was refreshed when used: its token expires within the default 1-hour window.)
-    let refresh = oauth.refresh_tokens_issued().last().cloned().unwrap();
-    assert!(oauth.wait_for_revocation(&refresh));
+    // The latest refresh token is the one revoked (events arrive on another thread).
+    assert!(oauth.wait_until(|o| {
+        let revoked = o.revoked();
+        o.refresh_tokens_issued()
+            .last()
+            .is_some_and(|t| revoked.contains(t))
+    }));
     let out = cli.run(&[
         "run-module",
         wasm_dir().join("hostile_guest.wasm").to_str().unwrap(),

@@ -128,7 +128,7 @@ async fn connect_use_refresh_once_and_unlink() {
         !link.to_string().contains("token\":\""),
         "no token in the answer: {link}"
     );
-    assert_eq!(s.oauth.token_requests("authorization_code"), 1);
+    assert_eq!(s.oauth.token_requests_at_least("authorization_code", 1), 1);
 
     // Replaying the callback: the state is single use.
     let r = s
@@ -151,7 +151,7 @@ async fn connect_use_refresh_once_and_unlink() {
     assert!(r.text().await.unwrap().contains("Not connected"));
 
     // Tokens are sealed at rest.
-    let issued = s.oauth.refresh_tokens_issued();
+    let issued = s.oauth.refresh_tokens_at_least(1);
     assert_eq!(issued.len(), 1);
     for (path, bytes) in s.cli.data_files() {
         assert!(
@@ -190,7 +190,7 @@ async fn connect_use_refresh_once_and_unlink() {
         assert_eq!(v["output"]["status"], 200, "{v}");
     }
     assert_eq!(
-        s.oauth.token_requests("refresh_token"),
+        s.oauth.token_requests_at_least("refresh_token", 1),
         1,
         "{:?}",
         s.oauth.events()
@@ -244,7 +244,7 @@ async fn connect_use_refresh_once_and_unlink() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 204);
-    let latest_refresh = s.oauth.refresh_tokens_issued().last().cloned().unwrap();
+    let latest_refresh = s.oauth.refresh_tokens_at_least(2).last().cloned().unwrap();
     assert!(
         s.oauth.wait_for_revocation(&latest_refresh),
         "{:?}",
@@ -287,7 +287,7 @@ async fn a_revoked_refresh_token_is_token_revoked_once_without_a_retry_storm() {
     let (_, connected) = s.connect().await;
     let link_id = connected["link"]["id"].as_str().unwrap().to_string();
     // The user revokes access at the provider.
-    let refresh = s.oauth.refresh_tokens_issued()[0].clone();
+    let refresh = s.oauth.refresh_tokens_at_least(1)[0].clone();
     let r = s
         .http
         .post(format!("{}/revoke", s.oauth.base))
@@ -307,7 +307,7 @@ async fn a_revoked_refresh_token_is_token_revoked_once_without_a_retry_storm() {
         (401, Some("token_revoked")),
         "{v}"
     );
-    let attempts = s.oauth.token_requests("refresh_token");
+    let attempts = s.oauth.token_requests_at_least("refresh_token", 1);
     assert_eq!(attempts, 1);
     for _ in 0..5 {
         let (_, v) = s.step(input.clone()).await;

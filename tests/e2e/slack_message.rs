@@ -218,3 +218,41 @@ async fn slack_errors_and_rate_limits_come_back_named() {
     assert_eq!(v["error"]["name"], "rate_limit_exceeded");
     assert_eq!(v["error"]["retry_after_seconds"], 120);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_the_cli_connect_slack_then_post() {
+    let fake = SlackFake::start();
+    let mut cli = Cli::new();
+    let port = ServerProcess::free_port();
+    let b = fake.base();
+    let config = format!(
+        "oauth2:\n  slack:\n    client_id: '123.456'\n    redirect_uri: http://127.0.0.1:{port}/auth/callback\n    scopes: ['chat:write']\n    authorize_url: {b}/oauth/v2/authorize\n    token_url: {b}/api/oauth.v2.access\n    revoke_url: {b}/api/auth.revoke\n    identity_url: {b}/api/auth.test\n    api_base_url: {b}/api\n    api_hosts: ['http://127.0.0.1:{fp}']\n",
+        fp = fake.addr.port()
+    );
+    let config_path = cli.data_dir.path().join("config.yml");
+    std::fs::write(&config_path, config).unwrap();
+    cli.env
+        .push(("FLOW8_CONFIG".into(), config_path.display().to_string()));
+    let link = flow8_tests::links_connect(&cli, &config_path, "slack").await;
+
+    let input = cli.data_dir.path().join("notify.json");
+    std::fs::write(
+        &input,
+        json!({"link_id": link["id"], "channel": "#notifications", "message": "from the CLI"})
+            .to_string(),
+    )
+    .unwrap();
+    let out = cli
+        .run(&[
+            "run-module",
+            "slack-message",
+            input.to_str().unwrap(),
+            "--allow-loopback",
+        ])
+        .ok_json();
+    assert_eq!(out["channel"], "C0NOTIFY");
+    let posts = fake.calls("chat.postMessage");
+    assert_eq!(posts.len(), 1);
+    assert_eq!(posts[0].body["text"], "from the CLI");
+    assert!(posts[0].token.as_deref().unwrap().starts_with("xoxb-fake-"));
+}

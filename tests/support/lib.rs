@@ -333,6 +333,50 @@ pub fn create_token(cli: &Cli, company: &str, user: &str, admin: bool) -> String
         .to_string()
 }
 
+/// `flow8-host links connect SERVICE` as a person would run it: read the printed URL,
+/// "open" it (follow the provider's redirect to the CLI's loopback callback), and return
+/// the link the CLI stored and printed.
+pub async fn links_connect(cli: &Cli, config: &Path, service: &str) -> serde_json::Value {
+    use std::io::{BufRead, BufReader, Read};
+    let mut child = Command::new(host_bin())
+        .args(["links", "connect", service, "--timeout-secs", "60"])
+        .env("FLOW8_DATA_DIR", cli.data_dir.path())
+        .env("FLOW8_CACHE_DIR", shared_cache_dir())
+        .env("FLOW8_CONFIG", config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn links connect");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut url = String::new();
+    stdout.read_line(&mut url).expect("the URL line");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let r = http.get(url.trim()).send().await.expect("provider");
+    let callback = r.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_string();
+    let page = http
+        .get(&callback)
+        .send()
+        .await
+        .expect("callback")
+        .text()
+        .await
+        .unwrap_or_default();
+    assert!(page.contains("Connected!"), "{page}");
+    let status = tokio::task::spawn_blocking(move || child.wait().expect("wait"))
+        .await
+        .expect("join");
+    assert!(status.success(), "links connect failed");
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).expect("link JSON");
+    serde_json::from_str(&rest).expect("the stored link as JSON")
+}
+
 /// Whether `needle` occurs in `haystack`.
 pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)

@@ -82,6 +82,31 @@ impl OAuthServer {
             .count()
     }
 
+    /// Wait (up to 10 s) until `cond` holds for the events seen so far: the server prints
+    /// an event before it answers, but this process reads it on another thread.
+    pub fn wait_until(&self, cond: impl Fn(&OAuthServer) -> bool) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if cond(self) {
+                return true;
+            }
+            std::thread::yield_now();
+        }
+        cond(self)
+    }
+
+    /// Token requests of a grant type, once at least `at_least` have been seen (or 10 s).
+    pub fn token_requests_at_least(&self, grant_type: &str, at_least: usize) -> usize {
+        self.wait_until(|s| s.token_requests(grant_type) >= at_least);
+        self.token_requests(grant_type)
+    }
+
+    /// The refresh tokens issued, once at least `n` have been (or 10 s).
+    pub fn refresh_tokens_at_least(&self, n: usize) -> Vec<String> {
+        self.wait_until(|s| s.refresh_tokens_issued().len() >= n);
+        self.refresh_tokens_issued()
+    }
+
     /// Tokens revoked.
     pub fn revoked(&self) -> Vec<String> {
         self.events()
