@@ -399,3 +399,53 @@ async fn an_attached_oauth_token_never_enters_the_module() {
     let (_, v) = s.step(scan(true)).await;
     assert!(v["output"]["memory_hits"].as_u64().unwrap() >= 1, "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_host_processes_on_one_store_refresh_once() {
+    // One host connects the link (nearly expired token); a second host process on the
+    // same data directory (the embedded store, shared through SQLite) serves half the
+    // steps. The lease in the store lets only one of them refresh.
+    let s = setup(&[20]);
+    let (_, connected) = s.connect().await;
+    let link_id = connected["link"]["id"].as_str().unwrap().to_string();
+    let config_path = s.cli.data_dir.path().join("config.yml");
+    let second = ServerProcess::start(
+        &s.cli,
+        &wasm_dir(),
+        &["--config", config_path.to_str().unwrap()],
+    );
+    let api = RecordingServer::start();
+    let mut steps = Vec::new();
+    for i in 0..60 {
+        let base = if i % 2 == 0 {
+            s.server.url("/api/v1/steps")
+        } else {
+            second.url("/api/v1/steps")
+        };
+        let input = json!({"attack": "http", "url": api.url(&format!("/n/{i}")), "credential": "google", "link_id": link_id});
+        let body = json!({"module_ref": "hostile", "input_mapping": input}).to_string();
+        let (http, token) = (s.http.clone(), s.member.clone());
+        steps.push(tokio::spawn(async move {
+            let r = http
+                .post(base)
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }));
+    }
+    for t in steps {
+        let (status, v) = t.await.unwrap();
+        assert_eq!(status, 200, "{v}");
+    }
+    assert_eq!(
+        s.oauth.token_requests_at_least("refresh_token", 1),
+        1,
+        "{:?}",
+        s.oauth.events()
+    );
+    assert_eq!(api.requests().len(), 60);
+}
