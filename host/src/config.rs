@@ -116,6 +116,8 @@ pub struct HostConfig {
     pub oauth2: std::collections::BTreeMap<String, crate::oauth::providers::ProviderConfig>,
     /// Refresh OAuth tokens that expire within this many seconds (flow8: one hour).
     pub oauth_refresh_window_seconds: u64,
+    /// How often `serve` renews links nearing expiry in the background (0: never).
+    pub oauth_background_refresh_seconds: u64,
 }
 
 impl Default for HostConfig {
@@ -132,6 +134,7 @@ impl Default for HostConfig {
             log_json: false,
             oauth2: Default::default(),
             oauth_refresh_window_seconds: 3600,
+            oauth_background_refresh_seconds: 60,
         }
     }
 }

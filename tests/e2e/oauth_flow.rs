@@ -22,7 +22,7 @@ fn setup(ttl_sequence: &[u64]) -> Setup {
     let cli = Cli::new();
     let port = ServerProcess::free_port();
     let config = format!(
-        "oauth_refresh_window_seconds: 300\noauth2:\n  google:\n    client_id: flow8-test-client\n    client_secret: test-secret\n    redirect_uri: http://127.0.0.1:{port}/auth/callback\n    scopes: [drive, sheets]\n    authorize_url: {b}/authorize\n    token_url: {b}/token\n    revoke_url: {b}/revoke\n    identity_url: {b}/userinfo\n    api_hosts: ['http://127.0.0.1:*']\n",
+        "oauth_refresh_window_seconds: 300\noauth_background_refresh_seconds: 0\noauth2:\n  google:\n    client_id: flow8-test-client\n    client_secret: test-secret\n    redirect_uri: http://127.0.0.1:{port}/auth/callback\n    scopes: [drive, sheets]\n    authorize_url: {b}/authorize\n    token_url: {b}/token\n    revoke_url: {b}/revoke\n    identity_url: {b}/userinfo\n    api_hosts: ['http://127.0.0.1:*']\n",
         b = oauth.base
     );
     let config_path = cli.data_dir.path().join("config.yml");
@@ -448,4 +448,38 @@ async fn two_host_processes_on_one_store_refresh_once() {
         s.oauth.events()
     );
     assert_eq!(api.requests().len(), 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_background_refresher_renews_a_link_without_any_step() {
+    let s = setup(&[20]);
+    let (_, connected) = s.connect().await;
+    let link_id = connected["link"]["id"].as_str().unwrap().to_string();
+    assert_eq!(s.oauth.token_requests("refresh_token"), 0);
+    // A host on the same store with the background refresher on (every second).
+    let config = std::fs::read_to_string(s.cli.data_dir.path().join("config.yml"))
+        .unwrap()
+        .replace(
+            "oauth_background_refresh_seconds: 0",
+            "oauth_background_refresh_seconds: 1",
+        );
+    let path = s.cli.data_dir.path().join("config-background.yml");
+    std::fs::write(&path, config).unwrap();
+    let _background =
+        ServerProcess::start(&s.cli, &wasm_dir(), &["--config", path.to_str().unwrap()]);
+    assert_eq!(
+        s.oauth.token_requests_at_least("refresh_token", 1),
+        1,
+        "no step ran, yet the link was renewed"
+    );
+    let (_, v) = s.get("/api/v1/integrations/links", &s.member).await;
+    let expiry = v["links"][0]["token_expiry"].as_str().unwrap().to_string();
+    let expiry =
+        time::OffsetDateTime::parse(&expiry, &time::format_description::well_known::Rfc3339)
+            .unwrap();
+    assert!(
+        expiry - time::OffsetDateTime::now_utc() > time::Duration::minutes(30),
+        "renewed for an hour"
+    );
+    assert_eq!(v["links"][0]["id"], link_id.as_str());
 }

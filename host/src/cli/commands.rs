@@ -193,6 +193,9 @@ async fn serve(
     };
     let mut runtime = Runtime::new(registry, outbound, store, vault, cfg.step_limits());
     if let Some(o) = oauth {
+        if cfg.oauth_background_refresh_seconds > 0 {
+            o.spawn_background_refresher(Duration::from_secs(cfg.oauth_background_refresh_seconds));
+        }
         runtime = runtime.with_oauth(o);
     }
     let audit = crate::server::audit::AuditWriter::start(runtime.store().clone());

@@ -686,6 +686,43 @@ impl<S: Store> OAuthService<S> {
         }))
     }
 
+    /// Renew links nearing expiry in the background, every `every`, so steps rarely wait
+    /// for a refresh. Uses the same path as a step (single flight, lease), so it never
+    /// races a step or another host.
+    pub fn spawn_background_refresher(
+        self: &Arc<Self>,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let window =
+                    time::Duration::try_from(this.refresh_window).unwrap_or(time::Duration::HOUR);
+                let due = match this.store.links_expiring_before(now() + window, 500).await {
+                    Ok(links) => links,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "background refresher cannot list links");
+                        continue;
+                    }
+                };
+                for link in due {
+                    let auto = this
+                        .provider(&link.integration_type)
+                        .is_ok_and(|p| p.defaults.refresh == RefreshPolicy::Auto);
+                    if !auto || link.refresh_token.is_none() {
+                        continue;
+                    }
+                    if let Err(e) = this.access_token(&link.company_id, &link.id).await {
+                        tracing::warn!(link = %link.id, error = %e, "background refresh failed");
+                    }
+                }
+            }
+        })
+    }
+
     /// The company's links expiring within `within` (flow8's 7-day query), soonest first.
     pub async fn expiring(
         &self,

@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS db_links (
 );
 CREATE INDEX IF NOT EXISTS links_by_service ON db_links (company_id, integration_type, created_at);
 CREATE INDEX IF NOT EXISTS links_by_expiry ON db_links (company_id, token_expiry);
+CREATE INDEX IF NOT EXISTS links_by_expiry_all ON db_links (token_expiry);
 CREATE TABLE IF NOT EXISTS oauth_states (
     state_hash TEXT PRIMARY KEY,
     expires_at INTEGER NOT NULL,
@@ -558,6 +559,24 @@ impl Store for EmbeddedStore {
                 .map_err(unavailable)?,
             )
         })
+    }
+
+    async fn links_expiring_before(
+        &self,
+        before: time::OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<LinkRecord>, StoreError> {
+        let links: Vec<LinkRecord> = self.read(|c| {
+            docs(
+                c.prepare_cached(
+                    "SELECT doc FROM db_links WHERE token_expiry IS NOT NULL AND token_expiry < ?1 ORDER BY token_expiry LIMIT ?2",
+                )
+                .map_err(unavailable)?
+                .query_map(params![millis(before), limit], |r| r.get::<_, String>(0))
+                .map_err(unavailable)?,
+            )
+        })?;
+        Ok(links.into_iter().filter(|l| l.status == "active").collect())
     }
 
     async fn delete_link(

@@ -277,6 +277,13 @@ pub trait Store: Send + Sync + 'static {
         company_id: &str,
         service: Option<&str>,
     ) -> impl Future<Output = Result<Vec<LinkRecord>, StoreError>> + Send;
+    /// Active links of every company whose token expires before `before` (for the
+    /// background refresher), soonest first, at most `limit`.
+    fn links_expiring_before(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<LinkRecord>, StoreError>> + Send;
     /// Delete a link; the deleted record.
     fn delete_link(
         &self,
