@@ -472,14 +472,22 @@ async fn the_background_refresher_renews_a_link_without_any_step() {
         1,
         "no step ran, yet the link was renewed"
     );
-    let (_, v) = s.get("/api/v1/integrations/links", &s.member).await;
-    let expiry = v["links"][0]["token_expiry"].as_str().unwrap().to_string();
-    let expiry =
-        time::OffsetDateTime::parse(&expiry, &time::format_description::well_known::Rfc3339)
-            .unwrap();
-    assert!(
-        expiry - time::OffsetDateTime::now_utc() > time::Duration::minutes(30),
-        "renewed for an hour"
-    );
-    assert_eq!(v["links"][0]["id"], link_id.as_str());
+    // The provider answered; the host saves the new tokens right after. Wait for that.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, v) = s.get("/api/v1/integrations/links", &s.member).await;
+        assert_eq!(v["links"][0]["id"], link_id.as_str());
+        let expiry = v["links"][0]["token_expiry"].as_str().unwrap().to_string();
+        let expiry =
+            time::OffsetDateTime::parse(&expiry, &time::format_description::well_known::Rfc3339)
+                .unwrap();
+        if expiry - time::OffsetDateTime::now_utc() > time::Duration::minutes(30) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the link was not renewed for an hour"
+        );
+        tokio::task::yield_now().await;
+    }
 }
