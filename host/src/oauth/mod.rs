@@ -325,6 +325,14 @@ impl<S: Store> OAuthService<S> {
         Ok(body)
     }
 
+    /// A company's link, or `NotFound`.
+    async fn link(&self, company_id: &str, link_id: &str) -> Result<LinkRecord, OAuthError> {
+        self.store
+            .get_link(company_id, link_id)
+            .await?
+            .ok_or(OAuthError::NotFound)
+    }
+
     fn flight(&self, link_id: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.single_flight
             .lock()
@@ -348,11 +356,7 @@ impl<S: Store> OAuthService<S> {
         company_id: &str,
         link_id: &str,
     ) -> Result<(Secret, LinkRecord), OAuthError> {
-        let link = self
-            .store
-            .get_link(company_id, link_id)
-            .await?
-            .ok_or(OAuthError::NotFound)?;
+        let link = self.link(company_id, link_id).await?;
         let link = self.fresh(link).await?;
         let token = self
             .vault
@@ -370,11 +374,7 @@ impl<S: Store> OAuthService<S> {
         link_id: &str,
         rejected: &Secret,
     ) -> Result<Secret, OAuthError> {
-        let link = self
-            .store
-            .get_link(company_id, link_id)
-            .await?
-            .ok_or(OAuthError::NotFound)?;
+        let link = self.link(company_id, link_id).await?;
         let p = self.provider(&link.integration_type)?;
         if p.defaults.refresh == RefreshPolicy::Manual || link.refresh_token.is_none() {
             return Err(OAuthError::TokenRevoked(link.integration_type));
@@ -383,11 +383,7 @@ impl<S: Store> OAuthService<S> {
         let _guard = flight.lock().await;
         let deadline = tokio::time::Instant::now() + self.lease + Duration::from_secs(5);
         loop {
-            let current = self
-                .store
-                .get_link(company_id, link_id)
-                .await?
-                .ok_or(OAuthError::NotFound)?;
+            let current = self.link(company_id, link_id).await?;
             if current.status == "needs_reconnect" {
                 return Err(OAuthError::TokenRevoked(current.integration_type));
             }
@@ -435,11 +431,7 @@ impl<S: Store> OAuthService<S> {
         let _guard = flight.lock().await;
         let deadline = tokio::time::Instant::now() + self.lease + Duration::from_secs(5);
         loop {
-            let current = self
-                .store
-                .get_link(&link.company_id, &link.id)
-                .await?
-                .ok_or(OAuthError::NotFound)?;
+            let current = self.link(&link.company_id, &link.id).await?;
             if current.status == "needs_reconnect" {
                 return Err(OAuthError::TokenRevoked(current.integration_type));
             }
@@ -586,11 +578,7 @@ impl<S: Store> OAuthService<S> {
         service: &str,
         link_id: &str,
     ) -> Result<LinkRecord, OAuthError> {
-        let link = self
-            .store
-            .get_link(company_id, link_id)
-            .await?
-            .ok_or(OAuthError::NotFound)?;
+        let link = self.link(company_id, link_id).await?;
         if link.integration_type != service {
             return Err(OAuthError::NotFound);
         }

@@ -195,6 +195,21 @@ fn create_private_files(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A link's document inside a write transaction.
+fn link_doc(
+    tx: &rusqlite::Transaction<'_>,
+    company_id: &str,
+    id: &str,
+) -> Result<Option<String>, StoreError> {
+    tx.query_row(
+        "SELECT doc FROM db_links WHERE company_id = ?1 AND id = ?2",
+        params![company_id, id],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(unavailable)
+}
+
 /// Parse every JSON document a query returns.
 fn docs<T: serde::de::DeserializeOwned>(
     rows: impl Iterator<Item = rusqlite::Result<String>>,
@@ -586,14 +601,7 @@ impl Store for EmbeddedStore {
     ) -> Result<Option<LinkRecord>, StoreError> {
         let (company_id, id) = (company_id.to_string(), id.to_string());
         self.write(move |tx| {
-            let doc: Option<String> = tx
-                .query_row(
-                    "SELECT doc FROM db_links WHERE company_id = ?1 AND id = ?2",
-                    params![company_id, id],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(unavailable)?;
+            let doc = link_doc(tx, &company_id, &id)?;
             let Some(doc) = doc else {
                 return Ok(None);
             };
@@ -638,14 +646,7 @@ impl Store for EmbeddedStore {
     ) -> Result<Option<LinkRecord>, StoreError> {
         let (company_id, id, owner) = (company_id.to_string(), id.to_string(), owner.to_string());
         self.write(move |tx| {
-            let doc: Option<String> = tx
-                .query_row(
-                    "SELECT doc FROM db_links WHERE company_id = ?1 AND id = ?2",
-                    params![company_id, id],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(unavailable)?;
+            let doc = link_doc(tx, &company_id, &id)?;
             let Some(doc) = doc else {
                 return Ok(None);
             };
