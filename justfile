@@ -20,9 +20,11 @@ guests: wasm-target
 wasm-target:
     @rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
-# The test servers that come from npm (oauth2-mock-server), installed from the lock file.
+# The test servers from npm (oauth2-mock-server, from the lock file) and PyPI
+# (SecantusDB, a MongoDB-wire-protocol server, in tests/.venv).
 test-servers:
     @test -d tests/oauth-server/node_modules/oauth2-mock-server || (cd tests/oauth-server && npm ci --no-audit --no-fund)
+    @test -x tests/.venv/bin/python && tests/.venv/bin/python -c 'import secantus' 2>/dev/null || (python3 -m venv tests/.venv && tests/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/mongo-server/requirements.txt)
 
 # Build the host.
 build: modules

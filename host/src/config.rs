@@ -97,6 +97,9 @@ pub struct HostConfig {
     pub listen: SocketAddr,
     /// Data directory (store, key file, compile cache, installed modules).
     pub data_dir: Option<PathBuf>,
+    /// Where links, components, tokens and the audit log live: `embedded` (SQLite in
+    /// the data directory, the default) or a `mongodb://` URI. `FLOW8_STORE` overrides.
+    pub store: String,
     /// Extra module directories.
     pub modules_dirs: Vec<PathBuf>,
     /// Root of step workspaces (default `<data-dir>/workspaces`).
@@ -125,6 +128,7 @@ impl Default for HostConfig {
         HostConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 4454)),
             data_dir: None,
+            store: "embedded".into(),
             modules_dirs: Vec::new(),
             workspaces_dir: None,
             max_body_bytes: 1024 * 1024,
@@ -175,6 +179,11 @@ impl HostConfig {
                 message: format!("{e}"),
             })?;
         }
+        if let Ok(v) = std::env::var("FLOW8_STORE")
+            && !v.trim().is_empty()
+        {
+            config.store = v;
+        }
         if let Some(b) = env_bool("FLOW8_ALLOW_LOOPBACK")? {
             config.outbound.allow_loopback = b;
         }
@@ -197,6 +206,8 @@ impl HostConfig {
             HostPattern::parse(h).map_err(|e| bad(format!("outbound.allowed_hosts: {e}")))?;
         }
         crate::oauth::providers::configure(&self.oauth2).map_err(bad)?;
+        crate::store::any::StoreLocation::parse(&self.store)
+            .map_err(|e| bad(format!("store: {e}")))?;
         if !(self.limits.deadline_seconds > 0.0 && self.limits.deadline_seconds <= 3600.0) {
             return Err(bad("limits.deadline_seconds must be in (0, 3600]".into()));
         }
@@ -220,6 +231,12 @@ impl HostConfig {
             max_response_bytes: self.outbound.max_response_bytes,
             ..OutboundPolicy::default()
         }
+    }
+
+    /// The store this configuration names.
+    pub fn store_location(&self) -> crate::store::any::StoreLocation {
+        crate::store::any::StoreLocation::parse(&self.store)
+            .unwrap_or(crate::store::any::StoreLocation::Embedded)
     }
 
     /// The default step limits this configuration describes.

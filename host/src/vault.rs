@@ -321,7 +321,8 @@ fn read_key_file(path: &Path) -> Result<MasterKey, VaultError> {
         std::thread::sleep(std::time::Duration::from_millis(50));
         text = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
     }
-    MasterKey::parse(&text).map_err(|e| match e {
+    let first = key_lines(&text).next().unwrap_or("");
+    MasterKey::parse(first).map_err(|e| match e {
         VaultError::BadKey(reason) => VaultError::BadKey(format!("{}: {reason}", path.display())),
         other => other,
     })
@@ -369,20 +370,129 @@ impl Envelope {
 
 const CHECK_PLAINTEXT: &str = "flow8-master-key-check";
 
-/// Seals and opens secrets. Holds the current key and, during rotation, older ones.
+/// Read a key file: the first key is current, later lines (blank lines and `#`
+/// comments skipped) are older keys. Also its modification time.
+fn read_key_ring(path: &Path) -> Result<(KeyRing, Option<std::time::SystemTime>), VaultError> {
+    let current = read_key_file(path)?;
+    let io = |source| VaultError::KeyFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
+    let mut ring = KeyRing {
+        current,
+        old: Vec::new(),
+    };
+    for line in key_lines(&text).skip(1) {
+        let key = MasterKey::parse(line).map_err(|e| match e {
+            VaultError::BadKey(r) => VaultError::BadKey(format!("{}: {r}", path.display())),
+            other => other,
+        })?;
+        if ring.find(&key.id).is_none() {
+            ring.old.push(key);
+        }
+    }
+    Ok((ring, mtime))
+}
+
+fn key_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+}
+
+/// Put a new current key at the top of the key file, keeping every older key below it
+/// (written aside, synced, then renamed into place: a crash leaves the old file or the
+/// new one, never a torn one). Returns the new key's id.
+pub fn rotate_key_file(data_dir: &Path) -> Result<String, VaultError> {
+    let path = data_dir.join(MASTER_KEY_FILE);
+    let io = |source| VaultError::KeyFile {
+        path: path.clone(),
+        source,
+    };
+    let (ring, _) = read_key_ring(&path)?;
+    let new = MasterKey::generate();
+    let mut text = Zeroizing::new(format!(
+        "# flow8 master keys: the first seals, the others only open (newest first)\n{}\n",
+        hex::encode(*new.bytes)
+    ));
+    for k in ring.keys() {
+        text.push_str(&hex::encode(*k.bytes));
+        text.push('\n');
+    }
+    let tmp = data_dir.join(format!(
+        ".{MASTER_KEY_FILE}.{}.{:016x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    write_new_private_file(&tmp, text.as_bytes()).map_err(io)?;
+    if let Err(e) = std::fs::rename(&tmp, &path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
+    if let Ok(d) = std::fs::File::open(data_dir) {
+        let _ = d.sync_all();
+    }
+    Ok(new.id.clone())
+}
+
+/// The keys a vault holds: the current one seals, older ones only open.
 #[derive(Clone)]
-pub struct Vault {
+struct KeyRing {
     current: MasterKey,
     old: Vec<MasterKey>,
 }
 
+impl KeyRing {
+    fn keys(&self) -> impl Iterator<Item = &MasterKey> {
+        std::iter::once(&self.current).chain(self.old.iter())
+    }
+
+    fn find(&self, id: &str) -> Option<&MasterKey> {
+        self.keys().find(|k| k.id == id)
+    }
+}
+
+/// A key file the vault re-reads when it changes (`flow8-host keys rotate` writes a
+/// new current key into it while servers run).
+struct WatchedKeyFile {
+    path: PathBuf,
+    /// When the file was last looked at, and its modification time then.
+    seen: std::sync::Mutex<(std::time::Instant, Option<std::time::SystemTime>)>,
+}
+
+/// How often a vault with a key file looks whether the file changed.
+const KEY_FILE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The environment variable with older keys (comma-separated), which open secrets but
+/// never seal new ones: set it to the previous key while `keys rotate` re-seals.
+pub const PREVIOUS_KEYS_ENV: &str = "FLOW8_PREVIOUS_MASTER_KEYS";
+
+/// Seals and opens secrets with the host's master keys.
+pub struct Vault {
+    ring: std::sync::RwLock<std::sync::Arc<KeyRing>>,
+    file: Option<WatchedKeyFile>,
+}
+
+/// A copy holds the same keys but does not follow the key file.
+impl Clone for Vault {
+    fn clone(&self) -> Vault {
+        Vault {
+            ring: std::sync::RwLock::new(self.ring()),
+            file: None,
+        }
+    }
+}
+
 impl fmt::Debug for Vault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ring = self.ring();
         f.debug_struct("Vault")
-            .field("key_id", &self.current.id)
+            .field("key_id", &ring.current.id)
             .field(
                 "old_keys",
-                &self.old.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
+                &ring.old.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
             )
             .finish()
     }
@@ -392,27 +502,136 @@ impl Vault {
     /// A vault sealing with `current`.
     pub fn new(current: MasterKey) -> Vault {
         Vault {
-            current,
-            old: Vec::new(),
+            ring: std::sync::RwLock::new(std::sync::Arc::new(KeyRing {
+                current,
+                old: Vec::new(),
+            })),
+            file: None,
         }
+    }
+
+    /// The host's keys:
+    ///
+    /// - `FLOW8_MASTER_KEY` seals and opens, and each key in
+    ///   `FLOW8_PREVIOUS_MASTER_KEYS` (comma-separated) only opens; or, when the first is
+    ///   unset,
+    /// - `<data_dir>/master.key`, created on first use (see [`MasterKey::load`]): its
+    ///   first line is the current key, later lines are older keys. The vault re-reads
+    ///   the file when it changes, so a running host follows `keys rotate`.
+    pub fn load(data_dir: &Path) -> Result<Vault, VaultError> {
+        let current = MasterKey::load(data_dir)?;
+        let env_set = std::env::var(MASTER_KEY_ENV).is_ok_and(|v| !v.trim().is_empty());
+        if env_set {
+            let mut vault = Vault::new(current);
+            if let Ok(list) = std::env::var(PREVIOUS_KEYS_ENV) {
+                for part in list.split(',').filter(|p| !p.trim().is_empty()) {
+                    let key = MasterKey::parse(part).map_err(|e| match e {
+                        VaultError::BadKey(r) => {
+                            VaultError::BadKey(format!("{PREVIOUS_KEYS_ENV}: {r}"))
+                        }
+                        other => other,
+                    })?;
+                    vault = vault.with_old_key(key);
+                }
+            }
+            return Ok(vault);
+        }
+        let path = data_dir.join(MASTER_KEY_FILE);
+        let (ring, mtime) = read_key_ring(&path)?;
+        Ok(Vault {
+            ring: std::sync::RwLock::new(std::sync::Arc::new(ring)),
+            file: Some(WatchedKeyFile {
+                path,
+                seen: std::sync::Mutex::new((std::time::Instant::now(), mtime)),
+            }),
+        })
+    }
+
+    /// The key file this vault follows, if its keys came from one.
+    pub fn key_file(&self) -> Option<&Path> {
+        self.file.as_ref().map(|f| f.path.as_path())
     }
 
     /// Also open secrets sealed with an older key (new secrets are always sealed with
     /// the current one).
-    pub fn with_old_key(mut self, key: MasterKey) -> Vault {
-        if key.id != self.current.id && !self.old.iter().any(|k| k.id == key.id) {
-            self.old.push(key);
+    pub fn with_old_key(self, key: MasterKey) -> Vault {
+        let mut ring = (*self.ring()).clone();
+        if key.id != ring.current.id && !ring.old.iter().any(|k| k.id == key.id) {
+            ring.old.push(key);
         }
+        self.set_ring(ring);
         self
     }
 
-    /// The current key's id.
-    pub fn key_id(&self) -> &str {
-        &self.current.id
+    fn ring(&self) -> std::sync::Arc<KeyRing> {
+        self.ring
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
-    fn keys(&self) -> impl Iterator<Item = &MasterKey> {
-        std::iter::once(&self.current).chain(self.old.iter())
+    fn set_ring(&self, ring: KeyRing) {
+        *self
+            .ring
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(ring);
+    }
+
+    /// Re-read the key file if it changed (looking at most every
+    /// [`KEY_FILE_CHECK_INTERVAL`]; `force` re-reads it even if unchanged). Keys are only ever added: a key this
+    /// vault had stays, so a file edited by mistake cannot make secrets unreadable in a
+    /// running host.
+    fn reload(&self, force: bool) {
+        let Some(file) = &self.file else { return };
+        let mut seen = file
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A forced look (an unknown key id) may come often: still at most 4 per second.
+        let interval = if force {
+            std::time::Duration::from_millis(250)
+        } else {
+            KEY_FILE_CHECK_INTERVAL
+        };
+        if seen.0.elapsed() < interval {
+            return;
+        }
+        seen.0 = std::time::Instant::now();
+        let mtime = std::fs::metadata(&file.path)
+            .and_then(|m| m.modified())
+            .ok();
+        if mtime == seen.1 && !force {
+            return;
+        }
+        match read_key_ring(&file.path) {
+            Ok((mut merged, mtime)) => {
+                seen.1 = mtime;
+                let old = self.ring();
+                for k in old.keys() {
+                    if merged.find(&k.id).is_none() {
+                        merged.old.push(k.clone());
+                    }
+                }
+                if merged.current.id != old.current.id {
+                    tracing::info!(key_id = %merged.current.id, "the master key file changed: sealing with the new key");
+                }
+                self.set_ring(merged);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot re-read the master key file; keeping the keys in hand")
+            }
+        }
+    }
+
+    /// The current key's id.
+    pub fn key_id(&self) -> String {
+        self.reload(false);
+        self.ring().current.id.clone()
+    }
+
+    /// Ids of the keys that only open (older keys).
+    pub fn old_key_ids(&self) -> Vec<String> {
+        self.ring().old.iter().map(|k| k.id.clone()).collect()
     }
 
     fn cipher(key: &MasterKey) -> XSalsa20Poly1305 {
@@ -421,16 +640,18 @@ impl Vault {
 
     /// Seal a plaintext with a fresh random nonce.
     pub fn encrypt(&self, plaintext: &str) -> Envelope {
+        self.reload(false);
+        let ring = self.ring();
         let nonce: [u8; NONCE_LEN] = rand::random();
         // Secretbox fails only for inputs beyond 2^38 bytes, which no `&str` in memory is.
-        let ciphertext = Vault::cipher(&self.current)
+        let ciphertext = Vault::cipher(&ring.current)
             .encrypt(Nonce::from_slice(&nonce), plaintext.as_bytes())
             .expect("XSalsa20-Poly1305 encryption of an in-memory buffer cannot fail");
         Envelope {
             encrypted: true,
             nonce: B64.encode(nonce),
             ciphertext: B64.encode(ciphertext),
-            key_id: self.current.id.clone(),
+            key_id: ring.current.id.clone(),
         }
     }
 
@@ -463,13 +684,18 @@ impl Vault {
                 .map(Zeroizing::new)
                 .ok()
         };
+        let mut ring = self.ring();
+        if !envelope.key_id.is_empty() && ring.find(&envelope.key_id).is_none() {
+            // Perhaps sealed by a host that already follows a rotated key file.
+            self.reload(true);
+            ring = self.ring();
+        }
         let plain = if envelope.key_id.is_empty() {
             // Sealed before key ids: whichever key authenticates it is the one.
-            self.keys().find_map(open).ok_or(VaultError::Tampered)?
+            ring.keys().find_map(open).ok_or(VaultError::Tampered)?
         } else {
-            let key = self
-                .keys()
-                .find(|k| k.id == envelope.key_id)
+            let key = ring
+                .find(&envelope.key_id)
                 .ok_or_else(|| VaultError::UnknownKey {
                     key_id: envelope.key_id.clone(),
                 })?;
@@ -500,7 +726,7 @@ impl Vault {
                     } else {
                         envelope.key_id
                     },
-                    got_key_id: self.current.id.clone(),
+                    got_key_id: self.ring().current.id.clone(),
                 })
             }
             Err(e) => Err(e),
@@ -688,13 +914,16 @@ mod tests {
         assert_eq!(rotated.encrypt("new").key_id, rotated.key_id());
         assert_ne!(rotated.key_id(), key.id());
         // Adding the current or a known key again changes nothing.
-        let current = rotated.current.clone();
+        let current = rotated.ring().current.clone();
         let again = rotated
             .clone()
             .with_old_key(key)
             .with_old_key(current)
             .with_old_key(MasterKey::parse(&"00".repeat(32)).unwrap());
-        assert_eq!((rotated.old.len(), again.old.len()), (1, 2));
+        assert_eq!(
+            (rotated.old_key_ids().len(), again.old_key_ids().len()),
+            (1, 2)
+        );
     }
 
     #[test]

@@ -13,3 +13,4 @@ mod microsoft_calendar;
 mod oauth_flow;
 mod s3_upload;
 mod slack_message;
+mod store_conformance;

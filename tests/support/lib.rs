@@ -4,6 +4,7 @@
 
 pub mod background;
 pub mod graph_fake;
+pub mod mongo_server;
 pub mod oauth_server;
 pub mod recording_server;
 pub mod s3_server;

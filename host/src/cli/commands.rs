@@ -9,8 +9,8 @@ use crate::runtime::registry::ModuleRegistry;
 use crate::runtime::sandbox::StepLimits;
 use crate::runtime::{EngineConfig, Runtime, SandboxEngine, StepRequest};
 use crate::store::Store;
-use crate::store::embedded::EmbeddedStore;
-use crate::vault::{MasterKey, Vault};
+use crate::store::any::{AnyStore, StoreLocation};
+use crate::vault::Vault;
 use clap::{Args, Subcommand};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -138,11 +138,20 @@ pub(super) async fn dispatch(cli: Cli) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail("invalid_config", e),
     };
+    let mut cli = cli;
     let data_dir = config::data_dir(
         cli.data_dir
             .clone()
             .or_else(|| file_config.data_dir.clone()),
     );
+    if cli.store.is_none() {
+        cli.store = Some(file_config.store.clone());
+    }
+    if let Some(s) = &cli.store
+        && let Err(e) = StoreLocation::parse(s)
+    {
+        return fail("invalid_config", format!("--store: {e}"));
+    }
     match &cli.command {
         Command::RunModule(args) => run_module(&cli, &data_dir, &file_config, args).await,
         Command::Modules(cmd) => modules(&cli, &data_dir, cmd).await,
@@ -165,7 +174,7 @@ async fn serve(
     if args.allow_loopback {
         cfg.outbound.allow_loopback = true;
     }
-    let (store, vault) = match open_local(data_dir).await {
+    let (store, vault) = match open_local(cli, data_dir).await {
         Ok(x) => x,
         Err((name, msg)) => return fail(&name, msg),
     };
@@ -255,7 +264,7 @@ async fn serve(
 }
 
 async fn tokens(cli: &Cli, data_dir: &Path, cmd: &TokensCommand) -> ExitCode {
-    let (store, _vault) = match open_local(data_dir).await {
+    let (store, _vault) = match open_local(cli, data_dir).await {
         Ok(x) => x,
         Err((name, msg)) => return fail(&name, msg),
     };
@@ -316,15 +325,20 @@ fn print_json(v: &serde_json::Value) {
     );
 }
 
-/// Open the embedded store and the vault, checking the master key matches the data.
+/// Open the configured store (embedded or MongoDB) and the vault, checking the master
+/// key matches the data.
 pub(crate) async fn open_local(
+    cli: &Cli,
     data_dir: &Path,
-) -> Result<(Arc<EmbeddedStore>, Arc<Vault>), (String, String)> {
-    let key = MasterKey::load(data_dir).map_err(|e| ("vault_error".to_string(), e.to_string()))?;
-    let vault = Vault::new(key);
-    let store = EmbeddedStore::open(data_dir)
-        .await
-        .map_err(|e| ("store_unavailable".to_string(), e.to_string()))?;
+) -> Result<(Arc<AnyStore>, Arc<Vault>), (String, String)> {
+    let vault = Vault::load(data_dir).map_err(|e| ("vault_error".to_string(), e.to_string()))?;
+    let location = cli.store_location();
+    let store = AnyStore::open(&location, data_dir).await.map_err(|e| {
+        (
+            "store_unavailable".to_string(),
+            format!("{}: {e}", location.describe()),
+        )
+    })?;
     let check = store
         .get_meta("vault_check")
         .await
@@ -424,7 +438,7 @@ async fn run_module(
         output_bytes: args.output_kib.max(1) * 1024,
         ..StepLimits::default()
     };
-    let (store, vault) = match open_local(data_dir).await {
+    let (store, vault) = match open_local(cli, data_dir).await {
         Ok(x) => x,
         Err((name, msg)) => return fail(&name, msg),
     };
@@ -563,7 +577,7 @@ fn summary_json(c: &crate::store::ComponentRecord) -> serde_json::Value {
 }
 
 async fn components_cmd(cli: &Cli, data_dir: &Path, cmd: &ComponentsCommand) -> ExitCode {
-    let (store, vault) = match open_local(data_dir).await {
+    let (store, vault) = match open_local(cli, data_dir).await {
         Ok(x) => x,
         Err((name, msg)) => return fail(&name, msg),
     };

@@ -9,7 +9,7 @@ use crate::config::HostConfig;
 use crate::oauth::OAuthService;
 use crate::server::routes::integrations::view;
 use crate::store::Store;
-use crate::store::embedded::EmbeddedStore;
+use crate::store::any::AnyStore;
 use axum::extract::{Query, State};
 use axum::response::Html;
 use clap::Subcommand;
@@ -78,7 +78,7 @@ fn print_json(v: &serde_json::Value) {
 type Done = tokio::sync::mpsc::Sender<Result<crate::store::LinkRecord, String>>;
 
 async fn callback(
-    State((oauth, done)): State<(Arc<OAuthService<EmbeddedStore>>, Done)>,
+    State((oauth, done)): State<(Arc<OAuthService<AnyStore>>, Done)>,
     Query(params): Query<BTreeMap<String, String>>,
 ) -> Html<String> {
     match oauth.callback(&params).await {
@@ -106,7 +106,7 @@ pub(super) async fn run(
     cfg: &HostConfig,
     cmd: &LinksCommand,
 ) -> ExitCode {
-    let (store, vault) = match super::commands::open_local(data_dir).await {
+    let (store, vault) = match super::commands::open_local(cli, data_dir).await {
         Ok(x) => x,
         Err((name, msg)) => return fail(&name, msg),
     };

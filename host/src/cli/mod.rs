@@ -30,6 +30,10 @@ pub struct Cli {
     /// The company whose components the command uses (local use: `local`).
     #[arg(long, global = true, env = "FLOW8_COMPANY", default_value = "local")]
     pub company: String,
+    /// Where the store is: `embedded` (SQLite in the data directory, the default) or a
+    /// `mongodb://` URI [env: FLOW8_STORE; or `store:` in the config file].
+    #[arg(long, global = true, env = "FLOW8_STORE")]
+    pub store: Option<String>,
     /// A YAML config file (flow8's `config/config.yml` shape) [env: FLOW8_CONFIG].
     #[arg(long, global = true, env = "FLOW8_CONFIG")]
     pub config: Option<PathBuf>,
@@ -60,6 +64,16 @@ pub enum Command {
     /// OAuth links in the local store (connect, list, test, delete).
     #[command(subcommand)]
     Links(links::LinksCommand),
+}
+
+impl Cli {
+    /// The store this command uses (resolved from the flag, environment and config).
+    pub(crate) fn store_location(&self) -> crate::store::any::StoreLocation {
+        self.store
+            .as_deref()
+            .and_then(|s| crate::store::any::StoreLocation::parse(s).ok())
+            .unwrap_or(crate::store::any::StoreLocation::Embedded)
+    }
 }
 
 /// Entry point of the binary.

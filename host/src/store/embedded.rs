@@ -567,7 +567,7 @@ impl Store for EmbeddedStore {
         self.read(|c| {
             docs(
                 c.prepare_cached(
-                    "SELECT doc FROM db_links WHERE company_id = ?1 AND (?2 IS NULL OR integration_type = ?2) ORDER BY created_at DESC",
+                    "SELECT doc FROM db_links WHERE company_id = ?1 AND (?2 IS NULL OR integration_type = ?2) ORDER BY created_at DESC, id DESC",
                 )
                 .map_err(unavailable)?
                 .query_map(params![company_id, service], |r| r.get::<_, String>(0))
@@ -893,6 +893,107 @@ impl Store for EmbeddedStore {
             )
             .map_err(unavailable)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn scan_components(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ComponentRecord>, StoreError> {
+        let after = after.unwrap_or("").to_string();
+        self.read_blocking(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT doc, is_default FROM components WHERE id > ?1 ORDER BY id LIMIT ?2",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![after, limit], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))
+                })
+                .map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (doc, d) = row.map_err(unavailable)?;
+                out.push(parse(doc, d)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn scan_links(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<LinkRecord>, StoreError> {
+        let after = after.unwrap_or("").to_string();
+        self.read_blocking(move |c| {
+            let mut stmt = c
+                .prepare_cached("SELECT doc FROM db_links WHERE id > ?1 ORDER BY id LIMIT ?2")
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![after, limit], |r| r.get::<_, String>(0))
+                .map_err(unavailable)?;
+            docs(rows)
+        })
+        .await
+    }
+
+    async fn scan_audit(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let after = after.unwrap_or("").to_string();
+        self.read_blocking(move |c| {
+            let mut stmt = c
+                .prepare_cached("SELECT doc FROM audit_log WHERE id > ?1 ORDER BY id LIMIT ?2")
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![after, limit], |r| r.get::<_, String>(0))
+                .map_err(unavailable)?;
+            docs(rows)
+        })
+        .await
+    }
+
+    async fn replace_component_config(
+        &self,
+        company_id: &str,
+        id: &str,
+        expected: &serde_json::Map<String, serde_json::Value>,
+        config: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<bool, StoreError> {
+        let (company_id, id, expected) = (company_id.to_string(), id.to_string(), expected.clone());
+        self.write(move |tx| {
+            let row: Option<(String, bool)> = tx
+                .query_row(
+                    "SELECT doc, is_default FROM components WHERE company_id = ?1 AND id = ?2",
+                    params![company_id, id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            let Some((doc, d)) = row else {
+                return Ok(false);
+            };
+            let mut record = parse(doc, d)?;
+            if record.config != expected {
+                return Ok(false);
+            }
+            record.config = config;
+            record.updated_at = super::now();
+            let doc =
+                serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            tx.execute(
+                "UPDATE components SET doc = ?3 WHERE company_id = ?1 AND id = ?2",
+                params![company_id, id, doc],
+            )
+            .map_err(unavailable)?;
+            Ok(true)
         })
         .await
     }

@@ -8,20 +8,31 @@
 //! is read, changed and deleted through its company id: another company's id finds,
 //! changes and deletes nothing.
 
+pub mod any;
 pub mod embedded;
+pub mod mongodb;
 
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use time::OffsetDateTime;
 
-/// A new MongoDB-style ObjectId as 24 lowercase hex characters: 4 bytes of Unix seconds
-/// (big-endian), then 8 random bytes.
+/// A new MongoDB ObjectId as 24 lowercase hex characters, laid out as MongoDB's are:
+/// 4 bytes of Unix seconds (big-endian), 5 random bytes chosen once per process, and a
+/// 3-byte counter, so ids made by one process sort in the order they were made.
 pub fn new_object_id() -> String {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static PROCESS: OnceLock<[u8; 5]> = OnceLock::new();
+    static COUNTER: OnceLock<AtomicU32> = OnceLock::new();
+    let process = PROCESS.get_or_init(rand::random);
+    let count = COUNTER
+        .get_or_init(|| AtomicU32::new(rand::random::<u32>() & 0x00ff_ffff))
+        .fetch_add(1, Ordering::Relaxed);
     let secs = OffsetDateTime::now_utc().unix_timestamp() as u32;
-    let rand: [u8; 8] = rand::random();
     let mut bytes = [0u8; 12];
     bytes[..4].copy_from_slice(&secs.to_be_bytes());
-    bytes[4..].copy_from_slice(&rand);
+    bytes[4..9].copy_from_slice(process);
+    bytes[9..].copy_from_slice(&count.to_be_bytes()[1..]);
     hex::encode(bytes)
 }
 
@@ -357,6 +368,35 @@ pub trait Store: Send + Sync + 'static {
         key: &str,
         value: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Components of every company whose id sorts after `after`, by id, at most
+    /// `limit` (key rotation and export walk the whole store with it).
+    fn scan_components(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<ComponentRecord>, StoreError>> + Send;
+    /// Links of every company whose id sorts after `after`, by id, at most `limit`.
+    fn scan_links(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<LinkRecord>, StoreError>> + Send;
+    /// Audit entries of every company whose id sorts after `after`, by id, at most
+    /// `limit`.
+    fn scan_audit(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<AuditRecord>, StoreError>> + Send;
+    /// Replace a component's config if it is still `expected` (compare-and-set, for
+    /// re-sealing its secrets); whether it was replaced.
+    fn replace_component_config(
+        &self,
+        company_id: &str,
+        id: &str,
+        expected: &serde_json::Map<String, serde_json::Value>,
+        config: serde_json::Map<String, serde_json::Value>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
 #[cfg(test)]

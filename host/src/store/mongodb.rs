@@ -1,0 +1,775 @@
+//! The MongoDB store, for production and for several hosts sharing one deployment.
+//! Collections and fields are flow8's: `db_links` (tokens as `{encrypted, nonce,
+//! ciphertext}` sub-documents, `token_expiry` a BSON date), `components`, `audit_log`,
+//! `oauth_states` (a TTL index expires them), `api_tokens` and `host_meta`. Ids that are
+//! 24 hex characters (`_id`, `user_id`, `company_id`) are kept as ObjectIds, as flow8
+//! keeps them; any other id stays a string. Every query the host makes has an index,
+//! duplicates that would be bugs have unique indexes, and all of them are created at
+//! start-up, idempotently.
+//!
+//! Every write touches one document, so nothing is half-written when the server goes
+//! away mid-request; the two writes of "make this the default" are ordered so that a
+//! failure between them leaves no default rather than two. The driver reconnects on its
+//! own, so a host recovers when MongoDB comes back, and server selection waits only
+//! [`DEFAULT_SERVER_SELECTION_TIMEOUT`] (unless the URI sets `serverSelectionTimeoutMS`)
+//! so a request fails fast with `store_unavailable` while it is away.
+
+use super::{
+    AuditQuery, AuditRecord, ComponentRecord, LinkRecord, OAuthStateRecord, Store, StoreError,
+    TokenRecord,
+};
+use futures_util::TryStreamExt;
+use mongodb::bson::{self, Bson, Document, doc, oid::ObjectId};
+use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
+use mongodb::{Client, Collection, Database, IndexModel};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// How long an operation waits for a reachable server before `store_unavailable`.
+pub const DEFAULT_SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long opening a connection may take.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The database used when the URI names none.
+pub const DEFAULT_DATABASE: &str = "flow8";
+
+const LINKS: &str = "db_links";
+const COMPONENTS: &str = "components";
+const AUDIT: &str = "audit_log";
+const STATES: &str = "oauth_states";
+const TOKENS: &str = "api_tokens";
+const META: &str = "host_meta";
+
+/// MongoDB error code for a unique-index violation.
+const DUPLICATE_KEY: i32 = 11000;
+
+/// Fields kept as BSON dates, per record type.
+const LINK_DATES: &[&str] = &[
+    "token_expiry",
+    "refresh_lease_until",
+    "created_at",
+    "updated_at",
+];
+const COMPONENT_DATES: &[&str] = &["created_at", "updated_at"];
+const STATE_DATES: &[&str] = &["expires_at"];
+const TOKEN_DATES: &[&str] = &["created_at", "revoked_at"];
+const AUDIT_DATES: &[&str] = &["timestamp"];
+/// Fields kept as ObjectIds when they look like one.
+const ID_FIELDS: &[&str] = &["_id", "user_id", "company_id"];
+
+/// MongoDB-backed store. Cloning shares the client (its connection pool).
+#[derive(Clone)]
+pub struct MongoStore {
+    db: Database,
+}
+
+impl std::fmt::Debug for MongoStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MongoStore({})", self.db.name())
+    }
+}
+
+/// An id as MongoDB keeps it: an ObjectId when it is one in hex, else the string.
+fn id(s: &str) -> Bson {
+    if s.len() == 24 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if let Ok(oid) = ObjectId::parse_str(s) {
+            return Bson::ObjectId(oid);
+        }
+    }
+    Bson::String(s.to_string())
+}
+
+fn date(t: OffsetDateTime) -> Bson {
+    Bson::DateTime(bson::DateTime::from_millis(
+        (t.unix_timestamp_nanos() / 1_000_000) as i64,
+    ))
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+/// Is this error a unique-index violation?
+fn is_duplicate(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
+        ErrorKind::Command(c) => c.code == DUPLICATE_KEY,
+        ErrorKind::InsertMany(m) => m
+            .write_errors
+            .as_ref()
+            .is_some_and(|ws| ws.iter().any(|w| w.code == DUPLICATE_KEY)),
+        _ => false,
+    }
+}
+
+fn store_error(e: mongodb::error::Error) -> StoreError {
+    use mongodb::error::ErrorKind;
+    if is_duplicate(&e) {
+        return StoreError::Conflict("a record with that unique key already exists".into());
+    }
+    match e.kind.as_ref() {
+        ErrorKind::BsonDeserialization(_) | ErrorKind::BsonSerialization(_) => corrupt(e),
+        ErrorKind::ServerSelection { .. } => StoreError::Unavailable(format!(
+            "no MongoDB server answered (is it running and reachable?): {e}"
+        )),
+        _ => StoreError::Unavailable(format!("MongoDB: {e}")),
+    }
+}
+
+/// A record as a MongoDB document: dates as BSON dates, ObjectId-shaped ids as ObjectIds.
+fn to_doc<T: Serialize>(value: &T, dates: &[&str]) -> Result<Document, StoreError> {
+    let mut d = bson::to_document(value).map_err(corrupt)?;
+    for field in dates {
+        if let Some(Bson::String(s)) = d.get(*field) {
+            let t = OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| corrupt(format!("{field}: {e}")))?;
+            d.insert(*field, date(t));
+        }
+    }
+    for field in ID_FIELDS {
+        if let Some(Bson::String(s)) = d.get(*field) {
+            let v = id(s);
+            d.insert(*field, v);
+        }
+    }
+    Ok(d)
+}
+
+/// The reverse of [`to_doc`].
+fn from_doc<T: DeserializeOwned>(mut d: Document, dates: &[&str]) -> Result<T, StoreError> {
+    for field in dates {
+        if let Some(Bson::DateTime(t)) = d.get(*field) {
+            let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.timestamp_millis()) * 1_000_000)
+                .map_err(corrupt)?;
+            let s = t
+                .format(&time::format_description::well_known::Rfc3339)
+                .map_err(corrupt)?;
+            d.insert(*field, s);
+        }
+    }
+    for field in ID_FIELDS {
+        if let Some(Bson::ObjectId(o)) = d.get(*field) {
+            let s = o.to_hex();
+            d.insert(*field, s);
+        }
+    }
+    bson::from_document(d).map_err(corrupt)
+}
+
+async fn collect<T: DeserializeOwned>(
+    cursor: mongodb::Cursor<Document>,
+    dates: &[&str],
+) -> Result<Vec<T>, StoreError> {
+    let docs: Vec<Document> = cursor.try_collect().await.map_err(store_error)?;
+    docs.into_iter().map(|d| from_doc(d, dates)).collect()
+}
+
+/// Ids after `after` (a whole-store walk in id order).
+fn after_filter(after: Option<&str>) -> Document {
+    match after {
+        Some(a) => doc! {"_id": {"$gt": id(a)}},
+        None => doc! {},
+    }
+}
+
+fn index(keys: Document) -> IndexModel {
+    IndexModel::builder().keys(keys).build()
+}
+
+fn unique(keys: Document) -> IndexModel {
+    IndexModel::builder()
+        .keys(keys)
+        .options(IndexOptions::builder().unique(true).build())
+        .build()
+}
+
+impl MongoStore {
+    /// Connect to `uri` (`mongodb://...` or `mongodb+srv://...`; the database is the
+    /// URI's path, else `flow8`) and create the indexes. Fails with `Unavailable` when no
+    /// server answers within the server-selection timeout.
+    pub async fn connect(uri: &str) -> Result<MongoStore, StoreError> {
+        let mut opts = ClientOptions::parse(uri)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("the MongoDB URI is not valid: {e}")))?;
+        if opts.server_selection_timeout.is_none() {
+            opts.server_selection_timeout = Some(DEFAULT_SERVER_SELECTION_TIMEOUT);
+        }
+        if opts.connect_timeout.is_none() {
+            opts.connect_timeout = Some(DEFAULT_CONNECT_TIMEOUT);
+        }
+        if opts.app_name.is_none() {
+            opts.app_name = Some("flow8-host".into());
+        }
+        let name = opts
+            .default_database
+            .clone()
+            .unwrap_or_else(|| DEFAULT_DATABASE.to_string());
+        let client = Client::with_options(opts).map_err(store_error)?;
+        let store = MongoStore {
+            db: client.database(&name),
+        };
+        store.create_indexes().await?;
+        Ok(store)
+    }
+
+    fn coll(&self, name: &str) -> Collection<Document> {
+        self.db.collection(name)
+    }
+
+    /// Every index the host's queries use; creating an existing index is a no-op.
+    async fn create_indexes(&self) -> Result<(), StoreError> {
+        let sets: [(&str, Vec<IndexModel>); 5] = [
+            (
+                COMPONENTS,
+                vec![
+                    unique(doc! {"company_id": 1, "name": 1}),
+                    index(doc! {"company_id": 1, "kind": 1, "is_default": 1}),
+                ],
+            ),
+            (
+                LINKS,
+                vec![
+                    index(doc! {"company_id": 1, "integration_type": 1, "created_at": -1, "_id": -1}),
+                    index(doc! {"company_id": 1, "created_at": -1, "_id": -1}),
+                    // The seed's expiry query (per company) and the background refresher's.
+                    index(doc! {"company_id": 1, "token_expiry": 1}),
+                    index(doc! {"token_expiry": 1}),
+                ],
+            ),
+            (
+                STATES,
+                vec![
+                    unique(doc! {"state_hash": 1}),
+                    IndexModel::builder()
+                        .keys(doc! {"expires_at": 1})
+                        .options(
+                            IndexOptions::builder()
+                                .expire_after(Duration::from_secs(0))
+                                .build(),
+                        )
+                        .build(),
+                ],
+            ),
+            (
+                TOKENS,
+                vec![
+                    unique(doc! {"token_hash": 1}),
+                    index(doc! {"created_at": -1}),
+                ],
+            ),
+            (
+                AUDIT,
+                vec![
+                    // Ascending: the same index serves newest-first by walking it
+                    // backwards, and SecantusDB (the test server) mishandles an
+                    // inclusive lower bound on a descending index.
+                    index(doc! {"company_id": 1, "timestamp": 1, "_id": 1}),
+                    index(doc! {"company_id": 1, "action_type": 1, "timestamp": 1}),
+                    index(doc! {"company_id": 1, "resource_id": 1, "timestamp": 1}),
+                ],
+            ),
+        ];
+        for (name, models) in sets {
+            self.coll(name)
+                .create_indexes(models)
+                .await
+                .map_err(store_error)?;
+        }
+        Ok(())
+    }
+
+    /// The index keys of a collection (tests check every query is backed by one).
+    pub async fn index_keys(&self, collection: &str) -> Result<Vec<Document>, StoreError> {
+        let models: Vec<IndexModel> = self
+            .coll(collection)
+            .list_indexes()
+            .await
+            .map_err(store_error)?
+            .try_collect()
+            .await
+            .map_err(store_error)?;
+        Ok(models.into_iter().map(|m| m.keys).collect())
+    }
+
+    async fn find_component(&self, filter: Document) -> Result<Option<ComponentRecord>, StoreError> {
+        self.coll(COMPONENTS)
+            .find_one(filter)
+            .await
+            .map_err(store_error)?
+            .map(|d| from_doc(d, COMPONENT_DATES))
+            .transpose()
+    }
+
+    /// Clear every default of this kind but `keep`.
+    async fn clear_defaults(
+        &self,
+        company_id: &str,
+        kind: &str,
+        keep: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut filter = doc! {"company_id": id(company_id), "kind": kind, "is_default": true};
+        if let Some(k) = keep {
+            filter.insert("_id", doc! {"$ne": id(k)});
+        }
+        self.coll(COMPONENTS)
+            .update_many(filter, doc! {"$set": {"is_default": false}})
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn find_links(
+        &self,
+        filter: Document,
+        sort: Document,
+        limit: Option<i64>,
+    ) -> Result<Vec<LinkRecord>, StoreError> {
+        let links = self.coll(LINKS);
+        let mut find = links.find(filter).sort(sort);
+        if let Some(n) = limit {
+            find = find.limit(n);
+        }
+        collect(find.await.map_err(store_error)?, LINK_DATES).await
+    }
+}
+
+impl Store for MongoStore {
+    async fn insert_component(&self, record: ComponentRecord) -> Result<(), StoreError> {
+        let d = to_doc(&record, COMPONENT_DATES)?;
+        if record.is_default {
+            self.clear_defaults(&record.company_id, &record.kind, Some(&record.id))
+                .await?;
+        }
+        self.coll(COMPONENTS)
+            .insert_one(d)
+            .await
+            .map_err(|e| match store_error(e) {
+                StoreError::Conflict(_) => StoreError::Conflict(format!(
+                    "a component named `{}` or with id `{}` already exists",
+                    record.name, record.id
+                )),
+                other => other,
+            })?;
+        Ok(())
+    }
+
+    async fn get_component(
+        &self,
+        company_id: &str,
+        cid: &str,
+    ) -> Result<Option<ComponentRecord>, StoreError> {
+        self.find_component(doc! {"_id": id(cid), "company_id": id(company_id)})
+            .await
+    }
+
+    async fn find_component_by_name(
+        &self,
+        company_id: &str,
+        name: &str,
+    ) -> Result<Option<ComponentRecord>, StoreError> {
+        self.find_component(doc! {"company_id": id(company_id), "name": name})
+            .await
+    }
+
+    async fn list_components(&self, company_id: &str) -> Result<Vec<ComponentRecord>, StoreError> {
+        let cursor = self
+            .coll(COMPONENTS)
+            .find(doc! {"company_id": id(company_id)})
+            .sort(doc! {"name": 1})
+            .await
+            .map_err(store_error)?;
+        collect(cursor, COMPONENT_DATES).await
+    }
+
+    async fn delete_component(&self, company_id: &str, cid: &str) -> Result<bool, StoreError> {
+        let r = self
+            .coll(COMPONENTS)
+            .delete_one(doc! {"_id": id(cid), "company_id": id(company_id)})
+            .await
+            .map_err(store_error)?;
+        Ok(r.deleted_count > 0)
+    }
+
+    async fn set_default_component(&self, company_id: &str, cid: &str) -> Result<bool, StoreError> {
+        let Some(record) = self.get_component(company_id, cid).await? else {
+            return Ok(false);
+        };
+        // Clear the others first: a failure between the two writes leaves no default
+        // (steps then ask for an explicit binding), never two.
+        self.clear_defaults(company_id, &record.kind, Some(cid))
+            .await?;
+        let r = self
+            .coll(COMPONENTS)
+            .update_one(
+                doc! {"_id": id(cid), "company_id": id(company_id)},
+                doc! {"$set": {"is_default": true}},
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(r.matched_count > 0)
+    }
+
+    async fn default_component(
+        &self,
+        company_id: &str,
+        kind: &str,
+    ) -> Result<Option<ComponentRecord>, StoreError> {
+        self.find_component(doc! {"company_id": id(company_id), "kind": kind, "is_default": true})
+            .await
+    }
+
+    async fn insert_link(&self, link: LinkRecord) -> Result<(), StoreError> {
+        let d = to_doc(&link, LINK_DATES)?;
+        self.coll(LINKS).insert_one(d).await.map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn get_link(&self, company_id: &str, lid: &str) -> Result<Option<LinkRecord>, StoreError> {
+        self.coll(LINKS)
+            .find_one(doc! {"_id": id(lid), "company_id": id(company_id)})
+            .await
+            .map_err(store_error)?
+            .map(|d| from_doc(d, LINK_DATES))
+            .transpose()
+    }
+
+    async fn list_links(
+        &self,
+        company_id: &str,
+        service: Option<&str>,
+    ) -> Result<Vec<LinkRecord>, StoreError> {
+        let mut filter = doc! {"company_id": id(company_id)};
+        if let Some(s) = service {
+            filter.insert("integration_type", s);
+        }
+        self.find_links(filter, doc! {"created_at": -1, "_id": -1}, None)
+            .await
+    }
+
+    async fn links_expiring_before(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<LinkRecord>, StoreError> {
+        let links = self
+            .find_links(
+                doc! {"token_expiry": {"$ne": null, "$lt": date(before)}},
+                doc! {"token_expiry": 1},
+                Some(i64::from(limit)),
+            )
+            .await?;
+        Ok(links.into_iter().filter(|l| l.status == "active").collect())
+    }
+
+    async fn delete_link(
+        &self,
+        company_id: &str,
+        lid: &str,
+    ) -> Result<Option<LinkRecord>, StoreError> {
+        self.coll(LINKS)
+            .find_one_and_delete(doc! {"_id": id(lid), "company_id": id(company_id)})
+            .await
+            .map_err(store_error)?
+            .map(|d| from_doc(d, LINK_DATES))
+            .transpose()
+    }
+
+    async fn update_link_cas(
+        &self,
+        mut link: LinkRecord,
+        expected_version: i64,
+    ) -> Result<bool, StoreError> {
+        link.version = expected_version + 1;
+        link.updated_at = super::now();
+        let d = to_doc(&link, LINK_DATES)?;
+        let r = self
+            .coll(LINKS)
+            .replace_one(
+                doc! {"_id": id(&link.id), "company_id": id(&link.company_id), "version": expected_version},
+                d,
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(r.matched_count == 1)
+    }
+
+    async fn try_lease_link(
+        &self,
+        company_id: &str,
+        lid: &str,
+        owner: &str,
+        until: OffsetDateTime,
+    ) -> Result<Option<LinkRecord>, StoreError> {
+        // One atomic find-and-modify: free, expired, or already ours.
+        let filter = doc! {
+            "_id": id(lid),
+            "company_id": id(company_id),
+            "$or": [
+                {"refresh_lease_until": null},
+                {"refresh_lease_until": {"$lte": date(super::now())}},
+                {"refresh_lease_owner": owner},
+            ],
+        };
+        let update = doc! {
+            "$set": {"refresh_lease_owner": owner, "refresh_lease_until": date(until)},
+            "$inc": {"version": 1_i64},
+        };
+        self.coll(LINKS)
+            .find_one_and_update(filter, update)
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(store_error)?
+            .map(|d| from_doc(d, LINK_DATES))
+            .transpose()
+    }
+
+    async fn insert_oauth_state(&self, state: OAuthStateRecord) -> Result<(), StoreError> {
+        let d = to_doc(&state, STATE_DATES)?;
+        self.coll(STATES).insert_one(d).await.map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn take_oauth_state(
+        &self,
+        state_hash: &str,
+    ) -> Result<Option<OAuthStateRecord>, StoreError> {
+        // Deleting is what makes it single use: of two callbacks racing, one gets it.
+        let Some(d) = self
+            .coll(STATES)
+            .find_one_and_delete(doc! {"state_hash": state_hash})
+            .await
+            .map_err(store_error)?
+        else {
+            return Ok(None);
+        };
+        let state: OAuthStateRecord = from_doc(d, STATE_DATES)?;
+        // The TTL monitor runs about once a minute; an expired state may still be there.
+        Ok((state.expires_at > super::now()).then_some(state))
+    }
+
+    async fn insert_token(&self, token: TokenRecord) -> Result<(), StoreError> {
+        let d = to_doc(&token, TOKEN_DATES)?;
+        self.coll(TOKENS).insert_one(d).await.map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn find_token_by_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        self.coll(TOKENS)
+            .find_one(doc! {"token_hash": token_hash})
+            .await
+            .map_err(store_error)?
+            .map(|d| from_doc(d, TOKEN_DATES))
+            .transpose()
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let cursor = self
+            .coll(TOKENS)
+            .find(doc! {})
+            .sort(doc! {"created_at": -1})
+            .await
+            .map_err(store_error)?;
+        collect(cursor, TOKEN_DATES).await
+    }
+
+    async fn revoke_token(&self, tid: &str) -> Result<bool, StoreError> {
+        let r = self
+            .coll(TOKENS)
+            .update_one(
+                doc! {"_id": id(tid), "revoked_at": null},
+                doc! {"$set": {"revoked_at": date(super::now())}},
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(r.modified_count == 1)
+    }
+
+    async fn insert_audit(&self, entry: AuditRecord) -> Result<(), StoreError> {
+        let d = to_doc(&entry, AUDIT_DATES)?;
+        self.coll(AUDIT).insert_one(d).await.map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn insert_audit_batch(&self, entries: Vec<AuditRecord>) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let docs = entries
+            .iter()
+            .map(|e| to_doc(e, AUDIT_DATES))
+            .collect::<Result<Vec<_>, _>>()?;
+        // One insert command; an ordered insert stops at the first failure, and a
+        // retry of the batch skips what arrived (duplicate ids) below.
+        match self.coll(AUDIT).insert_many(docs).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate(&e) => {
+                for entry in entries {
+                    match self.insert_audit(entry).await {
+                        Ok(()) | Err(StoreError::Conflict(_)) => {}
+                        Err(other) => return Err(other),
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    async fn list_audit(
+        &self,
+        company_id: &str,
+        q: &AuditQuery,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut filter = doc! {"company_id": id(company_id)};
+        if let Some(a) = &q.action_type {
+            filter.insert("action_type", a.as_str());
+        }
+        if let Some(r) = &q.resource_type {
+            filter.insert("resource_type", r.as_str());
+        }
+        if let Some(r) = &q.resource_id {
+            filter.insert("resource_id", r.as_str());
+        }
+        let mut range = Document::new();
+        if let Some(t) = q.since {
+            range.insert("$gte", date(t));
+        }
+        if let Some(t) = q.until {
+            range.insert("$lt", date(t));
+        }
+        if !range.is_empty() {
+            filter.insert("timestamp", range);
+        }
+        let cursor = self
+            .coll(AUDIT)
+            .find(filter)
+            .sort(doc! {"timestamp": -1, "_id": -1})
+            .skip(q.offset)
+            .limit(i64::try_from(q.limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(store_error)?;
+        collect(cursor, AUDIT_DATES).await
+    }
+
+    async fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let d = self
+            .coll(META)
+            .find_one(doc! {"_id": key})
+            .await
+            .map_err(store_error)?;
+        Ok(d.and_then(|d| d.get_str("value").ok().map(str::to_string)))
+    }
+
+    async fn put_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.coll(META)
+            .update_one(doc! {"_id": key}, doc! {"$set": {"value": value}})
+            .upsert(true)
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn scan_components(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ComponentRecord>, StoreError> {
+        let cursor = self
+            .coll(COMPONENTS)
+            .find(after_filter(after))
+            .sort(doc! {"_id": 1})
+            .limit(i64::from(limit))
+            .await
+            .map_err(store_error)?;
+        collect(cursor, COMPONENT_DATES).await
+    }
+
+    async fn scan_links(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<LinkRecord>, StoreError> {
+        self.find_links(after_filter(after), doc! {"_id": 1}, Some(i64::from(limit)))
+            .await
+    }
+
+    async fn scan_audit(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let cursor = self
+            .coll(AUDIT)
+            .find(after_filter(after))
+            .sort(doc! {"_id": 1})
+            .limit(i64::from(limit))
+            .await
+            .map_err(store_error)?;
+        collect(cursor, AUDIT_DATES).await
+    }
+
+    async fn replace_component_config(
+        &self,
+        company_id: &str,
+        cid: &str,
+        expected: &serde_json::Map<String, serde_json::Value>,
+        config: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<bool, StoreError> {
+        // Compare-and-set on the whole config: read it, and write only if the stored
+        // config is still what was read (a concurrent change makes the filter miss).
+        let Some(raw) = self
+            .coll(COMPONENTS)
+            .find_one(doc! {"_id": id(cid), "company_id": id(company_id)})
+            .await
+            .map_err(store_error)?
+        else {
+            return Ok(false);
+        };
+        let stored = raw.get_document("config").map_err(corrupt)?.clone();
+        let current: ComponentRecord = from_doc(raw, COMPONENT_DATES)?;
+        if &current.config != expected {
+            return Ok(false);
+        }
+        let new = bson::to_document(&config).map_err(corrupt)?;
+        let r = self
+            .coll(COMPONENTS)
+            .update_one(
+                doc! {"_id": id(cid), "company_id": id(company_id), "config": stored},
+                doc! {"$set": {"config": new, "updated_at": date(super::now())}},
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(r.modified_count == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_use_bson_dates_and_object_ids() {
+        let t = super::super::now();
+        let r = ComponentRecord {
+            id: super::super::new_object_id(),
+            company_id: "acme".into(),
+            name: "n".into(),
+            kind: "http".into(),
+            config: serde_json::Map::new(),
+            is_default: false,
+            created_at: t,
+            updated_at: t,
+        };
+        let d = to_doc(&r, COMPONENT_DATES).unwrap();
+        assert!(matches!(d.get("_id"), Some(Bson::ObjectId(_))));
+        assert_eq!(d.get("company_id"), Some(&Bson::String("acme".into())));
+        assert!(matches!(d.get("created_at"), Some(Bson::DateTime(_))));
+        let back: ComponentRecord = from_doc(d, COMPONENT_DATES).unwrap();
+        assert_eq!(back, r);
+    }
+}

@@ -1,0 +1,688 @@
+//! One store conformance suite, run against the embedded store (SQLite) and MongoDB
+//! (a real SecantusDB server speaking the wire protocol): every case is written once,
+//! generic over `Store`, and instantiated for both backends by `conformance!`.
+
+use flow8_host::store::embedded::EmbeddedStore;
+use flow8_host::store::mongodb::MongoStore;
+use flow8_host::store::{
+    AuditQuery, AuditRecord, ComponentRecord, LinkRecord, OAuthStateRecord, Store, StoreError,
+    TokenRecord, new_object_id, now,
+};
+use flow8_host::vault::{MasterKey, Vault};
+use flow8_tests::mongo_server::MongoServer;
+use serde_json::json;
+use std::sync::{Arc, Mutex, Weak};
+use time::{Duration, OffsetDateTime};
+
+/// One SecantusDB shared by the MongoDB cases that run at the same time (each uses its
+/// own database); the last case to finish stops it.
+fn shared_mongo() -> Arc<MongoServer> {
+    static SHARED: Mutex<Weak<MongoServer>> = Mutex::new(Weak::new());
+    let mut slot = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(s) = slot.upgrade() {
+        return s;
+    }
+    let s = Arc::new(MongoServer::start());
+    *slot = Arc::downgrade(&s);
+    s
+}
+
+/// A MongoDB store in a database of its own, and the server it lives on.
+pub async fn fresh_mongo() -> (MongoStore, Arc<MongoServer>) {
+    let server = shared_mongo();
+    let db = format!("conformance_{}", new_object_id());
+    let store = MongoStore::connect(&server.uri(&db))
+        .await
+        .expect("connect to SecantusDB");
+    (store, server)
+}
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store = super::EmbeddedStore::open(dir.path()).await.unwrap();
+                    super::$case(&store).await;
+                }
+            )*
+        }
+        mod mongo {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let (store, _server) = super::fresh_mongo().await;
+                    super::$case(&store).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    components_are_scoped_by_company,
+    component_names_and_ids_are_unique,
+    one_default_per_kind,
+    links_are_scoped_listed_and_found_by_expiry,
+    link_writes_are_compare_and_set,
+    the_refresh_lease_has_one_holder_until_it_expires,
+    oauth_states_are_single_use_and_expire,
+    api_tokens_are_unique_and_revoked_once,
+    audit_pages_and_filters,
+    scans_walk_every_company,
+    component_config_replacement_is_compare_and_set,
+    meta_round_trips,
+);
+
+fn component(company: &str, name: &str, kind: &str) -> ComponentRecord {
+    let vault = Vault::new(MasterKey::generate());
+    let mut config = serde_json::Map::new();
+    config.insert("provider".into(), json!("http"));
+    config.insert("auth_value".into(), vault.encrypt("s3cr3t").to_json());
+    ComponentRecord {
+        id: new_object_id(),
+        company_id: company.into(),
+        name: name.into(),
+        kind: kind.into(),
+        config,
+        is_default: false,
+        created_at: now(),
+        updated_at: now(),
+    }
+}
+
+fn link(company: &str, service: &str, expiry: Option<OffsetDateTime>) -> LinkRecord {
+    let vault = Vault::new(MasterKey::generate());
+    let t = now();
+    LinkRecord {
+        id: new_object_id(),
+        user_id: new_object_id(),
+        company_id: company.into(),
+        integration_type: service.into(),
+        access_token: vault.encrypt("xoxb-access"),
+        refresh_token: Some(vault.encrypt("xoxe-refresh")),
+        token_expiry: expiry,
+        scopes: vec!["chat:write".into(), "files:write".into()],
+        provider_user_id: "U123".into(),
+        provider_user_email: "user@company.com".into(),
+        provider_metadata: json!({"team": {"id": "T1"}}),
+        status: "active".into(),
+        refresh_lease_owner: None,
+        refresh_lease_until: None,
+        version: 0,
+        created_at: t,
+        updated_at: t,
+    }
+}
+
+fn audit(company: &str, action: &str, resource: &str, at: OffsetDateTime) -> AuditRecord {
+    AuditRecord {
+        id: new_object_id(),
+        company_id: company.into(),
+        user_id: Some("u1".into()),
+        action_type: action.into(),
+        resource_type: "integration".into(),
+        resource_id: resource.into(),
+        before_state: json!({}),
+        after_state: json!({"integration_type": "slack"}),
+        timestamp: at,
+    }
+}
+
+async fn components_are_scoped_by_company<S: Store>(s: &S) {
+    // An ObjectId-shaped company id and a plain one.
+    let (a_co, b_co) = (new_object_id(), "company-b".to_string());
+    let a = component(&a_co, "api", "http");
+    s.insert_component(a.clone()).await.unwrap();
+    assert_eq!(s.get_component(&a_co, &a.id).await.unwrap(), Some(a.clone()));
+    assert_eq!(
+        s.find_component_by_name(&a_co, "api").await.unwrap(),
+        Some(a.clone())
+    );
+    // Another company finds, changes and deletes nothing.
+    assert_eq!(s.get_component(&b_co, &a.id).await.unwrap(), None);
+    assert_eq!(s.find_component_by_name(&b_co, "api").await.unwrap(), None);
+    assert!(!s.delete_component(&b_co, &a.id).await.unwrap());
+    assert!(!s.set_default_component(&b_co, &a.id).await.unwrap());
+    assert_eq!(s.list_components(&b_co).await.unwrap(), vec![]);
+    assert_eq!(s.get_component(&a_co, &a.id).await.unwrap(), Some(a.clone()));
+    // Lists are by name.
+    for n in ["zeta", "alpha"] {
+        s.insert_component(component(&a_co, n, "http")).await.unwrap();
+    }
+    let names: Vec<String> = s
+        .list_components(&a_co)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["alpha", "api", "zeta"]);
+    assert!(s.delete_component(&a_co, &a.id).await.unwrap());
+    assert!(!s.delete_component(&a_co, &a.id).await.unwrap());
+    assert_eq!(s.get_component(&a_co, &a.id).await.unwrap(), None);
+}
+
+async fn component_names_and_ids_are_unique<S: Store>(s: &S) {
+    let a = component("A", "api", "http");
+    s.insert_component(a.clone()).await.unwrap();
+    assert!(matches!(
+        s.insert_component(component("A", "api", "ai")).await,
+        Err(StoreError::Conflict(m)) if m.contains("`api`")
+    ));
+    let mut same_id = component("A", "other", "http");
+    same_id.id = a.id.clone();
+    assert!(matches!(
+        s.insert_component(same_id).await,
+        Err(StoreError::Conflict(_))
+    ));
+    // The same name in another company is fine; nothing else changed.
+    s.insert_component(component("B", "api", "http"))
+        .await
+        .unwrap();
+    assert_eq!(s.list_components("A").await.unwrap(), vec![a]);
+}
+
+async fn one_default_per_kind<S: Store>(s: &S) {
+    let a = component("A", "one", "http");
+    let b = component("A", "two", "http");
+    let c = component("A", "three", "ai");
+    for r in [&a, &b, &c] {
+        s.insert_component(r.clone()).await.unwrap();
+    }
+    assert_eq!(s.default_component("A", "http").await.unwrap(), None);
+    assert!(s.set_default_component("A", &a.id).await.unwrap());
+    assert!(s.set_default_component("A", &c.id).await.unwrap());
+    assert!(s.set_default_component("A", &b.id).await.unwrap());
+    assert_eq!(
+        s.default_component("A", "http").await.unwrap().unwrap().id,
+        b.id
+    );
+    assert_eq!(
+        s.default_component("A", "ai").await.unwrap().unwrap().id,
+        c.id
+    );
+    let http_defaults = s
+        .list_components("A")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.kind == "http" && r.is_default)
+        .count();
+    assert_eq!(http_defaults, 1);
+    // Inserting a new default replaces the old one.
+    let mut d = component("A", "four", "http");
+    d.is_default = true;
+    s.insert_component(d.clone()).await.unwrap();
+    assert_eq!(
+        s.default_component("A", "http").await.unwrap().unwrap().id,
+        d.id
+    );
+    assert!(!s.get_component("A", &b.id).await.unwrap().unwrap().is_default);
+    assert_eq!(s.default_component("B", "http").await.unwrap(), None);
+    // Deleting the default leaves none.
+    assert!(s.delete_component("A", &d.id).await.unwrap());
+    assert_eq!(s.default_component("A", "http").await.unwrap(), None);
+}
+
+async fn links_are_scoped_listed_and_found_by_expiry<S: Store>(s: &S) {
+    let soon = now() + Duration::minutes(5);
+    let later = now() + Duration::days(3);
+    let never = link("A", "clio", None);
+    let l1 = link("A", "slack", Some(later));
+    let l2 = link("A", "microsoft", Some(soon));
+    let other = link("B", "slack", Some(now() + Duration::minutes(1)));
+    for l in [&never, &l1, &l2, &other] {
+        s.insert_link(l.clone()).await.unwrap();
+    }
+    assert!(matches!(
+        s.insert_link(l1.clone()).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.get_link("A", &l1.id).await.unwrap(), Some(l1.clone()));
+    assert_eq!(s.get_link("B", &l1.id).await.unwrap(), None);
+    // Newest first; a service filter.
+    let ids: Vec<String> = s
+        .list_links("A", None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.id)
+        .collect();
+    assert_eq!(ids, [l2.id.clone(), l1.id.clone(), never.id.clone()]);
+    let slack = s.list_links("A", Some("slack")).await.unwrap();
+    assert_eq!(slack, vec![l1.clone()]);
+    // Expiring soonest first across companies; long-lived links never.
+    let expiring: Vec<String> = s
+        .links_expiring_before(now() + Duration::days(7), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.id)
+        .collect();
+    assert_eq!(expiring, [other.id.clone(), l2.id.clone(), l1.id.clone()]);
+    let one = s
+        .links_expiring_before(now() + Duration::days(7), 1)
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    // A link needing reconnection is not refreshed in the background.
+    let mut revoked = s.get_link("A", &l2.id).await.unwrap().unwrap();
+    revoked.status = "needs_reconnect".into();
+    assert!(s.update_link_cas(revoked, l2.version).await.unwrap());
+    assert!(
+        !s.links_expiring_before(now() + Duration::hours(1), 10)
+            .await
+            .unwrap()
+            .iter()
+            .any(|l| l.id == l2.id)
+    );
+    // Delete returns what was deleted, once, and only for its company.
+    assert_eq!(s.delete_link("B", &l1.id).await.unwrap(), None);
+    assert_eq!(s.delete_link("A", &l1.id).await.unwrap().unwrap().id, l1.id);
+    assert_eq!(s.delete_link("A", &l1.id).await.unwrap(), None);
+}
+
+async fn link_writes_are_compare_and_set<S: Store>(s: &S) {
+    let l = link("A", "google", Some(now() + Duration::hours(1)));
+    s.insert_link(l.clone()).await.unwrap();
+    let mut next = l.clone();
+    next.token_expiry = Some(now() + Duration::hours(2));
+    assert!(s.update_link_cas(next.clone(), 0).await.unwrap());
+    // A writer that read version 0 lost: nothing changes.
+    let mut stale = l.clone();
+    stale.provider_user_email = "stale@example.com".into();
+    assert!(!s.update_link_cas(stale, 0).await.unwrap());
+    let now_stored = s.get_link("A", &l.id).await.unwrap().unwrap();
+    assert_eq!(now_stored.version, 1);
+    assert_eq!(now_stored.token_expiry, next.token_expiry);
+    assert_eq!(now_stored.provider_user_email, "user@company.com");
+    // Another company's id matches nothing.
+    let mut foreign = now_stored.clone();
+    foreign.company_id = "B".into();
+    assert!(!s.update_link_cas(foreign, 1).await.unwrap());
+}
+
+async fn the_refresh_lease_has_one_holder_until_it_expires<S: Store + Clone>(s: &S) {
+    let l = link("A", "slack", Some(now() + Duration::minutes(1)));
+    s.insert_link(l.clone()).await.unwrap();
+    // Twenty hosts race for it: exactly one wins.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let s = s.clone();
+        let id = l.id.clone();
+        tasks.push(tokio::spawn(async move {
+            s.try_lease_link("A", &id, &format!("host-{i}"), now() + Duration::seconds(2))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut winners = Vec::new();
+    for t in tasks {
+        if let Some(l) = t.await.unwrap() {
+            winners.push(l);
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let holder = winners[0].refresh_lease_owner.clone().unwrap();
+    // The winner saw the link as it is after taking it (version bumped).
+    assert_eq!(winners[0].version, l.version + 1);
+    assert_eq!(
+        s.get_link("A", &l.id).await.unwrap().unwrap().version,
+        winners[0].version
+    );
+    // The holder may take it again; others may not; another company sees nothing.
+    assert!(
+        s.try_lease_link("A", &l.id, &holder, now() + Duration::seconds(2))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        s.try_lease_link("A", &l.id, "late-host", now() + Duration::seconds(2))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.try_lease_link("B", &l.id, "late-host", now() + Duration::seconds(60))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // A holder that died does not block the link beyond the lease.
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    let taken = s
+        .try_lease_link("A", &l.id, "late-host", now() + Duration::seconds(30))
+        .await
+        .unwrap()
+        .expect("the expired lease can be taken");
+    assert_eq!(taken.refresh_lease_owner.as_deref(), Some("late-host"));
+    assert!(
+        s.try_lease_link("A", "000000000000000000000000", "x", now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn oauth_states_are_single_use_and_expire<S: Store + Clone>(s: &S) {
+    let vault = Vault::new(MasterKey::generate());
+    let state = |hash: &str, expires: OffsetDateTime| OAuthStateRecord {
+        state_hash: hash.into(),
+        company_id: "A".into(),
+        user_id: "u1".into(),
+        service: "slack".into(),
+        pkce_verifier: Some(vault.encrypt("verifier")),
+        expires_at: expires,
+    };
+    let live = state("h-live", now() + Duration::minutes(10));
+    s.insert_oauth_state(live.clone()).await.unwrap();
+    assert!(matches!(
+        s.insert_oauth_state(live.clone()).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.take_oauth_state("h-live").await.unwrap(), Some(live));
+    assert_eq!(s.take_oauth_state("h-live").await.unwrap(), None);
+    s.insert_oauth_state(state("h-old", now() - Duration::seconds(1)))
+        .await
+        .unwrap();
+    assert_eq!(s.take_oauth_state("h-old").await.unwrap(), None);
+    assert_eq!(s.take_oauth_state("never-issued").await.unwrap(), None);
+    // Two callbacks racing with one state: one gets it.
+    s.insert_oauth_state(state("h-race", now() + Duration::minutes(10)))
+        .await
+        .unwrap();
+    let (a, b) = (s.clone(), s.clone());
+    let (x, y) = tokio::join!(
+        tokio::spawn(async move { a.take_oauth_state("h-race").await.unwrap() }),
+        tokio::spawn(async move { b.take_oauth_state("h-race").await.unwrap() }),
+    );
+    assert_eq!(
+        [x.unwrap(), y.unwrap()]
+            .iter()
+            .filter(|r| r.is_some())
+            .count(),
+        1
+    );
+}
+
+async fn api_tokens_are_unique_and_revoked_once<S: Store>(s: &S) {
+    let token = |hash: &str| TokenRecord {
+        id: new_object_id(),
+        company_id: "A".into(),
+        user_id: "u1".into(),
+        admin: false,
+        name: "ci".into(),
+        token_hash: hash.into(),
+        created_at: now(),
+        revoked_at: None,
+    };
+    let first = token("hash-1");
+    s.insert_token(first.clone()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let second = token("hash-2");
+    s.insert_token(second.clone()).await.unwrap();
+    assert!(matches!(
+        s.insert_token(token("hash-1")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        s.find_token_by_hash("hash-1").await.unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(s.find_token_by_hash("nope").await.unwrap(), None);
+    let ids: Vec<String> = s
+        .list_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(ids, [second.id.clone(), first.id.clone()]);
+    assert!(s.revoke_token(&first.id).await.unwrap());
+    assert!(!s.revoke_token(&first.id).await.unwrap());
+    assert!(!s.revoke_token("000000000000000000000000").await.unwrap());
+    let revoked = s.find_token_by_hash("hash-1").await.unwrap().unwrap();
+    assert!(revoked.revoked_at.is_some());
+}
+
+async fn audit_pages_and_filters<S: Store>(s: &S) {
+    let base = now() - Duration::minutes(30);
+    let mut entries = Vec::new();
+    for i in 0..25 {
+        let action = if i % 5 == 0 {
+            "integration_unlinked"
+        } else {
+            "credential_used"
+        };
+        entries.push(audit(
+            "A",
+            action,
+            &format!("r{}", i % 3),
+            base + Duration::minutes(i),
+        ));
+    }
+    s.insert_audit_batch(entries[..20].to_vec()).await.unwrap();
+    for e in &entries[20..] {
+        s.insert_audit(e.clone()).await.unwrap();
+    }
+    s.insert_audit(audit("B", "credential_used", "r0", base))
+        .await
+        .unwrap();
+    // Retrying a batch that arrived does not duplicate it.
+    let _ = s.insert_audit_batch(entries[..2].to_vec()).await;
+    let page = |offset: u64, limit: u64| AuditQuery {
+        offset,
+        limit,
+        ..AuditQuery::default()
+    };
+    let mut seen = Vec::new();
+    for p in 0..3 {
+        let got = s.list_audit("A", &page(p * 10, 10)).await.unwrap();
+        assert_eq!(got.len(), if p < 2 { 10 } else { 5 });
+        seen.extend(got);
+    }
+    // Newest first, every entry once, none of company B's.
+    let expected: Vec<String> = entries.iter().rev().map(|e| e.id.clone()).collect();
+    let got: Vec<String> = seen.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(got, expected);
+    assert_eq!(seen[0], entries[24]);
+    let unlinked = s
+        .list_audit(
+            "A",
+            &AuditQuery {
+                action_type: Some("integration_unlinked".into()),
+                limit: 100,
+                ..AuditQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(unlinked.len(), 5);
+    let r1 = s
+        .list_audit(
+            "A",
+            &AuditQuery {
+                resource_id: Some("r1".into()),
+                resource_type: Some("integration".into()),
+                limit: 100,
+                ..AuditQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r1.len(), 8);
+    let window = s
+        .list_audit(
+            "A",
+            &AuditQuery {
+                since: Some(base + Duration::minutes(10)),
+                until: Some(base + Duration::minutes(15)),
+                limit: 100,
+                ..AuditQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(window.len(), 5);
+    assert_eq!(
+        s.list_audit("B", &page(0, 100)).await.unwrap().len(),
+        1,
+        "company B sees only its own entry"
+    );
+}
+
+async fn scans_walk_every_company<S: Store>(s: &S) {
+    let mut components = Vec::new();
+    let mut links = Vec::new();
+    for i in 0..7 {
+        let co = if i % 2 == 0 { "A" } else { "B" };
+        let c = component(co, &format!("c{i}"), "http");
+        s.insert_component(c.clone()).await.unwrap();
+        components.push(c.id);
+        let l = link(co, "slack", None);
+        s.insert_link(l.clone()).await.unwrap();
+        links.push(l.id);
+        s.insert_audit(audit(co, "credential_used", "r", now()))
+            .await
+            .unwrap();
+    }
+    let mut walked = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let batch = s.scan_components(after.as_deref(), 3).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        assert!(batch.len() <= 3);
+        after = batch.last().map(|c| c.id.clone());
+        walked.extend(batch.into_iter().map(|c| c.id));
+    }
+    components.sort();
+    assert_eq!(walked, components);
+    let mut walked = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let batch = s.scan_links(after.as_deref(), 2).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        after = batch.last().map(|l| l.id.clone());
+        walked.extend(batch.into_iter().map(|l| l.id));
+    }
+    links.sort();
+    assert_eq!(walked, links);
+    assert_eq!(s.scan_audit(None, 100).await.unwrap().len(), 7);
+}
+
+async fn component_config_replacement_is_compare_and_set<S: Store>(s: &S) {
+    let c = component("A", "api", "http");
+    s.insert_component(c.clone()).await.unwrap();
+    let mut resealed = c.config.clone();
+    resealed.insert("auth_value".into(), json!({"encrypted": true, "nonce": "n", "ciphertext": "c", "key_id": "k2"}));
+    // Wrong company, wrong expectation: nothing changes.
+    assert!(
+        !s.replace_component_config("B", &c.id, &c.config, resealed.clone())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.replace_component_config("A", &c.id, &resealed, c.config.clone())
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.replace_component_config("A", &c.id, &c.config, resealed.clone())
+            .await
+            .unwrap()
+    );
+    // The second writer that read the old config loses.
+    assert!(
+        !s.replace_component_config("A", &c.id, &c.config, c.config.clone())
+            .await
+            .unwrap()
+    );
+    let stored = s.get_component("A", &c.id).await.unwrap().unwrap();
+    assert_eq!(stored.config, resealed);
+    assert_eq!((stored.name, stored.kind), (c.name, c.kind));
+}
+
+async fn meta_round_trips<S: Store>(s: &S) {
+    assert_eq!(s.get_meta("missing").await.unwrap(), None);
+    s.put_meta("k", "v1").await.unwrap();
+    s.put_meta("k", "v2").await.unwrap();
+    assert_eq!(s.get_meta("k").await.unwrap().as_deref(), Some("v2"));
+}
+
+/// MongoDB keeps flow8's document shapes: BSON dates, ObjectIds, sealed sub-documents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_documents_have_the_flow8_shape_and_every_query_an_index() {
+    use ::mongodb::bson::{Bson, Document, doc};
+    let server = shared_mongo();
+    let db = format!("shape_{}", new_object_id());
+    let store = MongoStore::connect(&server.uri(&db)).await.unwrap();
+    let company = new_object_id();
+    let l = link(&company, "slack", Some(now() + Duration::days(2)));
+    store.insert_link(l.clone()).await.unwrap();
+    let client = ::mongodb::Client::with_uri_str(server.uri(&db)).await.unwrap();
+    let raw: Document = client
+        .database(&db)
+        .collection::<Document>("db_links")
+        .find_one(doc! {})
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(raw.get("_id"), Some(Bson::ObjectId(_))));
+    assert!(matches!(raw.get("company_id"), Some(Bson::ObjectId(_))));
+    assert!(matches!(raw.get("user_id"), Some(Bson::ObjectId(_))));
+    assert!(matches!(raw.get("token_expiry"), Some(Bson::DateTime(_))));
+    assert!(matches!(raw.get("created_at"), Some(Bson::DateTime(_))));
+    let token = raw.get_document("access_token").unwrap();
+    assert_eq!(token.get_bool("encrypted").unwrap(), true);
+    for k in ["nonce", "ciphertext"] {
+        assert!(token.get_str(k).is_ok(), "{k} missing from {token}");
+    }
+    assert!(!format!("{raw}").contains("xoxb-access"));
+    // The seed's expiry query, run as written, finds it.
+    let found = client
+        .database(&db)
+        .collection::<Document>("db_links")
+        .count_documents(doc! {"token_expiry": {
+            "$gt": ::mongodb::bson::DateTime::now(),
+            "$lt": ::mongodb::bson::DateTime::from_millis(::mongodb::bson::DateTime::now().timestamp_millis() + 7 * 24 * 3600 * 1000),
+        }})
+        .await
+        .unwrap();
+    assert_eq!(found, 1);
+    // An index behind every query the host makes.
+    let has = |keys: &[Document], want: Document| keys.iter().any(|k| *k == want);
+    let links = store.index_keys("db_links").await.unwrap();
+    assert!(has(&links, doc! {"company_id": 1, "token_expiry": 1}));
+    assert!(has(&links, doc! {"token_expiry": 1}));
+    assert!(has(
+        &links,
+        doc! {"company_id": 1, "integration_type": 1, "created_at": -1, "_id": -1}
+    ));
+    let comps = store.index_keys("components").await.unwrap();
+    assert!(has(&comps, doc! {"company_id": 1, "name": 1}));
+    assert!(has(&comps, doc! {"company_id": 1, "kind": 1, "is_default": 1}));
+    let states = store.index_keys("oauth_states").await.unwrap();
+    assert!(has(&states, doc! {"state_hash": 1}));
+    assert!(has(&states, doc! {"expires_at": 1}));
+    let tokens = store.index_keys("api_tokens").await.unwrap();
+    assert!(has(&tokens, doc! {"token_hash": 1}));
+    let audit = store.index_keys("audit_log").await.unwrap();
+    assert!(has(
+        &audit,
+        doc! {"company_id": 1, "timestamp": 1, "_id": 1}
+    ));
+    // Connecting again (a second host, a restart) creates nothing twice and fails on nothing.
+    let again = MongoStore::connect(&server.uri(&db)).await.unwrap();
+    assert_eq!(
+        again.index_keys("db_links").await.unwrap().len(),
+        links.len()
+    );
+}

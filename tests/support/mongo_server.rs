@@ -1,0 +1,106 @@
+//! A real MongoDB-wire-protocol server for tests: SecantusDB (PyPI `secantusdb`),
+//! installed by `just test-servers` into `tests/.venv`. Each server gets a fresh port;
+//! `start` keeps its data in memory, `start_in` in a directory that survives a
+//! `stop` and `restart` (the store-down test).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// The server process; killed on drop.
+pub struct MongoServer {
+    /// The port it listens on (kept across restarts).
+    pub port: u16,
+    storage: String,
+    child: Option<Child>,
+}
+
+/// The Python that has SecantusDB installed.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("FLOW8_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    crate::repo_root().join("tests/.venv/bin/python")
+}
+
+impl MongoServer {
+    /// A server with its data in memory.
+    pub fn start() -> MongoServer {
+        MongoServer::launch(":memory:".into(), crate::ServerProcess::free_port())
+    }
+
+    /// A server keeping its data in `dir` (so it can be stopped and started again).
+    pub fn start_in(dir: &Path) -> MongoServer {
+        MongoServer::launch(
+            dir.to_string_lossy().into_owned(),
+            crate::ServerProcess::free_port(),
+        )
+    }
+
+    fn launch(storage: String, port: u16) -> MongoServer {
+        let py = python();
+        assert!(
+            py.exists(),
+            "SecantusDB is not installed ({} missing): run `just test-servers`",
+            py.display()
+        );
+        let mut child = Command::new(&py)
+            .args(["-m", "secantus", "--host", "127.0.0.1", "--port"])
+            .arg(port.to_string())
+            .args(["--storage-path", &storage, "--standalone"])
+            .args(["--log-level", "INFO"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start SecantusDB");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let mut seen = String::new();
+        loop {
+            match lines.next() {
+                Some(Ok(l)) => {
+                    if l.contains("listening on") {
+                        break;
+                    }
+                    seen.push_str(&l);
+                    seen.push('\n');
+                }
+                _ => panic!("SecantusDB exited before listening:\n{seen}"),
+            }
+        }
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        MongoServer {
+            port,
+            storage,
+            child: Some(child),
+        }
+    }
+
+    /// A connection URI for database `db`.
+    pub fn uri(&self, db: &str) -> String {
+        format!("mongodb://127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Kill the server (its data stays if it has a directory).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start it again on the same port and storage.
+    pub fn restart(&mut self) {
+        self.stop();
+        // The port was just released; retry briefly if it is not free yet.
+        let fresh = MongoServer::launch(self.storage.clone(), self.port);
+        *self = fresh;
+    }
+}
+
+impl Drop for MongoServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
