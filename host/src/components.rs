@@ -1226,7 +1226,7 @@ mod tests {
         match decrypt_secrets(&r, &other).unwrap_err() {
             ComponentError::Sealed { field, reason } => {
                 assert_eq!(field, "api_key");
-                assert!(reason.contains(vault.key_id()), "{reason}");
+                assert!(reason.contains(&vault.key_id()), "{reason}");
             }
             e => panic!("{e:?}"),
         }

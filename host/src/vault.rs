@@ -867,16 +867,16 @@ mod tests {
         let other = vault();
         let sealed = v.encrypt(PLAIN);
         let err = other.decrypt(&sealed).unwrap_err();
-        assert!(matches!(&err, VaultError::UnknownKey { key_id } if key_id == v.key_id()));
+        assert!(matches!(&err, VaultError::UnknownKey { key_id } if *key_id == v.key_id()));
         let msg = err.to_string();
         assert!(
-            msg.contains(v.key_id()) && msg.contains("FLOW8_MASTER_KEY"),
+            msg.contains(&v.key_id()) && msg.contains("FLOW8_MASTER_KEY"),
             "{msg}"
         );
 
         // An envelope claiming the other key's id does not open either.
         let forged = Envelope {
-            key_id: other.key_id().into(),
+            key_id: other.key_id(),
             ..sealed.clone()
         };
         assert!(matches!(other.decrypt(&forged), Err(VaultError::Tampered)));

@@ -10,6 +10,7 @@ mod cli_links;
 mod hostile_guests;
 mod local_store;
 mod microsoft_calendar;
+mod mongodb_hosts;
 mod oauth_flow;
 mod s3_upload;
 mod slack_message;

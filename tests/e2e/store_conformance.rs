@@ -136,7 +136,10 @@ async fn components_are_scoped_by_company<S: Store>(s: &S) {
     let (a_co, b_co) = (new_object_id(), "company-b".to_string());
     let a = component(&a_co, "api", "http");
     s.insert_component(a.clone()).await.unwrap();
-    assert_eq!(s.get_component(&a_co, &a.id).await.unwrap(), Some(a.clone()));
+    assert_eq!(
+        s.get_component(&a_co, &a.id).await.unwrap(),
+        Some(a.clone())
+    );
     assert_eq!(
         s.find_component_by_name(&a_co, "api").await.unwrap(),
         Some(a.clone())
@@ -147,10 +150,15 @@ async fn components_are_scoped_by_company<S: Store>(s: &S) {
     assert!(!s.delete_component(&b_co, &a.id).await.unwrap());
     assert!(!s.set_default_component(&b_co, &a.id).await.unwrap());
     assert_eq!(s.list_components(&b_co).await.unwrap(), vec![]);
-    assert_eq!(s.get_component(&a_co, &a.id).await.unwrap(), Some(a.clone()));
+    assert_eq!(
+        s.get_component(&a_co, &a.id).await.unwrap(),
+        Some(a.clone())
+    );
     // Lists are by name.
     for n in ["zeta", "alpha"] {
-        s.insert_component(component(&a_co, n, "http")).await.unwrap();
+        s.insert_component(component(&a_co, n, "http"))
+            .await
+            .unwrap();
     }
     let names: Vec<String> = s
         .list_components(&a_co)
@@ -220,7 +228,13 @@ async fn one_default_per_kind<S: Store>(s: &S) {
         s.default_component("A", "http").await.unwrap().unwrap().id,
         d.id
     );
-    assert!(!s.get_component("A", &b.id).await.unwrap().unwrap().is_default);
+    assert!(
+        !s.get_component("A", &b.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_default
+    );
     assert_eq!(s.default_component("B", "http").await.unwrap(), None);
     // Deleting the default leaves none.
     assert!(s.delete_component("A", &d.id).await.unwrap());
@@ -582,7 +596,10 @@ async fn component_config_replacement_is_compare_and_set<S: Store>(s: &S) {
     let c = component("A", "api", "http");
     s.insert_component(c.clone()).await.unwrap();
     let mut resealed = c.config.clone();
-    resealed.insert("auth_value".into(), json!({"encrypted": true, "nonce": "n", "ciphertext": "c", "key_id": "k2"}));
+    resealed.insert(
+        "auth_value".into(),
+        json!({"encrypted": true, "nonce": "n", "ciphertext": "c", "key_id": "k2"}),
+    );
     // Wrong company, wrong expectation: nothing changes.
     assert!(
         !s.replace_component_config("B", &c.id, &c.config, resealed.clone())
@@ -627,7 +644,9 @@ async fn mongodb_documents_have_the_flow8_shape_and_every_query_an_index() {
     let company = new_object_id();
     let l = link(&company, "slack", Some(now() + Duration::days(2)));
     store.insert_link(l.clone()).await.unwrap();
-    let client = ::mongodb::Client::with_uri_str(server.uri(&db)).await.unwrap();
+    let client = ::mongodb::Client::with_uri_str(server.uri(&db))
+        .await
+        .unwrap();
     let raw: Document = client
         .database(&db)
         .collection::<Document>("db_links")
@@ -641,7 +660,7 @@ async fn mongodb_documents_have_the_flow8_shape_and_every_query_an_index() {
     assert!(matches!(raw.get("token_expiry"), Some(Bson::DateTime(_))));
     assert!(matches!(raw.get("created_at"), Some(Bson::DateTime(_))));
     let token = raw.get_document("access_token").unwrap();
-    assert_eq!(token.get_bool("encrypted").unwrap(), true);
+    assert!(token.get_bool("encrypted").unwrap());
     for k in ["nonce", "ciphertext"] {
         assert!(token.get_str(k).is_ok(), "{k} missing from {token}");
     }
@@ -658,7 +677,7 @@ async fn mongodb_documents_have_the_flow8_shape_and_every_query_an_index() {
         .unwrap();
     assert_eq!(found, 1);
     // An index behind every query the host makes.
-    let has = |keys: &[Document], want: Document| keys.iter().any(|k| *k == want);
+    let has = |keys: &[Document], want: Document| keys.contains(&want);
     let links = store.index_keys("db_links").await.unwrap();
     assert!(has(&links, doc! {"company_id": 1, "token_expiry": 1}));
     assert!(has(&links, doc! {"token_expiry": 1}));
@@ -668,7 +687,10 @@ async fn mongodb_documents_have_the_flow8_shape_and_every_query_an_index() {
     ));
     let comps = store.index_keys("components").await.unwrap();
     assert!(has(&comps, doc! {"company_id": 1, "name": 1}));
-    assert!(has(&comps, doc! {"company_id": 1, "kind": 1, "is_default": 1}));
+    assert!(has(
+        &comps,
+        doc! {"company_id": 1, "kind": 1, "is_default": 1}
+    ));
     let states = store.index_keys("oauth_states").await.unwrap();
     assert!(has(&states, doc! {"state_hash": 1}));
     assert!(has(&states, doc! {"expires_at": 1}));

@@ -44,11 +44,16 @@ impl MongoServer {
             "SecantusDB is not installed ({} missing): run `just test-servers`",
             py.display()
         );
-        let mut child = Command::new(&py)
-            .args(["-m", "secantus", "--host", "127.0.0.1", "--port"])
+        let mut cmd = Command::new(&py);
+        cmd.args(["-m", "secantus", "--host", "127.0.0.1", "--port"])
             .arg(port.to_string())
             .args(["--storage-path", &storage, "--standalone"])
-            .args(["--log-level", "INFO"])
+            .args(["--log-level", "INFO"]);
+        if storage != ":memory:" {
+            // Data that must survive a kill is synced at every commit.
+            cmd.arg("--sync-on-commit");
+        }
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -72,10 +72,11 @@ impl std::fmt::Debug for MongoStore {
 
 /// An id as MongoDB keeps it: an ObjectId when it is one in hex, else the string.
 fn id(s: &str) -> Bson {
-    if s.len() == 24 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        if let Ok(oid) = ObjectId::parse_str(s) {
-            return Bson::ObjectId(oid);
-        }
+    if s.len() == 24
+        && s.bytes().all(|b| b.is_ascii_hexdigit())
+        && let Ok(oid) = ObjectId::parse_str(s)
+    {
+        return Bson::ObjectId(oid);
     }
     Bson::String(s.to_string())
 }
@@ -141,8 +142,10 @@ fn to_doc<T: Serialize>(value: &T, dates: &[&str]) -> Result<Document, StoreErro
 fn from_doc<T: DeserializeOwned>(mut d: Document, dates: &[&str]) -> Result<T, StoreError> {
     for field in dates {
         if let Some(Bson::DateTime(t)) = d.get(*field) {
-            let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.timestamp_millis()) * 1_000_000)
-                .map_err(corrupt)?;
+            let t = OffsetDateTime::from_unix_timestamp_nanos(
+                i128::from(t.timestamp_millis()) * 1_000_000,
+            )
+            .map_err(corrupt)?;
             let s = t
                 .format(&time::format_description::well_known::Rfc3339)
                 .map_err(corrupt)?;
@@ -231,7 +234,9 @@ impl MongoStore {
             (
                 LINKS,
                 vec![
-                    index(doc! {"company_id": 1, "integration_type": 1, "created_at": -1, "_id": -1}),
+                    index(
+                        doc! {"company_id": 1, "integration_type": 1, "created_at": -1, "_id": -1},
+                    ),
                     index(doc! {"company_id": 1, "created_at": -1, "_id": -1}),
                     // The seed's expiry query (per company) and the background refresher's.
                     index(doc! {"company_id": 1, "token_expiry": 1}),
@@ -293,7 +298,10 @@ impl MongoStore {
         Ok(models.into_iter().map(|m| m.keys).collect())
     }
 
-    async fn find_component(&self, filter: Document) -> Result<Option<ComponentRecord>, StoreError> {
+    async fn find_component(
+        &self,
+        filter: Document,
+    ) -> Result<Option<ComponentRecord>, StoreError> {
         self.coll(COMPONENTS)
             .find_one(filter)
             .await
@@ -426,7 +434,11 @@ impl Store for MongoStore {
         Ok(())
     }
 
-    async fn get_link(&self, company_id: &str, lid: &str) -> Result<Option<LinkRecord>, StoreError> {
+    async fn get_link(
+        &self,
+        company_id: &str,
+        lid: &str,
+    ) -> Result<Option<LinkRecord>, StoreError> {
         self.coll(LINKS)
             .find_one(doc! {"_id": id(lid), "company_id": id(company_id)})
             .await
