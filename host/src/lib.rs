@@ -18,6 +18,7 @@ pub mod capabilities;
 pub mod cli;
 pub mod components;
 pub mod config;
+pub mod key_rotation;
 pub mod manifest;
 pub mod oauth;
 pub mod outbound;

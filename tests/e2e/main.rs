@@ -8,6 +8,7 @@ mod bad_input;
 mod cli_http_request;
 mod cli_links;
 mod hostile_guests;
+mod key_rotation;
 mod local_store;
 mod microsoft_calendar;
 mod mongodb_hosts;

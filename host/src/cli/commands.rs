@@ -159,6 +159,8 @@ pub(super) async fn dispatch(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve(&cli, &data_dir, file_config, args).await,
         Command::Tokens(cmd) => tokens(&cli, &data_dir, cmd).await,
         Command::Links(cmd) => super::links::run(&cli, &data_dir, &file_config, cmd).await,
+        Command::Keys(cmd) => super::keys::keys(&cli, &data_dir, cmd).await,
+        Command::Store(cmd) => super::keys::store_cmd(&cli, &data_dir, cmd).await,
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod commands;
 pub mod config;
+mod keys;
 mod links;
 
 use clap::{Parser, Subcommand};
@@ -64,6 +65,12 @@ pub enum Command {
     /// OAuth links in the local store (connect, list, test, delete).
     #[command(subcommand)]
     Links(links::LinksCommand),
+    /// Master keys: which keys seal the store's secrets, and rotation.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Move the store's documents to another store (export, import), secrets sealed.
+    #[command(subcommand)]
+    Store(keys::StoreCommand),
 }
 
 impl Cli {

@@ -11,6 +11,7 @@
 pub mod any;
 pub mod embedded;
 pub mod mongodb;
+pub mod transfer;
 
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -346,7 +347,9 @@ pub trait Store: Send + Sync + 'static {
         &self,
         entry: AuditRecord,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// Append several audit entries in one write (all or none).
+    /// Append several audit entries in one write. If an entry's id is already there the
+    /// answer is `Conflict`; the embedded store then wrote none of them, MongoDB the
+    /// others.
     fn insert_audit_batch(
         &self,
         entries: Vec<AuditRecord>,

@@ -615,21 +615,14 @@ impl Store for MongoStore {
             .iter()
             .map(|e| to_doc(e, AUDIT_DATES))
             .collect::<Result<Vec<_>, _>>()?;
-        // One insert command; an ordered insert stops at the first failure, and a
-        // retry of the batch skips what arrived (duplicate ids) below.
-        match self.coll(AUDIT).insert_many(docs).await {
-            Ok(_) => Ok(()),
-            Err(e) if is_duplicate(&e) => {
-                for entry in entries {
-                    match self.insert_audit(entry).await {
-                        Ok(()) | Err(StoreError::Conflict(_)) => {}
-                        Err(other) => return Err(other),
-                    }
-                }
-                Ok(())
-            }
-            Err(e) => Err(store_error(e)),
-        }
+        // One unordered insert command: entries whose id is already there are
+        // reported (`Conflict`), the others are written.
+        self.coll(AUDIT)
+            .insert_many(docs)
+            .ordered(false)
+            .await
+            .map_err(store_error)?;
+        Ok(())
     }
 
     async fn list_audit(

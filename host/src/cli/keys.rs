@@ -1,0 +1,261 @@
+//! `flow8-host keys status|rotate`: which keys seal the store's secrets, and master-key
+//! rotation (see `key_rotation`), and `flow8-host store export|import`: moving the
+//! store's documents between the embedded store and MongoDB, secrets still sealed.
+
+use super::{Cli, fail};
+use crate::key_rotation::{self, ROTATION_META, RotationOptions};
+use crate::store::Store;
+use crate::store::transfer;
+use crate::vault::Vault;
+use clap::Subcommand;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// `keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Show the current key and how many secrets each key seals.
+    Status,
+    /// Re-seal every secret with a new master key while hosts keep serving. With a key
+    /// file, a new key is generated and put first in the file (older keys stay below it
+    /// to open old secrets); with FLOW8_MASTER_KEY, set the new key there and the old
+    /// one in FLOW8_PREVIOUS_MASTER_KEYS on every host first. Resumable: run it again
+    /// after an interruption.
+    Rotate {
+        /// Records per batch.
+        #[arg(long, default_value_t = 200)]
+        batch_size: u32,
+        /// Pause between batches, milliseconds (spares a busy store).
+        #[arg(long, default_value_t = 0)]
+        pause_ms: u64,
+    },
+}
+
+/// `store` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Write every component, link, API token and audit entry to a JSON-lines file
+    /// (secrets stay sealed).
+    Export {
+        /// The file to write (`-`: standard output).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Read an export into the configured store (already present documents are skipped).
+    Import {
+        /// The export file.
+        file: PathBuf,
+    },
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("JSON values serialise")
+    );
+}
+
+fn now_text() -> String {
+    crate::store::now()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+pub(super) async fn keys(cli: &Cli, data_dir: &Path, cmd: &KeysCommand) -> ExitCode {
+    let (store, vault) = match super::commands::open_local(cli, data_dir).await {
+        Ok(x) => x,
+        Err((name, msg)) => return fail(&name, msg),
+    };
+    let rotation: Option<serde_json::Value> = match store.get_meta(ROTATION_META).await {
+        Ok(v) => v.and_then(|t| serde_json::from_str(&t).ok()),
+        Err(e) => return fail("store_unavailable", e),
+    };
+    match cmd {
+        KeysCommand::Status => match key_rotation::key_usage(&*store, &vault).await {
+            Ok(usage) => {
+                print_json(&serde_json::json!({
+                    "current_key_id": usage.current_key_id,
+                    "old_key_ids": vault.old_key_ids(),
+                    "key_source": if vault.key_file().is_some() { "file" } else { "env" },
+                    "secrets_by_key": usage.secrets_by_key,
+                    "remaining": usage.remaining(),
+                    "rotation": rotation,
+                }));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("store_unavailable", e),
+        },
+        KeysCommand::Rotate {
+            batch_size,
+            pause_ms,
+        } => {
+            let running_to = rotation
+                .as_ref()
+                .filter(|r| r["state"] == "running")
+                .and_then(|r| r["key_id"].as_str())
+                .map(str::to_string);
+            let vault = if let Some(path) = vault.key_file() {
+                if running_to.as_deref() == Some(vault.key_id().as_str()) {
+                    eprintln!("resuming the rotation to key {}", vault.key_id());
+                    vault
+                } else {
+                    let id = match crate::vault::rotate_key_file(data_dir) {
+                        Ok(id) => id,
+                        Err(e) => return fail("vault_error", e),
+                    };
+                    eprintln!(
+                        "new master key {id} is first in {}; older keys stay below it to open old secrets",
+                        path.display()
+                    );
+                    match Vault::load(data_dir) {
+                        Ok(v) => Arc::new(v),
+                        Err(e) => return fail("vault_error", e),
+                    }
+                }
+            } else {
+                eprintln!(
+                    "re-sealing with FLOW8_MASTER_KEY (key {}); older keys from FLOW8_PREVIOUS_MASTER_KEYS: {:?}",
+                    vault.key_id(),
+                    vault.old_key_ids()
+                );
+                vault
+            };
+            let key_id = vault.key_id();
+            let started =
+                serde_json::json!({"state": "running", "key_id": key_id, "started_at": now_text()});
+            // The check value moves to the new key first: a host started with only an
+            // old key now refuses to start instead of failing on re-sealed secrets.
+            let begin = async {
+                store.put_meta(ROTATION_META, &started.to_string()).await?;
+                store.put_meta("vault_check", &vault.check_value()).await
+            };
+            if let Err(e) = begin.await {
+                return fail("store_unavailable", e);
+            }
+            let opts = RotationOptions {
+                batch_size: *batch_size,
+                pause: std::time::Duration::from_millis(*pause_ms),
+            };
+            let report = key_rotation::reseal_all(&*store, &vault, &opts, |p| {
+                eprintln!(
+                    "progress: components {} links {} resealed {}",
+                    p.components_seen, p.links_seen, p.resealed
+                );
+            })
+            .await;
+            let report = match report {
+                Ok(r) => r,
+                Err(e) => {
+                    return fail(
+                        "store_unavailable",
+                        format!(
+                            "{e}; what was re-sealed stays re-sealed: run `flow8-host keys rotate` again to resume"
+                        ),
+                    );
+                }
+            };
+            if !report.unreadable.is_empty() {
+                return fail(
+                    "vault_error",
+                    format!(
+                        "{} records hold secrets sealed with keys this host does not have ({}); add those keys (FLOW8_PREVIOUS_MASTER_KEYS or the key file) and run again",
+                        report.unreadable.len(),
+                        report.unreadable.join(", ")
+                    ),
+                );
+            }
+            let done =
+                serde_json::json!({"state": "done", "key_id": key_id, "finished_at": now_text()});
+            if let Err(e) = store.put_meta(ROTATION_META, &done.to_string()).await {
+                return fail("store_unavailable", e);
+            }
+            print_json(&serde_json::to_value(&report).expect("report serialises"));
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+pub(super) async fn store_cmd(cli: &Cli, data_dir: &Path, cmd: &StoreCommand) -> ExitCode {
+    let (store, vault) = match super::commands::open_local(cli, data_dir).await {
+        Ok(x) => x,
+        Err((name, msg)) => return fail(&name, msg),
+    };
+    match cmd {
+        StoreCommand::Export { out } => {
+            let result = if out.as_os_str() == "-" {
+                let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+                transfer::export(&*store, &mut w).await
+            } else {
+                let file = match create_private(out) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        return fail("io_error", format!("cannot create {}: {e}", out.display()));
+                    }
+                };
+                let mut w = std::io::BufWriter::new(file);
+                let r = transfer::export(&*store, &mut w).await;
+                let synced = w
+                    .into_inner()
+                    .map_err(|e| e.into_error())
+                    .and_then(|f| f.sync_all());
+                match (r, synced) {
+                    (Ok(c), Ok(())) => Ok(c),
+                    (Err(e), _) => Err(e),
+                    (_, Err(e)) => Err(e.into()),
+                }
+            };
+            match result {
+                Ok(counts) => {
+                    let v = serde_json::json!({"exported": counts, "store": cli.store_location().describe()});
+                    if out.as_os_str() == "-" {
+                        eprintln!("{v}");
+                    } else {
+                        print_json(&v);
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => transfer_failure(e),
+            }
+        }
+        StoreCommand::Import { file } => {
+            let f = match std::fs::File::open(file) {
+                Ok(f) => f,
+                Err(e) => return fail("io_error", format!("cannot read {}: {e}", file.display())),
+            };
+            match transfer::import(&*store, &vault, std::io::BufReader::new(f)).await {
+                Ok(report) => {
+                    print_json(&serde_json::json!({
+                        "imported": report.imported,
+                        "skipped": report.skipped,
+                        "store": cli.store_location().describe(),
+                    }));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => transfer_failure(e),
+            }
+        }
+    }
+}
+
+fn transfer_failure(e: transfer::TransferError) -> ExitCode {
+    use transfer::TransferError as E;
+    match e {
+        E::Store(e) => fail("store_unavailable", e),
+        E::Io(e) => fail("io_error", e),
+        e @ E::Format { .. } => fail("invalid_input", e),
+        e @ E::WrongKey(_) => fail("wrong_master_key", e),
+    }
+}
+
+/// A new file readable by the owner only (an export holds sealed secrets and hashes).
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)
+}

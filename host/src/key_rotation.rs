@@ -1,0 +1,372 @@
+//! Master-key rotation: re-seal every secret in the store (component configs, link
+//! tokens) with the vault's current key, while hosts keep serving.
+//!
+//! Each record is rewritten on its own with a compare-and-set (a link by its version, a
+//! component by its config), so a concurrent refresh or edit is never overwritten: the
+//! record is re-read and re-sealed again. Old keys stay in the vault until every secret
+//! is rewritten, so an interrupted run loses nothing, and running it again resumes: it
+//! rewrites only what is still sealed with another key.
+//!
+//! OAuth states (pending authorizations) are not rewritten: they live ten minutes.
+//! Keep old keys at least that long after a rotation.
+
+use crate::store::{ComponentRecord, LinkRecord, Store, StoreError};
+use crate::vault::{Envelope, Vault, VaultError};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The store's meta key recording the rotation in progress (or the last one).
+pub const ROTATION_META: &str = "key_rotation";
+
+/// How a rotation walks the store.
+#[derive(Debug, Clone)]
+pub struct RotationOptions {
+    /// Records read per batch.
+    pub batch_size: u32,
+    /// A pause between batches, to spare a busy production store.
+    pub pause: Duration,
+}
+
+impl Default for RotationOptions {
+    fn default() -> Self {
+        RotationOptions {
+            batch_size: 200,
+            pause: Duration::ZERO,
+        }
+    }
+}
+
+/// What a walk found or did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RotationReport {
+    /// The key everything is sealed with now.
+    pub key_id: String,
+    /// Components re-sealed.
+    pub components_resealed: u64,
+    /// Links re-sealed.
+    pub links_resealed: u64,
+    /// Records skipped because they were already sealed with the current key.
+    pub already_current: u64,
+    /// Records with a secret this host cannot open (`kind:id`), left as they are.
+    pub unreadable: Vec<String>,
+}
+
+/// Secrets in the store, counted by the key that sealed them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KeyUsage {
+    /// The vault's current key.
+    pub current_key_id: String,
+    /// Sealed secrets per key id (`""` for envelopes from before key ids).
+    pub secrets_by_key: BTreeMap<String, u64>,
+}
+
+impl KeyUsage {
+    /// Secrets not sealed with the current key.
+    pub fn remaining(&self) -> u64 {
+        self.secrets_by_key
+            .iter()
+            .filter(|(k, _)| **k != self.current_key_id)
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// Why a rotation stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RotationError {
+    /// The store failed (what was rewritten so far stays rewritten; run again).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A record kept changing under us.
+    #[error("{0} kept changing during the rotation; run it again")]
+    Busy(String),
+}
+
+/// Progress after each batch.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    /// Components looked at.
+    pub components_seen: u64,
+    /// Links looked at.
+    pub links_seen: u64,
+    /// Records rewritten so far.
+    pub resealed: u64,
+}
+
+/// Count the store's secrets by key.
+pub async fn key_usage<S: Store>(store: &S, vault: &Vault) -> Result<KeyUsage, StoreError> {
+    let mut usage = KeyUsage {
+        current_key_id: vault.key_id(),
+        ..KeyUsage::default()
+    };
+    let mut count = |e: &Envelope| *usage.secrets_by_key.entry(e.key_id.clone()).or_default() += 1;
+    let mut after: Option<String> = None;
+    loop {
+        let batch = store.scan_components(after.as_deref(), 500).await?;
+        let Some(last) = batch.last() else { break };
+        after = Some(last.id.clone());
+        for c in &batch {
+            c.config
+                .values()
+                .filter_map(Envelope::from_json)
+                .for_each(|e| count(&e));
+        }
+    }
+    let mut after: Option<String> = None;
+    loop {
+        let batch = store.scan_links(after.as_deref(), 500).await?;
+        let Some(last) = batch.last() else { break };
+        after = Some(last.id.clone());
+        for l in &batch {
+            count(&l.access_token);
+            if let Some(r) = &l.refresh_token {
+                count(r);
+            }
+        }
+    }
+    Ok(usage)
+}
+
+/// A component's config with every envelope not sealed with the current key re-sealed;
+/// None when nothing needed it.
+fn reseal_config(
+    vault: &Vault,
+    key_id: &str,
+    c: &ComponentRecord,
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>, VaultError> {
+    let mut config = c.config.clone();
+    let mut changed = false;
+    for (field, value) in c.config.iter() {
+        if let Some(e) = Envelope::from_json(value)
+            && e.key_id != key_id
+        {
+            let plain = vault.decrypt(&e)?;
+            config.insert(field.clone(), vault.encrypt(plain.expose()).to_json());
+            changed = true;
+        }
+    }
+    Ok(changed.then_some(config))
+}
+
+/// A link with its tokens re-sealed; None when nothing needed it.
+fn reseal_link(
+    vault: &Vault,
+    key_id: &str,
+    l: &LinkRecord,
+) -> Result<Option<LinkRecord>, VaultError> {
+    let mut out = l.clone();
+    let mut changed = false;
+    if l.access_token.key_id != key_id {
+        out.access_token = vault.encrypt(vault.decrypt(&l.access_token)?.expose());
+        changed = true;
+    }
+    if let Some(r) = &l.refresh_token
+        && r.key_id != key_id
+    {
+        out.refresh_token = Some(vault.encrypt(vault.decrypt(r)?.expose()));
+        changed = true;
+    }
+    Ok(changed.then_some(out))
+}
+
+const CAS_TRIES: usize = 5;
+
+/// Re-seal every secret not sealed with the vault's current key. Safe to run while
+/// hosts serve, and to run again after an interruption.
+pub async fn reseal_all<S: Store>(
+    store: &S,
+    vault: &Vault,
+    opts: &RotationOptions,
+    mut on_batch: impl FnMut(Progress),
+) -> Result<RotationReport, RotationError> {
+    let key_id = vault.key_id();
+    let mut report = RotationReport {
+        key_id: key_id.clone(),
+        ..RotationReport::default()
+    };
+    let mut progress = Progress::default();
+    let batch = opts.batch_size.max(1);
+
+    let mut after: Option<String> = None;
+    loop {
+        let records = store.scan_components(after.as_deref(), batch).await?;
+        let Some(last) = records.last() else { break };
+        after = Some(last.id.clone());
+        for first in records {
+            progress.components_seen += 1;
+            let mut current = first;
+            let mut tries = 0;
+            loop {
+                let config = match reseal_config(vault, &key_id, &current) {
+                    Ok(Some(c)) => c,
+                    Ok(None) => {
+                        report.already_current += 1;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(component = %current.id, error = %e, "cannot open a component secret; left as it is");
+                        report.unreadable.push(format!("component:{}", current.id));
+                        break;
+                    }
+                };
+                if store
+                    .replace_component_config(
+                        &current.company_id,
+                        &current.id,
+                        &current.config,
+                        config,
+                    )
+                    .await?
+                {
+                    report.components_resealed += 1;
+                    progress.resealed += 1;
+                    break;
+                }
+                // Changed under us (or deleted): read it again.
+                tries += 1;
+                match store
+                    .get_component(&current.company_id, &current.id)
+                    .await?
+                {
+                    None => break,
+                    Some(_) if tries >= CAS_TRIES => {
+                        return Err(RotationError::Busy(format!("component {}", current.id)));
+                    }
+                    Some(c) => current = c,
+                }
+            }
+        }
+        on_batch(progress);
+        if !opts.pause.is_zero() {
+            tokio::time::sleep(opts.pause).await;
+        }
+    }
+
+    let mut after: Option<String> = None;
+    loop {
+        let records = store.scan_links(after.as_deref(), batch).await?;
+        let Some(last) = records.last() else { break };
+        after = Some(last.id.clone());
+        for first in records {
+            progress.links_seen += 1;
+            let mut current = first;
+            let mut tries = 0;
+            loop {
+                let updated = match reseal_link(vault, &key_id, &current) {
+                    Ok(Some(l)) => l,
+                    Ok(None) => {
+                        report.already_current += 1;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(link = %current.id, error = %e, "cannot open a link token; left as it is");
+                        report.unreadable.push(format!("link:{}", current.id));
+                        break;
+                    }
+                };
+                // The version check keeps a refresh that raced us (new tokens, a lease).
+                if store.update_link_cas(updated, current.version).await? {
+                    report.links_resealed += 1;
+                    progress.resealed += 1;
+                    break;
+                }
+                tries += 1;
+                match store.get_link(&current.company_id, &current.id).await? {
+                    None => break,
+                    Some(_) if tries >= CAS_TRIES => {
+                        return Err(RotationError::Busy(format!("link {}", current.id)));
+                    }
+                    Some(l) => current = l,
+                }
+            }
+        }
+        on_batch(progress);
+        if !opts.pause.is_zero() {
+            tokio::time::sleep(opts.pause).await;
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::embedded::EmbeddedStore;
+    use crate::store::{new_object_id, now};
+    use crate::vault::MasterKey;
+
+    fn component(vault: &Vault, company: &str, name: &str) -> ComponentRecord {
+        let mut config = serde_json::Map::new();
+        config.insert("provider".into(), "http".into());
+        config.insert(
+            "auth_value".into(),
+            vault.encrypt(&format!("secret-{name}")).to_json(),
+        );
+        ComponentRecord {
+            id: new_object_id(),
+            company_id: company.into(),
+            name: name.into(),
+            kind: "http".into(),
+            config,
+            is_default: false,
+            created_at: now(),
+            updated_at: now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn reseals_everything_once_and_keeps_it_readable() {
+        let store = EmbeddedStore::open_in_memory().unwrap();
+        let old_key = MasterKey::generate();
+        let old = Vault::new(old_key.clone());
+        for i in 0..7 {
+            store
+                .insert_component(component(&old, "A", &format!("c{i}")))
+                .await
+                .unwrap();
+        }
+        let new = Vault::new(MasterKey::generate()).with_old_key(old_key);
+        let before = key_usage(&store, &new).await.unwrap();
+        assert_eq!(before.remaining(), 7);
+        let mut batches = 0;
+        let opts = RotationOptions {
+            batch_size: 3,
+            ..RotationOptions::default()
+        };
+        let r = reseal_all(&store, &new, &opts, |_| batches += 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.components_resealed, r.links_resealed, batches),
+            (7, 0, 3)
+        );
+        let after = key_usage(&store, &new).await.unwrap();
+        assert_eq!(after.remaining(), 0);
+        assert_eq!(after.secrets_by_key[&new.key_id()], 7);
+        // Sealed with the new key; a second run has nothing to do.
+        for c in store.list_components("A").await.unwrap() {
+            let e = Envelope::from_json(&c.config["auth_value"]).unwrap();
+            assert_eq!(e.key_id, new.key_id());
+            assert_eq!(
+                new.decrypt(&e).unwrap().expose(),
+                format!("secret-{}", c.name)
+            );
+        }
+        let again = reseal_all(&store, &new, &opts, |_| {}).await.unwrap();
+        assert_eq!((again.components_resealed, again.already_current), (0, 7));
+    }
+
+    #[tokio::test]
+    async fn a_secret_under_an_unknown_key_is_reported_and_left_alone() {
+        let store = EmbeddedStore::open_in_memory().unwrap();
+        let stranger = Vault::new(MasterKey::generate());
+        let c = component(&stranger, "A", "x");
+        store.insert_component(c.clone()).await.unwrap();
+        let vault = Vault::new(MasterKey::generate());
+        let r = reseal_all(&store, &vault, &RotationOptions::default(), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(r.unreadable, [format!("component:{}", c.id)]);
+        assert_eq!(store.get_component("A", &c.id).await.unwrap().unwrap(), c);
+    }
+}

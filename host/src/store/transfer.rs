@@ -1,0 +1,324 @@
+//! Moving a host's documents between stores (embedded → MongoDB when a local setup
+//! grows, and back). The export is JSON lines: a header, then one document per line.
+//! Secrets stay sealed exactly as stored: the file never holds a plaintext secret, and
+//! only a host with the same master key can use what it imports. The header carries
+//! the store's key check value, so an import into a store (or by a host) with another
+//! key is refused before anything is written.
+//!
+//! Import is idempotent: a document whose id (or unique name) is already there is
+//! counted as skipped, so an interrupted import is finished by running it again.
+//! Pending OAuth states are not moved (they live ten minutes).
+
+use super::{AuditRecord, ComponentRecord, LinkRecord, Store, StoreError, TokenRecord};
+use crate::vault::Vault;
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, Write};
+
+/// The export format's version.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The first line of an export.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportHeader {
+    /// Always `flow8-host-export`.
+    pub format: String,
+    /// [`FORMAT_VERSION`].
+    pub version: u32,
+    /// The source store's master-key check value (sealed, not a secret).
+    pub vault_check: Option<String>,
+}
+
+/// One document of an export.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "collection", content = "doc", rename_all = "snake_case")]
+pub enum ExportItem {
+    /// A component (secrets sealed).
+    Components(ComponentRecord),
+    /// An OAuth link (tokens sealed).
+    DbLinks(Box<LinkRecord>),
+    /// An API token (hashed).
+    ApiTokens(TokenRecord),
+    /// An audit entry.
+    AuditLog(AuditRecord),
+}
+
+/// Counts per collection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TransferCounts {
+    /// Components.
+    pub components: u64,
+    /// Links.
+    pub db_links: u64,
+    /// API tokens.
+    pub api_tokens: u64,
+    /// Audit entries.
+    pub audit_log: u64,
+}
+
+impl TransferCounts {
+    fn add(&mut self, item: &ExportItem) {
+        match item {
+            ExportItem::Components(_) => self.components += 1,
+            ExportItem::DbLinks(_) => self.db_links += 1,
+            ExportItem::ApiTokens(_) => self.api_tokens += 1,
+            ExportItem::AuditLog(_) => self.audit_log += 1,
+        }
+    }
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ImportReport {
+    /// Written.
+    pub imported: TransferCounts,
+    /// Already there.
+    pub skipped: TransferCounts,
+}
+
+/// Why a transfer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Reading or writing the file failed.
+    #[error("export file: {0}")]
+    Io(#[from] std::io::Error),
+    /// The file is not an export this host understands.
+    #[error("line {line}: {message}")]
+    Format {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// The export was sealed with another master key than this host's.
+    #[error(
+        "the export was written by a store with another master key: {0}; import it with the host key it was exported with"
+    )]
+    WrongKey(String),
+}
+
+const PAGE: u32 = 500;
+
+/// Write every component, link, API token and audit entry of `store` to `out`.
+pub async fn export<S: Store>(
+    store: &S,
+    out: &mut impl Write,
+) -> Result<TransferCounts, TransferError> {
+    let header = ExportHeader {
+        format: "flow8-host-export".into(),
+        version: FORMAT_VERSION,
+        vault_check: store.get_meta("vault_check").await?,
+    };
+    write_line(out, &header)?;
+    let mut counts = TransferCounts::default();
+    let mut emit = |out: &mut dyn Write, item: ExportItem| -> Result<(), TransferError> {
+        counts.add(&item);
+        write_line(out, &item)
+    };
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.scan_components(after.as_deref(), PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        for c in page {
+            emit(out, ExportItem::Components(c))?;
+        }
+    }
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.scan_links(after.as_deref(), PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        for l in page {
+            emit(out, ExportItem::DbLinks(Box::new(l)))?;
+        }
+    }
+    for t in store.list_tokens().await? {
+        emit(out, ExportItem::ApiTokens(t))?;
+    }
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.scan_audit(after.as_deref(), PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        for a in page {
+            emit(out, ExportItem::AuditLog(a))?;
+        }
+    }
+    out.flush()?;
+    Ok(counts)
+}
+
+/// Read an export into `store`. The export's key check must open with `vault`, and the
+/// target store's own check (if it has one) too.
+pub async fn import<S: Store>(
+    store: &S,
+    vault: &Vault,
+    input: impl BufRead,
+) -> Result<ImportReport, TransferError> {
+    let mut lines = input.lines().enumerate();
+    let header: ExportHeader = match lines.next() {
+        Some((_, l)) => serde_json::from_str(&l?).map_err(|e| TransferError::Format {
+            line: 1,
+            message: format!("not a flow8-host export header: {e}"),
+        })?,
+        None => {
+            return Err(TransferError::Format {
+                line: 1,
+                message: "the file is empty".into(),
+            });
+        }
+    };
+    if header.format != "flow8-host-export" || header.version > FORMAT_VERSION {
+        return Err(TransferError::Format {
+            line: 1,
+            message: format!(
+                "format `{}` version {} is not one this host reads (flow8-host-export {FORMAT_VERSION})",
+                header.format, header.version
+            ),
+        });
+    }
+    if let Some(check) = &header.vault_check {
+        vault
+            .verify_check_value(check)
+            .map_err(|e| TransferError::WrongKey(e.to_string()))?;
+    }
+    let mut report = ImportReport::default();
+    let mut audit_batch: Vec<AuditRecord> = Vec::new();
+    for (i, line) in lines {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let item: ExportItem = serde_json::from_str(&line).map_err(|e| TransferError::Format {
+            line: i + 1,
+            message: e.to_string(),
+        })?;
+        let outcome = match &item {
+            ExportItem::Components(c) => store.insert_component(c.clone()).await,
+            ExportItem::DbLinks(l) => store.insert_link((**l).clone()).await,
+            ExportItem::ApiTokens(t) => store.insert_token(t.clone()).await,
+            ExportItem::AuditLog(a) => {
+                audit_batch.push(a.clone());
+                report.imported.add(&item);
+                if audit_batch.len() >= PAGE as usize {
+                    import_audit(store, std::mem::take(&mut audit_batch), &mut report).await?;
+                }
+                continue;
+            }
+        };
+        match outcome {
+            Ok(()) => report.imported.add(&item),
+            Err(StoreError::Conflict(_)) => report.skipped.add(&item),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    import_audit(store, audit_batch, &mut report).await?;
+    if store.get_meta("vault_check").await?.is_none() {
+        store.put_meta("vault_check", &vault.check_value()).await?;
+    }
+    Ok(report)
+}
+
+/// Audit entries in one batch; if some were already there, one by one.
+async fn import_audit<S: Store>(
+    store: &S,
+    batch: Vec<AuditRecord>,
+    report: &mut ImportReport,
+) -> Result<(), TransferError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    match store.insert_audit_batch(batch.clone()).await {
+        Ok(()) => Ok(()),
+        Err(StoreError::Conflict(_)) => {
+            for a in batch {
+                match store.insert_audit(a).await {
+                    Ok(()) => {}
+                    Err(StoreError::Conflict(_)) => {
+                        report.imported.audit_log -= 1;
+                        report.skipped.audit_log += 1;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn write_line<T: Serialize>(out: &mut dyn Write, value: &T) -> Result<(), TransferError> {
+    let text = serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    out.write_all(text.as_bytes())?;
+    out.write_all(b"\n")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::embedded::EmbeddedStore;
+    use crate::store::{new_object_id, now};
+    use crate::vault::MasterKey;
+
+    #[tokio::test]
+    async fn round_trip_is_sealed_idempotent_and_key_checked() {
+        let key = MasterKey::generate();
+        let vault = Vault::new(key.clone());
+        let from = EmbeddedStore::open_in_memory().unwrap();
+        from.put_meta("vault_check", &vault.check_value())
+            .await
+            .unwrap();
+        let mut config = serde_json::Map::new();
+        config.insert("provider".into(), "http".into());
+        config.insert(
+            "auth_value".into(),
+            vault.encrypt("canary-export-1").to_json(),
+        );
+        from.insert_component(ComponentRecord {
+            id: new_object_id(),
+            company_id: "A".into(),
+            name: "api".into(),
+            kind: "http".into(),
+            config,
+            is_default: true,
+            created_at: now(),
+            updated_at: now(),
+        })
+        .await
+        .unwrap();
+        let mut file = Vec::new();
+        let counts = export(&from, &mut file).await.unwrap();
+        assert_eq!(counts.components, 1);
+        assert!(!String::from_utf8_lossy(&file).contains("canary-export-1"));
+
+        let to = EmbeddedStore::open_in_memory().unwrap();
+        let r = import(&to, &vault, file.as_slice()).await.unwrap();
+        assert_eq!((r.imported.components, r.skipped.components), (1, 0));
+        let again = import(&to, &vault, file.as_slice()).await.unwrap();
+        assert_eq!(
+            (again.imported.components, again.skipped.components),
+            (0, 1)
+        );
+        assert_eq!(
+            to.list_components("A").await.unwrap(),
+            from.list_components("A").await.unwrap()
+        );
+        // Another key: refused before anything is written.
+        let other = EmbeddedStore::open_in_memory().unwrap();
+        let wrong = Vault::new(MasterKey::generate());
+        assert!(matches!(
+            import(&other, &wrong, file.as_slice()).await,
+            Err(TransferError::WrongKey(_))
+        ));
+        assert_eq!(other.list_components("A").await.unwrap(), vec![]);
+        // Not an export.
+        assert!(matches!(
+            import(&other, &vault, b"{\"hello\": 1}\n".as_slice()).await,
+            Err(TransferError::Format { line: 1, .. })
+        ));
+    }
+}
