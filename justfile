@@ -21,8 +21,10 @@ wasm-target:
     @rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
 # The test servers from npm (oauth2-mock-server, from the lock file) and PyPI
-# (SecantusDB, a MongoDB-wire-protocol server, in tests/.venv).
+# (SecantusDB, a MongoDB-wire-protocol server, in tests/.venv), and the browser.
+# System packages come from apt when missing (Node.js, Python venv, Chromium + ChromeDriver).
 test-servers:
+    @command -v node >/dev/null && command -v npm >/dev/null && command -v chromedriver >/dev/null && python3 -m venv --help >/dev/null 2>&1 || (echo "installing test prerequisites with apt-get" && apt-get update -qq && apt-get install -y -qq nodejs npm python3-venv chromium chromium-driver)
     @test -d tests/oauth-server/node_modules/oauth2-mock-server || (cd tests/oauth-server && npm ci --no-audit --no-fund)
     @test -x tests/.venv/bin/python && tests/.venv/bin/python -c 'import secantus' 2>/dev/null || (python3 -m venv tests/.venv && tests/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/mongo-server/requirements.txt)
 

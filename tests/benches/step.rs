@@ -392,9 +392,149 @@ async fn s3_throughput() {
     );
 }
 
+/// A full http-request step (credential looked up and opened) on a given store.
+async fn http_step_on<S: Store>(
+    store: Arc<S>,
+    upstream: &flow8_tests::RecordingServer,
+    iterations: usize,
+) -> Stats {
+    let vault = Arc::new(Vault::new(MasterKey::generate()));
+    let new: NewComponent = serde_json::from_value(serde_json::json!({
+        "name": "api", "kind": "http",
+        "config": {"provider": "http", "base_url": upstream.url(""), "auth_value": "Bearer bench-secret-123", "max_retries": 0}
+    }))
+    .unwrap();
+    store
+        .insert_component(components::prepare(new, "bench", &vault).unwrap())
+        .await
+        .unwrap();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let registry = Arc::new(ModuleRegistry::new(
+        shared_engine(),
+        CompileCache::at(cache_dir.path()).unwrap(),
+        vec![wasm_dir()],
+    ));
+    let runtime = Runtime::new(
+        registry,
+        OutboundClient::new(OutboundPolicy {
+            allow_loopback: true,
+            ..OutboundPolicy::default()
+        })
+        .unwrap(),
+        store,
+        vault,
+        StepLimits::default(),
+    );
+    let mut bindings = BTreeMap::new();
+    bindings.insert("request".to_string(), "api".to_string());
+    measure(iterations, || async {
+        let r = runtime
+            .run_step(StepRequest {
+                company_id: "bench".into(),
+                module_ref: "http-request".into(),
+                input: serde_json::json!({"url": "/ping"}),
+                bindings: bindings.clone(),
+                limits: None,
+                workspace: None,
+            })
+            .await;
+        assert!(r.result.is_ok(), "{:?}", r.result);
+    })
+    .await
+}
+
+/// Link lookups per second from one host: 32 tasks reading one link for `window`.
+async fn link_lookups_per_second<S: Store>(store: Arc<S>, window: Duration) -> f64 {
+    let vault = Vault::new(MasterKey::generate());
+    let t = flow8_host::store::now();
+    let link = flow8_host::store::LinkRecord {
+        id: flow8_host::store::new_object_id(),
+        user_id: "u".into(),
+        company_id: "bench".into(),
+        integration_type: "slack".into(),
+        access_token: vault.encrypt("xoxb-bench"),
+        refresh_token: None,
+        token_expiry: None,
+        scopes: vec![],
+        provider_user_id: String::new(),
+        provider_user_email: String::new(),
+        provider_metadata: serde_json::Value::Null,
+        status: "active".into(),
+        refresh_lease_owner: None,
+        refresh_lease_until: None,
+        version: 0,
+        created_at: t,
+        updated_at: t,
+    };
+    store.insert_link(link.clone()).await.unwrap();
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let (store, done, id) = (store.clone(), done.clone(), link.id.clone());
+        tasks.push(tokio::spawn(async move {
+            while start.elapsed() < window {
+                assert!(store.get_link("bench", &id).await.unwrap().is_some());
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    done.load(std::sync::atomic::Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The MongoDB store (a local SecantusDB) beside the embedded one, in one run.
+async fn store_comparison() {
+    use flow8_host::store::mongodb::MongoStore;
+    let iterations: usize = std::env::var("BENCH_STORE_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let upstream = flow8_tests::RecordingServer::start();
+    let mongo_server = flow8_tests::mongo_server::MongoServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let embedded = Arc::new(EmbeddedStore::open(data.path()).await.unwrap());
+    let mongo = Arc::new(
+        MongoStore::connect(&mongo_server.uri("bench"))
+            .await
+            .unwrap(),
+    );
+    let on_embedded = http_step_on(embedded.clone(), &upstream, iterations).await;
+    let on_mongo = http_step_on(mongo.clone(), &upstream, iterations).await;
+    let window = Duration::from_secs(3);
+    let lookups_embedded = link_lookups_per_second(embedded, window).await;
+    let lookups_mongo = link_lookups_per_second(mongo, window).await;
+    println!();
+    println!(
+        "store comparison ({iterations} http-request steps each; MongoDB is a local SecantusDB)"
+    );
+    println!("| measurement | embedded (SQLite) | MongoDB | MongoDB / embedded |");
+    println!("| --- | ---: | ---: | ---: |");
+    println!(
+        "| http-request step with credential lookup, median | {} | {} | {:.2}x |",
+        us(on_embedded.median),
+        us(on_mongo.median),
+        on_mongo.median.as_secs_f64() / on_embedded.median.as_secs_f64()
+    );
+    println!(
+        "| same, p99 | {} | {} | {:.2}x |",
+        us(on_embedded.p99),
+        us(on_mongo.p99),
+        on_mongo.p99.as_secs_f64() / on_embedded.p99.as_secs_f64()
+    );
+    println!(
+        "| link lookups per second (32 tasks, one host) | {:.0} | {:.0} | {:.3}x |",
+        lookups_embedded,
+        lookups_mongo,
+        lookups_mongo / lookups_embedded
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    // BENCH_ONLY=api|s3 runs one section (for iterating on it).
+    // BENCH_ONLY=api|s3|store runs one section (for iterating on it).
     match std::env::var("BENCH_ONLY").as_deref() {
         Ok("api") => {
             let cache_dir = tempfile::tempdir().unwrap();
@@ -402,6 +542,7 @@ async fn main() {
                 .await;
         }
         Ok("s3") => return s3_throughput().await,
+        Ok("store") => return store_comparison().await,
         _ => {}
     }
     let iterations: usize = std::env::var("BENCH_ITERATIONS")
@@ -526,4 +667,5 @@ async fn main() {
 
     api_throughput(engine.clone(), cache.clone()).await;
     s3_throughput().await;
+    store_comparison().await;
 }

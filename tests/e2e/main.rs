@@ -7,6 +7,7 @@ mod api_server;
 mod bad_input;
 mod cli_http_request;
 mod cli_links;
+mod connect_page;
 mod hostile_guests;
 mod key_rotation;
 mod local_store;

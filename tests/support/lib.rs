@@ -3,6 +3,7 @@
 //! data directory, and one shared engine and module registry for in-process tests.
 
 pub mod background;
+pub mod browser;
 pub mod graph_fake;
 pub mod mongo_server;
 pub mod oauth_server;

@@ -22,6 +22,10 @@ use time::OffsetDateTime;
 /// How long a `state` is good for (flow8: codes expire after 10 minutes).
 pub const STATE_TTL: Duration = Duration::from_secs(600);
 
+/// The `service` marking a pending record as a connect session, not an authorization
+/// (no provider has this name: it is not a valid service name).
+const CONNECT_SESSION: &str = "flow8:connect-session";
+
 /// Why an OAuth operation failed; `name()` is the flow8 error name.
 #[derive(Debug, thiserror::Error)]
 pub enum OAuthError {
@@ -138,6 +142,43 @@ impl<S: Store> OAuthService<S> {
     /// Services the operator configured.
     pub fn services(&self) -> Vec<String> {
         self.providers.keys().cloned().collect()
+    }
+
+    /// A short-lived, single-use connect session for a user (Nango-style): the token
+    /// opens the host's connect page once, so a browser never holds an API token.
+    /// Stored hashed, like an authorization state, and expiring with the same TTL.
+    pub async fn create_connect_session(
+        &self,
+        company_id: &str,
+        user_id: &str,
+    ) -> Result<(String, time::OffsetDateTime), OAuthError> {
+        let token = random_token();
+        let expires_at = now() + STATE_TTL;
+        self.store
+            .insert_oauth_state(OAuthStateRecord {
+                state_hash: sha256_hex(&token),
+                company_id: company_id.into(),
+                user_id: user_id.into(),
+                service: CONNECT_SESSION.into(),
+                pkce_verifier: None,
+                expires_at,
+            })
+            .await?;
+        Ok((token, expires_at))
+    }
+
+    /// Use up a connect session: the company and user it was made for. Unknown, used,
+    /// expired, or an authorization state instead of a session: `InvalidState`.
+    pub async fn open_connect_session(&self, token: &str) -> Result<(String, String), OAuthError> {
+        let record = self
+            .store
+            .take_oauth_state(&sha256_hex(token))
+            .await?
+            .ok_or(OAuthError::InvalidState)?;
+        if record.service != CONNECT_SESSION {
+            return Err(OAuthError::InvalidState);
+        }
+        Ok((record.company_id, record.user_id))
     }
 
     /// Start a connection: the provider URL to send the user's browser to.

@@ -74,6 +74,10 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
             post(routes::integrations::test::<S>),
         )
         .route(
+            "/api/v1/integrations/connect-sessions",
+            post(routes::connect::create::<S>),
+        )
+        .route(
             "/api/v1/integrations/{service}/{link_id}",
             delete(routes::integrations::unlink::<S>),
         )
@@ -96,6 +100,7 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
         .route("/metrics", get(routes::ops::metrics::<S>))
         .route("/openapi.json", get(routes::ops::openapi))
         .route("/auth/callback", get(routes::integrations::callback::<S>))
+        .route("/connect/{token}", get(routes::connect::page::<S>))
         .merge(api)
         .merge(installs)
         .fallback(routes::ops::no_such_route)

@@ -141,6 +141,13 @@ pub const ROUTES: &[Route] = &[
         "Remove an installed module (name@version)",
         204,
     ),
+    r(
+        "post",
+        "/api/v1/integrations/connect-sessions",
+        Access::Member,
+        "A short-lived, single-use connect link for the caller: {connect_url, expires_at}; the page it opens offers Connect buttons",
+        201,
+    ),
 ];
 
 /// The document.

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use time::format_description::well_known::Rfc3339;
 
-fn oauth<S: Store>(st: &AppState<S>) -> Result<&Arc<OAuthService<S>>, ApiError> {
+pub(crate) fn oauth<S: Store>(st: &AppState<S>) -> Result<&Arc<OAuthService<S>>, ApiError> {
     st.runtime.oauth().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,

@@ -2,6 +2,7 @@
 
 pub mod audit_log;
 pub mod components;
+pub mod connect;
 pub mod integrations;
 pub mod modules;
 pub mod ops;

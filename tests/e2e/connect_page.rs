@@ -1,0 +1,121 @@
+//! The connect page in a real browser (headless Chromium): flow8 asks the API for a
+//! single-use connect link for a user, the browser opens it, the user clicks
+//! "Connect Google", consents at the provider (oauth2-mock-server) and lands on
+//! "Connected!". The browser never sees an API token, and the link works once.
+
+use flow8_tests::browser::Browser;
+use flow8_tests::oauth_server::OAuthServer;
+use flow8_tests::{Cli, ServerProcess, create_token, wasm_dir};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_connects_google_from_the_connect_page_in_chromium() {
+    let oauth = OAuthServer::start(3600, &[]);
+    let cli = Cli::new();
+    let port = ServerProcess::free_port();
+    let config = format!(
+        "oauth_background_refresh_seconds: 0\noauth2:\n  google:\n    client_id: flow8-test-client\n    client_secret: test-secret\n    redirect_uri: http://127.0.0.1:{port}/auth/callback\n    scopes: [drive]\n    authorize_url: {b}/authorize\n    token_url: {b}/token\n    revoke_url: {b}/revoke\n    identity_url: {b}/userinfo\n",
+        b = oauth.base
+    );
+    let path = cli.data_dir.path().join("config.yml");
+    std::fs::write(&path, config).unwrap();
+    let member = create_token(&cli, "company-a", "alice", false);
+    let server = ServerProcess::start_on(
+        &cli,
+        &wasm_dir(),
+        &format!("127.0.0.1:{port}"),
+        &["--config", path.to_str().unwrap()],
+    );
+    let http = reqwest::Client::new();
+
+    // flow8's side: a connect link for alice.
+    let r = http
+        .post(server.url("/api/v1/integrations/connect-sessions"))
+        .bearer_auth(&member)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let session: Value = r.json().await.unwrap();
+    let connect_url = session["connect_url"].as_str().unwrap().to_string();
+    assert!(
+        connect_url.starts_with(&server.url("/connect/")),
+        "{session}"
+    );
+    assert!(!connect_url.contains(&member));
+    // Without a token there is no connect link.
+    let r = http
+        .post(server.url("/api/v1/integrations/connect-sessions"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+
+    // The user's side, in a real browser.
+    let browser = Browser::start().await;
+    browser.open(&connect_url).await;
+    let page = browser
+        .wait_for_text("Your integrations", Duration::from_secs(10))
+        .await;
+    assert!(page.contains("No integrations yet"), "{page}");
+    assert!(!page.contains(&member), "the page holds no API token");
+    browser.click("#connect-google").await;
+    let done = browser
+        .wait_for_text("Connected!", Duration::from_secs(15))
+        .await;
+    assert!(
+        browser
+            .url()
+            .await
+            .starts_with(&server.url("/auth/callback")),
+        "{done}"
+    );
+
+    // The link exists, for alice, and the connect link is used up.
+    let r = http
+        .get(server.url("/api/v1/integrations/links"))
+        .bearer_auth(&member)
+        .send()
+        .await
+        .unwrap();
+    let links: Value = r.json().await.unwrap();
+    assert_eq!(links["links"].as_array().map(Vec::len), Some(1), "{links}");
+    assert_eq!(links["links"][0]["integration_type"], "google");
+    assert_eq!(links["links"][0]["user_id"], "alice");
+    browser.open(&connect_url).await;
+    let again = browser
+        .wait_for_text("Link expired", Duration::from_secs(10))
+        .await;
+    assert!(again.contains("already used"), "{again}");
+    let r = http.get(&connect_url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 410);
+
+    // A fresh link shows the new integration on the page.
+    let r = http
+        .post(server.url("/api/v1/integrations/connect-sessions"))
+        .bearer_auth(&member)
+        .json(&json!({"services": ["google"]}))
+        .send()
+        .await
+        .unwrap();
+    let session: Value = r.json().await.unwrap();
+    browser.open(session["connect_url"].as_str().unwrap()).await;
+    let page = browser
+        .wait_for_text("Your integrations", Duration::from_secs(10))
+        .await;
+    assert!(page.contains("data-service=\"google\""), "{page}");
+    // An unknown service is refused when the link is made.
+    let r = http
+        .post(server.url("/api/v1/integrations/connect-sessions"))
+        .bearer_auth(&member)
+        .json(&json!({"services": ["myspace"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+}
