@@ -387,3 +387,93 @@ async fn a_mongodb_outage_fails_fast_writes_nothing_and_heals_without_a_restart(
     .await;
     assert_eq!(s, 201, "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_the_refresh_answer_and_the_store_write_loses_no_refresh_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut mongo = MongoServer::start_in(dir.path());
+    let uri = mongo.uri("flow8");
+    // The provider rotates refresh tokens (a spent one gets invalid_grant). The first
+    // two access tokens live 20 s (inside the 300 s refresh window), and each refresh
+    // answer is held back 3 s after the old refresh token is spent.
+    let oauth = OAuthServer::start_with(3600, &[20, 20], 3000);
+    let cli = host_cli(&uri);
+    let port = ServerProcess::free_port();
+    let config = oauth_config(&cli, port, &oauth);
+    let member = create_token(&cli, "company-a", "alice", false);
+    let listen = format!("127.0.0.1:{port}");
+    let args = ["--config", config.to_str().unwrap()];
+    let host = ServerProcess::start_on(&cli, &wasm_dir(), &listen, &args);
+    let http = no_redirects();
+    let link_id = connect(&http, &host, &member).await;
+    let api = RecordingServer::start();
+    let step_body = json!({"module_ref": "hostile", "input_mapping": {
+        "attack": "http", "url": api.url("/x"), "credential": "google", "link_id": link_id
+    }});
+
+    // A step that must refresh. The moment the provider has spent the old refresh
+    // token, the store goes away: the host gets the new tokens and cannot save them.
+    let step = {
+        let (http, url, member, body) = (
+            http.clone(),
+            host.url("/api/v1/steps"),
+            member.clone(),
+            step_body.clone(),
+        );
+        tokio::spawn(
+            async move { call(&http, reqwest::Method::POST, url, &member, Some(body)).await },
+        )
+    };
+    assert!(oauth.wait_until(|s| s.token_requests("refresh_token") >= 1));
+    mongo.stop();
+    let (status, v) = step.await.unwrap();
+    assert_eq!(status, 503, "{v}");
+    // The answer waits in the host's journal, sealed.
+    let journal = cli.data_dir.path().join("oauth-journal");
+    let entries: Vec<_> = std::fs::read_dir(&journal)
+        .expect("a journal")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .collect();
+    assert_eq!(entries.len(), 1);
+    let text = std::fs::read_to_string(entries[0].path()).unwrap();
+    assert!(
+        text.contains("ciphertext") && !text.contains("eyJ"),
+        "tokens are sealed: {text}"
+    );
+
+    // The host crashes; the store comes back; a new host process starts on the same
+    // data directory and writes the journaled tokens before anything else.
+    drop(host);
+    mongo.restart();
+    let host = ServerProcess::start_on(&cli, &wasm_dir(), &listen, &args);
+    let (status, v) = call(
+        &http,
+        reqwest::Method::POST,
+        host.url("/api/v1/steps"),
+        &member,
+        Some(step_body),
+    )
+    .await;
+    // The journaled token also expires within the window, so this step refreshes
+    // again, with the journaled refresh token: the provider accepts it.
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(oauth.token_requests_at_least("refresh_token", 2), 2);
+    assert!(
+        !oauth
+            .events()
+            .iter()
+            .any(|e| e["outcome"] == "invalid_grant"),
+        "a spent refresh token was used: {:?}",
+        oauth.events()
+    );
+    let left = std::fs::read_dir(&journal)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .count();
+    assert_eq!(
+        left, 0,
+        "the journal is empty once the store has the tokens"
+    );
+}

@@ -3,10 +3,14 @@
 // plus the behaviour real providers have and tests need:
 // - refresh tokens rotate: a spent refresh token gets `invalid_grant` (RFC 6749 §10.4);
 // - a revoked token gets `invalid_grant`;
-// - access tokens live TOKEN_TTL seconds (default 3600).
+// - access tokens live TOKEN_TTL seconds (default 3600);
+// - REFRESH_DELAY_MS holds back each successful refresh answer after the refresh token
+//   is spent (and after its event is printed), so a test can fail the client's store
+//   between the provider's answer and the client's write.
 // Every token request and revocation is printed as a JSON line on stdout, so tests can
 // count them. Prints `ready <issuer-url>` when listening. Usage: node server.mjs PORT
 import { OAuth2Server } from 'oauth2-mock-server';
+import { createServer } from 'node:http';
 
 const port = Number(process.argv[2] ?? 0);
 // TOKEN_TTL: seconds every access token lives (default 3600). TTL_SEQUENCE: comma-
@@ -15,6 +19,7 @@ const port = Number(process.argv[2] ?? 0);
 const ttl = Number(process.env.TOKEN_TTL ?? 3600);
 const sequence = (process.env.TTL_SEQUENCE ?? '').split(',').filter((s) => s !== '').map(Number);
 const nextTtl = () => (sequence.length > 0 ? sequence.shift() : ttl);
+const refreshDelay = Number(process.env.REFRESH_DELAY_MS ?? 0);
 
 const server = new OAuth2Server();
 await server.issuer.keys.generate('RS256');
@@ -60,6 +65,7 @@ server.service.on('beforeResponse', (response, req) => {
     }
   }
   emit({ event: 'token', grant_type: grant, outcome: 'ok', refresh_token: response.body?.refresh_token ?? null });
+  if (grant === 'refresh_token' && refreshDelay > 0) req.flow8HoldBack = true;
 });
 
 // The mock parses only JSON bodies on /revoke; RFC 7009 clients send a form, so read
@@ -90,5 +96,23 @@ server.service.on('beforeRevoke', (_response, req) => {
   req.on('close', finish);
 });
 
-await server.start(port, '127.0.0.1');
+if (refreshDelay > 0) {
+  // Serve the mock's handler from our own server, holding back marked answers.
+  const handler = server.service.requestHandler;
+  const http = createServer((req, res) => {
+    const end = res.end.bind(res);
+    res.end = (...args) => {
+      if (req.flow8HoldBack) {
+        setTimeout(() => end(...args), refreshDelay);
+        return res;
+      }
+      return end(...args);
+    };
+    handler(req, res);
+  });
+  await new Promise((resolve) => http.listen(port, '127.0.0.1', resolve));
+  server.issuer.url = `http://127.0.0.1:${http.address().port}`;
+} else {
+  await server.start(port, '127.0.0.1');
+}
 process.stdout.write(`ready ${server.issuer.url}\n`);

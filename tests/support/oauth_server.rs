@@ -18,6 +18,12 @@ pub struct OAuthServer {
 impl OAuthServer {
     /// Start it; `ttl_sequence` gives the lifetimes of the first tokens (then `ttl`).
     pub fn start(ttl: u64, ttl_sequence: &[u64]) -> OAuthServer {
+        OAuthServer::start_with(ttl, ttl_sequence, 0)
+    }
+
+    /// Like `start`, holding back each successful refresh answer `refresh_delay_ms`
+    /// after the old refresh token is spent and the event printed.
+    pub fn start_with(ttl: u64, ttl_sequence: &[u64], refresh_delay_ms: u64) -> OAuthServer {
         let dir = crate::repo_root().join("tests/oauth-server");
         assert!(
             dir.join("node_modules/oauth2-mock-server").exists(),
@@ -28,6 +34,7 @@ impl OAuthServer {
             .arg("0")
             .current_dir(&dir)
             .env("TOKEN_TTL", ttl.to_string())
+            .env("REFRESH_DELAY_MS", refresh_delay_ms.to_string())
             .env(
                 "TTL_SEQUENCE",
                 ttl_sequence

@@ -198,12 +198,14 @@ async fn serve(
         Ok(c) => c,
         Err(e) => return fail("internal_error", e),
     };
-    let oauth = match super::links::oauth_service(&cfg, store.clone(), vault.clone()) {
+    let oauth = match super::links::oauth_service(&cfg, data_dir, store.clone(), vault.clone()) {
         Ok(o) => o,
         Err(e) => return fail("invalid_config", e),
     };
     let mut runtime = Runtime::new(registry, outbound, store, vault, cfg.step_limits());
     if let Some(o) = oauth {
+        // Refreshes a crash or a store outage left in the journal reach the store first.
+        o.spawn_journal_flusher(Duration::from_secs(2));
         if cfg.oauth_background_refresh_seconds > 0 {
             o.spawn_background_refresher(Duration::from_secs(cfg.oauth_background_refresh_seconds));
         }
@@ -452,7 +454,7 @@ async fn run_module(
         Ok(c) => c,
         Err(e) => return fail("internal_error", e),
     };
-    let oauth = match super::links::oauth_service(cfg, store.clone(), vault.clone()) {
+    let oauth = match super::links::oauth_service(cfg, data_dir, store.clone(), vault.clone()) {
         Ok(o) => o,
         Err(e) => return fail("invalid_config", e),
     };

@@ -56,6 +56,7 @@ pub enum LinksCommand {
 /// The OAuth service a configuration describes, if it configures any provider.
 pub(crate) fn oauth_service<S: Store>(
     cfg: &HostConfig,
+    data_dir: &Path,
     store: Arc<S>,
     vault: Arc<crate::vault::Vault>,
 ) -> Result<Option<Arc<OAuthService<S>>>, String> {
@@ -63,7 +64,8 @@ pub(crate) fn oauth_service<S: Store>(
     if providers.is_empty() {
         return Ok(None);
     }
-    let mut oauth = OAuthService::new(store, vault, providers);
+    let mut oauth = OAuthService::new(store, vault, providers)
+        .with_journal(data_dir.join(crate::oauth::journal::JOURNAL_DIR));
     oauth.refresh_window = Duration::from_secs(cfg.oauth_refresh_window_seconds);
     Ok(Some(Arc::new(oauth)))
 }
@@ -110,7 +112,7 @@ pub(super) async fn run(
         Ok(x) => x,
         Err((name, msg)) => return fail(&name, msg),
     };
-    let oauth = match oauth_service(cfg, store.clone(), vault) {
+    let oauth = match oauth_service(cfg, data_dir, store.clone(), vault) {
         Ok(Some(o)) => o,
         Ok(None) => {
             return fail(

@@ -5,6 +5,7 @@
 //! re-read after taking it, compare-and-set write), unlink with best-effort revocation,
 //! and health checks.
 
+pub mod journal;
 pub mod providers;
 
 use crate::store::{LinkRecord, OAuthStateRecord, Store, StoreError, new_object_id, now};
@@ -99,6 +100,7 @@ pub struct OAuthService<S: Store> {
     pub lease: Duration,
     owner: String,
     single_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    journal: Option<journal::RefreshJournal>,
 }
 
 fn sha256_hex(s: &str) -> String {
@@ -129,7 +131,96 @@ impl<S: Store> OAuthService<S> {
             lease: Duration::from_secs(30),
             owner: new_object_id(),
             single_flight: Mutex::new(HashMap::new()),
+            journal: None,
         }
+    }
+
+    /// Keep refresh answers in a local journal until the store has them (see
+    /// [`journal`]): a store outage or a crash right after a provider rotated the refresh
+    /// token then loses nothing.
+    pub fn with_journal(mut self, dir: impl Into<std::path::PathBuf>) -> OAuthService<S> {
+        self.journal = Some(journal::RefreshJournal::at(dir));
+        self
+    }
+
+    /// Write a journaled refresh to the store if the store still holds the refresh token
+    /// it spent; drop it if the link moved on. `Err` while the store cannot take it.
+    async fn flush_journal_entry(&self, entry: journal::JournalEntry) -> Result<(), OAuthError> {
+        let Some(j) = &self.journal else {
+            return Ok(());
+        };
+        let id = entry.link.id.clone();
+        loop {
+            let Some(current) = self.store.get_link(&entry.link.company_id, &id).await? else {
+                j.remove(&id);
+                return Ok(());
+            };
+            if !self.same_secret(&current.refresh_token, &entry.spent_refresh_token) {
+                // Refreshed or reconnected since: the journaled answer is obsolete.
+                j.remove(&id);
+                return Ok(());
+            }
+            let mut link = entry.link.clone();
+            link.status = "active".into();
+            link.refresh_lease_owner = None;
+            link.refresh_lease_until = None;
+            if self.store.update_link_cas(link, current.version).await? {
+                tracing::info!(link = %id, "a journaled refresh reached the store");
+                j.remove(&id);
+                return Ok(());
+            }
+        }
+    }
+
+    /// Do two sealed values hold the same secret (a key rotation re-seals without
+    /// changing it)?
+    fn same_secret(
+        &self,
+        a: &Option<crate::vault::Envelope>,
+        b: &Option<crate::vault::Envelope>,
+    ) -> bool {
+        match (a, b) {
+            (None, None) => true,
+            (Some(x), Some(y)) if x == y => true,
+            (Some(x), Some(y)) => match (self.vault.decrypt(x), self.vault.decrypt(y)) {
+                (Ok(p), Ok(q)) => p == q,
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// Flush every journaled refresh the store can take now.
+    pub async fn flush_journal(&self) {
+        let Some(j) = &self.journal else { return };
+        for entry in j.pending() {
+            let id = entry.link.id.clone();
+            if let Err(e) = self.flush_journal_entry(entry).await {
+                tracing::warn!(link = %id, error = %e, "a journaled refresh is still waiting for the store");
+            }
+        }
+    }
+
+    /// Flush the journal now and then every `every` (for `serve`).
+    pub fn spawn_journal_flusher(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                this.flush_journal().await;
+            }
+        })
+    }
+
+    /// Before refreshing a link: its journaled refresh, if any, must reach the store
+    /// first (refreshing again would spend a refresh token that is already spent).
+    async fn settle_journal(&self, link_id: &str) -> Result<(), OAuthError> {
+        if let Some(entry) = self.journal.as_ref().and_then(|j| j.get(link_id)) {
+            self.flush_journal_entry(entry).await?;
+        }
+        Ok(())
     }
 
     /// The configured provider of a service.
@@ -422,6 +513,7 @@ impl<S: Store> OAuthService<S> {
         }
         let flight = self.flight(&link.id);
         let _guard = flight.lock().await;
+        self.settle_journal(&link.id).await?;
         let deadline = tokio::time::Instant::now() + self.lease + Duration::from_secs(5);
         loop {
             let current = self.link(company_id, link_id).await?;
@@ -470,6 +562,7 @@ impl<S: Store> OAuthService<S> {
         // One refresher per link in this process...
         let flight = self.flight(&link.id);
         let _guard = flight.lock().await;
+        self.settle_journal(&link.id).await?;
         let deadline = tokio::time::Instant::now() + self.lease + Duration::from_secs(5);
         loop {
             let current = self.link(&link.company_id, &link.id).await?;
@@ -585,8 +678,24 @@ impl<S: Store> OAuthService<S> {
         }
         updated.refresh_lease_owner = None;
         updated.refresh_lease_until = None;
-        // Persist the new tokens before anyone uses them; retry a failing store, since
-        // the old refresh token may already be spent.
+        // The old refresh token may be spent now: the answer goes to the local journal
+        // first (synced), then to the store; the journal entry goes once the store has it.
+        let journaled = match &self.journal {
+            Some(j) => match j.record(&journal::JournalEntry {
+                link: updated.clone(),
+                spent_refresh_token: leased.refresh_token.clone(),
+            }) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(link = %leased.id, error = %e, "cannot write the refresh journal; saving to the store only");
+                    false
+                }
+            },
+            None => false,
+        };
+        // Persist the new tokens before anyone uses them; retry a failing store (fewer
+        // times when the journal holds them: it writes them once the store is back).
+        let max_tries = if journaled { 2 } else { 5 };
         let mut tries = 0;
         loop {
             tries += 1;
@@ -595,13 +704,28 @@ impl<S: Store> OAuthService<S> {
                 .update_link_cas(updated.clone(), leased.version)
                 .await
             {
-                Ok(true) => break,
+                Ok(true) => {
+                    if let Some(j) = &self.journal {
+                        j.remove(&leased.id);
+                    }
+                    break;
+                }
                 Ok(false) => {
+                    if journaled {
+                        // Whoever changed it, the journal decides with the store's
+                        // current refresh token whether these tokens still belong there.
+                        let entry = journal::JournalEntry {
+                            link: updated.clone(),
+                            spent_refresh_token: leased.refresh_token.clone(),
+                        };
+                        self.flush_journal_entry(entry).await?;
+                        return self.link(&leased.company_id, &leased.id).await;
+                    }
                     return Err(OAuthError::Provider(
                         "the link changed while it was being refreshed (lease lost)".into(),
                     ));
                 }
-                Err(e) if tries < 5 => {
+                Err(e) if tries < max_tries => {
                     tracing::error!(link = %leased.id, error = %e, "cannot save refreshed tokens; retrying");
                     tokio::time::sleep(Duration::from_millis(100 * tries)).await;
                 }
