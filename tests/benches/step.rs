@@ -392,6 +392,149 @@ async fn s3_throughput() {
     );
 }
 
+/// OAuth: a refresh storm (many steps on one link about to expire) against a real
+/// OAuth2 server (oauth2-mock-server), and what the refresh check costs a step whose
+/// token is fresh, beside the same step with no credential.
+async fn refresh_storm() {
+    use flow8_host::oauth::OAuthService;
+    let storm: usize = std::env::var("BENCH_STORM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let iterations: usize = std::env::var("BENCH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    // The first access token lives 20 s (inside the 300 s window); later ones an hour.
+    let provider = flow8_tests::oauth_server::OAuthServer::start(3600, &[20]);
+    let upstream = flow8_tests::RecordingServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(data.path()).await.unwrap());
+    let vault = Arc::new(Vault::new(MasterKey::generate()));
+    let mut config = std::collections::BTreeMap::new();
+    config.insert(
+        "google".to_string(),
+        serde_json::from_value(serde_json::json!({
+            "client_id": "bench", "client_secret": "bench-secret",
+            "redirect_uri": "http://127.0.0.1:1/auth/callback", "scopes": ["drive"],
+            "authorize_url": format!("{}/authorize", provider.base),
+            "token_url": format!("{}/token", provider.base),
+            "revoke_url": format!("{}/revoke", provider.base),
+            "identity_url": format!("{}/userinfo", provider.base),
+            "api_hosts": ["http://127.0.0.1:*"],
+        }))
+        .unwrap(),
+    );
+    let providers = flow8_host::oauth::providers::configure(&config).unwrap();
+    let mut oauth = OAuthService::new(store.clone(), vault.clone(), providers);
+    oauth.refresh_window = Duration::from_secs(300);
+    let oauth = Arc::new(oauth);
+    // Connect: the provider's redirect carries the code to the callback.
+    let auth_url = oauth.authorize_url("bench", "alice", "google").await.unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = http.get(&auth_url).send().await.unwrap();
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let params: BTreeMap<String, String> = url::Url::parse(&location)
+        .unwrap()
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let link = oauth.callback(&params).await.unwrap();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let registry = Arc::new(ModuleRegistry::new(
+        shared_engine(),
+        CompileCache::at(cache_dir.path()).unwrap(),
+        vec![wasm_dir()],
+    ));
+    let runtime = Arc::new(
+        Runtime::new(
+            registry,
+            OutboundClient::new(OutboundPolicy {
+                allow_loopback: true,
+                ..OutboundPolicy::default()
+            })
+            .unwrap(),
+            store,
+            vault,
+            StepLimits::default(),
+        )
+        .with_oauth(oauth),
+    );
+    let step = |credential: bool| {
+        let mut input = serde_json::json!({"attack": "http", "url": upstream.url("/x")});
+        if credential {
+            input["credential"] = "google".into();
+            input["link_id"] = link.id.clone().into();
+        }
+        StepRequest {
+            company_id: "bench".into(),
+            module_ref: "hostile".into(),
+            input,
+            bindings: BTreeMap::new(),
+            limits: None,
+            workspace: None,
+        }
+    };
+    // Warm the module before the storm.
+    assert!(runtime.run_step(step(false)).await.result.is_ok());
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..storm {
+        let (runtime, req) = (runtime.clone(), step(true));
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = runtime.run_step(req).await;
+            assert!(r.result.is_ok(), "{:?}", r.result);
+            t.elapsed()
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.push(t.await.unwrap());
+    }
+    let storm_wall = start.elapsed();
+    let refreshes = provider.token_requests_at_least("refresh_token", 1);
+    let storm_stats = stats(latencies);
+    // The token is fresh now: the refresh check's cost beside no credential at all.
+    let with_link = measure(iterations, || async {
+        assert!(runtime.run_step(step(true)).await.result.is_ok());
+    })
+    .await;
+    let without = measure(iterations, || async {
+        assert!(runtime.run_step(step(false)).await.result.is_ok());
+    })
+    .await;
+    println!();
+    println!("OAuth refresh storm ({storm} concurrent steps on one link about to expire; oauth2-mock-server)");
+    println!("| measurement | value |");
+    println!("| --- | ---: |");
+    println!("| token requests made (refresh grant) | {refreshes} |");
+    println!("| storm step latency p50 | {} |", us(storm_stats.median));
+    println!("| storm step latency p99 | {} |", us(storm_stats.p99));
+    println!("| storm wall time | {:.1} ms |", storm_wall.as_secs_f64() * 1e3);
+    println!();
+    println!("refresh check on a fresh token ({iterations} steps each, loopback HTTP call)");
+    println!("| measurement | median | p99 |");
+    println!("| --- | ---: | ---: |");
+    println!(
+        "| step with no credential | {} | {} |",
+        us(without.median),
+        us(without.p99)
+    );
+    println!(
+        "| step with an OAuth link (lookup, refresh check, attach) | {} | {} |",
+        us(with_link.median),
+        us(with_link.p99)
+    );
+    println!(
+        "| difference (median) | {} | |",
+        us(with_link.median.saturating_sub(without.median))
+    );
+}
+
 /// A full http-request step (credential looked up and opened) on a given store.
 async fn http_step_on<S: Store>(
     store: Arc<S>,
@@ -534,7 +677,7 @@ async fn store_comparison() {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    // BENCH_ONLY=api|s3|store runs one section (for iterating on it).
+    // BENCH_ONLY=api|s3|store|oauth runs one section (for iterating on it).
     match std::env::var("BENCH_ONLY").as_deref() {
         Ok("api") => {
             let cache_dir = tempfile::tempdir().unwrap();
@@ -543,6 +686,7 @@ async fn main() {
         }
         Ok("s3") => return s3_throughput().await,
         Ok("store") => return store_comparison().await,
+        Ok("oauth") => return refresh_storm().await,
         _ => {}
     }
     let iterations: usize = std::env::var("BENCH_ITERATIONS")
@@ -668,4 +812,5 @@ async fn main() {
     api_throughput(engine.clone(), cache.clone()).await;
     s3_throughput().await;
     store_comparison().await;
+    refresh_storm().await;
 }
