@@ -431,7 +431,10 @@ async fn refresh_storm() {
     let oauth = Arc::new(oauth);
     let oauth_handle = oauth.clone();
     // Connect: the provider's redirect carries the code to the callback.
-    let auth_url = oauth.authorize_url("bench", "alice", "google").await.unwrap();
+    let auth_url = oauth
+        .authorize_url("bench", "alice", "google")
+        .await
+        .unwrap();
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -510,20 +513,22 @@ async fn refresh_storm() {
     .await;
     // The check alone: look the link up, see the token is fresh, open it.
     let check_only = measure(iterations, || async {
-        oauth_handle
-            .access_token("bench", &link.id)
-            .await
-            .unwrap();
+        oauth_handle.access_token("bench", &link.id).await.unwrap();
     })
     .await;
     println!();
-    println!("OAuth refresh storm ({storm} concurrent steps on one link about to expire; oauth2-mock-server)");
+    println!(
+        "OAuth refresh storm ({storm} concurrent steps on one link about to expire; oauth2-mock-server)"
+    );
     println!("| measurement | value |");
     println!("| --- | ---: |");
     println!("| token requests made (refresh grant) | {refreshes} |");
     println!("| storm step latency p50 | {} |", us(storm_stats.median));
     println!("| storm step latency p99 | {} |", us(storm_stats.p99));
-    println!("| storm wall time | {:.1} ms |", storm_wall.as_secs_f64() * 1e3);
+    println!(
+        "| storm wall time | {:.1} ms |",
+        storm_wall.as_secs_f64() * 1e3
+    );
     println!();
     println!("refresh check on a fresh token ({iterations} steps each, loopback HTTP call)");
     println!("| measurement | median | p99 |");

@@ -161,10 +161,10 @@ async fn connect_use_refresh_once_and_unlink() {
         );
     }
 
-    // 40 concurrent steps on the nearly expired link: exactly one refresh request.
+    // 200 concurrent steps on the nearly expired link: exactly one refresh request.
     let api = RecordingServer::start();
     let mut steps = Vec::new();
-    for i in 0..40 {
+    for i in 0..200 {
         let input = json!({"attack": "http", "url": api.url(&format!("/files/{i}")), "credential": "google", "link_id": link_id});
         let body = json!({"module_ref": "hostile", "input_mapping": input}).to_string();
         let (http, url, token) = (
@@ -196,7 +196,7 @@ async fn connect_use_refresh_once_and_unlink() {
         s.oauth.events()
     );
     let received = api.requests();
-    assert_eq!(received.len(), 40);
+    assert_eq!(received.len(), 200);
     let bearer = received[0].header("authorization").unwrap().to_string();
     assert!(bearer.starts_with("Bearer "));
     assert!(

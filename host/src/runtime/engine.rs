@@ -45,6 +45,9 @@ pub struct SandboxEngine {
     pooling: bool,
     ticker_stop: Arc<AtomicBool>,
     config: EngineConfig,
+    /// One permit per sandbox the pool holds: a step beyond them waits for a free one
+    /// (within its deadline) instead of failing to instantiate.
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for SandboxEngine {
@@ -134,6 +137,7 @@ impl SandboxEngine {
             linker,
             pooling,
             ticker_stop,
+            slots: Arc::new(tokio::sync::Semaphore::new(config.pool_instances as usize)),
             config,
         }))
     }
@@ -151,6 +155,20 @@ impl SandboxEngine {
     /// Whether the pooling allocator is in use.
     pub fn pooling(&self) -> bool {
         self.pooling
+    }
+
+    /// A sandbox slot, waiting up to `wait` for one to free up; None when none did.
+    /// Hold it until the step's store is dropped (that returns the instance to the pool).
+    pub async fn sandbox_slot(&self, wait: Duration) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        tokio::time::timeout(wait, self.slots.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+
+    /// Steps running in a sandbox now.
+    pub fn sandboxes_in_use(&self) -> usize {
+        self.config.pool_instances as usize - self.slots.available_permits()
     }
 
     /// The settings it was built with.

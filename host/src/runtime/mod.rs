@@ -379,6 +379,18 @@ impl<S: Store> Runtime<S> {
             }
         };
         let engine = self.modules.engine();
+        // Declared before the store, so it is released after the store is dropped.
+        let Some(_slot) = engine.sandbox_slot(limits.deadline).await else {
+            report.result = Err(StepError::new(
+                ErrorName::DeadlineExceeded,
+                format!(
+                    "no sandbox became free within the step's deadline of {:?} (all {} are busy)",
+                    limits.deadline,
+                    engine.config().pool_instances
+                ),
+            ));
+            return;
+        };
         let state = StepState::new(
             wasi,
             log.clone(),
