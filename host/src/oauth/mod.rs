@@ -360,6 +360,10 @@ impl<S: Store> OAuthService<S> {
             .take_oauth_state(&sha256_hex(state))
             .await?
             .ok_or(OAuthError::InvalidState)?;
+        if pending.service == CONNECT_SESSION {
+            // A connect-page token is not an authorization state (and is now used up).
+            return Err(OAuthError::InvalidState);
+        }
         if let Some(error) = params.get("error") {
             let detail = params.get("error_description").cloned().unwrap_or_default();
             return Err(OAuthError::AccessDenied(
@@ -999,6 +1003,92 @@ fn parse_tokens(dialect: TokenDialect, status: u16, body: &Value) -> Result<Toke
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn service() -> (
+        Arc<crate::store::embedded::EmbeddedStore>,
+        OAuthService<crate::store::embedded::EmbeddedStore>,
+    ) {
+        let store = Arc::new(crate::store::embedded::EmbeddedStore::open_in_memory().unwrap());
+        let vault = Arc::new(Vault::new(crate::vault::MasterKey::generate()));
+        let mut config = BTreeMap::new();
+        config.insert(
+            "google".to_string(),
+            serde_json::from_value(json!({
+                "client_id": "c", "client_secret": "s",
+                "redirect_uri": "http://127.0.0.1:1/auth/callback", "scopes": ["drive"],
+                "authorize_url": "http://127.0.0.1:9/authorize",
+                "token_url": "http://127.0.0.1:9/token",
+            }))
+            .unwrap(),
+        );
+        let providers = providers::configure(&config).unwrap();
+        (store.clone(), OAuthService::new(store, vault, providers))
+    }
+
+    fn params(state: &str) -> BTreeMap<String, String> {
+        [("state", state), ("code", "c")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn states_are_single_use_expire_and_are_not_connect_sessions() {
+        let (store, oauth) = service();
+        // Expired: refused (and gone).
+        store
+            .insert_oauth_state(OAuthStateRecord {
+                state_hash: sha256_hex("old"),
+                company_id: "A".into(),
+                user_id: "u".into(),
+                service: "google".into(),
+                pkce_verifier: None,
+                expires_at: now() - Duration::from_secs(1),
+            })
+            .await
+            .unwrap();
+        assert!(matches!(
+            oauth.callback(&params("old")).await,
+            Err(OAuthError::InvalidState)
+        ));
+        // Never issued.
+        assert!(matches!(
+            oauth.callback(&params("forged")).await,
+            Err(OAuthError::InvalidState)
+        ));
+        // A connect-page token is no authorization state, and the other way round.
+        let (session, _) = oauth.create_connect_session("A", "u").await.unwrap();
+        assert!(matches!(
+            oauth.callback(&params(&session)).await,
+            Err(OAuthError::InvalidState)
+        ));
+        let url = oauth.authorize_url("A", "u", "google").await.unwrap();
+        let state = url::Url::parse(&url)
+            .unwrap()
+            .query_pairs()
+            .find(|(k, _)| k == "state")
+            .unwrap()
+            .1
+            .into_owned();
+        assert!(matches!(
+            oauth.open_connect_session(&state).await,
+            Err(OAuthError::InvalidState)
+        ));
+        // Each is single use: that state was used up by the attempt.
+        assert!(matches!(
+            oauth.callback(&params(&state)).await,
+            Err(OAuthError::InvalidState)
+        ));
+        let (session, _) = oauth.create_connect_session("A", "u").await.unwrap();
+        assert_eq!(
+            oauth.open_connect_session(&session).await.unwrap(),
+            ("A".to_string(), "u".to_string())
+        );
+        assert!(matches!(
+            oauth.open_connect_session(&session).await,
+            Err(OAuthError::InvalidState)
+        ));
+    }
 
     #[test]
     fn slack_quirks_are_normalised() {
