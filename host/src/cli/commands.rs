@@ -1,5 +1,6 @@
 //! The subcommands' arguments and what they do.
 
+use super::print_json;
 use super::{Cli, Command, config, fail};
 use crate::components::{self, NewComponent};
 use crate::manifest::HostPattern;
@@ -322,13 +323,6 @@ async fn tokens(cli: &Cli, data_dir: &Path, cmd: &TokensCommand) -> ExitCode {
     }
 }
 
-fn print_json(v: &serde_json::Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).expect("JSON values serialise")
-    );
-}
-
 /// Open the configured store (embedded or MongoDB) and the vault, checking the master
 /// key matches the data.
 pub(crate) async fn open_local(
@@ -534,16 +528,25 @@ async fn modules(cli: &Cli, data_dir: &Path, cmd: &ModulesCommand) -> ExitCode {
                     .collect();
                 print_json(&serde_json::Value::Array(list));
             } else {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
                 for e in &entries {
-                    match &e.module {
-                        Ok(m) => println!(
+                    // A reader that went away (`| head`) ends the listing quietly.
+                    let line = match &e.module {
+                        Ok(m) => writeln!(
+                            out,
                             "{:<24} {:<10} {}  {}",
                             m.manifest.name,
                             m.manifest.version,
                             &m.digest[..12],
                             m.manifest.description
                         ),
-                        Err(err) => println!("{:<24} (not loadable: {err})", e.path.display()),
+                        Err(err) => {
+                            writeln!(out, "{:<24} (not loadable: {err})", e.path.display())
+                        }
+                    };
+                    if line.is_err() {
+                        break;
                     }
                 }
             }

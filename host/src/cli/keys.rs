@@ -2,6 +2,7 @@
 //! rotation (see `key_rotation`), and `flow8-host store export|import`: moving the
 //! store's documents between the embedded store and MongoDB, secrets still sealed.
 
+use super::print_json;
 use super::{Cli, fail};
 use crate::key_rotation::{self, ROTATION_META, RotationOptions};
 use crate::store::Store;
@@ -47,13 +48,6 @@ pub enum StoreCommand {
         /// The export file.
         file: PathBuf,
     },
-}
-
-fn print_json(v: &serde_json::Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).expect("JSON values serialise")
-    );
 }
 
 fn now_text() -> String {

@@ -4,6 +4,7 @@
 //! the callback on the configured (loopback) `redirect_uri`, and stores the link in the
 //! local store. `list`, `test` and `delete` mirror the API.
 
+use super::print_json;
 use super::{Cli, fail};
 use crate::config::HostConfig;
 use crate::oauth::OAuthService;
@@ -68,13 +69,6 @@ pub(crate) fn oauth_service<S: Store>(
         .with_journal(data_dir.join(crate::oauth::journal::JOURNAL_DIR));
     oauth.refresh_window = Duration::from_secs(cfg.oauth_refresh_window_seconds);
     Ok(Some(Arc::new(oauth)))
-}
-
-fn print_json(v: &serde_json::Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).expect("JSON values serialise")
-    );
 }
 
 type Done = tokio::sync::mpsc::Sender<Result<crate::store::LinkRecord, String>>;

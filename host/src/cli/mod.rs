@@ -113,6 +113,14 @@ fn init_tracing(json: bool) {
     }
 }
 
+/// Print a JSON answer on stdout. A reader that went away (`| head`) is not an error.
+pub(crate) fn print_json(v: &serde_json::Value) {
+    use std::io::Write;
+    let text = serde_json::to_string_pretty(v).expect("JSON values serialise");
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}").and_then(|()| out.flush());
+}
+
 /// Print a named error and return the failure exit code.
 pub(crate) fn fail(name: &str, message: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {name}: {message}");
