@@ -93,6 +93,13 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
     })
     .unwrap();
     let audit = flow8_host::server::audit::AuditWriter::start(store.clone());
+    let in_process = Arc::new(Runtime::new(
+        registry.clone(),
+        outbound.clone(),
+        store.clone(),
+        vault.clone(),
+        StepLimits::default(),
+    ));
     let state = Arc::new(AppState {
         runtime: Runtime::new(registry, outbound, store, vault, StepLimits::default()),
         metrics: Default::default(),
@@ -258,6 +265,31 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
         }
     };
     let (proxy_total, proxy_lat) = run_load(requests, concurrency, proxy).await;
+    // The same steps without the API in front (runtime called directly).
+    let direct = {
+        let runtime = in_process.clone();
+        move || {
+            let runtime = runtime.clone();
+            async move {
+                let mut bindings = BTreeMap::new();
+                bindings.insert("request".to_string(), "api".to_string());
+                let r = runtime
+                    .run_step(StepRequest {
+                        company_id: "bench".into(),
+                        module_ref: "http-request".into(),
+                        input: serde_json::json!({"url": "/ping"}),
+                        bindings,
+                        limits: None,
+                        workspace: None,
+                    })
+                    .await;
+                assert!(r.result.is_ok(), "{:?}", r.result);
+            }
+        }
+    };
+    let (direct_total, direct_lat) = run_load(requests, concurrency, direct).await;
+    let direct_rps = requests as f64 / direct_total.as_secs_f64();
+    let d = stats(direct_lat);
     let proxy_rps = requests as f64 / proxy_total.as_secs_f64();
     let p = stats(proxy_lat);
     let native_rps = requests as f64 / native_total.as_secs_f64();
@@ -279,6 +311,11 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
         "| native Rust proxy: POST -> reqwest -> server (best case for two hops) | {proxy_rps:.0} | {} | {} |",
         us(p.median),
         us(p.p99)
+    );
+    println!(
+        "| step in process (runtime.run_step) -> http-request -> server | {direct_rps:.0} | {} | {} |",
+        us(d.median),
+        us(d.p99)
     );
     println!(
         "| POST /api/v1/steps -> http-request -> server | {steps_rps:.0} | {} | {} |",
@@ -773,7 +810,17 @@ async fn main() {
     match std::env::var("BENCH_ONLY").as_deref() {
         Ok("api") => {
             let cache_dir = tempfile::tempdir().unwrap();
-            return api_throughput(shared_engine(), CompileCache::at(cache_dir.path()).unwrap())
+            // BENCH_POOLING=0: the same on wasmtime's on-demand allocator.
+            let engine = if std::env::var("BENCH_POOLING").as_deref() == Ok("0") {
+                flow8_host::runtime::SandboxEngine::new(flow8_host::runtime::engine::EngineConfig {
+                    pooling: false,
+                    ..Default::default()
+                })
+                .unwrap()
+            } else {
+                shared_engine()
+            };
+            return api_throughput(engine, CompileCache::at(cache_dir.path()).unwrap())
                 .await;
         }
         Ok("s3") => return s3_throughput().await,
