@@ -820,8 +820,7 @@ async fn main() {
             } else {
                 shared_engine()
             };
-            return api_throughput(engine, CompileCache::at(cache_dir.path()).unwrap())
-                .await;
+            return api_throughput(engine, CompileCache::at(cache_dir.path()).unwrap()).await;
         }
         Ok("s3") => return s3_throughput().await,
         Ok("store") => return store_comparison().await,

@@ -318,6 +318,15 @@ async fn tokens_roles_and_tenant_isolation() {
         "{metrics}"
     );
     assert!(metrics.contains("flow8_step_duration_seconds_bucket"));
+    // No step is running now; the pool's capacity is reported.
+    assert!(
+        metrics.contains("\nflow8_sandboxes_in_use 0\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nflow8_sandboxes_capacity 128\n"),
+        "{metrics}"
+    );
 
     // The canary is nowhere: not in the server's log, not in the data directory.
     let log = server.stderr.lock().unwrap().clone();

@@ -25,10 +25,15 @@ pub async fn readyz<S: Store>(
 
 /// `GET /metrics`
 pub async fn metrics<S: Store>(State(st): State<Arc<AppState<S>>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        st.metrics.render(),
-    )
+    let engine = st.runtime.modules().engine();
+    let mut text = st.metrics.render();
+    text.push_str(&format!(
+        "# HELP flow8_sandboxes_in_use Steps running in a sandbox now (steps beyond the capacity wait).\n# TYPE flow8_sandboxes_in_use gauge\nflow8_sandboxes_in_use {}\n\
+         # HELP flow8_sandboxes_capacity Sandboxes the instance pool holds.\n# TYPE flow8_sandboxes_capacity gauge\nflow8_sandboxes_capacity {}\n",
+        engine.sandboxes_in_use(),
+        engine.config().pool_instances
+    ));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 /// `GET /openapi.json`
