@@ -1,6 +1,6 @@
 //! Master-key rotation and moving between stores, driven through the `flow8-host` CLI
 //! as an operator would, with a server running beside it: `keys rotate` killed half way
-//! and resumed (embedded store, key file), the same with keys from the environment on
+//! and resumed (embedded store, key file; MongoDB, keys from the environment), on
 //! MongoDB, and `store export` / `store import` from the embedded store to MongoDB and
 //! back with secrets sealed throughout.
 
@@ -110,6 +110,42 @@ async fn step_uses(server: &ServerProcess, token: &str, api: &RecordingServer, n
     );
 }
 
+/// Run a slow `keys rotate` and SIGKILL it once it reports its first batch; what it
+/// printed until then.
+fn rotate_and_kill_after_first_batch(cli: &Cli, batch_size: &str) -> Vec<String> {
+    let mut cmd = Command::new(flow8_tests::host_bin());
+    cmd.args([
+        "keys",
+        "rotate",
+        "--batch-size",
+        batch_size,
+        "--pause-ms",
+        "300",
+    ])
+    .env_clear()
+    .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+    .env("FLOW8_DATA_DIR", cli.data_dir.path())
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    for (k, v) in &cli.env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    loop {
+        let line = err.next().expect("rotate printed progress").unwrap();
+        seen.push(line.clone());
+        if line.starts_with("progress:") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    seen
+}
+
 fn key_file_lines(cli: &Cli) -> Vec<String> {
     std::fs::read_to_string(cli.data_dir.path().join("master.key"))
         .unwrap()
@@ -140,27 +176,7 @@ async fn rotation_killed_half_way_loses_nothing_and_resumes_while_a_server_serve
     step_uses(&server, &member, &api, "api").await;
 
     // Start a slow rotation and kill it after its first batch.
-    let mut child = Command::new(flow8_tests::host_bin())
-        .args(["keys", "rotate", "--batch-size", "10", "--pause-ms", "300"])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("FLOW8_DATA_DIR", cli.data_dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    loop {
-        let line = err.next().expect("rotate printed progress").unwrap();
-        seen.push(line.clone());
-        if line.starts_with("progress:") {
-            break;
-        }
-    }
-    child.kill().unwrap();
-    let _ = child.wait();
+    let seen = rotate_and_kill_after_first_batch(&cli, "10");
     assert!(
         seen.iter().any(|l| l.contains("new master key")),
         "{seen:?}"
@@ -218,7 +234,7 @@ async fn rotation_killed_half_way_loses_nothing_and_resumes_while_a_server_serve
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotation_on_mongodb_with_keys_from_the_environment() {
+async fn rotation_on_mongodb_with_keys_from_the_environment_killed_and_resumed() {
     let mongo = MongoServer::start();
     let uri = mongo.uri("flow8");
     {
@@ -251,9 +267,27 @@ async fn rotation_on_mongodb_with_keys_from_the_environment() {
         ("FLOW8_MASTER_KEY", KEY_2),
         ("FLOW8_PREVIOUS_MASTER_KEYS", KEY_1),
     ]);
+    // Killed after its first batch of 5: half done, everything readable.
+    rotate_and_kill_after_first_batch(&rotating, "5");
+    let status = rotating.run(&["keys", "status"]).ok_json();
+    let new_id = status["current_key_id"].as_str().unwrap().to_string();
+    let done_before = status["secrets_by_key"][&new_id].as_u64().unwrap_or(0);
+    assert!(done_before >= 5, "{status}");
+    assert!(status["remaining"].as_u64().unwrap() > 0, "{status}");
+    assert_eq!(status["rotation"]["state"], "running");
+    // Resumed: the rest is re-sealed, nothing twice.
     let report = rotating.run(&["keys", "rotate"]).ok_json();
-    assert_eq!(report["components_resealed"], 30);
-    assert_eq!(report["links_resealed"], 20);
+    assert_eq!(
+        report["components_resealed"].as_u64().unwrap()
+            + report["links_resealed"].as_u64().unwrap()
+            + report["already_current"].as_u64().unwrap(),
+        50
+    );
+    assert!(report["already_current"].as_u64().unwrap() >= 5, "{report}");
+    let status = rotating.run(&["keys", "status"]).ok_json();
+    // 30 components with one secret, 20 links with two.
+    assert_eq!(status["secrets_by_key"][&new_id], 70, "{status}");
+    assert_eq!(status["remaining"], 0, "{status}");
     let again = rotating.run(&["keys", "rotate"]).ok_json();
     assert_eq!(again["components_resealed"], 0);
     assert_eq!(again["already_current"], 50);
