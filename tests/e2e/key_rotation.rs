@@ -1,8 +1,8 @@
 //! Master-key rotation and moving between stores, driven through the `flow8-host` CLI
 //! as an operator would, with a server running beside it: `keys rotate` killed half way
-//! and resumed (embedded store, key file; MongoDB, keys from the environment), on
-//! MongoDB, and `store export` / `store import` from the embedded store to MongoDB and
-//! back with secrets sealed throughout.
+//! and resumed (on the embedded store with a key file, and on MongoDB with keys from the
+//! environment), and `store export` / `store import` from the embedded store to MongoDB
+//! and back with secrets sealed throughout.
 
 use flow8_host::store::embedded::EmbeddedStore;
 use flow8_host::store::mongodb::MongoStore;
