@@ -437,6 +437,48 @@ pub fn rotate_key_file(data_dir: &Path) -> Result<String, VaultError> {
     Ok(new.id.clone())
 }
 
+/// Drop older keys from the key file, keeping the current key and every key in `keep`;
+/// the ids dropped. Written aside, synced and renamed into place, like a rotation.
+pub fn prune_key_file(data_dir: &Path, keep: &[String]) -> Result<Vec<String>, VaultError> {
+    let path = data_dir.join(MASTER_KEY_FILE);
+    let io = |source| VaultError::KeyFile {
+        path: path.clone(),
+        source,
+    };
+    let (ring, _) = read_key_ring(&path)?;
+    let mut text = Zeroizing::new(String::from(
+        "# flow8 master keys: the first seals, the others only open (newest first)\n",
+    ));
+    text.push_str(&hex::encode(*ring.current.bytes));
+    text.push('\n');
+    let mut dropped = Vec::new();
+    for k in &ring.old {
+        if keep.contains(&k.id) {
+            text.push_str(&hex::encode(*k.bytes));
+            text.push('\n');
+        } else {
+            dropped.push(k.id.clone());
+        }
+    }
+    if dropped.is_empty() {
+        return Ok(dropped);
+    }
+    let tmp = data_dir.join(format!(
+        ".{MASTER_KEY_FILE}.{}.{:016x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    write_new_private_file(&tmp, text.as_bytes()).map_err(io)?;
+    if let Err(e) = std::fs::rename(&tmp, &path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
+    if let Ok(d) = std::fs::File::open(data_dir) {
+        let _ = d.sync_all();
+    }
+    Ok(dropped)
+}
+
 /// The keys a vault holds: the current one seals, older ones only open.
 #[derive(Clone)]
 struct KeyRing {

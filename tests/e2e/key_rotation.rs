@@ -211,6 +211,26 @@ async fn rotation_killed_half_way_loses_nothing_and_resumes_while_a_server_serve
     // The server that started with the old key file reads the re-sealed secrets.
     step_uses(&server, &member, &api, "api").await;
 
+    // Pruning right after the rotation waits for pending authorizations (ten minutes)
+    // unless told not to; then the old key leaves the file and everything still opens.
+    let early = cli.run(&["keys", "prune"]);
+    assert_eq!(
+        early.error_name().as_deref(),
+        Some("conflict"),
+        "{}",
+        early.stderr
+    );
+    let pruned = cli
+        .run(&["keys", "prune", "--ignore-pending-authorizations"])
+        .ok_json();
+    assert_eq!(
+        pruned["dropped_key_ids"].as_array().map(Vec::len),
+        Some(1),
+        "{pruned}"
+    );
+    assert_eq!(key_file_lines(&cli), [keys[0].clone()]);
+    step_uses(&server, &member, &api, "api").await;
+
     // The new key alone opens everything; the old key alone is refused at start.
     let mut new_only = Cli::new();
     new_only
@@ -291,6 +311,16 @@ async fn rotation_on_mongodb_with_keys_from_the_environment_killed_and_resumed()
     let again = rotating.run(&["keys", "rotate"]).ok_json();
     assert_eq!(again["components_resealed"], 0);
     assert_eq!(again["already_current"], 50);
+    // With keys from the environment, prune names the previous keys that can go.
+    let pruned = rotating
+        .run(&["keys", "prune", "--ignore-pending-authorizations"])
+        .ok_json();
+    let old_id = Vault::new(MasterKey::parse(KEY_1).unwrap()).key_id();
+    assert_eq!(
+        pruned["unused_previous_key_ids"],
+        json!([old_id]),
+        "{pruned}"
+    );
     // Afterwards the new key alone is enough, and the old one alone is refused.
     let status = with(&[("FLOW8_MASTER_KEY", KEY_2)])
         .run(&["keys", "status"])

@@ -31,6 +31,14 @@ pub enum KeysCommand {
         #[arg(long, default_value_t = 0)]
         pause_ms: u64,
     },
+    /// After a rotation: drop older keys that seal nothing any more from the key file
+    /// (with FLOW8_PREVIOUS_MASTER_KEYS, list the ones that can be removed from it).
+    Prune {
+        /// Prune within ten minutes of the rotation: OAuth authorizations started
+        /// before it (their PKCE verifier sealed with an old key) then fail.
+        #[arg(long)]
+        ignore_pending_authorizations: bool,
+    },
 }
 
 /// `store` subcommands.
@@ -80,6 +88,76 @@ pub(super) async fn keys(cli: &Cli, data_dir: &Path, cmd: &KeysCommand) -> ExitC
             }
             Err(e) => fail("store_unavailable", e),
         },
+        KeysCommand::Prune {
+            ignore_pending_authorizations,
+        } => {
+            if let Some(r) = &rotation {
+                if r["state"] == "running" {
+                    return fail(
+                        "conflict",
+                        format!(
+                            "a rotation to key {} has not finished: run `flow8-host keys rotate` first",
+                            r["key_id"].as_str().unwrap_or("?")
+                        ),
+                    );
+                }
+                let finished = r["finished_at"].as_str().and_then(|t| {
+                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                });
+                if let Some(t) = finished
+                    && crate::store::now() - t < time::Duration::minutes(10)
+                    && !ignore_pending_authorizations
+                {
+                    return fail(
+                        "conflict",
+                        format!(
+                            "the rotation finished at {}: OAuth authorizations started before it may still be pending (they live ten minutes); prune after that, or pass --ignore-pending-authorizations",
+                            r["finished_at"].as_str().unwrap_or("?")
+                        ),
+                    );
+                }
+            }
+            let usage = match key_rotation::key_usage(&*store, &vault).await {
+                Ok(u) => u,
+                Err(e) => return fail("store_unavailable", e),
+            };
+            // Keys still sealing a secret, or the key check value, stay.
+            let mut keep: Vec<String> = usage
+                .secrets_by_key
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(k, _)| k.clone())
+                .collect();
+            if let Ok(Some(check)) = store.get_meta("vault_check").await
+                && let Ok(e) = serde_json::from_str::<crate::vault::Envelope>(&check)
+            {
+                keep.push(e.key_id);
+            }
+            let unused: Vec<String> = vault
+                .old_key_ids()
+                .into_iter()
+                .filter(|id| !keep.contains(id))
+                .collect();
+            if vault.key_file().is_some() {
+                match crate::vault::prune_key_file(data_dir, &keep) {
+                    Ok(dropped) => {
+                        print_json(
+                            &serde_json::json!({"current_key_id": vault.key_id(), "dropped_key_ids": dropped}),
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail("vault_error", e),
+                }
+            } else {
+                print_json(&serde_json::json!({
+                    "current_key_id": vault.key_id(),
+                    "unused_previous_key_ids": unused,
+                    "hint": "remove these keys from FLOW8_PREVIOUS_MASTER_KEYS on every host",
+                }));
+                ExitCode::SUCCESS
+            }
+        }
         KeysCommand::Rotate {
             batch_size,
             pause_ms,
