@@ -363,6 +363,24 @@ impl EmbeddedStore {
         .map_err(join_error)?
     }
 
+    /// A page of documents in id order after `after` (whole-store walks).
+    async fn scan_docs<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        sql: &'static str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<T>, StoreError> {
+        let after = after.unwrap_or("").to_string();
+        self.read_blocking(move |c| {
+            let mut stmt = c.prepare_cached(sql).map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![after, limit], |r| r.get::<_, String>(0))
+                .map_err(unavailable)?;
+            docs(rows)
+        })
+        .await
+    }
+
     fn query_one(
         &self,
         sql: &str,
@@ -929,16 +947,11 @@ impl Store for EmbeddedStore {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<LinkRecord>, StoreError> {
-        let after = after.unwrap_or("").to_string();
-        self.read_blocking(move |c| {
-            let mut stmt = c
-                .prepare_cached("SELECT doc FROM db_links WHERE id > ?1 ORDER BY id LIMIT ?2")
-                .map_err(unavailable)?;
-            let rows = stmt
-                .query_map(params![after, limit], |r| r.get::<_, String>(0))
-                .map_err(unavailable)?;
-            docs(rows)
-        })
+        self.scan_docs(
+            "SELECT doc FROM db_links WHERE id > ?1 ORDER BY id LIMIT ?2",
+            after,
+            limit,
+        )
         .await
     }
 
@@ -947,16 +960,11 @@ impl Store for EmbeddedStore {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<AuditRecord>, StoreError> {
-        let after = after.unwrap_or("").to_string();
-        self.read_blocking(move |c| {
-            let mut stmt = c
-                .prepare_cached("SELECT doc FROM audit_log WHERE id > ?1 ORDER BY id LIMIT ?2")
-                .map_err(unavailable)?;
-            let rows = stmt
-                .query_map(params![after, limit], |r| r.get::<_, String>(0))
-                .map_err(unavailable)?;
-            docs(rows)
-        })
+        self.scan_docs(
+            "SELECT doc FROM audit_log WHERE id > ?1 ORDER BY id LIMIT ?2",
+            after,
+            limit,
+        )
         .await
     }
 
@@ -1024,67 +1032,6 @@ mod tests {
             created_at: now(),
             updated_at: now(),
         }
-    }
-
-    #[tokio::test]
-    async fn crud_is_scoped_by_company() {
-        let s = EmbeddedStore::open_in_memory().unwrap();
-        let a = record("A", "api", "http", &serde_json::json!("x"));
-        s.insert_component(a.clone()).await.unwrap();
-        assert_eq!(s.get_component("A", &a.id).await.unwrap(), Some(a.clone()));
-        assert_eq!(
-            s.find_component_by_name("A", "api").await.unwrap(),
-            Some(a.clone())
-        );
-        assert_eq!(s.get_component("B", &a.id).await.unwrap(), None);
-        assert_eq!(s.find_component_by_name("B", "api").await.unwrap(), None);
-        assert!(!s.delete_component("B", &a.id).await.unwrap());
-        assert!(!s.set_default_component("B", &a.id).await.unwrap());
-        assert_eq!(s.default_component("B", "http").await.unwrap(), None);
-        assert_eq!(s.get_component("A", &a.id).await.unwrap(), Some(a.clone()));
-        assert!(matches!(
-            s.insert_component(record("A", "api", "http", &serde_json::json!("y")))
-                .await,
-            Err(StoreError::Conflict(_))
-        ));
-        // Another company may use the same name.
-        s.insert_component(record("B", "api", "http", &serde_json::json!("z")))
-            .await
-            .unwrap();
-        assert_eq!(s.list_components("A").await.unwrap().len(), 1);
-        assert!(s.delete_component("A", &a.id).await.unwrap());
-        assert_eq!(s.list_components("A").await.unwrap(), vec![]);
-    }
-
-    #[tokio::test]
-    async fn exactly_one_default_per_kind() {
-        let s = EmbeddedStore::open_in_memory().unwrap();
-        let a = record("A", "one", "http", &serde_json::json!("x"));
-        let b = record("A", "two", "http", &serde_json::json!("x"));
-        let c = record("A", "three", "ai", &serde_json::json!("x"));
-        for r in [&a, &b, &c] {
-            s.insert_component(r.clone()).await.unwrap();
-        }
-        assert_eq!(s.default_component("A", "http").await.unwrap(), None);
-        assert!(s.set_default_component("A", &a.id).await.unwrap());
-        assert!(s.set_default_component("A", &c.id).await.unwrap());
-        assert!(s.set_default_component("A", &b.id).await.unwrap());
-        assert_eq!(
-            s.default_component("A", "http").await.unwrap().unwrap().id,
-            b.id
-        );
-        assert_eq!(
-            s.default_component("A", "ai").await.unwrap().unwrap().id,
-            c.id
-        );
-        assert!(
-            !s.get_component("A", &a.id)
-                .await
-                .unwrap()
-                .unwrap()
-                .is_default
-        );
-        assert_eq!(s.default_component("B", "http").await.unwrap(), None);
     }
 
     #[tokio::test]
@@ -1165,76 +1112,8 @@ mod tests {
         assert_eq!(mode(&dir.path().join(DB_FILE)), 0o600);
     }
 
-    #[tokio::test]
-    async fn lists_are_sorted_by_name_and_meta_round_trips() {
-        let s = EmbeddedStore::open_in_memory().unwrap();
-        for name in ["zeta", "alpha", "mid.v2", "mid-v1"] {
-            s.insert_component(record("A", name, "http", &serde_json::json!("x")))
-                .await
-                .unwrap();
-        }
-        let names: Vec<String> = s
-            .list_components("A")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| r.name)
-            .collect();
-        assert_eq!(names, ["alpha", "mid-v1", "mid.v2", "zeta"]);
-        assert_eq!(s.list_components("B").await.unwrap(), vec![]);
-        assert_eq!(s.get_meta("missing").await.unwrap(), None);
-        s.put_meta("k", "v1").await.unwrap();
-        s.put_meta("k", "v2").await.unwrap();
-        assert_eq!(s.get_meta("k").await.unwrap().as_deref(), Some("v2"));
-        assert_eq!(
-            s.get_meta("schema_version").await.unwrap().as_deref(),
-            Some("1")
-        );
-    }
-
-    #[tokio::test]
-    async fn conflicts_are_named_and_change_nothing() {
-        let s = EmbeddedStore::open_in_memory().unwrap();
-        let a = record("A", "api", "http", &serde_json::json!("x"));
-        s.insert_component(a.clone()).await.unwrap();
-        match s
-            .insert_component(record("A", "api", "ai", &serde_json::json!("y")))
-            .await
-        {
-            Err(StoreError::Conflict(m)) => assert!(m.contains("`api`"), "{m}"),
-            r => panic!("expected a conflict, got {r:?}"),
-        }
-        // The same id under another name is refused too.
-        let mut same_id = record("A", "other", "http", &serde_json::json!("y"));
-        same_id.id = a.id.clone();
-        assert!(matches!(
-            s.insert_component(same_id).await,
-            Err(StoreError::Conflict(_))
-        ));
-        assert_eq!(s.list_components("A").await.unwrap(), vec![a]);
-    }
-
-    #[tokio::test]
-    async fn inserting_a_default_replaces_the_old_default() {
-        let s = EmbeddedStore::open_in_memory().unwrap();
-        let mut a = record("A", "one", "http", &serde_json::json!("x"));
-        a.is_default = true;
-        let mut b = record("A", "two", "http", &serde_json::json!("x"));
-        b.is_default = true;
-        s.insert_component(a.clone()).await.unwrap();
-        s.insert_component(b.clone()).await.unwrap();
-        assert_eq!(
-            s.default_component("A", "http").await.unwrap().unwrap().id,
-            b.id
-        );
-        let listed = s.list_components("A").await.unwrap();
-        assert_eq!(listed.iter().filter(|r| r.is_default).count(), 1);
-        // Deleting the default leaves no default, and a deleted id cannot become one.
-        assert!(s.delete_component("A", &b.id).await.unwrap());
-        assert_eq!(s.default_component("A", "http").await.unwrap(), None);
-        assert!(!s.set_default_component("A", &b.id).await.unwrap());
-        assert!(!s.delete_component("A", &b.id).await.unwrap());
-    }
+    // Component, link, token, state and audit behaviour common to both stores is in
+    // the conformance suite (tests/e2e/store_conformance.rs); these are SQLite's own.
 
     #[tokio::test]
     async fn two_processes_share_one_file() {
