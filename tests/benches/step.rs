@@ -363,6 +363,7 @@ fn run_cli_peak_kib(
         if let Some(status) = child.try_wait().unwrap() {
             return (start.elapsed(), peak, status);
         }
+        // The sampling interval of the peak-memory probe (not a wait for readiness).
         std::thread::sleep(Duration::from_millis(5));
     }
 }

@@ -79,6 +79,13 @@ async fn connect(http: &reqwest::Client, host: &ServerProcess, token: &str) -> S
     v["link"]["id"].as_str().unwrap().to_string()
 }
 
+/// A step body: the hostile guest calls `url` with the Google link's token attached.
+fn linked_call(url: String, link_id: &str) -> Value {
+    json!({"module_ref": "hostile", "input_mapping": {
+        "attack": "http", "url": url, "credential": "google", "link_id": link_id
+    }})
+}
+
 fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -169,9 +176,7 @@ async fn two_hosts_on_one_mongodb_behave_as_one() {
         } else {
             b.url("/api/v1/steps")
         };
-        let body = json!({"module_ref": "hostile", "input_mapping": {
-            "attack": "http", "url": api.url(&format!("/n/{i}")), "credential": "google", "link_id": link_id
-        }});
+        let body = linked_call(api.url(&format!("/n/{i}")), &link_id);
         let (http, member) = (http.clone(), member.clone());
         steps.push(tokio::spawn(async move {
             call(&http, reqwest::Method::POST, url, &member, Some(body)).await
@@ -216,9 +221,7 @@ async fn two_hosts_on_one_mongodb_behave_as_one() {
         reqwest::Method::POST,
         a.url("/api/v1/steps"),
         &member,
-        Some(json!({"module_ref": "hostile", "input_mapping": {
-            "attack": "http", "url": api.url("/after"), "credential": "google", "link_id": link_id
-        }})),
+        Some(linked_call(api.url("/after"), &link_id)),
     )
     .await;
     assert_eq!(
@@ -257,7 +260,17 @@ async fn a_host_that_died_holding_the_refresh_lease_blocks_the_link_only_until_i
             .unwrap()
             .is_some()
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await; // the token has expired
+    // Let the access token expire: wait out the expiry the store holds (a clock, not a
+    // readiness signal, is what expires it).
+    let expiry = store
+        .get_link("company-a", &link_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .token_expiry
+        .expect("the token expires");
+    let left = (expiry - time::OffsetDateTime::now_utc()).max(time::Duration::ZERO);
+    tokio::time::sleep(Duration::try_from(left).unwrap() + Duration::from_millis(50)).await;
     let api = RecordingServer::start();
     let started = Instant::now();
     let (s, v) = call(
@@ -265,9 +278,7 @@ async fn a_host_that_died_holding_the_refresh_lease_blocks_the_link_only_until_i
         reqwest::Method::POST,
         host.url("/api/v1/steps"),
         &member,
-        Some(json!({"module_ref": "hostile", "input_mapping": {
-            "attack": "http", "url": api.url("/x"), "credential": "google", "link_id": link_id
-        }})),
+        Some(linked_call(api.url("/x"), &link_id)),
     )
     .await;
     assert_eq!(s, 200, "{v}");
@@ -407,9 +418,7 @@ async fn a_crash_between_the_refresh_answer_and_the_store_write_loses_no_refresh
     let http = no_redirects();
     let link_id = connect(&http, &host, &member).await;
     let api = RecordingServer::start();
-    let step_body = json!({"module_ref": "hostile", "input_mapping": {
-        "attack": "http", "url": api.url("/x"), "credential": "google", "link_id": link_id
-    }});
+    let step_body = linked_call(api.url("/x"), &link_id);
 
     // A step that must refresh. The moment the provider has spent the old refresh
     // token, the store goes away: the host gets the new tokens and cannot save them.

@@ -366,8 +366,17 @@ async fn the_refresh_lease_has_one_holder_until_it_expires<S: Store + Clone>(s: 
             .unwrap()
             .is_none()
     );
-    // A holder that died does not block the link beyond the lease.
-    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    // A holder that died does not block the link beyond the lease: wait out exactly the
+    // lease the store holds (a clock, not a readiness signal, is what expires it).
+    let until = s
+        .get_link("A", &l.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .refresh_lease_until
+        .expect("a lease is held");
+    let left = (until - now()).max(Duration::ZERO) + Duration::milliseconds(50);
+    tokio::time::sleep(left.try_into().unwrap()).await;
     let taken = s
         .try_lease_link("A", &l.id, "late-host", now() + Duration::seconds(30))
         .await
@@ -424,23 +433,23 @@ async fn oauth_states_are_single_use_and_expire<S: Store + Clone>(s: &S) {
 }
 
 async fn api_tokens_are_unique_and_revoked_once<S: Store>(s: &S) {
-    let token = |hash: &str| TokenRecord {
+    let made = now();
+    let token = |hash: &str, age_ms: i64| TokenRecord {
         id: new_object_id(),
         company_id: "A".into(),
         user_id: "u1".into(),
         admin: false,
         name: "ci".into(),
         token_hash: hash.into(),
-        created_at: now(),
+        created_at: made - Duration::milliseconds(age_ms),
         revoked_at: None,
     };
-    let first = token("hash-1");
+    let first = token("hash-1", 10);
     s.insert_token(first.clone()).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    let second = token("hash-2");
+    let second = token("hash-2", 0);
     s.insert_token(second.clone()).await.unwrap();
     assert!(matches!(
-        s.insert_token(token("hash-1")).await,
+        s.insert_token(token("hash-1", 0)).await,
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(
