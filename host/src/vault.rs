@@ -619,30 +619,26 @@ impl Vault {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(ring);
     }
 
-    /// Re-read the key file if it changed (looking at most every
-    /// [`KEY_FILE_CHECK_INTERVAL`]; `force` re-reads it even if unchanged). Keys are only ever added: a key this
-    /// vault had stays, so a file edited by mistake cannot make secrets unreadable in a
-    /// running host.
+    /// Re-read the key file if it changed. Without `force` the file is looked at no more
+    /// than every [`KEY_FILE_CHECK_INTERVAL`]; `force` (an envelope under an unknown key
+    /// id) looks now. Either way the file is read only when its modification time
+    /// changed, so a stream of unknown key ids costs a `stat` each, not a read. Keys are
+    /// only ever added: a key this vault had stays, so a file edited by mistake cannot
+    /// make secrets unreadable in a running host.
     fn reload(&self, force: bool) {
         let Some(file) = &self.file else { return };
         let mut seen = file
             .seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // A forced look (an unknown key id) may come often: still at most 4 per second.
-        let interval = if force {
-            std::time::Duration::from_millis(250)
-        } else {
-            KEY_FILE_CHECK_INTERVAL
-        };
-        if seen.0.elapsed() < interval {
+        if !force && seen.0.elapsed() < KEY_FILE_CHECK_INTERVAL {
             return;
         }
         seen.0 = std::time::Instant::now();
         let mtime = std::fs::metadata(&file.path)
             .and_then(|m| m.modified())
             .ok();
-        if mtime == seen.1 && !force {
+        if mtime.is_some() && mtime == seen.1 {
             return;
         }
         match read_key_ring(&file.path) {
@@ -941,6 +937,37 @@ mod tests {
             Err(VaultError::Malformed(_))
         ));
         assert!(!check.contains(CHECK_PLAINTEXT));
+    }
+
+    #[test]
+    fn a_vault_following_the_key_file_opens_a_rotated_key_at_once() {
+        if std::env::var_os(MASTER_KEY_ENV).is_some() {
+            return; // this test is about the key file
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let running = Vault::load(dir.path()).unwrap();
+        let old_id = running.key_id();
+        let sealed_old = running.encrypt("old");
+        // Right after the running vault loaded, another process rotates and seals.
+        let new_id = rotate_key_file(dir.path()).unwrap();
+        let rotator = Vault::load(dir.path()).unwrap();
+        assert_eq!(rotator.key_id(), new_id);
+        let sealed_new = rotator.encrypt("new");
+        assert_eq!(running.decrypt(&sealed_new).unwrap().expose(), "new");
+        assert_eq!(running.decrypt(&sealed_old).unwrap().expose(), "old");
+        assert_eq!(running.key_id(), new_id);
+        assert!(running.old_key_ids().contains(&old_id));
+        // A key nobody has stays unknown (and costs a stat, not a read, each time).
+        let stranger = Vault::new(MasterKey::generate()).encrypt("x");
+        for _ in 0..3 {
+            assert!(matches!(
+                running.decrypt(&stranger),
+                Err(VaultError::UnknownKey { .. })
+            ));
+        }
+        // Pruning leaves the current key only; the running vault keeps what it had.
+        assert_eq!(prune_key_file(dir.path(), &[]).unwrap(), vec![old_id]);
+        assert_eq!(running.decrypt(&sealed_old).unwrap().expose(), "old");
     }
 
     #[test]
