@@ -372,13 +372,39 @@ const CHECK_PLAINTEXT: &str = "flow8-master-key-check";
 
 /// Read a key file: the first key is current, later lines (blank lines and `#`
 /// comments skipped) are older keys. Also its modification time.
-fn read_key_ring(path: &Path) -> Result<(KeyRing, Option<std::time::SystemTime>), VaultError> {
+/// What tells one version of the key file from another: file timestamps alone are
+/// too coarse (two writes within a few milliseconds share one), but a rotation renames a
+/// new file into place, so the inode changes too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    inode: u64,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+fn file_stamp(path: &Path) -> Option<FileStamp> {
+    let m = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let inode = {
+        use std::os::unix::fs::MetadataExt;
+        m.ino()
+    };
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some(FileStamp {
+        inode,
+        len: m.len(),
+        modified: m.modified().ok(),
+    })
+}
+
+fn read_key_ring(path: &Path) -> Result<(KeyRing, Option<FileStamp>), VaultError> {
     let current = read_key_file(path)?;
     let io = |source| VaultError::KeyFile {
         path: path.to_path_buf(),
         source,
     };
-    let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let stamp = file_stamp(path);
     let text = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
     let mut ring = KeyRing {
         current,
@@ -393,7 +419,7 @@ fn read_key_ring(path: &Path) -> Result<(KeyRing, Option<std::time::SystemTime>)
             ring.old.push(key);
         }
     }
-    Ok((ring, mtime))
+    Ok((ring, stamp))
 }
 
 fn key_lines(text: &str) -> impl Iterator<Item = &str> {
@@ -501,7 +527,7 @@ impl KeyRing {
 struct WatchedKeyFile {
     path: PathBuf,
     /// When the file was last looked at, and its modification time then.
-    seen: std::sync::Mutex<(std::time::Instant, Option<std::time::SystemTime>)>,
+    seen: std::sync::Mutex<(std::time::Instant, Option<FileStamp>)>,
 }
 
 /// How often a vault with a key file looks whether the file changed.
@@ -621,8 +647,8 @@ impl Vault {
 
     /// Re-read the key file if it changed. Without `force` the file is looked at no more
     /// than every [`KEY_FILE_CHECK_INTERVAL`]; `force` (an envelope under an unknown key
-    /// id) looks now. Either way the file is read only when its modification time
-    /// changed, so a stream of unknown key ids costs a `stat` each, not a read. Keys are
+    /// id) looks now. Either way the file is read only when it changed (inode, size or
+    /// modification time), so a stream of unknown key ids costs a `stat` each, not a read. Keys are
     /// only ever added: a key this vault had stays, so a file edited by mistake cannot
     /// make secrets unreadable in a running host.
     fn reload(&self, force: bool) {
@@ -635,15 +661,13 @@ impl Vault {
             return;
         }
         seen.0 = std::time::Instant::now();
-        let mtime = std::fs::metadata(&file.path)
-            .and_then(|m| m.modified())
-            .ok();
-        if mtime.is_some() && mtime == seen.1 {
+        let stamp = file_stamp(&file.path);
+        if stamp.is_some() && stamp == seen.1 {
             return;
         }
         match read_key_ring(&file.path) {
-            Ok((mut merged, mtime)) => {
-                seen.1 = mtime;
+            Ok((mut merged, stamp)) => {
+                seen.1 = stamp;
                 let old = self.ring();
                 for k in old.keys() {
                     if merged.find(&k.id).is_none() {
