@@ -23,6 +23,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The allocator `flow8-host` itself uses (host/src/main.rs), so the in-process
+/// figures match the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Stats {
     median: Duration,
     p99: Duration,
@@ -58,6 +63,31 @@ fn us(d: Duration) -> String {
     format!("{:.1} µs", d.as_secs_f64() * 1e6)
 }
 
+/// One load phase: wall time, each request's latency, and the CPU time the whole
+/// process (client, host, upstream server) spent meanwhile.
+struct Load {
+    total: Duration,
+    latencies: Vec<Duration>,
+    cpu: Duration,
+}
+
+/// CPU time (user + system) this process has used, all threads, from /proc. CPU per
+/// request is steadier than requests per second on a shared machine.
+fn process_cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and
+    // 13th of them, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
 /// Steps per second through the REST API (http-request against a loopback server) at
 /// concurrency 32, beside native reqwest making the same requests.
 async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: CompileCache) {
@@ -70,6 +100,12 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(32);
+    // BENCH_API_PATHS=direct (or api, proxy, native; comma-separated) runs only those
+    // paths, for profiling one of them.
+    let only: Option<Vec<String>> = std::env::var("BENCH_API_PATHS")
+        .ok()
+        .map(|v| v.split(',').map(|p| p.trim().to_string()).collect());
+    let wanted = |path: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| p == path));
     let upstream = flow8_tests::RecordingServer::start();
     let data = tempfile::tempdir().unwrap();
     let vault = Arc::new(Vault::new(MasterKey::generate()));
@@ -118,16 +154,13 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
     .to_string();
     let target = upstream.url("/ping");
 
-    async fn run_load<F, Fut>(
-        requests: usize,
-        concurrency: usize,
-        f: F,
-    ) -> (Duration, Vec<Duration>)
+    async fn run_load<F, Fut>(requests: usize, concurrency: usize, f: F) -> Load
     where
         F: Fn() -> Fut + Clone + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send,
     {
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let cpu_before = process_cpu_time();
         let start = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..concurrency {
@@ -147,7 +180,11 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
         for t in tasks {
             all.extend(t.await.unwrap());
         }
-        (start.elapsed(), all)
+        Load {
+            total: start.elapsed(),
+            latencies: all,
+            cpu: process_cpu_time().saturating_sub(cpu_before),
+        }
     }
 
     // Warm both paths (connection pools, compiled module).
@@ -202,7 +239,11 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
             }
         }
     };
-    let (native_total, native_lat) = run_load(requests, concurrency, native).await;
+    let native = if wanted("native") {
+        Some(run_load(requests, concurrency, native).await)
+    } else {
+        None
+    };
     let steps = {
         let (client, api, body, token) = (client.clone(), api.clone(), body.clone(), token.clone());
         move || {
@@ -222,7 +263,11 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
             }
         }
     };
-    let (steps_total, steps_lat) = run_load(requests, concurrency, steps).await;
+    let api = if wanted("api") {
+        Some(run_load(requests, concurrency, steps).await)
+    } else {
+        None
+    };
     // The best any integration host could do with this two-hop shape: a native Rust
     // proxy taking the same step body over HTTP and making the same upstream request,
     // with no authentication, sandbox, credential or audit.
@@ -264,7 +309,11 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
             }
         }
     };
-    let (proxy_total, proxy_lat) = run_load(requests, concurrency, proxy).await;
+    let proxy = if wanted("proxy") {
+        Some(run_load(requests, concurrency, proxy).await)
+    } else {
+        None
+    };
     // The same steps without the API in front (runtime called directly).
     let direct = {
         let runtime = in_process.clone();
@@ -287,52 +336,54 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
             }
         }
     };
-    let (direct_total, direct_lat) = run_load(requests, concurrency, direct).await;
-    let direct_rps = requests as f64 / direct_total.as_secs_f64();
-    let d = stats(direct_lat);
-    let proxy_rps = requests as f64 / proxy_total.as_secs_f64();
-    let p = stats(proxy_lat);
-    let native_rps = requests as f64 / native_total.as_secs_f64();
-    let steps_rps = requests as f64 / steps_total.as_secs_f64();
-    let n = stats(native_lat);
-    let s = stats(steps_lat);
+    let direct = if wanted("direct") {
+        Some(run_load(requests, concurrency, direct).await)
+    } else {
+        None
+    };
+    let row = |label: &str, run: &Option<Load>| -> Option<(f64, Stats)> {
+        let load = run.as_ref()?;
+        let rps = requests as f64 / load.total.as_secs_f64();
+        let st = stats(load.latencies.clone());
+        println!(
+            "| {label} | {rps:.0} | {} | {} | {:.0} µs |",
+            us(st.median),
+            us(st.p99),
+            load.cpu.as_secs_f64() * 1e6 / requests as f64
+        );
+        Some((rps, st))
+    };
     println!();
     println!(
         "REST API throughput: http-request steps against a loopback server ({requests} requests, concurrency {concurrency})"
     );
-    println!("| path | requests/s | p50 | p99 |");
-    println!("| --- | ---: | ---: | ---: |");
-    println!(
-        "| native reqwest -> server (baseline) | {native_rps:.0} | {} | {} |",
-        us(n.median),
-        us(n.p99)
+    println!("| path | requests/s | p50 | p99 | CPU per request |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    let native = row("native reqwest -> server (baseline)", &native);
+    let proxy = row(
+        "native Rust proxy: POST -> reqwest -> server (best case for two hops)",
+        &proxy,
     );
-    println!(
-        "| native Rust proxy: POST -> reqwest -> server (best case for two hops) | {proxy_rps:.0} | {} | {} |",
-        us(p.median),
-        us(p.p99)
+    row(
+        "step in process (runtime.run_step) -> http-request -> server",
+        &direct,
     );
-    println!(
-        "| step in process (runtime.run_step) -> http-request -> server | {direct_rps:.0} | {} | {} |",
-        us(d.median),
-        us(d.p99)
-    );
-    println!(
-        "| POST /api/v1/steps -> http-request -> server | {steps_rps:.0} | {} | {} |",
-        us(s.median),
-        us(s.p99)
-    );
+    let api = row("POST /api/v1/steps -> http-request -> server", &api);
     println!();
-    println!(
-        "steps/s ÷ native requests/s = {:.2} (target >= 0.8); added latency per step: p50 {}, p99 {}",
-        steps_rps / native_rps,
-        us(s.median.saturating_sub(n.median)),
-        us(s.p99.saturating_sub(n.p99))
-    );
-    println!(
-        "steps/s ÷ native proxy requests/s = {:.2} (the host's cost beyond the second hop itself)",
-        steps_rps / proxy_rps
-    );
+    if let (Some((native_rps, n)), Some((steps_rps, s))) = (&native, &api) {
+        println!(
+            "steps/s ÷ native requests/s = {:.2} (target >= 0.8); added latency per step: p50 {}, p99 {}",
+            steps_rps / native_rps,
+            us(s.median.saturating_sub(n.median)),
+            us(s.p99.saturating_sub(n.p99))
+        );
+    }
+    if let (Some((proxy_rps, _)), Some((steps_rps, _))) = (&proxy, &api) {
+        println!(
+            "steps/s ÷ native proxy requests/s = {:.2} (the host's cost beyond the second hop itself)",
+            steps_rps / proxy_rps
+        );
+    }
 }
 
 /// Peak resident memory of a `flow8-host` run, sampled from /proc until it exits.

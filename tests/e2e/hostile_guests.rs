@@ -340,3 +340,45 @@ async fn a_panic_is_a_module_error_and_stdout_lands_in_the_log() {
     assert!(r.log.len() >= 3, "{:?}", r.log);
     h.assert_healthy().await;
 }
+
+/// A sandbox is reused for later steps (the pool keeps its memory resident between
+/// them); nothing one step wrote may be readable by the next. The first step checks
+/// that its own scan does find what it wrote, so a scanner that finds nothing cannot
+/// pass this test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_cannot_read_what_an_earlier_step_left_in_memory() {
+    let h = host(false, "https://api.example.com").await;
+    let needle: Vec<u8> = format!("left-behind-{:016x}", rand_u64())
+        .bytes()
+        .map(|b| b ^ 0x5a)
+        .collect();
+    for round in 0..3 {
+        let planted = h
+            .run(json!({"attack": "leave_in_memory", "needle_xor": needle}))
+            .await
+            .result
+            .expect("planting step");
+        assert!(
+            planted["memory_hits"].as_u64().unwrap() > 1000,
+            "round {round}: the module does not find what it just wrote: {planted}"
+        );
+        let scans = (0..8).map(|_| h.run(json!({"attack": "scan_memory", "needle_xor": needle})));
+        for r in futures_util::future::join_all(scans).await {
+            let out = r.result.expect("scanning step");
+            assert_eq!(out["memory_hits"], 0, "round {round}: {out}");
+            assert_eq!(out["left_behind"], 0, "round {round}: {out}");
+        }
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    );
+    h.finish()
+}

@@ -49,6 +49,22 @@ fn scan_memory(needle: &[u8]) -> usize {
     hits
 }
 
+/// What `leave_in_memory` keeps in a static for a later step to find (it must not).
+static LEFT_BEHIND: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+/// The needle a test sends XOR-masked (so its plain bytes are never in the input).
+fn unmask(input: &Value) -> Vec<u8> {
+    input["needle_xor"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|b| b.as_u64())
+                .map(|b| (b as u8) ^ 0x5a)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn str_param<'a>(input: &'a Value, k: &str) -> Result<&'a str, Error> {
     input[k]
         .as_str()
@@ -253,19 +269,38 @@ impl Module for Hostile {
                 let sent = Request::get(str_param(&input, "url")?)
                     .credential(binding)
                     .send();
-                let needle: Vec<u8> = input["needle_xor"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|b| b.as_u64())
-                            .map(|b| (b as u8) ^ 0x5a)
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let needle = unmask(&input);
                 Ok(json!({
                     "status": sent.map(|r| r.status).ok(),
                     "memory_hits": scan_memory(&needle),
                     "needle_len": needle.len(),
+                }))
+            }
+            "leave_in_memory" => {
+                // Write the (XOR-unmasked) needle across the heap, a static buffer and
+                // the stack, keep it all, and check it is there from inside.
+                let needle = unmask(&input);
+                if needle.is_empty() {
+                    return Err(Error::invalid_input("`needle_xor` is required"));
+                }
+                let heap: Vec<u8> = needle.iter().copied().cycle().take(256 * 1024).collect();
+                std::mem::forget(std::hint::black_box(heap));
+                let mut on_stack = [0u8; 4096];
+                for (d, s) in on_stack.iter_mut().zip(needle.iter().cycle()) {
+                    *d = *s;
+                }
+                std::hint::black_box(&on_stack);
+                let mut kept = LEFT_BEHIND.lock().expect("lock");
+                kept.clear();
+                kept.extend(needle.iter().copied().cycle().take(16 * 1024));
+                drop(kept);
+                Ok(json!({"memory_hits": scan_memory(&needle)}))
+            }
+            "scan_memory" => {
+                let needle = unmask(&input);
+                Ok(json!({
+                    "memory_hits": scan_memory(&needle),
+                    "left_behind": LEFT_BEHIND.lock().expect("lock").len(),
                 }))
             }
             "panic" => panic!("the hostile module panicked on purpose"),
