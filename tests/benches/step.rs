@@ -856,22 +856,29 @@ async fn store_comparison() {
     );
 }
 
+/// The engine the step and API sections use. BENCH_POOLING=0: wasmtime's on-demand
+/// allocator instead of the pool; BENCH_RESET_WRITTEN_PAGES=0: the pool resets a fixed
+/// part of each memory instead of the pages a step wrote.
+fn bench_engine() -> Arc<flow8_host::runtime::SandboxEngine> {
+    let off = |var: &str| std::env::var(var).as_deref() == Ok("0");
+    if !off("BENCH_POOLING") && !off("BENCH_RESET_WRITTEN_PAGES") {
+        return shared_engine();
+    }
+    flow8_host::runtime::SandboxEngine::new(flow8_host::runtime::engine::EngineConfig {
+        pooling: !off("BENCH_POOLING"),
+        reset_written_pages: !off("BENCH_RESET_WRITTEN_PAGES"),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    // BENCH_ONLY=api|s3|store|oauth runs one section (for iterating on it).
+    // BENCH_ONLY=step|api|s3|store|oauth runs one section (for iterating on it).
     match std::env::var("BENCH_ONLY").as_deref() {
         Ok("api") => {
             let cache_dir = tempfile::tempdir().unwrap();
-            // BENCH_POOLING=0: the same on wasmtime's on-demand allocator.
-            let engine = if std::env::var("BENCH_POOLING").as_deref() == Ok("0") {
-                flow8_host::runtime::SandboxEngine::new(flow8_host::runtime::engine::EngineConfig {
-                    pooling: false,
-                    ..Default::default()
-                })
-                .unwrap()
-            } else {
-                shared_engine()
-            };
+            let engine = bench_engine();
             return api_throughput(engine, CompileCache::at(cache_dir.path()).unwrap()).await;
         }
         Ok("s3") => return s3_throughput().await,
@@ -883,7 +890,7 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
-    let engine = shared_engine();
+    let engine = bench_engine();
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = CompileCache::at(cache_dir.path()).unwrap();
     let hostile_bytes = std::fs::read(wasm("hostile_guest")).unwrap();
@@ -999,6 +1006,9 @@ async fn main() {
         us(warm.median)
     );
 
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("step") {
+        return;
+    }
     api_throughput(engine.clone(), cache.clone()).await;
     s3_throughput().await;
     store_comparison().await;

@@ -30,6 +30,10 @@ pub struct EngineConfig {
     pub max_memory_ceiling: usize,
     /// Guest call-stack size (deep recursion traps beyond it).
     pub max_wasm_stack: usize,
+    /// Between steps, reset only the pages a step wrote and keep them resident, where
+    /// Linux can report them (PAGEMAP_SCAN, 6.7+). Off: reset a fixed first part of
+    /// each memory and return the rest to the kernel.
+    pub reset_written_pages: bool,
 }
 
 impl Default for EngineConfig {
@@ -39,6 +43,7 @@ impl Default for EngineConfig {
             pool_instances: 128,
             max_memory_ceiling: 1024 * 1024 * 1024,
             max_wasm_stack: 512 * 1024,
+            reset_written_pages: true,
         }
     }
 }
@@ -102,7 +107,7 @@ impl SandboxEngine {
             // a step's typical working set, and they stay resident for the next step.
             // Elsewhere the first pages of each slot are reset with memset (its cost
             // grows with the size kept, so that size is small).
-            if PoolingAllocationConfig::is_pagemap_scan_available() {
+            if config.reset_written_pages && PoolingAllocationConfig::is_pagemap_scan_available() {
                 pool.pagemap_scan(Enabled::Yes)
                     .linear_memory_keep_resident(RESIDENT_WITH_PAGEMAP)
                     .table_keep_resident(64 * 1024);
