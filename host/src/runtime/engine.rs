@@ -98,6 +98,7 @@ impl SandboxEngine {
                 .max_tables_per_component(8)
                 .max_core_instances_per_component(16)
                 .max_memory_size(config.max_memory_ceiling)
+                .table_keep_resident(64 * 1024)
                 .async_stack_keep_resident(128 * 1024)
                 .decommit_batch_size(32);
             // Returning memory to the kernel (madvise) after every step, and the
@@ -109,11 +110,9 @@ impl SandboxEngine {
             // grows with the size kept, so that size is small).
             if config.reset_written_pages && PoolingAllocationConfig::is_pagemap_scan_available() {
                 pool.pagemap_scan(Enabled::Yes)
-                    .linear_memory_keep_resident(RESIDENT_WITH_PAGEMAP)
-                    .table_keep_resident(64 * 1024);
+                    .linear_memory_keep_resident(RESIDENT_WITH_PAGEMAP);
             } else {
-                pool.linear_memory_keep_resident(256 * 1024)
-                    .table_keep_resident(64 * 1024);
+                pool.linear_memory_keep_resident(256 * 1024);
             }
             c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
             match Engine::new(&c) {
