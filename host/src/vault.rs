@@ -257,6 +257,32 @@ fn write_new_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// A fresh name beside the key file, where a new version is written before it moves
+/// into place.
+fn key_file_aside(dir: &Path) -> PathBuf {
+    dir.join(format!(
+        ".{MASTER_KEY_FILE}.{}.{:016x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ))
+}
+
+/// Replace the key file with `contents`: written aside, synced, renamed into place and
+/// the directory synced, so a crash leaves the old file or the new one, never a torn one.
+fn replace_key_file(dir: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let tmp = key_file_aside(dir);
+    write_new_private_file(&tmp, contents)?;
+    if let Err(e) = std::fs::rename(&tmp, dir.join(MASTER_KEY_FILE)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // Best effort: not every platform can sync a directory.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
 fn create_key_file(dir: &Path, path: &Path) -> Result<MasterKey, VaultError> {
     let io = |source| VaultError::KeyFile {
         path: path.to_path_buf(),
@@ -266,11 +292,7 @@ fn create_key_file(dir: &Path, path: &Path) -> Result<MasterKey, VaultError> {
     let text = Zeroizing::new(format!("{}\n", hex::encode(*key.bytes)));
     // Write the whole key aside, then link it into place: `link` fails if the name
     // exists, so exactly one process's key wins and nobody reads a half-written file.
-    let tmp = dir.join(format!(
-        ".{MASTER_KEY_FILE}.{}.{:016x}.tmp",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
+    let tmp = key_file_aside(dir);
     write_new_private_file(&tmp, text.as_bytes()).map_err(io)?;
     let linked = std::fs::hard_link(&tmp, path);
     let _ = std::fs::remove_file(&tmp);
@@ -447,19 +469,7 @@ pub fn rotate_key_file(data_dir: &Path) -> Result<String, VaultError> {
         text.push_str(&hex::encode(*k.bytes));
         text.push('\n');
     }
-    let tmp = data_dir.join(format!(
-        ".{MASTER_KEY_FILE}.{}.{:016x}.tmp",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    write_new_private_file(&tmp, text.as_bytes()).map_err(io)?;
-    if let Err(e) = std::fs::rename(&tmp, &path) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(e));
-    }
-    if let Ok(d) = std::fs::File::open(data_dir) {
-        let _ = d.sync_all();
-    }
+    replace_key_file(data_dir, text.as_bytes()).map_err(io)?;
     Ok(new.id.clone())
 }
 
@@ -489,19 +499,7 @@ pub fn prune_key_file(data_dir: &Path, keep: &[String]) -> Result<Vec<String>, V
     if dropped.is_empty() {
         return Ok(dropped);
     }
-    let tmp = data_dir.join(format!(
-        ".{MASTER_KEY_FILE}.{}.{:016x}.tmp",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    write_new_private_file(&tmp, text.as_bytes()).map_err(io)?;
-    if let Err(e) = std::fs::rename(&tmp, &path) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(e));
-    }
-    if let Ok(d) = std::fs::File::open(data_dir) {
-        let _ = d.sync_all();
-    }
+    replace_key_file(data_dir, text.as_bytes()).map_err(io)?;
     Ok(dropped)
 }
 
