@@ -1,7 +1,10 @@
 # Every command a person or CI runs. `just --list` shows them.
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
-wasm_target_dir := justfile_directory() / "target/wasm"
+# Cargo's target directory: `CARGO_TARGET_DIR` when set (CI points it at a directory
+# that outlives the clone), otherwise `target/` here.
+target_dir := env_var_or_default("CARGO_TARGET_DIR", justfile_directory() / "target")
+wasm_target_dir := target_dir / "wasm"
 wasm_dir := wasm_target_dir / "wasm32-wasip2/release"
 
 # List the recipes.
@@ -20,11 +23,49 @@ guests: wasm-target
 wasm-target:
     @rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
+# What the tests need besides Rust, installed only where missing and one piece at a
+# time, saying what it installs: Node.js and npm (the OAuth servers), Python's venv
+# (SecantusDB for MongoDB), Chromium and ChromeDriver (the connect-page test). A
+# Node.js or Python already on the machine is never replaced: an apt-get install that
+# would remove a package is refused with the reason. FLOW8_PREREQS_DRY_RUN=1 only says
+# what it would install.
+test-prereqs:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    dry="${FLOW8_PREREQS_DRY_RUN:-}"
+    updated=""
+    install() { # install PACKAGE WHY
+        if [ -n "$dry" ]; then echo "would install $1 ($2)"; return; fi
+        if ! command -v apt-get >/dev/null; then
+            echo "error: $1 is missing ($2) and there is no apt-get here: install it, then run this again" >&2
+            exit 1
+        fi
+        if [ -z "$updated" ]; then apt-get update -qq; updated=1; fi
+        plan=$(DEBIAN_FRONTEND=noninteractive apt-get install -s --no-install-recommends "$1" 2>&1) || {
+            echo "error: apt-get cannot install $1 ($2) beside what is installed:" >&2
+            echo "$plan" | grep -E '^ |^E:' >&2 || true
+            exit 1
+        }
+        if echo "$plan" | grep -q '^Remv '; then
+            echo "error: installing $1 ($2) would remove installed packages; install it by hand:" >&2
+            echo "$plan" | grep '^Remv ' >&2
+            exit 1
+        fi
+        echo "installing $1 ($2) with apt-get"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$1" >/dev/null
+    }
+    missing=""
+    command -v node >/dev/null || { install nodejs "Node.js runs the OAuth2 test servers"; missing=1; }
+    command -v npm >/dev/null || { install npm "npm installs the OAuth2 test servers"; missing=1; }
+    command -v python3 >/dev/null || { install python3 "Python runs the MongoDB test server"; missing=1; }
+    python3 -c 'import venv, ensurepip' 2>/dev/null || { install python3-venv "a venv holds the MongoDB test server"; missing=1; }
+    command -v chromium >/dev/null || { install chromium "the connect-page test drives a browser"; missing=1; }
+    command -v chromedriver >/dev/null || { install chromium-driver "WebDriver for that browser"; missing=1; }
+    [ -n "$missing" ] || echo "test prerequisites: all present"
+
 # The test servers from npm (oauth2-mock-server, from the lock file) and PyPI
-# (SecantusDB, a MongoDB-wire-protocol server, in tests/.venv), and the browser.
-# System packages come from apt when missing (Node.js, Python venv, Chromium + ChromeDriver).
-test-servers:
-    @command -v node >/dev/null && command -v npm >/dev/null && command -v chromedriver >/dev/null && python3 -m venv --help >/dev/null 2>&1 || (echo "installing test prerequisites with apt-get" && apt-get update -qq && apt-get install -y -qq nodejs npm python3-venv chromium chromium-driver)
+# (SecantusDB, a MongoDB-wire-protocol server, in tests/.venv).
+test-servers: test-prereqs
     @test -d tests/oauth-server/node_modules/oauth2-mock-server || (cd tests/oauth-server && npm ci --no-audit --no-fund)
     @test -x tests/.venv/bin/python && tests/.venv/bin/python -c 'import secantus' 2>/dev/null || (python3 -m venv tests/.venv && tests/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/mongo-server/requirements.txt)
 
@@ -45,7 +86,7 @@ host *ARGS: modules
 # the host attached.
 demo: modules
     cargo build -q -p flow8-host -p flow8-tests --bins
-    ./target/debug/demo --host-bin ./target/debug/flow8-host --modules-dir {{wasm_dir}}
+    {{target_dir}}/debug/demo --host-bin {{target_dir}}/debug/flow8-host --modules-dir {{wasm_dir}} --data-dir {{target_dir}}/demo-data
 
 # Formatting and lints, host and guests.
 lint:
@@ -59,10 +100,28 @@ lint:
 # The whole test suite: lints, guest builds, unit, doc and end-to-end tests.
 test: lint modules guests test-servers
     cargo build -p flow8-host
-    FLOW8_WASM_DIR={{wasm_dir}} cargo test --workspace 2>&1 | tee target/test-output.log
-    @awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' target/test-output.log
+    FLOW8_WASM_DIR={{wasm_dir}} cargo test --workspace 2>&1 | tee {{target_dir}}/test-output.log
+    @awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' {{target_dir}}/test-output.log
 
 # Benchmarks (release build); prints a table.
 bench: modules guests
     cargo build --release -p flow8-host
     FLOW8_WASM_DIR={{wasm_dir}} cargo bench -p flow8-tests --bench step
+
+# The README's quick start as a new user meets it: a fresh clone of HEAD in a temporary
+# folder with its own empty target directory, then `just demo` and `just test` there,
+# each timed. Cold on 2 cores this takes about as long as both README commands do
+# (see the README); it is not part of `just test`.
+quickstart-check:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    work=$(mktemp -d /var/tmp/flow8-quickstart.XXXXXX)
+    git clone -q "{{justfile_directory()}}" "$work/flow8"
+    cd "$work/flow8"
+    export CARGO_TARGET_DIR="$work/target"
+    for cmd in demo test; do
+        start=$(date +%s)
+        just "$cmd"
+        echo "quickstart-check: just $cmd took $(( $(date +%s) - start )) s"
+    done
+    rm -rf "$work"

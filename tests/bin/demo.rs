@@ -65,13 +65,28 @@ fn main() -> ExitCode {
         "kind": "http",
         "config": {"provider": "http", "base_url": server.url(""), "auth_value": token, "max_retries": 1}
     });
-    let _ = host(
-        &bin,
-        &data_dir,
-        &modules,
-        &["components", "delete", "demo-api"],
-        None,
-    );
+    // A rerun replaces the component an earlier run stored; a first run has none, and
+    // asking to delete it would print a `not_found` error that reads like a failure.
+    let (listed, existing) = host(&bin, &data_dir, &modules, &["components", "list"], None);
+    if !listed {
+        return ExitCode::FAILURE;
+    }
+    let earlier = serde_json::from_str::<Vec<serde_json::Value>>(&existing)
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c["name"] == "demo-api");
+    if earlier
+        && !host(
+            &bin,
+            &data_dir,
+            &modules,
+            &["components", "delete", "demo-api"],
+            None,
+        )
+        .0
+    {
+        return ExitCode::FAILURE;
+    }
     let (ok, created) = host(
         &bin,
         &data_dir,

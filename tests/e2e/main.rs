@@ -14,6 +14,7 @@ mod local_store;
 mod microsoft_calendar;
 mod mongodb_hosts;
 mod oauth_flow;
+mod quickstart;
 mod s3_upload;
 mod slack_message;
 mod store_conformance;
