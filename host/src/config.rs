@@ -197,7 +197,8 @@ impl HostConfig {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Check values a command's flags or the file set (also run by `load`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |message: String| ConfigError::Invalid {
             path: PathBuf::from("(configuration)"),
             message,
@@ -213,6 +214,9 @@ impl HostConfig {
         }
         if self.limits.memory_mib == 0 || self.limits.memory_mib > 1024 {
             return Err(bad("limits.memory_mib must be 1-1024".into()));
+        }
+        if self.limits.output_kib == 0 || self.limits.output_kib > 64 * 1024 {
+            return Err(bad("limits.output_kib must be 1-65536".into()));
         }
         Ok(())
     }
@@ -231,12 +235,6 @@ impl HostConfig {
             max_response_bytes: self.outbound.max_response_bytes,
             ..OutboundPolicy::default()
         }
-    }
-
-    /// The store this configuration names.
-    pub fn store_location(&self) -> crate::store::any::StoreLocation {
-        crate::store::any::StoreLocation::parse(&self.store)
-            .unwrap_or(crate::store::any::StoreLocation::Embedded)
     }
 
     /// The default step limits this configuration describes.

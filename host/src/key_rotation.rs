@@ -10,6 +10,7 @@
 //! OAuth states (pending authorizations) are not rewritten: they live ten minutes.
 //! Keep old keys at least that long after a rotation.
 
+use crate::store::AnyStore;
 use crate::store::{ComponentRecord, LinkRecord, Store, StoreError};
 use crate::vault::{Envelope, Vault, VaultError};
 use std::collections::BTreeMap;
@@ -94,7 +95,7 @@ pub struct Progress {
 }
 
 /// Count the store's secrets by key.
-pub async fn key_usage<S: Store>(store: &S, vault: &Vault) -> Result<KeyUsage, StoreError> {
+pub async fn key_usage(store: &AnyStore, vault: &Vault) -> Result<KeyUsage, StoreError> {
     let mut usage = KeyUsage {
         current_key_id: vault.key_id(),
         ..KeyUsage::default()
@@ -173,8 +174,8 @@ const CAS_TRIES: usize = 5;
 
 /// Re-seal every secret not sealed with the vault's current key. Safe to run while
 /// hosts serve, and to run again after an interruption.
-pub async fn reseal_all<S: Store>(
-    store: &S,
+pub async fn reseal_all(
+    store: &AnyStore,
     vault: &Vault,
     opts: &RotationOptions,
     mut on_batch: impl FnMut(Progress),
@@ -316,7 +317,7 @@ mod tests {
 
     #[tokio::test]
     async fn reseals_everything_once_and_keeps_it_readable() {
-        let store = EmbeddedStore::open_in_memory().unwrap();
+        let store = AnyStore::from(EmbeddedStore::open_in_memory().unwrap());
         let old_key = MasterKey::generate();
         let old = Vault::new(old_key.clone());
         for i in 0..7 {
@@ -358,7 +359,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_secret_under_an_unknown_key_is_reported_and_left_alone() {
-        let store = EmbeddedStore::open_in_memory().unwrap();
+        let store = AnyStore::from(EmbeddedStore::open_in_memory().unwrap());
         let stranger = Vault::new(MasterKey::generate());
         let c = component(&stranger, "A", "x");
         store.insert_component(c.clone()).await.unwrap();

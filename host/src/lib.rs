@@ -2,6 +2,8 @@
 //! components) in a fresh sandbox per step and owns their credentials.
 //!
 //! Where things live:
+//! - `app`: the composition root: `Host::from_config` builds a whole host, for every
+//!   command, test and bench.
 //! - `manifest`: what a module declares (hosts, credential bindings, input schema).
 //! - `runtime`: engine, compile cache, module registry, the per-step sandbox.
 //! - `capabilities`: the host functions modules call (credentials, http, log, step).
@@ -12,12 +14,15 @@
 //! - `oauth`: the OAuth2 lifecycle: connect, callback, refresh, revoke, health.
 //! - `server`: the REST API (`flow8-host serve`): components, steps, audit log, modules.
 //! - `config`: defaults, the config file and `FLOW8_*` variables.
+//! - `error`: the catalogue of error names every answer uses.
 //! - `cli`: the `flow8-host` command line.
 
+pub mod app;
 pub mod capabilities;
 pub mod cli;
 pub mod components;
 pub mod config;
+pub mod error;
 pub mod key_rotation;
 pub mod manifest;
 pub mod oauth;

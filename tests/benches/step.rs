@@ -8,15 +8,14 @@
 //!
 //! Prints a table of medians and 99th percentiles and the full-step/raw ratio.
 
+use flow8_host::app::{Host, HostSettings};
 use flow8_host::components::{self, NewComponent};
-use flow8_host::outbound::{OutboundClient, OutboundPolicy};
+use flow8_host::config::HostConfig;
 use flow8_host::runtime::cache::CompileCache;
 use flow8_host::runtime::module::LoadedModule;
 use flow8_host::runtime::registry::ModuleRegistry;
-use flow8_host::runtime::sandbox::StepLimits;
-use flow8_host::runtime::{Runtime, StepRequest, raw_execute};
-use flow8_host::store::Store;
-use flow8_host::store::embedded::EmbeddedStore;
+use flow8_host::runtime::{StepRequest, raw_execute};
+use flow8_host::store::{AnyStore, Store};
 use flow8_host::vault::{MasterKey, Vault};
 use flow8_tests::{shared_engine, wasm, wasm_dir};
 use std::collections::BTreeMap;
@@ -27,6 +26,28 @@ use std::time::{Duration, Instant};
 /// figures match the server's.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// A host as every command builds it (the composition root), over `registry`, with its
+/// embedded store in `data` (or `store`) and a fresh master key.
+async fn bench_host(
+    config: HostConfig,
+    data: &std::path::Path,
+    registry: Arc<ModuleRegistry>,
+    store: Option<Arc<AnyStore>>,
+) -> Host {
+    let mut settings = HostSettings::new(config, data)
+        .modules(registry)
+        .vault(Vault::new(MasterKey::generate()));
+    settings.store = store;
+    Host::from_config(settings).await.unwrap()
+}
+
+/// The default configuration with loopback allowed (the bench's servers are local).
+fn loopback() -> HostConfig {
+    let mut config = HostConfig::default();
+    config.outbound.allow_loopback = true;
+    config
+}
 
 struct Stats {
     median: Duration,
@@ -91,7 +112,7 @@ fn process_cpu_time() -> Duration {
 /// Steps per second through the REST API (http-request against a loopback server) at
 /// concurrency 32, beside native reqwest making the same requests.
 async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: CompileCache) {
-    use flow8_host::server::{AppState, auth, serve};
+    use flow8_host::server::{auth, serve};
     let requests: usize = std::env::var("BENCH_API_REQUESTS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -108,43 +129,22 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
     let wanted = |path: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| p == path));
     let upstream = flow8_tests::RecordingServer::start();
     let data = tempfile::tempdir().unwrap();
-    let vault = Arc::new(Vault::new(MasterKey::generate()));
-    let store = Arc::new(EmbeddedStore::open(data.path()).await.unwrap());
+    let registry = Arc::new(ModuleRegistry::new(engine, cache, vec![wasm_dir()]));
+    let host = bench_host(loopback(), data.path(), registry, None).await;
     let new: NewComponent = serde_json::from_value(serde_json::json!({
         "name": "api", "kind": "http",
         "config": {"provider": "http", "base_url": upstream.url(""), "auth_value": "Bearer bench-secret-123", "max_retries": 0}
     }))
     .unwrap();
-    store
-        .insert_component(components::prepare(new, "bench", &vault).unwrap())
+    host.store
+        .insert_component(components::prepare(new, "bench", &host.vault).unwrap())
         .await
         .unwrap();
-    let (token, _) = auth::create_token(&*store, "bench", "bench-user", false, "bench")
+    let (token, _) = auth::create_token(&*host.store, "bench", "bench-user", false, "bench")
         .await
         .unwrap();
-    let registry = Arc::new(ModuleRegistry::new(engine, cache, vec![wasm_dir()]));
-    let outbound = OutboundClient::new(OutboundPolicy {
-        allow_loopback: true,
-        ..OutboundPolicy::default()
-    })
-    .unwrap();
-    let audit = flow8_host::server::audit::AuditWriter::start(store.clone());
-    let in_process = Arc::new(Runtime::new(
-        registry.clone(),
-        outbound.clone(),
-        store.clone(),
-        vault.clone(),
-        StepLimits::default(),
-    ));
-    let state = Arc::new(AppState {
-        runtime: Runtime::new(registry, outbound, store, vault, StepLimits::default()),
-        metrics: Default::default(),
-        audit,
-        install_dir: data.path().join("company-modules"),
-        workspaces_dir: data.path().join("workspaces"),
-        max_body_bytes: 1024 * 1024,
-        max_module_bytes: 64 * 1024 * 1024,
-    });
+    let in_process = Arc::new(host.runtime.clone());
+    let state = host.api_state();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = format!("http://{}/api/v1/steps", listener.local_addr().unwrap());
     tokio::spawn(serve(listener, state, std::future::pending()));
@@ -538,7 +538,6 @@ async fn s3_throughput() {
 /// OAuth2 server (oauth2-mock-server), and what the refresh check costs a step whose
 /// token is fresh, beside the same step with no credential.
 async fn refresh_storm() {
-    use flow8_host::oauth::OAuthService;
     let storm: usize = std::env::var("BENCH_STORM")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -551,10 +550,10 @@ async fn refresh_storm() {
     let provider = flow8_tests::oauth_server::OAuthServer::start(3600, &[20]);
     let upstream = flow8_tests::RecordingServer::start();
     let data = tempfile::tempdir().unwrap();
-    let store = Arc::new(EmbeddedStore::open(data.path()).await.unwrap());
-    let vault = Arc::new(Vault::new(MasterKey::generate()));
-    let mut config = std::collections::BTreeMap::new();
-    config.insert(
+    let mut config = loopback();
+    // Refresh when a token expires within 300 s (the first one lives 20 s).
+    config.oauth_refresh_window_seconds = 300;
+    config.oauth2.insert(
         "google".to_string(),
         serde_json::from_value(serde_json::json!({
             "client_id": "bench", "client_secret": "bench-secret",
@@ -567,11 +566,15 @@ async fn refresh_storm() {
         }))
         .unwrap(),
     );
-    let providers = flow8_host::oauth::providers::configure(&config).unwrap();
-    let (plain_store, plain_vault) = (store.clone(), vault.clone());
-    let mut oauth = OAuthService::new(store.clone(), vault.clone(), providers);
-    oauth.refresh_window = Duration::from_secs(300);
-    let oauth = Arc::new(oauth);
+    let cache_dir = tempfile::tempdir().unwrap();
+    let registry = Arc::new(ModuleRegistry::new(
+        shared_engine(),
+        CompileCache::at(cache_dir.path()).unwrap(),
+        vec![wasm_dir()],
+    ));
+    let host = bench_host(config, data.path(), registry, None).await;
+    let (plain_store, plain_vault) = (host.store.clone(), host.vault.clone());
+    let oauth = host.oauth.clone().expect("google is configured");
     let oauth_handle = oauth.clone();
     // Connect: the provider's redirect carries the code to the callback.
     let auth_url = oauth
@@ -590,26 +593,7 @@ async fn refresh_storm() {
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
     let link = oauth.callback(&params).await.unwrap();
-    let cache_dir = tempfile::tempdir().unwrap();
-    let registry = Arc::new(ModuleRegistry::new(
-        shared_engine(),
-        CompileCache::at(cache_dir.path()).unwrap(),
-        vec![wasm_dir()],
-    ));
-    let runtime = Arc::new(
-        Runtime::new(
-            registry,
-            OutboundClient::new(OutboundPolicy {
-                allow_loopback: true,
-                ..OutboundPolicy::default()
-            })
-            .unwrap(),
-            store,
-            vault,
-            StepLimits::default(),
-        )
-        .with_oauth(oauth),
-    );
+    let runtime = Arc::new(host.runtime.clone());
     let step = |credential: bool| {
         let mut input = serde_json::json!({"attack": "http", "url": upstream.url("/x")});
         if credential {
@@ -717,38 +701,28 @@ async fn refresh_storm() {
 }
 
 /// A full http-request step (credential looked up and opened) on a given store.
-async fn http_step_on<S: Store>(
-    store: Arc<S>,
+async fn http_step_on(
+    store: Arc<AnyStore>,
     upstream: &flow8_tests::RecordingServer,
     iterations: usize,
 ) -> Stats {
-    let vault = Arc::new(Vault::new(MasterKey::generate()));
-    let new: NewComponent = serde_json::from_value(serde_json::json!({
-        "name": "api", "kind": "http",
-        "config": {"provider": "http", "base_url": upstream.url(""), "auth_value": "Bearer bench-secret-123", "max_retries": 0}
-    }))
-    .unwrap();
-    store
-        .insert_component(components::prepare(new, "bench", &vault).unwrap())
-        .await
-        .unwrap();
     let cache_dir = tempfile::tempdir().unwrap();
     let registry = Arc::new(ModuleRegistry::new(
         shared_engine(),
         CompileCache::at(cache_dir.path()).unwrap(),
         vec![wasm_dir()],
     ));
-    let runtime = Runtime::new(
-        registry,
-        OutboundClient::new(OutboundPolicy {
-            allow_loopback: true,
-            ..OutboundPolicy::default()
-        })
-        .unwrap(),
-        store,
-        vault,
-        StepLimits::default(),
-    );
+    let host = bench_host(loopback(), cache_dir.path(), registry, Some(store)).await;
+    let new: NewComponent = serde_json::from_value(serde_json::json!({
+        "name": "api", "kind": "http",
+        "config": {"provider": "http", "base_url": upstream.url(""), "auth_value": "Bearer bench-secret-123", "max_retries": 0}
+    }))
+    .unwrap();
+    host.store
+        .insert_component(components::prepare(new, "bench", &host.vault).unwrap())
+        .await
+        .unwrap();
+    let runtime = &host.runtime;
     let mut bindings = BTreeMap::new();
     bindings.insert("request".to_string(), "api".to_string());
     measure(iterations, || async {
@@ -768,7 +742,7 @@ async fn http_step_on<S: Store>(
 }
 
 /// Link lookups per second from one host: 32 tasks reading one link for `window`.
-async fn link_lookups_per_second<S: Store>(store: Arc<S>, window: Duration) -> f64 {
+async fn link_lookups_per_second(store: Arc<AnyStore>, window: Duration) -> f64 {
     let vault = Vault::new(MasterKey::generate());
     let t = flow8_host::store::now();
     let link = flow8_host::store::LinkRecord {
@@ -819,12 +793,16 @@ async fn store_comparison() {
     let upstream = flow8_tests::RecordingServer::start();
     let mongo_server = flow8_tests::mongo_server::MongoServer::start();
     let data = tempfile::tempdir().unwrap();
-    let embedded = Arc::new(EmbeddedStore::open(data.path()).await.unwrap());
-    let mongo = Arc::new(
+    let embedded = Arc::new(AnyStore::from(
+        flow8_host::store::embedded::EmbeddedStore::open(data.path())
+            .await
+            .unwrap(),
+    ));
+    let mongo = Arc::new(AnyStore::from(
         MongoStore::connect(&mongo_server.uri("bench"))
             .await
             .unwrap(),
-    );
+    ));
     let on_embedded = http_step_on(embedded.clone(), &upstream, iterations).await;
     let on_mongo = http_step_on(mongo.clone(), &upstream, iterations).await;
     let window = Duration::from_secs(3);
@@ -913,8 +891,13 @@ async fn main() {
 
     // Store, vault and a credential for the full step.
     let data = tempfile::tempdir().unwrap();
-    let vault = Arc::new(Vault::new(MasterKey::generate()));
-    let store = Arc::new(EmbeddedStore::open(data.path()).await.unwrap());
+    let registry = Arc::new(ModuleRegistry::new(
+        engine.clone(),
+        cache.clone(),
+        vec![wasm_dir()],
+    ));
+    let host = bench_host(HostConfig::default(), data.path(), registry.clone(), None).await;
+    let (store, vault, runtime) = (host.store.clone(), host.vault.clone(), &host.runtime);
     let new: NewComponent = serde_json::from_value(serde_json::json!({
         "name": "bench-api", "kind": "http",
         "config": {"provider": "http", "base_url": "https://api.example.com", "auth_value": "Bearer bench-secret-123"}
@@ -925,18 +908,6 @@ async fn main() {
         .await
         .unwrap();
 
-    let registry = Arc::new(ModuleRegistry::new(
-        engine.clone(),
-        cache.clone(),
-        vec![wasm_dir()],
-    ));
-    let runtime = Runtime::new(
-        registry.clone(),
-        OutboundClient::new(OutboundPolicy::default()).unwrap(),
-        store.clone(),
-        vault.clone(),
-        StepLimits::default(),
-    );
     let module = registry.resolve("hostile").await.unwrap();
     let input = serde_json::json!({"attack": "ok", "document_id": "doc_001"});
     let input_text = input.to_string();

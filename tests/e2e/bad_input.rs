@@ -121,7 +121,7 @@ fn modules_list_and_inspect_show_manifests() {
         list.as_array()
             .unwrap()
             .iter()
-            .any(|m| m["error"]["name"] == "invalid_manifest"),
+            .any(|m| m["error"] == "invalid_manifest"),
         "{list}"
     );
 

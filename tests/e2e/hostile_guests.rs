@@ -3,56 +3,40 @@
 //! shared engine and registry (the "same host"), with a real store and vault.
 
 use flow8_host::components::{self, NewComponent};
-use flow8_host::outbound::{OutboundClient, OutboundPolicy};
+use flow8_host::config::HostConfig;
 use flow8_host::runtime::error::ErrorName;
 use flow8_host::runtime::sandbox::StepLimits;
-use flow8_host::runtime::{Runtime, StepReport, StepRequest};
+use flow8_host::runtime::{StepReport, StepRequest};
 use flow8_host::store::Store;
-use flow8_host::store::embedded::EmbeddedStore;
-use flow8_host::vault::{MasterKey, Vault};
-use flow8_tests::{RecordingServer, shared_registry};
+use flow8_tests::{RecordingServer, in_process_host};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 const COMPANY: &str = "company-a";
 const SECRET: &str = "Bearer hostile-canary-5e8d2b";
 
 struct Host {
-    runtime: Runtime<EmbeddedStore>,
+    host: flow8_host::app::Host,
     _data: tempfile::TempDir,
 }
 
 /// A host whose store holds an http component `api` pinned to `api_base`.
 async fn host(allow_loopback: bool, api_base: &str) -> Host {
     let data = tempfile::tempdir().unwrap();
-    let vault = Arc::new(Vault::new(MasterKey::generate()));
-    let store = Arc::new(EmbeddedStore::open(data.path()).await.unwrap());
+    let mut config = HostConfig::default();
+    config.outbound.allow_loopback = allow_loopback;
+    let host = in_process_host(config, data.path()).await;
     let new: NewComponent = serde_json::from_value(json!({
         "name": "api", "kind": "http",
         "config": {"provider": "http", "base_url": api_base, "auth_value": SECRET}
     }))
     .unwrap();
-    store
-        .insert_component(components::prepare(new, COMPANY, &vault).unwrap())
+    host.store
+        .insert_component(components::prepare(new, COMPANY, &host.vault).unwrap())
         .await
         .unwrap();
-    let outbound = OutboundClient::new(OutboundPolicy {
-        allow_loopback,
-        ..OutboundPolicy::default()
-    })
-    .unwrap();
-    Host {
-        runtime: Runtime::new(
-            shared_registry(),
-            outbound,
-            store,
-            vault,
-            StepLimits::default(),
-        ),
-        _data: data,
-    }
+    Host { host, _data: data }
 }
 
 impl Host {
@@ -61,7 +45,8 @@ impl Host {
         if bind_api {
             bindings.insert("api".to_string(), "api".to_string());
         }
-        self.runtime
+        self.host
+            .runtime
             .run_step(StepRequest {
                 company_id: COMPANY.into(),
                 module_ref: "hostile".into(),
@@ -289,7 +274,7 @@ async fn the_workspace_is_the_only_filesystem() {
     std::fs::write(outside.path().join("secret.txt"), "outside").unwrap();
     let run = |input: Value| {
         let ws = ws.path().to_path_buf();
-        let rt = h.runtime.clone();
+        let rt = h.host.runtime.clone();
         async move {
             rt.run_step(StepRequest {
                 company_id: COMPANY.into(),

@@ -3,6 +3,7 @@
 //! drive the host as users do: the `flow8-host` CLI, or the runtime API for the tests
 //! that need many steps on one host.
 
+mod api_router;
 mod api_server;
 mod bad_input;
 mod cli_http_request;
@@ -17,4 +18,5 @@ mod oauth_flow;
 mod quickstart;
 mod s3_upload;
 mod slack_message;
+mod step_deadline;
 mod store_conformance;

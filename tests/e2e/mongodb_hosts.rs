@@ -225,7 +225,7 @@ async fn two_hosts_on_one_mongodb_behave_as_one() {
     )
     .await;
     assert_eq!(
-        (s, v["error"]["name"].as_str()),
+        (s, v["error"].as_str()),
         (403, Some("access_denied")),
         "{v}"
     );

@@ -97,6 +97,23 @@ pub fn shared_registry() -> Arc<ModuleRegistry> {
         .clone()
 }
 
+/// An in-process host built by the composition root (`Host::from_config`) with `config`,
+/// its embedded store in `data_dir`, a fresh master key, and the shared engine and
+/// registry (so modules compile once per test binary).
+pub async fn in_process_host(
+    config: flow8_host::config::HostConfig,
+    data_dir: &Path,
+) -> flow8_host::app::Host {
+    let settings = flow8_host::app::HostSettings::new(config, data_dir)
+        .modules(shared_registry())
+        .vault(flow8_host::vault::Vault::new(
+            flow8_host::vault::MasterKey::generate(),
+        ));
+    flow8_host::app::Host::from_config(settings)
+        .await
+        .expect("the host builds")
+}
+
 /// A `flow8-host` CLI with its own data directory (and so its own store and key).
 pub struct Cli {
     /// The data directory (deleted on drop).

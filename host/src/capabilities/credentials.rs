@@ -42,7 +42,21 @@ impl Host for StepState {
         };
         let (company, link_id) = (self.company_id.clone(), grant.resource_id.clone());
         self.refreshed.push(binding.clone());
-        match refresher.force(company, link_id, rejected).await {
+        // Its own task, so a step stopped at its deadline cannot cut a refresh short
+        // after the provider spent the old refresh token.
+        let refresh =
+            tokio::spawn(
+                async move { refresher.force_refresh(&company, &link_id, &rejected).await },
+            );
+        let answer = match refresh.await {
+            Ok(a) => a,
+            Err(e) => {
+                return Ok(Err(GuestError::Internal(format!(
+                    "the refresh failed: {e}"
+                ))));
+            }
+        };
+        match answer {
             Ok(token) => {
                 let grant = &mut self.grants[index];
                 grant.attach = Attach::Bearer(token.clone());

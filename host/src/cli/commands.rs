@@ -2,23 +2,18 @@
 
 use super::print_json;
 use super::{Cli, Command, config, fail};
+use crate::app::{Host, HostSettings};
 use crate::components::{self, NewComponent};
-use crate::manifest::HostPattern;
-use crate::outbound::{OutboundClient, OutboundPolicy};
-use crate::runtime::cache::CompileCache;
-use crate::runtime::registry::ModuleRegistry;
-use crate::runtime::sandbox::StepLimits;
-use crate::runtime::{EngineConfig, Runtime, SandboxEngine, StepRequest};
-use crate::store::Store;
-use crate::store::any::{AnyStore, StoreLocation};
+use crate::error::ErrorName;
+use crate::runtime::StepRequest;
+use crate::store::{AnyStore, Store, StoreLocation};
 use crate::vault::Vault;
 use clap::{Args, Subcommand};
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// `run-module` arguments.
 #[derive(Debug, Args)]
@@ -33,15 +28,15 @@ pub struct RunModuleArgs {
     /// The step's workspace directory (the module sees it as `/`). Default: none.
     #[arg(long)]
     pub workspace: Option<PathBuf>,
-    /// Step deadline in seconds.
-    #[arg(long, default_value_t = 30.0)]
-    pub deadline_secs: f64,
-    /// Memory cap in MiB.
-    #[arg(long, default_value_t = 64)]
-    pub memory_mib: usize,
-    /// Output cap in KiB.
-    #[arg(long, default_value_t = 1024)]
-    pub output_kib: usize,
+    /// Step deadline in seconds, 0-3600 (default: the config file's `limits`, else 30).
+    #[arg(long)]
+    pub deadline_secs: Option<f64>,
+    /// Memory cap in MiB, 1-1024 (default: the config file's `limits`, else 64).
+    #[arg(long)]
+    pub memory_mib: Option<usize>,
+    /// Output cap in KiB, 1-65536 (default: the config file's `limits`, else 1024).
+    #[arg(long)]
+    pub output_kib: Option<usize>,
     /// Let the module reach loopback addresses (127.0.0.1, ::1): for local servers.
     #[arg(long, env = "FLOW8_ALLOW_LOOPBACK")]
     pub allow_loopback: bool,
@@ -135,101 +130,62 @@ pub enum TokensCommand {
 }
 
 pub(super) async fn dispatch(cli: Cli) -> ExitCode {
-    let file_config = match crate::config::HostConfig::load(cli.config.as_deref()) {
+    let mut config = match crate::config::HostConfig::load(cli.config.as_deref()) {
         Ok(c) => c,
-        Err(e) => return fail("invalid_config", e),
+        Err(e) => return fail(ErrorName::InvalidConfig, e),
     };
-    let mut cli = cli;
-    let data_dir = config::data_dir(
-        cli.data_dir
-            .clone()
-            .or_else(|| file_config.data_dir.clone()),
-    );
-    if cli.store.is_none() {
-        cli.store = Some(file_config.store.clone());
+    // `--store` / FLOW8_STORE over the file's `store:`.
+    if let Some(s) = &cli.store {
+        config.store = s.clone();
     }
-    if let Some(s) = &cli.store
-        && let Err(e) = StoreLocation::parse(s)
-    {
-        return fail("invalid_config", format!("--store: {e}"));
+    if let Err(e) = StoreLocation::parse(&config.store) {
+        return fail(ErrorName::InvalidConfig, format!("store: {e}"));
     }
+    let data_dir = config::data_dir(cli.data_dir.clone().or_else(|| config.data_dir.clone()));
+    let settings = HostSettings::new(config, data_dir).module_dirs(cli.modules_dirs.clone());
     match &cli.command {
-        Command::RunModule(args) => run_module(&cli, &data_dir, &file_config, args).await,
-        Command::Modules(cmd) => modules(&cli, &data_dir, cmd).await,
-        Command::Components(cmd) => components_cmd(&cli, &data_dir, cmd).await,
-        Command::Serve(args) => serve(&cli, &data_dir, file_config, args).await,
-        Command::Tokens(cmd) => tokens(&cli, &data_dir, cmd).await,
-        Command::Links(cmd) => super::links::run(&cli, &data_dir, &file_config, cmd).await,
-        Command::Keys(cmd) => super::keys::keys(&cli, &data_dir, cmd).await,
-        Command::Store(cmd) => super::keys::store_cmd(&cli, &data_dir, cmd).await,
+        Command::RunModule(args) => run_module(&cli, settings, args).await,
+        Command::Modules(cmd) => modules(&settings, cmd).await,
+        Command::Components(cmd) => components_cmd(&cli, &settings, cmd).await,
+        Command::Serve(args) => serve(settings, args).await,
+        Command::Tokens(cmd) => tokens(&cli, &settings, cmd).await,
+        Command::Links(cmd) => super::links::run(&cli, &settings, cmd).await,
+        Command::Keys(cmd) => super::keys::keys(&settings, cmd).await,
+        Command::Store(cmd) => super::keys::store_cmd(&settings, cmd).await,
     }
 }
 
-async fn serve(
-    cli: &Cli,
-    data_dir: &Path,
-    mut cfg: crate::config::HostConfig,
-    args: &ServeArgs,
-) -> ExitCode {
+/// The store and vault of these settings, or the printed error's name and message.
+pub(crate) async fn open_store(
+    settings: &HostSettings,
+) -> Result<(Arc<AnyStore>, Arc<Vault>), (ErrorName, String)> {
+    settings
+        .build_store()
+        .await
+        .map_err(|e| (e.name(), e.to_string()))
+}
+
+async fn serve(mut settings: HostSettings, args: &ServeArgs) -> ExitCode {
     if let Some(l) = args.listen {
-        cfg.listen = l;
+        settings.config.listen = l;
     }
     if args.allow_loopback {
-        cfg.outbound.allow_loopback = true;
+        settings.config.outbound.allow_loopback = true;
     }
-    let (store, vault) = match open_local(cli, data_dir).await {
-        Ok(x) => x,
-        Err((name, msg)) => return fail(&name, msg),
+    let host = match Host::from_config(settings).await {
+        Ok(h) => h,
+        Err(e) => return fail(e.name(), e),
     };
-    let mut dirs = cli.modules_dirs.clone();
-    dirs.extend(cfg.modules_dirs.iter().cloned());
-    dirs.push(config::installed_modules_dir(data_dir));
-    let engine = match SandboxEngine::new(EngineConfig::default()) {
-        Ok(e) => e,
-        Err(e) => return fail("internal_error", e),
-    };
-    let cache =
-        CompileCache::at(config::cache_dir(data_dir)).unwrap_or_else(|_| CompileCache::disabled());
-    let install_root = data_dir.join("company-modules");
-    let registry =
-        Arc::new(ModuleRegistry::new(engine, cache, dirs).with_company_root(install_root.clone()));
     // Compile everything once before taking traffic.
-    let found = registry.scan().await;
-    let outbound = match OutboundClient::new(cfg.outbound_policy()) {
-        Ok(c) => c,
-        Err(e) => return fail("internal_error", e),
-    };
-    let oauth = match super::links::oauth_service(&cfg, data_dir, store.clone(), vault.clone()) {
-        Ok(o) => o,
-        Err(e) => return fail("invalid_config", e),
-    };
-    let mut runtime = Runtime::new(registry, outbound, store, vault, cfg.step_limits());
-    if let Some(o) = oauth {
-        // Refreshes a crash or a store outage left in the journal reach the store first.
-        o.spawn_journal_flusher(Duration::from_secs(2));
-        if cfg.oauth_background_refresh_seconds > 0 {
-            o.spawn_background_refresher(Duration::from_secs(cfg.oauth_background_refresh_seconds));
-        }
-        runtime = runtime.with_oauth(o);
-    }
-    let audit = crate::server::audit::AuditWriter::start(runtime.store().clone());
-    let state = Arc::new(crate::server::AppState {
-        runtime,
-        metrics: Default::default(),
-        audit,
-        install_dir: install_root,
-        workspaces_dir: cfg
-            .workspaces_dir
-            .clone()
-            .unwrap_or_else(|| data_dir.join("workspaces")),
-        max_body_bytes: cfg.max_body_bytes,
-        max_module_bytes: cfg.max_module_bytes,
-    });
+    let found = host.modules.scan().await;
+    host.start_background_tasks();
+    let state = host.api_state();
+    let cfg = &host.config;
     let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
         Ok(l) => l,
         Err(e) => {
             return fail(
-                "listen_failed",
+                ErrorName::ListenFailed,
                 format!("cannot listen on {}: {e}", cfg.listen),
             );
         }
@@ -264,14 +220,14 @@ async fn serve(
     };
     match crate::server::serve(listener, state, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail("internal_error", e),
+        Err(e) => fail(ErrorName::InternalError, e),
     }
 }
 
-async fn tokens(cli: &Cli, data_dir: &Path, cmd: &TokensCommand) -> ExitCode {
-    let (store, _vault) = match open_local(cli, data_dir).await {
+async fn tokens(cli: &Cli, settings: &HostSettings, cmd: &TokensCommand) -> ExitCode {
+    let (store, _vault) = match open_store(settings).await {
         Ok(x) => x,
-        Err((name, msg)) => return fail(&name, msg),
+        Err((name, msg)) => return fail(name, msg),
     };
     match cmd {
         TokensCommand::Create {
@@ -293,7 +249,7 @@ async fn tokens(cli: &Cli, data_dir: &Path, cmd: &TokensCommand) -> ExitCode {
                     }));
                     ExitCode::SUCCESS
                 }
-                Err(e) => fail("store_unavailable", e),
+                Err(e) => fail(ErrorName::StoreUnavailable, e),
             }
         }
         TokensCommand::List => match store.list_tokens().await {
@@ -310,66 +266,17 @@ async fn tokens(cli: &Cli, data_dir: &Path, cmd: &TokensCommand) -> ExitCode {
                 print_json(&serde_json::Value::Array(list));
                 ExitCode::SUCCESS
             }
-            Err(e) => fail("store_unavailable", e),
+            Err(e) => fail(ErrorName::StoreUnavailable, e),
         },
         TokensCommand::Revoke { id } => match store.revoke_token(id).await {
             Ok(true) => {
                 print_json(&serde_json::json!({"id": id, "revoked": true}));
                 ExitCode::SUCCESS
             }
-            Ok(false) => fail("not_found", format!("no live token `{id}`")),
-            Err(e) => fail("store_unavailable", e),
+            Ok(false) => fail(ErrorName::NotFound, format!("no live token `{id}`")),
+            Err(e) => fail(ErrorName::StoreUnavailable, e),
         },
     }
-}
-
-/// Open the configured store (embedded or MongoDB) and the vault, checking the master
-/// key matches the data.
-pub(crate) async fn open_local(
-    cli: &Cli,
-    data_dir: &Path,
-) -> Result<(Arc<AnyStore>, Arc<Vault>), (String, String)> {
-    let vault = Vault::load(data_dir).map_err(|e| ("vault_error".to_string(), e.to_string()))?;
-    let location = cli.store_location();
-    let store = AnyStore::open(&location, data_dir).await.map_err(|e| {
-        (
-            "store_unavailable".to_string(),
-            format!("{}: {e}", location.describe()),
-        )
-    })?;
-    let check = store
-        .get_meta("vault_check")
-        .await
-        .map_err(|e| ("store_unavailable".to_string(), e.to_string()))?;
-    match check {
-        Some(c) => vault
-            .verify_check_value(&c)
-            .map_err(|e| ("wrong_master_key".to_string(), e.to_string()))?,
-        None => store
-            .put_meta("vault_check", &vault.check_value())
-            .await
-            .map_err(|e| ("store_unavailable".to_string(), e.to_string()))?,
-    }
-    Ok((Arc::new(store), Arc::new(vault)))
-}
-
-fn module_dirs(cli: &Cli, data_dir: &Path) -> Vec<PathBuf> {
-    let mut dirs = cli.modules_dirs.clone();
-    dirs.push(config::installed_modules_dir(data_dir));
-    dirs
-}
-
-fn registry(cli: &Cli, data_dir: &Path) -> Result<Arc<ModuleRegistry>, String> {
-    let engine = SandboxEngine::new(EngineConfig::default()).map_err(|e| e.to_string())?;
-    let cache = CompileCache::at(config::cache_dir(data_dir)).unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "compile cache unavailable; compiling every time");
-        CompileCache::disabled()
-    });
-    Ok(Arc::new(ModuleRegistry::new(
-        engine,
-        cache,
-        module_dirs(cli, data_dir),
-    )))
 }
 
 fn read_input(source: &str) -> Result<String, String> {
@@ -388,15 +295,10 @@ fn parse_json(text: &str, what: &str) -> Result<serde_json::Value, String> {
     serde_json::from_str(text).map_err(|e| format!("{what} is not valid JSON: {e}"))
 }
 
-async fn run_module(
-    cli: &Cli,
-    data_dir: &Path,
-    cfg: &crate::config::HostConfig,
-    args: &RunModuleArgs,
-) -> ExitCode {
+async fn run_module(cli: &Cli, mut settings: HostSettings, args: &RunModuleArgs) -> ExitCode {
     let input = match read_input(&args.input).and_then(|t| parse_json(&t, "the input")) {
         Ok(v) => v,
-        Err(e) => return fail("invalid_input", e),
+        Err(e) => return fail(ErrorName::InvalidInput, e),
     };
     let mut bindings = BTreeMap::new();
     for b in &args.bind {
@@ -406,63 +308,48 @@ async fn run_module(
             }
             _ => {
                 return fail(
-                    "invalid_input",
+                    ErrorName::InvalidInput,
                     format!("--bind `{b}` is not BINDING=COMPONENT"),
                 );
             }
         }
     }
-    let mut policy = OutboundPolicy {
-        allow_loopback: args.allow_loopback,
-        allow_private: args.allow_private,
-        ..OutboundPolicy::default()
-    };
+    // The flags go into the configuration and are checked by the same rules as the
+    // config file's values (a `--memory-mib` the file would refuse is refused too).
+    let config = &mut settings.config;
+    if args.allow_loopback {
+        config.outbound.allow_loopback = true;
+    }
+    if args.allow_private {
+        config.outbound.allow_private = true;
+    }
     if !args.allow_hosts.is_empty() {
-        let mut patterns = Vec::new();
-        for h in &args.allow_hosts {
-            match HostPattern::parse(h) {
-                Ok(p) => patterns.push(p),
-                Err(e) => return fail("invalid_input", format!("--allow-host: {e}")),
-            }
-        }
-        policy.allowed_hosts = patterns;
+        config.outbound.allowed_hosts = args.allow_hosts.clone();
     }
-    if !(args.deadline_secs > 0.0 && args.deadline_secs <= 3600.0) {
-        return fail("invalid_input", "--deadline-secs must be in (0, 3600]");
+    if let Some(d) = args.deadline_secs {
+        config.limits.deadline_seconds = d;
     }
-    let limits = StepLimits {
-        deadline: Duration::from_secs_f64(args.deadline_secs),
-        memory_bytes: args.memory_mib.clamp(1, 1024) * 1024 * 1024,
-        output_bytes: args.output_kib.max(1) * 1024,
-        ..StepLimits::default()
-    };
-    let (store, vault) = match open_local(cli, data_dir).await {
-        Ok(x) => x,
-        Err((name, msg)) => return fail(&name, msg),
-    };
-    let modules = match registry(cli, data_dir) {
-        Ok(r) => r,
-        Err(e) => return fail("internal_error", e),
-    };
-    let outbound = match OutboundClient::new(policy) {
-        Ok(c) => c,
-        Err(e) => return fail("internal_error", e),
-    };
-    let oauth = match super::links::oauth_service(cfg, data_dir, store.clone(), vault.clone()) {
-        Ok(o) => o,
-        Err(e) => return fail("invalid_config", e),
-    };
-    let mut runtime = Runtime::new(modules, outbound, store, vault, limits);
-    if let Some(o) = oauth {
-        runtime = runtime.with_oauth(o);
+    if let Some(m) = args.memory_mib {
+        config.limits.memory_mib = m;
     }
+    if let Some(o) = args.output_kib {
+        config.limits.output_kib = o;
+    }
+    if let Err(e) = config.validate() {
+        return fail(ErrorName::InvalidInput, e);
+    }
+    let host = match Host::from_config(settings).await {
+        Ok(h) => h,
+        Err(e) => return fail(e.name(), e),
+    };
+    let runtime = &host.runtime;
     let report = runtime
         .run_step(StepRequest {
             company_id: cli.company.clone(),
             module_ref: args.module.clone(),
             input,
             bindings,
-            limits: Some(limits),
+            limits: None,
             workspace: args.workspace.clone(),
         })
         .await;
@@ -489,7 +376,7 @@ async fn run_module(
             print_json(&output);
             ExitCode::SUCCESS
         }
-        Err(e) => fail(e.name.as_str(), e.message),
+        Err(e) => fail(e.name, e.message),
     }
 }
 
@@ -504,10 +391,10 @@ fn manifest_json(m: &crate::runtime::module::LoadedModule) -> serde_json::Value 
     })
 }
 
-async fn modules(cli: &Cli, data_dir: &Path, cmd: &ModulesCommand) -> ExitCode {
-    let registry = match registry(cli, data_dir) {
+async fn modules(settings: &HostSettings, cmd: &ModulesCommand) -> ExitCode {
+    let registry = match settings.build_modules() {
         Ok(r) => r,
-        Err(e) => return fail("internal_error", e),
+        Err(e) => return fail(e.name(), e),
     };
     match cmd {
         ModulesCommand::List { json } => {
@@ -522,7 +409,7 @@ async fn modules(cli: &Cli, data_dir: &Path, cmd: &ModulesCommand) -> ExitCode {
                             v
                         }
                         Err(err) => {
-                            serde_json::json!({"path": e.path.display().to_string(), "error": err})
+                            serde_json::json!({"path": e.path.display().to_string(), "error": err.name, "message": err.message})
                         }
                     })
                     .collect();
@@ -557,13 +444,13 @@ async fn modules(cli: &Cli, data_dir: &Path, cmd: &ModulesCommand) -> ExitCode {
                 print_json(&manifest_json(&m));
                 ExitCode::SUCCESS
             }
-            Err(e) => fail(e.name.as_str(), e.message),
+            Err(e) => fail(e.name, e.message),
         },
     }
 }
 
-async fn find_component<S: Store>(
-    store: &S,
+async fn find_component(
+    store: &AnyStore,
     company: &str,
     key: &str,
 ) -> Result<Option<crate::store::ComponentRecord>, crate::store::StoreError> {
@@ -583,35 +470,35 @@ fn summary_json(c: &crate::store::ComponentRecord) -> serde_json::Value {
     })
 }
 
-async fn components_cmd(cli: &Cli, data_dir: &Path, cmd: &ComponentsCommand) -> ExitCode {
-    let (store, vault) = match open_local(cli, data_dir).await {
+async fn components_cmd(cli: &Cli, settings: &HostSettings, cmd: &ComponentsCommand) -> ExitCode {
+    let (store, vault) = match open_store(settings).await {
         Ok(x) => x,
-        Err((name, msg)) => return fail(&name, msg),
+        Err((name, msg)) => return fail(name, msg),
     };
     let company = cli.company.as_str();
     match cmd {
         ComponentsCommand::Create { body } => {
             let body = match read_input(body).and_then(|t| parse_json(&t, "the component body")) {
                 Ok(v) => v,
-                Err(e) => return fail("invalid_input", e),
+                Err(e) => return fail(ErrorName::InvalidInput, e),
             };
             let new: NewComponent = match serde_json::from_value(body) {
                 Ok(n) => n,
                 Err(e) => {
                     return fail(
-                        "invalid_input",
+                        ErrorName::InvalidInput,
                         format!("the component body is not valid: {e}"),
                     );
                 }
             };
             let record = match components::prepare(new, company, &vault) {
                 Ok(r) => r,
-                Err(e) => return fail("invalid_input", e),
+                Err(e) => return fail(ErrorName::InvalidInput, e),
             };
             if let Err(e) = store.insert_component(record.clone()).await {
                 return match e {
-                    crate::store::StoreError::Conflict(m) => fail("conflict", m),
-                    other => fail("store_unavailable", other),
+                    crate::store::StoreError::Conflict(m) => fail(ErrorName::Conflict, m),
+                    other => fail(ErrorName::StoreUnavailable, other),
                 };
             }
             print_json(&summary_json(&record));
@@ -624,13 +511,15 @@ async fn components_cmd(cli: &Cli, data_dir: &Path, cmd: &ComponentsCommand) -> 
                 ));
                 ExitCode::SUCCESS
             }
-            Err(e) => fail("store_unavailable", e),
+            Err(e) => fail(ErrorName::StoreUnavailable, e),
         },
         ComponentsCommand::Delete { component } | ComponentsCommand::Default { component } => {
             let found = match find_component(&*store, company, component).await {
                 Ok(Some(c)) => c,
-                Ok(None) => return fail("not_found", format!("no component `{component}`")),
-                Err(e) => return fail("store_unavailable", e),
+                Ok(None) => {
+                    return fail(ErrorName::NotFound, format!("no component `{component}`"));
+                }
+                Err(e) => return fail(ErrorName::StoreUnavailable, e),
             };
             let result = if matches!(cmd, ComponentsCommand::Delete { .. }) {
                 store.delete_component(company, &found.id).await
@@ -648,8 +537,8 @@ async fn components_cmd(cli: &Cli, data_dir: &Path, cmd: &ComponentsCommand) -> 
                     print_json(&v);
                     ExitCode::SUCCESS
                 }
-                Ok(false) => fail("not_found", format!("no component `{component}`")),
-                Err(e) => fail("store_unavailable", e),
+                Ok(false) => fail(ErrorName::NotFound, format!("no component `{component}`")),
+                Err(e) => fail(ErrorName::StoreUnavailable, e),
             }
         }
     }

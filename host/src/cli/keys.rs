@@ -2,8 +2,10 @@
 //! rotation (see `key_rotation`), and `flow8-host store export|import`: moving the
 //! store's documents between the embedded store and MongoDB, secrets still sealed.
 
+use super::fail;
 use super::print_json;
-use super::{Cli, fail};
+use crate::app::HostSettings;
+use crate::error::ErrorName;
 use crate::key_rotation::{self, ROTATION_META, RotationOptions};
 use crate::store::Store;
 use crate::store::transfer;
@@ -64,14 +66,15 @@ fn now_text() -> String {
         .unwrap_or_default()
 }
 
-pub(super) async fn keys(cli: &Cli, data_dir: &Path, cmd: &KeysCommand) -> ExitCode {
-    let (store, vault) = match super::commands::open_local(cli, data_dir).await {
+pub(super) async fn keys(settings: &HostSettings, cmd: &KeysCommand) -> ExitCode {
+    let data_dir = settings.data_dir.as_path();
+    let (store, vault) = match super::commands::open_store(settings).await {
         Ok(x) => x,
-        Err((name, msg)) => return fail(&name, msg),
+        Err((name, msg)) => return fail(name, msg),
     };
     let rotation: Option<serde_json::Value> = match store.get_meta(ROTATION_META).await {
         Ok(v) => v.and_then(|t| serde_json::from_str(&t).ok()),
-        Err(e) => return fail("store_unavailable", e),
+        Err(e) => return fail(ErrorName::StoreUnavailable, e),
     };
     match cmd {
         KeysCommand::Status => match key_rotation::key_usage(&*store, &vault).await {
@@ -86,7 +89,7 @@ pub(super) async fn keys(cli: &Cli, data_dir: &Path, cmd: &KeysCommand) -> ExitC
                 }));
                 ExitCode::SUCCESS
             }
-            Err(e) => fail("store_unavailable", e),
+            Err(e) => fail(ErrorName::StoreUnavailable, e),
         },
         KeysCommand::Prune {
             ignore_pending_authorizations,
@@ -94,7 +97,7 @@ pub(super) async fn keys(cli: &Cli, data_dir: &Path, cmd: &KeysCommand) -> ExitC
             if let Some(r) = &rotation {
                 if r["state"] == "running" {
                     return fail(
-                        "conflict",
+                        ErrorName::Conflict,
                         format!(
                             "a rotation to key {} has not finished: run `flow8-host keys rotate` first",
                             r["key_id"].as_str().unwrap_or("?")
@@ -110,7 +113,7 @@ pub(super) async fn keys(cli: &Cli, data_dir: &Path, cmd: &KeysCommand) -> ExitC
                     && !ignore_pending_authorizations
                 {
                     return fail(
-                        "conflict",
+                        ErrorName::Conflict,
                         format!(
                             "the rotation finished at {}: OAuth authorizations started before it may still be pending (they live ten minutes); prune after that, or pass --ignore-pending-authorizations",
                             r["finished_at"].as_str().unwrap_or("?")
@@ -120,7 +123,7 @@ pub(super) async fn keys(cli: &Cli, data_dir: &Path, cmd: &KeysCommand) -> ExitC
             }
             let usage = match key_rotation::key_usage(&*store, &vault).await {
                 Ok(u) => u,
-                Err(e) => return fail("store_unavailable", e),
+                Err(e) => return fail(ErrorName::StoreUnavailable, e),
             };
             // Keys still sealing a secret, or the key check value, stay.
             let mut keep: Vec<String> = usage
@@ -147,7 +150,7 @@ pub(super) async fn keys(cli: &Cli, data_dir: &Path, cmd: &KeysCommand) -> ExitC
                         );
                         ExitCode::SUCCESS
                     }
-                    Err(e) => fail("vault_error", e),
+                    Err(e) => fail(ErrorName::VaultError, e),
                 }
             } else {
                 print_json(&serde_json::json!({
@@ -174,7 +177,7 @@ pub(super) async fn keys(cli: &Cli, data_dir: &Path, cmd: &KeysCommand) -> ExitC
                 } else {
                     let id = match crate::vault::rotate_key_file(data_dir) {
                         Ok(id) => id,
-                        Err(e) => return fail("vault_error", e),
+                        Err(e) => return fail(ErrorName::VaultError, e),
                     };
                     eprintln!(
                         "new master key {id} is first in {}; older keys stay below it to open old secrets",
@@ -182,7 +185,7 @@ pub(super) async fn keys(cli: &Cli, data_dir: &Path, cmd: &KeysCommand) -> ExitC
                     );
                     match Vault::load(data_dir) {
                         Ok(v) => Arc::new(v),
-                        Err(e) => return fail("vault_error", e),
+                        Err(e) => return fail(ErrorName::VaultError, e),
                     }
                 }
             } else {
@@ -203,7 +206,7 @@ pub(super) async fn keys(cli: &Cli, data_dir: &Path, cmd: &KeysCommand) -> ExitC
                 store.put_meta("vault_check", &vault.check_value()).await
             };
             if let Err(e) = begin.await {
-                return fail("store_unavailable", e);
+                return fail(ErrorName::StoreUnavailable, e);
             }
             let opts = RotationOptions {
                 batch_size: *batch_size,
@@ -220,7 +223,7 @@ pub(super) async fn keys(cli: &Cli, data_dir: &Path, cmd: &KeysCommand) -> ExitC
                 Ok(r) => r,
                 Err(e) => {
                     return fail(
-                        "store_unavailable",
+                        ErrorName::StoreUnavailable,
                         format!(
                             "{e}; what was re-sealed stays re-sealed: run `flow8-host keys rotate` again to resume"
                         ),
@@ -229,7 +232,7 @@ pub(super) async fn keys(cli: &Cli, data_dir: &Path, cmd: &KeysCommand) -> ExitC
             };
             if !report.unreadable.is_empty() {
                 return fail(
-                    "vault_error",
+                    ErrorName::VaultError,
                     format!(
                         "{} records hold secrets sealed with keys this host does not have ({}); add those keys (FLOW8_PREVIOUS_MASTER_KEYS or the key file) and run again",
                         report.unreadable.len(),
@@ -240,7 +243,7 @@ pub(super) async fn keys(cli: &Cli, data_dir: &Path, cmd: &KeysCommand) -> ExitC
             let done =
                 serde_json::json!({"state": "done", "key_id": key_id, "finished_at": now_text()});
             if let Err(e) = store.put_meta(ROTATION_META, &done.to_string()).await {
-                return fail("store_unavailable", e);
+                return fail(ErrorName::StoreUnavailable, e);
             }
             print_json(&serde_json::to_value(&report).expect("report serialises"));
             ExitCode::SUCCESS
@@ -248,10 +251,10 @@ pub(super) async fn keys(cli: &Cli, data_dir: &Path, cmd: &KeysCommand) -> ExitC
     }
 }
 
-pub(super) async fn store_cmd(cli: &Cli, data_dir: &Path, cmd: &StoreCommand) -> ExitCode {
-    let (store, vault) = match super::commands::open_local(cli, data_dir).await {
+pub(super) async fn store_cmd(settings: &HostSettings, cmd: &StoreCommand) -> ExitCode {
+    let (store, vault) = match super::commands::open_store(settings).await {
         Ok(x) => x,
-        Err((name, msg)) => return fail(&name, msg),
+        Err((name, msg)) => return fail(name, msg),
     };
     match cmd {
         StoreCommand::Export { out } => {
@@ -262,7 +265,10 @@ pub(super) async fn store_cmd(cli: &Cli, data_dir: &Path, cmd: &StoreCommand) ->
                 let file = match create_private(out) {
                     Ok(f) => f,
                     Err(e) => {
-                        return fail("io_error", format!("cannot create {}: {e}", out.display()));
+                        return fail(
+                            ErrorName::IoError,
+                            format!("cannot create {}: {e}", out.display()),
+                        );
                     }
                 };
                 let mut w = std::io::BufWriter::new(file);
@@ -279,7 +285,7 @@ pub(super) async fn store_cmd(cli: &Cli, data_dir: &Path, cmd: &StoreCommand) ->
             };
             match result {
                 Ok(counts) => {
-                    let v = serde_json::json!({"exported": counts, "store": cli.store_location().describe()});
+                    let v = serde_json::json!({"exported": counts, "store": store_description(settings)});
                     if out.as_os_str() == "-" {
                         eprintln!("{v}");
                     } else {
@@ -293,14 +299,19 @@ pub(super) async fn store_cmd(cli: &Cli, data_dir: &Path, cmd: &StoreCommand) ->
         StoreCommand::Import { file } => {
             let f = match std::fs::File::open(file) {
                 Ok(f) => f,
-                Err(e) => return fail("io_error", format!("cannot read {}: {e}", file.display())),
+                Err(e) => {
+                    return fail(
+                        ErrorName::IoError,
+                        format!("cannot read {}: {e}", file.display()),
+                    );
+                }
             };
             match transfer::import(&*store, &vault, std::io::BufReader::new(f)).await {
                 Ok(report) => {
                     print_json(&serde_json::json!({
                         "imported": report.imported,
                         "skipped": report.skipped,
-                        "store": cli.store_location().describe(),
+                        "store": store_description(settings),
                     }));
                     ExitCode::SUCCESS
                 }
@@ -313,10 +324,10 @@ pub(super) async fn store_cmd(cli: &Cli, data_dir: &Path, cmd: &StoreCommand) ->
 fn transfer_failure(e: transfer::TransferError) -> ExitCode {
     use transfer::TransferError as E;
     match e {
-        E::Store(e) => fail("store_unavailable", e),
-        E::Io(e) => fail("io_error", e),
-        e @ E::Format { .. } => fail("invalid_input", e),
-        e @ E::WrongKey(_) => fail("wrong_master_key", e),
+        E::Store(e) => fail(ErrorName::StoreUnavailable, e),
+        E::Io(e) => fail(ErrorName::IoError, e),
+        e @ E::Format { .. } => fail(ErrorName::InvalidInput, e),
+        e @ E::WrongKey(_) => fail(ErrorName::WrongMasterKey, e),
     }
 }
 
@@ -330,4 +341,11 @@ fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
         opts.mode(0o600);
     }
     opts.open(path)
+}
+
+/// The store a command used, for its answer (MongoDB hosts without credentials).
+fn store_description(settings: &HostSettings) -> String {
+    crate::store::StoreLocation::parse(&settings.config.store)
+        .map(|l| l.describe())
+        .unwrap_or_default()
 }

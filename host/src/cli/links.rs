@@ -6,16 +6,15 @@
 
 use super::print_json;
 use super::{Cli, fail};
-use crate::config::HostConfig;
+use crate::app::HostSettings;
+use crate::error::ErrorName;
 use crate::oauth::OAuthService;
 use crate::server::routes::integrations::view;
 use crate::store::Store;
-use crate::store::any::AnyStore;
 use axum::extract::{Query, State};
 use axum::response::Html;
 use clap::Subcommand;
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,27 +53,10 @@ pub enum LinksCommand {
     },
 }
 
-/// The OAuth service a configuration describes, if it configures any provider.
-pub(crate) fn oauth_service<S: Store>(
-    cfg: &HostConfig,
-    data_dir: &Path,
-    store: Arc<S>,
-    vault: Arc<crate::vault::Vault>,
-) -> Result<Option<Arc<OAuthService<S>>>, String> {
-    let providers = crate::oauth::providers::configure(&cfg.oauth2)?;
-    if providers.is_empty() {
-        return Ok(None);
-    }
-    let mut oauth = OAuthService::new(store, vault, providers)
-        .with_journal(data_dir.join(crate::oauth::journal::JOURNAL_DIR));
-    oauth.refresh_window = Duration::from_secs(cfg.oauth_refresh_window_seconds);
-    Ok(Some(Arc::new(oauth)))
-}
-
-type Done = tokio::sync::mpsc::Sender<Result<crate::store::LinkRecord, String>>;
+type Done = tokio::sync::mpsc::Sender<Result<crate::store::LinkRecord, (ErrorName, String)>>;
 
 async fn callback(
-    State((oauth, done)): State<(Arc<OAuthService<AnyStore>>, Done)>,
+    State((oauth, done)): State<(Arc<OAuthService>, Done)>,
     Query(params): Query<BTreeMap<String, String>>,
 ) -> Html<String> {
     match oauth.callback(&params).await {
@@ -87,7 +69,7 @@ async fn callback(
             Html(page)
         }
         Err(e) => {
-            let _ = done.send(Err(format!("{}: {e}", e.name()))).await;
+            let _ = done.send(Err((e.name(), e.to_string()))).await;
             Html(format!(
                 "<!doctype html><h1>Not connected</h1><p>{}</p>",
                 e.name()
@@ -96,26 +78,23 @@ async fn callback(
     }
 }
 
-pub(super) async fn run(
-    cli: &Cli,
-    data_dir: &Path,
-    cfg: &HostConfig,
-    cmd: &LinksCommand,
-) -> ExitCode {
-    let (store, vault) = match super::commands::open_local(cli, data_dir).await {
+pub(super) async fn run(cli: &Cli, settings: &HostSettings, cmd: &LinksCommand) -> ExitCode {
+    let (store, vault) = match super::commands::open_store(settings).await {
         Ok(x) => x,
-        Err((name, msg)) => return fail(&name, msg),
+        Err((name, msg)) => return fail(name, msg),
     };
-    let oauth = match oauth_service(cfg, data_dir, store.clone(), vault) {
-        Ok(Some(o)) => o,
-        Ok(None) => {
-            return fail(
-                "not_configured",
-                "no oauth2 providers in the configuration (--config)",
-            );
-        }
-        Err(e) => return fail("invalid_config", e),
-    };
+    let oauth =
+        match crate::app::oauth_service(&settings.config, &settings.data_dir, store.clone(), vault)
+        {
+            Ok(Some(o)) => o,
+            Ok(None) => {
+                return fail(
+                    ErrorName::NotConfigured,
+                    "no oauth2 providers in the configuration (--config)",
+                );
+            }
+            Err(e) => return fail(e.name(), e),
+        };
     let company = cli.company.as_str();
     match cmd {
         LinksCommand::Connect {
@@ -129,7 +108,7 @@ pub(super) async fn run(
             };
             let redirect = match url::Url::parse(&provider.redirect_uri) {
                 Ok(u) => u,
-                Err(e) => return fail("invalid_config", format!("redirect_uri: {e}")),
+                Err(e) => return fail(ErrorName::InvalidConfig, format!("redirect_uri: {e}")),
             };
             let loopback = matches!(
                 redirect.host_str(),
@@ -137,7 +116,7 @@ pub(super) async fn run(
             );
             if !loopback || redirect.port_or_known_default().is_none() {
                 return fail(
-                    "invalid_config",
+                    ErrorName::InvalidConfig,
                     "for `links connect` the provider's redirect_uri must be a loopback URL with a port (e.g. http://127.0.0.1:8765/auth/callback)",
                 );
             }
@@ -154,7 +133,7 @@ pub(super) async fn run(
                 Ok(l) => l,
                 Err(e) => {
                     return fail(
-                        "listen_failed",
+                        ErrorName::ListenFailed,
                         format!("cannot listen on {addr} for the callback: {e}"),
                     );
                 }
@@ -193,8 +172,8 @@ pub(super) async fn run(
                     print_json(&view(&link));
                     ExitCode::SUCCESS
                 }
-                Ok(Some(Err(e))) => fail("connect_failed", e),
-                _ => fail("timeout", "no callback arrived in time"),
+                Ok(Some(Err((name, message)))) => fail(name, message),
+                _ => fail(ErrorName::Timeout, "no callback arrived in time"),
             }
         }
         LinksCommand::List { service } => match store.list_links(company, service.as_deref()).await
@@ -203,7 +182,7 @@ pub(super) async fn run(
                 print_json(&serde_json::Value::Array(links.iter().map(view).collect()));
                 ExitCode::SUCCESS
             }
-            Err(e) => fail("store_unavailable", e),
+            Err(e) => fail(ErrorName::StoreUnavailable, e),
         },
         LinksCommand::Test { link_id } => match oauth.test(company, link_id).await {
             Ok(v) => {

@@ -73,16 +73,6 @@ pub enum Command {
     Store(keys::StoreCommand),
 }
 
-impl Cli {
-    /// The store this command uses (resolved from the flag, environment and config).
-    pub(crate) fn store_location(&self) -> crate::store::any::StoreLocation {
-        self.store
-            .as_deref()
-            .and_then(|s| crate::store::any::StoreLocation::parse(s).ok())
-            .unwrap_or(crate::store::any::StoreLocation::Embedded)
-    }
-}
-
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -122,7 +112,7 @@ pub(crate) fn print_json(v: &serde_json::Value) {
 }
 
 /// Print a named error and return the failure exit code.
-pub(crate) fn fail(name: &str, message: impl std::fmt::Display) -> ExitCode {
+pub(crate) fn fail(name: crate::error::ErrorName, message: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {name}: {message}");
     ExitCode::from(1)
 }

@@ -8,6 +8,8 @@
 pub mod journal;
 pub mod providers;
 
+use crate::error::ErrorName;
+use crate::store::AnyStore;
 use crate::store::{LinkRecord, OAuthStateRecord, Store, StoreError, new_object_id, now};
 use crate::vault::{Secret, Vault};
 use base64::Engine as _;
@@ -61,18 +63,18 @@ pub enum OAuthError {
 
 impl OAuthError {
     /// The flow8 error name.
-    pub fn name(&self) -> &'static str {
+    pub fn name(&self) -> ErrorName {
         match self {
-            OAuthError::NotConfigured(_) => "not_configured",
-            OAuthError::InvalidState => "invalid_state",
-            OAuthError::AccessDenied(_) => "access_denied",
-            OAuthError::InvalidGrant(_) => "invalid_grant",
-            OAuthError::TokenRevoked(_) => "token_revoked",
-            OAuthError::NotFound => "not_found",
-            OAuthError::Provider(_) => "provider_error",
-            OAuthError::Store(StoreError::Conflict(_)) => "conflict",
-            OAuthError::Store(_) => "store_unavailable",
-            OAuthError::Vault(_) => "internal_error",
+            OAuthError::NotConfigured(_) => ErrorName::NotConfigured,
+            OAuthError::InvalidState => ErrorName::InvalidState,
+            OAuthError::AccessDenied(_) => ErrorName::AccessDenied,
+            OAuthError::InvalidGrant(_) => ErrorName::InvalidGrant,
+            OAuthError::TokenRevoked(_) => ErrorName::TokenRevoked,
+            OAuthError::NotFound => ErrorName::NotFound,
+            OAuthError::Provider(_) => ErrorName::ProviderError,
+            OAuthError::Store(StoreError::Conflict(_)) => ErrorName::Conflict,
+            OAuthError::Store(_) => ErrorName::StoreUnavailable,
+            OAuthError::Vault(_) => ErrorName::InternalError,
         }
     }
 }
@@ -89,8 +91,8 @@ struct Tokens {
 }
 
 /// The OAuth service of one host process.
-pub struct OAuthService<S: Store> {
-    store: Arc<S>,
+pub struct OAuthService {
+    store: Arc<AnyStore>,
     vault: Arc<Vault>,
     providers: BTreeMap<String, Provider>,
     http: reqwest::Client,
@@ -111,13 +113,13 @@ fn random_token() -> String {
     B64URL.encode(rand::random::<[u8; 32]>())
 }
 
-impl<S: Store> OAuthService<S> {
+impl OAuthService {
     /// A service over configured providers.
     pub fn new(
-        store: Arc<S>,
+        store: Arc<AnyStore>,
         vault: Arc<Vault>,
         providers: BTreeMap<String, Provider>,
-    ) -> OAuthService<S> {
+    ) -> OAuthService {
         OAuthService {
             store,
             vault,
@@ -138,7 +140,7 @@ impl<S: Store> OAuthService<S> {
     /// Keep refresh answers in a local journal until the store has them (see
     /// [`journal`]): a store outage or a crash right after a provider rotated the refresh
     /// token then loses nothing.
-    pub fn with_journal(mut self, dir: impl Into<std::path::PathBuf>) -> OAuthService<S> {
+    pub fn with_journal(mut self, dir: impl Into<std::path::PathBuf>) -> OAuthService {
         self.journal = Some(journal::RefreshJournal::at(dir));
         self
     }
@@ -900,29 +902,6 @@ impl<S: Store> OAuthService<S> {
     }
 }
 
-/// What the sandbox needs to force a refresh, without knowing the store type.
-pub trait LinkRefresher: Send + Sync {
-    /// See [`OAuthService::force_refresh`].
-    fn force(
-        &self,
-        company_id: String,
-        link_id: String,
-        rejected: Secret,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Secret, OAuthError>> + Send + '_>>;
-}
-
-impl<S: Store> LinkRefresher for OAuthService<S> {
-    fn force(
-        &self,
-        company_id: String,
-        link_id: String,
-        rejected: Secret,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Secret, OAuthError>> + Send + '_>>
-    {
-        Box::pin(async move { self.force_refresh(&company_id, &link_id, &rejected).await })
-    }
-}
-
 /// Normalise a token endpoint's answer.
 fn parse_tokens(dialect: TokenDialect, status: u16, body: &Value) -> Result<Tokens, OAuthError> {
     let error = |body: &Value| {
@@ -1004,11 +983,10 @@ fn parse_tokens(dialect: TokenDialect, status: u16, body: &Value) -> Result<Toke
 mod tests {
     use super::*;
 
-    fn service() -> (
-        Arc<crate::store::embedded::EmbeddedStore>,
-        OAuthService<crate::store::embedded::EmbeddedStore>,
-    ) {
-        let store = Arc::new(crate::store::embedded::EmbeddedStore::open_in_memory().unwrap());
+    fn service() -> (Arc<AnyStore>, OAuthService) {
+        let store = Arc::new(AnyStore::from(
+            crate::store::embedded::EmbeddedStore::open_in_memory().unwrap(),
+        ));
         let vault = Arc::new(Vault::new(crate::vault::MasterKey::generate()));
         let mut config = BTreeMap::new();
         config.insert(

@@ -7,6 +7,7 @@
 use super::error::StepError;
 use crate::components::{self, Attachment};
 use crate::manifest::{CredentialBinding, CredentialKind, HostPattern, Manifest};
+use crate::store::AnyStore;
 use crate::store::{ComponentRecord, Store};
 use crate::vault::{Secret, Vault};
 use std::collections::BTreeMap;
@@ -82,10 +83,10 @@ fn looks_like_object_id(s: &str) -> bool {
 /// binding may instead be named by the input field its manifest declares; an
 /// unbound component binding falls back to the company's default component of the
 /// provider's kind.
-pub async fn resolve<S: Store>(
-    store: &S,
+pub async fn resolve(
+    store: &AnyStore,
     vault: &Vault,
-    oauth: Option<&crate::oauth::OAuthService<S>>,
+    oauth: Option<&std::sync::Arc<crate::oauth::OAuthService>>,
     manifest: &Manifest,
     company_id: &str,
     bindings: &BTreeMap<String, String>,
@@ -138,8 +139,8 @@ pub async fn resolve<S: Store>(
     Ok(grants)
 }
 
-async fn resolve_link<S: Store>(
-    oauth: Option<&crate::oauth::OAuthService<S>>,
+async fn resolve_link(
+    oauth: Option<&std::sync::Arc<crate::oauth::OAuthService>>,
     binding: &CredentialBinding,
     company_id: &str,
     link_id: &str,
@@ -155,21 +156,31 @@ async fn resolve_link<S: Store>(
     let Some(oauth) = oauth else {
         return Err(not_yours());
     };
-    let (token, link) = oauth
-        .access_token(company_id, link_id)
-        .await
-        .map_err(|e| match e {
-            OAuthError::NotFound => not_yours(),
-            OAuthError::TokenRevoked(s) | OAuthError::InvalidGrant(s) => StepError::new(
-                ErrorName::TokenRevoked,
-                format!("the {s} connection was revoked or expired; the user must reconnect it"),
-            ),
-            OAuthError::Store(e) => StepError::new(ErrorName::StoreUnavailable, e.to_string()),
-            OAuthError::NotConfigured(s) => StepError::access_denied(format!(
-                "OAuth service `{s}` is not configured on this host"
-            )),
-            other => StepError::new(ErrorName::UpstreamError, other.to_string()),
-        })?;
+    // A refresh runs as its own task: if the step's deadline passes while the provider
+    // answers, the step stops waiting but the refresh still saves the rotated tokens
+    // (dropping it mid-answer would lose the refresh token the provider just spent).
+    let refresh = {
+        let (oauth, company_id, link_id) =
+            (oauth.clone(), company_id.to_string(), link_id.to_string());
+        tokio::spawn(async move { oauth.access_token(&company_id, &link_id).await })
+    };
+    let answer = refresh.await.map_err(|e| {
+        StepError::internal(format!(
+            "the credential lookup of link `{link_id}` failed: {e}"
+        ))
+    })?;
+    let (token, link) = answer.map_err(|e| match e {
+        OAuthError::NotFound => not_yours(),
+        OAuthError::TokenRevoked(s) | OAuthError::InvalidGrant(s) => StepError::new(
+            ErrorName::TokenRevoked,
+            format!("the {s} connection was revoked or expired; the user must reconnect it"),
+        ),
+        OAuthError::Store(e) => StepError::new(ErrorName::StoreUnavailable, e.to_string()),
+        OAuthError::NotConfigured(s) => StepError::access_denied(format!(
+            "OAuth service `{s}` is not configured on this host"
+        )),
+        other => StepError::new(ErrorName::UpstreamError, other.to_string()),
+    })?;
     if link.integration_type != binding.service {
         return Err(StepError::access_denied(format!(
             "link `{link_id}` is a {} link; binding `{}` needs {}",
@@ -225,8 +236,8 @@ async fn resolve_link<S: Store>(
     })
 }
 
-async fn resolve_component<S: Store>(
-    store: &S,
+async fn resolve_component(
+    store: &AnyStore,
     vault: &Vault,
     binding: &CredentialBinding,
     company_id: &str,

@@ -12,7 +12,7 @@ pub mod registry;
 pub mod sandbox;
 
 use crate::outbound::OutboundClient;
-use crate::store::Store;
+use crate::store::AnyStore;
 use crate::vault::Vault;
 use error::{ErrorName, StepError};
 use module::LoadedModule;
@@ -77,6 +77,24 @@ pub struct StepReport {
     pub credentials_used: Vec<CredentialUse>,
 }
 
+impl StepReport {
+    /// The report of a step refused before it ran (bad body, bad limits).
+    pub fn refused(error: StepError) -> StepReport {
+        StepReport {
+            module: None,
+            result: Err(error),
+            log: Vec::new(),
+            log_truncated: false,
+            duration_ms: 0.0,
+            credentials_used: Vec::new(),
+        }
+    }
+}
+
+/// A report's outcome in the API's one error envelope: `"status": "ok"` with `output`,
+/// or `"status": "error"` with `error` (the catalogue name) and `message`, plus
+/// `upstream_status` and `retry_after_seconds` where they apply: the same `error` and
+/// `message` fields every other API error has.
 mod report_result {
     use super::StepError;
     use serde::Serializer;
@@ -86,7 +104,7 @@ mod report_result {
         r: &Result<serde_json::Value, StepError>,
         s: S,
     ) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(2))?;
+        let mut m = s.serialize_map(None)?;
         match r {
             Ok(v) => {
                 m.serialize_entry("status", "ok")?;
@@ -94,7 +112,14 @@ mod report_result {
             }
             Err(e) => {
                 m.serialize_entry("status", "error")?;
-                m.serialize_entry("error", e)?;
+                m.serialize_entry("error", &e.name)?;
+                m.serialize_entry("message", &e.message)?;
+                if let Some(status) = e.status {
+                    m.serialize_entry("upstream_status", &status)?;
+                }
+                if let Some(secs) = e.retry_after_seconds {
+                    m.serialize_entry("retry_after_seconds", &secs)?;
+                }
             }
         }
         m.end()
@@ -102,16 +127,16 @@ mod report_result {
 }
 
 /// Runs steps. Cheap to clone; share one per process.
-pub struct Runtime<S: Store> {
+pub struct Runtime {
     modules: Arc<ModuleRegistry>,
-    oauth: Option<Arc<crate::oauth::OAuthService<S>>>,
+    oauth: Option<Arc<crate::oauth::OAuthService>>,
     outbound: OutboundClient,
-    store: Arc<S>,
+    store: Arc<AnyStore>,
     vault: Arc<Vault>,
     limits: StepLimits,
 }
 
-impl<S: Store> Clone for Runtime<S> {
+impl Clone for Runtime {
     fn clone(&self) -> Self {
         Runtime {
             modules: self.modules.clone(),
@@ -177,6 +202,17 @@ pub(crate) fn describe_trap(e: &wasmtime::Error) -> String {
         .chars()
         .take(500)
         .collect()
+}
+
+/// The step's deadline passed before the module could run.
+fn past_deadline(limits: &StepLimits, during: &str) -> StepError {
+    StepError::new(
+        ErrorName::DeadlineExceeded,
+        format!(
+            "the step ran past its deadline of {:?} {during}",
+            limits.deadline
+        ),
+    )
 }
 
 fn classify_trap(e: &wasmtime::Error, limits: &StepLimits) -> StepError {
@@ -251,15 +287,15 @@ pub fn validate_input(module: &LoadedModule, input: &serde_json::Value) -> Resul
     }
 }
 
-impl<S: Store> Runtime<S> {
+impl Runtime {
     /// A runtime over a module registry, an outbound client, a store and a vault.
     pub fn new(
         modules: Arc<ModuleRegistry>,
         outbound: OutboundClient,
-        store: Arc<S>,
+        store: Arc<AnyStore>,
         vault: Arc<Vault>,
         limits: StepLimits,
-    ) -> Runtime<S> {
+    ) -> Runtime {
         Runtime {
             modules,
             oauth: None,
@@ -271,14 +307,9 @@ impl<S: Store> Runtime<S> {
     }
 
     /// Resolve OAuth-link bindings with this service.
-    pub fn with_oauth(mut self, oauth: Arc<crate::oauth::OAuthService<S>>) -> Runtime<S> {
+    pub fn with_oauth(mut self, oauth: Arc<crate::oauth::OAuthService>) -> Runtime {
         self.oauth = Some(oauth);
         self
-    }
-
-    /// The OAuth service, when configured.
-    pub fn oauth(&self) -> Option<&Arc<crate::oauth::OAuthService<S>>> {
-        self.oauth.as_ref()
     }
 
     /// The module registry.
@@ -286,24 +317,19 @@ impl<S: Store> Runtime<S> {
         &self.modules
     }
 
-    /// The store.
-    pub fn store(&self) -> &Arc<S> {
-        &self.store
-    }
-
-    /// The vault.
-    pub fn vault(&self) -> &Arc<Vault> {
-        &self.vault
-    }
-
     /// The default per-step limits.
     pub fn default_limits(&self) -> StepLimits {
         self.limits
     }
 
-    /// Run one step to completion (or to its deadline).
+    /// Run one step to completion (or to its deadline). The deadline is the step's wall
+    /// time: resolving the module, its credentials (an OAuth refresh and the wait for
+    /// another host's refresh lease included), waiting for a free sandbox and running
+    /// the module all count against it.
     pub async fn run_step(&self, req: StepRequest) -> StepReport {
         let start = Instant::now();
+        let limits = req.limits.unwrap_or(self.limits);
+        let deadline = start + limits.deadline;
         let mut report = StepReport {
             module: None,
             result: Ok(serde_json::Value::Null),
@@ -312,13 +338,18 @@ impl<S: Store> Runtime<S> {
             duration_ms: 0.0,
             credentials_used: Vec::new(),
         };
-        let resolved = if req.module_ref.ends_with(".wasm") || req.module_ref.contains('/') {
-            self.modules.resolve(&req.module_ref).await
-        } else {
-            self.modules
-                .resolve_for(&req.company_id, &req.module_ref)
-                .await
+        let resolve = async {
+            if req.module_ref.ends_with(".wasm") || req.module_ref.contains('/') {
+                self.modules.resolve(&req.module_ref).await
+            } else {
+                self.modules
+                    .resolve_for(&req.company_id, &req.module_ref)
+                    .await
+            }
         };
+        let resolved = tokio::time::timeout_at(deadline.into(), resolve)
+            .await
+            .unwrap_or_else(|_| Err(past_deadline(&limits, "while the module was loaded")));
         let module = match resolved {
             Ok(m) => m,
             Err(e) => {
@@ -332,7 +363,8 @@ impl<S: Store> Runtime<S> {
             version: module.manifest.version.clone(),
             digest: module.digest.clone(),
         });
-        self.run_loaded(&module, req, &mut report).await;
+        self.run_loaded(&module, req, limits, deadline, &mut report)
+            .await;
         report.duration_ms = start.elapsed().as_secs_f64() * 1000.0;
         report
     }
@@ -341,27 +373,34 @@ impl<S: Store> Runtime<S> {
         &self,
         module: &Arc<LoadedModule>,
         req: StepRequest,
+        limits: StepLimits,
+        deadline: Instant,
         report: &mut StepReport,
     ) {
-        let limits = req.limits.unwrap_or(self.limits);
         if let Err(e) = validate_input(module, &req.input) {
             report.result = Err(e);
             return;
         }
-        let grants = match grants::resolve(
-            &*self.store,
+        let resolve = grants::resolve(
+            &self.store,
             &self.vault,
-            self.oauth.as_deref(),
+            self.oauth.as_ref(),
             &module.manifest,
             &req.company_id,
             &req.bindings,
             &req.input,
-        )
-        .await
-        {
-            Ok(g) => g,
-            Err(e) => {
+        );
+        let grants = match tokio::time::timeout_at(deadline.into(), resolve).await {
+            Ok(Ok(g)) => g,
+            Ok(Err(e)) => {
                 report.result = Err(e);
+                return;
+            }
+            Err(_) => {
+                report.result = Err(past_deadline(
+                    &limits,
+                    "while its credentials were resolved (an OAuth refresh goes on in the background)",
+                ));
                 return;
             }
         };
@@ -380,7 +419,10 @@ impl<S: Store> Runtime<S> {
         };
         let engine = self.modules.engine();
         // Declared before the store, so it is released after the store is dropped.
-        let Some(_slot) = engine.sandbox_slot(limits.deadline).await else {
+        let Some(_slot) = engine
+            .sandbox_slot(deadline.saturating_duration_since(Instant::now()))
+            .await
+        else {
             report.result = Err(StepError::new(
                 ErrorName::DeadlineExceeded,
                 format!(
@@ -401,11 +443,10 @@ impl<S: Store> Runtime<S> {
             req.workspace.clone(),
         );
         let mut state = state;
+        // The clock started when the step did, not when its sandbox was free.
+        state.deadline = deadline;
         state.company_id = req.company_id.clone();
-        state.refresher = self
-            .oauth
-            .clone()
-            .map(|o| o as Arc<dyn crate::oauth::LinkRefresher>);
+        state.refresher = self.oauth.clone();
         let mut store = new_store(engine, state);
         let input = req.input.to_string();
         let run = async {
@@ -414,7 +455,8 @@ impl<S: Store> Runtime<S> {
         };
         // The epoch callback stops a busy module; this stops one waiting on the host
         // (a slow upstream, a sleep) at the same deadline.
-        let outcome = tokio::time::timeout(limits.deadline + Duration::from_millis(50), run).await;
+        let outcome =
+            tokio::time::timeout_at((deadline + Duration::from_millis(50)).into(), run).await;
         // Secrets the step got during the run (a forced refresh) are redacted too.
         let redactor = Redactor::new(
             redactor.values().iter().cloned().chain(

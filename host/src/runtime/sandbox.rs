@@ -348,7 +348,7 @@ pub struct StepState {
     /// The step's company (for forced OAuth refreshes).
     pub(crate) company_id: String,
     /// Forces OAuth refreshes, when the host has OAuth.
-    pub(crate) refresher: Option<Arc<dyn crate::oauth::LinkRefresher>>,
+    pub(crate) refresher: Option<Arc<crate::oauth::OAuthService>>,
     /// Bindings already force-refreshed in this step.
     pub(crate) refreshed: Vec<String>,
 }

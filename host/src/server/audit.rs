@@ -6,6 +6,7 @@
 //! then answers every waiter, so concurrent steps share one write instead of queueing
 //! for the store's write lock one by one.
 
+use crate::store::AnyStore;
 use crate::store::{AuditRecord, Store, new_object_id, now};
 use serde_json::Value;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ pub struct AuditWriter {
 
 impl AuditWriter {
     /// Start the writer task for a store.
-    pub fn start<S: Store>(store: Arc<S>) -> AuditWriter {
+    pub fn start(store: Arc<AnyStore>) -> AuditWriter {
         let (tx, mut rx) = mpsc::channel::<(AuditRecord, oneshot::Sender<()>)>(4096);
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
@@ -98,8 +99,8 @@ pub fn entry(
 
 /// Record an integration event.
 #[allow(clippy::too_many_arguments)]
-pub async fn record<S: Store>(
-    store: &S,
+pub async fn record(
+    store: &AnyStore,
     company_id: &str,
     user_id: Option<&str>,
     action_type: &str,

@@ -4,9 +4,11 @@
 
 use super::AppState;
 use super::error::ApiError;
+use crate::error::ErrorName;
+use crate::store::AnyStore;
 use crate::store::{Store, TokenRecord, new_object_id, now};
 use axum::extract::FromRequestParts;
-use axum::http::StatusCode;
+
 use axum::http::request::Parts;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
@@ -32,8 +34,7 @@ impl Caller {
             Ok(())
         } else {
             Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "admin_required",
+                ErrorName::AdminRequired,
                 "this route needs an admin token",
             ))
         }
@@ -46,8 +47,8 @@ pub fn hash_token(token: &str) -> String {
 }
 
 /// Create a token; returns the plaintext (to show once) and the stored record.
-pub async fn create_token<S: Store>(
-    store: &S,
+pub async fn create_token(
+    store: &AnyStore,
     company_id: &str,
     user_id: &str,
     admin: bool,
@@ -73,15 +74,15 @@ pub async fn create_token<S: Store>(
 }
 
 fn unauthorized(message: &str) -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    ApiError::new(ErrorName::Unauthorized, message)
 }
 
-impl<S: Store> FromRequestParts<Arc<AppState<S>>> for Caller {
+impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut Parts,
-        state: &Arc<AppState<S>>,
+        state: &Arc<AppState>,
     ) -> Result<Caller, ApiError> {
         let header = parts
             .headers
@@ -95,8 +96,7 @@ impl<S: Store> FromRequestParts<Arc<AppState<S>>> for Caller {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| unauthorized("the Authorization header is not `Bearer <token>`"))?;
         let record = state
-            .runtime
-            .store()
+            .store
             .find_token_by_hash(&hash_token(token))
             .await?
             .ok_or_else(|| unauthorized("unknown token"))?;

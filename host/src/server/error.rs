@@ -1,7 +1,10 @@
-//! API errors: a status code and `{"error": "<name>", "message": "..."}`. Names are the
-//! flow8 error names where one applies; messages never carry internals or secrets.
+//! API errors: one envelope, `{"error": "<name>", "message": "..."}`, with the name from
+//! the catalogue (`crate::error::ErrorName`) and the status the catalogue gives it. A
+//! failed step answers the same two fields inside its report. Messages never carry
+//! internals or secrets: what an operator needs rides along as `internal` detail,
+//! which the router's error log writes and the answer never shows.
 
-use crate::runtime::error::{ErrorName, StepError};
+use crate::error::ErrorName;
 use crate::store::StoreError;
 use axum::Json;
 use axum::http::StatusCode;
@@ -10,92 +13,84 @@ use axum::response::{IntoResponse, Response};
 /// An error answer.
 #[derive(Debug, Clone)]
 pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
     /// Error name.
-    pub name: &'static str,
+    pub name: ErrorName,
     /// For a person.
     pub message: String,
+    /// For the operator's log only (a store's own error text, an I/O error).
+    pub internal: Option<String>,
+}
+
+/// What the error log (see `server::log_errors`) writes for an answer: the name and
+/// the internal detail. Taken out of the response before it is sent.
+#[derive(Debug, Clone)]
+pub struct ErrorDetail {
+    /// Error name.
+    pub name: ErrorName,
+    /// Operator-only detail.
+    pub internal: Option<String>,
 }
 
 impl ApiError {
-    /// An error with a status, name and message.
-    pub fn new(status: StatusCode, name: &'static str, message: impl Into<String>) -> ApiError {
+    /// An error with a name and message; its status is the catalogue's.
+    pub fn new(name: ErrorName, message: impl Into<String>) -> ApiError {
         ApiError {
-            status,
             name,
             message: message.into(),
+            internal: None,
         }
     }
 
-    /// 400 `invalid_input`.
-    pub fn invalid_input(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_input", message)
+    /// Detail for the operator's log, never sent.
+    pub fn with_internal(mut self, detail: impl std::fmt::Display) -> ApiError {
+        self.internal = Some(detail.to_string());
+        self
     }
 
-    /// 404 `not_found` (also for another company's resources: no existence leak).
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.name.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// `invalid_input`.
+    pub fn invalid_input(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorName::InvalidInput, message)
+    }
+
+    /// `not_found` (also for another company's resources: no existence leak).
     pub fn not_found(what: &str) -> ApiError {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no {what} with that id"),
-        )
+        ApiError::new(ErrorName::NotFound, format!("no {what} with that id"))
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
+        let mut response = (
+            self.status(),
             Json(serde_json::json!({"error": self.name, "message": self.message})),
         )
-            .into_response()
+            .into_response();
+        response.extensions_mut().insert(ErrorDetail {
+            name: self.name,
+            internal: self.internal,
+        });
+        response
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
-            StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
-            StoreError::Unavailable(m) => {
-                tracing::error!(error = %m, "store unavailable");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
-                    "the credential store is unavailable; try again",
-                )
-            }
+            StoreError::Conflict(m) => ApiError::new(ErrorName::Conflict, m),
+            StoreError::Unavailable(m) => ApiError::new(
+                ErrorName::StoreUnavailable,
+                "the credential store is unavailable; try again",
+            )
+            .with_internal(m),
             StoreError::Corrupt(m) => {
-                tracing::error!(error = %m, "store data corrupt");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal_error",
-                    "stored data could not be read",
-                )
+                ApiError::new(ErrorName::InternalError, "stored data could not be read")
+                    .with_internal(m)
             }
         }
-    }
-}
-
-/// The HTTP status a step failure answers with.
-pub fn step_status(e: &StepError) -> StatusCode {
-    match e.name {
-        ErrorName::InvalidInput | ErrorName::InvalidModule | ErrorName::InvalidManifest => {
-            StatusCode::UNPROCESSABLE_ENTITY
-        }
-        ErrorName::ModuleNotFound => StatusCode::NOT_FOUND,
-        ErrorName::AccessDenied | ErrorName::InsufficientScope | ErrorName::Forbidden => {
-            StatusCode::FORBIDDEN
-        }
-        ErrorName::TokenRevoked => StatusCode::UNAUTHORIZED,
-        ErrorName::RateLimitExceeded => StatusCode::TOO_MANY_REQUESTS,
-        ErrorName::UpstreamError | ErrorName::NetworkError => StatusCode::BAD_GATEWAY,
-        ErrorName::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
-        ErrorName::MemoryLimitExceeded
-        | ErrorName::OutputTooLarge
-        | ErrorName::LimitExceeded
-        | ErrorName::ModuleError => StatusCode::UNPROCESSABLE_ENTITY,
-        ErrorName::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorName::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -2,9 +2,9 @@
 //! wrong types, unknown fields, wrong content type, too large).
 
 use super::error::ApiError;
+use crate::error::ErrorName;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
 
 /// `Json<T>` with named errors.
 pub struct ApiJson<T>(pub T);
@@ -20,19 +20,16 @@ where
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
             Err(JsonRejection::JsonSyntaxError(e)) => Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
+                ErrorName::InvalidJson,
                 format!("the body is not valid JSON: {}", e.body_text()),
             )),
             Err(JsonRejection::JsonDataError(e)) => Err(ApiError::invalid_input(e.body_text())),
             Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "invalid_input",
+                ErrorName::UnsupportedMediaType,
                 "send the body as `Content-Type: application/json`",
             )),
             Err(JsonRejection::BytesRejection(e)) => Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
+                ErrorName::BodyTooLarge,
                 format!("the body could not be read: {}", e.body_text()),
             )),
             Err(e) => Err(ApiError::invalid_input(e.body_text())),

@@ -12,7 +12,7 @@ pub mod openapi;
 pub mod routes;
 
 use crate::runtime::Runtime;
-use crate::store::Store;
+use crate::store::AnyStore;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
@@ -20,9 +20,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 /// What every handler shares.
-pub struct AppState<S: Store> {
-    /// Runs steps; holds the store, vault and module registry.
-    pub runtime: Runtime<S>,
+pub struct AppState {
+    /// Runs steps.
+    pub runtime: Runtime,
+    /// The store every handler reads and writes.
+    pub store: Arc<AnyStore>,
+    /// Seals and opens secrets.
+    pub vault: Arc<crate::vault::Vault>,
+    /// The module registry.
+    pub modules: Arc<crate::runtime::registry::ModuleRegistry>,
+    /// The OAuth service, when providers are configured.
+    pub oauth: Option<Arc<crate::oauth::OAuthService>>,
     /// Metrics.
     pub metrics: metrics::Metrics,
     /// Group-committing audit writer for the step path.
@@ -39,78 +47,95 @@ pub struct AppState<S: Store> {
 }
 
 /// The API's routes.
-pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
+pub fn router(state: Arc<AppState>) -> Router {
     let json_limit = DefaultBodyLimit::max(state.max_body_bytes);
     let module_limit = DefaultBodyLimit::max(state.max_module_bytes);
     let api = Router::new()
         .route(
             "/api/v1/admin/components",
-            post(routes::components::create::<S>).get(routes::components::list::<S>),
+            post(routes::components::create).get(routes::components::list),
         )
         .route(
             "/api/v1/admin/components/{id}",
-            get(routes::components::get_one::<S>).delete(routes::components::remove::<S>),
+            get(routes::components::get_one).delete(routes::components::remove),
         )
         .route(
             "/api/v1/admin/components/{id}/default",
-            post(routes::components::make_default::<S>),
+            post(routes::components::make_default),
         )
         .route(
             "/api/v1/components",
-            get(routes::components::list_for_members::<S>),
+            get(routes::components::list_for_members),
         )
-        .route("/api/v1/steps", post(routes::steps::run::<S>))
-        .route("/api/v1/admin/audit", get(routes::audit_log::list::<S>))
+        .route("/api/v1/steps", post(routes::steps::run))
+        .route("/api/v1/admin/audit", get(routes::audit_log::list))
         .route(
             "/api/v1/integrations/authorize",
-            get(routes::integrations::authorize::<S>),
+            get(routes::integrations::authorize),
         )
         .route(
             "/api/v1/integrations/links",
-            get(routes::integrations::list::<S>).delete(routes::integrations::unlink_all::<S>),
+            get(routes::integrations::list).delete(routes::integrations::unlink_all),
         )
         .route(
             "/api/v1/integrations/test",
-            post(routes::integrations::test::<S>),
+            post(routes::integrations::test),
         )
         .route(
             "/api/v1/integrations/connect-sessions",
-            post(routes::connect::create::<S>),
+            post(routes::connect::create),
         )
         .route(
             "/api/v1/integrations/{service}/{link_id}",
-            delete(routes::integrations::unlink::<S>),
+            delete(routes::integrations::unlink),
         )
-        .route("/api/v1/modules", get(routes::modules::list::<S>))
+        .route("/api/v1/modules", get(routes::modules::list))
         .route(
             "/api/v1/modules/{module_ref}",
-            get(routes::modules::get_one::<S>),
+            get(routes::modules::get_one),
         )
         .layer(json_limit);
     let installs = Router::new()
-        .route("/api/v1/admin/modules", post(routes::modules::install::<S>))
+        .route("/api/v1/admin/modules", post(routes::modules::install))
         .route(
             "/api/v1/admin/modules/{module_ref}",
-            delete(routes::modules::remove::<S>),
+            delete(routes::modules::remove),
         )
         .layer(module_limit);
     Router::new()
         .route("/healthz", get(routes::ops::healthz))
-        .route("/readyz", get(routes::ops::readyz::<S>))
-        .route("/metrics", get(routes::ops::metrics::<S>))
+        .route("/readyz", get(routes::ops::readyz))
+        .route("/metrics", get(routes::ops::metrics))
         .route("/openapi.json", get(routes::ops::openapi))
-        .route("/auth/callback", get(routes::integrations::callback::<S>))
-        .route("/connect/{token}", get(routes::connect::page::<S>))
+        .route("/auth/callback", get(routes::integrations::callback))
+        .route("/connect/{token}", get(routes::connect::page))
         .merge(api)
         .merge(installs)
         .fallback(routes::ops::no_such_route)
+        .method_not_allowed_fallback(routes::ops::method_not_allowed)
+        .layer(axum::middleware::map_response(log_errors))
         .with_state(state)
 }
 
+/// The one place API errors are logged: server errors with the operator-only detail
+/// they carry, client errors at debug level. The detail never leaves the host.
+async fn log_errors(mut response: axum::response::Response) -> axum::response::Response {
+    if let Some(detail) = response.extensions_mut().remove::<error::ErrorDetail>() {
+        let status = response.status().as_u16();
+        let internal = detail.internal.as_deref().unwrap_or("");
+        if response.status().is_server_error() {
+            tracing::error!(error = %detail.name, status, internal, "request failed");
+        } else {
+            tracing::debug!(error = %detail.name, status, internal, "request refused");
+        }
+    }
+    response
+}
+
 /// Serve until `shutdown` resolves, then let running requests (steps) finish.
-pub async fn serve<S: Store>(
+pub async fn serve(
     listener: tokio::net::TcpListener,
-    state: Arc<AppState<S>>,
+    state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(listener, router(state))

@@ -66,6 +66,18 @@ impl AnyStore {
     }
 }
 
+impl From<EmbeddedStore> for AnyStore {
+    fn from(s: EmbeddedStore) -> AnyStore {
+        AnyStore::Embedded(s)
+    }
+}
+
+impl From<MongoStore> for AnyStore {
+    fn from(s: MongoStore) -> AnyStore {
+        AnyStore::Mongo(s)
+    }
+}
+
 macro_rules! delegate {
     ($self:ident, $s:ident => $call:expr) => {
         match $self {

@@ -13,6 +13,8 @@ pub mod embedded;
 pub mod mongodb;
 pub mod transfer;
 
+pub use any::{AnyStore, StoreLocation};
+
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use time::OffsetDateTime;

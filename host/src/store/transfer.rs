@@ -9,7 +9,7 @@
 //! counted as skipped, so an interrupted import is finished by running it again.
 //! Pending OAuth states are not moved (they live ten minutes).
 
-use super::{AuditRecord, ComponentRecord, LinkRecord, Store, StoreError, TokenRecord};
+use super::{AnyStore, AuditRecord, ComponentRecord, LinkRecord, Store, StoreError, TokenRecord};
 use crate::vault::Vault;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
@@ -102,8 +102,8 @@ pub enum TransferError {
 const PAGE: u32 = 500;
 
 /// Write every component, link, API token and audit entry of `store` to `out`.
-pub async fn export<S: Store>(
-    store: &S,
+pub async fn export(
+    store: &AnyStore,
     out: &mut impl Write,
 ) -> Result<TransferCounts, TransferError> {
     let header = ExportHeader {
@@ -153,8 +153,8 @@ pub async fn export<S: Store>(
 
 /// Read an export into `store`. The export's key check must open with `vault`, and the
 /// target store's own check (if it has one) too.
-pub async fn import<S: Store>(
-    store: &S,
+pub async fn import(
+    store: &AnyStore,
     vault: &Vault,
     input: impl BufRead,
 ) -> Result<ImportReport, TransferError> {
@@ -223,8 +223,8 @@ pub async fn import<S: Store>(
 }
 
 /// Audit entries in one batch; if some were already there, one by one.
-async fn import_audit<S: Store>(
-    store: &S,
+async fn import_audit(
+    store: &AnyStore,
     batch: Vec<AuditRecord>,
     report: &mut ImportReport,
 ) -> Result<(), TransferError> {
@@ -268,7 +268,7 @@ mod tests {
     async fn round_trip_is_sealed_idempotent_and_key_checked() {
         let key = MasterKey::generate();
         let vault = Vault::new(key.clone());
-        let from = EmbeddedStore::open_in_memory().unwrap();
+        let from = AnyStore::from(EmbeddedStore::open_in_memory().unwrap());
         from.put_meta("vault_check", &vault.check_value())
             .await
             .unwrap();
@@ -295,7 +295,7 @@ mod tests {
         assert_eq!(counts.components, 1);
         assert!(!String::from_utf8_lossy(&file).contains("canary-export-1"));
 
-        let to = EmbeddedStore::open_in_memory().unwrap();
+        let to = AnyStore::from(EmbeddedStore::open_in_memory().unwrap());
         let r = import(&to, &vault, file.as_slice()).await.unwrap();
         assert_eq!((r.imported.components, r.skipped.components), (1, 0));
         let again = import(&to, &vault, file.as_slice()).await.unwrap();
@@ -308,7 +308,7 @@ mod tests {
             from.list_components("A").await.unwrap()
         );
         // Another key: refused before anything is written.
-        let other = EmbeddedStore::open_in_memory().unwrap();
+        let other = AnyStore::from(EmbeddedStore::open_in_memory().unwrap());
         let wrong = Vault::new(MasterKey::generate());
         assert!(matches!(
             import(&other, &wrong, file.as_slice()).await,

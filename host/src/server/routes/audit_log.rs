@@ -36,8 +36,8 @@ fn when(name: &str, v: Option<String>) -> Result<Option<OffsetDateTime>, ApiErro
 }
 
 /// `GET /api/v1/admin/audit`
-pub async fn list<S: Store>(
-    State(st): State<Arc<AppState<S>>>,
+pub async fn list(
+    State(st): State<Arc<AppState>>,
     caller: Caller,
     params: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -57,11 +57,7 @@ pub async fn list<S: Store>(
         offset,
         limit: limit + 1,
     };
-    let mut entries = st
-        .runtime
-        .store()
-        .list_audit(&caller.company_id, &query)
-        .await?;
+    let mut entries = st.store.list_audit(&caller.company_id, &query).await?;
     let more = entries.len() as u64 > limit;
     entries.truncate(limit as usize);
     let entries: Vec<Value> = entries

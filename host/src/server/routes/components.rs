@@ -32,17 +32,17 @@ fn audit_state(c: &ComponentRecord) -> Value {
 }
 
 /// `POST /api/v1/admin/components`
-pub async fn create<S: Store>(
-    State(st): State<Arc<AppState<S>>>,
+pub async fn create(
+    State(st): State<Arc<AppState>>,
     caller: Caller,
     ApiJson(body): ApiJson<NewComponent>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require_admin()?;
-    let record = components::prepare(body, &caller.company_id, st.runtime.vault())
+    let record = components::prepare(body, &caller.company_id, &st.vault)
         .map_err(|e| ApiError::invalid_input(e.to_string()))?;
-    st.runtime.store().insert_component(record.clone()).await?;
+    st.store.insert_component(record.clone()).await?;
     audit::record(
-        &**st.runtime.store(),
+        &*st.store,
         &caller.company_id,
         Some(&caller.user_id),
         "component_created",
@@ -55,20 +55,16 @@ pub async fn create<S: Store>(
     Ok((StatusCode::CREATED, Json(summary(&record))))
 }
 
-async fn list_all<S: Store>(st: &AppState<S>, caller: &Caller) -> Result<Json<Value>, ApiError> {
-    let list = st
-        .runtime
-        .store()
-        .list_components(&caller.company_id)
-        .await?;
+async fn list_all(st: &AppState, caller: &Caller) -> Result<Json<Value>, ApiError> {
+    let list = st.store.list_components(&caller.company_id).await?;
     Ok(Json(
         json!({"components": list.iter().map(summary).collect::<Vec<_>>()}),
     ))
 }
 
 /// `GET /api/v1/admin/components`
-pub async fn list<S: Store>(
-    State(st): State<Arc<AppState<S>>>,
+pub async fn list(
+    State(st): State<Arc<AppState>>,
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
@@ -76,28 +72,23 @@ pub async fn list<S: Store>(
 }
 
 /// `GET /api/v1/components`: members see the summaries too (to bind components to steps).
-pub async fn list_for_members<S: Store>(
-    State(st): State<Arc<AppState<S>>>,
+pub async fn list_for_members(
+    State(st): State<Arc<AppState>>,
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
     list_all(&st, &caller).await
 }
 
-async fn find<S: Store>(
-    st: &AppState<S>,
-    caller: &Caller,
-    id: &str,
-) -> Result<ComponentRecord, ApiError> {
-    st.runtime
-        .store()
+async fn find(st: &AppState, caller: &Caller, id: &str) -> Result<ComponentRecord, ApiError> {
+    st.store
         .get_component(&caller.company_id, id)
         .await?
         .ok_or_else(|| ApiError::not_found("component"))
 }
 
 /// `GET /api/v1/admin/components/{id}`
-pub async fn get_one<S: Store>(
-    State(st): State<Arc<AppState<S>>>,
+pub async fn get_one(
+    State(st): State<Arc<AppState>>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -106,23 +97,18 @@ pub async fn get_one<S: Store>(
 }
 
 /// `DELETE /api/v1/admin/components/{id}`
-pub async fn remove<S: Store>(
-    State(st): State<Arc<AppState<S>>>,
+pub async fn remove(
+    State(st): State<Arc<AppState>>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
     let record = find(&st, &caller, &id).await?;
-    if !st
-        .runtime
-        .store()
-        .delete_component(&caller.company_id, &id)
-        .await?
-    {
+    if !st.store.delete_component(&caller.company_id, &id).await? {
         return Err(ApiError::not_found("component"));
     }
     audit::record(
-        &**st.runtime.store(),
+        &*st.store,
         &caller.company_id,
         Some(&caller.user_id),
         "component_deleted",
@@ -136,16 +122,15 @@ pub async fn remove<S: Store>(
 }
 
 /// `POST /api/v1/admin/components/{id}/default`
-pub async fn make_default<S: Store>(
-    State(st): State<Arc<AppState<S>>>,
+pub async fn make_default(
+    State(st): State<Arc<AppState>>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
     let before = find(&st, &caller, &id).await?;
     if !st
-        .runtime
-        .store()
+        .store
         .set_default_component(&caller.company_id, &id)
         .await?
     {
@@ -153,7 +138,7 @@ pub async fn make_default<S: Store>(
     }
     let after = find(&st, &caller, &id).await?;
     audit::record(
-        &**st.runtime.store(),
+        &*st.store,
         &caller.company_id,
         Some(&caller.user_id),
         "component_made_default",

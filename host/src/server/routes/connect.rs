@@ -29,8 +29,8 @@ pub struct NewConnectSession {
 }
 
 /// `POST /api/v1/integrations/connect-sessions`: a connect link for the caller.
-pub async fn create<S: Store>(
-    State(st): State<Arc<AppState<S>>>,
+pub async fn create(
+    State(st): State<Arc<AppState>>,
     caller: Caller,
     headers: HeaderMap,
     ApiJson(body): ApiJson<NewConnectSession>,
@@ -113,8 +113,8 @@ pub struct PageQuery {
 }
 
 /// `GET /connect/{token}`: the connect page (uses the session up).
-pub async fn page<S: Store>(
-    State(st): State<Arc<AppState<S>>>,
+pub async fn page(
+    State(st): State<Arc<AppState>>,
     Path(token): Path<String>,
     axum::extract::Query(q): axum::extract::Query<PageQuery>,
 ) -> Response {
@@ -144,8 +144,7 @@ pub async fn page<S: Store>(
         .services
         .map(|s| s.split(',').map(str::to_string).collect());
     let links = st
-        .runtime
-        .store()
+        .store
         .list_links(&company, None)
         .await
         .unwrap_or_default();

@@ -2,6 +2,7 @@
 //! "Testing Connectivity" and "Monitoring Token Expiry"): connect, callback, list,
 //! unlink, health test. Tokens never appear in an answer.
 
+use crate::error::ErrorName;
 use crate::oauth::{OAuthError, OAuthService};
 use crate::server::AppState;
 use crate::server::audit;
@@ -19,11 +20,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use time::format_description::well_known::Rfc3339;
 
-pub(crate) fn oauth<S: Store>(st: &AppState<S>) -> Result<&Arc<OAuthService<S>>, ApiError> {
-    st.runtime.oauth().ok_or_else(|| {
+pub(crate) fn oauth(st: &AppState) -> Result<&Arc<OAuthService>, ApiError> {
+    st.oauth.as_ref().ok_or_else(|| {
         ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_configured",
+            ErrorName::NotConfigured,
             "no OAuth2 providers are configured on this host",
         )
     })
@@ -31,20 +31,20 @@ pub(crate) fn oauth<S: Store>(st: &AppState<S>) -> Result<&Arc<OAuthService<S>>,
 
 impl From<OAuthError> for ApiError {
     fn from(e: OAuthError) -> ApiError {
-        let status = match &e {
-            OAuthError::NotConfigured(_) | OAuthError::NotFound => StatusCode::NOT_FOUND,
-            OAuthError::InvalidState | OAuthError::InvalidGrant(_) => StatusCode::BAD_REQUEST,
-            OAuthError::AccessDenied(_) => StatusCode::FORBIDDEN,
-            OAuthError::TokenRevoked(_) => StatusCode::UNAUTHORIZED,
-            OAuthError::Provider(_) => StatusCode::BAD_GATEWAY,
-            OAuthError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-            OAuthError::Vault(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
         let message = match &e {
             OAuthError::NotFound => "no such link".to_string(),
+            // The store's own words are for the operator's log.
+            OAuthError::Store(crate::store::StoreError::Unavailable(_)) => {
+                "the credential store is unavailable; try again".to_string()
+            }
             other => other.to_string(),
         };
-        ApiError::new(status, e.name(), message)
+        let error = ApiError::new(e.name(), message);
+        match e {
+            OAuthError::Store(inner) => error.with_internal(inner),
+            OAuthError::Vault(inner) => error.with_internal(inner),
+            _ => error,
+        }
     }
 }
 
@@ -71,8 +71,8 @@ pub struct ServiceParam {
 }
 
 /// `GET /api/v1/integrations/authorize?service=slack`
-pub async fn authorize<S: Store>(
-    State(st): State<Arc<AppState<S>>>,
+pub async fn authorize(
+    State(st): State<Arc<AppState>>,
     caller: Caller,
     q: Result<Query<ServiceParam>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -99,8 +99,8 @@ fn page(title: &str, body: &str) -> String {
 }
 
 /// `GET /auth/callback?code&state` (the provider sends the browser here).
-pub async fn callback<S: Store>(
-    State(st): State<Arc<AppState<S>>>,
+pub async fn callback(
+    State(st): State<Arc<AppState>>,
     headers: HeaderMap,
     Query(params): Query<BTreeMap<String, String>>,
 ) -> Response {
@@ -115,7 +115,7 @@ pub async fn callback<S: Store>(
     match result {
         Ok(link) => {
             audit::record(
-                &**st.runtime.store(),
+                &*st.store,
                 &link.company_id,
                 Some(&link.user_id),
                 "integration_linked",
@@ -126,8 +126,8 @@ pub async fn callback<S: Store>(
             )
             .await;
             let return_url = st
-                .runtime
-                .oauth()
+                .oauth
+                .as_ref()
                 .and_then(|o| o.provider(&link.integration_type).ok())
                 .and_then(|p| p.return_url.clone());
             if wants_json {
@@ -154,7 +154,7 @@ pub async fn callback<S: Store>(
                 e.into_response()
             } else {
                 (
-                    e.status,
+                    e.status(),
                     Html(page("Not connected", &format!("{}: {}", e.name, e.message))),
                 )
                     .into_response()
@@ -173,8 +173,8 @@ pub struct LinkFilter {
 }
 
 /// `GET /api/v1/integrations/links`
-pub async fn list<S: Store>(
-    State(st): State<Arc<AppState<S>>>,
+pub async fn list(
+    State(st): State<Arc<AppState>>,
     caller: Caller,
     q: Result<Query<LinkFilter>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -189,8 +189,7 @@ pub async fn list<S: Store>(
                 .await?
         }
         None => {
-            st.runtime
-                .store()
+            st.store
                 .list_links(&caller.company_id, f.service.as_deref())
                 .await?
         }
@@ -207,15 +206,15 @@ pub async fn list<S: Store>(
     Ok(Json(json!({"links": links})))
 }
 
-async fn unlink_one<S: Store>(
-    st: &AppState<S>,
+async fn unlink_one(
+    st: &AppState,
     caller: &Caller,
     service: &str,
     id: &str,
 ) -> Result<(), ApiError> {
     let link = oauth(st)?.unlink(&caller.company_id, service, id).await?;
     audit::record(
-        &**st.runtime.store(),
+        &*st.store,
         &caller.company_id,
         Some(&caller.user_id),
         "integration_unlinked",
@@ -229,8 +228,8 @@ async fn unlink_one<S: Store>(
 }
 
 /// `DELETE /api/v1/integrations/{service}/{link_id}`
-pub async fn unlink<S: Store>(
-    State(st): State<Arc<AppState<S>>>,
+pub async fn unlink(
+    State(st): State<Arc<AppState>>,
     caller: Caller,
     Path((service, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
@@ -240,16 +239,15 @@ pub async fn unlink<S: Store>(
 
 /// `DELETE /api/v1/integrations/links?service=slack`: every link of the service
 /// (flow8's "Revoke all tokens for a service"). Admins only.
-pub async fn unlink_all<S: Store>(
-    State(st): State<Arc<AppState<S>>>,
+pub async fn unlink_all(
+    State(st): State<Arc<AppState>>,
     caller: Caller,
     q: Result<Query<ServiceParam>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
     let Query(q) = q.map_err(|e| ApiError::invalid_input(e.body_text()))?;
     let links = st
-        .runtime
-        .store()
+        .store
         .list_links(&caller.company_id, Some(&q.service))
         .await?;
     let mut deleted = 0;
@@ -268,8 +266,8 @@ pub struct TestBody {
 }
 
 /// `POST /api/v1/integrations/test`
-pub async fn test<S: Store>(
-    State(st): State<Arc<AppState<S>>>,
+pub async fn test(
+    State(st): State<Arc<AppState>>,
     caller: Caller,
     ApiJson(body): ApiJson<TestBody>,
 ) -> Result<Json<Value>, ApiError> {

@@ -4,13 +4,13 @@
 //! accepted; a new version is picked up at once, while steps already running finish
 //! on the version they started with.
 
+use crate::error::ErrorName;
 use crate::runtime::module::LoadedModule;
 use crate::runtime::registry::ModuleEntry;
 use crate::server::AppState;
 use crate::server::audit;
 use crate::server::auth::Caller;
 use crate::server::error::ApiError;
-use crate::store::Store;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -41,16 +41,16 @@ fn loaded(entries: &[ModuleEntry], scope: &str) -> Vec<Value> {
 }
 
 /// `GET /api/v1/modules`
-pub async fn list<S: Store>(State(st): State<Arc<AppState<S>>>, caller: Caller) -> Json<Value> {
-    let registry = st.runtime.modules();
+pub async fn list(State(st): State<Arc<AppState>>, caller: Caller) -> Json<Value> {
+    let registry = &st.modules;
     let mut modules = loaded(&registry.scan_company(&caller.company_id).await, "company");
     modules.extend(loaded(&registry.scan().await, "shared"));
     Json(json!({"modules": modules}))
 }
 
 /// `GET /api/v1/modules/{module_ref}` (`name` or `name@version`)
-pub async fn get_one<S: Store>(
-    State(st): State<Arc<AppState<S>>>,
+pub async fn get_one(
+    State(st): State<Arc<AppState>>,
     caller: Caller,
     Path(module_ref): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -58,8 +58,7 @@ pub async fn get_one<S: Store>(
         return Err(ApiError::not_found("module"));
     }
     let m = st
-        .runtime
-        .modules()
+        .modules
         .resolve_for(&caller.company_id, &module_ref)
         .await
         .map_err(|_| ApiError::not_found("module"))?;
@@ -67,38 +66,32 @@ pub async fn get_one<S: Store>(
 }
 
 /// `POST /api/v1/admin/modules` with the `.wasm` as the body.
-pub async fn install<S: Store>(
-    State(st): State<Arc<AppState<S>>>,
+pub async fn install(
+    State(st): State<Arc<AppState>>,
     caller: Caller,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require_admin()?;
-    let registry = st.runtime.modules();
+    let registry = &st.modules;
     let module = registry
         .load_bytes(&body)
         .await
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.name.as_str(), e.message))?;
+        .map_err(|e| ApiError::new(e.name, e.message))?;
     let name = module.manifest.name.clone();
     let version = module.manifest.version.clone();
     if registry.is_shared_name(&name).await {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
+            ErrorName::Conflict,
             format!("`{name}` is a first-party module; give yours another name"),
         ));
     }
-    let dir = registry.company_dir(&caller.company_id).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "no install directory",
-        )
-    })?;
+    let dir = registry
+        .company_dir(&caller.company_id)
+        .ok_or_else(|| ApiError::new(ErrorName::InternalError, "no install directory"))?;
     let path = dir.join(format!("{name}-{version}.wasm"));
     if path.exists() {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
+            ErrorName::Conflict,
             format!("{name}@{version} is already installed; bump the version"),
         ));
     }
@@ -109,16 +102,15 @@ pub async fn install<S: Store>(
         tokio::fs::rename(&tmp, &path).await
     };
     write.await.map_err(|e| {
-        tracing::error!(error = %e, "cannot write installed module");
         ApiError::new(
-            StatusCode::INSUFFICIENT_STORAGE,
-            "storage_error",
+            ErrorName::StorageError,
             "the module could not be written to disk",
         )
+        .with_internal(e)
     })?;
     registry.scan_company(&caller.company_id).await;
     audit::record(
-        &**st.runtime.store(),
+        &*st.store,
         &caller.company_id,
         Some(&caller.user_id),
         "module_installed",
@@ -132,8 +124,8 @@ pub async fn install<S: Store>(
 }
 
 /// `DELETE /api/v1/admin/modules/{name@version}`
-pub async fn remove<S: Store>(
-    State(st): State<Arc<AppState<S>>>,
+pub async fn remove(
+    State(st): State<Arc<AppState>>,
     caller: Caller,
     Path(module_ref): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -141,7 +133,7 @@ pub async fn remove<S: Store>(
     let Some((name, version)) = module_ref.split_once('@') else {
         return Err(ApiError::invalid_input("name the module as name@version"));
     };
-    let registry = st.runtime.modules();
+    let registry = &st.modules;
     let entries = registry.scan_company(&caller.company_id).await;
     let entry = entries.iter().find(|e| {
         e.module
@@ -153,15 +145,11 @@ pub async fn remove<S: Store>(
     };
     tokio::fs::remove_file(&entry.path).await.map_err(|e| {
         tracing::error!(error = %e, "cannot remove installed module");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "storage_error",
-            "the module could not be removed",
-        )
+        ApiError::new(ErrorName::StorageError, "the module could not be removed")
     })?;
     registry.scan_company(&caller.company_id).await;
     audit::record(
-        &**st.runtime.store(),
+        &*st.store,
         &caller.company_id,
         Some(&caller.user_id),
         "module_removed",

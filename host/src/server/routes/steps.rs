@@ -4,13 +4,13 @@
 //! credentials used); a failed step answers with the status its error maps to. Every
 //! credential use is audited.
 
+use crate::error::ErrorName;
 use crate::runtime::sandbox::StepLimits;
 use crate::runtime::{StepReport, StepRequest};
 use crate::server::AppState;
 use crate::server::auth::Caller;
-use crate::server::error::{ApiError, step_status};
+use crate::server::error::ApiError;
 use crate::server::extract::ApiJson;
-use crate::store::Store;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -72,7 +72,12 @@ fn limits(defaults: StepLimits, o: Option<LimitOverrides>) -> Result<StepLimits,
         l.deadline = Duration::from_secs_f64(d);
     }
     if let Some(m) = o.memory_mib {
-        if m == 0 || m * 1024 * 1024 > defaults.memory_bytes {
+        // Checked: a number from outside must not overflow (a panic in debug builds, a
+        // wrapped, too small cap in release).
+        if m == 0
+            || m.checked_mul(1024 * 1024)
+                .is_none_or(|b| b > defaults.memory_bytes)
+        {
             return Err(ApiError::invalid_input(format!(
                 "limits.memory_mib must be 1-{}",
                 defaults.memory_bytes / (1024 * 1024)
@@ -81,7 +86,10 @@ fn limits(defaults: StepLimits, o: Option<LimitOverrides>) -> Result<StepLimits,
         l.memory_bytes = m * 1024 * 1024;
     }
     if let Some(k) = o.output_kib {
-        if k == 0 || k * 1024 > defaults.output_bytes {
+        if k == 0
+            || k.checked_mul(1024)
+                .is_none_or(|b| b > defaults.output_bytes)
+        {
             return Err(ApiError::invalid_input(format!(
                 "limits.output_kib must be 1-{}",
                 defaults.output_bytes / 1024
@@ -92,12 +100,38 @@ fn limits(defaults: StepLimits, o: Option<LimitOverrides>) -> Result<StepLimits,
     Ok(l)
 }
 
-/// `POST /api/v1/steps`
-pub async fn run<S: Store>(
-    State(st): State<Arc<AppState<S>>>,
+/// `POST /api/v1/steps`: a step report, whether the step failed before it ran (a bad
+/// body or limits) or inside the sandbox; both carry `error` and `message`.
+pub async fn run(
+    State(st): State<Arc<AppState>>,
     caller: Caller,
-    ApiJson(body): ApiJson<StepBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    body: Result<ApiJson<StepBody>, ApiError>,
+) -> (StatusCode, Json<Value>) {
+    let (step_name, result) = match body {
+        Ok(ApiJson(body)) => (body.name.clone(), run_body(&st, &caller, body).await),
+        Err(e) => (String::new(), Err(e)),
+    };
+    let (status, mut value) = match result {
+        Ok(answer) => answer,
+        Err(e) => {
+            let status = e.status();
+            let report =
+                StepReport::refused(crate::runtime::error::StepError::new(e.name, e.message));
+            (
+                status,
+                serde_json::to_value(&report).unwrap_or_else(|_| json!({"status": "error"})),
+            )
+        }
+    };
+    value["name"] = Value::String(step_name);
+    (status, Json(value))
+}
+
+async fn run_body(
+    st: &AppState,
+    caller: &Caller,
+    body: StepBody,
+) -> Result<(StatusCode, Value), ApiError> {
     if body.module_ref.trim().is_empty()
         || body.module_ref.contains('/')
         || body.module_ref.ends_with(".wasm")
@@ -180,15 +214,16 @@ pub async fn run<S: Store>(
     }
     let status = match &report.result {
         Ok(_) => StatusCode::OK,
-        Err(e) => step_status(e),
+        Err(e) => {
+            StatusCode::from_u16(e.name.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        }
     };
-    let mut value = serde_json::to_value(&report).map_err(|e| {
+    let value = serde_json::to_value(&report).map_err(|e| {
         ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            e.to_string(),
+            ErrorName::InternalError,
+            "the step report could not be written",
         )
+        .with_internal(e)
     })?;
-    value["name"] = Value::String(body.name);
-    Ok((status, Json(value)))
+    Ok((status, value))
 }

@@ -1,0 +1,141 @@
+//! The HTTP edge in process: the router the server runs (`server::router` over a host
+//! from the composition root), driven with `tower::ServiceExt::oneshot`, no socket. These
+//! pin the API's one error envelope: every failure is `{"error": <name>, "message"}` with
+//! the catalogue's status, and a step answers its report whether it failed before the
+//! sandbox or inside it.
+
+use axum::body::Body;
+use flow8_host::config::HostConfig;
+use flow8_host::error::ErrorName;
+use flow8_host::server::{auth, router};
+use flow8_tests::in_process_host;
+use http::{Request, StatusCode};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct Edge {
+    app: axum::Router,
+    token: String,
+    _host: flow8_host::app::Host,
+    _data: tempfile::TempDir,
+}
+
+async fn edge() -> Edge {
+    let data = tempfile::tempdir().unwrap();
+    let host = in_process_host(HostConfig::default(), data.path()).await;
+    let (token, _) = auth::create_token(&host.store, "company-a", "alice", false, "t")
+        .await
+        .unwrap();
+    Edge {
+        app: router(host.api_state()),
+        token,
+        _host: host,
+        _data: data,
+    }
+}
+
+impl Edge {
+    async fn call(&self, method: &str, uri: &str, body: Option<&str>) -> (StatusCode, Value) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {}", self.token));
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req
+            .body(body.map(|b| Body::from(b.to_string())).unwrap_or_default())
+            .unwrap();
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            panic!(
+                "{method} {uri}: the answer is not JSON: {}",
+                String::from_utf8_lossy(&bytes)
+            )
+        });
+        (status, value)
+    }
+}
+
+fn assert_envelope(status: StatusCode, v: &Value, name: ErrorName) {
+    assert_eq!(v["error"], name.as_str(), "{v}");
+    assert_eq!(status.as_u16(), name.http_status(), "{v}");
+    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+}
+
+#[tokio::test]
+async fn every_refusal_of_the_edge_is_a_named_envelope() {
+    let e = edge().await;
+    let (s, v) = e.call("GET", "/api/v1/no-such-thing", None).await;
+    assert_envelope(s, &v, ErrorName::NoSuchRoute);
+    // A known route with a method it does not take: a body, not an empty 405.
+    let (s, v) = e.call("PUT", "/api/v1/steps", Some("{}")).await;
+    assert_envelope(s, &v, ErrorName::MethodNotAllowed);
+    let (s, v) = e.call("GET", "/api/v1/admin/components", None).await;
+    assert_envelope(s, &v, ErrorName::AdminRequired);
+    let unauthenticated = Edge {
+        token: "f8_not-a-token".into(),
+        ..e
+    };
+    let (s, v) = unauthenticated.call("GET", "/api/v1/modules", None).await;
+    assert_envelope(s, &v, ErrorName::Unauthorized);
+}
+
+#[tokio::test]
+async fn a_step_answers_its_report_whether_it_fails_before_or_inside_the_sandbox() {
+    let e = edge().await;
+    // Refused before the sandbox: malformed JSON, a body of the wrong shape, limits out
+    // of range. Each is a report with `status: error`, the name and a message.
+    for (body, name) in [
+        ("{\"module_ref\": ", ErrorName::InvalidJson),
+        ("{\"module_ref\": 5}", ErrorName::InvalidInput),
+        (
+            "{\"name\": \"s\", \"module_ref\": \"hostile\", \"limits\": {\"memory_mib\": 17592186044416}}",
+            ErrorName::InvalidInput,
+        ),
+    ] {
+        let (s, v) = e.call("POST", "/api/v1/steps", Some(body)).await;
+        assert_envelope(s, &v, name);
+        assert_eq!(v["status"], "error", "{v}");
+        assert_eq!(v["log"], json!([]), "{v}");
+        assert!(
+            v["error"].is_string(),
+            "the error is a name, not an object: {v}"
+        );
+    }
+    // Inside the sandbox: the module crashes.
+    let (s, v) = e
+        .call(
+            "POST",
+            "/api/v1/steps",
+            Some(&json!({"name": "s", "module_ref": "hostile", "input_mapping": {"attack": "panic"}}).to_string()),
+        )
+        .await;
+    assert_envelope(s, &v, ErrorName::ModuleError);
+    assert_eq!(
+        (v["status"].as_str(), v["name"].as_str()),
+        (Some("error"), Some("s"))
+    );
+    assert_eq!(v["module"]["name"], "hostile");
+    // And a step that works.
+    let (s, v) = e
+        .call(
+            "POST",
+            "/api/v1/steps",
+            Some(
+                &json!({"name": "s", "module_ref": "hostile", "input_mapping": {"attack": "ok"}})
+                    .to_string(),
+            ),
+        )
+        .await;
+    assert_eq!(
+        (s, v["status"].as_str()),
+        (StatusCode::OK, Some("ok")),
+        "{v}"
+    );
+    assert_eq!(v["output"]["ok"], true);
+}
