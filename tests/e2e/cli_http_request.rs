@@ -149,3 +149,40 @@ fn loopback_is_refused_unless_the_operator_allows_it() {
     assert_eq!(out.error_name().as_deref(), Some("forbidden"), "{out:?}");
     assert!(server.requests().is_empty());
 }
+
+#[test]
+fn log_lines_of_a_step_name_its_company_module_and_destination() {
+    let server = RecordingServer::start();
+    server.script([Reply::json(200, json!({"ok": true}))]);
+    let mut cli = Cli::new();
+    cli.env
+        .push(("FLOW8_LOG".into(), "flow8_host=debug".into()));
+    cli.env.push(("FLOW8_LOG_JSON".into(), "1".into()));
+    cli.env.push(("FLOW8_COMPANY".into(), "acme".into()));
+    let input = write_json(
+        cli.data_dir.path(),
+        "input.json",
+        &json!({"url": server.url("/ping")}),
+    );
+    let out = cli.run(&["run-module", "http-request", &input, "--allow-loopback"]);
+    out.ok_json();
+    // The outbound call's own line sits inside the step's span and the outbound span.
+    let line = out
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "outbound answered")
+        .unwrap_or_else(|| panic!("no outbound line in the log:\n{}", out.stderr));
+    let spans = line["spans"].as_array().expect("the line lists its spans");
+    let step = spans
+        .iter()
+        .find(|s| s["name"] == "step")
+        .expect("a step span");
+    assert_eq!(step["company"], "acme", "{line}");
+    assert_eq!(step["module"], "http-request", "{line}");
+    let outbound = spans
+        .iter()
+        .find(|s| s["name"] == "outbound")
+        .expect("an outbound span");
+    assert_eq!(outbound["host"], server.url(""), "{line}");
+}

@@ -38,10 +38,10 @@ pub struct RunModuleArgs {
     #[arg(long)]
     pub output_kib: Option<usize>,
     /// Let the module reach loopback addresses (127.0.0.1, ::1): for local servers.
-    #[arg(long, env = "FLOW8_ALLOW_LOOPBACK")]
+    #[arg(long, env = "FLOW8_ALLOW_LOOPBACK", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
     pub allow_loopback: bool,
     /// Let the module reach private and link-local addresses.
-    #[arg(long, env = "FLOW8_ALLOW_PRIVATE")]
+    #[arg(long, env = "FLOW8_ALLOW_PRIVATE", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
     pub allow_private: bool,
     /// Only these hosts (patterns like `https://*.example.com`), on top of the manifest.
     #[arg(long = "allow-host", value_name = "PATTERN")]

@@ -39,7 +39,7 @@ pub struct Cli {
     #[arg(long, global = true, env = "FLOW8_CONFIG")]
     pub config: Option<PathBuf>,
     /// Log as JSON lines instead of text (stderr).
-    #[arg(long, global = true, env = "FLOW8_LOG_JSON")]
+    #[arg(long, global = true, env = "FLOW8_LOG_JSON", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
     pub log_json: bool,
     /// What to do.
     #[command(subcommand)]

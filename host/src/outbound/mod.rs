@@ -184,6 +184,13 @@ impl OutboundClient {
 
     /// Send a request and read the whole response within the size cap and time.
     pub async fn send(&self, req: OutboundRequest) -> Result<OutboundResponse, OutboundError> {
+        use tracing::Instrument;
+        // Every log line of the exchange names where it went (never its headers).
+        let span = tracing::debug_span!("outbound", method = %req.method, host = %origin(&req.url));
+        self.send_in_span(req).instrument(span).await
+    }
+
+    async fn send_in_span(&self, req: OutboundRequest) -> Result<OutboundResponse, OutboundError> {
         self.check_destination(&req.url)?;
         let timeout = req.timeout;
         let mut builder = self
@@ -231,6 +238,7 @@ impl OutboundClient {
                 }
                 body.extend_from_slice(&chunk);
             }
+            tracing::debug!(status, bytes = body.len(), "outbound answered");
             Ok(OutboundResponse {
                 status,
                 headers,

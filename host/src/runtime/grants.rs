@@ -11,6 +11,7 @@ use crate::store::AnyStore;
 use crate::store::{ComponentRecord, Store};
 use crate::vault::{Secret, Vault};
 use std::collections::BTreeMap;
+use tracing::Instrument;
 
 /// How the host attaches a credential to an outbound request.
 #[derive(Debug, Clone)]
@@ -110,15 +111,23 @@ pub async fn resolve(
                 .and_then(|v| v.as_str())
                 .map(str::to_string)
         });
-        let grant = match binding.kind {
-            CredentialKind::Component => {
-                resolve_component(store, vault, binding, company_id, explicit.as_deref()).await?
-            }
-            CredentialKind::OauthLink => match explicit {
-                Some(link_id) => Some(resolve_link(oauth, binding, company_id, &link_id).await?),
-                None => None,
-            },
-        };
+        // Log lines of the lookup (a refresh, a store error) carry the binding.
+        let span =
+            tracing::debug_span!("credential", binding = %binding.name, service = %binding.service);
+        let grant = async {
+            Ok::<_, StepError>(match binding.kind {
+                CredentialKind::Component => {
+                    resolve_component(store, vault, binding, company_id, explicit.as_deref())
+                        .await?
+                }
+                CredentialKind::OauthLink => match &explicit {
+                    Some(link_id) => Some(resolve_link(oauth, binding, company_id, link_id).await?),
+                    None => None,
+                },
+            })
+        }
+        .instrument(span)
+        .await?;
         match grant {
             Some(g) => grants.push(g),
             None if binding.required => {

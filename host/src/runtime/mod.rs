@@ -327,6 +327,19 @@ impl Runtime {
     /// another host's refresh lease included), waiting for a free sandbox and running
     /// the module all count against it.
     pub async fn run_step(&self, req: StepRequest) -> StepReport {
+        use tracing::Instrument;
+        // Every log line of the step (credential lookups, refreshes, outbound calls)
+        // carries its company and module, so a line can be tied to its step.
+        let span = tracing::info_span!(
+            "step",
+            company = %req.company_id,
+            module = %req.module_ref,
+            version = tracing::field::Empty,
+        );
+        self.run_step_in_span(req).instrument(span).await
+    }
+
+    async fn run_step_in_span(&self, req: StepRequest) -> StepReport {
         let start = Instant::now();
         let limits = req.limits.unwrap_or(self.limits);
         let deadline = start + limits.deadline;
@@ -358,6 +371,7 @@ impl Runtime {
                 return report;
             }
         };
+        tracing::Span::current().record("version", module.manifest.version.as_str());
         report.module = Some(ModuleInfo {
             name: module.manifest.name.clone(),
             version: module.manifest.version.clone(),

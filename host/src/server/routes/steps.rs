@@ -108,7 +108,14 @@ pub async fn run(
     body: Result<ApiJson<StepBody>, ApiError>,
 ) -> (StatusCode, Json<Value>) {
     let (step_name, result) = match body {
-        Ok(ApiJson(body)) => (body.name.clone(), run_body(&st, &caller, body).await),
+        Ok(ApiJson(body)) => {
+            use tracing::Instrument;
+            let span = tracing::info_span!("api_step", step = %body.name, user = %caller.user_id);
+            (
+                body.name.clone(),
+                run_body(&st, &caller, body).instrument(span).await,
+            )
+        }
         Err(e) => (String::new(), Err(e)),
     };
     let (status, mut value) = match result {
