@@ -140,7 +140,7 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
         .insert_component(components::prepare(new, "bench", &host.vault).unwrap())
         .await
         .unwrap();
-    let (token, _) = auth::create_token(&*host.store, "bench", "bench-user", false, "bench")
+    let (token, _) = auth::create_token(&host.store, "bench", "bench-user", false, "bench")
         .await
         .unwrap();
     let in_process = Arc::new(host.runtime.clone());

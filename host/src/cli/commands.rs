@@ -237,7 +237,7 @@ async fn tokens(cli: &Cli, settings: &HostSettings, cmd: &TokensCommand) -> Exit
             name,
         } => {
             let company = for_company.clone().unwrap_or_else(|| cli.company.clone());
-            match crate::server::auth::create_token(&*store, &company, user, *admin, name).await {
+            match crate::server::auth::create_token(&store, &company, user, *admin, name).await {
                 Ok((token, record)) => {
                     print_json(&serde_json::json!({
                         "id": record.id,
@@ -514,7 +514,7 @@ async fn components_cmd(cli: &Cli, settings: &HostSettings, cmd: &ComponentsComm
             Err(e) => fail(ErrorName::StoreUnavailable, e),
         },
         ComponentsCommand::Delete { component } | ComponentsCommand::Default { component } => {
-            let found = match find_component(&*store, company, component).await {
+            let found = match find_component(&store, company, component).await {
                 Ok(Some(c)) => c,
                 Ok(None) => {
                     return fail(ErrorName::NotFound, format!("no component `{component}`"));

@@ -77,7 +77,7 @@ pub(super) async fn keys(settings: &HostSettings, cmd: &KeysCommand) -> ExitCode
         Err(e) => return fail(ErrorName::StoreUnavailable, e),
     };
     match cmd {
-        KeysCommand::Status => match key_rotation::key_usage(&*store, &vault).await {
+        KeysCommand::Status => match key_rotation::key_usage(&store, &vault).await {
             Ok(usage) => {
                 print_json(&serde_json::json!({
                     "current_key_id": usage.current_key_id,
@@ -121,7 +121,7 @@ pub(super) async fn keys(settings: &HostSettings, cmd: &KeysCommand) -> ExitCode
                     );
                 }
             }
-            let usage = match key_rotation::key_usage(&*store, &vault).await {
+            let usage = match key_rotation::key_usage(&store, &vault).await {
                 Ok(u) => u,
                 Err(e) => return fail(ErrorName::StoreUnavailable, e),
             };
@@ -212,7 +212,7 @@ pub(super) async fn keys(settings: &HostSettings, cmd: &KeysCommand) -> ExitCode
                 batch_size: *batch_size,
                 pause: std::time::Duration::from_millis(*pause_ms),
             };
-            let report = key_rotation::reseal_all(&*store, &vault, &opts, |p| {
+            let report = key_rotation::reseal_all(&store, &vault, &opts, |p| {
                 eprintln!(
                     "progress: components {} links {} resealed {}",
                     p.components_seen, p.links_seen, p.resealed
@@ -260,7 +260,7 @@ pub(super) async fn store_cmd(settings: &HostSettings, cmd: &StoreCommand) -> Ex
         StoreCommand::Export { out } => {
             let result = if out.as_os_str() == "-" {
                 let mut w = std::io::BufWriter::new(std::io::stdout().lock());
-                transfer::export(&*store, &mut w).await
+                transfer::export(&store, &mut w).await
             } else {
                 let file = match create_private(out) {
                     Ok(f) => f,
@@ -272,7 +272,7 @@ pub(super) async fn store_cmd(settings: &HostSettings, cmd: &StoreCommand) -> Ex
                     }
                 };
                 let mut w = std::io::BufWriter::new(file);
-                let r = transfer::export(&*store, &mut w).await;
+                let r = transfer::export(&store, &mut w).await;
                 let synced = w
                     .into_inner()
                     .map_err(|e| e.into_error())
@@ -306,7 +306,7 @@ pub(super) async fn store_cmd(settings: &HostSettings, cmd: &StoreCommand) -> Ex
                     );
                 }
             };
-            match transfer::import(&*store, &vault, std::io::BufReader::new(f)).await {
+            match transfer::import(&store, &vault, std::io::BufReader::new(f)).await {
                 Ok(report) => {
                     print_json(&serde_json::json!({
                         "imported": report.imported,

@@ -159,7 +159,7 @@ pub(super) async fn run(cli: &Cli, settings: &HostSettings, cmd: &LinksCommand) 
             match result {
                 Ok(Some(Ok(link))) => {
                     crate::server::audit::record(
-                        &*store,
+                        &store,
                         &link.company_id,
                         Some(&link.user_id),
                         "integration_linked",

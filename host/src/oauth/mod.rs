@@ -644,7 +644,7 @@ impl OAuthService {
                         .await?;
                     tracing::warn!(link = %leased.id, service = %leased.integration_type, %reason, "refresh refused; link needs reconnection");
                     crate::server::audit::record(
-                        &*self.store,
+                        &self.store,
                         &leased.company_id,
                         None,
                         "integration_needs_reconnect",

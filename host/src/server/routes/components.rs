@@ -42,7 +42,7 @@ pub async fn create(
         .map_err(|e| ApiError::invalid_input(e.to_string()))?;
     st.store.insert_component(record.clone()).await?;
     audit::record(
-        &*st.store,
+        &st.store,
         &caller.company_id,
         Some(&caller.user_id),
         "component_created",
@@ -108,7 +108,7 @@ pub async fn remove(
         return Err(ApiError::not_found("component"));
     }
     audit::record(
-        &*st.store,
+        &st.store,
         &caller.company_id,
         Some(&caller.user_id),
         "component_deleted",
@@ -138,7 +138,7 @@ pub async fn make_default(
     }
     let after = find(&st, &caller, &id).await?;
     audit::record(
-        &*st.store,
+        &st.store,
         &caller.company_id,
         Some(&caller.user_id),
         "component_made_default",

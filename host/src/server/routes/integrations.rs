@@ -115,7 +115,7 @@ pub async fn callback(
     match result {
         Ok(link) => {
             audit::record(
-                &*st.store,
+                &st.store,
                 &link.company_id,
                 Some(&link.user_id),
                 "integration_linked",
@@ -214,7 +214,7 @@ async fn unlink_one(
 ) -> Result<(), ApiError> {
     let link = oauth(st)?.unlink(&caller.company_id, service, id).await?;
     audit::record(
-        &*st.store,
+        &st.store,
         &caller.company_id,
         Some(&caller.user_id),
         "integration_unlinked",

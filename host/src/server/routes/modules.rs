@@ -110,7 +110,7 @@ pub async fn install(
     })?;
     registry.scan_company(&caller.company_id).await;
     audit::record(
-        &*st.store,
+        &st.store,
         &caller.company_id,
         Some(&caller.user_id),
         "module_installed",
@@ -149,7 +149,7 @@ pub async fn remove(
     })?;
     registry.scan_company(&caller.company_id).await;
     audit::record(
-        &*st.store,
+        &st.store,
         &caller.company_id,
         Some(&caller.user_id),
         "module_removed",
