@@ -139,3 +139,60 @@ async fn a_step_answers_its_report_whether_it_fails_before_or_inside_the_sandbox
     );
     assert_eq!(v["output"]["ok"], true);
 }
+
+#[tokio::test]
+async fn a_handler_that_panics_answers_internal_error_and_the_host_goes_on() {
+    let data = tempfile::tempdir().unwrap();
+    let host = in_process_host(HostConfig::default(), data.path()).await;
+    let state = host.api_state();
+    // A route that panics, wrapped in the same edge as every API route.
+    let app = flow8_host::server::edge(axum::Router::new().route(
+        "/boom",
+        axum::routing::get(|| async {
+            if std::hint::black_box(true) {
+                panic!("a handler bug");
+            }
+            "unreachable"
+        }),
+    ))
+    .with_state(state.clone());
+    for _ in 0..2 {
+        let resp = app
+            .clone()
+            .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
+            .await
+            .expect("an answer, not a dropped connection");
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let v: Value = serde_json::from_slice(
+            &axum::body::to_bytes(resp.into_body(), 1 << 16)
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(v["error"], "internal_error", "{v}");
+        assert!(
+            !v["message"].as_str().unwrap().contains("a handler bug"),
+            "{v}"
+        );
+    }
+    // The rest of the API still answers.
+    let resp = router(state)
+        .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn numbers_from_outside_are_range_checked() {
+    let e = edge().await;
+    let (s, v) = e
+        .call(
+            "GET",
+            "/api/v1/integrations/links?expiring_within_days=4294967295",
+            None,
+        )
+        .await;
+    // Before, this overflowed the date arithmetic and the handler panicked.
+    assert_envelope(s, &v, ErrorName::InvalidInput);
+}

@@ -102,7 +102,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             delete(routes::modules::remove),
         )
         .layer(module_limit);
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))
@@ -110,11 +110,50 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/auth/callback", get(routes::integrations::callback))
         .route("/connect/{token}", get(routes::connect::page))
         .merge(api)
-        .merge(installs)
+        .merge(installs);
+    edge(routes).with_state(state)
+}
+
+/// What every route of the API is wrapped in: named answers for unknown routes and
+/// methods, a panic caught as `500 internal_error`, and the one error log.
+pub fn edge(routes: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
+    routes
         .fallback(routes::ops::no_such_route)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
+        .layer(axum::middleware::from_fn(catch_panics))
         .layer(axum::middleware::map_response(log_errors))
-        .with_state(state)
+}
+
+/// A handler that panics answers `500 internal_error` (and is logged) instead of
+/// dropping the connection. Handlers share no state a panic could leave half-changed:
+/// the store's writes are transactions or compare-and-set, and the in-memory maps
+/// (metrics, the registry's caches) are only ever replaced whole.
+async fn catch_panics(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use futures_util::FutureExt;
+    let route = request.uri().path().to_string();
+    match std::panic::AssertUnwindSafe(next.run(request))
+        .catch_unwind()
+        .await
+    {
+        Ok(response) => response,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            error::ApiError::new(
+                crate::error::ErrorName::InternalError,
+                "the host failed while answering; the failure is logged",
+            )
+            .with_internal(format!("panic in {route}: {what}"))
+            .into_response()
+        }
+    }
 }
 
 /// The one place API errors are logged: server errors with the operator-only detail

@@ -172,6 +172,9 @@ pub struct LinkFilter {
     needs_reconnect: Option<bool>,
 }
 
+/// The widest expiry window a link listing takes (ten years).
+const MAX_EXPIRY_WINDOW_DAYS: u32 = 3650;
+
 /// `GET /api/v1/integrations/links`
 pub async fn list(
     State(st): State<Arc<AppState>>,
@@ -180,6 +183,13 @@ pub async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let Query(f) = q.map_err(|e| ApiError::invalid_input(e.body_text()))?;
     let links = match f.expiring_within_days {
+        // Every number from outside is range-checked: 4294967295 days overflowed the
+        // date arithmetic and panicked the handler.
+        Some(days) if !(1..=MAX_EXPIRY_WINDOW_DAYS).contains(&days) => {
+            return Err(ApiError::invalid_input(format!(
+                "expiring_within_days must be 1-{MAX_EXPIRY_WINDOW_DAYS}"
+            )));
+        }
         Some(days) => {
             oauth(&st)?
                 .expiring(
