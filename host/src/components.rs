@@ -274,20 +274,6 @@ fn is_host_name(s: &str) -> bool {
         })
 }
 
-/// Headers that frame or route a request: a credential must not be put there.
-const RESERVED_HEADERS: &[&str] = &[
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "upgrade",
-    "te",
-    "trailer",
-    "expect",
-    "proxy-connection",
-];
-
 fn check_http_url(field: &str, u: &url::Url) -> Result<(), ComponentError> {
     if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
         return Err(invalid(field, "must be an http(s) URL with a host"));
@@ -442,10 +428,11 @@ fn check_field(field: &Field, v: &Value) -> Result<(), ComponentError> {
             if http::HeaderName::from_bytes(s.as_bytes()).is_err() {
                 return Err(invalid(name, "is not a valid HTTP header name"));
             }
-            if RESERVED_HEADERS.contains(&s.to_ascii_lowercase().as_str()) {
+            // The same list that keeps modules from setting these headers.
+            if crate::runtime::policy::headers::is_forbidden(s) {
                 return Err(invalid(
                     name,
-                    "is a header that frames or routes the request",
+                    "is a header the host sets itself (framing, routing or the connection)",
                 ));
             }
         }
@@ -1091,6 +1078,11 @@ mod tests {
             (http("allowed_hosts", json!([42])), "allowed_hosts[0]"),
             (http("auth_header", json!("X Api Key")), "auth_header"),
             (http("auth_header", json!("Host")), "auth_header"),
+            // A credential there would go to the operator's proxy, not the service.
+            (
+                http("auth_header", json!("Proxy-Authorization")),
+                "auth_header",
+            ),
             (
                 http("auth_value", json!("Bearer pa55word-secret\n")),
                 "auth_value",

@@ -267,6 +267,51 @@ async fn a_credential_cannot_be_sent_outside_its_service() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_cannot_set_the_headers_the_host_owns() {
+    let api = RecordingServer::start();
+    let h = host(true, &api.url("")).await;
+    // The host attaches `api` in Authorization: a module's own value there is refused,
+    // not silently replaced (and not sent beside it).
+    let r = h
+        .run_with(
+            json!({"attack": "http", "url": api.url("/ok"), "credential": "api",
+                   "headers": {"AUTHORIZATION": "Bearer the-module-s-own"}}),
+            true,
+            StepLimits::default(),
+        )
+        .await;
+    let out = r.result.unwrap();
+    assert_eq!(out["error"]["kind"], "invalid_input", "{out}");
+    assert!(
+        out["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("when it attaches credential `api`"),
+        "{out}"
+    );
+    // Headers that shape the connection are the host's, with or without a credential.
+    for header in ["Host", "Expect", "Proxy-Connection", "transfer-encoding"] {
+        let r = h
+            .run(json!({"attack": "http", "url": api.url("/ok"), "headers": {header: "x"}}))
+            .await;
+        let out = r.result.unwrap();
+        assert_eq!(out["error"]["kind"], "invalid_input", "{header}: {out}");
+    }
+    assert!(api.requests().is_empty(), "{:?}", api.requests());
+    // Without attachment, Authorization is the module's to send.
+    let r = h
+        .run(json!({"attack": "http", "url": api.url("/ok"),
+                    "headers": {"Authorization": "Bearer the-module-s-own"}}))
+        .await;
+    assert_eq!(r.result.unwrap()["status"], 200);
+    assert_eq!(
+        api.requests()[0].header("authorization"),
+        Some("Bearer the-module-s-own")
+    );
+    h.assert_healthy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_workspace_is_the_only_filesystem() {
     let h = host(true, "http://127.0.0.1:9").await;
     let ws = tempfile::tempdir().unwrap();

@@ -1,47 +1,25 @@
 //! `flow8:integration/credentials`: a module asks for the credentials its step was
 //! granted, by binding name. Reading a secret taints the step: from then on its
-//! requests may go only to that credential's pinned hosts (see `http`).
+//! requests may go only to that credential's pinned hosts (the step policy,
+//! `runtime::policy`, keeps that state and decides).
 
 use crate::runtime::bindings::GuestError;
 use crate::runtime::bindings::flow8::integration::credentials::Host;
+use crate::runtime::policy::{BindingUse, RefreshTicket};
 use crate::runtime::sandbox::{CredentialUse, StepState};
-
-impl StepState {
-    fn not_granted(&self, binding: &str) -> GuestError {
-        GuestError::AccessDenied(format!(
-            "credential `{binding}` is not bound to this step (declare it in the manifest and bind it when running the step)"
-        ))
-    }
-}
 
 impl Host for StepState {
     async fn refresh(&mut self, binding: String) -> wasmtime::Result<Result<(), GuestError>> {
-        use crate::manifest::CredentialKind;
-        use crate::runtime::grants::Attach;
-        let Some((index, grant)) = self.grant(&binding) else {
-            return Ok(Err(self.not_granted(&binding)));
+        let ticket = match self.policy.begin_refresh(&binding, self.refresher.clone()) {
+            Ok(t) => t,
+            Err(denial) => return Ok(Err(denial.into())),
         };
-        if grant.kind != CredentialKind::OauthLink {
-            return Ok(Err(GuestError::InvalidInput(format!(
-                "credential `{binding}` is not an OAuth link; only links refresh"
-            ))));
-        }
-        if self.refreshed.contains(&binding) {
-            return Ok(Err(GuestError::TokenRevoked(format!(
-                "the {} token was already refreshed once in this step and is still refused",
-                grant.service
-            ))));
-        }
-        let (Attach::Bearer(rejected), Some(refresher)) =
-            (grant.attach.clone(), self.refresher.clone())
-        else {
-            return Ok(Err(GuestError::TokenRevoked(format!(
-                "the {} token cannot be refreshed",
-                grant.service
-            ))));
-        };
-        let (company, link_id) = (self.company_id.clone(), grant.resource_id.clone());
-        self.refreshed.push(binding.clone());
+        let RefreshTicket {
+            refresher,
+            link_id,
+            rejected,
+        } = ticket;
+        let company = self.company_id.clone();
         // Its own task, so a step stopped at its deadline cannot cut a refresh short
         // after the provider spent the old refresh token.
         let refresh =
@@ -57,12 +35,10 @@ impl Host for StepState {
             }
         };
         match answer {
-            Ok(token) => {
-                let grant = &mut self.grants[index];
-                grant.attach = Attach::Bearer(token.clone());
-                grant.secrets = vec![("access_token".to_string(), token)];
-                Ok(Ok(()))
-            }
+            Ok(token) => Ok(self
+                .policy
+                .record_refresh(&binding, token)
+                .map_err(GuestError::from)),
             Err(
                 crate::oauth::OAuthError::TokenRevoked(s)
                 | crate::oauth::OAuthError::InvalidGrant(s),
@@ -82,22 +58,24 @@ impl Host for StepState {
     }
 
     async fn is_bound(&mut self, binding: String) -> wasmtime::Result<bool> {
-        Ok(self.grant(&binding).is_some())
+        Ok(self.policy.grant(&binding).is_some())
     }
 
     async fn config(&mut self, binding: String) -> wasmtime::Result<Result<String, GuestError>> {
-        Ok(match self.grant(&binding) {
-            Some((_, g)) => Ok(g.config.to_string()),
-            None => Err(self.not_granted(&binding)),
-        })
+        Ok(self
+            .policy
+            .granted(&binding, BindingUse::Credentials)
+            .map(|g| g.config.to_string())
+            .map_err(GuestError::from))
     }
 
     async fn get(
         &mut self,
         binding: String,
     ) -> wasmtime::Result<Result<Vec<(String, String)>, GuestError>> {
-        let Some((index, grant)) = self.grant(&binding) else {
-            return Ok(Err(self.not_granted(&binding)));
+        let grant = match self.policy.record_secret_read(&binding) {
+            Ok(g) => g,
+            Err(denial) => return Ok(Err(denial.into())),
         };
         let fields = grant
             .secrets
@@ -105,9 +83,6 @@ impl Host for StepState {
             .map(|(k, v)| (k.clone(), v.expose().to_string()))
             .collect();
         let resource_id = grant.resource_id.clone();
-        if !self.tainted.contains(&index) {
-            self.tainted.push(index);
-        }
         self.uses.push(CredentialUse {
             binding,
             resource_id,

@@ -1,38 +1,22 @@
 //! `flow8:integration/http`: outbound HTTP on a module's behalf. Before a request leaves
-//! the host it must pass, in order: the step's request budget, the module manifest's
-//! allowed hosts, the pinned hosts of the credential it asks the host to attach, the
-//! pinned hosts of every credential the module has read (taint), and finally the
-//! operator's policy (allowed hosts, private and loopback addresses) in `outbound`.
+//! the host it must pass, in order: the step's request budget, the step policy
+//! (`runtime::policy`: the manifest's allowed hosts, the pinned hosts of the credential
+//! it asks the host to attach, the pinned hosts of every credential the module has
+//! read, the headers a module may set), and finally the operator's policy (allowed
+//! hosts, private and loopback addresses) in `outbound`.
 
-use crate::manifest::any_matches;
 use crate::outbound::{OutboundBody, OutboundError, OutboundRequest, origin, sigv4};
 use crate::runtime::bindings::GuestError;
 use crate::runtime::bindings::flow8::integration::http::{Body, Host, Request, Response};
 use crate::runtime::grants::Attach;
+use crate::runtime::policy::PolicyDenial;
 use crate::runtime::sandbox::{CredentialUse, StepState};
 use std::time::Duration;
-
-/// Headers a module may not set: the host owns the connection and its framing.
-const FORBIDDEN_HEADERS: &[&str] = &[
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "upgrade",
-    "te",
-    "trailer",
-    "proxy-authorization",
-    "keep-alive",
-];
 
 impl Host for StepState {
     async fn send(&mut self, request: Request) -> wasmtime::Result<Result<Response, GuestError>> {
         Ok(self.send_checked(request).await)
     }
-}
-
-fn forbidden(msg: String) -> GuestError {
-    GuestError::Forbidden(msg)
 }
 
 impl StepState {
@@ -41,7 +25,7 @@ impl StepState {
         let url = url::Url::parse(&request.url)
             .map_err(|e| GuestError::InvalidInput(format!("URL is not valid: {e}")))?;
         let dest = origin(&url);
-        let attach = self.authorize(&url, request.credential.as_deref())?;
+        let authorized = self.policy.authorize(&url, request.credential.as_deref())?;
 
         let method = http::Method::from_bytes(request.method.to_ascii_uppercase().as_bytes())
             .map_err(|_| {
@@ -49,12 +33,7 @@ impl StepState {
             })?;
         let mut headers = http::HeaderMap::new();
         for (name, value) in &request.headers {
-            let lower = name.to_ascii_lowercase();
-            if FORBIDDEN_HEADERS.contains(&lower.as_str()) {
-                return Err(GuestError::InvalidInput(format!(
-                    "header `{name}` is set by the host, not by modules"
-                )));
-            }
+            authorized.check_guest_header(name)?;
             let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
                 GuestError::InvalidInput(format!("`{name}` is not a valid header name"))
             })?;
@@ -63,6 +42,9 @@ impl StepState {
             })?;
             headers.append(name, value);
         }
+        let attach = authorized
+            .attached()
+            .map(|g| (g.attach.clone(), g.resource_id.clone(), g.binding.clone()));
 
         let mut body = match request.body {
             Body::Empty => OutboundBody::Empty,
@@ -118,11 +100,8 @@ impl StepState {
                     sigv4::sign_request(&key, &method, &url, &mut headers, &hash)
                         .map_err(GuestError::Internal)?;
                 }
-                Attach::NotHttp => {
-                    return Err(GuestError::InvalidInput(format!(
-                        "credential `{binding}` is not an HTTP credential; it cannot be attached to a request"
-                    )));
-                }
+                // The policy does not authorize attaching these; kept for exhaustiveness.
+                Attach::NotHttp => return Err(PolicyDenial::NotAttachable { binding }.into()),
             }
             self.uses.push(CredentialUse {
                 binding,
@@ -147,69 +126,6 @@ impl StepState {
             headers: response.headers,
             body: response.body,
         })
-    }
-
-    /// The step's checks for one destination: scheme, the manifest's hosts, the pinned
-    /// hosts of the credential to attach (returned, with its resource id), and the
-    /// pinned hosts of every credential the module has read.
-    pub(crate) fn authorize(
-        &self,
-        url: &url::Url,
-        credential: Option<&str>,
-    ) -> Result<Option<(Attach, String, String)>, GuestError> {
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(GuestError::InvalidInput(format!(
-                "scheme `{}` is not http or https",
-                url.scheme()
-            )));
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(GuestError::InvalidInput(
-                "URLs with user info are refused; attach credentials by binding".into(),
-            ));
-        }
-        let dest = origin(url);
-        // A request that carries a bound credential may also go to that credential's
-        // own hosts as the operator configured them (a sovereign cloud, a regional
-        // endpoint, a test server): the module declared the service, not its address.
-        let to_own_service = credential
-            .and_then(|b| self.grant(b))
-            .is_some_and(|(_, g)| any_matches(&g.pinned, url));
-        if !any_matches(&self.manifest_hosts, url) && !to_own_service {
-            return Err(forbidden(format!(
-                "{dest} is not among the module's allowed hosts"
-            )));
-        }
-        let mut attach = None;
-        if let Some(binding) = credential {
-            let Some((_, grant)) = self.grant(binding) else {
-                return Err(GuestError::AccessDenied(format!(
-                    "credential `{binding}` is not bound to this step"
-                )));
-            };
-            if !any_matches(&grant.pinned, url) {
-                return Err(forbidden(format!(
-                    "credential `{binding}` may only be sent to its own service's hosts, not {dest}"
-                )));
-            }
-            attach = Some((
-                grant.attach.clone(),
-                grant.resource_id.clone(),
-                binding.to_string(),
-            ));
-        }
-        // Once a secret is in the module's memory, the module may talk only to the
-        // hosts that secret belongs to: nothing it does can carry it elsewhere.
-        for &i in &self.tainted {
-            let grant = &self.grants[i];
-            if !any_matches(&grant.pinned, url) {
-                return Err(forbidden(format!(
-                    "this step read credential `{}`, so it may only talk to that credential's hosts, not {dest}",
-                    grant.binding
-                )));
-            }
-        }
-        Ok(attach)
     }
 
     /// Send a request that passed the step's checks (the operator's policy is applied

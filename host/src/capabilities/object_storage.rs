@@ -1,7 +1,7 @@
 //! `flow8:integration/object-storage`: S3 uploads done by the host. The module names a
 //! bound S3 component, a bucket and key, and a workspace file; the host builds the
-//! object URL, applies the same destination checks as `http` (manifest hosts,
-//! credential pinning, taint), signs each request with SigV4 and streams the file:
+//! object URL, asks the step policy the same destination question as `http` (manifest
+//! hosts, credential pinning, taint), signs each request with SigV4 and streams the file:
 //! one PUT up to `MULTIPART_THRESHOLD`, a multipart upload of `PART_SIZE` parts above
 //! it (so memory stays at one part whatever the file size).
 
@@ -11,6 +11,7 @@ use crate::runtime::bindings::flow8::integration::object_storage::{
 };
 use crate::runtime::bindings::{GuestError, RateLimit, UpstreamError};
 use crate::runtime::grants::Attach;
+use crate::runtime::policy::BindingUse;
 use crate::runtime::sandbox::{CredentialUse, StepState};
 use tokio::io::AsyncReadExt;
 
@@ -128,12 +129,7 @@ impl StepState {
         &mut self,
         req: PutObjectRequest,
     ) -> Result<PutObjectResult, GuestError> {
-        let Some((_, grant)) = self.grant(&req.credential) else {
-            return Err(GuestError::AccessDenied(format!(
-                "credential `{}` is not bound to this step",
-                req.credential
-            )));
-        };
+        let grant = self.policy.granted(&req.credential, BindingUse::Request)?;
         let Attach::AwsSigV4 {
             region,
             service,
@@ -185,7 +181,7 @@ impl StepState {
             }
             segs.extend(req.key.split('/'));
         }
-        self.authorize(&url, Some(&req.credential))?;
+        self.policy.authorize(&url, Some(&req.credential))?;
         let signer = Signer {
             region,
             service,

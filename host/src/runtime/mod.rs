@@ -8,6 +8,7 @@ pub mod engine;
 pub mod error;
 pub mod grants;
 pub mod module;
+pub mod policy;
 pub mod registry;
 pub mod sandbox;
 
@@ -418,11 +419,6 @@ impl Runtime {
                 return;
             }
         };
-        let redactor = Redactor::new(
-            grants
-                .iter()
-                .flat_map(|g| g.secrets.iter().map(|(_, s)| s.expose().to_string())),
-        );
         let log = StepLog::with_capacity(limits.log_bytes);
         let wasi = match locked_down_wasi(&log, req.workspace.as_deref()) {
             Ok(w) => w,
@@ -471,16 +467,9 @@ impl Runtime {
         // (a slow upstream, a sleep) at the same deadline.
         let outcome =
             tokio::time::timeout_at((deadline + Duration::from_millis(50)).into(), run).await;
-        // Secrets the step got during the run (a forced refresh) are redacted too.
-        let redactor = Redactor::new(
-            redactor.values().iter().cloned().chain(
-                store
-                    .data()
-                    .grants
-                    .iter()
-                    .flat_map(|g| g.secrets.iter().map(|(_, s)| s.expose().to_string())),
-            ),
-        );
+        // After the run, so secrets the step got during it (a forced refresh) are
+        // redacted too.
+        let redactor = Redactor::new(store.data().policy.redaction_values());
         report.result = match outcome {
             Err(_) => Err(StepError::new(
                 ErrorName::DeadlineExceeded,

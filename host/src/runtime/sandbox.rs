@@ -1,8 +1,9 @@
-//! One step's sandbox: the state a fresh `Store` carries (locked-down WASI, the
-//! credentials granted to the step, its log, its limits) and the resource limiter that
-//! turns "the module wants more memory" into a named error.
+//! One step's sandbox: the state a fresh `Store` carries (locked-down WASI, the step's
+//! security policy with the credentials granted to it, its log, its limits) and the
+//! resource limiter that turns "the module wants more memory" into a named error.
 
 use super::grants::GrantedCredential;
+use super::policy::StepPolicy;
 use crate::manifest::HostPattern;
 use crate::outbound::OutboundClient;
 use bytes::Bytes;
@@ -298,9 +299,11 @@ pub struct Redactor {
 }
 
 impl Redactor {
-    /// Redact these values (very short values are skipped: they would shred ordinary text).
+    /// Redact these values: the step policy's `redaction_values`, which decide what is
+    /// too short to redact.
     pub fn new(values: impl IntoIterator<Item = String>) -> Redactor {
-        let mut values: Vec<String> = values.into_iter().filter(|v| v.len() >= 6).collect();
+        // An empty value would match between every two characters.
+        let mut values: Vec<String> = values.into_iter().filter(|v| !v.is_empty()).collect();
         // Longest first, so a secret containing another is replaced whole.
         values.sort_by_key(|v| std::cmp::Reverse(v.len()));
         Redactor { values }
@@ -336,10 +339,9 @@ pub struct StepState {
     pub(crate) log: StepLog,
     pub(crate) deadline: Instant,
     pub(crate) limits: StepLimits,
-    pub(crate) grants: Vec<GrantedCredential>,
-    /// Indices into `grants` of credentials whose secrets the module has read.
-    pub(crate) tainted: Vec<usize>,
-    pub(crate) manifest_hosts: Arc<Vec<HostPattern>>,
+    /// The step's grants and every security decision about them (destinations, taint,
+    /// headers, refreshes, redaction).
+    pub(crate) policy: StepPolicy,
     pub(crate) outbound: OutboundClient,
     pub(crate) workspace: Option<PathBuf>,
     pub(crate) http_requests: u32,
@@ -349,8 +351,6 @@ pub struct StepState {
     pub(crate) company_id: String,
     /// Forces OAuth refreshes, when the host has OAuth.
     pub(crate) refresher: Option<Arc<crate::oauth::OAuthService>>,
-    /// Bindings already force-refreshed in this step.
-    pub(crate) refreshed: Vec<String>,
 }
 
 /// A credential used by a step: which binding, how, for which destination.
@@ -388,29 +388,19 @@ impl StepState {
             log,
             deadline: Instant::now() + limits.deadline,
             limits,
-            grants,
-            tainted: Vec::new(),
-            manifest_hosts,
+            policy: StepPolicy::new(manifest_hosts, grants),
             outbound,
             workspace,
             http_requests: 0,
             uses: Vec::new(),
             company_id: String::new(),
             refresher: None,
-            refreshed: Vec::new(),
         }
     }
 
     /// Time left before the deadline.
     pub fn remaining(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())
-    }
-
-    pub(crate) fn grant(&self, binding: &str) -> Option<(usize, &GrantedCredential)> {
-        self.grants
-            .iter()
-            .enumerate()
-            .find(|(_, g)| g.binding == binding)
     }
 }
 

@@ -177,6 +177,11 @@ impl Module for Hostile {
                 if let Some(c) = input["credential"].as_str() {
                     req = req.credential(c);
                 }
+                if let Some(headers) = input["headers"].as_object() {
+                    for (k, v) in headers {
+                        req = req.header(k, v.as_str().unwrap_or_default());
+                    }
+                }
                 match req.send() {
                     Ok(r) => Ok(json!({"status": r.status, "body": r.text()})),
                     Err(e) => Ok(report(&e)),
