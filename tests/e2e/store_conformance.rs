@@ -66,6 +66,7 @@ conformance!(
     component_names_and_ids_are_unique,
     one_default_per_kind,
     links_are_scoped_listed_and_found_by_expiry,
+    links_the_refresher_skips_never_hide_one_it_must_renew,
     link_writes_are_compare_and_set,
     the_refresh_lease_has_one_holder_until_it_expires,
     oauth_states_are_single_use_and_expire,
@@ -268,9 +269,10 @@ async fn links_are_scoped_listed_and_found_by_expiry<S: Store>(s: &S) {
     assert_eq!(ids, [l2.id.clone(), l1.id.clone(), never.id.clone()]);
     let slack = s.list_links("A", Some("slack")).await.unwrap();
     assert_eq!(slack, vec![l1.clone()]);
-    // Expiring soonest first across companies; long-lived links never.
+    // Due for refresh soonest first across companies; long-lived links never.
+    let auto = auto_refresh();
     let expiring: Vec<String> = s
-        .links_expiring_before(now() + Duration::days(7), 10)
+        .links_due_for_refresh(now() + Duration::days(7), &auto, 10)
         .await
         .unwrap()
         .into_iter()
@@ -278,7 +280,7 @@ async fn links_are_scoped_listed_and_found_by_expiry<S: Store>(s: &S) {
         .collect();
     assert_eq!(expiring, [other.id.clone(), l2.id.clone(), l1.id.clone()]);
     let one = s
-        .links_expiring_before(now() + Duration::days(7), 1)
+        .links_due_for_refresh(now() + Duration::days(7), &auto, 1)
         .await
         .unwrap();
     assert_eq!(one.len(), 1);
@@ -287,7 +289,7 @@ async fn links_are_scoped_listed_and_found_by_expiry<S: Store>(s: &S) {
     revoked.status = "needs_reconnect".into();
     assert!(s.update_link_cas(revoked, l2.version).await.unwrap());
     assert!(
-        !s.links_expiring_before(now() + Duration::hours(1), 10)
+        !s.links_due_for_refresh(now() + Duration::hours(1), &auto, 10)
             .await
             .unwrap()
             .iter()
@@ -297,6 +299,50 @@ async fn links_are_scoped_listed_and_found_by_expiry<S: Store>(s: &S) {
     assert_eq!(s.delete_link("B", &l1.id).await.unwrap(), None);
     assert_eq!(s.delete_link("A", &l1.id).await.unwrap().unwrap().id, l1.id);
     assert_eq!(s.delete_link("A", &l1.id).await.unwrap(), None);
+}
+
+/// The services whose providers refresh automatically, as the refresher asks for them
+/// (`clio` and `bexio` are manual-refresh providers).
+fn auto_refresh() -> Vec<String> {
+    vec!["microsoft".into(), "slack".into()]
+}
+
+async fn links_the_refresher_skips_never_hide_one_it_must_renew<S: Store>(s: &S) {
+    const LIMIT: u32 = 3;
+    let t = now();
+    // More links than the limit of each kind the refresher skips, all expired long
+    // before the one it must renew: needing reconnection, of a manual-refresh
+    // provider, without a refresh token.
+    for i in 0..=i64::from(LIMIT) {
+        let expiry = Some(t - Duration::hours(10) + Duration::minutes(i));
+        let mut dead = link("A", "slack", expiry);
+        dead.status = "needs_reconnect".into();
+        let manual = link("A", "clio", expiry);
+        let mut no_refresh = link("B", "microsoft", expiry);
+        no_refresh.refresh_token = None;
+        for l in [dead, manual, no_refresh] {
+            s.insert_link(l).await.unwrap();
+        }
+    }
+    let due = link("C", "microsoft", Some(t + Duration::minutes(5)));
+    let not_yet = link("C", "slack", Some(t + Duration::days(2)));
+    s.insert_link(due.clone()).await.unwrap();
+    s.insert_link(not_yet).await.unwrap();
+    let found: Vec<String> = s
+        .links_due_for_refresh(t + Duration::hours(1), &auto_refresh(), LIMIT)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.id)
+        .collect();
+    assert_eq!(found, [due.id]);
+    // No provider refreshing automatically: nothing to renew.
+    assert!(
+        s.links_due_for_refresh(t + Duration::hours(1), &[], LIMIT)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn link_writes_are_compare_and_set<S: Store>(s: &S) {
@@ -690,6 +736,7 @@ async fn mongodb_documents_have_the_flow8_shape_and_every_query_an_index() {
     let links = store.index_keys("db_links").await.unwrap();
     assert!(has(&links, doc! {"company_id": 1, "token_expiry": 1}));
     assert!(has(&links, doc! {"token_expiry": 1}));
+    assert!(has(&links, doc! {"status": 1, "token_expiry": 1}));
     assert!(has(
         &links,
         doc! {"company_id": 1, "integration_type": 1, "created_at": -1, "_id": -1}

@@ -105,6 +105,9 @@ pub struct OAuthService {
     journal: Option<journal::RefreshJournal>,
 }
 
+/// At most this many links are renewed per background tick (the rest wait a tick).
+const BACKGROUND_REFRESH_BATCH: u32 = 500;
+
 fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
@@ -235,6 +238,16 @@ impl OAuthService {
     /// Services the operator configured.
     pub fn services(&self) -> Vec<String> {
         self.providers.keys().cloned().collect()
+    }
+
+    /// Configured services whose tokens are refreshed before they expire (the others
+    /// are long-lived: reconnected when revoked, never refreshed).
+    fn auto_refresh_services(&self) -> Vec<String> {
+        self.providers
+            .iter()
+            .filter(|(_, p)| p.defaults.refresh == RefreshPolicy::Auto)
+            .map(|(s, _)| s.clone())
+            .collect()
     }
 
     /// A short-lived, single-use connect session for a user (Nango-style): the token
@@ -860,7 +873,15 @@ impl OAuthService {
                 tick.tick().await;
                 let window =
                     time::Duration::try_from(this.refresh_window).unwrap_or(time::Duration::HOUR);
-                let due = match this.store.links_expiring_before(now() + window, 500).await {
+                let due = match this
+                    .store
+                    .links_due_for_refresh(
+                        now() + window,
+                        &this.auto_refresh_services(),
+                        BACKGROUND_REFRESH_BATCH,
+                    )
+                    .await
+                {
                     Ok(links) => links,
                     Err(e) => {
                         tracing::warn!(error = %e, "background refresher cannot list links");
@@ -868,12 +889,6 @@ impl OAuthService {
                     }
                 };
                 for link in due {
-                    let auto = this
-                        .provider(&link.integration_type)
-                        .is_ok_and(|p| p.defaults.refresh == RefreshPolicy::Auto);
-                    if !auto || link.refresh_token.is_none() {
-                        continue;
-                    }
                     if let Err(e) = this.access_token(&link.company_id, &link.id).await {
                         tracing::warn!(link = %link.id, error = %e, "background refresh failed");
                     }

@@ -136,12 +136,13 @@ impl Store for AnyStore {
     ) -> Result<Vec<LinkRecord>, StoreError> {
         delegate!(self, s => s.list_links(company_id, service))
     }
-    async fn links_expiring_before(
+    async fn links_due_for_refresh(
         &self,
         before: OffsetDateTime,
+        services: &[String],
         limit: u32,
     ) -> Result<Vec<LinkRecord>, StoreError> {
-        delegate!(self, s => s.links_expiring_before(before, limit))
+        delegate!(self, s => s.links_due_for_refresh(before, services, limit))
     }
     async fn delete_link(
         &self,

@@ -57,7 +57,10 @@ CREATE TABLE IF NOT EXISTS db_links (
 );
 CREATE INDEX IF NOT EXISTS links_by_service ON db_links (company_id, integration_type, created_at);
 CREATE INDEX IF NOT EXISTS links_by_expiry ON db_links (company_id, token_expiry);
-CREATE INDEX IF NOT EXISTS links_by_expiry_all ON db_links (token_expiry);
+DROP INDEX IF EXISTS links_by_expiry_all;
+CREATE INDEX IF NOT EXISTS links_due_for_refresh ON db_links (token_expiry)
+    WHERE json_extract(doc, '$.status') = 'active'
+      AND json_extract(doc, '$.refresh_token') IS NOT NULL;
 CREATE TABLE IF NOT EXISTS oauth_states (
     state_hash TEXT PRIMARY KEY,
     expires_at INTEGER NOT NULL,
@@ -84,6 +87,16 @@ CREATE INDEX IF NOT EXISTS audit_by_company ON audit_log (company_id, ts);
 CREATE INDEX IF NOT EXISTS audit_by_resource ON audit_log (company_id, resource_id, ts);
 CREATE INDEX IF NOT EXISTS audit_by_action ON audit_log (company_id, action_type, ts);
 ";
+
+/// The background refresher's query. Its status and refresh-token terms are the
+/// partial index's own (so SQLite walks only links the refresher may renew, in expiry
+/// order); the services are a JSON array bound as one parameter.
+const DUE_FOR_REFRESH: &str = "SELECT doc FROM db_links
+    WHERE token_expiry < ?1
+      AND json_extract(doc, '$.status') = 'active'
+      AND json_extract(doc, '$.refresh_token') IS NOT NULL
+      AND integration_type IN (SELECT value FROM json_each(?2))
+    ORDER BY token_expiry LIMIT ?3";
 
 /// SQLite-backed store. Cloning shares the connections.
 #[derive(Clone)]
@@ -594,22 +607,24 @@ impl Store for EmbeddedStore {
         })
     }
 
-    async fn links_expiring_before(
+    async fn links_due_for_refresh(
         &self,
         before: time::OffsetDateTime,
+        services: &[String],
         limit: u32,
     ) -> Result<Vec<LinkRecord>, StoreError> {
-        let links: Vec<LinkRecord> = self.read(|c| {
+        let services =
+            serde_json::to_string(services).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.read(|c| {
             docs(
-                c.prepare_cached(
-                    "SELECT doc FROM db_links WHERE token_expiry IS NOT NULL AND token_expiry < ?1 ORDER BY token_expiry LIMIT ?2",
-                )
-                .map_err(unavailable)?
-                .query_map(params![millis(before), limit], |r| r.get::<_, String>(0))
-                .map_err(unavailable)?,
+                c.prepare_cached(DUE_FOR_REFRESH)
+                    .map_err(unavailable)?
+                    .query_map(params![millis(before), services, limit], |r| {
+                        r.get::<_, String>(0)
+                    })
+                    .map_err(unavailable)?,
             )
-        })?;
-        Ok(links.into_iter().filter(|l| l.status == "active").collect())
+        })
     }
 
     async fn delete_link(
@@ -1032,6 +1047,29 @@ mod tests {
             created_at: now(),
             updated_at: now(),
         }
+    }
+
+    /// The refresher's query walks the partial index of refreshable links, so its cost
+    /// does not grow with the links it skips.
+    #[test]
+    fn the_refresher_query_uses_its_partial_index() {
+        let s = EmbeddedStore::open_in_memory().unwrap();
+        let plan: Vec<String> = {
+            let c = lock(&s.reader);
+            let mut q = c
+                .prepare(&format!("EXPLAIN QUERY PLAN {DUE_FOR_REFRESH}"))
+                .unwrap();
+            q.query_map(params![0_i64, "[\"slack\"]", 10_u32], |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+        };
+        assert!(
+            plan.iter().any(|l| l.contains("links_due_for_refresh")),
+            "{plan:?}"
+        );
     }
 
     #[tokio::test]

@@ -291,11 +291,16 @@ pub trait Store: Send + Sync + 'static {
         company_id: &str,
         service: Option<&str>,
     ) -> impl Future<Output = Result<Vec<LinkRecord>, StoreError>> + Send;
-    /// Active links of every company whose token expires before `before` (for the
-    /// background refresher), soonest first, at most `limit`.
-    fn links_expiring_before(
+    /// The links the background refresher renews, of every company: `active`, holding a
+    /// refresh token, of one of `services` (the providers that refresh automatically),
+    /// whose token expires before `before`; soonest first, at most `limit`. Everything
+    /// is filtered in the query, before the limit, so links the refresher would skip
+    /// (needing reconnection, manual-refresh providers) can never fill the page and
+    /// hide the ones it must renew.
+    fn links_due_for_refresh(
         &self,
         before: OffsetDateTime,
+        services: &[String],
         limit: u32,
     ) -> impl Future<Output = Result<Vec<LinkRecord>, StoreError>> + Send;
     /// Delete a link; the deleted record.

@@ -238,9 +238,11 @@ impl MongoStore {
                         doc! {"company_id": 1, "integration_type": 1, "created_at": -1, "_id": -1},
                     ),
                     index(doc! {"company_id": 1, "created_at": -1, "_id": -1}),
-                    // The seed's expiry query (per company) and the background refresher's.
+                    // The seed's expiry query, per company and as the seed writes it.
                     index(doc! {"company_id": 1, "token_expiry": 1}),
                     index(doc! {"token_expiry": 1}),
+                    // The background refresher's: active links in expiry order.
+                    index(doc! {"status": 1, "token_expiry": 1}),
                 ],
             ),
             (
@@ -460,19 +462,23 @@ impl Store for MongoStore {
             .await
     }
 
-    async fn links_expiring_before(
+    async fn links_due_for_refresh(
         &self,
         before: OffsetDateTime,
+        services: &[String],
         limit: u32,
     ) -> Result<Vec<LinkRecord>, StoreError> {
-        let links = self
-            .find_links(
-                doc! {"token_expiry": {"$ne": null, "$lt": date(before)}},
-                doc! {"token_expiry": 1},
-                Some(i64::from(limit)),
-            )
-            .await?;
-        Ok(links.into_iter().filter(|l| l.status == "active").collect())
+        self.find_links(
+            doc! {
+                "status": "active",
+                "refresh_token": {"$ne": null},
+                "integration_type": {"$in": services},
+                "token_expiry": {"$lt": date(before)},
+            },
+            doc! {"token_expiry": 1},
+            Some(i64::from(limit)),
+        )
+        .await
     }
 
     async fn delete_link(
