@@ -210,17 +210,7 @@ impl MasterKey {
                 other => other,
             });
         }
-        let path = data_dir.join(MASTER_KEY_FILE);
-        let io = |source| VaultError::KeyFile {
-            path: path.clone(),
-            source,
-        };
-        create_private_dir(data_dir).map_err(io)?;
-        match std::fs::symlink_metadata(&path) {
-            Ok(_) => read_key_file(&path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_key_file(data_dir, &path),
-            Err(e) => Err(io(e)),
-        }
+        load_key_file(data_dir).map(|(ring, _)| ring.current)
     }
 
     /// The key id (16 hex characters, derived from the key; not secret).
@@ -283,7 +273,25 @@ fn replace_key_file(dir: &Path, contents: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-fn create_key_file(dir: &Path, path: &Path) -> Result<MasterKey, VaultError> {
+/// The key file's keys and stamp, creating the file (and its directory) on first use.
+fn load_key_file(data_dir: &Path) -> Result<(KeyRing, FileStamp), VaultError> {
+    let path = data_dir.join(MASTER_KEY_FILE);
+    let io = |source| VaultError::KeyFile {
+        path: path.clone(),
+        source,
+    };
+    create_private_dir(data_dir).map_err(io)?;
+    match std::fs::symlink_metadata(&path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_key_file(data_dir, &path)?,
+        Err(e) => return Err(io(e)),
+    }
+    read_key_ring(&path)
+}
+
+/// Create the key file with a new random key, unless another process creates it first
+/// (then its key is the one; the caller reads the file either way).
+fn create_key_file(dir: &Path, path: &Path) -> Result<(), VaultError> {
     let io = |source| VaultError::KeyFile {
         path: path.to_path_buf(),
         source,
@@ -298,14 +306,12 @@ fn create_key_file(dir: &Path, path: &Path) -> Result<MasterKey, VaultError> {
     let _ = std::fs::remove_file(&tmp);
     match linked {
         Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return read_key_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
         // A filesystem without hard links: create the file in place instead (a reader
-        // racing us may see it empty for a moment; `read_key_file` waits for that).
+        // racing us may see it empty for a moment; `read_key_ring` waits for that).
         Err(_) => match write_new_private_file(path, text.as_bytes()) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return read_key_file(path);
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
             Err(e) => return Err(io(e)),
         },
     }
@@ -314,40 +320,7 @@ fn create_key_file(dir: &Path, path: &Path) -> Result<MasterKey, VaultError> {
         let _ = d.sync_all();
     }
     tracing::info!(path = %path.display(), key_id = %key.id, "created a new master key");
-    Ok(key)
-}
-
-fn read_key_file(path: &Path) -> Result<MasterKey, VaultError> {
-    let io = |source| VaultError::KeyFile {
-        path: path.to_path_buf(),
-        source,
-    };
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(VaultError::InsecureKeyFile {
-                path: path.to_path_buf(),
-                mode,
-            });
-        }
-    }
-    // Only a creator without hard links leaves an empty file visible, and only for the
-    // moment between creating and writing it.
-    let mut text = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
-    for _ in 0..40 {
-        if !text.trim().is_empty() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        text = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
-    }
-    let first = key_lines(&text).next().unwrap_or("");
-    MasterKey::parse(first).map_err(|e| match e {
-        VaultError::BadKey(reason) => VaultError::BadKey(format!("{}: {reason}", path.display())),
-        other => other,
-    })
+    Ok(())
 }
 
 /// A sealed secret as stored: the flow8 shape plus the key id.
@@ -392,8 +365,6 @@ impl Envelope {
 
 const CHECK_PLAINTEXT: &str = "flow8-master-key-check";
 
-/// Read a key file: the first key is current, later lines (blank lines and `#`
-/// comments skipped) are older keys. Also its modification time.
 /// What tells one version of the key file from another: file timestamps alone are
 /// too coarse (two writes within a few milliseconds share one), but a rotation renames a
 /// new file into place, so the inode changes too.
@@ -404,44 +375,89 @@ struct FileStamp {
     modified: Option<std::time::SystemTime>,
 }
 
-fn file_stamp(path: &Path) -> Option<FileStamp> {
-    let m = std::fs::metadata(path).ok()?;
-    #[cfg(unix)]
-    let inode = {
-        use std::os::unix::fs::MetadataExt;
-        m.ino()
-    };
-    #[cfg(not(unix))]
-    let inode = 0;
-    Some(FileStamp {
-        inode,
-        len: m.len(),
-        modified: m.modified().ok(),
-    })
+impl FileStamp {
+    fn of(m: &std::fs::Metadata) -> FileStamp {
+        #[cfg(unix)]
+        let inode = {
+            use std::os::unix::fs::MetadataExt;
+            m.ino()
+        };
+        #[cfg(not(unix))]
+        let inode = 0;
+        FileStamp {
+            inode,
+            len: m.len(),
+            modified: m.modified().ok(),
+        }
+    }
 }
 
-fn read_key_ring(path: &Path) -> Result<(KeyRing, Option<FileStamp>), VaultError> {
-    let current = read_key_file(path)?;
+/// The stamp of whatever file is at `path` now (None when there is none).
+fn file_stamp(path: &Path) -> Option<FileStamp> {
+    std::fs::metadata(path).ok().map(|m| FileStamp::of(&m))
+}
+
+/// Read a key file: the first key is current, later lines (blank lines and `#`
+/// comments skipped) are older keys; and the stamp of the version read.
+///
+/// The file is opened once, and its stamp, mode and text all come from that one open
+/// file. A rotation renames a new file into place, which leaves an open handle on the
+/// old one: so the stamp always belongs to the keys returned. (Stamping the path and
+/// reading it separately could pair the old file's keys with the new file's stamp, and
+/// a vault holding that pair would never look at the file again.)
+fn read_key_ring(path: &Path) -> Result<(KeyRing, FileStamp), VaultError> {
+    use std::io::Read;
     let io = |source| VaultError::KeyFile {
         path: path.to_path_buf(),
         source,
     };
-    let stamp = file_stamp(path);
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
+    // Only a creator without hard links leaves an empty file visible, and only for the
+    // moment between creating and writing it: wait for it a little.
+    let mut attempts = 0;
+    let (text, meta) = loop {
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        #[cfg(test)]
+        hooks::key_file_opened();
+        let meta = file.metadata().map_err(io)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(VaultError::InsecureKeyFile {
+                    path: path.to_path_buf(),
+                    mode,
+                });
+            }
+        }
+        // Room for the whole file up front, so no partial copy of a key is left behind
+        // in a reallocated buffer that is not zeroed.
+        let capacity = usize::try_from(meta.len()).unwrap_or(0).saturating_add(1);
+        let mut text = Zeroizing::new(String::with_capacity(capacity));
+        file.read_to_string(&mut text).map_err(io)?;
+        attempts += 1;
+        if !text.trim().is_empty() || attempts > 40 {
+            break (text, meta);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let named = |e: VaultError| match e {
+        VaultError::BadKey(r) => VaultError::BadKey(format!("{}: {r}", path.display())),
+        other => other,
+    };
+    let mut lines = key_lines(&text);
+    let current = MasterKey::parse(lines.next().unwrap_or("")).map_err(named)?;
     let mut ring = KeyRing {
         current,
         old: Vec::new(),
     };
-    for line in key_lines(&text).skip(1) {
-        let key = MasterKey::parse(line).map_err(|e| match e {
-            VaultError::BadKey(r) => VaultError::BadKey(format!("{}: {r}", path.display())),
-            other => other,
-        })?;
+    for line in lines {
+        let key = MasterKey::parse(line).map_err(named)?;
         if ring.find(&key.id).is_none() {
             ring.old.push(key);
         }
     }
-    Ok((ring, stamp))
+    Ok((ring, FileStamp::of(&meta)))
 }
 
 fn key_lines(text: &str) -> impl Iterator<Item = &str> {
@@ -524,7 +540,7 @@ impl KeyRing {
 /// new current key into it while servers run).
 struct WatchedKeyFile {
     path: PathBuf,
-    /// When the file was last looked at, and its modification time then.
+    /// When the file was last looked at, and the stamp of the version last read.
     seen: std::sync::Mutex<(std::time::Instant, Option<FileStamp>)>,
 }
 
@@ -585,10 +601,11 @@ impl Vault {
     ///   first line is the current key, later lines are older keys. The vault re-reads
     ///   the file when it changes, so a running host follows `keys rotate`.
     pub fn load(data_dir: &Path) -> Result<Vault, VaultError> {
-        let current = MasterKey::load(data_dir)?;
-        let env_set = std::env::var(MASTER_KEY_ENV).is_ok_and(|v| !v.trim().is_empty());
+        // Set but not UTF-8 counts as set: `MasterKey::load` names that error.
+        let env_set = std::env::var_os(MASTER_KEY_ENV)
+            .is_some_and(|v| !v.to_string_lossy().trim().is_empty());
         if env_set {
-            let mut vault = Vault::new(current);
+            let mut vault = Vault::new(MasterKey::load(data_dir)?);
             if let Ok(list) = std::env::var(PREVIOUS_KEYS_ENV) {
                 for part in list.split(',').filter(|p| !p.trim().is_empty()) {
                     let key = MasterKey::parse(part).map_err(|e| match e {
@@ -602,13 +619,12 @@ impl Vault {
             }
             return Ok(vault);
         }
-        let path = data_dir.join(MASTER_KEY_FILE);
-        let (ring, mtime) = read_key_ring(&path)?;
+        let (ring, stamp) = load_key_file(data_dir)?;
         Ok(Vault {
             ring: std::sync::RwLock::new(std::sync::Arc::new(ring)),
             file: Some(WatchedKeyFile {
-                path,
-                seen: std::sync::Mutex::new((std::time::Instant::now(), mtime)),
+                path: data_dir.join(MASTER_KEY_FILE),
+                seen: std::sync::Mutex::new((std::time::Instant::now(), Some(stamp))),
             }),
         })
     }
@@ -665,7 +681,7 @@ impl Vault {
         }
         match read_key_ring(&file.path) {
             Ok((mut merged, stamp)) => {
-                seen.1 = stamp;
+                seen.1 = Some(stamp);
                 let old = self.ring();
                 for k in old.keys() {
                     if merged.find(&k.id).is_none() {
@@ -790,6 +806,28 @@ impl Vault {
                 })
             }
             Err(e) => Err(e),
+        }
+    }
+}
+
+/// Test hooks: let a unit test act at one exact point of the key-file loader (e.g. a
+/// rotation while the file is being read), so a race is reproduced, not hoped for.
+#[cfg(test)]
+mod hooks {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static KEY_FILE_OPENED: RefCell<Option<Box<dyn FnOnce()>>> = RefCell::new(None);
+    }
+
+    /// Run `f` once, the next time this thread's loader has opened the key file.
+    pub(super) fn on_key_file_opened(f: impl FnOnce() + 'static) {
+        KEY_FILE_OPENED.with(|h| *h.borrow_mut() = Some(Box::new(f)));
+    }
+
+    pub(super) fn key_file_opened() {
+        if let Some(f) = KEY_FILE_OPENED.with(|h| h.borrow_mut().take()) {
+            f();
         }
     }
 }
@@ -990,6 +1028,33 @@ mod tests {
         // Pruning leaves the current key only; the running vault keeps what it had.
         assert_eq!(prune_key_file(dir.path(), &[]).unwrap(), vec![old_id]);
         assert_eq!(running.decrypt(&sealed_old).unwrap().expose(), "old");
+    }
+
+    #[test]
+    fn a_rotation_while_the_key_file_is_read_is_followed_at_the_next_look() {
+        if std::env::var_os(MASTER_KEY_ENV).is_some() {
+            return; // this test is about the key file
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let running = Vault::load(dir.path()).unwrap();
+        rotate_key_file(dir.path()).unwrap();
+        // The running vault notices the rotation and reads the file; right then, in
+        // the middle of that read, another rotation replaces the file.
+        let path = dir.path().to_path_buf();
+        let newest = std::rc::Rc::new(std::cell::RefCell::new(String::new()));
+        let slot = newest.clone();
+        hooks::on_key_file_opened(move || {
+            *slot.borrow_mut() = rotate_key_file(&path).unwrap();
+        });
+        running.reload(true);
+        let newest = newest.borrow().clone();
+        assert!(!newest.is_empty(), "the hook ran");
+        // Whatever that read saw, the vault's next look at the file finds the newest
+        // key: it never believes it holds a version of the file it did not read.
+        running.reload(true);
+        assert_eq!(running.ring().current.id, newest);
+        let sealed = Vault::load(dir.path()).unwrap().encrypt("new");
+        assert_eq!(running.decrypt(&sealed).unwrap().expose(), "new");
     }
 
     #[test]
