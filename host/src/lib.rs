@@ -13,6 +13,7 @@
 //! - `components`: API-key components (S3, OpenAI, HTTP, ...): validation, summaries, pinning.
 //! - `oauth`: the OAuth2 lifecycle: connect, callback, refresh, revoke, health.
 //! - `server`: the REST API (`flow8-host serve`): components, steps, audit log, modules.
+//! - `company`: the one rule for company ids (the scope of every record, and a path).
 //! - `config`: defaults, the config file and `FLOW8_*` variables.
 //! - `error`: the catalogue of error names every answer uses.
 //! - `cli`: the `flow8-host` command line.
@@ -20,6 +21,7 @@
 pub mod app;
 pub mod capabilities;
 pub mod cli;
+pub mod company;
 pub mod components;
 pub mod config;
 pub mod error;

@@ -658,6 +658,68 @@ async fn admins_install_modules_for_their_company_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_company_id_rule_for_tokens_steps_and_installs() {
+    // A 100-character company id is within the rule: its admin installs a module and
+    // runs a step with it, both through the API.
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        wasm("http_request"),
+        shared.path().join("http_request.wasm"),
+    )
+    .unwrap();
+    let cli = Cli::new();
+    let long = "c".repeat(100);
+    let admin = create_token(&cli, &long, "alice", true);
+    let server = ServerProcess::start(&cli, shared.path(), &[]);
+    let r = reqwest::Client::new()
+        .post(server.url("/api/v1/admin/modules"))
+        .header("authorization", format!("Bearer {admin}"))
+        .header("content-type", "application/wasm")
+        .body(std::fs::read(wasm("hostile_guest")).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    assert_eq!(status, 201, "{}", r.text().await.unwrap());
+    let step = json!({"module_ref": "hostile", "input_mapping": {"attack": "ok"}}).to_string();
+    let (s, v, text) = Api::new()
+        .call(
+            "POST",
+            &server.url("/api/v1/steps"),
+            Some(&admin),
+            Some(&step),
+        )
+        .await;
+    assert_eq!(
+        (s, v["output"]["ok"].as_bool()),
+        (200, Some(true)),
+        "{text}"
+    );
+    // Ids outside the rule are refused where they enter, with the same name.
+    for bad in [
+        "c".repeat(129),
+        "acme.corp".into(),
+        "../etc".into(),
+        String::new(),
+    ] {
+        let out = cli.run(&["tokens", "create", "--for-company", &bad, "--user", "u"]);
+        assert_eq!(
+            out.error_name().as_deref(),
+            Some("invalid_input"),
+            "{bad}: {}",
+            out.stderr
+        );
+        let out = cli.run(&["--company", &bad, "components", "list"]);
+        assert_eq!(
+            out.error_name().as_deref(),
+            Some("invalid_input"),
+            "{bad}: {}",
+            out.stderr
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_a_running_step_finish() {
     let cli = Cli::new();
     let member = create_token(&cli, "company-a", "bob", false);

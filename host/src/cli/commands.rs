@@ -141,6 +141,9 @@ pub(super) async fn dispatch(cli: Cli) -> ExitCode {
     if let Err(e) = StoreLocation::parse(&config.store) {
         return fail(ErrorName::InvalidConfig, format!("store: {e}"));
     }
+    if let Err(e) = crate::company::check(&cli.company) {
+        return fail(ErrorName::InvalidInput, format!("--company: {e}"));
+    }
     let data_dir = config::data_dir(cli.data_dir.clone().or_else(|| config.data_dir.clone()));
     let settings = HostSettings::new(config, data_dir).module_dirs(cli.modules_dirs.clone());
     match &cli.command {
@@ -237,6 +240,9 @@ async fn tokens(cli: &Cli, settings: &HostSettings, cmd: &TokensCommand) -> Exit
             name,
         } => {
             let company = for_company.clone().unwrap_or_else(|| cli.company.clone());
+            if let Err(e) = crate::company::check(&company) {
+                return fail(ErrorName::InvalidInput, format!("--for-company: {e}"));
+            }
             match crate::server::auth::create_token(&store, &company, user, *admin, name).await {
                 Ok((token, record)) => {
                     print_json(&serde_json::json!({

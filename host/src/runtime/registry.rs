@@ -73,15 +73,11 @@ impl ModuleRegistry {
         self
     }
 
-    /// The directory a company's installed modules live in (None when the id is not a
-    /// safe path component or no root is configured).
+    /// The directory a company's installed modules live in (None when the id breaks
+    /// [`crate::company`]'s rule, which keeps it one safe path component, or no root
+    /// is configured).
     pub fn company_dir(&self, company_id: &str) -> Option<PathBuf> {
-        let safe = !company_id.is_empty()
-            && company_id.len() <= 64
-            && company_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !safe {
+        if !crate::company::is_valid(company_id) {
             return None;
         }
         self.company_root.as_ref().map(|r| r.join(company_id))

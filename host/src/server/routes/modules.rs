@@ -72,6 +72,9 @@ pub async fn install(
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require_admin()?;
+    // The company's install directory is named by its id.
+    crate::company::check(&caller.company_id)
+        .map_err(|e| ApiError::invalid_input(e.to_string()))?;
     let registry = &st.modules;
     let module = registry
         .load_bytes(&body)

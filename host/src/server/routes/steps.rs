@@ -151,16 +151,15 @@ async fn run_body(
     let workspace = match &body.workspace {
         None => None,
         Some(w) => {
-            let safe = |x: &str| {
-                !x.is_empty()
-                    && x.len() <= 128
-                    && x.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            };
-            if !safe(w) || !safe(&caller.company_id) {
-                return Err(ApiError::invalid_input(
-                    "workspace is a name of letters, digits, '-' and '_'",
-                ));
+            // Both name a directory: the company id by its own rule, the workspace by
+            // the same one.
+            crate::company::check(&caller.company_id)
+                .map_err(|e| ApiError::invalid_input(e.to_string()))?;
+            if !crate::company::is_valid(w) {
+                return Err(ApiError::invalid_input(format!(
+                    "workspace is a name of 1-{} letters, digits, '-' and '_'",
+                    crate::company::MAX_LEN
+                )));
             }
             let dir = st.workspaces_dir.join(&caller.company_id).join(w);
             if !dir.is_dir() {
