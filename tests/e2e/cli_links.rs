@@ -77,3 +77,65 @@ async fn connect_then_run_a_module_with_the_link() {
         "{out:?}"
     );
 }
+
+/// The CLI's callback page shows what the provider said, escaped: a provider's
+/// `error_description` is text on the page, never markup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callback_page_escapes_what_the_provider_says() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let cli = Cli::new();
+    let port = ServerProcess::free_port();
+    // The provider is never called: it refuses at the authorization step.
+    let config = format!(
+        "oauth2:\n  google:\n    client_id: local-test\n    redirect_uri: http://127.0.0.1:{port}/auth/callback\n    scopes: [drive]\n    authorize_url: http://127.0.0.1:9/authorize\n    token_url: http://127.0.0.1:9/token\n"
+    );
+    let config_path = cli.data_dir.path().join("config.yml");
+    std::fs::write(&config_path, config).unwrap();
+    let mut child = Command::new(flow8_tests::host_bin())
+        .args(["links", "connect", "google", "--timeout-secs", "60"])
+        .env("FLOW8_DATA_DIR", cli.data_dir.path())
+        .env("FLOW8_CACHE_DIR", flow8_tests::shared_cache_dir())
+        .env("FLOW8_CONFIG", &config_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let auth_url = url::Url::parse(line.trim()).unwrap();
+    let state = auth_url
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    // The CLI listens before it prints the URL.
+    let r = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/auth/callback"))
+        .query(&[
+            ("state", state.as_str()),
+            ("error", "access_denied"),
+            ("error_description", "<script>alert(1)</script>"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert_eq!(r.headers()["referrer-policy"], "no-referrer");
+    let page = r.text().await.unwrap();
+    assert!(page.contains("Not connected"), "{page}");
+    assert!(!page.contains("<script>"), "{page}");
+    assert!(page.contains("&lt;script&gt;alert(1)&lt;"), "{page}");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("error: access_denied: "),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

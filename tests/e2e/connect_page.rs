@@ -119,3 +119,128 @@ async fn a_user_connects_google_from_the_connect_page_in_chromium() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 404);
 }
+
+/// What a provider or a stored link says is text on the API server's pages, never
+/// markup: a provider's `error_description` on the callback page, a user's email on
+/// the connect page. Both pages keep their privacy headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_escape_what_providers_and_links_say() {
+    use flow8_host::store::embedded::EmbeddedStore;
+    use flow8_host::store::{LinkRecord, Store, new_object_id, now};
+    const SCRIPT: &str = "<script>alert(1)</script>";
+    const ESCAPED: &str = "&lt;script&gt;alert(1)&lt;";
+    let cli = Cli::new();
+    let port = ServerProcess::free_port();
+    // The provider is never called: it refuses at the authorization step.
+    let config = format!(
+        "oauth_background_refresh_seconds: 0\noauth2:\n  google:\n    client_id: flow8-test-client\n    redirect_uri: http://127.0.0.1:{port}/auth/callback\n    scopes: [drive]\n    authorize_url: http://127.0.0.1:9/authorize\n    token_url: http://127.0.0.1:9/token\n"
+    );
+    let path = cli.data_dir.path().join("config.yml");
+    std::fs::write(&path, config).unwrap();
+    let member = create_token(&cli, "company-a", "alice", false);
+    let server = ServerProcess::start_on(
+        &cli,
+        &wasm_dir(),
+        &format!("127.0.0.1:{port}"),
+        &["--config", path.to_str().unwrap()],
+    );
+    let http = reqwest::Client::new();
+    let private = |r: &reqwest::Response| {
+        let h = r.headers();
+        assert_eq!(h["cache-control"], "no-store");
+        assert_eq!(h["referrer-policy"], "no-referrer");
+        assert_eq!(h["x-frame-options"], "DENY");
+        assert!(
+            h["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("default-src 'none'")
+        );
+    };
+
+    // The callback page, after the provider refused with a hostile description.
+    let v: Value = http
+        .get(server.url("/api/v1/integrations/authorize?service=google"))
+        .bearer_auth(&member)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let auth_url = url::Url::parse(v["auth_url"].as_str().unwrap()).unwrap();
+    let state = auth_url
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let r = http
+        .get(server.url("/auth/callback"))
+        .query(&[
+            ("state", state.as_str()),
+            ("error", "access_denied"),
+            ("error_description", SCRIPT),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    private(&r);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("Not connected"), "{page}");
+    assert!(
+        !page.contains("<script>") && page.contains(ESCAPED),
+        "{page}"
+    );
+
+    // The connect page, listing a link whose provider gave a hostile email.
+    let store = EmbeddedStore::open(cli.data_dir.path()).await.unwrap();
+    let vault = flow8_host::vault::Vault::new(flow8_host::vault::MasterKey::generate());
+    let t = now();
+    store
+        .insert_link(LinkRecord {
+            id: new_object_id(),
+            user_id: "alice".into(),
+            company_id: "company-a".into(),
+            integration_type: "google".into(),
+            access_token: vault.encrypt("unused"),
+            refresh_token: None,
+            token_expiry: None,
+            scopes: vec!["drive".into()],
+            provider_user_id: "u1".into(),
+            provider_user_email: SCRIPT.into(),
+            provider_metadata: json!({}),
+            status: "active".into(),
+            refresh_lease_owner: None,
+            refresh_lease_until: None,
+            version: 0,
+            created_at: t,
+            updated_at: t,
+        })
+        .await
+        .unwrap();
+    let session: Value = http
+        .post(server.url("/api/v1/integrations/connect-sessions"))
+        .bearer_auth(&member)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = http
+        .get(session["connect_url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    private(&r);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("data-service=\"google\""), "{page}");
+    assert!(
+        !page.contains("<script>") && page.contains(ESCAPED),
+        "{page}"
+    );
+}

@@ -9,10 +9,12 @@ use super::{Cli, fail};
 use crate::app::HostSettings;
 use crate::error::ErrorName;
 use crate::oauth::OAuthService;
+use crate::server::pages;
 use crate::server::routes::integrations::view;
 use crate::store::Store;
 use axum::extract::{Query, State};
-use axum::response::Html;
+use axum::http::StatusCode;
+use axum::response::Response;
 use clap::Subcommand;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -55,25 +57,24 @@ pub enum LinksCommand {
 
 type Done = tokio::sync::mpsc::Sender<Result<crate::store::LinkRecord, (ErrorName, String)>>;
 
+/// The loopback callback: the same pages as the API server's `/auth/callback`.
 async fn callback(
     State((oauth, done)): State<(Arc<OAuthService>, Done)>,
     Query(params): Query<BTreeMap<String, String>>,
-) -> Html<String> {
+) -> Response {
     match oauth.callback(&params).await {
         Ok(link) => {
-            let page = format!(
-                "<!doctype html><h1>Connected!</h1><p>Your {} account is connected. You can close this window.</p>",
-                link.integration_type
-            );
+            let page = pages::connected(&link.integration_type);
             let _ = done.send(Ok(link)).await;
-            Html(page)
+            pages::respond(StatusCode::OK, page)
         }
         Err(e) => {
             let _ = done.send(Err((e.name(), e.to_string()))).await;
-            Html(format!(
-                "<!doctype html><h1>Not connected</h1><p>{}</p>",
-                e.name()
-            ))
+            let e = crate::server::error::ApiError::from(e);
+            pages::respond(
+                e.status(),
+                pages::not_connected(e.name.as_str(), &e.message),
+            )
         }
     }
 }

@@ -9,11 +9,12 @@ use crate::server::AppState;
 use crate::server::auth::Caller;
 use crate::server::error::ApiError;
 use crate::server::extract::ApiJson;
+use crate::server::pages;
 use crate::store::Store;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
@@ -71,41 +72,6 @@ pub async fn create(
         .into_response())
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
-}
-
-/// Headers for a page reached with a secret in its URL: never cached, never sent on as
-/// a Referer (the provider must not see the connect token), never framed.
-fn private_page(status: StatusCode, html: String) -> Response {
-    (
-        status,
-        [
-            (header::CACHE_CONTROL, "no-store"),
-            (header::REFERRER_POLICY, "no-referrer"),
-            (header::X_FRAME_OPTIONS, "DENY"),
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
-            ),
-        ],
-        Html(html),
-    )
-        .into_response()
-}
-
-fn title_case(s: &str) -> String {
-    let mut c = s.chars();
-    match c.next() {
-        Some(f) => f.to_uppercase().chain(c).collect(),
-        None => String::new(),
-    }
-}
-
 /// `?services=` on the connect page.
 #[derive(Debug, Default, Deserialize)]
 pub struct PageQuery {
@@ -118,16 +84,7 @@ pub async fn page(
     Path(token): Path<String>,
     axum::extract::Query(q): axum::extract::Query<PageQuery>,
 ) -> Response {
-    let gone = |msg: &str| {
-        private_page(
-            StatusCode::GONE,
-            format!(
-                "<!doctype html><html><head><meta charset=\"utf-8\"><title>Link expired</title></head>\
-                 <body style=\"font-family:sans-serif;margin:4em\"><h1>Link expired</h1><p id=\"error\">{}</p></body></html>",
-                esc(msg)
-            ),
-        )
-    };
+    let gone = |msg: &str| pages::respond(StatusCode::GONE, pages::link_expired(msg));
     let Ok(oauth) = super::integrations::oauth(&st) else {
         return gone("no OAuth2 providers are configured on this host");
     };
@@ -148,45 +105,27 @@ pub async fn page(
         .list_links(&company, None)
         .await
         .unwrap_or_default();
-    let mut rows = String::new();
-    for l in &links {
-        rows.push_str(&format!(
-            "<li class=\"link\" data-service=\"{s}\">{n}: {who} ({status})</li>",
-            s = esc(&l.integration_type),
-            n = esc(&title_case(&l.integration_type)),
-            who = esc(if l.provider_user_email.is_empty() {
+    let rows: Vec<pages::LinkRow<'_>> = links
+        .iter()
+        .map(|l| pages::LinkRow {
+            service: &l.integration_type,
+            who: if l.provider_user_email.is_empty() {
                 &l.provider_user_id
             } else {
                 &l.provider_user_email
-            }),
-            status = esc(&l.status),
-        ));
-    }
-    if rows.is_empty() {
-        rows.push_str("<li>No integrations yet.</li>");
-    }
-    let mut buttons = String::new();
+            },
+            status: &l.status,
+        })
+        .collect();
+    let mut buttons = Vec::new();
     for service in oauth.services() {
         if wanted.as_ref().is_some_and(|w| !w.contains(&service)) {
             continue;
         }
         match oauth.authorize_url(&company, &user, &service).await {
-            Ok(url) => buttons.push_str(&format!(
-                "<p><a id=\"connect-{s}\" href=\"{u}\" rel=\"noreferrer\" style=\"display:inline-block;padding:.6em 1.2em;background:#2b59c3;color:#fff;text-decoration:none;border-radius:4px\">Connect {n}</a></p>",
-                s = esc(&service),
-                u = esc(&url),
-                n = esc(&title_case(&service)),
-            )),
+            Ok(url) => buttons.push(pages::ConnectButton { service, url }),
             Err(e) => return gone(&e.to_string()),
         }
     }
-    private_page(
-        StatusCode::OK,
-        format!(
-            "<!doctype html><html><head><meta charset=\"utf-8\"><title>Your integrations</title></head>\
-             <body style=\"font-family:sans-serif;margin:4em\"><h1>Your integrations</h1>\
-             <ul id=\"links\">{rows}</ul>{buttons}\
-             <p style=\"color:#666\">Each button works once and for ten minutes.</p></body></html>"
-        ),
-    )
+    pages::respond(StatusCode::OK, pages::connect(&rows, &buttons))
 }

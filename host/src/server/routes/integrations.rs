@@ -9,11 +9,12 @@ use crate::server::audit;
 use crate::server::auth::Caller;
 use crate::server::error::ApiError;
 use crate::server::extract::ApiJson;
+use crate::server::pages;
 use crate::store::{LinkRecord, Store};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -83,21 +84,6 @@ pub async fn authorize(
     Ok(Json(json!({"auth_url": url})))
 }
 
-fn page(title: &str, body: &str) -> String {
-    let esc = |s: &str| {
-        s.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-            .replace('"', "&quot;")
-    };
-    format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title></head>\
-         <body style=\"font-family:sans-serif;margin:4em\"><h1>{t}</h1><p>{b}</p></body></html>",
-        t = esc(title),
-        b = esc(body)
-    )
-}
-
 /// `GET /auth/callback?code&state` (the provider sends the browser here).
 pub async fn callback(
     State(st): State<Arc<AppState>>,
@@ -139,25 +125,17 @@ pub async fn callback(
             } else if let Some(url) = return_url {
                 Redirect::to(&url).into_response()
             } else {
-                Html(page(
-                    "Connected!",
-                    &format!(
-                        "Your {} account is connected to flow8. You can close this window.",
-                        link.integration_type
-                    ),
-                ))
-                .into_response()
+                pages::respond(StatusCode::OK, pages::connected(&link.integration_type))
             }
         }
         Err(e) => {
             if wants_json {
                 e.into_response()
             } else {
-                (
+                pages::respond(
                     e.status(),
-                    Html(page("Not connected", &format!("{}: {}", e.name, e.message))),
+                    pages::not_connected(e.name.as_str(), &e.message),
                 )
-                    .into_response()
             }
         }
     }
