@@ -1,7 +1,9 @@
 //! The REST API flow8 talks to (`flow8-host serve`, port 4454 by default): API-key
-//! components, flow-step execution, the audit log, the module registry, and the
-//! operational endpoints (`/healthz`, `/readyz`, `/metrics`, `/openapi.json`). Built to
-//! be tested: `router(state)` and `serve(listener, shutdown)`.
+//! components, flow-step execution, OAuth integrations (with the provider's callback
+//! and the connect page), the audit log, the module registry, and the operational
+//! endpoints (`/healthz`, `/readyz`, `/metrics`, `/openapi.json`). Built to be tested:
+//! `router(state)` and `serve(listener, shutdown)`, the router built from one table of
+//! routes.
 
 pub mod audit;
 pub mod auth;
@@ -16,7 +18,8 @@ use crate::runtime::Runtime;
 use crate::store::AnyStore;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
+use axum::handler::Handler;
+use axum::routing::MethodRouter;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -47,71 +50,169 @@ pub struct AppState {
     pub max_module_bytes: usize,
 }
 
+/// The HTTP methods the API uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    /// `GET`
+    Get,
+    /// `POST`
+    Post,
+    /// `DELETE`
+    Delete,
+}
+
+impl Verb {
+    /// The method's name, upper case.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Get => "GET",
+            Verb::Post => "POST",
+            Verb::Delete => "DELETE",
+        }
+    }
+
+    fn filter(self) -> axum::routing::MethodFilter {
+        use axum::routing::MethodFilter;
+        match self {
+            Verb::Get => MethodFilter::GET,
+            Verb::Post => MethodFilter::POST,
+            Verb::Delete => MethodFilter::DELETE,
+        }
+    }
+}
+
+/// The request body a route takes, and so the size limit it gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    /// None, or too small to matter (operations, pages).
+    None,
+    /// JSON, up to `max_body_bytes`.
+    Json,
+    /// A `.wasm` module, up to `max_module_bytes`.
+    Module,
+}
+
+/// One route: method, path, body limit and handler.
+struct Endpoint {
+    verb: Verb,
+    path: &'static str,
+    body: Body,
+    handler: MethodRouter<Arc<AppState>>,
+}
+
+fn endpoint<H, T>(verb: Verb, path: &'static str, body: Body, handler: H) -> Endpoint
+where
+    H: Handler<T, Arc<AppState>>,
+    T: 'static,
+{
+    Endpoint {
+        verb,
+        path,
+        body,
+        handler: axum::routing::on(verb.filter(), handler),
+    }
+}
+
+/// Every route the server serves: the one table [`router`] is built from, and that
+/// [`served_routes`] shows, so a test can hold the OpenAPI document against it.
+fn endpoints() -> Vec<Endpoint> {
+    use Body::{Json, Module, None};
+    use Verb::{Delete, Get, Post};
+    use routes::{audit_log, components, connect, integrations, modules, ops, steps};
+    vec![
+        endpoint(Get, "/healthz", None, ops::healthz),
+        endpoint(Get, "/readyz", None, ops::readyz),
+        endpoint(Get, "/metrics", None, ops::metrics),
+        endpoint(Get, "/openapi.json", None, ops::openapi),
+        endpoint(Get, "/auth/callback", None, integrations::callback),
+        endpoint(Get, "/connect/{token}", None, connect::page),
+        endpoint(Post, "/api/v1/admin/components", Json, components::create),
+        endpoint(Get, "/api/v1/admin/components", Json, components::list),
+        endpoint(
+            Get,
+            "/api/v1/admin/components/{id}",
+            Json,
+            components::get_one,
+        ),
+        endpoint(
+            Delete,
+            "/api/v1/admin/components/{id}",
+            Json,
+            components::remove,
+        ),
+        endpoint(
+            Post,
+            "/api/v1/admin/components/{id}/default",
+            Json,
+            components::make_default,
+        ),
+        endpoint(
+            Get,
+            "/api/v1/components",
+            Json,
+            components::list_for_members,
+        ),
+        endpoint(Post, "/api/v1/steps", Json, steps::run),
+        endpoint(Get, "/api/v1/admin/audit", Json, audit_log::list),
+        endpoint(
+            Get,
+            "/api/v1/integrations/authorize",
+            Json,
+            integrations::authorize,
+        ),
+        endpoint(Get, "/api/v1/integrations/links", Json, integrations::list),
+        endpoint(
+            Delete,
+            "/api/v1/integrations/links",
+            Json,
+            integrations::unlink_all,
+        ),
+        endpoint(Post, "/api/v1/integrations/test", Json, integrations::test),
+        endpoint(
+            Post,
+            "/api/v1/integrations/connect-sessions",
+            Json,
+            connect::create,
+        ),
+        endpoint(
+            Delete,
+            "/api/v1/integrations/{service}/{link_id}",
+            Json,
+            integrations::unlink,
+        ),
+        endpoint(Get, "/api/v1/modules", Json, modules::list),
+        endpoint(Get, "/api/v1/modules/{module_ref}", Json, modules::get_one),
+        endpoint(Post, "/api/v1/admin/modules", Module, modules::install),
+        endpoint(
+            Delete,
+            "/api/v1/admin/modules/{module_ref}",
+            Module,
+            modules::remove,
+        ),
+    ]
+}
+
+/// Method and path of every route the server serves, from the table the router is
+/// built from.
+pub fn served_routes() -> Vec<(Verb, &'static str)> {
+    endpoints().into_iter().map(|e| (e.verb, e.path)).collect()
+}
+
 /// The API's routes.
 pub fn router(state: Arc<AppState>) -> Router {
-    let json_limit = DefaultBodyLimit::max(state.max_body_bytes);
-    let module_limit = DefaultBodyLimit::max(state.max_module_bytes);
-    let api = Router::new()
-        .route(
-            "/api/v1/admin/components",
-            post(routes::components::create).get(routes::components::list),
-        )
-        .route(
-            "/api/v1/admin/components/{id}",
-            get(routes::components::get_one).delete(routes::components::remove),
-        )
-        .route(
-            "/api/v1/admin/components/{id}/default",
-            post(routes::components::make_default),
-        )
-        .route(
-            "/api/v1/components",
-            get(routes::components::list_for_members),
-        )
-        .route("/api/v1/steps", post(routes::steps::run))
-        .route("/api/v1/admin/audit", get(routes::audit_log::list))
-        .route(
-            "/api/v1/integrations/authorize",
-            get(routes::integrations::authorize),
-        )
-        .route(
-            "/api/v1/integrations/links",
-            get(routes::integrations::list).delete(routes::integrations::unlink_all),
-        )
-        .route(
-            "/api/v1/integrations/test",
-            post(routes::integrations::test),
-        )
-        .route(
-            "/api/v1/integrations/connect-sessions",
-            post(routes::connect::create),
-        )
-        .route(
-            "/api/v1/integrations/{service}/{link_id}",
-            delete(routes::integrations::unlink),
-        )
-        .route("/api/v1/modules", get(routes::modules::list))
-        .route(
-            "/api/v1/modules/{module_ref}",
-            get(routes::modules::get_one),
-        )
-        .layer(json_limit);
-    let installs = Router::new()
-        .route("/api/v1/admin/modules", post(routes::modules::install))
-        .route(
-            "/api/v1/admin/modules/{module_ref}",
-            delete(routes::modules::remove),
-        )
-        .layer(module_limit);
-    let routes = Router::new()
-        .route("/healthz", get(routes::ops::healthz))
-        .route("/readyz", get(routes::ops::readyz))
-        .route("/metrics", get(routes::ops::metrics))
-        .route("/openapi.json", get(routes::ops::openapi))
-        .route("/auth/callback", get(routes::integrations::callback))
-        .route("/connect/{token}", get(routes::connect::page))
-        .merge(api)
-        .merge(installs);
+    let (mut plain, mut json, mut installs) = (Router::new(), Router::new(), Router::new());
+    for e in endpoints() {
+        let group = match e.body {
+            Body::None => &mut plain,
+            Body::Json => &mut json,
+            Body::Module => &mut installs,
+        };
+        // Two methods on one path merge into one route.
+        *group = std::mem::take(group).route(e.path, e.handler);
+    }
+    let routes = plain
+        .merge(json.layer(DefaultBodyLimit::max(state.max_body_bytes)))
+        .merge(installs.layer(DefaultBodyLimit::max(state.max_module_bytes)));
     edge(routes).with_state(state)
 }
 
