@@ -257,28 +257,36 @@ async fn connect_use_refresh_once_and_unlink() {
         "{v}"
     );
 
-    // The audit log has both events in flow8's shape.
-    let (_, audit) = s
-        .get("/api/v1/admin/audit?resource_type=integration", &s.admin)
-        .await;
-    let actions: Vec<&str> = audit["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["action_type"].as_str())
-        .collect();
-    assert!(
-        actions.contains(&"integration_linked") && actions.contains(&"integration_unlinked"),
-        "{audit}"
+    // The audit log has both events in flow8's shape (beside the steps' uses of the
+    // integration, which are newer than the link and more numerous).
+    let entries = |action: &'static str| {
+        let s = &s;
+        async move {
+            let (_, audit) = s
+                .get(
+                    &format!("/api/v1/admin/audit?resource_type=integration&action_type={action}"),
+                    &s.admin,
+                )
+                .await;
+            audit["entries"].as_array().unwrap().clone()
+        }
+    };
+    let linked = entries("integration_linked").await;
+    assert_eq!(linked.len(), 1, "{linked:?}");
+    assert_eq!(linked[0]["resource_id"], link_id.as_str());
+    assert_eq!(linked[0]["after_state"]["integration_type"], "google");
+    assert_eq!(
+        linked[0]["after_state"]["scopes"],
+        json!(["drive", "sheets"])
     );
-    let linked = audit["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["action_type"] == "integration_linked")
-        .unwrap();
-    assert_eq!(linked["after_state"]["integration_type"], "google");
-    assert_eq!(linked["after_state"]["scopes"], json!(["drive", "sheets"]));
+    let unlinked = entries("integration_unlinked").await;
+    assert_eq!(unlinked.len(), 1, "{unlinked:?}");
+    assert_eq!(unlinked[0]["resource_id"], link_id.as_str());
+    let used = entries("credential_used").await;
+    assert!(
+        !used.is_empty() && used.iter().all(|e| e["resource_id"] == link_id.as_str()),
+        "{used:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,6 +332,17 @@ async fn a_revoked_refresh_token_is_token_revoked_once_without_a_retry_storm() {
         .await;
     assert_eq!(v["links"][0]["id"], link_id.as_str());
     assert_eq!(v["links"][0]["status"], "needs_reconnect");
+    // Marked once, audited once.
+    let (_, audit) = s
+        .get(
+            "/api/v1/admin/audit?action_type=integration_needs_reconnect",
+            &s.admin,
+        )
+        .await;
+    let entries = audit["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{audit}");
+    assert_eq!(entries[0]["resource_type"], "integration");
+    assert_eq!(entries[0]["resource_id"], link_id.as_str());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,6 +414,24 @@ async fn an_attached_oauth_token_never_enters_the_module() {
     // Control: reading it on purpose puts it there, and the scan sees it.
     let (_, v) = s.step(scan(true)).await;
     assert!(v["output"]["memory_hits"].as_u64().unwrap() >= 1, "{v}");
+    // Each use of the link is audited as a use of an integration (flow8's audit
+    // example), attached and read alike.
+    let (_, audit) = s
+        .get("/api/v1/admin/audit?action_type=credential_used", &s.admin)
+        .await;
+    let uses = audit["entries"].as_array().unwrap();
+    let hows: Vec<&str> = uses
+        .iter()
+        .filter_map(|e| e["after_state"]["how"].as_str())
+        .collect();
+    assert!(
+        hows.contains(&"attached") && hows.contains(&"read"),
+        "{audit}"
+    );
+    for e in uses {
+        assert_eq!(e["resource_id"], link_id.as_str(), "{e}");
+        assert_eq!(e["resource_type"], "integration", "{e}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -82,10 +82,11 @@ impl Host for StepState {
             .iter()
             .map(|(k, v)| (k.clone(), v.expose().to_string()))
             .collect();
-        let resource_id = grant.resource_id.clone();
+        let (resource_id, kind) = (grant.resource_id.clone(), grant.kind);
         self.uses.push(CredentialUse {
             binding,
             resource_id,
+            kind,
             how: "read",
             destination: None,
         });

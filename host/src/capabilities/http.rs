@@ -42,9 +42,14 @@ impl StepState {
             })?;
             headers.append(name, value);
         }
-        let attach = authorized
-            .attached()
-            .map(|g| (g.attach.clone(), g.resource_id.clone(), g.binding.clone()));
+        let attach = authorized.attached().map(|g| {
+            (
+                g.attach.clone(),
+                g.resource_id.clone(),
+                g.kind,
+                g.binding.clone(),
+            )
+        });
 
         let mut body = match request.body {
             Body::Empty => OutboundBody::Empty,
@@ -60,7 +65,7 @@ impl StepState {
             Body::WorkspaceFile(path) => OutboundBody::File(self.open_workspace_file(&path)?),
         };
 
-        if let Some((attach, resource_id, binding)) = attach {
+        if let Some((attach, resource_id, kind, binding)) = attach {
             match attach {
                 Attach::Bearer(token) => {
                     headers.insert(
@@ -106,6 +111,7 @@ impl StepState {
             self.uses.push(CredentialUse {
                 binding,
                 resource_id,
+                kind,
                 how: "attached",
                 destination: Some(dest.clone()),
             });

@@ -143,7 +143,7 @@ impl StepState {
             )));
         };
         let config = grant.config.clone();
-        let resource_id = grant.resource_id.clone();
+        let (resource_id, kind) = (grant.resource_id.clone(), grant.kind);
         let bucket = req
             .bucket
             .clone()
@@ -197,6 +197,7 @@ impl StepState {
         self.uses.push(CredentialUse {
             binding: req.credential.clone(),
             resource_id,
+            kind,
             how: "attached",
             destination: Some(origin(&url)),
         });

@@ -652,9 +652,16 @@ impl OAuthService {
                     dead.status = "needs_reconnect".into();
                     dead.refresh_lease_owner = None;
                     dead.refresh_lease_until = None;
-                    self.store
+                    let marked = self
+                        .store
                         .update_link_cas(dead.clone(), leased.version)
                         .await?;
+                    if !marked {
+                        // The link changed meanwhile (unlinked, or marked by another
+                        // host): this host marked nothing, so it records nothing.
+                        tracing::info!(link = %leased.id, service = %leased.integration_type, %reason, "refresh refused; the link changed meanwhile and is left as it is");
+                        return Err(OAuthError::TokenRevoked(leased.integration_type));
+                    }
                     tracing::warn!(link = %leased.id, service = %leased.integration_type, %reason, "refresh refused; link needs reconnection");
                     crate::server::audit::record(
                         &self.store,
@@ -1081,6 +1088,83 @@ mod tests {
             oauth.open_connect_session(&session).await,
             Err(OAuthError::InvalidState)
         ));
+    }
+
+    /// A refresh the provider refuses (`invalid_grant`), at a token endpoint that first
+    /// lets `unlink_meanwhile` delete the link, as a user unlinking while the refresh is
+    /// in flight would: the `integration_needs_reconnect` entries it leaves.
+    async fn audits_of_a_refused_refresh(unlink_meanwhile: bool) -> Vec<crate::store::AuditRecord> {
+        let store = Arc::new(AnyStore::from(
+            crate::store::embedded::EmbeddedStore::open_in_memory().unwrap(),
+        ));
+        let vault = Arc::new(Vault::new(crate::vault::MasterKey::generate()));
+        let t = now();
+        let link = LinkRecord {
+            id: new_object_id(),
+            user_id: "u".into(),
+            company_id: "A".into(),
+            integration_type: "google".into(),
+            access_token: vault.encrypt("expiring"),
+            refresh_token: Some(vault.encrypt("revoked-at-the-provider")),
+            token_expiry: Some(t + Duration::from_secs(60)),
+            scopes: vec!["drive".into()],
+            provider_user_id: "p".into(),
+            provider_user_email: String::new(),
+            provider_metadata: Value::Null,
+            status: "active".into(),
+            refresh_lease_owner: None,
+            refresh_lease_until: None,
+            version: 0,
+            created_at: t,
+            updated_at: t,
+        };
+        store.insert_link(link.clone()).await.unwrap();
+        let (meanwhile, id) = (store.clone(), link.id.clone());
+        let token = axum::routing::post(move || async move {
+            if unlink_meanwhile {
+                meanwhile.delete_link("A", &id).await.unwrap();
+            }
+            (
+                axum::http::StatusCode::BAD_REQUEST,
+                axum::Json(json!({"error": "invalid_grant"})),
+            )
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route("/token", token);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let mut config = BTreeMap::new();
+        config.insert(
+            "google".to_string(),
+            serde_json::from_value(json!({
+                "client_id": "c", "client_secret": "s",
+                "redirect_uri": "http://127.0.0.1:1/auth/callback", "scopes": ["drive"],
+                "token_url": format!("http://{addr}/token"),
+            }))
+            .unwrap(),
+        );
+        let oauth = OAuthService::new(store.clone(), vault, providers::configure(&config).unwrap());
+        assert!(matches!(
+            oauth.access_token("A", &link.id).await,
+            Err(OAuthError::TokenRevoked(_))
+        ));
+        let query = crate::store::AuditQuery {
+            action_type: Some("integration_needs_reconnect".into()),
+            limit: 10,
+            ..Default::default()
+        };
+        store.list_audit("A", &query).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_refused_refresh_is_audited_only_when_this_host_marked_the_link() {
+        let marked = audits_of_a_refused_refresh(false).await;
+        assert_eq!(marked.len(), 1, "{marked:?}");
+        assert_eq!(marked[0].resource_type, "integration");
+        assert_eq!(marked[0].after_state["status"], "needs_reconnect");
+        // Unlinked while the refresh was in flight: nothing was marked, nothing is audited.
+        let unlinked = audits_of_a_refused_refresh(true).await;
+        assert!(unlinked.is_empty(), "{unlinked:?}");
     }
 
     #[test]

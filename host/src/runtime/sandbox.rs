@@ -360,6 +360,9 @@ pub struct CredentialUse {
     pub binding: String,
     /// The component or link id.
     pub resource_id: String,
+    /// Whether that is a component or a link (the audit log names them apart).
+    #[serde(skip)]
+    pub kind: crate::manifest::CredentialKind,
     /// `read` (credentials.get) or `attached` (host attached it to a request).
     pub how: &'static str,
     /// Destination origin for `attached`.

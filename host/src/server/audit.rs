@@ -73,6 +73,15 @@ impl AuditWriter {
     }
 }
 
+/// The audit log's `resource_type` of a credential: `integration` for an OAuth link
+/// (as in flow8's audit example), `component` for an API-key component.
+pub fn resource_type(kind: crate::manifest::CredentialKind) -> &'static str {
+    match kind {
+        crate::manifest::CredentialKind::OauthLink => "integration",
+        crate::manifest::CredentialKind::Component => "component",
+    }
+}
+
 /// An audit entry in flow8's shape, stamped now.
 #[allow(clippy::too_many_arguments)]
 pub fn entry(

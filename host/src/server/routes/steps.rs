@@ -204,7 +204,7 @@ async fn run_body(
                 &caller.company_id,
                 Some(&caller.user_id),
                 "credential_used",
-                "component",
+                crate::server::audit::resource_type(u.kind),
                 &u.resource_id,
                 json!({}),
                 json!({
