@@ -13,7 +13,7 @@
 use crate::store::LinkRecord;
 use crate::vault::Envelope;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The journal's directory inside the data directory.
 pub const JOURNAL_DIR: &str = "oauth-journal";
@@ -45,11 +45,6 @@ impl RefreshJournal {
     /// A journal in `dir` (created 0700 when first written).
     pub fn at(dir: impl Into<PathBuf>) -> RefreshJournal {
         RefreshJournal { dir: dir.into() }
-    }
-
-    /// Its directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     fn path(&self, link_id: &str) -> Option<PathBuf> {

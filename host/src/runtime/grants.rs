@@ -51,8 +51,6 @@ pub struct GrantedCredential {
     pub service: String,
     /// The component or link id.
     pub resource_id: String,
-    /// The component's name (or link's service).
-    pub resource_name: String,
     /// Non-secret configuration handed to the module on request.
     pub config: serde_json::Value,
     /// Decrypted secret fields.
@@ -229,7 +227,6 @@ async fn resolve_link(
         kind: CredentialKind::OauthLink,
         service: link.integration_type.clone(),
         resource_id: link.id.clone(),
-        resource_name: link.integration_type.clone(),
         config: serde_json::json!({
             "link_id": link.id,
             "service": link.integration_type,
@@ -343,7 +340,6 @@ pub fn grant_component(
         kind: CredentialKind::Component,
         service: binding.service.clone(),
         resource_id: record.id.clone(),
-        resource_name: record.name.clone(),
         config,
         secrets,
         pinned,

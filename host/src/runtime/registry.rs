@@ -183,11 +183,6 @@ impl ModuleRegistry {
         &self.engine
     }
 
-    /// The module directories.
-    pub fn dirs(&self) -> &[PathBuf] {
-        &self.dirs
-    }
-
     /// Load a module from bytes (cached by digest).
     pub async fn load_bytes(&self, bytes: &[u8]) -> Result<Arc<LoadedModule>, StepError> {
         let d = digest(bytes);

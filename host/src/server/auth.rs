@@ -17,8 +17,6 @@ use std::sync::Arc;
 /// The authenticated caller.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    /// The token's id.
-    pub token_id: String,
     /// Company scope.
     pub company_id: String,
     /// The user.
@@ -104,7 +102,6 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             return Err(unauthorized("this token was revoked"));
         }
         Ok(Caller {
-            token_id: record.id,
             company_id: record.company_id,
             user_id: record.user_id,
             admin: record.admin,

@@ -61,7 +61,6 @@ fn grant(g: G) -> GrantedCredential {
         kind,
         service: service.into(),
         resource_id: format!("id-{binding}"),
-        resource_name: binding.into(),
         config: serde_json::json!({}),
         secrets: vec![("secret".into(), secret)],
         pinned: patterns(pins),
