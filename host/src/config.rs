@@ -206,6 +206,13 @@ impl HostConfig {
         for h in &self.outbound.allowed_hosts {
             HostPattern::parse(h).map_err(|e| bad(format!("outbound.allowed_hosts: {e}")))?;
         }
+        for (service, p) in &self.oauth2 {
+            if p.auto_create_users {
+                return Err(bad(format!(
+                    "oauth2.{service}.auto_create_users: this host creates no users (flow8's user service does; a user here is only an id on API tokens and links); remove the key or set it to false"
+                )));
+            }
+        }
         crate::oauth::providers::configure(&self.oauth2).map_err(bad)?;
         crate::store::any::StoreLocation::parse(&self.store)
             .map_err(|e| bad(format!("store: {e}")))?;
@@ -268,5 +275,28 @@ mod tests {
         ));
         std::fs::write(&p, "outbound:\n  allowed_hosts: ['https://*.com']\n").unwrap();
         assert!(HostConfig::load(Some(&p)).is_err());
+    }
+
+    #[test]
+    fn auto_create_users_is_refused_unless_false() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.yml");
+        let provider = |extra: &str| {
+            format!(
+                "oauth2:\n  microsoft:\n    client_id: 550e8400-e29b-41d4-a716-446655440000\n    redirect_uri: https://app.flow8.io/auth/callback\n    scopes: [openid]\n{extra}"
+            )
+        };
+        std::fs::write(&p, provider("    auto_create_users: true\n")).unwrap();
+        let err = HostConfig::load(Some(&p)).unwrap_err().to_string();
+        assert!(
+            err.contains("oauth2.microsoft.auto_create_users")
+                && err.contains("flow8's user service")
+                && err.contains("remove the key or set it to false"),
+            "{err}"
+        );
+        std::fs::write(&p, provider("    auto_create_users: false\n")).unwrap();
+        assert!(HostConfig::load(Some(&p)).is_ok());
+        std::fs::write(&p, provider("")).unwrap();
+        assert!(HostConfig::load(Some(&p)).is_ok());
     }
 }

@@ -15,7 +15,7 @@ async fn a_meeting_invite_is_created_and_graph_errors_are_named() {
     let cli = Cli::new();
     let port = ServerProcess::free_port();
     let config = format!(
-        "oauth_refresh_window_seconds: 300\noauth2:\n  microsoft:\n    client_id: 550e8400-e29b-41d4-a716-446655440000\n    client_secret: test\n    redirect_uri: http://127.0.0.1:{port}/auth/callback\n    scopes: [Mail.Send, Calendars.ReadWrite]\n    auto_create_users: true\n    authorize_url: {o}/authorize\n    token_url: {o}/token\n    identity_url: {o}/userinfo\n    api_base_url: {g}/v1.0\n    api_hosts: ['http://127.0.0.1:{gp}']\n",
+        "oauth_refresh_window_seconds: 300\noauth2:\n  microsoft:\n    client_id: 550e8400-e29b-41d4-a716-446655440000\n    client_secret: test\n    redirect_uri: http://127.0.0.1:{port}/auth/callback\n    scopes: [Mail.Send, Calendars.ReadWrite]\n    auto_create_users: false\n    authorize_url: {o}/authorize\n    token_url: {o}/token\n    identity_url: {o}/userinfo\n    api_base_url: {g}/v1.0\n    api_hosts: ['http://127.0.0.1:{gp}']\n",
         o = oauth.base,
         g = graph.base(),
         gp = graph.addr.port()

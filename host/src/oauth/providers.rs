@@ -169,7 +169,9 @@ pub struct ProviderConfig {
     /// Scopes to request.
     #[serde(default)]
     pub scopes: Vec<String>,
-    /// flow8: create users on first sign-in (kept for the config shape).
+    /// flow8's `auto_create_users`. This host keeps no user accounts (a user is an id
+    /// on API tokens and links; flow8's user service creates users), so only `false`
+    /// is accepted: the configuration refuses `true` (see `HostConfig::load`).
     #[serde(default)]
     pub auto_create_users: bool,
     /// Override the authorize endpoint.
