@@ -6,13 +6,15 @@
 //!   command, test and bench.
 //! - `manifest`: what a module declares (hosts, credential bindings, input schema).
 //! - `runtime`: engine, compile cache, module registry, the per-step sandbox.
-//! - `capabilities`: the host functions modules call (credentials, http, log, step).
+//! - `capabilities`: the host functions modules call (credentials, http, object storage,
+//!   log, step).
 //! - `outbound`: the egress policy and HTTP client every module request goes through.
 //! - `vault`: encryption of secrets at rest (NaCl secretbox).
 //! - `store`: storage behind a trait; `store::embedded` is the SQLite default.
 //! - `components`: API-key components (S3, OpenAI, HTTP, ...): validation, summaries, pinning.
 //! - `oauth`: the OAuth2 lifecycle: connect, callback, refresh, revoke, health.
-//! - `server`: the REST API (`flow8-host serve`): components, steps, audit log, modules.
+//! - `server`: the REST API (`flow8-host serve`): components, steps, OAuth integrations
+//!   and the connect page, audit log, modules.
 //! - `company`: the one rule for company ids (the scope of every record, and a path).
 //! - `config`: defaults, the config file and `FLOW8_*` variables.
 //! - `error`: the catalogue of error names every answer uses.

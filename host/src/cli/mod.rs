@@ -1,5 +1,6 @@
-//! The `flow8-host` command line: run a module (`run-module`), inspect modules, and
-//! manage API-key components in the local (embedded) store. Errors are printed as
+//! The `flow8-host` command line: run a module (`run-module`), inspect modules, manage
+//! API-key components, API tokens and OAuth links in the configured store, serve the
+//! REST API, rotate master keys and move the store. Errors are printed as
 //! `error: <name>: <message>` on stderr with a non-zero exit code.
 
 mod commands;

@@ -1,5 +1,5 @@
 //! Which credentials a step may use. Before a module runs, the host resolves each
-//! binding its manifest declares to a component (or, later, an OAuth link) of the
+//! binding its manifest declares to a component or an OAuth link of the
 //! step's own company, decrypts it, and records the hosts it is pinned to and how the
 //! host attaches it to a request. The module only ever sees what `credentials.get`
 //! hands it, and only for bindings resolved here.

@@ -1,5 +1,5 @@
-//! Storage behind a trait. The host keeps flow8's documents (components now; links,
-//! OAuth states, tokens and the audit log as they arrive) through `Store`, so the
+//! Storage behind a trait. The host keeps flow8's documents (components, links, OAuth
+//! states, API tokens, the audit log, and a few host settings) through `Store`, so the
 //! embedded default (`embedded`, SQLite) and MongoDB are interchangeable. A store only
 //! ever sees sealed secrets (`vault::Envelope`), never plaintext.
 //!

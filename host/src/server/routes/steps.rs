@@ -1,8 +1,8 @@
 //! `POST /api/v1/steps`: run one flow step, body as in flow8 (`name`, `module_ref`,
-//! `input_mapping`) plus `bindings` (binding name -> component name or id) and optional
-//! limits. The answer is the step report (output or named error, log, duration,
-//! credentials used); a failed step answers with the status its error maps to. Every
-//! credential use is audited.
+//! `input_mapping`) plus `bindings` (binding name -> component name or id, or OAuth
+//! link id) and optional limits. The answer is the step report (output or named
+//! error, log, duration, credentials used); a failed step answers with the status its
+//! error maps to. Every credential use is audited.
 
 use crate::error::ErrorName;
 use crate::runtime::sandbox::StepLimits;
