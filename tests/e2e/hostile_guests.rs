@@ -2,6 +2,7 @@
 //! each one the next step on the same host runs normally. These run in-process on one
 //! shared engine and registry (the "same host"), with a real store and vault.
 
+use flow8_host::catalogue::Catalogue;
 use flow8_host::components::{self, NewComponent};
 use flow8_host::config::HostConfig;
 use flow8_host::runtime::error::ErrorName;
@@ -33,7 +34,9 @@ async fn host(allow_loopback: bool, api_base: &str) -> Host {
     }))
     .unwrap();
     host.store
-        .insert_component(components::prepare(new, COMPANY, &host.vault).unwrap())
+        .insert_component(
+            components::prepare(new, COMPANY, &host.vault, &Catalogue::builtin()).unwrap(),
+        )
         .await
         .unwrap();
     Host { host, _data: data }

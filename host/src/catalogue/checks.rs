@@ -31,20 +31,6 @@ pub const MAX_HOST_LIST: usize = 32;
 /// Longest string value accepted (secrets and plain fields alike).
 pub const MAX_TEXT: usize = 4096;
 
-/// Headers that frame or route a request: a credential must not be put there.
-pub const RESERVED_HEADERS: &[&str] = &[
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "upgrade",
-    "te",
-    "trailer",
-    "expect",
-    "proxy-connection",
-];
-
 /// How a field's value is checked (`check:` in the catalogue; `text` when absent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -121,16 +107,17 @@ fn text<'a>(name: &str, v: &'a Value) -> Result<&'a str, FieldError> {
     }
 }
 
-/// Whether a header name is one a credential may ride in (a valid name that neither
-/// frames nor routes the request).
+/// Whether a header name is one a credential may ride in: a valid name the host does
+/// not set itself.
 pub fn check_header_name(field: &str, s: &str) -> Result<(), FieldError> {
     if http::HeaderName::from_bytes(s.as_bytes()).is_err() {
         return Err(invalid(field, "is not a valid HTTP header name"));
     }
-    if RESERVED_HEADERS.contains(&s.to_ascii_lowercase().as_str()) {
+    // The same list that keeps modules from setting these headers.
+    if crate::runtime::policy::headers::is_forbidden(s) {
         return Err(invalid(
             field,
-            "is a header that frames or routes the request",
+            "is a header the host sets itself (framing, routing or the connection)",
         ));
     }
     Ok(())

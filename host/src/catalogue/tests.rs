@@ -397,7 +397,7 @@ fn a_broken_entry_is_refused_naming_provider_and_field() {
         (
             "x7: {auth_mode: api_key, kind: x, fields: [{name: k, secret: true}], attach: {header: {name: Host, value_field: k}}, pins: [{hosts: ['https://x7.example']}]}",
             ("x7", "attach.header.name"),
-            "frames or routes",
+            "the host sets itself",
         ),
     ];
     for (yaml, (provider, field), says) in cases {

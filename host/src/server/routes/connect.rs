@@ -98,12 +98,12 @@ fn private_page(status: StatusCode, html: String) -> Response {
         .into_response()
 }
 
-fn title_case(s: &str) -> String {
-    let mut c = s.chars();
-    match c.next() {
-        Some(f) => f.to_uppercase().chain(c).collect(),
-        None => String::new(),
-    }
+/// The catalogue's name for people ("QuickBooks"), else the service name.
+fn display_name(oauth: &crate::oauth::OAuthService, service: &str) -> String {
+    oauth
+        .provider(service)
+        .map(|p| p.defaults.display_name.clone())
+        .unwrap_or_else(|_| service.to_string())
 }
 
 /// `?services=` on the connect page.
@@ -153,7 +153,7 @@ pub async fn page(
         rows.push_str(&format!(
             "<li class=\"link\" data-service=\"{s}\">{n}: {who} ({status})</li>",
             s = esc(&l.integration_type),
-            n = esc(&title_case(&l.integration_type)),
+            n = esc(&display_name(oauth, &l.integration_type)),
             who = esc(if l.provider_user_email.is_empty() {
                 &l.provider_user_id
             } else {
@@ -175,7 +175,7 @@ pub async fn page(
                 "<p><a id=\"connect-{s}\" href=\"{u}\" rel=\"noreferrer\" style=\"display:inline-block;padding:.6em 1.2em;background:#2b59c3;color:#fff;text-decoration:none;border-radius:4px\">Connect {n}</a></p>",
                 s = esc(&service),
                 u = esc(&url),
-                n = esc(&title_case(&service)),
+                n = esc(&display_name(oauth, &service)),
             )),
             Err(e) => return gone(&e.to_string()),
         }
