@@ -1,12 +1,14 @@
 //! The composition root: the one place a whole host is built from its configuration.
 //! Every command (`serve`, `run-module`, `modules`, `components`, `links`, ...), the
 //! end-to-end tests and the benches build their host here, so they cannot disagree on
-//! which module directories, outbound policy, limits, store or OAuth providers apply.
+//! which module directories, outbound policy, limits, store, provider catalogue or OAuth
+//! providers apply.
 //!
 //! The order of precedence is settled before this point: defaults, then the config
 //! file, then `FLOW8_*` variables (`config::HostConfig::load`), then a command's flags
 //! (applied to the `HostConfig` and checked by the same `HostConfig::validate`).
 
+use crate::catalogue::Catalogue;
 use crate::config::HostConfig;
 use crate::error::ErrorName;
 use crate::oauth::OAuthService;
@@ -152,12 +154,21 @@ impl HostSettings {
             .unwrap_or_else(|| crate::cli::config::cache_dir(&self.data_dir))
     }
 
-    /// The module registry these settings describe (shared one, or a new one). Commands
-    /// that only look at modules (`modules list`) build just this part.
+    /// The provider catalogue: the shipped one with the config file's `providers:`.
+    pub fn catalogue(&self) -> Result<Arc<Catalogue>, HostError> {
+        self.config
+            .catalogue()
+            .map_err(|e| HostError::InvalidConfig(format!("providers: {e}")))
+    }
+
+    /// The module registry these settings describe (shared one, or a new one checking
+    /// manifests against the configuration's catalogue). Commands that only look at
+    /// modules (`modules list`) build just this part.
     pub fn build_modules(&self) -> Result<Arc<ModuleRegistry>, HostError> {
         if let Some(m) = &self.modules {
             return Ok(m.clone());
         }
+        let catalogue = self.catalogue()?;
         let engine = match &self.engine {
             Some(e) => e.clone(),
             None => SandboxEngine::new(EngineConfig::default())
@@ -169,6 +180,7 @@ impl HostSettings {
         });
         Ok(Arc::new(
             ModuleRegistry::new(engine, cache, self.all_module_dirs())
+                .with_catalogue(catalogue)
                 .with_company_root(self.company_modules_dir()),
         ))
     }
@@ -212,15 +224,19 @@ impl HostSettings {
 }
 
 /// The OAuth service a configuration describes over a store and vault, if it
-/// configures any provider (its refresh journal in the data directory).
+/// configures any provider (its refresh journal in the data directory): each `oauth2:`
+/// entry over the catalogue's provider of that name.
 pub fn oauth_service(
     config: &HostConfig,
     data_dir: &Path,
     store: Arc<AnyStore>,
     vault: Arc<Vault>,
 ) -> Result<Option<Arc<OAuthService>>, HostError> {
-    let providers =
-        crate::oauth::providers::configure(&config.oauth2).map_err(HostError::InvalidConfig)?;
+    let catalogue = config
+        .catalogue()
+        .map_err(|e| HostError::InvalidConfig(format!("providers: {e}")))?;
+    let providers = crate::oauth::providers::configure(&catalogue, &config.oauth2)
+        .map_err(HostError::InvalidConfig)?;
     if providers.is_empty() {
         return Ok(None);
     }

@@ -1,12 +1,14 @@
-//! API-key "components" (flow8's API Key Integrations): the providers the host knows
-//! (S3, Anthropic, OpenAI, SMTP, FTP, generic HTTP), how a creation body is validated
-//! before anything is stored, which fields are secret (sealed by the vault), the
-//! non-secret `config_summary` the API shows, the hosts each credential is pinned to,
-//! and how the host attaches it to a request.
+//! API-key "components" (flow8's API Key Integrations): how a creation body is
+//! validated against its provider's catalogue entry before anything is stored, secret
+//! fields sealed by the vault and opened again for a step, and the non-secret
+//! `config_summary` the API shows. What each provider has (fields, checks, defaults,
+//! attachment, pins) is in the catalogue (`crate::catalogue::api_key`).
 //!
 //! flow8: "Validate API key format: reject malformed keys before storing". Every
 //! refusal names the field and never repeats a value.
 
+use crate::catalogue::checks::FieldError;
+use crate::catalogue::{ApiKeyProvider, Catalogue};
 use crate::store::{ComponentRecord, new_object_id, now};
 use crate::vault::{Envelope, Secret, Vault};
 use serde::Deserialize;
@@ -88,9 +90,14 @@ pub enum ComponentError {
     /// The name breaks the naming rule.
     #[error("name must be 1-64 characters of a-z, 0-9, '-', '_' and '.'")]
     InvalidName,
-    /// `config.provider` is not a known provider.
-    #[error("config.provider `{0}` is not known; known: s3, anthropic, openai, smtp, ftp, http")]
-    UnknownProvider(String),
+    /// `config.provider` is not a known API-key provider.
+    #[error("config.provider `{provider}` is not known; known: {known}")]
+    UnknownProvider {
+        /// The provider given.
+        provider: String,
+        /// The API-key providers the catalogue has, comma-separated.
+        known: String,
+    },
     /// The kind does not match the provider.
     #[error("kind `{kind}` does not match provider `{provider}` (expected `{expected}`)")]
     KindMismatch {
@@ -125,358 +132,19 @@ pub enum ComponentError {
     },
 }
 
-/// How a field's value is checked.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Check {
-    /// A non-empty string without control characters (secrets: also their format).
-    Text,
-    /// A host name or IP address (no scheme, no port).
-    Host,
-    /// An S3 region name.
-    Region,
-    /// An S3 bucket name.
-    Bucket,
-    /// `http(s)://host[:port]` only (an S3-compatible endpoint).
-    Origin,
-    /// An http(s) URL without user info or fragment.
-    HttpUrl,
-    /// 1-65535.
-    Port,
-    /// `true` or `false`.
-    Bool,
-    /// A whole number in a range.
-    Int(i64, i64),
-    /// Host patterns (`scheme://host[:port]`, `*.` wildcards), none matching every host.
-    HostList,
-    /// An HTTP header name a credential may ride in.
-    HeaderName,
-}
-
-struct Field {
-    name: &'static str,
-    secret: bool,
-    required: bool,
-    check: Check,
-}
-
-const fn f(name: &'static str, secret: bool, required: bool, check: Check) -> Field {
-    Field {
-        name,
-        secret,
-        required,
-        check,
+impl From<FieldError> for ComponentError {
+    fn from(e: FieldError) -> ComponentError {
+        ComponentError::InvalidField {
+            field: e.field,
+            reason: e.reason,
+        }
     }
-}
-
-struct Provider {
-    name: &'static str,
-    kind: &'static str,
-    fields: &'static [Field],
-}
-
-use Check::*;
-
-const PROVIDERS: &[Provider] = &[
-    Provider {
-        name: "s3",
-        kind: "storage",
-        // The credentials first: when several fields are wrong, they are the ones
-        // reported.
-        fields: &[
-            f("access_key_id", true, true, Text),
-            f("secret_access_key", true, true, Text),
-            f("bucket", false, false, Bucket),
-            f("region", false, false, Region),
-            f("endpoint", false, false, Origin),
-            f("path_style", false, false, Bool),
-        ],
-    },
-    Provider {
-        name: "anthropic",
-        kind: "ai",
-        fields: &[
-            f("api_key", true, true, Text),
-            f("model", false, false, Text),
-        ],
-    },
-    Provider {
-        name: "openai",
-        kind: "ai",
-        fields: &[
-            f("api_key", true, true, Text),
-            f("model", false, false, Text),
-        ],
-    },
-    Provider {
-        name: "smtp",
-        kind: "smtp",
-        fields: &[
-            f("host", false, true, Host),
-            f("port", false, false, Port),
-            f("username", false, true, Text),
-            f("password", true, true, Text),
-            f("tls", false, false, Bool),
-        ],
-    },
-    Provider {
-        name: "ftp",
-        kind: "ftp",
-        fields: &[
-            f("host", false, true, Host),
-            f("port", false, false, Port),
-            f("username", false, true, Text),
-            f("password", true, true, Text),
-        ],
-    },
-    Provider {
-        name: "http",
-        kind: "http",
-        fields: &[
-            f("base_url", false, true, HttpUrl),
-            f("auth_header", false, false, HeaderName),
-            f("auth_value", true, false, Text),
-            f("timeout_seconds", false, false, Int(1, 300)),
-            f("max_retries", false, false, Int(0, 10)),
-            f("allowed_hosts", false, false, HostList),
-        ],
-    },
-];
-
-/// At most this many extra hosts on an http component.
-const MAX_ALLOWED_HOSTS: usize = 32;
-/// Longest string value accepted (secrets and plain fields alike).
-const MAX_TEXT: usize = 4096;
-
-fn provider_def(name: &str) -> Option<&'static Provider> {
-    PROVIDERS.iter().find(|p| p.name == name)
-}
-
-/// The kind of components a provider makes (`storage` for `s3`, ...).
-pub fn kind_of(provider: &str) -> Option<&'static str> {
-    provider_def(provider).map(|p| p.kind)
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> ComponentError {
     ComponentError::InvalidField {
         field: field.into(),
         reason: reason.into(),
-    }
-}
-
-fn is_host_name(s: &str) -> bool {
-    s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        })
-}
-
-fn check_http_url(field: &str, u: &url::Url) -> Result<(), ComponentError> {
-    if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
-        return Err(invalid(field, "must be an http(s) URL with a host"));
-    }
-    if !u.username().is_empty() || u.password().is_some() {
-        return Err(invalid(
-            field,
-            "must not carry user info; put credentials in the secret fields",
-        ));
-    }
-    if u.fragment().is_some() {
-        return Err(invalid(field, "must not have a #fragment"));
-    }
-    Ok(())
-}
-
-/// A non-empty string of reasonable length without control characters.
-fn text<'a>(name: &str, v: &'a Value) -> Result<&'a str, ComponentError> {
-    match v.as_str() {
-        Some(s) if s.trim().is_empty() => Err(invalid(name, "must not be empty")),
-        Some(s) if s.len() > MAX_TEXT => {
-            Err(invalid(name, format!("must be at most {MAX_TEXT} bytes")))
-        }
-        Some(s) if s.chars().any(char::is_control) => {
-            Err(invalid(name, "must not contain control characters"))
-        }
-        Some(s) => Ok(s),
-        None => Err(invalid(name, "must be a string")),
-    }
-}
-
-/// Check a field's value (shape and, for plain fields, format). Messages never
-/// include the value.
-fn check_field(field: &Field, v: &Value) -> Result<(), ComponentError> {
-    let name = field.name;
-    let text = || text(name, v);
-    match field.check {
-        Text => {
-            text()?;
-        }
-        Host => {
-            let s = text()?;
-            let ok = s.parse::<std::net::IpAddr>().is_ok()
-                || match url::Host::parse(s) {
-                    Ok(url::Host::Domain(d)) => is_host_name(&d),
-                    Ok(_) => true,
-                    Err(_) => false,
-                };
-            if !ok {
-                return Err(invalid(
-                    name,
-                    "must be a host name or IP address (no scheme, port or path)",
-                ));
-            }
-        }
-        Region => {
-            let s = text()?;
-            let ok = s.len() <= 64
-                && s.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-                && !s.starts_with('-')
-                && !s.ends_with('-');
-            if !ok {
-                return Err(invalid(
-                    name,
-                    "must be a region name of a-z, 0-9 and '-' (e.g. us-east-1)",
-                ));
-            }
-        }
-        Bucket => {
-            // https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html
-            let s = text()?;
-            let ok = (3..=63).contains(&s.len())
-                && s.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
-                && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-                && s.ends_with(|c: char| c.is_ascii_alphanumeric())
-                && !s.contains("..")
-                && s.parse::<std::net::Ipv4Addr>().is_err();
-            if !ok {
-                return Err(invalid(
-                    name,
-                    "must be an S3 bucket name: 3-63 characters of a-z, 0-9, '.' and '-', starting and ending with a letter or digit",
-                ));
-            }
-        }
-        Origin => {
-            let u = url::Url::parse(text()?).map_err(|_| {
-                invalid(
-                    name,
-                    "must be an http(s) URL such as https://minio.example.com:9000",
-                )
-            })?;
-            check_http_url(name, &u)?;
-            if u.path() != "/" || u.query().is_some() {
-                return Err(invalid(
-                    name,
-                    "must be scheme://host[:port] only, without a path or query",
-                ));
-            }
-        }
-        HttpUrl => {
-            let u =
-                url::Url::parse(text()?).map_err(|_| invalid(name, "must be an http(s) URL"))?;
-            check_http_url(name, &u)?;
-        }
-        Port => {
-            if !v.as_u64().is_some_and(|p| (1..=65535).contains(&p)) {
-                return Err(invalid(name, "must be a port number 1-65535"));
-            }
-        }
-        Bool => {
-            if !v.is_boolean() {
-                return Err(invalid(name, "must be true or false"));
-            }
-        }
-        Int(lo, hi) => {
-            if !v.as_i64().is_some_and(|n| (lo..=hi).contains(&n)) {
-                return Err(invalid(
-                    name,
-                    format!("must be a whole number from {lo} to {hi}"),
-                ));
-            }
-        }
-        HostList => {
-            let Some(hosts) = v.as_array() else {
-                return Err(invalid(name, "must be a list of host patterns"));
-            };
-            if hosts.len() > MAX_ALLOWED_HOSTS {
-                return Err(invalid(
-                    name,
-                    format!("may list at most {MAX_ALLOWED_HOSTS} hosts"),
-                ));
-            }
-            for (i, h) in hosts.iter().enumerate() {
-                let item = format!("{name}[{i}]");
-                let h = h
-                    .as_str()
-                    .ok_or_else(|| invalid(&item, "must be a string"))?;
-                let pattern =
-                    crate::manifest::HostPattern::parse(h).map_err(|e| invalid(&item, e))?;
-                if pattern.is_any_host() {
-                    return Err(invalid(
-                        &item,
-                        "a credential cannot be allowed to every host; name the hosts",
-                    ));
-                }
-            }
-        }
-        HeaderName => {
-            let s = text()?;
-            if http::HeaderName::from_bytes(s.as_bytes()).is_err() {
-                return Err(invalid(name, "is not a valid HTTP header name"));
-            }
-            // The same list that keeps modules from setting these headers.
-            if crate::runtime::policy::headers::is_forbidden(s) {
-                return Err(invalid(
-                    name,
-                    "is a header the host sets itself (framing, routing or the connection)",
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Format checks of secrets (flow8: "Validate API key format: reject malformed keys
-/// before storing"). Messages never include the value.
-fn check_secret_format(provider: &str, field: &str, value: &str) -> Result<(), ComponentError> {
-    let all = |ok: fn(char) -> bool| value.chars().all(ok);
-    let api_key_chars = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
-    let problem = match (provider, field) {
-        // ^(AKIA|ASIA)[A-Z0-9]{16}$
-        ("s3", "access_key_id") => (value.len() != 20
-            || !(value.starts_with("AKIA") || value.starts_with("ASIA"))
-            || !all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()))
-        .then_some("an AWS access key id is 20 characters: AKIA or ASIA then 16 of A-Z, 0-9"),
-        ("s3", "secret_access_key") => (value.len() != 40
-            || !all(|c| c.is_ascii_alphanumeric() || "/+=".contains(c)))
-        .then_some("an AWS secret access key is 40 characters of A-Z, a-z, 0-9, '/', '+', '='"),
-        ("anthropic", "api_key") => {
-            (!value.starts_with("sk-ant-") || value.len() < 20 || !all(api_key_chars)).then_some(
-                "an Anthropic API key starts with `sk-ant-` and has only A-Z, a-z, 0-9, '-', '_'",
-            )
-        }
-        ("openai", "api_key") if value.starts_with("sk-ant-") => {
-            Some("this is an Anthropic key (`sk-ant-`); use provider `anthropic`")
-        }
-        ("openai", "api_key") => (!value.starts_with("sk-")
-            || value.len() < 20
-            || !all(api_key_chars))
-        .then_some("an OpenAI API key starts with `sk-` and has only A-Z, a-z, 0-9, '-', '_'"),
-        // Visible ASCII, spaces and tabs: RFC 9110 field values without obs-text, which
-        // servers read inconsistently.
-        ("http", "auth_value") => (!value
-            .bytes()
-            .all(|b| b == b'\t' || (0x20..0x7f).contains(&b)))
-        .then_some("must be a valid HTTP header value (visible ASCII and spaces)"),
-        _ => None,
-    };
-    match problem {
-        Some(reason) => Err(invalid(field, reason)),
-        None => Ok(()),
     }
 }
 
@@ -493,13 +161,28 @@ fn check_name(name: &str) -> Result<(), ComponentError> {
     }
 }
 
-/// Validate a creation body, fill defaults and seal every secret field into an
-/// [`Envelope`] (a JSON object in `config`). The record gets a fresh id, is not the
-/// default, and is stamped now.
+/// The API-key provider of that name, or `UnknownProvider` naming the known ones.
+pub fn provider_def<'c>(
+    catalogue: &'c Catalogue,
+    name: &str,
+) -> Result<&'c ApiKeyProvider, ComponentError> {
+    catalogue
+        .api_key(name)
+        .map(|p| &**p)
+        .ok_or_else(|| ComponentError::UnknownProvider {
+            provider: name.to_string(),
+            known: catalogue.api_key_names().join(", "),
+        })
+}
+
+/// Validate a creation body against its provider's catalogue entry, fill defaults and
+/// seal every secret field into an [`Envelope`] (a JSON object in `config`). The record
+/// gets a fresh id, is not the default, and is stamped now.
 pub fn prepare(
     new: NewComponent,
     company_id: &str,
     vault: &Vault,
+    catalogue: &Catalogue,
 ) -> Result<ComponentRecord, ComponentError> {
     check_name(&new.name)?;
     let provider_name = match new.config.get("provider") {
@@ -507,16 +190,15 @@ pub fn prepare(
         Some(Value::Null) | None => return Err(ComponentError::MissingField("provider".into())),
         Some(_) => return Err(invalid("provider", "must be a string")),
     };
-    let provider = provider_def(&provider_name)
-        .ok_or_else(|| ComponentError::UnknownProvider(provider_name.clone()))?;
+    let provider = provider_def(catalogue, &provider_name)?;
     let kind = match new.kind {
-        None => provider.kind.to_string(),
+        None => provider.kind.clone(),
         Some(k) if k == provider.kind => k,
         Some(k) => {
             return Err(ComponentError::KindMismatch {
                 kind: k,
                 provider: provider_name,
-                expected: provider.kind.into(),
+                expected: provider.kind.clone(),
             });
         }
     };
@@ -525,34 +207,33 @@ pub fn prepare(
     if let Some(key) = new
         .config
         .keys()
-        .find(|k| *k != "provider" && !provider.fields.iter().any(|f| f.name == k.as_str()))
+        .find(|k| *k != "provider" && provider.field(k).is_none())
     {
         return Err(ComponentError::UnknownField(key.clone()));
     }
     let mut config = Map::new();
     config.insert("provider".into(), Value::String(provider_name.clone()));
-    for field in provider.fields {
-        let value = match new.config.get(field.name) {
+    for field in &provider.fields {
+        let value = match new.config.get(&field.name) {
             None | Some(Value::Null) if field.required => {
-                return Err(ComponentError::MissingField(field.name.into()));
+                return Err(ComponentError::MissingField(field.name.clone()));
             }
             None | Some(Value::Null) => continue,
             Some(v) => v,
         };
-        check_field(field, value)?;
+        field.check(value)?;
         match value {
             Value::String(s) if field.secret => {
-                check_secret_format(&provider_name, field.name, s)?;
-                config.insert(field.name.into(), vault.encrypt(s).to_json());
+                config.insert(field.name.clone(), vault.encrypt(s).to_json());
             }
-            // `check_field` let only strings through for a secret field.
-            _ if field.secret => return Err(invalid(field.name, "must be a string")),
+            // A secret field's check lets only strings through.
+            _ if field.secret => return Err(invalid(&field.name, "must be a string")),
             v => {
-                config.insert(field.name.into(), v.clone());
+                config.insert(field.name.clone(), v.clone());
             }
         }
     }
-    fill_defaults(&provider_name, &mut config);
+    provider.fill_defaults(&mut config);
     let t = now();
     Ok(ComponentRecord {
         id: new_object_id(),
@@ -566,32 +247,6 @@ pub fn prepare(
     })
 }
 
-fn fill_defaults(provider: &str, config: &mut Map<String, Value>) {
-    let has_endpoint = config.contains_key("endpoint");
-    let mut default = |k: &str, v: Value| {
-        config.entry(k.to_string()).or_insert(v);
-    };
-    match provider {
-        "s3" => {
-            default("region", "us-east-1".into());
-            // S3-compatible stores (MinIO, Garage, ...) are usually addressed by path;
-            // AWS itself by virtual host.
-            default("path_style", has_endpoint.into());
-        }
-        "smtp" => {
-            default("port", 587.into());
-            default("tls", true.into());
-        }
-        "ftp" => default("port", 21.into()),
-        "http" => {
-            default("auth_header", "Authorization".into());
-            default("timeout_seconds", 30.into());
-            default("max_retries", 3.into());
-        }
-        _ => {}
-    }
-}
-
 /// The component's provider (`s3`, `http`, ...); empty when the record has none.
 pub fn provider(record: &ComponentRecord) -> &str {
     record
@@ -601,22 +256,16 @@ pub fn provider(record: &ComponentRecord) -> &str {
         .unwrap_or("")
 }
 
-fn is_secret_field(provider: &str, field: &str) -> bool {
-    provider_def(provider)
-        .and_then(|p| p.fields.iter().find(|f| f.name == field))
-        .is_some_and(|f| f.secret)
-}
-
-/// The non-secret fields, defaults filled (the API's `config_summary`). S3's
-/// `path_style` is shown only when set (it matters for S3-compatible endpoints), so
-/// the flow8 example reads `{"provider": "s3", "bucket": ..., "region": "us-east-1"}`.
-pub fn config_summary(record: &ComponentRecord) -> Map<String, Value> {
-    let p = provider(record);
+/// The non-secret fields, defaults filled (the API's `config_summary`), as the
+/// provider's entry says (S3's `path_style` only when set, so the flow8 example reads
+/// `{"provider": "s3", "bucket": ..., "region": "us-east-1"}`). Sealed values never
+/// show, whatever the catalogue says now.
+pub fn config_summary(catalogue: &Catalogue, record: &ComponentRecord) -> Map<String, Value> {
+    let def = catalogue.api_key(provider(record));
     record
         .config
         .iter()
-        .filter(|(k, v)| !is_secret_field(p, k) && Envelope::from_json(v).is_none())
-        .filter(|(k, v)| !(p == "s3" && k.as_str() == "path_style" && *v == &Value::Bool(false)))
+        .filter(|(k, v)| Envelope::from_json(v).is_none() && def.is_none_or(|d| d.shows(k, v)))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
@@ -625,163 +274,77 @@ pub fn config_summary(record: &ComponentRecord) -> Map<String, Value> {
 /// hand to a module or attach to a request). A secret field that is not an envelope
 /// is refused: the store never holds plaintext.
 pub fn decrypt_secrets(
+    catalogue: &Catalogue,
     record: &ComponentRecord,
     vault: &Vault,
 ) -> Result<Vec<(String, Secret)>, ComponentError> {
-    let p = provider(record);
-    let def = provider_def(p).ok_or_else(|| ComponentError::UnknownProvider(p.to_string()))?;
+    let def = provider_def(catalogue, provider(record))?;
     let mut out = Vec::new();
-    for field in def.fields.iter().filter(|f| f.secret) {
-        let sealed = match record.config.get(field.name) {
+    for field in def.secret_fields() {
+        let sealed = match record.config.get(&field.name) {
             None | Some(Value::Null) => continue,
             Some(v) => Envelope::from_json(v).ok_or_else(|| ComponentError::Sealed {
-                field: field.name.into(),
+                field: field.name.clone(),
                 reason: "the stored value is not an encrypted envelope".into(),
             })?,
         };
         let secret = vault.decrypt(&sealed).map_err(|e| ComponentError::Sealed {
-            field: field.name.into(),
+            field: field.name.clone(),
             reason: e.to_string(),
         })?;
-        out.push((field.name.to_string(), secret));
+        out.push((field.name.clone(), secret));
     }
     Ok(out)
-}
-
-fn str_field<'a>(record: &'a ComponentRecord, k: &str) -> Option<&'a str> {
-    record.config.get(k).and_then(Value::as_str)
-}
-
-/// `scheme://host[:port]` of a URL (the port only when not the scheme's default), or
-/// `scheme://*.host[:port]` for its subdomains (domains of two labels or more only).
-fn origin_pattern(u: &url::Url, subdomains: bool) -> Option<String> {
-    let host = match u.host()? {
-        url::Host::Domain(d) => {
-            let d = d.trim_end_matches('.').to_ascii_lowercase();
-            if subdomains && !d.contains('.') {
-                return None;
-            }
-            d
-        }
-        _ if subdomains => return None,
-        url::Host::Ipv4(ip) => ip.to_string(),
-        url::Host::Ipv6(ip) => format!("[{ip}]"),
-    };
-    let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
-    let wildcard = if subdomains { "*." } else { "" };
-    Some(format!("{}://{wildcard}{host}{port}", u.scheme()))
-}
-
-/// Where this component's credential may be sent: host patterns in the manifest
-/// syntax (`scheme://host[:port]`, `scheme://*.domain`, port `*`). Empty for SMTP and
-/// FTP, which are not HTTP.
-pub fn pinned_hosts(record: &ComponentRecord) -> Vec<String> {
-    match provider(record) {
-        "s3" => match str_field(record, "endpoint").and_then(|e| url::Url::parse(e).ok()) {
-            Some(u) => {
-                let path_style = record
-                    .config
-                    .get("path_style")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(true);
-                let mut v: Vec<String> = origin_pattern(&u, false).into_iter().collect();
-                if !path_style {
-                    v.extend(origin_pattern(&u, true));
-                }
-                v
-            }
-            None => {
-                let region = str_field(record, "region").unwrap_or("us-east-1");
-                vec![
-                    "https://s3.amazonaws.com".into(),
-                    "https://*.s3.amazonaws.com".into(),
-                    format!("https://s3.{region}.amazonaws.com"),
-                    format!("https://*.s3.{region}.amazonaws.com"),
-                ]
-            }
-        },
-        "anthropic" => vec!["https://api.anthropic.com".into()],
-        "openai" => vec!["https://api.openai.com".into()],
-        "http" => {
-            let mut v: Vec<String> = str_field(record, "base_url")
-                .and_then(|b| url::Url::parse(b).ok())
-                .and_then(|u| origin_pattern(&u, false))
-                .into_iter()
-                .collect();
-            if let Some(Value::Array(extra)) = record.config.get("allowed_hosts") {
-                for h in extra.iter().filter_map(Value::as_str) {
-                    if !v.iter().any(|x| x == h) {
-                        v.push(h.to_string());
-                    }
-                }
-            }
-            v
-        }
-        _ => Vec::new(),
-    }
-}
-
-/// How the host attaches a component's credential to an outbound request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Attachment {
-    /// `Authorization: Bearer <field>`.
-    Bearer {
-        /// Secret field holding the token.
-        field: String,
-    },
-    /// `<name>: <field>`, the value verbatim.
-    Header {
-        /// Header name.
-        name: String,
-        /// Secret field holding the value.
-        field: String,
-    },
-    /// AWS Signature Version 4 with `access_key_id` and `secret_access_key`.
-    AwsSigV4 {
-        /// Region.
-        region: String,
-        /// Service (`s3`).
-        service: &'static str,
-    },
-    /// Nothing to attach to an HTTP request: SMTP and FTP credentials, or an `http`
-    /// component without an `auth_value`.
-    NotHttp,
-}
-
-/// How to attach this component's credential: OpenAI a Bearer token, Anthropic the
-/// `x-api-key` header, http its `auth_header` with `auth_value` as written (a Bearer
-/// prefix only if the user wrote one), S3 a SigV4 signature.
-pub fn attachment(record: &ComponentRecord) -> Attachment {
-    match provider(record) {
-        "openai" => Attachment::Bearer {
-            field: "api_key".into(),
-        },
-        "anthropic" => Attachment::Header {
-            name: "x-api-key".into(),
-            field: "api_key".into(),
-        },
-        "http" if record.config.contains_key("auth_value") => Attachment::Header {
-            name: str_field(record, "auth_header")
-                .unwrap_or("Authorization")
-                .to_string(),
-            field: "auth_value".into(),
-        },
-        "s3" => Attachment::AwsSigV4 {
-            region: str_field(record, "region")
-                .unwrap_or("us-east-1")
-                .to_string(),
-            service: "s3",
-        },
-        _ => Attachment::NotHttp,
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::HostPattern;
+    use crate::catalogue::api_key::Attachment;
     use crate::vault::MasterKey;
     use serde_json::json;
+    use std::sync::Arc;
+
+    fn cat() -> Arc<Catalogue> {
+        Catalogue::builtin()
+    }
+
+    fn def(r: &ComponentRecord) -> Arc<ApiKeyProvider> {
+        cat().api_key(provider(r)).unwrap().clone()
+    }
+
+    /// The record's pins as the manifest syntax writes them.
+    fn pinned_hosts(r: &ComponentRecord) -> Vec<String> {
+        def(r)
+            .pins(&r.config)
+            .unwrap()
+            .iter()
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    fn attachment(r: &ComponentRecord) -> Attachment {
+        def(r).attachment(&r.config)
+    }
+
+    fn config_summary(r: &ComponentRecord) -> Map<String, Value> {
+        super::config_summary(&cat(), r)
+    }
+
+    fn decrypt_secrets(
+        r: &ComponentRecord,
+        vault: &Vault,
+    ) -> Result<Vec<(String, Secret)>, ComponentError> {
+        super::decrypt_secrets(&cat(), r, vault)
+    }
+
+    fn prepare(
+        new: NewComponent,
+        company: &str,
+        vault: &Vault,
+    ) -> Result<ComponentRecord, ComponentError> {
+        super::prepare(new, company, vault, &cat())
+    }
 
     fn new(v: Value) -> NewComponent {
         serde_json::from_value(v).unwrap()
@@ -866,7 +429,9 @@ mod tests {
             attachment(&r),
             Attachment::AwsSigV4 {
                 region: "us-east-1".into(),
-                service: "s3"
+                service: "s3".into(),
+                access_key_field: "access_key_id".into(),
+                secret_key_field: "secret_access_key".into(),
             }
         );
         assert_eq!(
@@ -887,7 +452,7 @@ mod tests {
         for (config, secrets) in good() {
             let p = config["provider"].as_str().unwrap().to_string();
             let r = make(&vault, config).unwrap();
-            assert_eq!(Some(r.kind.as_str()), kind_of(&p));
+            assert_eq!(r.kind, cat().api_key(&p).unwrap().kind);
             let stored = serde_json::to_string(&r).unwrap();
             let summary = Value::Object(config_summary(&r)).to_string();
             for s in &secrets {
@@ -908,7 +473,8 @@ mod tests {
                 assert_eq!(value.expose(), *plain);
             }
             for pattern in pinned_hosts(&r) {
-                HostPattern::parse(&pattern).unwrap_or_else(|e| panic!("{p}: {e}"));
+                crate::manifest::HostPattern::parse(&pattern)
+                    .unwrap_or_else(|e| panic!("{p}: {e}"));
             }
         }
     }
@@ -1154,9 +720,17 @@ mod tests {
             .unwrap_err(),
             ComponentError::UnknownField("secret_acess_key".into())
         );
+        let unknown = make(&vault, json!({"provider": "gcs"})).unwrap_err();
         assert_eq!(
-            make(&vault, json!({"provider": "gcs"})).unwrap_err(),
-            ComponentError::UnknownProvider("gcs".into())
+            unknown,
+            ComponentError::UnknownProvider {
+                provider: "gcs".into(),
+                known: "s3, anthropic, openai, smtp, ftp, http".into()
+            }
+        );
+        assert_eq!(
+            unknown.to_string(),
+            "config.provider `gcs` is not known; known: s3, anthropic, openai, smtp, ftp, http"
         );
         assert_eq!(
             make(&vault, json!({"provider": 3})).unwrap_err(),
@@ -1232,7 +806,7 @@ mod tests {
         r.config.insert("provider".into(), json!("nope"));
         assert!(matches!(
             decrypt_secrets(&r, &vault),
-            Err(ComponentError::UnknownProvider(_))
+            Err(ComponentError::UnknownProvider { .. })
         ));
     }
 
@@ -1320,7 +894,9 @@ mod tests {
             attachment(&eu),
             Attachment::AwsSigV4 {
                 region: "eu-west-1".into(),
-                service: "s3"
+                service: "s3".into(),
+                access_key_field: "access_key_id".into(),
+                secret_key_field: "secret_access_key".into(),
             }
         );
 

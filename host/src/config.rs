@@ -114,8 +114,11 @@ pub struct HostConfig {
     pub limits: LimitsConfig,
     /// Log as JSON lines.
     pub log_json: bool,
+    /// Providers added to the shipped catalogue, or shipped ones changed (entries of
+    /// `host/catalogue/providers.yaml`'s shape; see `crate::catalogue`).
+    pub providers: serde_norway::Mapping,
     /// OAuth2 providers (flow8's `oauth2:` block): `slack: {client_id, client_secret,
-    /// redirect_uri, scopes, ...}`.
+    /// redirect_uri, scopes, ...}`, for any OAuth2 provider of the catalogue.
     pub oauth2: std::collections::BTreeMap<String, crate::oauth::providers::ProviderConfig>,
     /// Refresh OAuth tokens that expire within this many seconds (flow8: one hour).
     pub oauth_refresh_window_seconds: u64,
@@ -136,6 +139,7 @@ impl Default for HostConfig {
             outbound: OutboundConfig::default(),
             limits: LimitsConfig::default(),
             log_json: false,
+            providers: Default::default(),
             oauth2: Default::default(),
             oauth_refresh_window_seconds: 3600,
             oauth_background_refresh_seconds: 60,
@@ -213,7 +217,10 @@ impl HostConfig {
                 )));
             }
         }
-        crate::oauth::providers::configure(&self.oauth2).map_err(bad)?;
+        let catalogue = self
+            .catalogue()
+            .map_err(|e| bad(format!("providers: {e}")))?;
+        crate::oauth::providers::configure(&catalogue, &self.oauth2).map_err(bad)?;
         crate::store::any::StoreLocation::parse(&self.store)
             .map_err(|e| bad(format!("store: {e}")))?;
         if !(self.limits.deadline_seconds > 0.0 && self.limits.deadline_seconds <= 3600.0) {
@@ -226,6 +233,13 @@ impl HostConfig {
             return Err(bad("limits.output_kib must be 1-65536".into()));
         }
         Ok(())
+    }
+
+    /// The provider catalogue: the shipped one with this file's `providers:` laid over it.
+    pub fn catalogue(
+        &self,
+    ) -> Result<std::sync::Arc<crate::catalogue::Catalogue>, crate::catalogue::CatalogueError> {
+        crate::catalogue::Catalogue::with_overrides(&self.providers)
     }
 
     /// The egress policy this configuration describes.
@@ -298,5 +312,35 @@ mod tests {
         assert!(HostConfig::load(Some(&p)).is_ok());
         std::fs::write(&p, provider("")).unwrap();
         assert!(HostConfig::load(Some(&p)).is_ok());
+    }
+
+    #[test]
+    fn providers_and_oauth2_entries_for_them_load_and_unknown_services_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.yml");
+        let crm = "providers:\n  acme-crm:\n    auth_mode: oauth2\n    authorize_url: https://login.acme.example/authorize\n    token_url: https://login.acme.example/token\n    revocation: none\n    identity_url: https://api.acme.example/me\n    identity: {user_id: [/id]}\n    api_base_url: https://api.acme.example\n    api_hosts: [https://api.acme.example]\n";
+        std::fs::write(
+            &p,
+            format!("{crm}oauth2:\n  acme-crm:\n    client_id: c\n    redirect_uri: http://127.0.0.1:1/auth/callback\n"),
+        )
+        .unwrap();
+        let c = HostConfig::load(Some(&p)).unwrap();
+        assert!(c.catalogue().unwrap().oauth("acme-crm").is_some());
+        // Without the providers entry the same oauth2 entry names what is known.
+        std::fs::write(
+            &p,
+            "oauth2:\n  acme-crm:\n    client_id: c\n    redirect_uri: http://127.0.0.1:1/auth/callback\n",
+        )
+        .unwrap();
+        let e = HostConfig::load(Some(&p)).unwrap_err().to_string();
+        assert!(
+            e.contains("oauth2.acme-crm: unknown OAuth service")
+                && e.contains("known: microsoft, google, slack, clio, quickbooks, bexio"),
+            "{e}"
+        );
+        // A broken providers entry names the provider and the field.
+        std::fs::write(&p, crm.replace("https://login.acme.example/token", "nope")).unwrap();
+        let e = HostConfig::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("provider `acme-crm`: `token_url`"), "{e}");
     }
 }

@@ -11,7 +11,9 @@
 //! - `outbound`: the egress policy and HTTP client every module request goes through.
 //! - `vault`: encryption of secrets at rest (NaCl secretbox).
 //! - `store`: storage behind a trait; `store::embedded` is the SQLite default.
-//! - `components`: API-key components (S3, OpenAI, HTTP, ...): validation, summaries, pinning.
+//! - `catalogue`: what the host knows about each provider (OAuth2 and API-key), from the
+//!   shipped `catalogue/providers.yaml` and the config file's `providers:` block.
+//! - `components`: API-key components (S3, OpenAI, HTTP, ...): validation, sealing, summaries.
 //! - `oauth`: the OAuth2 lifecycle: connect, callback, refresh, revoke, health.
 //! - `server`: the REST API (`flow8-host serve`): components, steps, OAuth integrations
 //!   and the connect page, audit log, modules.
@@ -22,6 +24,7 @@
 
 pub mod app;
 pub mod capabilities;
+pub mod catalogue;
 pub mod cli;
 pub mod company;
 pub mod components;

@@ -40,18 +40,6 @@ pub enum CredentialKind {
     Component,
 }
 
-/// OAuth services a module may bind to (the flow8 document's OAuth2 integrations).
-pub const OAUTH_SERVICES: &[&str] = &[
-    "microsoft",
-    "google",
-    "slack",
-    "clio",
-    "quickbooks",
-    "bexio",
-];
-/// Component providers a module may bind to (the flow8 document's API-key integrations).
-pub const COMPONENT_PROVIDERS: &[&str] = &["s3", "anthropic", "openai", "smtp", "ftp", "http"];
-
 /// One credential a module asks the host for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,7 +48,8 @@ pub struct CredentialBinding {
     pub name: String,
     /// Link or component.
     pub kind: CredentialKind,
-    /// OAuth service or component provider.
+    /// OAuth service or component provider: a name in the host's provider catalogue
+    /// (checked when the module is loaded, `crate::catalogue::Catalogue::check_bindings`).
     pub service: String,
     /// Scopes the link must have (OAuth only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -164,37 +153,23 @@ impl Manifest {
                     format!("`{}` is declared twice", b.name),
                 ));
             }
-            match b.kind {
-                CredentialKind::OauthLink => {
-                    if !OAUTH_SERVICES.contains(&b.service.as_str()) {
-                        return Err(invalid(
-                            field("service"),
-                            format!(
-                                "unknown OAuth service; known: {}",
-                                OAUTH_SERVICES.join(", ")
-                            ),
-                        ));
-                    }
+            // Whether the host knows the service depends on its catalogue (the config
+            // file may add providers): the registry checks that when it loads the module.
+            if !valid_name(&b.service, false) {
+                return Err(invalid(
+                    field("service"),
+                    "a provider name: 1-64 characters of a-z, 0-9 and '-', starting with a letter",
+                ));
+            }
+            if b.kind == CredentialKind::Component {
+                if !b.scopes.is_empty() {
+                    return Err(invalid(field("scopes"), "only OAuth links have scopes"));
                 }
-                CredentialKind::Component => {
-                    if !COMPONENT_PROVIDERS.contains(&b.service.as_str()) {
-                        return Err(invalid(
-                            field("service"),
-                            format!(
-                                "unknown component provider; known: {}",
-                                COMPONENT_PROVIDERS.join(", ")
-                            ),
-                        ));
-                    }
-                    if !b.scopes.is_empty() {
-                        return Err(invalid(field("scopes"), "only OAuth links have scopes"));
-                    }
-                    if b.input_field.is_some() {
-                        return Err(invalid(
-                            field("input_field"),
-                            "only OAuth links are named in the input",
-                        ));
-                    }
+                if b.input_field.is_some() {
+                    return Err(invalid(
+                        field("input_field"),
+                        "only OAuth links are named in the input",
+                    ));
                 }
             }
         }
@@ -484,7 +459,7 @@ mod tests {
             Manifest::parse(&unknown),
             Err(ManifestError::Malformed(_))
         ));
-        let bad_service = good.replace("\"service\":\"slack\"", "\"service\":\"myspace\"");
+        let bad_service = good.replace("\"service\":\"slack\"", "\"service\":\"My Space\"");
         assert!(
             matches!(Manifest::parse(&bad_service), Err(ManifestError::InvalidField { field, .. }) if field == "credentials[0].service")
         );

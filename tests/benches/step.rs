@@ -137,7 +137,9 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
     }))
     .unwrap();
     host.store
-        .insert_component(components::prepare(new, "bench", &host.vault).unwrap())
+        .insert_component(
+            components::prepare(new, "bench", &host.vault, host.modules.catalogue()).unwrap(),
+        )
         .await
         .unwrap();
     let (token, _) = auth::create_token(&host.store, "bench", "bench-user", false, "bench")
@@ -719,7 +721,9 @@ async fn http_step_on(
     }))
     .unwrap();
     host.store
-        .insert_component(components::prepare(new, "bench", &host.vault).unwrap())
+        .insert_component(
+            components::prepare(new, "bench", &host.vault, host.modules.catalogue()).unwrap(),
+        )
         .await
         .unwrap();
     let runtime = &host.runtime;
@@ -904,7 +908,9 @@ async fn main() {
     }))
     .unwrap();
     store
-        .insert_component(components::prepare(new, "bench", &vault).unwrap())
+        .insert_component(
+            components::prepare(new, "bench", &vault, host.modules.catalogue()).unwrap(),
+        )
         .await
         .unwrap();
 

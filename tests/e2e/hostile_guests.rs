@@ -33,7 +33,9 @@ async fn host(allow_loopback: bool, api_base: &str) -> Host {
     }))
     .unwrap();
     host.store
-        .insert_component(components::prepare(new, COMPANY, &host.vault).unwrap())
+        .insert_component(
+            components::prepare(new, COMPANY, &host.vault, host.modules.catalogue()).unwrap(),
+        )
         .await
         .unwrap();
     Host { host, _data: data }
@@ -308,6 +310,49 @@ async fn a_module_cannot_set_the_headers_the_host_owns() {
         api.requests()[0].header("authorization"),
         Some("Bearer the-module-s-own")
     );
+    h.assert_healthy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_pin_to_every_host_is_refused_not_honoured() {
+    // A component whose stored `allowed_hosts` holds what creation refuses (an older
+    // host, an import, a hand-edited store): the grant must fail, not pin the
+    // credential to every host.
+    let api = RecordingServer::start();
+    let elsewhere = RecordingServer::start();
+    let h = host(true, &api.url("")).await;
+    let store = &h.host.store;
+    let mut wide = store
+        .find_component_by_name(COMPANY, "api")
+        .await
+        .unwrap()
+        .unwrap();
+    wide.id = flow8_host::store::new_object_id();
+    wide.name = "wide".into();
+    wide.config
+        .insert("allowed_hosts".into(), json!(["http://*:*"]));
+    store.insert_component(wide).await.unwrap();
+    let mut bindings = BTreeMap::new();
+    bindings.insert("api".to_string(), "wide".to_string());
+    let r = h
+        .host
+        .runtime
+        .run_step(StepRequest {
+            company_id: COMPANY.into(),
+            module_ref: "hostile".into(),
+            input: json!({"attack": "http", "url": elsewhere.url("/steal"), "credential": "api"}),
+            bindings,
+            limits: None,
+            workspace: None,
+        })
+        .await;
+    assert!(
+        elsewhere.requests().is_empty(),
+        "the secret reached another server: {r:?}"
+    );
+    let (name, message) = error_of(&r);
+    assert_eq!(name, ErrorName::InternalError, "{message}");
+    assert!(message.contains("config.allowed_hosts[0]"), "{message}");
     h.assert_healthy().await;
 }
 

@@ -6,6 +6,7 @@
 mod api_router;
 mod api_server;
 mod bad_input;
+mod catalogue_config;
 mod cli_http_request;
 mod cli_links;
 mod connect_page;

@@ -466,17 +466,24 @@ async fn find_component(
     store.find_component_by_name(company, key).await
 }
 
-fn summary_json(c: &crate::store::ComponentRecord) -> serde_json::Value {
+fn summary_json(
+    catalogue: &crate::catalogue::Catalogue,
+    c: &crate::store::ComponentRecord,
+) -> serde_json::Value {
     serde_json::json!({
         "id": c.id,
         "name": c.name,
         "kind": c.kind,
-        "config_summary": components::config_summary(c),
+        "config_summary": components::config_summary(catalogue, c),
         "is_default": c.is_default,
     })
 }
 
 async fn components_cmd(cli: &Cli, settings: &HostSettings, cmd: &ComponentsCommand) -> ExitCode {
+    let catalogue = match settings.config.catalogue() {
+        Ok(c) => c,
+        Err(e) => return fail(ErrorName::InvalidConfig, e),
+    };
     let (store, vault) = match open_store(settings).await {
         Ok(x) => x,
         Err((name, msg)) => return fail(name, msg),
@@ -497,7 +504,7 @@ async fn components_cmd(cli: &Cli, settings: &HostSettings, cmd: &ComponentsComm
                     );
                 }
             };
-            let record = match components::prepare(new, company, &vault) {
+            let record = match components::prepare(new, company, &vault, &catalogue) {
                 Ok(r) => r,
                 Err(e) => return fail(ErrorName::InvalidInput, e),
             };
@@ -507,13 +514,13 @@ async fn components_cmd(cli: &Cli, settings: &HostSettings, cmd: &ComponentsComm
                     other => fail(ErrorName::StoreUnavailable, other),
                 };
             }
-            print_json(&summary_json(&record));
+            print_json(&summary_json(&catalogue, &record));
             ExitCode::SUCCESS
         }
         ComponentsCommand::List => match store.list_components(company).await {
             Ok(list) => {
                 print_json(&serde_json::Value::Array(
-                    list.iter().map(summary_json).collect(),
+                    list.iter().map(|c| summary_json(&catalogue, c)).collect(),
                 ));
                 ExitCode::SUCCESS
             }
@@ -534,7 +541,7 @@ async fn components_cmd(cli: &Cli, settings: &HostSettings, cmd: &ComponentsComm
             };
             match result {
                 Ok(true) => {
-                    let mut v = summary_json(&found);
+                    let mut v = summary_json(&catalogue, &found);
                     if matches!(cmd, ComponentsCommand::Default { .. }) {
                         v["is_default"] = true.into();
                     } else {

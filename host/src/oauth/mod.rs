@@ -8,13 +8,14 @@
 pub mod journal;
 pub mod providers;
 
+use crate::catalogue::oauth::{RefreshPolicy, Revocation, TokenDialect};
 use crate::error::ErrorName;
 use crate::store::AnyStore;
 use crate::store::{LinkRecord, OAuthStateRecord, Store, StoreError, new_object_id, now};
 use crate::vault::{Secret, Vault};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use providers::{Provider, RefreshPolicy, TokenDialect};
+use providers::Provider;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -308,9 +309,9 @@ impl OAuthService {
             })
             .await?;
         let mut scopes = p.scopes.clone();
-        for s in p.defaults.implied_scopes {
-            if !scopes.iter().any(|x| x == s) {
-                scopes.push(s.to_string());
+        for s in &p.defaults.implied_scopes {
+            if !scopes.contains(s) {
+                scopes.push(s.clone());
             }
         }
         let mut url = url::Url::parse(&p.authorize_url)
@@ -320,7 +321,7 @@ impl OAuthService {
             q.append_pair("response_type", "code")
                 .append_pair("client_id", &p.client_id)
                 .append_pair("redirect_uri", &p.redirect_uri)
-                .append_pair("scope", &scopes.join(p.defaults.scope_separator))
+                .append_pair("scope", &scopes.join(&p.defaults.scope_separator))
                 .append_pair("state", &state);
             if let Some(v) = &verifier {
                 q.append_pair(
@@ -329,7 +330,7 @@ impl OAuthService {
                 )
                 .append_pair("code_challenge_method", "S256");
             }
-            for (k, v) in p.defaults.extra_params {
+            for (k, v) in &p.defaults.authorize_params {
                 q.append_pair(k, v);
             }
         }
@@ -411,23 +412,18 @@ impl OAuthService {
             .await
             .unwrap_or(Value::Null);
         let mut metadata = tokens.metadata.clone();
-        if let Some(realm) = params.get("realmId") {
-            // QuickBooks names the company on the redirect.
-            metadata["realmId"] = Value::String(realm.clone());
+        for key in &p.defaults.callback_metadata {
+            // e.g. QuickBooks names the company on the redirect (`realmId`).
+            if let Some(v) = params.get(key) {
+                metadata[key.as_str()] = Value::String(v.clone());
+            }
         }
         let provider_user_id = tokens
             .provider_user_id
             .clone()
-            .or_else(|| {
-                ["sub", "id", "user_id", "userPrincipalName"]
-                    .iter()
-                    .find_map(|k| identity[*k].as_str().map(str::to_string))
-            })
+            .or_else(|| p.defaults.identity.user_id(&identity))
             .unwrap_or_default();
-        let provider_user_email = ["email", "mail", "userPrincipalName"]
-            .iter()
-            .find_map(|k| identity[*k].as_str().map(str::to_string))
-            .unwrap_or_default();
+        let provider_user_email = p.defaults.identity.email(&identity).unwrap_or_default();
         let t = now();
         let link = LinkRecord {
             id: new_object_id(),
@@ -787,14 +783,15 @@ impl OAuthService {
     }
 
     async fn revoke(&self, p: &Provider, link: &LinkRecord) -> Result<(), OAuthError> {
-        let Some(url) = &p.revoke_url else {
+        let style = p.defaults.revocation;
+        let Some(url) = p.revoke_url.as_ref().filter(|_| style != Revocation::None) else {
             return Ok(());
         };
         let access = self
             .vault
             .decrypt(&link.access_token)
             .map_err(|e| OAuthError::Vault(e.to_string()))?;
-        let req = if p.defaults.dialect == TokenDialect::Slack {
+        let req = if style == Revocation::SlackAuthRevoke {
             // Slack: auth.revoke with the token itself as the credential.
             self.http.post(url).bearer_auth(access.expose())
         } else {
@@ -849,9 +846,10 @@ impl OAuthService {
         let result = self.identity(p, token.expose()).await;
         let latency = start.elapsed().as_millis() as u64;
         let user = match &result {
-            Ok(v) => ["user_id", "id", "sub", "userPrincipalName"]
-                .iter()
-                .find_map(|k| v[*k].as_str().map(str::to_string))
+            Ok(v) => p
+                .defaults
+                .identity
+                .user_id(v)
                 .unwrap_or_else(|| link.provider_user_id.clone()),
             Err(_) => link.provider_user_id.clone(),
         };
@@ -1021,7 +1019,8 @@ mod tests {
             }))
             .unwrap(),
         );
-        let providers = providers::configure(&config).unwrap();
+        let providers =
+            providers::configure(&crate::catalogue::Catalogue::builtin(), &config).unwrap();
         (store.clone(), OAuthService::new(store, vault, providers))
     }
 

@@ -1,11 +1,13 @@
 //! Which credentials a step may use. Before a module runs, the host resolves each
-//! binding its manifest declares to a component or an OAuth link of the
-//! step's own company, decrypts it, and records the hosts it is pinned to and how the
-//! host attaches it to a request. The module only ever sees what `credentials.get`
-//! hands it, and only for bindings resolved here.
+//! binding its manifest declares to a component or an OAuth link of the step's own
+//! company, decrypts it, and records the hosts it is pinned to and how the host
+//! attaches it to a request, both from the provider's catalogue entry. The module only
+//! ever sees what `credentials.get` hands it, and only for bindings resolved here.
 
 use super::error::StepError;
-use crate::components::{self, Attachment};
+use crate::catalogue::Catalogue;
+use crate::catalogue::api_key::Attachment;
+use crate::components;
 use crate::manifest::{CredentialBinding, CredentialKind, HostPattern, Manifest};
 use crate::store::AnyStore;
 use crate::store::{ComponentRecord, Store};
@@ -61,17 +63,6 @@ pub struct GrantedCredential {
     pub attach: Attach,
 }
 
-/// The component kind that holds a provider's components (`storage` for `s3`, ...).
-pub fn kind_of_provider(provider: &str) -> &'static str {
-    match provider {
-        "s3" => "storage",
-        "anthropic" | "openai" => "ai",
-        "smtp" => "smtp",
-        "ftp" => "ftp",
-        _ => "http",
-    }
-}
-
 fn looks_like_object_id(s: &str) -> bool {
     s.len() == 24 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -82,9 +73,11 @@ fn looks_like_object_id(s: &str) -> bool {
 /// binding may instead be named by the input field its manifest declares; an
 /// unbound component binding falls back to the company's default component of the
 /// provider's kind.
+#[allow(clippy::too_many_arguments)]
 pub async fn resolve(
     store: &AnyStore,
     vault: &Vault,
+    catalogue: &Catalogue,
     oauth: Option<&std::sync::Arc<crate::oauth::OAuthService>>,
     manifest: &Manifest,
     company_id: &str,
@@ -115,8 +108,15 @@ pub async fn resolve(
         let grant = async {
             Ok::<_, StepError>(match binding.kind {
                 CredentialKind::Component => {
-                    resolve_component(store, vault, binding, company_id, explicit.as_deref())
-                        .await?
+                    resolve_component(
+                        store,
+                        vault,
+                        catalogue,
+                        binding,
+                        company_id,
+                        explicit.as_deref(),
+                    )
+                    .await?
                 }
                 CredentialKind::OauthLink => match &explicit {
                     Some(link_id) => Some(resolve_link(oauth, binding, company_id, link_id).await?),
@@ -213,14 +213,7 @@ async fn resolve_link(
         ));
     }
     let provider = oauth.provider(&link.integration_type).ok();
-    let pinned = provider
-        .map(|p| {
-            p.api_hosts
-                .iter()
-                .filter_map(|h| HostPattern::parse(h).ok())
-                .collect()
-        })
-        .unwrap_or_default();
+    let pinned: Vec<HostPattern> = provider.map(|p| p.api_hosts.clone()).unwrap_or_default();
     let api_base_url = provider.map(|p| p.api_base_url.clone()).unwrap_or_default();
     Ok(GrantedCredential {
         binding: binding.name.clone(),
@@ -245,6 +238,7 @@ async fn resolve_link(
 async fn resolve_component(
     store: &AnyStore,
     vault: &Vault,
+    catalogue: &Catalogue,
     binding: &CredentialBinding,
     company_id: &str,
     named: Option<&str>,
@@ -276,20 +270,34 @@ async fn resolve_component(
                 ))
             })?)
         }
-        None => store
-            .default_component(company_id, kind_of_provider(&binding.service))
-            .await
-            .map_err(store_err)?
-            .filter(|r| components::provider(r) == binding.service),
+        None => {
+            // The registry checked the binding against this catalogue when it loaded
+            // the module.
+            let kind = catalogue
+                .api_key(&binding.service)
+                .map(|p| p.kind.as_str())
+                .ok_or_else(|| {
+                    StepError::access_denied(format!(
+                        "binding `{}` names `{}`, which is no API-key provider of this host",
+                        binding.name, binding.service
+                    ))
+                })?;
+            store
+                .default_component(company_id, kind)
+                .await
+                .map_err(store_err)?
+                .filter(|r| components::provider(r) == binding.service)
+        }
     };
     let Some(record) = record else {
         return Ok(None);
     };
-    grant_component(binding, &record, vault).map(Some)
+    grant_component(catalogue, binding, &record, vault).map(Some)
 }
 
 /// Build the grant for one component record.
 pub fn grant_component(
+    catalogue: &Catalogue,
     binding: &CredentialBinding,
     record: &ComponentRecord,
     vault: &Vault,
@@ -301,11 +309,13 @@ pub fn grant_component(
             record.name, binding.name, binding.service
         )));
     }
-    let secrets = components::decrypt_secrets(record, vault).map_err(|e| {
+    let def = components::provider_def(catalogue, provider)
+        .map_err(|e| StepError::access_denied(format!("component `{}`: {e}", record.name)))?;
+    let secrets = components::decrypt_secrets(catalogue, record, vault).map_err(|e| {
         StepError::internal(format!("cannot decrypt component `{}`: {e}", record.name))
     })?;
     let field = |f: &str| secrets.iter().find(|(k, _)| k == f).map(|(_, v)| v.clone());
-    let attach = match components::attachment(record) {
+    let attach = match def.attachment(&record.config) {
         Attachment::Bearer { field: f } => field(&f).map(Attach::Bearer).unwrap_or(Attach::NotHttp),
         Attachment::Header { name, field: f } => {
             match (http::HeaderName::from_bytes(name.as_bytes()), field(&f)) {
@@ -313,24 +323,31 @@ pub fn grant_component(
                 _ => Attach::NotHttp,
             }
         }
-        Attachment::AwsSigV4 { region, service } => {
-            match (field("access_key_id"), field("secret_access_key")) {
-                (Some(access_key_id), Some(secret_access_key)) => Attach::AwsSigV4 {
-                    region,
-                    service: service.to_string(),
-                    access_key_id,
-                    secret_access_key,
-                },
-                _ => Attach::NotHttp,
-            }
-        }
+        Attachment::AwsSigV4 {
+            region,
+            service,
+            access_key_field,
+            secret_key_field,
+        } => match (field(&access_key_field), field(&secret_key_field)) {
+            (Some(access_key_id), Some(secret_access_key)) => Attach::AwsSigV4 {
+                region,
+                service,
+                access_key_id,
+                secret_access_key,
+            },
+            _ => Attach::NotHttp,
+        },
         Attachment::NotHttp => Attach::NotHttp,
     };
-    let pinned = components::pinned_hosts(record)
-        .iter()
-        .filter_map(|p| HostPattern::parse(p).ok())
-        .collect();
-    let mut config = serde_json::Value::Object(components::config_summary(record));
+    // A stored pin that no longer parses refuses the credential rather than dropping
+    // the pin silently.
+    let pinned = def.pins(&record.config).map_err(|e| {
+        StepError::internal(format!(
+            "component `{}`: config.{} is not valid: {}",
+            record.name, e.field, e.reason
+        ))
+    })?;
+    let mut config = serde_json::Value::Object(components::config_summary(catalogue, record));
     if let Some(obj) = config.as_object_mut() {
         obj.insert("name".into(), record.name.clone().into());
         obj.insert("kind".into(), record.kind.clone().into());

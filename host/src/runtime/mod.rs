@@ -318,6 +318,12 @@ impl Runtime {
         &self.modules
     }
 
+    /// The provider catalogue (the registry's: manifests were checked against it, and
+    /// grants resolve against the same).
+    pub fn catalogue(&self) -> &Arc<crate::catalogue::Catalogue> {
+        self.modules.catalogue()
+    }
+
     /// The default per-step limits.
     pub fn default_limits(&self) -> StepLimits {
         self.limits
@@ -399,6 +405,7 @@ impl Runtime {
         let resolve = grants::resolve(
             &self.store,
             &self.vault,
+            self.modules.catalogue(),
             self.oauth.as_ref(),
             &module.manifest,
             &req.company_id,

@@ -3,12 +3,14 @@
 //! compiled once per digest; `module_ref` resolves `name` (highest version) or
 //! `name@version`. A directory is rescanned when a name is not found, so a newly
 //! installed version is picked up without a restart, while steps already running keep
-//! the `Arc` of the version they started with.
+//! the `Arc` of the version they started with. A module whose manifest binds a service
+//! the host's provider catalogue does not have is refused (`invalid_manifest`).
 
 use super::cache::CompileCache;
 use super::engine::SandboxEngine;
 use super::error::StepError;
 use super::module::{LoadedModule, digest};
+use crate::catalogue::Catalogue;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -30,6 +32,8 @@ pub struct ModuleRegistry {
     engine: Arc<SandboxEngine>,
     cache: CompileCache,
     dirs: Vec<PathBuf>,
+    /// The providers manifests may bind (and steps resolve credentials against).
+    catalogue: Arc<Catalogue>,
     /// `<root>/<company_id>/*.wasm`: modules a company's admins installed, seen only by
     /// that company's steps.
     company_root: Option<PathBuf>,
@@ -49,7 +53,8 @@ impl std::fmt::Debug for ModuleRegistry {
 }
 
 impl ModuleRegistry {
-    /// A registry over these directories (missing ones are skipped).
+    /// A registry over these directories (missing ones are skipped), checking manifests
+    /// against the shipped catalogue (see [`ModuleRegistry::with_catalogue`]).
     pub fn new(
         engine: Arc<SandboxEngine>,
         cache: CompileCache,
@@ -59,12 +64,25 @@ impl ModuleRegistry {
             engine,
             cache,
             dirs,
+            catalogue: Catalogue::builtin(),
             company_root: None,
             by_company: Mutex::new(HashMap::new()),
             by_digest: Mutex::new(HashMap::new()),
             by_name: Mutex::new(HashMap::new()),
             file_digests: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Check manifests against this catalogue (the config file's, with its added
+    /// providers). Set it before loading anything: loaded modules are cached.
+    pub fn with_catalogue(mut self, catalogue: Arc<Catalogue>) -> ModuleRegistry {
+        self.catalogue = catalogue;
+        self
+    }
+
+    /// The catalogue manifests are checked against.
+    pub fn catalogue(&self) -> &Arc<Catalogue> {
+        &self.catalogue
     }
 
     /// Also serve per-company installed modules from `root/<company_id>/`.
@@ -189,7 +207,11 @@ impl ModuleRegistry {
         if let Some(m) = self.by_digest.lock().expect("registry lock").get(&d) {
             return Ok(m.clone());
         }
-        let module = Arc::new(LoadedModule::load(&self.engine, &self.cache, bytes).await?);
+        let module = LoadedModule::load(&self.engine, &self.cache, bytes).await?;
+        self.catalogue
+            .check_bindings(&module.manifest)
+            .map_err(|e| StepError::invalid_manifest(e.to_string()))?;
+        let module = Arc::new(module);
         self.by_digest
             .lock()
             .expect("registry lock")

@@ -2,6 +2,7 @@
 //! carry `config_summary`, never a credential. Rotation is the flow8 procedure: create
 //! the new component, repoint flows, delete the old one.
 
+use crate::catalogue::Catalogue;
 use crate::components::{self, NewComponent};
 use crate::server::AppState;
 use crate::server::audit;
@@ -16,19 +17,19 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 /// The API's view of a component.
-pub fn summary(c: &ComponentRecord) -> Value {
+pub fn summary(catalogue: &Catalogue, c: &ComponentRecord) -> Value {
     json!({
         "id": c.id,
         "name": c.name,
         "kind": c.kind,
-        "config_summary": components::config_summary(c),
+        "config_summary": components::config_summary(catalogue, c),
         "is_default": c.is_default,
         "created_at": c.created_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
     })
 }
 
-fn audit_state(c: &ComponentRecord) -> Value {
-    json!({"name": c.name, "kind": c.kind, "config_summary": components::config_summary(c), "is_default": c.is_default})
+fn audit_state(catalogue: &Catalogue, c: &ComponentRecord) -> Value {
+    json!({"name": c.name, "kind": c.kind, "config_summary": components::config_summary(catalogue, c), "is_default": c.is_default})
 }
 
 /// `POST /api/v1/admin/components`
@@ -38,7 +39,7 @@ pub async fn create(
     ApiJson(body): ApiJson<NewComponent>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require_admin()?;
-    let record = components::prepare(body, &caller.company_id, &st.vault)
+    let record = components::prepare(body, &caller.company_id, &st.vault, st.modules.catalogue())
         .map_err(|e| ApiError::invalid_input(e.to_string()))?;
     st.store.insert_component(record.clone()).await?;
     audit::record(
@@ -49,16 +50,19 @@ pub async fn create(
         "component",
         &record.id,
         json!({}),
-        audit_state(&record),
+        audit_state(st.modules.catalogue(), &record),
     )
     .await;
-    Ok((StatusCode::CREATED, Json(summary(&record))))
+    Ok((
+        StatusCode::CREATED,
+        Json(summary(st.modules.catalogue(), &record)),
+    ))
 }
 
 async fn list_all(st: &AppState, caller: &Caller) -> Result<Json<Value>, ApiError> {
     let list = st.store.list_components(&caller.company_id).await?;
     Ok(Json(
-        json!({"components": list.iter().map(summary).collect::<Vec<_>>()}),
+        json!({"components": list.iter().map(|c| summary(st.modules.catalogue(), c)).collect::<Vec<_>>()}),
     ))
 }
 
@@ -93,7 +97,10 @@ pub async fn get_one(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    Ok(Json(summary(&find(&st, &caller, &id).await?)))
+    Ok(Json(summary(
+        st.modules.catalogue(),
+        &find(&st, &caller, &id).await?,
+    )))
 }
 
 /// `DELETE /api/v1/admin/components/{id}`
@@ -114,7 +121,7 @@ pub async fn remove(
         "component_deleted",
         "component",
         &id,
-        audit_state(&record),
+        audit_state(st.modules.catalogue(), &record),
         json!({}),
     )
     .await;
@@ -144,9 +151,9 @@ pub async fn make_default(
         "component_made_default",
         "component",
         &id,
-        audit_state(&before),
-        audit_state(&after),
+        audit_state(st.modules.catalogue(), &before),
+        audit_state(st.modules.catalogue(), &after),
     )
     .await;
-    Ok(Json(summary(&after)))
+    Ok(Json(summary(st.modules.catalogue(), &after)))
 }
