@@ -1142,7 +1142,11 @@ mod tests {
             }))
             .unwrap(),
         );
-        let oauth = OAuthService::new(store.clone(), vault, providers::configure(&config).unwrap());
+        let oauth = OAuthService::new(
+            store.clone(),
+            vault,
+            providers::configure(&crate::catalogue::Catalogue::builtin(), &config).unwrap(),
+        );
         assert!(matches!(
             oauth.access_token("A", &link.id).await,
             Err(OAuthError::TokenRevoked(_))
