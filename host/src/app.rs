@@ -225,12 +225,14 @@ impl HostSettings {
 
 /// The OAuth service a configuration describes over a store and vault, if it
 /// configures any provider (its refresh journal in the data directory): each `oauth2:`
-/// entry over the catalogue's provider of that name.
+/// entry over the catalogue's provider of that name, telling the audit log what happens
+/// to links.
 pub fn oauth_service(
     config: &HostConfig,
     data_dir: &Path,
     store: Arc<AnyStore>,
     vault: Arc<Vault>,
+    audit: &AuditWriter,
 ) -> Result<Option<Arc<OAuthService>>, HostError> {
     let catalogue = config
         .catalogue()
@@ -241,7 +243,8 @@ pub fn oauth_service(
         return Ok(None);
     }
     let mut oauth = OAuthService::new(store, vault, providers)
-        .with_journal(data_dir.join(crate::oauth::journal::JOURNAL_DIR));
+        .with_journal(data_dir.join(crate::oauth::journal::JOURNAL_DIR))
+        .with_events(Arc::new(audit.clone()));
     oauth.refresh_window = Duration::from_secs(config.oauth_refresh_window_seconds);
     Ok(Some(Arc::new(oauth)))
 }
@@ -292,11 +295,13 @@ impl Host {
         let modules = settings.build_modules()?;
         let outbound = OutboundClient::new(settings.config.outbound_policy())
             .map_err(|e| HostError::Internal(e.to_string()))?;
+        let audit = AuditWriter::start(store.clone());
         let oauth = oauth_service(
             &settings.config,
             &settings.data_dir,
             store.clone(),
             vault.clone(),
+            &audit,
         )?;
         let mut runtime = Runtime::new(
             modules.clone(),
@@ -308,7 +313,6 @@ impl Host {
         if let Some(o) = &oauth {
             runtime = runtime.with_oauth(o.clone());
         }
-        let audit = AuditWriter::start(store.clone());
         Ok(Host {
             company_modules_dir: settings.company_modules_dir(),
             config: settings.config,

@@ -211,7 +211,7 @@ async fn pages_escape_what_providers_and_links_say() {
             provider_user_id: "u1".into(),
             provider_user_email: SCRIPT.into(),
             provider_metadata: json!({}),
-            status: "active".into(),
+            status: flow8_host::store::LinkStatus::Active,
             refresh_lease_owner: None,
             refresh_lease_until: None,
             version: 0,

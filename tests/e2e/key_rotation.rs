@@ -51,7 +51,7 @@ fn sealed_link(vault: &Vault, company: &str) -> LinkRecord {
         provider_user_id: "U1".into(),
         provider_user_email: "alice@example.com".into(),
         provider_metadata: json!({}),
-        status: "active".into(),
+        status: flow8_host::store::LinkStatus::Active,
         refresh_lease_owner: None,
         refresh_lease_until: None,
         version: 0,

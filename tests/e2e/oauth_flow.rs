@@ -18,8 +18,15 @@ struct Setup {
 }
 
 fn setup(ttl_sequence: &[u64]) -> Setup {
+    setup_with_env(ttl_sequence, &[])
+}
+
+/// `setup`, with extra environment for the host process.
+fn setup_with_env(ttl_sequence: &[u64], env: &[(&str, String)]) -> Setup {
     let oauth = OAuthServer::start(3600, ttl_sequence);
-    let cli = Cli::new();
+    let mut cli = Cli::new();
+    cli.env
+        .extend(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
     let port = ServerProcess::free_port();
     let config = format!(
         "oauth_refresh_window_seconds: 300\noauth_background_refresh_seconds: 0\noauth2:\n  google:\n    client_id: flow8-test-client\n    client_secret: test-secret\n    redirect_uri: http://127.0.0.1:{port}/auth/callback\n    scopes: [drive, sheets]\n    authorize_url: {b}/authorize\n    token_url: {b}/token\n    revoke_url: {b}/revoke\n    identity_url: {b}/userinfo\n    api_hosts: ['http://127.0.0.1:*']\n",
@@ -524,4 +531,57 @@ async fn the_background_refresher_renews_a_link_without_any_step() {
         );
         tokio::task::yield_now().await;
     }
+}
+
+/// reqwest sends through HTTP_PROXY, HTTPS_PROXY and ALL_PROXY from the environment
+/// unless told not to: the host's requests to the provider (code exchange with the
+/// client secret, refresh, identity, revocation) must go to the provider only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_requests_never_go_through_a_proxy_from_the_environment() {
+    let proxy = RecordingServer::start();
+    let via = format!("http://{}", proxy.addr);
+    let env: Vec<(&str, String)> = [
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ]
+    .into_iter()
+    .map(|k| (k, via.clone()))
+    .collect();
+    // The first access token is nearly expired: the health check refreshes it first.
+    let s = setup_with_env(&[20], &env);
+    let (_, connected) = s.connect().await;
+    let link_id = connected["link"]["id"].as_str().unwrap().to_string();
+    let r = s
+        .http
+        .post(s.server.url("/api/v1/integrations/test"))
+        .bearer_auth(&s.member)
+        .header("content-type", "application/json")
+        .body(json!({"link_id": link_id}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let health: Value = r.json().await.unwrap();
+    assert_eq!(health["status"], "ok", "{health}");
+    let r = s
+        .http
+        .delete(
+            s.server
+                .url(&format!("/api/v1/integrations/google/{link_id}")),
+        )
+        .bearer_auth(&s.member)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    // The provider got every request...
+    assert_eq!(s.oauth.token_requests_at_least("authorization_code", 1), 1);
+    assert_eq!(s.oauth.token_requests_at_least("refresh_token", 1), 1);
+    let latest = s.oauth.refresh_tokens_at_least(2).last().cloned().unwrap();
+    assert!(s.oauth.wait_for_revocation(&latest));
+    // ...and the proxy none.
+    assert!(proxy.requests().is_empty(), "{:?}", proxy.requests());
 }

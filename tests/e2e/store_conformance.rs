@@ -109,7 +109,7 @@ fn link(company: &str, service: &str, expiry: Option<OffsetDateTime>) -> LinkRec
         provider_user_id: "U123".into(),
         provider_user_email: "user@company.com".into(),
         provider_metadata: json!({"team": {"id": "T1"}}),
-        status: "active".into(),
+        status: flow8_host::store::LinkStatus::Active,
         refresh_lease_owner: None,
         refresh_lease_until: None,
         version: 0,
@@ -286,7 +286,7 @@ async fn links_are_scoped_listed_and_found_by_expiry<S: Store>(s: &S) {
     assert_eq!(one.len(), 1);
     // A link needing reconnection is not refreshed in the background.
     let mut revoked = s.get_link("A", &l2.id).await.unwrap().unwrap();
-    revoked.status = "needs_reconnect".into();
+    revoked.status = flow8_host::store::LinkStatus::NeedsReconnect;
     assert!(s.update_link_cas(revoked, l2.version).await.unwrap());
     assert!(
         !s.links_due_for_refresh(now() + Duration::hours(1), &auto, 10)

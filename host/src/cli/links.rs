@@ -84,18 +84,23 @@ pub(super) async fn run(cli: &Cli, settings: &HostSettings, cmd: &LinksCommand) 
         Ok(x) => x,
         Err((name, msg)) => return fail(name, msg),
     };
-    let oauth =
-        match crate::app::oauth_service(&settings.config, &settings.data_dir, store.clone(), vault)
-        {
-            Ok(Some(o)) => o,
-            Ok(None) => {
-                return fail(
-                    ErrorName::NotConfigured,
-                    "no oauth2 providers in the configuration (--config)",
-                );
-            }
-            Err(e) => return fail(e.name(), e),
-        };
+    let audit = crate::server::audit::AuditWriter::start(store.clone());
+    let oauth = match crate::app::oauth_service(
+        &settings.config,
+        &settings.data_dir,
+        store.clone(),
+        vault,
+        &audit,
+    ) {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            return fail(
+                ErrorName::NotConfigured,
+                "no oauth2 providers in the configuration (--config)",
+            );
+        }
+        Err(e) => return fail(e.name(), e),
+    };
     let company = cli.company.as_str();
     match cmd {
         LinksCommand::Connect {
@@ -159,17 +164,7 @@ pub(super) async fn run(cli: &Cli, settings: &HostSettings, cmd: &LinksCommand) 
             server.abort();
             match result {
                 Ok(Some(Ok(link))) => {
-                    crate::server::audit::record(
-                        &store,
-                        &link.company_id,
-                        Some(&link.user_id),
-                        "integration_linked",
-                        "integration",
-                        &link.id,
-                        serde_json::json!({}),
-                        serde_json::json!({"integration_type": link.integration_type, "provider_user_id": link.provider_user_id, "scopes": link.scopes}),
-                    )
-                    .await;
+                    // The service recorded `integration_linked` (its events go to the audit log).
                     print_json(&view(&link));
                     ExitCode::SUCCESS
                 }
@@ -193,7 +188,7 @@ pub(super) async fn run(cli: &Cli, settings: &HostSettings, cmd: &LinksCommand) 
             Err(e) => fail(e.name(), e),
         },
         LinksCommand::Delete { service, link_id } => {
-            match oauth.unlink(company, service, link_id).await {
+            match oauth.unlink(company, service, link_id, None).await {
                 Ok(link) => {
                     let mut v = view(&link);
                     v["deleted"] = true.into();

@@ -6,9 +6,10 @@
 //! then answers every waiter, so concurrent steps share one write instead of queueing
 //! for the store's write lock one by one.
 
+use crate::oauth::events::{EventFuture, OAuthEvent, OAuthEvents};
 use crate::store::AnyStore;
-use crate::store::{AuditRecord, Store, new_object_id, now};
-use serde_json::Value;
+use crate::store::{AuditRecord, LinkRecord, LinkStatus, Store, new_object_id, now};
+use serde_json::{Value, json};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -129,5 +130,54 @@ pub async fn record(
     );
     if let Err(e) = store.insert_audit(entry).await {
         tracing::error!(error = %e, action_type, resource_id, "could not write an audit entry");
+    }
+}
+
+/// The audit entry an OAuth event is recorded as, in flow8's shape; None for events the
+/// audit log does not keep (refreshes, revocations: the link's own state shows them).
+pub fn oauth_entry(event: &OAuthEvent) -> Option<AuditRecord> {
+    let described = |l: &LinkRecord| json!({"integration_type": l.integration_type, "provider_user_id": l.provider_user_id, "scopes": l.scopes});
+    Some(match event {
+        OAuthEvent::Linked { link } => entry(
+            &link.company_id,
+            Some(&link.user_id),
+            "integration_linked",
+            "integration",
+            &link.id,
+            json!({}),
+            described(link),
+        ),
+        OAuthEvent::Unlinked { link, actor } => entry(
+            &link.company_id,
+            actor.as_deref(),
+            "integration_unlinked",
+            "integration",
+            &link.id,
+            described(link),
+            json!({}),
+        ),
+        OAuthEvent::NeedsReconnect { link, .. } => entry(
+            &link.company_id,
+            None,
+            "integration_needs_reconnect",
+            "integration",
+            &link.id,
+            json!({"status": LinkStatus::Active}),
+            json!({"status": LinkStatus::NeedsReconnect, "integration_type": link.integration_type}),
+        ),
+        OAuthEvent::Refreshed { .. }
+        | OAuthEvent::RefreshFailed { .. }
+        | OAuthEvent::Revoked { .. } => return None,
+    })
+}
+
+/// The audit log as the OAuth service's event sink (wired by the composition root).
+impl OAuthEvents for AuditWriter {
+    fn emit(&self, event: OAuthEvent) -> EventFuture<'_> {
+        Box::pin(async move {
+            if let Some(entry) = oauth_entry(&event) {
+                self.record(entry).await;
+            }
+        })
     }
 }

@@ -104,9 +104,9 @@ pub struct LinkRecord {
     /// Anything else the provider said (team, tenant, realmId).
     #[serde(default)]
     pub provider_metadata: serde_json::Value,
-    /// `active`, or `needs_reconnect` after the provider refused the refresh token.
-    #[serde(default = "active")]
-    pub status: String,
+    /// Whether the link can be used (stored as `active` / `needs_reconnect`).
+    #[serde(default)]
+    pub status: LinkStatus,
     /// Who holds the refresh lease, until when.
     #[serde(default)]
     pub refresh_lease_owner: Option<String>,
@@ -124,8 +124,32 @@ pub struct LinkRecord {
     pub updated_at: OffsetDateTime,
 }
 
-fn active() -> String {
-    "active".into()
+/// A link's state, stored as its wire string in both stores.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkStatus {
+    /// Usable; refreshed when it nears expiry.
+    #[default]
+    Active,
+    /// The provider refused its refresh token (or revoked it): the user must connect
+    /// again; nothing refreshes it any more.
+    NeedsReconnect,
+}
+
+impl LinkStatus {
+    /// The stored and API value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkStatus::Active => "active",
+            LinkStatus::NeedsReconnect => "needs_reconnect",
+        }
+    }
+}
+
+impl std::fmt::Display for LinkStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A pending OAuth authorization: single use, expiring, bound to user, company and service.
@@ -428,6 +452,25 @@ mod tests {
         // The first four bytes are the creation time in Unix seconds, big-endian.
         let secs = i64::from(u32::from_str_radix(&a[..8], 16).unwrap());
         assert!((before..=after).contains(&secs), "{a}");
+    }
+
+    #[test]
+    fn link_statuses_keep_their_wire_strings() {
+        // Both stores write the record through serde, so these are the stored values.
+        for (status, wire) in [
+            (LinkStatus::Active, "active"),
+            (LinkStatus::NeedsReconnect, "needs_reconnect"),
+        ] {
+            assert_eq!(serde_json::to_value(status).unwrap(), wire);
+            assert_eq!(status.as_str(), wire);
+            assert_eq!(
+                serde_json::from_value::<LinkStatus>(serde_json::json!(wire)).unwrap(),
+                status
+            );
+        }
+        // A link written before the field existed is active; an unknown value is refused.
+        assert_eq!(LinkStatus::default(), LinkStatus::Active);
+        assert!(serde_json::from_value::<LinkStatus>(serde_json::json!("revoked")).is_err());
     }
 
     #[test]

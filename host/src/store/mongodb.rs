@@ -470,7 +470,7 @@ impl Store for MongoStore {
     ) -> Result<Vec<LinkRecord>, StoreError> {
         self.find_links(
             doc! {
-                "status": "active",
+                "status": super::LinkStatus::Active.as_str(),
                 "refresh_token": {"$ne": null},
                 "integration_type": {"$in": services},
                 "token_expiry": {"$lt": date(before)},

@@ -114,7 +114,7 @@ pub async fn page(
             } else {
                 &l.provider_user_email
             },
-            status: &l.status,
+            status: l.status.as_str(),
         })
         .collect();
     let mut buttons = Vec::new();

@@ -5,12 +5,11 @@
 use crate::error::ErrorName;
 use crate::oauth::{OAuthError, OAuthService};
 use crate::server::AppState;
-use crate::server::audit;
 use crate::server::auth::Caller;
 use crate::server::error::ApiError;
 use crate::server::extract::ApiJson;
 use crate::server::pages;
-use crate::store::{LinkRecord, Store};
+use crate::store::{LinkRecord, LinkStatus, Store};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -100,17 +99,6 @@ pub async fn callback(
     };
     match result {
         Ok(link) => {
-            audit::record(
-                &st.store,
-                &link.company_id,
-                Some(&link.user_id),
-                "integration_linked",
-                "integration",
-                &link.id,
-                json!({}),
-                json!({"integration_type": link.integration_type, "provider_user_id": link.provider_user_id, "scopes": link.scopes}),
-            )
-            .await;
             let return_url = st
                 .oauth
                 .as_ref()
@@ -187,7 +175,7 @@ pub async fn list(
         .filter(|l| f.service.as_deref().is_none_or(|s| l.integration_type == s))
         .filter(|l| {
             f.needs_reconnect
-                .is_none_or(|n| n == (l.status == "needs_reconnect"))
+                .is_none_or(|n| n == (l.status == LinkStatus::NeedsReconnect))
         })
         .map(view)
         .collect();
@@ -200,18 +188,10 @@ async fn unlink_one(
     service: &str,
     id: &str,
 ) -> Result<(), ApiError> {
-    let link = oauth(st)?.unlink(&caller.company_id, service, id).await?;
-    audit::record(
-        &st.store,
-        &caller.company_id,
-        Some(&caller.user_id),
-        "integration_unlinked",
-        "integration",
-        &link.id,
-        json!({"integration_type": link.integration_type, "provider_user_id": link.provider_user_id, "scopes": link.scopes}),
-        json!({}),
-    )
-    .await;
+    // The service records `integration_unlinked` (its events go to the audit log).
+    oauth(st)?
+        .unlink(&caller.company_id, service, id, Some(&caller.user_id))
+        .await?;
     Ok(())
 }
 

@@ -1,0 +1,438 @@
+//! Where tokens get refreshed. A step's token is refreshed before it is used when it
+//! expires within the refresh window, or at once when the provider refused it; both go
+//! through one path ([`OAuthService::refresh`]) so there is exactly one refresher per
+//! link, even under concurrency and across host processes:
+//!
+//! 1. a single flight per link in this process;
+//! 2. the link's journaled refresh, if any, reaches the store first (its refresh token
+//!    is already spent);
+//! 3. a lease in the store, and the link re-read after taking it;
+//! 4. the refresh grant (through `client.rs`); `invalid_grant` marks the link
+//!    `needs_reconnect` once, not a retry storm;
+//! 5. the answer synced to the journal, then a compare-and-set write to the store.
+//!
+//! The background refresher renews links nearing expiry through the same path, so steps
+//! rarely wait for a refresh.
+
+use super::journal::JournalEntry;
+use super::providers::Provider;
+use super::{OAuthError, OAuthEvent, OAuthService, RefreshCause};
+use crate::catalogue::oauth::RefreshPolicy;
+use crate::store::{LinkRecord, LinkStatus, Store, now};
+use crate::vault::{Envelope, Secret};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// At most this many links are renewed per background tick (the rest wait a tick).
+const BACKGROUND_REFRESH_BATCH: u32 = 500;
+
+/// Why a link is being refreshed, and so when a refresh is no longer needed.
+#[derive(Clone, Copy)]
+enum Need<'a> {
+    /// The access token expires within the refresh window.
+    Expiring,
+    /// The provider refused this access token.
+    Rejected(&'a Secret),
+}
+
+impl Need<'_> {
+    fn cause(&self) -> RefreshCause {
+        match self {
+            Need::Expiring => RefreshCause::Expiring,
+            Need::Rejected(_) => RefreshCause::Rejected,
+        }
+    }
+}
+
+impl OAuthService {
+    /// The link's access token for a step of `company_id`, refreshed first when it
+    /// expires within the refresh window.
+    pub async fn access_token(
+        &self,
+        company_id: &str,
+        link_id: &str,
+    ) -> Result<(Secret, LinkRecord), OAuthError> {
+        let link = self.link(company_id, link_id).await?;
+        let link = self.refresh(link, Need::Expiring).await?;
+        let token = self.open(&link.access_token)?;
+        Ok((token, link))
+    }
+
+    /// Refresh a link whose access token the provider just refused (`rejected`), unless
+    /// another refresher already replaced it; the token to use now.
+    pub async fn force_refresh(
+        &self,
+        company_id: &str,
+        link_id: &str,
+        rejected: &Secret,
+    ) -> Result<Secret, OAuthError> {
+        let link = self.link(company_id, link_id).await?;
+        let link = self.refresh(link, Need::Rejected(rejected)).await?;
+        self.open(&link.access_token)
+    }
+
+    /// Does the access token expire within the refresh window?
+    fn expires_soon(&self, link: &LinkRecord) -> bool {
+        link.token_expiry.is_some_and(|t| {
+            t - now()
+                < time::Duration::try_from(self.refresh_window).unwrap_or(time::Duration::HOUR)
+        })
+    }
+
+    /// Is the refresh still needed for the link as the store holds it now?
+    fn still_needed(&self, link: &LinkRecord, need: Need<'_>) -> Result<bool, OAuthError> {
+        Ok(match need {
+            Need::Expiring => self.expires_soon(link),
+            // Another refresher may have replaced the refused token meanwhile.
+            Need::Rejected(rejected) => &self.open(&link.access_token)? == rejected,
+        })
+    }
+
+    fn flight(&self, link_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.single_flight
+            .lock()
+            .expect("single-flight lock")
+            .entry(link_id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The one refresh path: the link as it should be used now, refreshed if `need`
+    /// still holds once this caller is the link's only refresher.
+    async fn refresh(&self, link: LinkRecord, need: Need<'_>) -> Result<LinkRecord, OAuthError> {
+        if link.status == LinkStatus::NeedsReconnect {
+            return Err(OAuthError::TokenRevoked(link.integration_type));
+        }
+        let p = self.provider(&link.integration_type)?;
+        let refreshable = p.defaults.refresh == RefreshPolicy::Auto && link.refresh_token.is_some();
+        match need {
+            // Long-lived tokens are used until the provider refuses them...
+            Need::Expiring if !refreshable || !self.expires_soon(&link) => return Ok(link),
+            // ...and then only a reconnection helps.
+            Need::Rejected(_) if !refreshable => {
+                return Err(OAuthError::TokenRevoked(link.integration_type));
+            }
+            _ => {}
+        }
+        // One refresher per link in this process...
+        let flight = self.flight(&link.id);
+        let _guard = flight.lock().await;
+        self.settle_journal(&link.id).await?;
+        let deadline = tokio::time::Instant::now() + self.lease + Duration::from_secs(5);
+        loop {
+            let current = self.link(&link.company_id, &link.id).await?;
+            if current.status == LinkStatus::NeedsReconnect {
+                return Err(OAuthError::TokenRevoked(current.integration_type));
+            }
+            if !self.still_needed(&current, need)? {
+                return Ok(current);
+            }
+            // ...and across processes: a lease in the store, re-read after taking it.
+            let until = now() + self.lease;
+            if let Some(leased) = self
+                .store
+                .try_lease_link(&link.company_id, &link.id, &self.owner, until)
+                .await?
+            {
+                return self.refresh_leased(p, leased, need).await;
+            }
+            if matches!(need, Need::Expiring) && current.token_expiry.is_some_and(|t| t > now()) {
+                // Someone else is refreshing; the current token still works.
+                return Ok(current);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(OAuthError::Provider(
+                    "another host is refreshing this link and has not finished".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Refresh a link this process holds the lease of.
+    async fn refresh_leased(
+        &self,
+        p: &Provider,
+        leased: LinkRecord,
+        need: Need<'_>,
+    ) -> Result<LinkRecord, OAuthError> {
+        if !self.still_needed(&leased, need)? {
+            return Ok(leased);
+        }
+        let refresh = match &leased.refresh_token {
+            Some(sealed) => self.open(sealed)?,
+            None => return Ok(leased),
+        };
+        let client = self.client(p);
+        let mut attempt = 0;
+        let tokens = loop {
+            attempt += 1;
+            match client.refresh(&refresh).await {
+                Ok(t) => break t,
+                Err(OAuthError::InvalidGrant(reason)) => {
+                    return Err(self.mark_needs_reconnect(leased, reason).await);
+                }
+                Err(e) if attempt < 3 => {
+                    tracing::warn!(link = %leased.id, error = %e, attempt, "refresh failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * (1 << attempt))).await;
+                }
+                Err(e) => {
+                    self.emit(OAuthEvent::RefreshFailed {
+                        link: leased.clone(),
+                        error: e.to_string(),
+                    })
+                    .await;
+                    if leased.token_expiry.is_some_and(|t| t > now()) {
+                        // The provider is down but the token still works: use it.
+                        return Ok(leased);
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        let t = now();
+        let mut updated = leased.clone();
+        updated.access_token = self.vault.encrypt(tokens.access_token.expose());
+        // A provider that rotates gives a new refresh token; one that does not keeps the old.
+        if let Some(r) = &tokens.refresh_token {
+            updated.refresh_token = Some(self.vault.encrypt(r.expose()));
+        }
+        updated.token_expiry = tokens.expiry(t);
+        if let Some(s) = tokens.scopes {
+            updated.scopes = s;
+        }
+        updated.refresh_lease_owner = None;
+        updated.refresh_lease_until = None;
+        let (updated, ours) = self.save_refreshed(&leased, updated).await?;
+        if ours {
+            self.emit(OAuthEvent::Refreshed {
+                link: updated.clone(),
+                cause: need.cause(),
+            })
+            .await;
+        }
+        Ok(updated)
+    }
+
+    /// The provider refused the refresh token: mark the link once (compare-and-set on
+    /// the leased version), and tell it only when this host's write marked it. The
+    /// error for the caller.
+    async fn mark_needs_reconnect(&self, leased: LinkRecord, reason: String) -> OAuthError {
+        let mut dead = leased.clone();
+        dead.status = LinkStatus::NeedsReconnect;
+        dead.refresh_lease_owner = None;
+        dead.refresh_lease_until = None;
+        match self.store.update_link_cas(dead, leased.version).await {
+            Ok(true) => {
+                tracing::warn!(link = %leased.id, service = %leased.integration_type, %reason, "refresh refused; link needs reconnection");
+                let service = leased.integration_type.clone();
+                self.emit(OAuthEvent::NeedsReconnect {
+                    link: leased,
+                    reason,
+                })
+                .await;
+                OAuthError::TokenRevoked(service)
+            }
+            Ok(false) => {
+                // The link changed meanwhile (unlinked, or marked by another host):
+                // this host marked nothing, so it tells nothing.
+                tracing::info!(link = %leased.id, service = %leased.integration_type, %reason, "refresh refused; the link changed meanwhile and is left as it is");
+                OAuthError::TokenRevoked(leased.integration_type)
+            }
+            Err(e) => e.into(),
+        }
+    }
+
+    /// Persist refreshed tokens before anyone uses them. The old refresh token may be
+    /// spent now: the answer goes to the local journal first (synced), then to the
+    /// store; the journal entry goes once the store has it. A failing store is retried
+    /// (fewer times when the journal holds the answer: it writes it once the store is
+    /// back). The link as stored, and whether it holds these tokens by this write.
+    async fn save_refreshed(
+        &self,
+        leased: &LinkRecord,
+        updated: LinkRecord,
+    ) -> Result<(LinkRecord, bool), OAuthError> {
+        let entry = JournalEntry {
+            link: updated.clone(),
+            spent_refresh_token: leased.refresh_token.clone(),
+        };
+        let journaled = match &self.journal {
+            Some(j) => match j.record(&entry) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(link = %leased.id, error = %e, "cannot write the refresh journal; saving to the store only");
+                    false
+                }
+            },
+            None => false,
+        };
+        let max_tries = if journaled { 2 } else { 5 };
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self
+                .store
+                .update_link_cas(updated.clone(), leased.version)
+                .await
+            {
+                Ok(true) => {
+                    if let Some(j) = &self.journal {
+                        j.remove(&leased.id);
+                    }
+                    let mut stored = updated;
+                    stored.version = leased.version + 1;
+                    return Ok((stored, true));
+                }
+                Ok(false) => {
+                    if journaled {
+                        // Whoever changed it, the journal decides with the store's
+                        // current refresh token whether these tokens still belong there.
+                        self.flush_journal_entry(entry).await?;
+                        return Ok((self.link(&leased.company_id, &leased.id).await?, false));
+                    }
+                    return Err(OAuthError::Provider(
+                        "the link changed while it was being refreshed (lease lost)".into(),
+                    ));
+                }
+                Err(e) if tries < max_tries => {
+                    tracing::error!(link = %leased.id, error = %e, "cannot save refreshed tokens; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+                }
+                Err(e) => {
+                    self.emit(OAuthEvent::RefreshFailed {
+                        link: leased.clone(),
+                        error: e.to_string(),
+                    })
+                    .await;
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    /// Write a journaled refresh to the store if the store still holds the refresh token
+    /// it spent; drop it if the link moved on. `Err` while the store cannot take it.
+    async fn flush_journal_entry(&self, entry: JournalEntry) -> Result<(), OAuthError> {
+        let Some(j) = &self.journal else {
+            return Ok(());
+        };
+        let id = entry.link.id.clone();
+        loop {
+            let Some(current) = self.store.get_link(&entry.link.company_id, &id).await? else {
+                j.remove(&id);
+                return Ok(());
+            };
+            if !self.same_secret(&current.refresh_token, &entry.spent_refresh_token) {
+                // Refreshed or reconnected since: the journaled answer is obsolete.
+                j.remove(&id);
+                return Ok(());
+            }
+            let mut link = entry.link.clone();
+            link.status = LinkStatus::Active;
+            link.refresh_lease_owner = None;
+            link.refresh_lease_until = None;
+            if self.store.update_link_cas(link, current.version).await? {
+                tracing::info!(link = %id, "a journaled refresh reached the store");
+                j.remove(&id);
+                return Ok(());
+            }
+        }
+    }
+
+    /// Do two sealed values hold the same secret (a key rotation re-seals without
+    /// changing it)?
+    fn same_secret(&self, a: &Option<Envelope>, b: &Option<Envelope>) -> bool {
+        match (a, b) {
+            (None, None) => true,
+            (Some(x), Some(y)) if x == y => true,
+            (Some(x), Some(y)) => match (self.open(x), self.open(y)) {
+                (Ok(p), Ok(q)) => p == q,
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// Flush every journaled refresh the store can take now.
+    pub async fn flush_journal(&self) {
+        let Some(j) = &self.journal else { return };
+        for entry in j.pending() {
+            let id = entry.link.id.clone();
+            if let Err(e) = self.flush_journal_entry(entry).await {
+                tracing::warn!(link = %id, error = %e, "a journaled refresh is still waiting for the store");
+            }
+        }
+    }
+
+    /// Flush the journal now and then every `every` (for `serve`).
+    pub fn spawn_journal_flusher(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                this.flush_journal().await;
+            }
+        })
+    }
+
+    /// Before refreshing a link: its journaled refresh, if any, must reach the store
+    /// first (refreshing again would spend a refresh token that is already spent).
+    async fn settle_journal(&self, link_id: &str) -> Result<(), OAuthError> {
+        if let Some(entry) = self.journal.as_ref().and_then(|j| j.get(link_id)) {
+            self.flush_journal_entry(entry).await?;
+        }
+        Ok(())
+    }
+
+    /// Configured services whose tokens are refreshed before they expire (the others
+    /// are long-lived: reconnected when revoked, never refreshed).
+    fn auto_refresh_services(&self) -> Vec<String> {
+        self.providers
+            .iter()
+            .filter(|(_, p)| p.defaults.refresh == RefreshPolicy::Auto)
+            .map(|(s, _)| s.clone())
+            .collect()
+    }
+
+    /// Renew links nearing expiry in the background, every `every`, so steps rarely wait
+    /// for a refresh. Uses the same path as a step (single flight, lease), so it never
+    /// races a step or another host.
+    pub fn spawn_background_refresher(
+        self: &Arc<Self>,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let window =
+                    time::Duration::try_from(this.refresh_window).unwrap_or(time::Duration::HOUR);
+                let due = match this
+                    .store
+                    .links_due_for_refresh(
+                        now() + window,
+                        &this.auto_refresh_services(),
+                        BACKGROUND_REFRESH_BATCH,
+                    )
+                    .await
+                {
+                    Ok(links) => links,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "background refresher cannot list links");
+                        continue;
+                    }
+                };
+                for link in due {
+                    if let Err(e) = this.access_token(&link.company_id, &link.id).await {
+                        tracing::warn!(link = %link.id, error = %e, "background refresh failed");
+                    }
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,322 @@
+//! Unit tests of the service over a real embedded store and real local HTTP servers
+//! (the dialect edge has its own, in `client.rs`).
+
+use super::authorize::sha256_hex;
+use super::*;
+use crate::store::{OAuthStateRecord, now};
+use serde_json::json;
+
+/// A service with `google` configured as `extra` says (endpoints default to a closed port).
+pub(super) fn service_with(extra: serde_json::Value) -> (Arc<AnyStore>, OAuthService) {
+    let store = Arc::new(AnyStore::from(
+        crate::store::embedded::EmbeddedStore::open_in_memory().unwrap(),
+    ));
+    let vault = Arc::new(Vault::new(crate::vault::MasterKey::generate()));
+    let mut provider = json!({
+        "client_id": "c", "client_secret": "s",
+        "redirect_uri": "http://127.0.0.1:1/auth/callback", "scopes": ["drive"],
+        "authorize_url": "http://127.0.0.1:9/authorize",
+        "token_url": "http://127.0.0.1:9/token",
+    });
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        provider[k] = v.clone();
+    }
+    let mut config = BTreeMap::new();
+    config.insert(
+        "google".to_string(),
+        serde_json::from_value(provider).unwrap(),
+    );
+    let providers = providers::configure(&crate::catalogue::Catalogue::builtin(), &config).unwrap();
+    (store.clone(), OAuthService::new(store, vault, providers))
+}
+
+fn service() -> (Arc<AnyStore>, OAuthService) {
+    service_with(json!({}))
+}
+
+fn params(state: &str) -> BTreeMap<String, String> {
+    [("state", state), ("code", "c")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn states_are_single_use_expire_and_are_not_connect_sessions() {
+    let (store, oauth) = service();
+    // Expired: refused (and gone).
+    store
+        .insert_oauth_state(OAuthStateRecord {
+            state_hash: sha256_hex("old"),
+            company_id: "A".into(),
+            user_id: "u".into(),
+            service: "google".into(),
+            pkce_verifier: None,
+            expires_at: now() - Duration::from_secs(1),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        oauth.callback(&params("old")).await,
+        Err(OAuthError::InvalidState)
+    ));
+    // Never issued.
+    assert!(matches!(
+        oauth.callback(&params("forged")).await,
+        Err(OAuthError::InvalidState)
+    ));
+    // A connect-page token is no authorization state, and the other way round.
+    let (session, _) = oauth.create_connect_session("A", "u").await.unwrap();
+    assert!(matches!(
+        oauth.callback(&params(&session)).await,
+        Err(OAuthError::InvalidState)
+    ));
+    let url = oauth.authorize_url("A", "u", "google").await.unwrap();
+    let state = url::Url::parse(&url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    assert!(matches!(
+        oauth.open_connect_session(&state).await,
+        Err(OAuthError::InvalidState)
+    ));
+    // Each is single use: that state was used up by the attempt.
+    assert!(matches!(
+        oauth.callback(&params(&state)).await,
+        Err(OAuthError::InvalidState)
+    ));
+    let (session, _) = oauth.create_connect_session("A", "u").await.unwrap();
+    assert_eq!(
+        oauth.open_connect_session(&session).await.unwrap(),
+        ("A".to_string(), "u".to_string())
+    );
+    assert!(matches!(
+        oauth.open_connect_session(&session).await,
+        Err(OAuthError::InvalidState)
+    ));
+}
+
+/// Every event a service emitted.
+#[derive(Default)]
+struct Recorded(std::sync::Mutex<Vec<OAuthEvent>>);
+
+impl OAuthEvents for Recorded {
+    fn emit(&self, event: OAuthEvent) -> events::EventFuture<'_> {
+        self.0.lock().unwrap().push(event);
+        Box::pin(std::future::ready(()))
+    }
+}
+
+/// A token endpoint on a loopback port: each refresh answers `answer(n)` for the n-th
+/// request (from 1); the number of requests so far.
+async fn token_endpoint(
+    answer: impl Fn(usize) -> (u16, serde_json::Value) + Send + Sync + 'static,
+) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let count = Arc::new(AtomicUsize::new(0));
+    let (seen, answer) = (count.clone(), Arc::new(answer));
+    let app = axum::Router::new().fallback(move || {
+        let (seen, answer) = (seen.clone(), answer.clone());
+        async move {
+            let (status, body) = answer(seen.fetch_add(1, Ordering::SeqCst) + 1);
+            (
+                axum::http::StatusCode::from_u16(status).unwrap(),
+                axum::Json(body),
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/token"), count)
+}
+
+/// A link of company `A` to `google` whose token expires in `expires_in`.
+async fn insert_link(store: &AnyStore, oauth: &OAuthService, expires_in: Duration) -> LinkRecord {
+    let t = now();
+    let link = LinkRecord {
+        id: new_object_id(),
+        user_id: "u".into(),
+        company_id: "A".into(),
+        integration_type: "google".into(),
+        access_token: oauth.vault.encrypt("access-0"),
+        refresh_token: Some(oauth.vault.encrypt("refresh-0")),
+        token_expiry: Some(t + expires_in),
+        scopes: vec!["drive".into()],
+        provider_user_id: "p".into(),
+        provider_user_email: String::new(),
+        provider_metadata: serde_json::Value::Null,
+        status: crate::store::LinkStatus::Active,
+        refresh_lease_owner: None,
+        refresh_lease_until: None,
+        version: 0,
+        created_at: t,
+        updated_at: t,
+    };
+    store.insert_link(link.clone()).await.unwrap();
+    link
+}
+
+fn rotating(n: usize) -> (u16, serde_json::Value) {
+    (
+        200,
+        json!({"access_token": format!("access-{n}"), "refresh_token": format!("refresh-{n}"),
+            "token_type": "Bearer", "expires_in": 3600}),
+    )
+}
+
+#[tokio::test]
+async fn expiring_soon_and_refused_tokens_take_the_same_one_refresh_path() {
+    use std::sync::atomic::Ordering;
+    let (url, requests) = token_endpoint(rotating).await;
+    let (store, oauth) = service_with(json!({"token_url": url}));
+    let events = Arc::new(Recorded::default());
+    let mut oauth = oauth.with_events(events.clone());
+    // New tokens live an hour, well past the window.
+    oauth.refresh_window = Duration::from_secs(300);
+    // Expires within the window: refreshed once, however many steps ask at once.
+    let link = insert_link(&store, &oauth, Duration::from_secs(60)).await;
+    let asks = (0..8).map(|_| oauth.access_token("A", &link.id));
+    for got in futures_util::future::join_all(asks).await {
+        assert_eq!(got.unwrap().0.expose(), "access-1");
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+    // A token the provider already replaced is not refreshed again...
+    let stale = Secret::new("access-0".into());
+    let now_used = oauth.force_refresh("A", &link.id, &stale).await.unwrap();
+    assert_eq!(now_used.expose(), "access-1");
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+    // ...the one in use is, although it is far from expiry.
+    let refused = Secret::new("access-1".into());
+    let now_used = oauth.force_refresh("A", &link.id, &refused).await.unwrap();
+    assert_eq!(now_used.expose(), "access-2");
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+    let causes: Vec<RefreshCause> = events
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            OAuthEvent::Refreshed { cause, .. } => Some(*cause),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(causes, [RefreshCause::Expiring, RefreshCause::Rejected]);
+    // The rotated refresh token is the one kept.
+    let stored = store.get_link("A", &link.id).await.unwrap().unwrap();
+    assert_eq!(
+        oauth.open(&stored.refresh_token.unwrap()).unwrap().expose(),
+        "refresh-2"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_refresh_token_marks_the_link_once_and_tells_it_once() {
+    use std::sync::atomic::Ordering;
+    let (url, requests) = token_endpoint(|_| {
+        (
+            400,
+            json!({"error": "invalid_grant", "error_description": "revoked"}),
+        )
+    })
+    .await;
+    let (store, oauth) = service_with(json!({"token_url": url}));
+    let events = Arc::new(Recorded::default());
+    let oauth = oauth.with_events(events.clone());
+    let link = insert_link(&store, &oauth, Duration::from_secs(60)).await;
+    for _ in 0..3 {
+        assert!(matches!(
+            oauth.access_token("A", &link.id).await,
+            Err(OAuthError::TokenRevoked(s)) if s == "google"
+        ));
+    }
+    let rejected = Secret::new("access-0".into());
+    assert!(matches!(
+        oauth.force_refresh("A", &link.id, &rejected).await,
+        Err(OAuthError::TokenRevoked(_))
+    ));
+    // One refresh request, no retry storm; the link marked; one event.
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+    let stored = store.get_link("A", &link.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, crate::store::LinkStatus::NeedsReconnect);
+    let told = events
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e, OAuthEvent::NeedsReconnect { .. }))
+        .count();
+    assert_eq!(told, 1);
+}
+
+#[tokio::test]
+async fn expiry_queries_take_any_period_without_panicking() {
+    let (store, oauth) = service();
+    let link = insert_link(&store, &oauth, Duration::from_secs(3600)).await;
+    // The API takes up to u32::MAX days, which is past any date.
+    let all = oauth
+        .expiring("A", Duration::from_secs(u64::from(u32::MAX) * 86_400))
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].id, link.id);
+    assert!(
+        oauth
+            .expiring("A", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// A refresh the provider refuses (`invalid_grant`), at a token endpoint that first
+/// lets `unlink_meanwhile` delete the link, as a user unlinking while the refresh is in
+/// flight would: the `integration_needs_reconnect` entries the audit log (the sink the
+/// composition root wires) gets.
+async fn audits_of_a_refused_refresh(unlink_meanwhile: bool) -> Vec<crate::store::AuditRecord> {
+    let slot: Arc<std::sync::OnceLock<(Arc<AnyStore>, String)>> = Default::default();
+    let meanwhile = slot.clone();
+    let token = axum::routing::post(move || async move {
+        if unlink_meanwhile && let Some((store, id)) = meanwhile.get() {
+            store.delete_link("A", id).await.unwrap();
+        }
+        (
+            axum::http::StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "invalid_grant"})),
+        )
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route("/token", token);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (store, oauth) = service_with(json!({"token_url": format!("http://{addr}/token")}));
+    let audit = crate::server::audit::AuditWriter::start(store.clone());
+    let oauth = oauth.with_events(Arc::new(audit));
+    let link = insert_link(&store, &oauth, Duration::from_secs(60)).await;
+    assert!(slot.set((store.clone(), link.id.clone())).is_ok());
+    assert!(matches!(
+        oauth.access_token("A", &link.id).await,
+        Err(OAuthError::TokenRevoked(_))
+    ));
+    let query = crate::store::AuditQuery {
+        action_type: Some("integration_needs_reconnect".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    store.list_audit("A", &query).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_refused_refresh_is_audited_only_when_this_host_marked_the_link() {
+    let marked = audits_of_a_refused_refresh(false).await;
+    assert_eq!(marked.len(), 1, "{marked:?}");
+    assert_eq!(marked[0].resource_type, "integration");
+    assert_eq!(marked[0].before_state["status"], "active");
+    assert_eq!(marked[0].after_state["status"], "needs_reconnect");
+    // Unlinked while the refresh was in flight: nothing was marked, nothing is audited.
+    let unlinked = audits_of_a_refused_refresh(true).await;
+    assert!(unlinked.is_empty(), "{unlinked:?}");
+}
