@@ -14,7 +14,8 @@
 //! - `catalogue`: what the host knows about each provider (OAuth2 and API-key), from the
 //!   shipped `catalogue/providers.yaml` and the config file's `providers:` block.
 //! - `components`: API-key components (S3, OpenAI, HTTP, ...): validation, sealing, summaries.
-//! - `oauth`: the OAuth2 lifecycle: connect, callback, refresh, revoke, health.
+//! - `oauth`: the OAuth2 lifecycle (the `oauth2` crate speaks the protocol): connect,
+//!   callback, refresh, revoke, health, and events for the audit log.
 //! - `server`: the REST API (`flow8-host serve`): components, steps, OAuth integrations
 //!   and the connect page, audit log, modules.
 //! - `company`: the one rule for company ids (the scope of every record, and a path).

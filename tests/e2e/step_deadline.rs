@@ -118,7 +118,7 @@ async fn a_slow_token_refresh_counts_against_the_deadline_and_still_saves_its_to
     })
     .await
     .expect("the refresh saved new tokens");
-    assert_eq!(saved.status, "active");
+    assert_eq!(saved.status, flow8_host::store::LinkStatus::Active);
     let report = host
         .runtime
         .run_step(step(input, Duration::from_secs(20)))

@@ -571,10 +571,13 @@ where
             OAuthError::Provider(format!("token endpoint unreachable: {}", unreachable(e)))
         }
         // Only where the answer broke, never the answer itself (it may hold a token).
-        RequestTokenError::Parse(e, _) => OAuthError::Provider(format!(
-            "the token endpoint's answer is not a token response (at `{}`)",
-            e.path()
-        )),
+        RequestTokenError::Parse(e, _) => OAuthError::Provider(match e.path().to_string() {
+            root if root == "." => {
+                "the token endpoint's answer is not a token response (a required member is missing)"
+                    .to_string()
+            }
+            path => format!("the token endpoint's answer is not a token response (at `{path}`)"),
+        }),
         RequestTokenError::Other(m) => OAuthError::Provider(m),
     }
 }
