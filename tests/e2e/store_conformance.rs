@@ -316,7 +316,7 @@ async fn links_the_refresher_skips_never_hide_one_it_must_renew<S: Store>(s: &S)
     for i in 0..=i64::from(LIMIT) {
         let expiry = Some(t - Duration::hours(10) + Duration::minutes(i));
         let mut dead = link("A", "slack", expiry);
-        dead.status = "needs_reconnect".into();
+        dead.status = flow8_host::store::LinkStatus::NeedsReconnect;
         let manual = link("A", "clio", expiry);
         let mut no_refresh = link("B", "microsoft", expiry);
         no_refresh.refresh_token = None;
