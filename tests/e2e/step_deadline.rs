@@ -113,6 +113,8 @@ async fn a_slow_token_refresh_counts_against_the_deadline_and_still_saves_its_to
             if l.access_token != first_token {
                 return l;
             }
+            // A poll of the very thing under test, bounded by the timeout above: the
+            // detached refresh task gives no signal of its own when it has saved.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
