@@ -76,6 +76,12 @@ pub struct LimitsConfig {
     pub memory_mib: usize,
     /// Output cap.
     pub output_kib: usize,
+    /// Handles (open files, directories, streams) a step may hold at once.
+    pub open_files: usize,
+    /// Bytes a step may write to its workspace, MiB.
+    pub workspace_mib: u64,
+    /// Files, directories and links a step may create in its workspace.
+    pub workspace_files: u64,
 }
 
 impl Default for LimitsConfig {
@@ -85,6 +91,9 @@ impl Default for LimitsConfig {
             deadline_seconds: l.deadline.as_secs_f64(),
             memory_mib: l.memory_bytes / (1024 * 1024),
             output_kib: l.output_bytes / 1024,
+            open_files: l.open_files,
+            workspace_mib: l.workspace_bytes / (1024 * 1024),
+            workspace_files: l.workspace_files,
         }
     }
 }
@@ -232,6 +241,30 @@ impl HostConfig {
         if self.limits.output_kib == 0 || self.limits.output_kib > 64 * 1024 {
             return Err(bad("limits.output_kib must be 1-65536".into()));
         }
+        use crate::runtime::sandbox::{
+            OPEN_FILES_RANGE, WORKSPACE_FILES_RANGE, WORKSPACE_MIB_RANGE,
+        };
+        if !OPEN_FILES_RANGE.contains(&self.limits.open_files) {
+            return Err(bad(format!(
+                "limits.open_files must be {}-{}",
+                OPEN_FILES_RANGE.start(),
+                OPEN_FILES_RANGE.end()
+            )));
+        }
+        if !WORKSPACE_MIB_RANGE.contains(&self.limits.workspace_mib) {
+            return Err(bad(format!(
+                "limits.workspace_mib must be {}-{}",
+                WORKSPACE_MIB_RANGE.start(),
+                WORKSPACE_MIB_RANGE.end()
+            )));
+        }
+        if !WORKSPACE_FILES_RANGE.contains(&self.limits.workspace_files) {
+            return Err(bad(format!(
+                "limits.workspace_files must be {}-{}",
+                WORKSPACE_FILES_RANGE.start(),
+                WORKSPACE_FILES_RANGE.end()
+            )));
+        }
         Ok(())
     }
 
@@ -264,6 +297,9 @@ impl HostConfig {
             deadline: Duration::from_secs_f64(self.limits.deadline_seconds),
             memory_bytes: self.limits.memory_mib * 1024 * 1024,
             output_bytes: self.limits.output_kib * 1024,
+            open_files: self.limits.open_files,
+            workspace_bytes: self.limits.workspace_mib * 1024 * 1024,
+            workspace_files: self.limits.workspace_files,
             ..StepLimits::default()
         }
     }

@@ -90,7 +90,7 @@ catalogue! {
     MemoryLimitExceeded = "memory_limit_exceeded", 422;
     /// The module's output is larger than the step allows.
     OutputTooLarge = "output_too_large", 422;
-    /// Another sandbox limit (response size, requests per step, log size, call stack).
+    /// Another sandbox limit (response size, requests per step, call stack, open files, workspace bytes or files, input validation work).
     LimitExceeded = "limit_exceeded", 422;
     /// The module crashed (trap, panic) or broke the contract (output not JSON).
     ModuleError = "module_error", 422;

@@ -19,5 +19,6 @@ mod oauth_flow;
 mod quickstart;
 mod s3_upload;
 mod slack_message;
+mod step_budgets;
 mod step_deadline;
 mod store_conformance;

@@ -10,6 +10,7 @@ pub mod oauth_server;
 pub mod recording_server;
 pub mod s3_server;
 pub mod slack_fake;
+pub mod wat_guest;
 
 use flow8_host::runtime::cache::CompileCache;
 use flow8_host::runtime::registry::ModuleRegistry;

@@ -83,7 +83,7 @@ impl Host for StepState {
             .map(|(k, v)| (k.clone(), v.expose().to_string()))
             .collect();
         let (resource_id, kind) = (grant.resource_id.clone(), grant.kind);
-        self.uses.push(CredentialUse {
+        self.record_use(CredentialUse {
             binding,
             resource_id,
             kind,

@@ -108,7 +108,7 @@ impl StepState {
                 // The policy does not authorize attaching these; kept for exhaustiveness.
                 Attach::NotHttp => return Err(PolicyDenial::NotAttachable { binding }.into()),
             }
-            self.uses.push(CredentialUse {
+            self.record_use(CredentialUse {
                 binding,
                 resource_id,
                 kind,

@@ -194,7 +194,7 @@ impl StepState {
             .await
             .map_err(|e| GuestError::Internal(format!("cannot read the workspace file: {e}")))?
             .len();
-        self.uses.push(CredentialUse {
+        self.record_use(CredentialUse {
             binding: req.credential.clone(),
             resource_id,
             kind,

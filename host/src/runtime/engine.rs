@@ -134,6 +134,8 @@ impl SandboxEngine {
         let mut linker = Linker::<StepState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| anyhow::anyhow!("cannot link WASI: {e}"))?;
+        super::workspace_quota::add_to_linker(&mut linker)
+            .map_err(|e| anyhow::anyhow!("cannot link the workspace budgets: {e}"))?;
         Module::add_to_linker::<_, HasSelf<StepState>>(&mut linker, |s| s)
             .map_err(|e| anyhow::anyhow!("cannot link the flow8 interfaces: {e}"))?;
 

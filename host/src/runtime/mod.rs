@@ -11,6 +11,8 @@ pub mod module;
 pub mod policy;
 pub mod registry;
 pub mod sandbox;
+pub mod schema_budget;
+pub mod workspace_quota;
 
 use crate::outbound::OutboundClient;
 use crate::store::AnyStore;
@@ -220,6 +222,20 @@ fn classify_trap(e: &wasmtime::Error, limits: &StepLimits) -> StepError {
     if let Some(hit) = e.downcast_ref::<MemoryLimitHit>() {
         return StepError::new(ErrorName::MemoryLimitExceeded, hit.to_string());
     }
+    if let Some(hit) = e.downcast_ref::<workspace_quota::WorkspaceLimitHit>() {
+        return StepError::new(ErrorName::LimitExceeded, hit.to_string());
+    }
+    if let Some(wasmtime::component::ResourceTableError::Full) =
+        e.downcast_ref::<wasmtime::component::ResourceTableError>()
+    {
+        return StepError::new(
+            ErrorName::LimitExceeded,
+            format!(
+                "the module held more than {} handles at once (open files and directories, streams); this step allows {}",
+                limits.open_files, limits.open_files
+            ),
+        );
+    }
     if e.downcast_ref::<DeadlineHit>().is_some() {
         return StepError::new(
             ErrorName::DeadlineExceeded,
@@ -262,8 +278,41 @@ fn guest_error(e: bindings::GuestError) -> StepError {
     }
 }
 
+/// The largest step input (its JSON text) the host takes.
+pub const MAX_INPUT_BYTES: usize = 16 * 1024 * 1024;
+
+/// The most subschema evaluations validating one input may cost: its values times the
+/// schema's worst case per value (`schema_budget`). About a second of one core.
+pub const MAX_VALIDATION_WORK: u64 = 50_000_000;
+
+/// Below this much work validation runs in place: it takes microseconds, less than
+/// handing it to another thread.
+const INLINE_VALIDATION_WORK: u64 = 20_000;
+
+/// The longest error message a step report carries (and at most the step's output
+/// cap, whose place the message takes); a longer one is cut with a marker.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 16 * 1024;
+
+/// Cut `message` to at most `cap` bytes (on a character boundary), saying so.
+fn cap_message(message: &mut String, cap: usize) {
+    if message.len() <= cap {
+        return;
+    }
+    let marker = format!(" ... [truncated: {} bytes in all]", message.len());
+    let mut end = cap.saturating_sub(marker.len());
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+    message.push_str(&marker);
+}
+
 /// Check an input against the module's schema; name the first few problems.
 pub fn validate_input(module: &LoadedModule, input: &serde_json::Value) -> Result<(), StepError> {
+    // The common case, valid input, without building error values.
+    if module.input_validator.is_valid(input) {
+        return Ok(());
+    }
     let problems: Vec<String> = module
         .input_validator
         .iter_errors(input)
@@ -285,6 +334,48 @@ pub fn validate_input(module: &LoadedModule, input: &serde_json::Value) -> Resul
             module.manifest.name,
             problems.join("; ")
         )))
+    }
+}
+
+/// Validate a step's input within the step's budgets: its size (`text_len`, its JSON
+/// text), the validation work it can cost, and the step's deadline. Work past a few
+/// microseconds runs on a blocking thread, so it never holds up the async runtime's
+/// other steps; a validation still running at the deadline is left to finish there
+/// (its work is bounded by `MAX_VALIDATION_WORK`) while the step reports the deadline.
+async fn validate_step_input(
+    module: &Arc<LoadedModule>,
+    input: serde_json::Value,
+    text_len: usize,
+    limits: &StepLimits,
+    deadline: Instant,
+) -> Result<serde_json::Value, StepError> {
+    if text_len > MAX_INPUT_BYTES {
+        return Err(StepError::invalid_input(format!(
+            "the step's input is {text_len} bytes of JSON; the host takes at most {MAX_INPUT_BYTES}"
+        )));
+    }
+    let values = schema_budget::count_values(&input);
+    let work = values.saturating_mul(module.input_evaluations);
+    if work > MAX_VALIDATION_WORK {
+        return Err(StepError::new(
+            ErrorName::LimitExceeded,
+            format!(
+                "validating the input ({values} values, up to {} subschemas each in `{}`'s schema) could take {work} evaluations; the host allows {MAX_VALIDATION_WORK}",
+                module.input_evaluations, module.manifest.name
+            ),
+        ));
+    }
+    if work <= INLINE_VALIDATION_WORK {
+        return validate_input(module, &input).map(|()| input);
+    }
+    let m = module.clone();
+    let task = tokio::task::spawn_blocking(move || validate_input(&m, &input).map(|()| input));
+    match tokio::time::timeout_at(deadline.into(), task).await {
+        Ok(Ok(checked)) => checked,
+        Ok(Err(e)) => Err(StepError::internal(format!(
+            "the input validation task failed: {e}"
+        ))),
+        Err(_) => Err(past_deadline(limits, "while its input was validated")),
     }
 }
 
@@ -398,10 +489,17 @@ impl Runtime {
         deadline: Instant,
         report: &mut StepReport,
     ) {
-        if let Err(e) = validate_input(module, &req.input) {
-            report.result = Err(e);
-            return;
-        }
+        let mut req = req;
+        let input_text = req.input.to_string();
+        let input = std::mem::take(&mut req.input);
+        req.input =
+            match validate_step_input(module, input, input_text.len(), &limits, deadline).await {
+                Ok(input) => input,
+                Err(e) => {
+                    report.result = Err(e);
+                    return;
+                }
+            };
         let resolve = grants::resolve(
             &self.store,
             &self.vault,
@@ -465,10 +563,9 @@ impl Runtime {
         state.company_id = req.company_id.clone();
         state.refresher = self.oauth.clone();
         let mut store = new_store(engine, state);
-        let input = req.input.to_string();
         let run = async {
             let instance = module.pre.instantiate_async(&mut store).await?;
-            instance.call_execute(&mut store, &input).await
+            instance.call_execute(&mut store, &input_text).await
         };
         // The epoch callback stops a busy module; this stops one waiting on the host
         // (a slow upstream, a sleep) at the same deadline.
@@ -506,10 +603,15 @@ impl Runtime {
                 }
             }
         };
-        if let Err(e) = &mut report.result
-            && !redactor.is_empty()
-        {
-            e.message = redactor.redact(&e.message);
+        if let Err(e) = &mut report.result {
+            if !redactor.is_empty() {
+                e.message = redactor.redact(&e.message);
+            }
+            // After redaction, so a cut never leaves part of a secret behind.
+            cap_message(
+                &mut e.message,
+                limits.output_bytes.min(MAX_ERROR_MESSAGE_BYTES),
+            );
         }
         let (lines, truncated) = log.take();
         report.log = lines

@@ -27,6 +27,8 @@ pub struct LoadedModule {
     pub size: usize,
     pub(crate) pre: ModulePre<StepState>,
     pub(crate) input_validator: jsonschema::Validator,
+    /// Worst-case subschema evaluations per input value (see `schema_budget`).
+    pub(crate) input_evaluations: u64,
     pub(crate) host_patterns: Arc<Vec<crate::manifest::HostPattern>>,
 }
 
@@ -91,9 +93,24 @@ impl LoadedModule {
             ))
         })?;
         let manifest_json = read_manifest(engine, &pre).await?;
+        // The schema runs on the host, outside the sandbox: refuse one that could cost
+        // more than its budget before anything (the manifest's own check included)
+        // builds a validator from it.
+        let input_evaluations = match serde_json::from_str::<serde_json::Value>(&manifest_json)
+            .ok()
+            .and_then(|m| m.get("input_schema").cloned())
+        {
+            Some(schema) => {
+                super::schema_budget::check(&schema)
+                    .map_err(|e| StepError::invalid_manifest(format!("input_schema: {e}")))?
+                    .evaluations
+            }
+            // Absent (`{}`) or not JSON at all: `Manifest::parse` says which.
+            None => 1,
+        };
         let manifest = Manifest::parse(&manifest_json)
             .map_err(|e| StepError::invalid_manifest(e.to_string()))?;
-        let input_validator = jsonschema::validator_for(&manifest.input_schema)
+        let input_validator = super::schema_budget::validator(&manifest.input_schema)
             .map_err(|e| StepError::invalid_manifest(format!("input_schema: {e}")))?;
         let host_patterns = Arc::new(manifest.host_patterns());
         Ok(LoadedModule {
@@ -102,6 +119,7 @@ impl LoadedModule {
             size: bytes.len(),
             pre,
             input_validator,
+            input_evaluations,
             host_patterns,
         })
     }
@@ -119,6 +137,7 @@ async fn read_manifest(
         output_bytes: 256 * 1024,
         log_bytes: 16 * 1024,
         max_http_requests: 0,
+        ..StepLimits::default()
     };
     let outbound = OutboundClient::new(OutboundPolicy {
         allowed_hosts: Vec::new(),

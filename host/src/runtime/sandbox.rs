@@ -27,6 +27,15 @@ pub struct StepLimits {
     pub log_bytes: usize,
     /// Outbound requests one step may make.
     pub max_http_requests: u32,
+    /// Handles the module may hold at once: open files and directories, streams,
+    /// pollables (the capacity of the store's WASI resource table). Each open file is
+    /// one of the host's file descriptors.
+    pub open_files: usize,
+    /// Bytes the module may write to its workspace (every write counts, overwrites
+    /// included).
+    pub workspace_bytes: u64,
+    /// Files, directories and links the module may create in its workspace.
+    pub workspace_files: u64,
 }
 
 impl Default for StepLimits {
@@ -37,16 +46,66 @@ impl Default for StepLimits {
             output_bytes: 1024 * 1024,
             log_bytes: 256 * 1024,
             max_http_requests: 1000,
+            open_files: 256,
+            workspace_bytes: 256 * 1024 * 1024,
+            workspace_files: 1000,
         }
     }
+}
+
+/// The values `open_files` may take (config file and API). Below 16 a module's
+/// standard library may not get its streams open.
+pub const OPEN_FILES_RANGE: std::ops::RangeInclusive<usize> = 16..=65_536;
+/// The values `workspace_mib` may take.
+pub const WORKSPACE_MIB_RANGE: std::ops::RangeInclusive<u64> = 1..=65_536;
+/// The values `workspace_files` may take.
+pub const WORKSPACE_FILES_RANGE: std::ops::RangeInclusive<u64> = 1..=1_000_000;
+
+/// Apply a step's own `open_files`, `workspace_mib` and `workspace_files` (from the
+/// API), each at least its range's minimum and at most the host's default; the
+/// message names the one that is out of range.
+pub fn override_budgets(
+    limits: &mut StepLimits,
+    defaults: &StepLimits,
+    open_files: Option<usize>,
+    workspace_mib: Option<u64>,
+    workspace_files: Option<u64>,
+) -> Result<(), String> {
+    if let Some(n) = open_files {
+        let (min, max) = (*OPEN_FILES_RANGE.start(), defaults.open_files);
+        if !(min..=max).contains(&n) {
+            return Err(format!("limits.open_files must be {min}-{max}"));
+        }
+        limits.open_files = n;
+    }
+    if let Some(m) = workspace_mib {
+        let (min, max) = (
+            *WORKSPACE_MIB_RANGE.start(),
+            defaults.workspace_bytes / (1024 * 1024),
+        );
+        if !(min..=max).contains(&m) {
+            return Err(format!("limits.workspace_mib must be {min}-{max}"));
+        }
+        limits.workspace_bytes = m * 1024 * 1024;
+    }
+    if let Some(n) = workspace_files {
+        let (min, max) = (*WORKSPACE_FILES_RANGE.start(), defaults.workspace_files);
+        if !(min..=max).contains(&n) {
+            return Err(format!("limits.workspace_files must be {min}-{max}"));
+        }
+        limits.workspace_files = n;
+    }
+    Ok(())
 }
 
 /// The memory limit was hit; carried through the trap so the step reports
 /// `memory_limit_exceeded` rather than a generic crash.
 #[derive(Debug, thiserror::Error)]
-#[error("the module tried to grow its memory to {desired} bytes; this step allows {limit}")]
+#[error(
+    "the module tried to grow its memories and tables to {desired} bytes in all; this step allows {limit}"
+)]
 pub struct MemoryLimitHit {
-    /// Bytes asked for.
+    /// Bytes of all memories and tables together, had the growth been allowed.
     pub desired: usize,
     /// Bytes allowed.
     pub limit: usize,
@@ -57,38 +116,82 @@ pub struct MemoryLimitHit {
 #[error("the step ran past its deadline of {0:?}")]
 pub struct DeadlineHit(pub Duration);
 
-/// Caps memory and table growth.
+/// What one table element is charged against the memory budget: a table holds
+/// pointers (function references), whatever the module declares.
+const TABLE_ELEMENT_BYTES: usize = std::mem::size_of::<usize>();
+
+/// Caps the memory of the whole step: every linear memory and every table of every
+/// core instance in the component, summed. wasmtime asks the limiter about each
+/// memory alone (`current` and `desired` are that memory's sizes), so a per-memory
+/// check let a component with two memories use twice the cap; the sum is kept here.
 #[derive(Debug)]
 pub struct Limiter {
     memory_bytes: usize,
+    /// Bytes granted so far to all memories and tables of the store.
+    used: usize,
+}
+
+impl Limiter {
+    /// A limiter allowing `memory_bytes` for all memories and tables together.
+    pub fn new(memory_bytes: usize) -> Limiter {
+        Limiter {
+            memory_bytes,
+            used: 0,
+        }
+    }
+
+    /// Bytes of memories and tables granted so far.
+    pub fn used(&self) -> usize {
+        self.used
+    }
+
+    /// Grant `extra` bytes, or say why not. A growth wasmtime refuses after a grant
+    /// (the host cannot map more) stays counted: rare, and only ever stricter.
+    fn grant(&mut self, extra: usize) -> wasmtime::Result<bool> {
+        let total = self.used.saturating_add(extra);
+        if total > self.memory_bytes {
+            // An error (not `Ok(false)`) so the trap says why, instead of the guest's
+            // allocator failing into a bare `unreachable`.
+            return Err(MemoryLimitHit {
+                desired: total,
+                limit: self.memory_bytes,
+            }
+            .into());
+        }
+        self.used = total;
+        Ok(true)
+    }
 }
 
 impl wasmtime::ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_bytes {
-            // An error (not `Ok(false)`) so the trap says why, instead of the guest's
-            // allocator failing into a bare `unreachable`.
-            return Err(MemoryLimitHit {
-                desired,
-                limit: self.memory_bytes,
-            }
-            .into());
+        // Past the memory's own declared maximum wasmtime fails the growth itself
+        // (`memory.grow` answers -1, as the module asked): nothing to count.
+        if maximum.is_some_and(|m| desired > m) {
+            return Ok(false);
         }
-        Ok(true)
+        self.grant(desired.saturating_sub(current))
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000)
+        if desired > 1_000_000 || maximum.is_some_and(|m| desired > m) {
+            return Ok(false);
+        }
+        self.grant(
+            desired
+                .saturating_sub(current)
+                .saturating_mul(TABLE_ELEMENT_BYTES),
+        )
     }
 
     fn instances(&self) -> usize {
@@ -133,6 +236,29 @@ pub struct LogLine {
     pub message: String,
 }
 
+/// What a log line costs beyond its text: its share of the report (`{"level":
+/// "stdout","message":""},` is 32 bytes of JSON) and of the host's memory (a
+/// `LogLine` is 32 bytes). Without it empty lines were free, and 13 million of them
+/// took the host to 6 GB.
+pub const LOG_LINE_OVERHEAD: usize = 32;
+
+/// Bytes of stdout or stderr kept while waiting for a newline; a longer run of text
+/// becomes a line of its own.
+const MAX_PARTIAL_LINE: usize = 16 * 1024;
+
+/// What a line costs against the log cap: its text as JSON escapes it in the report
+/// (a control character can take six bytes there) plus [`LOG_LINE_OVERHEAD`].
+fn line_cost(message: &str) -> usize {
+    let escaped = message
+        .bytes()
+        .filter(|b| *b < 0x20 || *b == b'"' || *b == b'\\')
+        .count();
+    message
+        .len()
+        .saturating_add(escaped.saturating_mul(5))
+        .saturating_add(LOG_LINE_OVERHEAD)
+}
+
 /// The step's log, shared with the WASI stdout/stderr pipes.
 #[derive(Debug, Clone, Default)]
 pub struct StepLog {
@@ -142,6 +268,7 @@ pub struct StepLog {
 #[derive(Debug, Default)]
 struct LogInner {
     lines: Vec<LogLine>,
+    /// What the kept lines cost (see [`line_cost`]).
     bytes: usize,
     cap: usize,
     truncated: bool,
@@ -150,7 +277,7 @@ struct LogInner {
 }
 
 impl StepLog {
-    /// A log that keeps at most `cap` bytes.
+    /// A log whose lines cost at most `cap` bytes (text plus a per-line overhead).
     pub fn with_capacity(cap: usize) -> StepLog {
         StepLog {
             inner: Arc::new(Mutex::new(LogInner {
@@ -166,27 +293,43 @@ impl StepLog {
         inner.push(level, message);
     }
 
+    /// stdout/stderr bytes: split into lines in one pass (no re-scanning or shifting
+    /// of what is left, so a write of many short lines costs what its bytes cost).
     fn write_stream(&self, level: LogLevel, bytes: &[u8]) {
         let mut inner = self.inner.lock().expect("log lock");
-        let buf = if level == LogLevel::Stdout {
+        let mut partial = std::mem::take(if level == LogLevel::Stdout {
             &mut inner.partial_stdout
         } else {
             &mut inner.partial_stderr
-        };
-        buf.extend_from_slice(bytes);
-        let mut lines = Vec::new();
-        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=pos).collect();
-            lines.push(String::from_utf8_lossy(&line[..line.len() - 1]).into_owned());
+        });
+        let mut rest = bytes;
+        while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
+            let (line, tail) = rest.split_at(pos);
+            rest = &tail[1..];
+            if partial.is_empty() {
+                inner.push_bytes(level, line);
+            } else {
+                partial.extend_from_slice(line);
+                inner.push_bytes(level, &partial);
+                partial.clear();
+            }
         }
-        // A stream that never writes a newline must not grow without bound.
-        if buf.len() > 16 * 1024 {
-            let line: Vec<u8> = std::mem::take(buf);
-            lines.push(String::from_utf8_lossy(&line).into_owned());
+        if inner.is_full() {
+            // Nothing more fits: keep no unterminated text either.
+            partial.clear();
+        } else {
+            partial.extend_from_slice(rest);
+            // A stream that never writes a newline must not grow without bound.
+            if partial.len() > MAX_PARTIAL_LINE {
+                inner.push_bytes(level, &partial);
+                partial.clear();
+            }
         }
-        for l in lines {
-            inner.push(level, l);
-        }
+        *(if level == LogLevel::Stdout {
+            &mut inner.partial_stdout
+        } else {
+            &mut inner.partial_stderr
+        }) = partial;
     }
 
     /// The lines so far (flushing any unterminated stdout/stderr text), plus whether
@@ -200,7 +343,7 @@ impl StepLog {
                 std::mem::take(&mut inner.partial_stderr)
             };
             if !buf.is_empty() {
-                inner.push(level, String::from_utf8_lossy(&buf).into_owned());
+                inner.push_bytes(level, &buf);
             }
         }
         (std::mem::take(&mut inner.lines), inner.truncated)
@@ -208,13 +351,34 @@ impl StepLog {
 }
 
 impl LogInner {
+    /// Whether not even an empty line fits any more.
+    fn is_full(&self) -> bool {
+        self.bytes.saturating_add(LOG_LINE_OVERHEAD) > self.cap
+    }
+
     fn push(&mut self, level: LogLevel, message: String) {
-        if self.bytes + message.len() > self.cap {
+        let cost = line_cost(&message);
+        if self.bytes.saturating_add(cost) > self.cap {
             self.truncated = true;
             return;
         }
-        self.bytes += message.len();
+        self.bytes += cost;
         self.lines.push(LogLine { level, message });
+    }
+
+    /// A line of stream bytes; refused before any text is allocated when even its
+    /// raw bytes cannot fit.
+    fn push_bytes(&mut self, level: LogLevel, bytes: &[u8]) {
+        if self
+            .bytes
+            .saturating_add(bytes.len())
+            .saturating_add(LOG_LINE_OVERHEAD)
+            > self.cap
+        {
+            self.truncated = true;
+            return;
+        }
+        self.push(level, String::from_utf8_lossy(bytes).into_owned());
     }
 }
 
@@ -344,6 +508,8 @@ pub struct StepState {
     pub(crate) policy: StepPolicy,
     pub(crate) outbound: OutboundClient,
     pub(crate) workspace: Option<PathBuf>,
+    /// What is left of the workspace budgets (`workspace_quota`).
+    pub(crate) workspace_quota: Arc<super::workspace_quota::WorkspaceQuota>,
     pub(crate) http_requests: u32,
     /// Credential uses, for the audit log.
     pub(crate) uses: Vec<CredentialUse>,
@@ -382,22 +548,34 @@ impl StepState {
         outbound: OutboundClient,
         workspace: Option<PathBuf>,
     ) -> StepState {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(limits.open_files);
         StepState {
             wasi,
-            table: ResourceTable::new(),
-            limiter: Limiter {
-                memory_bytes: limits.memory_bytes,
-            },
+            table,
+            limiter: Limiter::new(limits.memory_bytes),
             log,
             deadline: Instant::now() + limits.deadline,
             limits,
             policy: StepPolicy::new(manifest_hosts, grants),
             outbound,
             workspace,
+            workspace_quota: super::workspace_quota::WorkspaceQuota::new(
+                limits.workspace_bytes,
+                limits.workspace_files,
+            ),
             http_requests: 0,
             uses: Vec::new(),
             company_id: String::new(),
             refresher: None,
+        }
+    }
+
+    /// Record a credential use once: a module calling `credentials.get` in a loop must
+    /// not grow the report (and the host's memory) with copies of the same entry.
+    pub(crate) fn record_use(&mut self, used: CredentialUse) {
+        if !self.uses.contains(&used) {
+            self.uses.push(used);
         }
     }
 

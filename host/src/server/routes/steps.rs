@@ -27,6 +27,9 @@ pub struct LimitOverrides {
     deadline_seconds: Option<f64>,
     memory_mib: Option<usize>,
     output_kib: Option<usize>,
+    open_files: Option<usize>,
+    workspace_mib: Option<u64>,
+    workspace_files: Option<u64>,
 }
 
 /// The step body.
@@ -97,6 +100,14 @@ fn limits(defaults: StepLimits, o: Option<LimitOverrides>) -> Result<StepLimits,
         }
         l.output_bytes = k * 1024;
     }
+    crate::runtime::sandbox::override_budgets(
+        &mut l,
+        &defaults,
+        o.open_files,
+        o.workspace_mib,
+        o.workspace_files,
+    )
+    .map_err(ApiError::invalid_input)?;
     Ok(l)
 }
 

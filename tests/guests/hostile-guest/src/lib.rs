@@ -308,6 +308,84 @@ impl Module for Hostile {
                     "left_behind": LEFT_BEHIND.lock().expect("lock").len(),
                 }))
             }
+            "empty_lines" => {
+                // Millions of empty stdout lines in few, large writes: each line must
+                // cost the log something, or the host keeps millions of them.
+                use std::io::Write;
+                let lines = input["lines"].as_u64().unwrap_or(1_000_000) as usize;
+                let chunk = vec![b'\n'; 64 * 1024];
+                let mut out = std::io::stdout();
+                let mut left = lines;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    let _ = out.write_all(&chunk[..n]);
+                    left -= n;
+                }
+                let _ = out.flush();
+                Ok(json!({"lines": lines}))
+            }
+            "big_error" => {
+                let size = input["size"].as_u64().unwrap_or(8 * 1024 * 1024) as usize;
+                Err(Error::internal("e".repeat(size)))
+            }
+            "read_many" => {
+                // The same credential read over and over.
+                let binding = str_param(&input, "binding")?;
+                let times = input["times"].as_u64().unwrap_or(10_000);
+                for _ in 0..times {
+                    if let Err(e) = credentials::get(binding) {
+                        return Ok(report(&e));
+                    }
+                }
+                Ok(json!({"read": times}))
+            }
+            "hold_open" => {
+                // One file opened again and again, every handle kept.
+                let count = input["count"].as_u64().unwrap_or(20_000) as usize;
+                let _ = std::fs::write("/held.txt", "x");
+                let mut held = Vec::new();
+                for i in 0..count {
+                    match std::fs::File::open("/held.txt") {
+                        Ok(f) => held.push(f),
+                        Err(e) => return Ok(json!({"opened": i, "error": e.to_string()})),
+                    }
+                }
+                Ok(json!({"opened": held.len()}))
+            }
+            "fill_workspace" => {
+                // Write `mib` MiB to one file, 1 MiB at a time.
+                use std::io::Write;
+                let mib = input["mib"].as_u64().unwrap_or(512);
+                let chunk = vec![7u8; 1024 * 1024];
+                let mut f = match std::fs::File::create("/fill.bin") {
+                    Ok(f) => f,
+                    Err(e) => return Ok(json!({"error": e.to_string()})),
+                };
+                for i in 0..mib {
+                    if let Err(e) = f.write_all(&chunk) {
+                        return Ok(json!({"written_mib": i, "error": e.to_string()}));
+                    }
+                }
+                Ok(json!({"written_mib": mib}))
+            }
+            "grow_file" => {
+                // A file made large without writing it (a sparse `set_len`).
+                let bytes = input["bytes"].as_u64().unwrap_or(1 << 30);
+                match std::fs::File::create("/sparse.bin").and_then(|f| f.set_len(bytes)) {
+                    Ok(()) => Ok(json!({"size": bytes})),
+                    Err(e) => Ok(json!({"error": e.to_string()})),
+                }
+            }
+            "many_files" => {
+                let count = input["count"].as_u64().unwrap_or(20_000);
+                let _ = std::fs::create_dir_all("/many");
+                for i in 0..count {
+                    if let Err(e) = std::fs::write(format!("/many/{i}"), "") {
+                        return Ok(json!({"created": i, "error": e.to_string()}));
+                    }
+                }
+                Ok(json!({"created": count}))
+            }
             "panic" => panic!("the hostile module panicked on purpose"),
             other => Err(Error::invalid_input(format!("unknown attack `{other}`"))),
         }
