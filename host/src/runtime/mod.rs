@@ -360,7 +360,7 @@ async fn validate_step_input(
         return Err(StepError::new(
             ErrorName::LimitExceeded,
             format!(
-                "validating the input ({values} values, up to {} subschemas each in `{}`'s schema) could take {work} evaluations; the host allows {MAX_VALIDATION_WORK}",
+                "validating the input ({values} values and keys, up to {} subschemas each in `{}`'s schema) could take {work} evaluations; the host allows {MAX_VALIDATION_WORK}",
                 module.input_evaluations, module.manifest.name
             ),
         ));

@@ -199,7 +199,8 @@ pub fn validator(schema: &Value) -> Result<jsonschema::Validator, String> {
         })
 }
 
-/// Input values in `v` (every object, array and scalar counts one).
+/// Input values in `v`: every object, array and scalar counts one, and so does every
+/// object key (`propertyNames` and `patternProperties` are evaluated per key).
 pub fn count_values(v: &Value) -> u64 {
     // Iterative: an input is as deep as its parser allowed, and this runs on the step
     // path.
@@ -209,7 +210,10 @@ pub fn count_values(v: &Value) -> u64 {
         n += 1;
         match v {
             Value::Array(a) => stack.extend(a.iter()),
-            Value::Object(o) => stack.extend(o.values()),
+            Value::Object(o) => {
+                n += o.len() as u64;
+                stack.extend(o.values());
+            }
             _ => {}
         }
     }
@@ -553,7 +557,8 @@ mod tests {
 
     #[test]
     fn values_are_counted_iteratively() {
-        assert_eq!(count_values(&json!({"a": [1, 2, {"b": null}]})), 6);
+        // 6 values and 2 keys.
+        assert_eq!(count_values(&json!({"a": [1, 2, {"b": null}]})), 8);
         let mut deep = json!(0);
         for _ in 0..100_000 {
             deep = Value::Array(vec![deep]);
