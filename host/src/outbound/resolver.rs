@@ -7,14 +7,14 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use std::net::SocketAddr;
 
 /// The error a refused resolution carries; found again in reqwest's error chain to give
-/// the module a `forbidden` error instead of a generic network one.
+/// the module a `forbidden` error instead of a generic network one. Its message does
+/// not say what the name resolved to: that would let a module map the host's internal
+/// network through names it controls. The addresses go to the operator's log only.
 #[derive(Debug, thiserror::Error)]
-#[error("`{host}` resolves only to addresses the operator does not allow ({addrs})")]
+#[error("`{host}` resolves only to addresses the operator does not allow modules to reach")]
 pub struct AddressRefused {
     /// The host name.
     pub host: String,
-    /// What it resolved to.
-    pub addrs: String,
 }
 
 /// Resolves with the system resolver, then filters by policy.
@@ -44,7 +44,8 @@ impl Resolve for PolicyResolver {
                     .map(|a| a.ip().to_string())
                     .collect::<Vec<_>>()
                     .join(", ");
-                return Err(Box::new(AddressRefused { host, addrs }) as _);
+                tracing::info!(%host, %addrs, "a module's request went to a name that resolves only to refused addresses");
+                return Err(Box::new(AddressRefused { host }) as _);
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
