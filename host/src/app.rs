@@ -171,8 +171,11 @@ impl HostSettings {
         let catalogue = self.catalogue()?;
         let engine = match &self.engine {
             Some(e) => e.clone(),
-            None => SandboxEngine::new(EngineConfig::default())
-                .map_err(|e| HostError::Internal(format!("cannot start the engine: {e}")))?,
+            None => SandboxEngine::new(EngineConfig {
+                pool_instances: self.config.sandboxes.pool,
+                ..EngineConfig::default()
+            })
+            .map_err(|e| HostError::Internal(format!("cannot start the engine: {e}")))?,
         };
         let cache = CompileCache::at(self.cache_dir()).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "compile cache unavailable; compiling every time");
@@ -309,7 +312,8 @@ impl Host {
             store.clone(),
             vault.clone(),
             settings.config.step_limits(),
-        );
+        )
+        .with_company_share(settings.config.company_share());
         if let Some(o) = &oauth {
             runtime = runtime.with_oauth(o.clone());
         }
@@ -345,6 +349,15 @@ impl Host {
                 .unwrap_or_else(|| self.data_dir.join("workspaces")),
             max_body_bytes: self.config.max_body_bytes,
             max_module_bytes: self.config.max_module_bytes,
+            step_rate: crate::server::rate_limit::RateLimiter::new(
+                self.config.rate_limits.steps_per_second,
+                self.config.rate_limits.steps_burst,
+            ),
+            public_url: self.config.public_base(),
+            metrics_token_hash: self.config.metrics_token.as_deref().map(|t| {
+                use sha2::Digest;
+                sha2::Sha256::digest(t.as_bytes()).into()
+            }),
         })
     }
 

@@ -98,6 +98,47 @@ impl Default for LimitsConfig {
     }
 }
 
+/// The sandbox pool and each company's share of it (see `runtime::fair`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxesConfig {
+    /// Sandboxes the pool holds: steps running at once on this host, all companies.
+    pub pool: u32,
+    /// Steps of one company running at once.
+    pub per_company_running: usize,
+    /// Steps of one company waiting for a sandbox; one more answers `rate_limit_exceeded`.
+    pub per_company_waiting: usize,
+}
+
+impl Default for SandboxesConfig {
+    fn default() -> Self {
+        SandboxesConfig {
+            pool: crate::runtime::EngineConfig::default().pool_instances,
+            per_company_running: 32,
+            per_company_waiting: 256,
+        }
+    }
+}
+
+/// Rate limits of the API, per company (a token bucket each).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitsConfig {
+    /// `POST /api/v1/steps` a company may make per second, sustained.
+    pub steps_per_second: f64,
+    /// Steps a company may start at once above that rate (the bucket's size).
+    pub steps_burst: u32,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        RateLimitsConfig {
+            steps_per_second: 100.0,
+            steps_burst: 200,
+        }
+    }
+}
+
 /// Everything the host is configured with.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -133,6 +174,17 @@ pub struct HostConfig {
     pub oauth_refresh_window_seconds: u64,
     /// How often `serve` renews links nearing expiry in the background (0: never).
     pub oauth_background_refresh_seconds: u64,
+    /// The sandbox pool and each company's share of it.
+    pub sandboxes: SandboxesConfig,
+    /// Per-company API rate limits.
+    pub rate_limits: RateLimitsConfig,
+    /// The bearer token `/metrics` asks for (the operator's, not a company's; at least
+    /// 16 characters). Unset: `/metrics` is off. `FLOW8_METRICS_TOKEN` overrides.
+    pub metrics_token: Option<String>,
+    /// The URL browsers reach this host at (`https://flow8.example.com`), the base of
+    /// the connect links it hands out. Default: `http://<listen>`. Never taken from a
+    /// request's `Host` or `X-Forwarded-*` headers, which a caller chooses.
+    pub public_url: Option<String>,
 }
 
 impl Default for HostConfig {
@@ -152,8 +204,33 @@ impl Default for HostConfig {
             oauth2: Default::default(),
             oauth_refresh_window_seconds: 3600,
             oauth_background_refresh_seconds: 60,
+            sandboxes: SandboxesConfig::default(),
+            rate_limits: RateLimitsConfig::default(),
+            metrics_token: None,
+            public_url: None,
         }
     }
+}
+
+/// The largest sandbox pool (each sandbox reserves address space for its memory).
+const MAX_SANDBOXES: u32 = 4096;
+/// The most steps one company may keep waiting.
+const MAX_WAITING: usize = 65_536;
+/// The highest configurable step rate per company.
+const MAX_STEPS_PER_SECOND: f64 = 100_000.0;
+/// The largest configurable burst.
+const MAX_BURST: u32 = 1_000_000;
+
+/// A base URL browsers can open: http(s), a host, no query, fragment or userinfo.
+fn check_public_url(u: &str) -> Result<(), String> {
+    let url = url::Url::parse(u).map_err(|e| format!("`{u}` is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("`{u}` is not an http(s) URL with a host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(format!("`{u}` has a query, fragment or user name"));
+    }
+    Ok(())
 }
 
 fn env_bool(name: &str) -> Result<Option<bool>, ConfigError> {
@@ -202,6 +279,11 @@ impl HostConfig {
         }
         if let Some(b) = env_bool("FLOW8_ALLOW_PRIVATE")? {
             config.outbound.allow_private = b;
+        }
+        if let Ok(v) = std::env::var("FLOW8_METRICS_TOKEN")
+            && !v.is_empty()
+        {
+            config.metrics_token = Some(v);
         }
         if let Some(b) = env_bool("FLOW8_LOG_JSON")? {
             config.log_json = b;
@@ -265,7 +347,63 @@ impl HostConfig {
                 WORKSPACE_FILES_RANGE.end()
             )));
         }
+        self.validate_sharing().map_err(bad)?;
         Ok(())
+    }
+
+    /// The `sandboxes:` and `rate_limits:` blocks.
+    fn validate_sharing(&self) -> Result<(), String> {
+        let s = &self.sandboxes;
+        if !(1..=MAX_SANDBOXES).contains(&s.pool) {
+            return Err(format!("sandboxes.pool must be 1-{MAX_SANDBOXES}"));
+        }
+        if !(1..=s.pool as usize).contains(&s.per_company_running) {
+            return Err(format!(
+                "sandboxes.per_company_running must be 1-{} (sandboxes.pool)",
+                s.pool
+            ));
+        }
+        if s.per_company_waiting > MAX_WAITING {
+            return Err(format!(
+                "sandboxes.per_company_waiting must be 0-{MAX_WAITING}"
+            ));
+        }
+        if let Some(u) = &self.public_url {
+            check_public_url(u).map_err(|e| format!("public_url: {e}"))?;
+        }
+        if let Some(t) = &self.metrics_token
+            && (t.len() < 16 || t.chars().any(|c| !c.is_ascii_graphic()))
+        {
+            return Err(
+                "metrics_token must be at least 16 printable ASCII characters, no spaces".into(),
+            );
+        }
+        let r = &self.rate_limits;
+        if !(r.steps_per_second > 0.0 && r.steps_per_second <= MAX_STEPS_PER_SECOND) {
+            return Err(format!(
+                "rate_limits.steps_per_second must be in (0, {MAX_STEPS_PER_SECOND}]"
+            ));
+        }
+        if !(1..=MAX_BURST).contains(&r.steps_burst) {
+            return Err(format!("rate_limits.steps_burst must be 1-{MAX_BURST}"));
+        }
+        Ok(())
+    }
+
+    /// The base of URLs handed to browsers (no trailing `/`).
+    pub fn public_base(&self) -> String {
+        match &self.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("http://{}", self.listen),
+        }
+    }
+
+    /// Each company's share of the sandbox pool.
+    pub fn company_share(&self) -> crate::runtime::fair::CompanyShare {
+        crate::runtime::fair::CompanyShare {
+            max_running: self.sandboxes.per_company_running,
+            max_waiting: self.sandboxes.per_company_waiting,
+        }
     }
 
     /// The provider catalogue: the shipped one with this file's `providers:` laid over it.

@@ -196,3 +196,65 @@ async fn numbers_from_outside_are_range_checked() {
     // Before, this overflowed the date arithmetic and the handler panicked.
     assert_envelope(s, &v, ErrorName::InvalidInput);
 }
+
+/// `POST /api/v1/steps` per company: past its burst a company is told `429
+/// rate_limit_exceeded` with `Retry-After`, and another company's steps run.
+#[tokio::test]
+async fn a_company_over_its_step_rate_is_told_when_to_retry_and_others_run() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = HostConfig::default();
+    config.rate_limits.steps_per_second = 0.01;
+    config.rate_limits.steps_burst = 2;
+    let host = in_process_host(config, data.path()).await;
+    let token = |company: &'static str| {
+        let store = host.store.clone();
+        async move {
+            auth::create_token(&store, company, "u", false, "t")
+                .await
+                .unwrap()
+                .0
+        }
+    };
+    let (a, b) = (token("company-a").await, token("company-b").await);
+    let app = router(host.api_state());
+    let step = |token: &str| {
+        Request::post("/api/v1/steps")
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(Body::from(
+                json!({"name": "s", "module_ref": "hostile", "input_mapping": {"attack": "ok"}})
+                    .to_string(),
+            ))
+            .unwrap()
+    };
+    for _ in 0..2 {
+        let r = app.clone().oneshot(step(&a)).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let r = app.clone().oneshot(step(&a)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=101).contains(&retry), "{retry}");
+    let v: Value =
+        serde_json::from_slice(&axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap())
+            .unwrap();
+    assert_envelope(
+        StatusCode::TOO_MANY_REQUESTS,
+        &v,
+        ErrorName::RateLimitExceeded,
+    );
+    assert_eq!(v["retry_after_seconds"], retry, "{v}");
+    // Another company is not held back by company A's rate.
+    let r = app.clone().oneshot(step(&b)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // /metrics is the operator's: off until a metrics token is configured.
+    let r = app
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}

@@ -9,6 +9,7 @@ use flow8_tests::{
 use serde_json::{Value, json};
 
 const CANARY: &str = "Bearer api-canary-3d9f1b7c2e";
+const METRICS_TOKEN: &str = "operator-metrics-token-7f3a";
 
 struct Api {
     client: reqwest::Client,
@@ -58,7 +59,9 @@ fn component_body(name: &str, base_url: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_roles_and_tenant_isolation() {
-    let cli = Cli::new();
+    let mut cli = Cli::new();
+    cli.env
+        .push(("FLOW8_METRICS_TOKEN".into(), METRICS_TOKEN.into()));
     let admin_a = create_token(&cli, "company-a", "alice", true);
     let member_a = create_token(&cli, "company-a", "bob", false);
     let admin_b = create_token(&cli, "company-b", "carol", true);
@@ -311,8 +314,10 @@ async fn tokens_roles_and_tenant_isolation() {
     let listed = cli.run(&["tokens", "list"]);
     assert!(!listed.stdout.contains("f8_"), "token list shows a token");
 
-    // Metrics count the steps.
-    let (_, _, metrics) = api.call("GET", &server.url("/metrics"), None, None).await;
+    // Metrics count the steps (for the operator's metrics token).
+    let (_, _, metrics) = api
+        .call("GET", &server.url("/metrics"), Some(METRICS_TOKEN), None)
+        .await;
     assert!(
         metrics.contains("flow8_steps_total{module=\"http-request\",outcome=\"ok\"} 3"),
         "{metrics}"

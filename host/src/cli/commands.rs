@@ -175,24 +175,33 @@ async fn serve(mut settings: HostSettings, args: &ServeArgs) -> ExitCode {
     if args.allow_loopback {
         settings.config.outbound.allow_loopback = true;
     }
-    let host = match Host::from_config(settings).await {
+    let mut host = match Host::from_config(settings).await {
         Ok(h) => h,
         Err(e) => return fail(e.name(), e),
     };
     // Compile everything once before taking traffic.
     let found = host.modules.scan().await;
     host.start_background_tasks();
-    let state = host.api_state();
-    let cfg = &host.config;
-    let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
+    let listener = match tokio::net::TcpListener::bind(host.config.listen).await {
         Ok(l) => l,
         Err(e) => {
             return fail(
                 ErrorName::ListenFailed,
-                format!("cannot listen on {}: {e}", cfg.listen),
+                format!("cannot listen on {}: {e}", host.config.listen),
             );
         }
     };
+    // The address really bound (the port may have been 0): the default public URL.
+    if let Ok(bound) = listener.local_addr() {
+        host.config.listen = bound;
+    }
+    if host.config.public_url.is_none() && host.config.listen.ip().is_unspecified() {
+        tracing::warn!(
+            listen = %host.config.listen,
+            "public_url is not set and the host listens on every address: connect links will name an address browsers cannot open; set public_url"
+        );
+    }
+    let state = host.api_state();
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())

@@ -3,6 +3,7 @@
 //! hangs off this, so tests and servers create it once and share it.
 
 use super::bindings::Module;
+use super::fair::{CompanyShare, FairSlots, SandboxSlot, SlotError};
 use super::sandbox::StepState;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,9 +56,9 @@ pub struct SandboxEngine {
     pooling: bool,
     ticker_stop: Arc<AtomicBool>,
     config: EngineConfig,
-    /// One permit per sandbox the pool holds: a step beyond them waits for a free one
-    /// (within its deadline) instead of failing to instantiate.
-    slots: Arc<tokio::sync::Semaphore>,
+    /// The pool's sandboxes, shared fairly between companies: a step beyond them waits
+    /// for its company's turn (within its deadline) instead of failing to instantiate.
+    slots: Arc<FairSlots>,
 }
 
 impl std::fmt::Debug for SandboxEngine {
@@ -158,7 +159,7 @@ impl SandboxEngine {
             linker,
             pooling,
             ticker_stop,
-            slots: Arc::new(tokio::sync::Semaphore::new(config.pool_instances as usize)),
+            slots: FairSlots::new(config.pool_instances as usize),
             config,
         }))
     }
@@ -178,18 +179,26 @@ impl SandboxEngine {
         self.pooling
     }
 
-    /// A sandbox slot, waiting up to `wait` for one to free up; None when none did.
-    /// Hold it until the step's store is dropped (that returns the instance to the pool).
-    pub async fn sandbox_slot(&self, wait: Duration) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        tokio::time::timeout(wait, self.slots.clone().acquire_owned())
-            .await
-            .ok()
-            .and_then(Result::ok)
+    /// A sandbox slot for a step of `company`, waiting up to `wait` for the company's
+    /// turn (see [`FairSlots`]). Hold it until the step's store is dropped (that
+    /// returns the instance to the pool).
+    pub async fn sandbox_slot(
+        &self,
+        company: &str,
+        share: CompanyShare,
+        wait: Duration,
+    ) -> Result<SandboxSlot, SlotError> {
+        self.slots.acquire(company, share, wait).await
     }
 
     /// Steps running in a sandbox now.
     pub fn sandboxes_in_use(&self) -> usize {
-        self.config.pool_instances as usize - self.slots.available_permits()
+        self.slots.in_use()
+    }
+
+    /// Steps waiting for a sandbox now.
+    pub fn sandboxes_waiting(&self) -> usize {
+        self.slots.waiting()
     }
 
     /// The settings it was built with.

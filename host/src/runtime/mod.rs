@@ -6,6 +6,7 @@ pub mod bindings;
 pub mod cache;
 pub mod engine;
 pub mod error;
+pub mod fair;
 pub mod grants;
 pub mod module;
 pub mod policy;
@@ -137,6 +138,8 @@ pub struct Runtime {
     store: Arc<AnyStore>,
     vault: Arc<Vault>,
     limits: StepLimits,
+    /// How much of the sandbox pool one company may hold and queue for.
+    share: fair::CompanyShare,
 }
 
 impl Clone for Runtime {
@@ -148,6 +151,7 @@ impl Clone for Runtime {
             store: self.store.clone(),
             vault: self.vault.clone(),
             limits: self.limits,
+            share: self.share,
         }
     }
 }
@@ -395,7 +399,18 @@ impl Runtime {
             store,
             vault,
             limits,
+            // Until configured: the whole pool, as before fair shares.
+            share: fair::CompanyShare {
+                max_running: usize::MAX,
+                max_waiting: usize::MAX,
+            },
         }
+    }
+
+    /// Give each company at most this share of the sandbox pool.
+    pub fn with_company_share(mut self, share: fair::CompanyShare) -> Runtime {
+        self.share = share;
+        self
     }
 
     /// Resolve OAuth-link bindings with this service.
@@ -534,19 +549,30 @@ impl Runtime {
         };
         let engine = self.modules.engine();
         // Declared before the store, so it is released after the store is dropped.
-        let Some(_slot) = engine
-            .sandbox_slot(deadline.saturating_duration_since(Instant::now()))
-            .await
-        else {
-            report.result = Err(StepError::new(
-                ErrorName::DeadlineExceeded,
-                format!(
-                    "no sandbox became free within the step's deadline of {:?} (all {} are busy)",
-                    limits.deadline,
-                    engine.config().pool_instances
-                ),
-            ));
-            return;
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let _slot = match engine.sandbox_slot(&req.company_id, self.share, wait).await {
+            Ok(slot) => slot,
+            Err(fair::SlotError::TimedOut) => {
+                report.result = Err(StepError::new(
+                    ErrorName::DeadlineExceeded,
+                    format!(
+                        "no sandbox became free within the step's deadline of {:?} (all {} are busy)",
+                        limits.deadline,
+                        engine.config().pool_instances
+                    ),
+                ));
+                return;
+            }
+            Err(e @ fair::SlotError::QueueFull(_)) => {
+                report.result = Err(StepError {
+                    retry_after_seconds: Some(1),
+                    ..StepError::new(
+                        ErrorName::RateLimitExceeded,
+                        format!("{e}; try again when some have finished"),
+                    )
+                });
+                return;
+            }
         };
         let state = StepState::new(
             wasi,

@@ -1,10 +1,22 @@
 //! Prometheus metrics in the text exposition format: steps by module and outcome, a
 //! step-latency histogram, and sandbox limit hits. Kept by hand: a handful of counters
 //! does not need a metrics framework.
+//!
+//! A label holds only what the host resolved (a module that loaded, a catalogue error
+//! name), never a caller's raw text, and the module labels are bounded: a flood of
+//! junk `module_ref`s grew the page to 17 MB before. The page is the operator's
+//! (`routes::ops::metrics` asks for the metrics token): it names every company's modules.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
+
+/// Distinct module labels kept; steps of further modules count under [`OTHER`].
+pub const MAX_MODULE_LABELS: usize = 256;
+/// The label of steps whose module did not resolve.
+pub const UNRESOLVED: &str = "(unresolved)";
+/// The label of steps of modules past [`MAX_MODULE_LABELS`].
+pub const OTHER: &str = "(other)";
 
 const BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -32,15 +44,21 @@ fn escape(v: &str) -> String {
 }
 
 impl Metrics {
-    /// Record one finished step.
-    pub fn step(&self, module: &str, outcome: &str, seconds: f64) {
+    /// Record one finished step: the name of the module that ran (None when the
+    /// `module_ref` did not resolve) and its outcome (`ok` or the error's name).
+    pub fn step(&self, module: Option<&str>, outcome: &str, seconds: f64) {
+        let mut lat = self.latency.lock().expect("metrics lock");
+        let module = match module {
+            None => UNRESOLVED,
+            Some(m) if lat.contains_key(m) || lat.len() < MAX_MODULE_LABELS => m,
+            Some(_) => OTHER,
+        };
         *self
             .steps
             .lock()
             .expect("metrics lock")
             .entry((module.into(), outcome.into()))
             .or_default() += 1;
-        let mut lat = self.latency.lock().expect("metrics lock");
         let h = lat.entry(module.into()).or_insert_with(|| Histogram {
             counts: vec![0; BUCKETS.len()],
             ..Default::default()
@@ -112,5 +130,31 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_resolved_names_and_bounded() {
+        let m = Metrics::default();
+        for i in 0..10_000 {
+            m.step(None, "module_not_found", 0.001);
+            m.step(Some(&format!("module-{i}")), "ok", 0.001);
+        }
+        let text = m.render();
+        assert!(
+            text.contains(
+                "flow8_steps_total{module=\"(unresolved)\",outcome=\"module_not_found\"} 10000"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("module=\"module-0\""));
+        assert!(text.contains("flow8_steps_total{module=\"(other)\",outcome=\"ok\"}"));
+        assert!(!text.contains("module-9999"));
+        // 256 modules, each with a histogram of 16 lines: tens of kilobytes, not megabytes.
+        assert!(text.len() < 512 * 1024, "{}", text.len());
     }
 }

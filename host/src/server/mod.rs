@@ -12,6 +12,7 @@ pub mod extract;
 pub mod metrics;
 pub mod openapi;
 pub mod pages;
+pub mod rate_limit;
 pub mod routes;
 
 use crate::runtime::Runtime;
@@ -48,6 +49,12 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Largest installed module.
     pub max_module_bytes: usize,
+    /// `POST /api/v1/steps` per company.
+    pub step_rate: rate_limit::RateLimiter,
+    /// Where browsers reach this host (`public_url`), the base of connect links.
+    pub public_url: String,
+    /// SHA-256 of the operator's metrics token; None: `/metrics` is off.
+    pub metrics_token_hash: Option<[u8; 32]>,
 }
 
 /// The HTTP methods the API uses.

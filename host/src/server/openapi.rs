@@ -14,6 +14,8 @@ pub enum Access {
     Member,
     /// An admin token.
     Admin,
+    /// The operator's metrics token (no company's token).
+    Operator,
 }
 
 /// One route.
@@ -57,7 +59,13 @@ pub const ROUTES: &[Route] = &[
         "Readiness: the store answers",
         200,
     ),
-    r("get", "/metrics", Access::Public, "Prometheus metrics", 200),
+    r(
+        "get",
+        "/metrics",
+        Access::Operator,
+        "Prometheus metrics (the operator's metrics token)",
+        200,
+    ),
     r("get", "/openapi.json", Access::Public, "This document", 200),
     r(
         "post",
@@ -224,10 +232,10 @@ pub fn document() -> Value {
         });
         if route.access != Access::Public {
             op["security"] = json!([{"bearer": []}]);
-            op["x-flow8-access"] = json!(if route.access == Access::Admin {
-                "admin"
-            } else {
-                "member"
+            op["x-flow8-access"] = json!(match route.access {
+                Access::Admin => "admin",
+                Access::Operator => "operator",
+                _ => "member",
             });
         }
         entry[route.method] = op;

@@ -13,7 +13,7 @@ use crate::server::pages;
 use crate::store::Store;
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
@@ -33,7 +33,6 @@ pub struct NewConnectSession {
 pub async fn create(
     State(st): State<Arc<AppState>>,
     caller: Caller,
-    headers: HeaderMap,
     ApiJson(body): ApiJson<NewConnectSession>,
 ) -> Result<Response, ApiError> {
     let oauth = super::integrations::oauth(&st)?;
@@ -50,21 +49,13 @@ pub async fn create(
         path.push_str("?services=");
         path.push_str(&list.join(","));
     }
-    // The URL the browser opens, on the host flow8 called (behind a proxy, the
-    // forwarded scheme and host).
-    let host = headers
-        .get("x-forwarded-host")
-        .or_else(|| headers.get(header::HOST))
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("127.0.0.1:4454");
-    let scheme = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("http");
+    // The URL the browser opens: the configured public URL, never one a request's
+    // `Host` or `X-Forwarded-Host` names (a caller could point it at any site).
+    let connect_url = format!("{}{path}", st.public_url);
     Ok((
         StatusCode::CREATED,
         Json(json!({
-            "connect_url": format!("{scheme}://{host}{path}"),
+            "connect_url": connect_url,
             "connect_path": path,
             "expires_at": expires_at.format(&Rfc3339).unwrap_or_default(),
         })),

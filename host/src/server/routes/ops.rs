@@ -7,8 +7,9 @@ use crate::server::error::ApiError;
 use crate::store::Store;
 use axum::Json;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
+use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 /// `GET /healthz`: the process is up.
@@ -22,17 +23,50 @@ pub async fn readyz(State(st): State<Arc<AppState>>) -> Result<&'static str, Api
     Ok("ready")
 }
 
-/// `GET /metrics`
-pub async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
+/// `GET /metrics`: for the operator only. The page is host-wide (every company's
+/// modules and traffic), so no company's token opens it, admin or not: it asks for
+/// `Authorization: Bearer <metrics_token>` (the config file's or
+/// `FLOW8_METRICS_TOKEN`), which a Prometheus scrape job sends as its `authorization`
+/// credentials. Without a configured token it is off (every request answers 401).
+pub async fn metrics(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    // Unconfigured, no token is the right one: the same answer as a wrong token, with
+    // what to do about it.
+    let Some(expected) = &st.metrics_token_hash else {
+        return Err(ApiError::new(
+            ErrorName::Unauthorized,
+            "metrics are off on this host: set metrics_token (or FLOW8_METRICS_TOKEN) and scrape with it as the bearer token",
+        ));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    // Hashes are compared, so the time a comparison takes says nothing about the token.
+    let matches = presented.is_some_and(|t| {
+        let got: [u8; 32] = Sha256::digest(t.as_bytes()).into();
+        &got == expected
+    });
+    if !matches {
+        return Err(ApiError::new(
+            ErrorName::Unauthorized,
+            "/metrics needs `Authorization: Bearer <metrics_token>` (the operator's token, not a company's)",
+        ));
+    }
     let engine = st.modules.engine();
     let mut text = st.metrics.render();
     text.push_str(&format!(
         "# HELP flow8_sandboxes_in_use Steps running in a sandbox now (steps beyond the capacity wait).\n# TYPE flow8_sandboxes_in_use gauge\nflow8_sandboxes_in_use {}\n\
+         # HELP flow8_sandboxes_waiting Steps waiting for a sandbox now.\n# TYPE flow8_sandboxes_waiting gauge\nflow8_sandboxes_waiting {}\n\
          # HELP flow8_sandboxes_capacity Sandboxes the instance pool holds.\n# TYPE flow8_sandboxes_capacity gauge\nflow8_sandboxes_capacity {}\n",
         engine.sandboxes_in_use(),
+        engine.sandboxes_waiting(),
         engine.config().pool_instances
     ));
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
 
 /// `GET /openapi.json`

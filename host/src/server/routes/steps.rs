@@ -13,7 +13,8 @@ use crate::server::error::ApiError;
 use crate::server::extract::ApiJson;
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -112,12 +113,28 @@ fn limits(defaults: StepLimits, o: Option<LimitOverrides>) -> Result<StepLimits,
 }
 
 /// `POST /api/v1/steps`: a step report, whether the step failed before it ran (a bad
-/// body or limits) or inside the sandbox; both carry `error` and `message`.
+/// body or limits, the company over its rate) or inside the sandbox; both carry `error`
+/// and `message`. A `rate_limit_exceeded` answer says when to retry in `Retry-After`.
 pub async fn run(
     State(st): State<Arc<AppState>>,
     caller: Caller,
     body: Result<ApiJson<StepBody>, ApiError>,
-) -> (StatusCode, Json<Value>) {
+) -> Response {
+    // Counted before the body is looked at: a flood of bad bodies costs the same.
+    if let Err(wait) = st.step_rate.check(&caller.company_id) {
+        let seconds = u32::try_from(wait.as_secs().saturating_add(1)).unwrap_or(u32::MAX);
+        let error = crate::runtime::error::StepError {
+            retry_after_seconds: Some(seconds),
+            ..crate::runtime::error::StepError::new(
+                ErrorName::RateLimitExceeded,
+                "this company is starting steps faster than the host allows; retry after the time in Retry-After",
+            )
+        };
+        let mut value = serde_json::to_value(StepReport::refused(error))
+            .unwrap_or_else(|_| json!({"status": "error"}));
+        value["name"] = Value::String(String::new());
+        return answer(StatusCode::TOO_MANY_REQUESTS, value, Some(seconds));
+    }
     let (step_name, result) = match body {
         Ok(ApiJson(body)) => {
             use tracing::Instrument;
@@ -142,7 +159,22 @@ pub async fn run(
         }
     };
     value["name"] = Value::String(step_name);
-    (status, Json(value))
+    let retry = (status == StatusCode::TOO_MANY_REQUESTS)
+        .then(|| value["retry_after_seconds"].as_u64())
+        .flatten()
+        .and_then(|s| u32::try_from(s).ok());
+    answer(status, value, retry)
+}
+
+/// The answer, with `Retry-After` when there is a time to wait.
+fn answer(status: StatusCode, value: Value, retry_after: Option<u32>) -> Response {
+    let mut response = (status, Json(value)).into_response();
+    if let Some(s) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    response
 }
 
 async fn run_body(
@@ -201,8 +233,12 @@ async fn run_body(
         Ok(_) => "ok",
         Err(e) => e.name.as_str(),
     };
-    st.metrics
-        .step(&module_name, outcome, report.duration_ms / 1000.0);
+    // Only a resolved module's name becomes a label (the caller's text never does).
+    st.metrics.step(
+        report.module.as_ref().map(|m| m.name.as_str()),
+        outcome,
+        report.duration_ms / 1000.0,
+    );
 
     // One audit entry per distinct use of a credential.
     let mut seen = std::collections::BTreeSet::new();
