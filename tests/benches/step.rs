@@ -580,7 +580,7 @@ async fn refresh_storm() {
     let oauth_handle = oauth.clone();
     // Connect: the provider's redirect carries the code to the callback.
     let auth_url = oauth
-        .authorize_url("bench", "alice", "google")
+        .authorize_url("bench", "alice", "google", "test-browser")
         .await
         .unwrap();
     let http = reqwest::Client::builder()
@@ -594,7 +594,7 @@ async fn refresh_storm() {
         .query_pairs()
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
-    let link = oauth.callback(&params).await.unwrap();
+    let link = oauth.callback(&params, Some("test-browser")).await.unwrap();
     let runtime = Arc::new(host.runtime.clone());
     let step = |credential: bool| {
         let mut input = serde_json::json!({"attack": "http", "url": upstream.url("/x")});

@@ -138,6 +138,7 @@ impl Setup {
             .http
             .get(&callback)
             .header("accept", "application/json")
+            .header("cookie", flow8_tests::binding_cookie(&v))
             .send()
             .await
             .unwrap();

@@ -175,6 +175,10 @@ async fn pages_escape_what_providers_and_links_say() {
         .unwrap()
         .1
         .into_owned();
+    let cookie = format!(
+        "flow8_oauth_binding={}",
+        v["browser_binding"]["value"].as_str().unwrap()
+    );
     let r = http
         .get(server.url("/auth/callback"))
         .query(&[
@@ -182,6 +186,7 @@ async fn pages_escape_what_providers_and_links_say() {
             ("error", "access_denied"),
             ("error_description", SCRIPT),
         ])
+        .header("cookie", cookie)
         .send()
         .await
         .unwrap();
@@ -237,6 +242,14 @@ async fn pages_escape_what_providers_and_links_say() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     private(&r);
+    // The page binds its buttons to this browser.
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.starts_with("flow8_oauth_binding=")
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
     let page = r.text().await.unwrap();
     assert!(page.contains("data-service=\"google\""), "{page}");
     assert!(

@@ -41,10 +41,8 @@ async fn a_meeting_invite_is_created_and_graph_errors_are_named() {
         .send()
         .await
         .unwrap();
-    let auth_url = r.json::<Value>().await.unwrap()["auth_url"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let answer = r.json::<Value>().await.unwrap();
+    let auth_url = answer["auth_url"].as_str().unwrap().to_string();
     assert!(
         auth_url.contains("scope=Mail.Send+Calendars.ReadWrite+offline_access"),
         "{auth_url}"
@@ -54,6 +52,7 @@ async fn a_meeting_invite_is_created_and_graph_errors_are_named() {
     let r = http
         .get(&callback)
         .header("accept", "application/json")
+        .header("cookie", flow8_tests::binding_cookie(&answer))
         .send()
         .await
         .unwrap();

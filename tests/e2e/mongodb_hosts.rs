@@ -71,6 +71,7 @@ async fn connect(http: &reqwest::Client, host: &ServerProcess, token: &str) -> S
     let r = http
         .get(&callback)
         .header("accept", "application/json")
+        .header("cookie", flow8_tests::binding_cookie(&v))
         .send()
         .await
         .unwrap();

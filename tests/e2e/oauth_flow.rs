@@ -15,6 +15,8 @@ struct Setup {
     member: String,
     admin: String,
     http: reqwest::Client,
+    /// The `Cookie` header of the browser that started the last connection.
+    browser_cookie: std::sync::Mutex<String>,
 }
 
 fn setup(ttl_sequence: &[u64]) -> Setup {
@@ -53,6 +55,7 @@ fn setup_with_env(ttl_sequence: &[u64], env: &[(&str, String)]) -> Setup {
         member,
         admin,
         http,
+        browser_cookie: Default::default(),
     }
 }
 
@@ -78,6 +81,13 @@ impl Setup {
             .await;
         assert_eq!(s, 200, "{v}");
         let auth_url = v["auth_url"].as_str().unwrap().to_string();
+        // The browser that started it holds the binding cookie (the API's caller set it).
+        let cookie = format!(
+            "{}={}",
+            v["browser_binding"]["cookie"].as_str().unwrap(),
+            v["browser_binding"]["value"].as_str().unwrap()
+        );
+        *self.browser_cookie.lock().unwrap() = cookie.clone();
         let r = self.http.get(&auth_url).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 302);
         let callback = r.headers()["location"].to_str().unwrap().to_string();
@@ -85,6 +95,7 @@ impl Setup {
             .http
             .get(&callback)
             .header("accept", "application/json")
+            .header("cookie", cookie)
             .send()
             .await
             .unwrap();
@@ -137,11 +148,13 @@ async fn connect_use_refresh_once_and_unlink() {
     );
     assert_eq!(s.oauth.token_requests_at_least("authorization_code", 1), 1);
 
-    // Replaying the callback: the state is single use.
+    // Replaying the callback, from the same browser: the state is single use.
+    let cookie = s.browser_cookie.lock().unwrap().clone();
     let r = s
         .http
         .get(&callback_url)
         .header("accept", "application/json")
+        .header("cookie", cookie)
         .send()
         .await
         .unwrap();
@@ -584,4 +597,79 @@ async fn provider_requests_never_go_through_a_proxy_from_the_environment() {
     assert!(s.oauth.wait_for_revocation(&latest));
     // ...and the proxy none.
     assert!(proxy.requests().is_empty(), "{:?}", proxy.requests());
+}
+
+/// A forwarded authorization link: someone else's browser, which holds no binding
+/// cookie (or another one), comes back with a valid code and state. The callback
+/// refuses it by name and stores nothing; the browser that started it then connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_from_another_browser_is_refused_and_stores_nothing() {
+    let s = setup(&[]);
+    let (status, v) = s
+        .get("/api/v1/integrations/authorize?service=google", &s.member)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let binding = &v["browser_binding"];
+    assert_eq!(binding["cookie"], "flow8_oauth_binding", "{v}");
+    let set_cookie = binding["set_cookie"].as_str().unwrap();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Lax"),
+        "{set_cookie}"
+    );
+    // The consent happens in the other person's browser.
+    let r = s
+        .http
+        .get(v["auth_url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 302);
+    let callback = r.headers()["location"].to_str().unwrap().to_string();
+    for cookie in [None, Some("flow8_oauth_binding=someone-elses-binding")] {
+        let mut req = s.http.get(&callback).header("accept", "application/json");
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{cookie:?}");
+        assert_eq!(r.headers()["cache-control"], "no-store");
+        assert!(
+            r.headers()["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("default-src 'none'")
+        );
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_state", "{body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains(if cookie.is_none() {
+                "did not start the connection"
+            } else {
+                "started in another browser"
+            }),
+            "{message}"
+        );
+    }
+    let (_, links) = s.get("/api/v1/integrations/links", &s.member).await;
+    assert_eq!(links["links"], json!([]), "nothing stored: {links}");
+    assert_eq!(s.oauth.token_requests_at_least("authorization_code", 0), 0);
+    // The browser that started it still can: the refused attempts did not use it up.
+    let r = s
+        .http
+        .get(&callback)
+        .header("accept", "application/json")
+        .header(
+            "cookie",
+            format!(
+                "other=1; flow8_oauth_binding={}",
+                binding["value"].as_str().unwrap()
+            ),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let (_, links) = s.get("/api/v1/integrations/links", &s.member).await;
+    assert_eq!(links["links"].as_array().map(Vec::len), Some(1), "{links}");
 }

@@ -57,17 +57,21 @@ impl Slack {
             .send()
             .await
             .unwrap();
-        let auth_url = r.json::<Value>().await.unwrap()["auth_url"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let answer = r.json::<Value>().await.unwrap();
+        let auth_url = answer["auth_url"].as_str().unwrap().to_string();
         assert!(
             auth_url.contains("scope=chat%3Awrite%2Cfiles%3Awrite"),
             "Slack joins scopes with commas: {auth_url}"
         );
         let r = self.http.get(&auth_url).send().await.unwrap();
         let callback = r.headers()["location"].to_str().unwrap().to_string();
-        let r = self.http.get(&callback).send().await.unwrap();
+        let r = self
+            .http
+            .get(&callback)
+            .header("cookie", flow8_tests::binding_cookie(&answer))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), 200);
         assert!(r.text().await.unwrap().contains("Connected!"));
         let r = self

@@ -68,7 +68,7 @@ async fn a_slow_token_refresh_counts_against_the_deadline_and_still_saves_its_to
     let host = in_process_host(config, data.path()).await;
     let oauth = host.oauth.clone().expect("google is configured");
     let auth_url = oauth
-        .authorize_url(COMPANY, "alice", "google")
+        .authorize_url(COMPANY, "alice", "google", "test-browser")
         .await
         .unwrap();
     let http = reqwest::Client::builder()
@@ -81,7 +81,7 @@ async fn a_slow_token_refresh_counts_against_the_deadline_and_still_saves_its_to
         .query_pairs()
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
-    let link = oauth.callback(&params).await.unwrap();
+    let link = oauth.callback(&params, Some("test-browser")).await.unwrap();
     let first_token = link.access_token.clone();
     let input =
         json!({"attack": "http", "url": api.url("/x"), "credential": "google", "link_id": link.id});

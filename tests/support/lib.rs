@@ -341,6 +341,17 @@ impl Drop for ServerProcess {
     }
 }
 
+/// The `Cookie` header of the browser that started an authorization: the binding
+/// `GET /api/v1/integrations/authorize` answered (its caller puts it in the browser).
+pub fn binding_cookie(authorize_answer: &serde_json::Value) -> String {
+    let b = &authorize_answer["browser_binding"];
+    format!(
+        "{}={}",
+        b["cookie"].as_str().expect("browser_binding.cookie"),
+        b["value"].as_str().expect("browser_binding.value")
+    )
+}
+
 /// Create an API token with the CLI; returns the token.
 pub fn create_token(cli: &Cli, company: &str, user: &str, admin: bool) -> String {
     let mut args = vec!["tokens", "create", "--for-company", company, "--user", user];

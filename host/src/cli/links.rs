@@ -57,12 +57,18 @@ pub enum LinksCommand {
 
 type Done = tokio::sync::mpsc::Sender<Result<crate::store::LinkRecord, (ErrorName, String)>>;
 
+/// What the loopback callback shares: the service, where to report, and the browser
+/// binding of the one authorization this process started. The process that printed
+/// the URL is the one that receives the callback, so the binding stays in it instead
+/// of a browser cookie.
+type CallbackState = (Arc<OAuthService>, Done, Arc<String>);
+
 /// The loopback callback: the same pages as the API server's `/auth/callback`.
 async fn callback(
-    State((oauth, done)): State<(Arc<OAuthService>, Done)>,
+    State((oauth, done, binding)): State<CallbackState>,
     Query(params): Query<BTreeMap<String, String>>,
 ) -> Response {
-    match oauth.callback(&params).await {
+    match oauth.callback(&params, Some(binding.as_str())).await {
         Ok(link) => {
             let page = pages::connected(&link.integration_type);
             let _ = done.send(Ok(link)).await;
@@ -144,14 +150,15 @@ pub(super) async fn run(cli: &Cli, settings: &HostSettings, cmd: &LinksCommand) 
                     );
                 }
             };
-            let url = match oauth.authorize_url(company, user, service).await {
+            let binding = Arc::new(crate::oauth::new_browser_binding());
+            let url = match oauth.authorize_url(company, user, service, &binding).await {
                 Ok(u) => u,
                 Err(e) => return fail(e.name(), e),
             };
             let (tx, mut rx) = tokio::sync::mpsc::channel(1);
             let app = axum::Router::new()
                 .route(redirect.path(), axum::routing::get(callback))
-                .with_state((oauth.clone(), tx));
+                .with_state((oauth.clone(), tx, binding));
             let server = tokio::spawn(async move {
                 let _ = axum::serve(listener, app).await;
             });

@@ -2,6 +2,13 @@
 //! expiring, user-bound `state` and PKCE, both made by the `oauth2` crate) and connect
 //! sessions (a single-use link to the host's connect page). Each is stored hashed; the
 //! callback (`callback.rs`) or the connect page uses it up.
+//!
+//! An authorization is also bound to the browser that started it. Whoever starts it
+//! (the connect page, the API's caller) gets a random browser binding to put in that
+//! browser's [`BINDING_COOKIE`]; the state is stored under the hash of state and
+//! binding together, so the callback finds it only with the same cookie. A forwarded
+//! authorization link, opened in someone else's browser, then connects nobody's
+//! account to the company that made it.
 
 use super::{OAuthError, OAuthService};
 use crate::store::{OAuthStateRecord, Store, now};
@@ -20,6 +27,20 @@ pub(super) const CONNECT_SESSION: &str = "flow8:connect-session";
 /// How a `state` or session token is stored (the value itself only travels in URLs).
 pub(super) fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// The cookie that carries a browser binding to `/auth/callback`.
+pub const BINDING_COOKIE: &str = "flow8_oauth_binding";
+
+/// A new browser binding: 256 random bits, URL-safe (a cookie value as it is).
+pub fn new_browser_binding() -> String {
+    B64URL.encode(rand::random::<[u8; 32]>())
+}
+
+/// What an authorization state is stored under: the state and the browser binding
+/// together, so one without the other finds nothing.
+pub(super) fn state_key(state: &str, binding: &str) -> String {
+    sha256_hex(&format!("{state}\n{binding}"))
 }
 
 impl OAuthService {
@@ -61,18 +82,20 @@ impl OAuthService {
     }
 
     /// Start a connection: the provider URL to send the user's browser to. Its `state`
-    /// and PKCE verifier wait in the store (hashed, sealed) for the callback.
+    /// and PKCE verifier wait in the store (hashed with `binding`, sealed) for the
+    /// callback, which must bring the same binding (see [`new_browser_binding`]).
     pub async fn authorize_url(
         &self,
         company_id: &str,
         user_id: &str,
         service: &str,
+        binding: &str,
     ) -> Result<String, OAuthError> {
         let p = self.provider(service)?;
         let authorization = self.client(p).authorization()?;
         self.store
             .insert_oauth_state(OAuthStateRecord {
-                state_hash: sha256_hex(&authorization.state),
+                state_hash: state_key(&authorization.state, binding),
                 company_id: company_id.into(),
                 user_id: user_id.into(),
                 service: service.into(),

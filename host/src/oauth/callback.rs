@@ -2,23 +2,29 @@
 //! used up, the code exchanged (with the PKCE verifier), the user's identity read, and
 //! the link stored with its tokens sealed. Nothing is stored on any failure.
 
-use super::authorize::{CONNECT_SESSION, sha256_hex};
+use super::authorize::{CONNECT_SESSION, state_key};
 use super::{OAuthError, OAuthEvent, OAuthService};
 use crate::store::{LinkRecord, LinkStatus, Store, new_object_id, now};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
 impl OAuthService {
-    /// Finish a connection: check the state, exchange the code, read the identity, and
-    /// store the link with its tokens sealed. Nothing is stored on any failure.
+    /// Finish a connection: check the state and the browser binding it was started
+    /// with (the browser's binding cookie; None when it sent none), exchange the code,
+    /// read the identity, and store the link with its tokens sealed. Nothing is stored
+    /// on any failure, and a state brought without its binding is not used up.
     pub async fn callback(
         &self,
         params: &BTreeMap<String, String>,
+        binding: Option<&str>,
     ) -> Result<LinkRecord, OAuthError> {
         let state = params.get("state").ok_or(OAuthError::InvalidState)?;
+        let binding = binding
+            .filter(|b| !b.is_empty())
+            .ok_or(OAuthError::NotThisBrowser)?;
         let pending = self
             .store
-            .take_oauth_state(&sha256_hex(state))
+            .take_oauth_state(&state_key(state, binding))
             .await?
             .ok_or(OAuthError::InvalidState)?;
         if pending.service == CONNECT_SESSION {

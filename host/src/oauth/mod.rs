@@ -23,7 +23,7 @@ pub mod providers;
 mod refresh;
 mod revoke;
 
-pub use authorize::STATE_TTL;
+pub use authorize::{BINDING_COOKIE, STATE_TTL, new_browser_binding};
 pub use events::{NoEvents, OAuthEvent, OAuthEvents, RefreshCause};
 
 use crate::error::ErrorName;
@@ -40,9 +40,18 @@ pub enum OAuthError {
     /// No such service, or the operator did not configure it.
     #[error("OAuth service `{0}` is not configured on this host")]
     NotConfigured(String),
-    /// The `state` is unknown, used, expired, or not the caller's.
-    #[error("the authorization request is unknown, already used or expired; start again")]
+    /// The `state` is unknown, used, expired, or not the caller's (started in another
+    /// browser).
+    #[error(
+        "the authorization request is unknown, already used, expired or was started in another browser; start again"
+    )]
     InvalidState,
+    /// The callback came from a browser that holds no binding cookie: not the browser
+    /// that started the connection.
+    #[error(
+        "this browser did not start the connection (it sent no `flow8_oauth_binding` cookie); open the connect link in the browser you sign in with and start again"
+    )]
+    NotThisBrowser,
     /// The user (or provider) refused consent.
     #[error("the authorization was refused: {0}")]
     AccessDenied(String),
@@ -71,7 +80,7 @@ impl OAuthError {
     pub fn name(&self) -> ErrorName {
         match self {
             OAuthError::NotConfigured(_) => ErrorName::NotConfigured,
-            OAuthError::InvalidState => ErrorName::InvalidState,
+            OAuthError::InvalidState | OAuthError::NotThisBrowser => ErrorName::InvalidState,
             OAuthError::AccessDenied(_) => ErrorName::AccessDenied,
             OAuthError::InvalidGrant(_) => ErrorName::InvalidGrant,
             OAuthError::TokenRevoked(_) => ErrorName::TokenRevoked,

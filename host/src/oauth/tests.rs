@@ -1,7 +1,6 @@
 //! Unit tests of the service over a real embedded store and real local HTTP servers
 //! (the dialect edge has its own, in `client.rs`).
 
-use super::authorize::sha256_hex;
 use super::*;
 use crate::store::{OAuthStateRecord, now};
 use serde_json::json;
@@ -43,11 +42,12 @@ fn params(state: &str) -> BTreeMap<String, String> {
 
 #[tokio::test]
 async fn states_are_single_use_expire_and_are_not_connect_sessions() {
+    const B: &str = "the-browser-binding";
     let (store, oauth) = service();
     // Expired: refused (and gone).
     store
         .insert_oauth_state(OAuthStateRecord {
-            state_hash: sha256_hex("old"),
+            state_hash: super::authorize::state_key("old", B),
             company_id: "A".into(),
             user_id: "u".into(),
             service: "google".into(),
@@ -57,21 +57,21 @@ async fn states_are_single_use_expire_and_are_not_connect_sessions() {
         .await
         .unwrap();
     assert!(matches!(
-        oauth.callback(&params("old")).await,
+        oauth.callback(&params("old"), Some(B)).await,
         Err(OAuthError::InvalidState)
     ));
     // Never issued.
     assert!(matches!(
-        oauth.callback(&params("forged")).await,
+        oauth.callback(&params("forged"), Some(B)).await,
         Err(OAuthError::InvalidState)
     ));
     // A connect-page token is no authorization state, and the other way round.
     let (session, _) = oauth.create_connect_session("A", "u").await.unwrap();
     assert!(matches!(
-        oauth.callback(&params(&session)).await,
+        oauth.callback(&params(&session), Some(B)).await,
         Err(OAuthError::InvalidState)
     ));
-    let url = oauth.authorize_url("A", "u", "google").await.unwrap();
+    let url = oauth.authorize_url("A", "u", "google", B).await.unwrap();
     let state = url::Url::parse(&url)
         .unwrap()
         .query_pairs()
@@ -83,11 +83,29 @@ async fn states_are_single_use_expire_and_are_not_connect_sessions() {
         oauth.open_connect_session(&state).await,
         Err(OAuthError::InvalidState)
     ));
-    // Each is single use: that state was used up by the attempt.
+    // Bound to the browser that started it: without the binding, or with another
+    // browser's, the state is refused and not used up.
     assert!(matches!(
-        oauth.callback(&params(&state)).await,
+        oauth.callback(&params(&state), None).await,
+        Err(OAuthError::NotThisBrowser)
+    ));
+    assert!(matches!(
+        oauth
+            .callback(&params(&state), Some("another-browser"))
+            .await,
         Err(OAuthError::InvalidState)
     ));
+    // With it, the state is taken (the code exchange then fails: no token endpoint)...
+    assert!(matches!(
+        oauth.callback(&params(&state), Some(B)).await,
+        Err(OAuthError::Provider(_))
+    ));
+    // ...and single use.
+    assert!(matches!(
+        oauth.callback(&params(&state), Some(B)).await,
+        Err(OAuthError::InvalidState)
+    ));
+    assert!(store.list_links("A", None).await.unwrap().is_empty());
     let (session, _) = oauth.create_connect_session("A", "u").await.unwrap();
     assert_eq!(
         oauth.open_connect_session(&session).await.unwrap(),

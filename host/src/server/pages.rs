@@ -140,20 +140,26 @@ pub fn connect(links: &[LinkRow<'_>], buttons: &[ConnectButton]) -> String {
 /// connect token, an authorization code and state), so it is never cached, never sent
 /// on as a Referer (the provider must not see the connect token), and never framed.
 pub fn respond(status: StatusCode, html: String) -> Response {
-    (
-        status,
-        [
-            (header::CACHE_CONTROL, "no-store"),
-            (header::REFERRER_POLICY, "no-referrer"),
-            (header::X_FRAME_OPTIONS, "DENY"),
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
-            ),
-        ],
-        Html(html),
-    )
-        .into_response()
+    let mut response = (status, Html(html)).into_response();
+    private_headers(response.headers_mut());
+    response
+}
+
+/// The headers of [`respond`], for any answer reached with a secret in its URL (the
+/// callback's JSON answers and redirects too).
+pub fn private_headers(headers: &mut axum::http::HeaderMap) {
+    use axum::http::HeaderValue;
+    for (name, value) in [
+        (header::CACHE_CONTROL, "no-store"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; form-action 'none'; base-uri 'none'",
+        ),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! API for a short-lived, single-use connect link for a user and opens it in the
 //! user's browser. The page lists the company's integrations and a "Connect ..." link
 //! per configured provider; each link is an authorization URL with its own state (bound
-//! to user, company and service), so the browser never holds an API token. The
+//! to user, company and service, and to this browser by a cookie the page sets), so
+//! the browser never holds an API token. The
 //! provider sends the browser back to `/auth/callback`, which shows "Connected!".
 
 use crate::server::AppState;
@@ -108,15 +109,27 @@ pub async fn page(
             status: l.status.as_str(),
         })
         .collect();
+    // One binding for the page's buttons, set in the browser that opened the page: the
+    // callback finds a button's state only with it, so a button's URL forwarded to
+    // another browser connects nothing.
+    let binding = crate::oauth::new_browser_binding();
     let mut buttons = Vec::new();
     for service in oauth.services() {
         if wanted.as_ref().is_some_and(|w| !w.contains(&service)) {
             continue;
         }
-        match oauth.authorize_url(&company, &user, &service).await {
+        match oauth
+            .authorize_url(&company, &user, &service, &binding)
+            .await
+        {
             Ok(url) => buttons.push(pages::ConnectButton { service, url }),
             Err(e) => return gone(&e.to_string()),
         }
     }
-    pages::respond(StatusCode::OK, pages::connect(&rows, &buttons))
+    let mut response = pages::respond(StatusCode::OK, pages::connect(&rows, &buttons));
+    super::integrations::set_cookie(
+        &mut response,
+        &super::integrations::binding_cookie(&st, &binding),
+    );
+    response
 }

@@ -70,31 +70,99 @@ pub struct ServiceParam {
     service: String,
 }
 
-/// `GET /api/v1/integrations/authorize?service=slack`
+/// `GET /api/v1/integrations/authorize?service=slack`: the provider URL, and the browser
+/// binding the callback will ask for. The answer sets it as a cookie (for a caller that
+/// is the user's browser, on this host's site), and names it in `browser_binding` for a
+/// caller that sends the browser on itself: that caller sets the cookie in the same
+/// browser (see the README's "OAuth connections").
 pub async fn authorize(
     State(st): State<Arc<AppState>>,
     caller: Caller,
     q: Result<Query<ServiceParam>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::invalid_input(e.body_text()))?;
+    let binding = crate::oauth::new_browser_binding();
     let url = oauth(&st)?
-        .authorize_url(&caller.company_id, &caller.user_id, &q.service)
+        .authorize_url(&caller.company_id, &caller.user_id, &q.service, &binding)
         .await?;
-    Ok(Json(json!({"auth_url": url})))
+    let cookie = binding_cookie(&st, &binding);
+    let mut response = Json(json!({
+        "auth_url": url,
+        "browser_binding": {
+            "cookie": crate::oauth::BINDING_COOKIE,
+            "value": binding,
+            "set_cookie": cookie,
+        },
+    }))
+    .into_response();
+    set_cookie(&mut response, &cookie);
+    Ok(response)
 }
 
-/// `GET /auth/callback?code&state` (the provider sends the browser here).
+/// The `Set-Cookie` value that puts a browser binding in the browser: HttpOnly (no
+/// script reads it), `SameSite=Lax` (sent on the provider's top-level redirect back,
+/// not on cross-site subrequests), Secure on an https public URL, and no longer-lived
+/// than the authorization it binds.
+pub(crate) fn binding_cookie(st: &AppState, binding: &str) -> String {
+    let secure = if st.public_url.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
+    format!(
+        "{}={binding}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+        crate::oauth::BINDING_COOKIE,
+        crate::oauth::STATE_TTL.as_secs()
+    )
+}
+
+/// Add a `Set-Cookie` header (the value is ours: base64url and fixed attributes).
+pub(crate) fn set_cookie(response: &mut Response, cookie: &str) {
+    if let Ok(v) = axum::http::HeaderValue::from_str(cookie) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+/// The browser binding a request's cookies carry, if any.
+fn binding_from(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == crate::oauth::BINDING_COOKIE)
+        .map(|(_, value)| value.trim().to_string())
+}
+
+/// `GET /auth/callback?code&state` (the provider sends the browser here). Every answer,
+/// page, JSON or redirect, is never cached and carries the pages' CSP: the URL held an
+/// authorization code.
 pub async fn callback(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
     Query(params): Query<BTreeMap<String, String>>,
 ) -> Response {
+    let mut response = callback_answer(&st, &headers, &params).await;
+    pages::private_headers(response.headers_mut());
+    response
+}
+
+async fn callback_answer(
+    st: &AppState,
+    headers: &HeaderMap,
+    params: &BTreeMap<String, String>,
+) -> Response {
     let wants_json = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("application/json"));
-    let result = match oauth(&st) {
-        Ok(o) => o.callback(&params).await.map_err(ApiError::from),
+    let binding = binding_from(headers);
+    let result = match oauth(st) {
+        Ok(o) => o
+            .callback(params, binding.as_deref())
+            .await
+            .map_err(ApiError::from),
         Err(e) => Err(e),
     };
     match result {
