@@ -762,6 +762,7 @@ async fn link_lookups_per_second(store: Arc<AnyStore>, window: Duration) -> f64 
         provider_user_email: String::new(),
         provider_metadata: serde_json::Value::Null,
         status: flow8_host::store::LinkStatus::Active,
+        shared_with: Vec::new(),
         refresh_lease_owner: None,
         refresh_lease_until: None,
         version: 0,

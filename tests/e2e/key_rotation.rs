@@ -52,6 +52,7 @@ fn sealed_link(vault: &Vault, company: &str) -> LinkRecord {
         provider_user_email: "alice@example.com".into(),
         provider_metadata: json!({}),
         status: flow8_host::store::LinkStatus::Active,
+        shared_with: Vec::new(),
         refresh_lease_owner: None,
         refresh_lease_until: None,
         version: 0,

@@ -673,3 +673,180 @@ async fn a_callback_from_another_browser_is_refused_and_stores_nothing() {
     let (_, links) = s.get("/api/v1/integrations/links", &s.member).await;
     assert_eq!(links["links"].as_array().map(Vec::len), Some(1), "{links}");
 }
+
+/// A link is the user's who connected it: another member can neither use nor delete
+/// it until its owner shares it; an admin can do both; every use or deletion by
+/// someone other than the owner is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_belongs_to_its_owner_unless_shared_and_admins_are_audited() {
+    let s = setup(&[]);
+    let bob = create_token(&s.cli, "company-a", "bob", false);
+    let (_, connected) = s.connect().await;
+    let link_id = connected["link"]["id"].as_str().unwrap().to_string();
+    assert_eq!(connected["link"]["user_id"], "alice");
+    let api = RecordingServer::start();
+    let call = |method: reqwest::Method, path: String, token: &str, body: Option<Value>| {
+        let mut req = s
+            .http
+            .request(method, s.server.url(&path))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let step = |token: &str| {
+        call(
+            reqwest::Method::POST,
+            "/api/v1/steps".into(),
+            token,
+            Some(
+                json!({"name": "uses-a-link", "module_ref": "hostile", "input_mapping":
+                {"attack": "http", "url": api.url("/who"), "credential": "google", "link_id": link_id}}),
+            ),
+        )
+    };
+    let shares = format!("/api/v1/integrations/google/{link_id}/shares");
+
+    // Bob, a member, cannot use alice's link, nor delete it, nor share it to himself.
+    let (status, v) = step(&bob).await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (403, Some("access_denied")),
+        "{v}"
+    );
+    assert!(api.requests().is_empty(), "the token went nowhere");
+    let (status, v) = call(
+        reqwest::Method::DELETE,
+        format!("/api/v1/integrations/google/{link_id}"),
+        &bob,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (403, Some("access_denied")),
+        "{v}"
+    );
+    let (status, _) = call(
+        reqwest::Method::POST,
+        shares.clone(),
+        &bob,
+        Some(json!({"user_id": "bob"})),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, v) = call(
+        reqwest::Method::POST,
+        "/api/v1/integrations/test".into(),
+        &bob,
+        Some(json!({"link_id": link_id})),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (404, Some("not_found")),
+        "{v}"
+    );
+    // Alice's own step uses it.
+    let (status, v) = step(&s.member).await;
+    assert_eq!(status, 200, "{v}");
+
+    // Alice shares it with bob: now his steps may use it, and each use says so.
+    let (status, v) = call(
+        reqwest::Method::POST,
+        shares.clone(),
+        &s.member,
+        Some(json!({"user_id": "bob"})),
+    )
+    .await;
+    assert_eq!(
+        (status, v["shared_with"].clone()),
+        (200, json!(["bob"])),
+        "{v}"
+    );
+    let (status, v) = step(&bob).await;
+    assert_eq!((status, v["status"].as_str()), (200, Some("ok")), "{v}");
+    // Sharing is not owning: bob still cannot delete it.
+    let (status, _) = call(
+        reqwest::Method::DELETE,
+        format!("/api/v1/integrations/google/{link_id}"),
+        &bob,
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = call(
+        reqwest::Method::DELETE,
+        format!("{shares}/bob"),
+        &s.member,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = step(&bob).await;
+    assert_eq!(status, 403);
+
+    // An admin may use and delete any member's link.
+    let (status, v) = step(&s.admin).await;
+    assert_eq!(status, 200, "{v}");
+    let (status, _) = call(
+        reqwest::Method::DELETE,
+        format!("/api/v1/integrations/google/{link_id}"),
+        &s.admin,
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+
+    // The audit log names each use of another user's link, and how it was allowed.
+    let audit = |action: &str| {
+        let (s, path) = (&s, format!("/api/v1/admin/audit?action_type={action}"));
+        async move {
+            let (_, v) = s.get(&path, &s.admin).await;
+            v["entries"].as_array().unwrap().clone()
+        }
+    };
+    let mut uses: Vec<(String, String, String)> = audit("link_used_by_other_user")
+        .await
+        .iter()
+        .map(|e| {
+            (
+                e["user_id"].as_str().unwrap().to_string(),
+                e["after_state"]["access"].as_str().unwrap().to_string(),
+                e["after_state"]["owner"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    uses.sort();
+    assert_eq!(
+        uses,
+        [
+            ("bob".into(), "shared".into(), "alice".into()),
+            ("root".into(), "admin".into(), "alice".into())
+        ],
+        "{uses:?}"
+    );
+    assert_eq!(audit("link_shared").await.len(), 1);
+    assert_eq!(audit("link_unshared").await.len(), 1);
+    let unlinked = audit("integration_unlinked").await;
+    assert_eq!(unlinked.len(), 1, "{unlinked:?}");
+    assert_eq!(unlinked[0]["user_id"], "root");
+    assert_eq!(unlinked[0]["before_state"]["owner"], "alice");
+
+    // The host goes on: bob's next step runs normally.
+    let (status, _) = call(
+        reqwest::Method::POST,
+        "/api/v1/steps".into(),
+        &bob,
+        Some(json!({"name": "s", "module_ref": "hostile", "input_mapping": {"attack": "ok"}})),
+    )
+    .await;
+    assert_eq!(status, 200);
+}

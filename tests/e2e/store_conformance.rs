@@ -110,6 +110,7 @@ fn link(company: &str, service: &str, expiry: Option<OffsetDateTime>) -> LinkRec
         provider_user_email: "user@company.com".into(),
         provider_metadata: json!({"team": {"id": "T1"}}),
         status: flow8_host::store::LinkStatus::Active,
+        shared_with: Vec::new(),
         refresh_lease_owner: None,
         refresh_lease_until: None,
         version: 0,
@@ -350,6 +351,8 @@ async fn link_writes_are_compare_and_set<S: Store>(s: &S) {
     s.insert_link(l.clone()).await.unwrap();
     let mut next = l.clone();
     next.token_expiry = Some(now() + Duration::hours(2));
+    // Who the owner shared it with is kept too (the ownership rules read it).
+    next.shared_with = vec!["bob".into(), "*".into()];
     assert!(s.update_link_cas(next.clone(), 0).await.unwrap());
     // A writer that read version 0 lost: nothing changes.
     let mut stale = l.clone();
@@ -358,6 +361,7 @@ async fn link_writes_are_compare_and_set<S: Store>(s: &S) {
     let now_stored = s.get_link("A", &l.id).await.unwrap().unwrap();
     assert_eq!(now_stored.version, 1);
     assert_eq!(now_stored.token_expiry, next.token_expiry);
+    assert_eq!(now_stored.shared_with, next.shared_with);
     assert_eq!(now_stored.provider_user_email, "user@company.com");
     // Another company's id matches nothing.
     let mut foreign = now_stored.clone();

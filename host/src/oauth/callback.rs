@@ -81,6 +81,7 @@ impl OAuthService {
             provider_user_email,
             provider_metadata: metadata,
             status: LinkStatus::Active,
+            shared_with: Vec::new(),
             refresh_lease_owner: None,
             refresh_lease_until: None,
             version: 0,

@@ -11,6 +11,7 @@
 //! | `revoke.rs` | unlink, and revocation at the provider |
 //! | `health.rs` | the link test (flow8's "Testing Connectivity") |
 //! | `events.rs` | what happened to links, for whoever the composition root wires in (the audit log) |
+//! | `ownership.rs` | who may use, share and delete a link inside its company |
 //! | `providers.rs` | the providers and the operator's configuration of them |
 
 mod authorize;
@@ -19,6 +20,7 @@ mod client;
 pub mod events;
 mod health;
 pub mod journal;
+pub mod ownership;
 pub mod providers;
 mod refresh;
 mod revoke;

@@ -74,6 +74,11 @@ fn looks_like_object_id(s: &str) -> bool {
 /// unbound component binding falls back to the company's default component of the
 /// provider's kind.
 #[allow(clippy::too_many_arguments)]
+///
+/// `actor` is the API caller the step runs for: an OAuth link must be theirs, shared
+/// with them, or they an admin (`oauth::ownership`); each link used other than as its
+/// owner is added to `other_users_links` for the audit log. None (the operator's CLI):
+/// any link of the company.
 pub async fn resolve(
     store: &AnyStore,
     vault: &Vault,
@@ -83,6 +88,8 @@ pub async fn resolve(
     company_id: &str,
     bindings: &BTreeMap<String, String>,
     input: &serde_json::Value,
+    actor: Option<&crate::oauth::ownership::Actor>,
+    other_users_links: &mut Vec<LinkUse>,
 ) -> Result<Vec<GrantedCredential>, StepError> {
     for name in bindings.keys() {
         if manifest.binding(name).is_none() {
@@ -119,7 +126,12 @@ pub async fn resolve(
                     .await?
                 }
                 CredentialKind::OauthLink => match &explicit {
-                    Some(link_id) => Some(resolve_link(oauth, binding, company_id, link_id).await?),
+                    Some(link_id) => {
+                        let (grant, used) =
+                            resolve_link(oauth, binding, company_id, link_id, actor).await?;
+                        other_users_links.extend(used);
+                        Some(grant)
+                    }
                     None => None,
                 },
             })
@@ -146,12 +158,24 @@ pub async fn resolve(
     Ok(grants)
 }
 
+/// A link a step used other than as its owner: for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkUse {
+    /// The link.
+    pub link_id: String,
+    /// The user who connected it.
+    pub owner: String,
+    /// Why the step's user could use it.
+    pub access: crate::oauth::ownership::LinkAccess,
+}
+
 async fn resolve_link(
     oauth: Option<&std::sync::Arc<crate::oauth::OAuthService>>,
     binding: &CredentialBinding,
     company_id: &str,
     link_id: &str,
-) -> Result<GrantedCredential, StepError> {
+    actor: Option<&crate::oauth::ownership::Actor>,
+) -> Result<(GrantedCredential, Option<LinkUse>), StepError> {
     use super::error::ErrorName;
     use crate::oauth::OAuthError;
     let not_yours = || {
@@ -188,6 +212,19 @@ async fn resolve_link(
         )),
         other => StepError::new(ErrorName::UpstreamError, other.to_string()),
     })?;
+    // Another member's link: the same answer as no link at all (no telling whose).
+    let used = match actor {
+        None => None,
+        Some(actor) => match crate::oauth::ownership::may_use(&link, actor) {
+            None => return Err(not_yours()),
+            Some(crate::oauth::ownership::LinkAccess::Owner) => None,
+            Some(access) => Some(LinkUse {
+                link_id: link.id.clone(),
+                owner: link.user_id.clone(),
+                access,
+            }),
+        },
+    };
     if link.integration_type != binding.service {
         return Err(StepError::access_denied(format!(
             "link `{link_id}` is a {} link; binding `{}` needs {}",
@@ -215,7 +252,7 @@ async fn resolve_link(
     let provider = oauth.provider(&link.integration_type).ok();
     let pinned: Vec<HostPattern> = provider.map(|p| p.api_hosts.clone()).unwrap_or_default();
     let api_base_url = provider.map(|p| p.api_base_url.clone()).unwrap_or_default();
-    Ok(GrantedCredential {
+    let grant = GrantedCredential {
         binding: binding.name.clone(),
         kind: CredentialKind::OauthLink,
         service: link.integration_type.clone(),
@@ -232,7 +269,8 @@ async fn resolve_link(
         secrets: vec![("access_token".to_string(), token.clone())],
         pinned,
         attach: Attach::Bearer(token),
-    })
+    };
+    Ok((grant, used))
 }
 
 async fn resolve_component(

@@ -77,6 +77,10 @@ pub struct StepReport {
     pub log_truncated: bool,
     /// Wall-clock time of the whole step.
     pub duration_ms: f64,
+    /// OAuth links of other users the step used (shared with its user, or its user an
+    /// admin), for the audit log.
+    #[serde(skip)]
+    pub other_users_links: Vec<grants::LinkUse>,
     /// Credentials the module read or had attached.
     pub credentials_used: Vec<CredentialUse>,
 }
@@ -91,6 +95,7 @@ impl StepReport {
             log_truncated: false,
             duration_ms: 0.0,
             credentials_used: Vec::new(),
+            other_users_links: Vec::new(),
         }
     }
 }
@@ -440,6 +445,16 @@ impl Runtime {
     /// another host's refresh lease included), waiting for a free sandbox and running
     /// the module all count against it.
     pub async fn run_step(&self, req: StepRequest) -> StepReport {
+        self.run_step_as(req, None).await
+    }
+
+    /// [`Runtime::run_step`] for an API caller: its OAuth links must be the caller's,
+    /// shared with the caller, or the caller an admin (see `oauth::ownership`).
+    pub async fn run_step_as(
+        &self,
+        req: StepRequest,
+        actor: Option<crate::oauth::ownership::Actor>,
+    ) -> StepReport {
         use tracing::Instrument;
         // Every log line of the step (credential lookups, refreshes, outbound calls)
         // carries its company and module, so a line can be tied to its step.
@@ -449,10 +464,14 @@ impl Runtime {
             module = %req.module_ref,
             version = tracing::field::Empty,
         );
-        self.run_step_in_span(req).instrument(span).await
+        self.run_step_in_span(req, actor).instrument(span).await
     }
 
-    async fn run_step_in_span(&self, req: StepRequest) -> StepReport {
+    async fn run_step_in_span(
+        &self,
+        req: StepRequest,
+        actor: Option<crate::oauth::ownership::Actor>,
+    ) -> StepReport {
         let start = Instant::now();
         let limits = req.limits.unwrap_or(self.limits);
         let deadline = start + limits.deadline;
@@ -463,6 +482,7 @@ impl Runtime {
             log_truncated: false,
             duration_ms: 0.0,
             credentials_used: Vec::new(),
+            other_users_links: Vec::new(),
         };
         let resolve = async {
             if req.module_ref.ends_with(".wasm") || req.module_ref.contains('/') {
@@ -490,7 +510,7 @@ impl Runtime {
             version: module.manifest.version.clone(),
             digest: module.digest.clone(),
         });
-        self.run_loaded(&module, req, limits, deadline, &mut report)
+        self.run_loaded(&module, req, actor.as_ref(), limits, deadline, &mut report)
             .await;
         report.duration_ms = start.elapsed().as_secs_f64() * 1000.0;
         report
@@ -500,6 +520,7 @@ impl Runtime {
         &self,
         module: &Arc<LoadedModule>,
         req: StepRequest,
+        actor: Option<&crate::oauth::ownership::Actor>,
         limits: StepLimits,
         deadline: Instant,
         report: &mut StepReport,
@@ -524,6 +545,8 @@ impl Runtime {
             &req.company_id,
             &req.bindings,
             &req.input,
+            actor,
+            &mut report.other_users_links,
         );
         let grants = match tokio::time::timeout_at(deadline.into(), resolve).await {
             Ok(Ok(g)) => g,

@@ -136,7 +136,8 @@ pub async fn record(
 /// The audit entry an OAuth event is recorded as, in flow8's shape; None for events the
 /// audit log does not keep (refreshes, revocations: the link's own state shows them).
 pub fn oauth_entry(event: &OAuthEvent) -> Option<AuditRecord> {
-    let described = |l: &LinkRecord| json!({"integration_type": l.integration_type, "provider_user_id": l.provider_user_id, "scopes": l.scopes});
+    // The owner too: an admin's unlink of another user's link names both.
+    let described = |l: &LinkRecord| json!({"integration_type": l.integration_type, "provider_user_id": l.provider_user_id, "scopes": l.scopes, "owner": l.user_id, "shared_with": l.shared_with});
     Some(match event {
         OAuthEvent::Linked { link } => entry(
             &link.company_id,

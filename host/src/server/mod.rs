@@ -187,6 +187,18 @@ fn endpoints() -> Vec<Endpoint> {
             Json,
             integrations::unlink,
         ),
+        endpoint(
+            Post,
+            "/api/v1/integrations/{service}/{link_id}/shares",
+            Json,
+            integrations::share,
+        ),
+        endpoint(
+            Delete,
+            "/api/v1/integrations/{service}/{link_id}/shares/{user_id}",
+            Json,
+            integrations::unshare,
+        ),
         endpoint(Get, "/api/v1/modules", Json, modules::list),
         endpoint(Get, "/api/v1/modules/{module_ref}", Json, modules::get_one),
         endpoint(Post, "/api/v1/admin/modules", Module, modules::install),

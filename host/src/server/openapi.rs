@@ -183,8 +183,22 @@ pub const ROUTES: &[Route] = &[
         "delete",
         "/api/v1/integrations/{service}/{link_id}",
         Access::Member,
-        "Unlink a link and revoke its tokens at the provider",
+        "Unlink a link and revoke its tokens at the provider (its owner, or an admin)",
         204,
+    ),
+    r(
+        "post",
+        "/api/v1/integrations/{service}/{link_id}/shares",
+        Access::Member,
+        "Let another member use the link ({user_id}, or * for every member); its owner, or an admin",
+        200,
+    ),
+    r(
+        "delete",
+        "/api/v1/integrations/{service}/{link_id}/shares/{user_id}",
+        Access::Member,
+        "Stop sharing the link with a member (or *); its owner, or an admin",
+        200,
     ),
     r(
         "post",

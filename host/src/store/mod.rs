@@ -107,6 +107,10 @@ pub struct LinkRecord {
     /// Whether the link can be used (stored as `active` / `needs_reconnect`).
     #[serde(default)]
     pub status: LinkStatus,
+    /// Users of the company besides `user_id` who may use the link (`*`: every member);
+    /// see `oauth::ownership`. Older records have none: only the owner and admins.
+    #[serde(default)]
+    pub shared_with: Vec<String>,
     /// Who holds the refresh lease, until when.
     #[serde(default)]
     pub refresh_lease_owner: Option<String>,

@@ -3,6 +3,7 @@
 //! unlink, health test. Tokens never appear in an answer.
 
 use crate::error::ErrorName;
+use crate::oauth::ownership::{self, Actor};
 use crate::oauth::{OAuthError, OAuthService};
 use crate::server::AppState;
 use crate::server::auth::Caller;
@@ -59,6 +60,7 @@ pub fn view(l: &LinkRecord) -> Value {
         "provider_user_id": l.provider_user_id,
         "provider_user_email": l.provider_user_email,
         "status": l.status,
+        "shared_with": l.shared_with,
         "created_at": l.created_at.format(&Rfc3339).unwrap_or_default(),
     })
 }
@@ -250,27 +252,131 @@ pub async fn list(
     Ok(Json(json!({"links": links})))
 }
 
+fn actor(caller: &Caller) -> Actor {
+    Actor {
+        user_id: caller.user_id.clone(),
+        admin: caller.admin,
+    }
+}
+
+/// The company's link of `service`, if the caller may delete it or change its shares
+/// (its owner or an admin); another member's link is refused by name.
+async fn managed_link(
+    st: &AppState,
+    caller: &Caller,
+    service: &str,
+    id: &str,
+) -> Result<LinkRecord, ApiError> {
+    let link = st
+        .store
+        .get_link(&caller.company_id, id)
+        .await?
+        .filter(|l| l.integration_type == service)
+        .ok_or_else(|| ApiError::new(ErrorName::NotFound, "no such link"))?;
+    if ownership::may_manage(&link, &actor(caller)).is_none() {
+        return Err(ApiError::new(
+            ErrorName::AccessDenied,
+            "this link belongs to the user who connected it: only they or an admin may delete it or change whom it is shared with",
+        ));
+    }
+    Ok(link)
+}
+
 async fn unlink_one(
     st: &AppState,
     caller: &Caller,
     service: &str,
     id: &str,
 ) -> Result<(), ApiError> {
-    // The service records `integration_unlinked` (its events go to the audit log).
+    // The service records `integration_unlinked` (its events go to the audit log, with
+    // the actor and the link's owner).
     oauth(st)?
         .unlink(&caller.company_id, service, id, Some(&caller.user_id))
         .await?;
     Ok(())
 }
 
-/// `DELETE /api/v1/integrations/{service}/{link_id}`
+/// `DELETE /api/v1/integrations/{service}/{link_id}`: the link's owner, or an admin.
 pub async fn unlink(
     State(st): State<Arc<AppState>>,
     caller: Caller,
     Path((service, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
+    oauth(&st)?;
+    managed_link(&st, &caller, &service, &id).await?;
     unlink_one(&st, &caller, &service, &id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/v1/integrations/{service}/{link_id}/shares` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShareBody {
+    /// The member to share with, or `*` for every member of the company.
+    user_id: String,
+}
+
+fn check_user_id(user_id: &str) -> Result<(), ApiError> {
+    if user_id.is_empty()
+        || user_id.len() > 128
+        || user_id.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(ApiError::invalid_input(
+            "user_id is 1-128 characters without spaces, or `*` for every member",
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /api/v1/integrations/{service}/{link_id}/shares`: let another member (or every
+/// member, `*`) use the link in their steps. The owner or an admin; audited.
+pub async fn share(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path((service, id)): Path<(String, String)>,
+    ApiJson(body): ApiJson<ShareBody>,
+) -> Result<Json<Value>, ApiError> {
+    check_user_id(&body.user_id)?;
+    set_share(&st, &caller, &service, &id, &body.user_id, true).await
+}
+
+/// `DELETE /api/v1/integrations/{service}/{link_id}/shares/{user_id}`: stop sharing.
+pub async fn unshare(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Path((service, id, user_id)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    check_user_id(&user_id)?;
+    set_share(&st, &caller, &service, &id, &user_id, false).await
+}
+
+async fn set_share(
+    st: &AppState,
+    caller: &Caller,
+    service: &str,
+    id: &str,
+    user_id: &str,
+    shared: bool,
+) -> Result<Json<Value>, ApiError> {
+    let oauth = oauth(st)?;
+    let before = managed_link(st, caller, service, id).await?;
+    let after = oauth
+        .set_share(&caller.company_id, service, id, user_id, shared)
+        .await?;
+    if before.shared_with != after.shared_with {
+        st.audit
+            .record(crate::server::audit::entry(
+                &caller.company_id,
+                Some(&caller.user_id),
+                if shared { "link_shared" } else { "link_unshared" },
+                "integration",
+                id,
+                json!({"shared_with": before.shared_with}),
+                json!({"shared_with": after.shared_with, "user_id": user_id, "owner": after.user_id}),
+            ))
+            .await;
+    }
+    Ok(Json(view(&after)))
 }
 
 /// `DELETE /api/v1/integrations/links?service=slack`: every link of the service
@@ -307,7 +413,14 @@ pub async fn test(
     caller: Caller,
     ApiJson(body): ApiJson<TestBody>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(
-        oauth(&st)?.test(&caller.company_id, &body.link_id).await?,
-    ))
+    let oauth = oauth(&st)?;
+    // Testing uses the token: the same rule as a step (another member's link answers
+    // as if there were none).
+    let link = st
+        .store
+        .get_link(&caller.company_id, &body.link_id)
+        .await?
+        .filter(|l| ownership::may_use(l, &actor(&caller)).is_some())
+        .ok_or_else(|| ApiError::new(ErrorName::NotFound, "no such link"))?;
+    Ok(Json(oauth.test(&caller.company_id, &link.id).await?))
 }

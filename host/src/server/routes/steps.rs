@@ -213,16 +213,23 @@ async fn run_body(
             Some(dir)
         }
     };
+    let actor = crate::oauth::ownership::Actor {
+        user_id: caller.user_id.clone(),
+        admin: caller.admin,
+    };
     let report: StepReport = st
         .runtime
-        .run_step(StepRequest {
-            company_id: caller.company_id.clone(),
-            module_ref: body.module_ref.clone(),
-            input: body.input_mapping,
-            bindings: body.bindings,
-            limits: Some(limits),
-            workspace,
-        })
+        .run_step_as(
+            StepRequest {
+                company_id: caller.company_id.clone(),
+                module_ref: body.module_ref.clone(),
+                input: body.input_mapping,
+                bindings: body.bindings,
+                limits: Some(limits),
+                workspace,
+            },
+            Some(actor),
+        )
         .await;
     let module_name = report
         .module
@@ -240,6 +247,25 @@ async fn run_body(
         report.duration_ms / 1000.0,
     );
 
+    // Another user's link, used through a share or as an admin: said so in the log.
+    for u in &report.other_users_links {
+        st.audit
+            .record(crate::server::audit::entry(
+                &caller.company_id,
+                Some(&caller.user_id),
+                "link_used_by_other_user",
+                "integration",
+                &u.link_id,
+                json!({}),
+                json!({
+                    "step": body.name,
+                    "module": module_name,
+                    "owner": u.owner,
+                    "access": u.access.as_str(),
+                }),
+            ))
+            .await;
+    }
     // One audit entry per distinct use of a credential.
     let mut seen = std::collections::BTreeSet::new();
     for u in &report.credentials_used {
