@@ -309,7 +309,10 @@ impl Host {
             store.clone(),
             vault.clone(),
             settings.config.step_limits(),
-        );
+        )
+        .with_workspace_taints(crate::runtime::taint::WorkspaceTaints::in_dir(
+            settings.data_dir.join("workspace-taint"),
+        ));
         if let Some(o) = &oauth {
             runtime = runtime.with_oauth(o.clone());
         }

@@ -12,6 +12,7 @@ pub mod policy;
 pub mod registry;
 pub mod sandbox;
 pub mod schema_budget;
+pub mod taint;
 pub mod workspace_quota;
 
 use crate::outbound::OutboundClient;
@@ -19,6 +20,7 @@ use crate::store::AnyStore;
 use crate::vault::Vault;
 use error::{ErrorName, StepError};
 use module::LoadedModule;
+use policy::Taint;
 use registry::ModuleRegistry;
 use sandbox::{
     CredentialUse, DeadlineHit, LogLevel, LogLine, MemoryLimitHit, Redactor, StepLimits, StepLog,
@@ -49,6 +51,9 @@ pub struct StepRequest {
     pub limits: Option<StepLimits>,
     /// The step's workspace directory, seen by the module as `/`.
     pub workspace: Option<PathBuf>,
+    /// Taint the input carries: the `pinned_to` of the reports of the steps whose
+    /// outputs it was mapped from. The step may only reach what every one allows.
+    pub pinned_to: Vec<Taint>,
 }
 
 /// Which module ran.
@@ -78,6 +83,12 @@ pub struct StepReport {
     pub duration_ms: f64,
     /// Credentials the module read or had attached.
     pub credentials_used: Vec<CredentialUse>,
+    /// Whether the output (and the workspace) may hold data derived from a secret: the
+    /// step held one, or its input or workspace carried a taint in.
+    pub tainted: bool,
+    /// Where such data may go: for each secret, the pins of its credential. A step whose
+    /// input is mapped from this output gets this list as its `pinned_to`.
+    pub pinned_to: Vec<Taint>,
 }
 
 impl StepReport {
@@ -90,6 +101,8 @@ impl StepReport {
             log_truncated: false,
             duration_ms: 0.0,
             credentials_used: Vec::new(),
+            tainted: false,
+            pinned_to: Vec::new(),
         }
     }
 }
@@ -137,6 +150,7 @@ pub struct Runtime {
     store: Arc<AnyStore>,
     vault: Arc<Vault>,
     limits: StepLimits,
+    workspace_taints: Arc<taint::WorkspaceTaints>,
 }
 
 impl Clone for Runtime {
@@ -148,6 +162,7 @@ impl Clone for Runtime {
             store: self.store.clone(),
             vault: self.vault.clone(),
             limits: self.limits,
+            workspace_taints: self.workspace_taints.clone(),
         }
     }
 }
@@ -395,7 +410,14 @@ impl Runtime {
             store,
             vault,
             limits,
+            workspace_taints: Arc::new(taint::WorkspaceTaints::in_memory()),
         }
+    }
+
+    /// Keep the taint of step workspaces in `taints` (by default in memory only).
+    pub fn with_workspace_taints(mut self, taints: taint::WorkspaceTaints) -> Runtime {
+        self.workspace_taints = Arc::new(taints);
+        self
     }
 
     /// Resolve OAuth-link bindings with this service.
@@ -448,6 +470,8 @@ impl Runtime {
             log_truncated: false,
             duration_ms: 0.0,
             credentials_used: Vec::new(),
+            tainted: !req.pinned_to.is_empty(),
+            pinned_to: req.pinned_to.clone(),
         };
         let resolve = async {
             if req.module_ref.ends_with(".wasm") || req.module_ref.contains('/') {
@@ -562,6 +586,23 @@ impl Runtime {
         state.deadline = deadline;
         state.company_id = req.company_id.clone();
         state.refresher = self.oauth.clone();
+        // Taint carried in by the input and the workspace; the workspace keeps the
+        // input's too, since the module may write its input there.
+        state.policy.inherit(req.pinned_to.iter().cloned());
+        if let Some(ws) = &req.workspace {
+            let carried = self
+                .workspace_taints
+                .add(ws, &req.pinned_to)
+                .and_then(|()| self.workspace_taints.current(ws));
+            match carried {
+                Ok(t) => state.policy.inherit(t),
+                Err(e) => {
+                    report.result = Err(StepError::internal(e.to_string()));
+                    return;
+                }
+            }
+            state.workspace_taints = Some(self.workspace_taints.clone());
+        }
         let mut store = new_store(engine, state);
         let run = async {
             let instance = module.pre.instantiate_async(&mut store).await?;
@@ -592,14 +633,16 @@ impl Runtime {
                         ),
                     ))
                 } else {
-                    let output = if redactor.is_empty() {
-                        output
-                    } else {
-                        redactor.redact(&output)
-                    };
-                    serde_json::from_str(&output).map_err(|e| {
-                        StepError::module_error(format!("the module's output is not JSON: {e}"))
-                    })
+                    // Parsed first, then every string, key and number redacted: a
+                    // secret written with JSON escapes only shows once parsed.
+                    serde_json::from_str(&output)
+                        .map(|v| redactor.redact_value(v))
+                        .map_err(|e| {
+                            StepError::module_error(format!(
+                                "the module's output is not JSON: {}",
+                                redactor.redact(&e.to_string())
+                            ))
+                        })
                 }
             }
         };
@@ -623,6 +666,17 @@ impl Runtime {
             .collect();
         report.log_truncated = truncated;
         report.credentials_used = std::mem::take(&mut store.data_mut().uses);
+        let policy = &store.data().policy;
+        report.tainted = policy.is_tainted();
+        report.pinned_to = policy.taints();
+        // Recorded as it happened already (before the secret reached the module); once
+        // more here for a step that ended before it could be (a trap mid-call).
+        if let Some(ws) = &req.workspace
+            && let Err(e) = self.workspace_taints.add(ws, &report.pinned_to)
+        {
+            tracing::error!(error = %e, "the workspace taint could not be recorded");
+            report.result = Err(StepError::internal(e.to_string()));
+        }
     }
 }
 
