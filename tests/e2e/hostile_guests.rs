@@ -56,6 +56,7 @@ impl Host {
                 bindings,
                 limits: Some(limits),
                 workspace: None,
+                pinned_to: Vec::new(),
             })
             .await
     }
@@ -344,6 +345,7 @@ async fn a_stored_pin_to_every_host_is_refused_not_honoured() {
             bindings,
             limits: None,
             workspace: None,
+            pinned_to: Vec::new(),
         })
         .await;
     assert!(
@@ -373,6 +375,7 @@ async fn the_workspace_is_the_only_filesystem() {
                 bindings: BTreeMap::new(),
                 limits: None,
                 workspace: Some(ws),
+                pinned_to: Vec::new(),
             })
             .await
         }

@@ -10,6 +10,7 @@ mod catalogue_config;
 mod cli_http_request;
 mod cli_links;
 mod connect_page;
+mod hostile_egress;
 mod hostile_guests;
 mod key_rotation;
 mod local_store;
