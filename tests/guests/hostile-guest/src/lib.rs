@@ -46,7 +46,11 @@ fn base64(bytes: &[u8]) -> String {
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
         let n = chunk.len();
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let v = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= n {
@@ -149,7 +153,10 @@ impl Module for Hostile {
     }
 }
 
+/// One attack, by `input.attack`.
 fn attack(input: Value) -> Result<Value, Error> {
+    // A block, so the attacks keep the indentation they had in `execute` (other
+    // branches add attacks here too; a re-indented copy would not merge).
     {
         match str_param(&input, "attack")? {
             "ok" => Ok(json!({"ok": true, "echo": input})),
