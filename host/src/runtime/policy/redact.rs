@@ -79,65 +79,85 @@ pub struct Redactor {
 }
 
 /// A decoded view of a text: its bytes after decoding one escape syntax, each mapped
-/// back to the range of the original it came from.
-struct View {
-    bytes: Vec<u8>,
-    from: Vec<(usize, usize)>,
+/// back to where in the original its escape starts (`None`: the text itself). Offsets
+/// are `u32` to keep a view of a large answer at five bytes per byte.
+struct View<'t> {
+    bytes: std::borrow::Cow<'t, [u8]>,
+    from: Option<Vec<u32>>,
+    source_len: usize,
 }
 
-impl View {
-    fn identity(text: &[u8]) -> View {
+impl<'t> View<'t> {
+    fn identity(text: &'t [u8]) -> View<'t> {
         View {
-            bytes: text.to_vec(),
-            from: (0..text.len()).map(|i| (i, i + 1)).collect(),
+            bytes: std::borrow::Cow::Borrowed(text),
+            from: None,
+            source_len: text.len(),
         }
+    }
+
+    /// The range of the original the decoded bytes `start..=end` came from.
+    fn source(&self, start: usize, end: usize) -> (usize, usize) {
+        let Some(from) = &self.from else {
+            return (start, end + 1);
+        };
+        let s = from[start] as usize;
+        // The escape holding byte `end` ends where the next escape starts.
+        let e = from[end + 1..]
+            .iter()
+            .find(|&&f| f != from[end])
+            .map_or(self.source_len, |&f| f as usize);
+        (s, e)
     }
 
     /// `%XX` decoded (RFC 3986 §2.1), `+` left as is.
-    fn percent(text: &[u8]) -> Option<View> {
-        if !text.contains(&b'%') {
+    fn percent(text: &[u8]) -> Option<View<'static>> {
+        if !text.contains(&b'%') || text.len() > u32::MAX as usize {
             return None;
         }
-        let mut v = View {
-            bytes: Vec::with_capacity(text.len()),
-            from: Vec::with_capacity(text.len()),
-        };
+        let mut bytes = Vec::with_capacity(text.len());
+        let mut from = Vec::with_capacity(text.len());
         let mut i = 0;
         while i < text.len() {
+            from.push(i as u32);
             if text[i] == b'%'
                 && let Some(b) = text.get(i + 1..i + 3).and_then(hex_byte)
             {
-                v.bytes.push(b);
-                v.from.push((i, i + 3));
+                bytes.push(b);
                 i += 3;
             } else {
-                v.bytes.push(text[i]);
-                v.from.push((i, i + 1));
+                bytes.push(text[i]);
                 i += 1;
             }
         }
-        Some(v)
+        Some(View {
+            bytes: bytes.into(),
+            from: Some(from),
+            source_len: text.len(),
+        })
     }
 
     /// JSON string escapes decoded (RFC 8259 §7), surrogate pairs included.
-    fn json(text: &[u8]) -> Option<View> {
-        if !text.contains(&b'\\') {
+    fn json(text: &[u8]) -> Option<View<'static>> {
+        if !text.contains(&b'\\') || text.len() > u32::MAX as usize {
             return None;
         }
-        let mut v = View {
-            bytes: Vec::with_capacity(text.len()),
-            from: Vec::with_capacity(text.len()),
-        };
+        let mut bytes = Vec::with_capacity(text.len());
+        let mut from = Vec::with_capacity(text.len());
         let mut i = 0;
         while i < text.len() {
             let (buf, n, len) = json_escape(&text[i..]).unwrap_or(([text[i], 0, 0, 0], 1, 1));
             for b in &buf[..n] {
-                v.bytes.push(*b);
-                v.from.push((i, i + len));
+                bytes.push(*b);
+                from.push(i as u32);
             }
             i += len;
         }
-        Some(v)
+        Some(View {
+            bytes: bytes.into(),
+            from: Some(from),
+            source_len: text.len(),
+        })
     }
 }
 
@@ -194,17 +214,11 @@ fn json_escape(text: &[u8]) -> Option<([u8; 4], usize, usize)> {
 }
 
 /// Start offsets of `needle` in `hay`.
-fn find_all(hay: &[u8], needle: &[u8], any_case: bool) -> Vec<usize> {
+fn find_all(hay: &[u8], needle: &[u8]) -> Vec<usize> {
     if needle.is_empty() || needle.len() > hay.len() {
         return Vec::new();
     }
-    if any_case {
-        let lower = hay.to_ascii_lowercase();
-        let n = needle.to_ascii_lowercase();
-        memchr::memmem::find_iter(&lower, &n).collect()
-    } else {
-        memchr::memmem::find_iter(hay, needle).collect()
-    }
+    memchr::memmem::find_iter(hay, needle).collect()
 }
 
 impl Redactor {
@@ -235,16 +249,22 @@ impl Redactor {
             View::json(text),
         ];
         for view in views.iter().flatten() {
+            // Lower-cased once per view, for the forms matched in any case.
+            let lower = view.bytes.to_ascii_lowercase();
             for needle in &self.needles {
                 let forms = needle
                     .exact
                     .iter()
-                    .map(|f| (f, false))
-                    .chain(needle.any_case.iter().map(|f| (f, true)));
-                for (form, any_case) in forms {
-                    for start in find_all(&view.bytes, form, any_case) {
-                        let end = start + form.len() - 1;
-                        found.push((view.from[start].0, view.from[end].1));
+                    .map(|f| (f.clone(), &view.bytes[..]))
+                    .chain(
+                        needle
+                            .any_case
+                            .iter()
+                            .map(|f| (f.to_ascii_lowercase(), &lower[..])),
+                    );
+                for (form, hay) in forms {
+                    for start in find_all(hay, &form) {
+                        found.push(view.source(start, start + form.len() - 1));
                     }
                 }
             }
