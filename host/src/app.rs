@@ -313,7 +313,10 @@ impl Host {
             vault.clone(),
             settings.config.step_limits(),
         )
-        .with_company_share(settings.config.company_share());
+        .with_company_share(settings.config.company_share())
+        .with_workspace_taints(crate::runtime::taint::WorkspaceTaints::in_dir(
+            settings.data_dir.join("workspace-taint"),
+        ));
         if let Some(o) = &oauth {
             runtime = runtime.with_oauth(o.clone());
         }

@@ -437,10 +437,10 @@ mod tests {
         assert_eq!(
             pinned_hosts(&r),
             [
-                "https://s3.amazonaws.com",
-                "https://*.s3.amazonaws.com",
-                "https://s3.us-east-1.amazonaws.com",
-                "https://*.s3.us-east-1.amazonaws.com"
+                "https://flow8-artifacts.s3.amazonaws.com",
+                "https://s3.amazonaws.com/flow8-artifacts",
+                "https://flow8-artifacts.s3.us-east-1.amazonaws.com",
+                "https://s3.us-east-1.amazonaws.com/flow8-artifacts"
             ]
         );
         assert_eq!(provider(&r), "s3");
@@ -473,8 +473,7 @@ mod tests {
                 assert_eq!(value.expose(), *plain);
             }
             for pattern in pinned_hosts(&r) {
-                crate::manifest::HostPattern::parse(&pattern)
-                    .unwrap_or_else(|e| panic!("{p}: {e}"));
+                crate::catalogue::Pin::parse(&pattern).unwrap_or_else(|e| panic!("{p}: {e}"));
             }
         }
     }
@@ -837,7 +836,7 @@ mod tests {
 
         let custom = make(
             &vault,
-            json!({"provider": "http", "base_url": "https://API.Example.com:443/", "auth_header": "X-Api-Key", "auth_value": "k-123"}),
+            json!({"provider": "http", "base_url": "https://API.Example.com:443/", "auth_header": "X-Api-Key", "auth_value": "k-123456"}),
         )
         .unwrap();
         assert_eq!(pinned_hosts(&custom), ["https://api.example.com"]);
@@ -876,20 +875,28 @@ mod tests {
         );
         assert_eq!(pinned_hosts(&an), ["https://api.anthropic.com"]);
 
+        // An S3 component is pinned to its bucket only; naming none, to nothing (a pin
+        // to the endpoint would cover other people's buckets).
         let eu = make(
             &vault,
-            json!({"provider": "s3", "region": "eu-west-1", "access_key_id": AK, "secret_access_key": SK}),
+            json!({"provider": "s3", "region": "eu-west-1", "bucket": "b-1", "access_key_id": AK, "secret_access_key": SK}),
         )
         .unwrap();
         assert_eq!(
             pinned_hosts(&eu),
             [
-                "https://s3.amazonaws.com",
-                "https://*.s3.amazonaws.com",
-                "https://s3.eu-west-1.amazonaws.com",
-                "https://*.s3.eu-west-1.amazonaws.com"
+                "https://b-1.s3.amazonaws.com",
+                "https://s3.amazonaws.com/b-1",
+                "https://b-1.s3.eu-west-1.amazonaws.com",
+                "https://s3.eu-west-1.amazonaws.com/b-1"
             ]
         );
+        let no_bucket = make(
+            &vault,
+            json!({"provider": "s3", "region": "eu-west-1", "access_key_id": AK, "secret_access_key": SK}),
+        )
+        .unwrap();
+        assert!(pinned_hosts(&no_bucket).is_empty());
         assert_eq!(
             attachment(&eu),
             Attachment::AwsSigV4 {
@@ -909,22 +916,23 @@ mod tests {
         };
         assert_eq!(
             s3_compat("http://127.0.0.1:9000", None),
-            ["http://127.0.0.1:9000"]
+            ["http://127.0.0.1:9000/b-1"]
         );
+        // An IP address has no virtual hosts.
         assert_eq!(
             s3_compat("http://127.0.0.1:9000", Some(false)),
-            ["http://127.0.0.1:9000"]
+            ["http://127.0.0.1:9000/b-1"]
         );
         assert_eq!(
             s3_compat("https://minio.example.com:9000", Some(false)),
             [
-                "https://minio.example.com:9000",
-                "https://*.minio.example.com:9000"
+                "https://minio.example.com:9000/b-1",
+                "https://b-1.minio.example.com:9000"
             ]
         );
         assert_eq!(
             s3_compat("https://minio.example.com", None),
-            ["https://minio.example.com"]
+            ["https://minio.example.com/b-1"]
         );
 
         for config in [

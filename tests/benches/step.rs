@@ -332,6 +332,7 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
                         bindings,
                         limits: None,
                         workspace: None,
+                        pinned_to: Vec::new(),
                     })
                     .await;
                 assert!(r.result.is_ok(), "{:?}", r.result);
@@ -609,6 +610,7 @@ async fn refresh_storm() {
             bindings: BTreeMap::new(),
             limits: None,
             workspace: None,
+            pinned_to: Vec::new(),
         }
     };
     // Warm the module before the storm.
@@ -738,6 +740,7 @@ async fn http_step_on(
                 bindings: bindings.clone(),
                 limits: None,
                 workspace: None,
+                pinned_to: Vec::new(),
             })
             .await;
         assert!(r.result.is_ok(), "{:?}", r.result);
@@ -943,6 +946,7 @@ async fn main() {
                 bindings: bindings.clone(),
                 limits: None,
                 workspace: None,
+                pinned_to: Vec::new(),
             })
             .await;
         assert!(r.result.is_ok(), "{:?}", r.result);

@@ -258,3 +258,53 @@ async fn a_company_over_its_step_rate_is_told_when_to_retry_and_others_run() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// Issue 18 item 6 over the API: a step body's `pinned_to` (an earlier report's) confines
+/// the step, the report says it is tainted and passes the pins on, and a malformed pin
+/// is refused as bad input. The next step, with no taint, is not confined.
+#[tokio::test]
+async fn a_steps_pinned_to_confines_it_and_comes_back_in_its_report() {
+    let e = edge().await;
+    let taint =
+        json!([{"credential": "api", "service": "http", "pins": ["https://api.example.com/v1/"]}]);
+    let body = json!({"name": "s2", "module_ref": "hostile", "pinned_to": taint,
+        "input_mapping": {"attack": "http", "url": "http://127.0.0.1:9/steal"}});
+    let (s, v) = e
+        .call("POST", "/api/v1/steps", Some(&body.to_string()))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["output"]["error"]["kind"], "forbidden", "{v}");
+    assert!(
+        v["output"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("derived from credential `api` (http) of an earlier step"),
+        "{v}"
+    );
+    assert_eq!(
+        (&v["tainted"], &v["pinned_to"]),
+        (&json!(true), &taint),
+        "{v}"
+    );
+
+    let bad = json!({"module_ref": "hostile", "input_mapping": {"attack": "ok"},
+        "pinned_to": [{"credential": "api", "service": "http", "pins": ["not a pin"]}]});
+    let (s, v) = e
+        .call("POST", "/api/v1/steps", Some(&bad.to_string()))
+        .await;
+    assert_envelope(s, &v, ErrorName::InvalidInput);
+
+    let (s, v) = e
+        .call(
+            "POST",
+            "/api/v1/steps",
+            Some(&json!({"module_ref": "hostile", "input_mapping": {"attack": "ok"}}).to_string()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (&v["tainted"], &v["pinned_to"]),
+        (&json!(false), &json!([])),
+        "{v}"
+    );
+}

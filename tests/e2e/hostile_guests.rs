@@ -56,6 +56,7 @@ impl Host {
                 bindings,
                 limits: Some(limits),
                 workspace: None,
+                pinned_to: Vec::new(),
             })
             .await
     }
@@ -351,6 +352,7 @@ async fn a_stored_pin_to_every_host_is_refused_not_honoured() {
             bindings,
             limits: None,
             workspace: None,
+            pinned_to: Vec::new(),
         })
         .await;
     assert!(
@@ -380,6 +382,7 @@ async fn the_workspace_is_the_only_filesystem() {
                 bindings: BTreeMap::new(),
                 limits: None,
                 workspace: Some(ws),
+                pinned_to: Vec::new(),
             })
             .await
         }

@@ -78,6 +78,7 @@ impl Host {
                 bindings,
                 limits: Some(step.limits),
                 workspace: step.workspace,
+                pinned_to: Vec::new(),
             })
             .await
     }

@@ -32,6 +32,7 @@ fn step(input: serde_json::Value, deadline: Duration) -> StepRequest {
         bindings: BTreeMap::new(),
         limits: Some(limits(deadline)),
         workspace: None,
+        pinned_to: Vec::new(),
     }
 }
 

@@ -1,7 +1,8 @@
 //! `flow8:integration/credentials`: a module asks for the credentials its step was
 //! granted, by binding name. Reading a secret taints the step: from then on its
 //! requests may go only to that credential's pinned hosts (the step policy,
-//! `runtime::policy`, keeps that state and decides).
+//! `runtime::policy`, keeps that state and decides), and so does every later step on
+//! the same workspace (`runtime::taint`).
 
 use crate::runtime::bindings::GuestError;
 use crate::runtime::bindings::flow8::integration::credentials::Host;
@@ -83,6 +84,12 @@ impl Host for StepState {
             .map(|(k, v)| (k.clone(), v.expose().to_string()))
             .collect();
         let (resource_id, kind) = (grant.resource_id.clone(), grant.kind);
+        // The workspace is tainted before the secret is in the sandbox: a step running
+        // beside this one on the same workspace is confined from now on. No record, no
+        // secret.
+        if let Err(e) = self.record_workspace_taint() {
+            return Ok(Err(e));
+        }
         self.record_use(CredentialUse {
             binding,
             resource_id,

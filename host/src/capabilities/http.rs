@@ -2,14 +2,17 @@
 //! the host it must pass, in order: the step's request budget, the step policy
 //! (`runtime::policy`: the manifest's allowed hosts, the pinned hosts of the credential
 //! it asks the host to attach, the pinned hosts of every credential the module has
-//! read, the headers a module may set), and finally the operator's policy (allowed
-//! hosts, private and loopback addresses) in `outbound`.
+//! read, the taint the step's input and workspace carry, the method and the headers a
+//! module may set), and finally the operator's policy (allowed hosts, private and
+//! loopback addresses) in `outbound`. The answer to a request the host attached a
+//! credential to is searched for that credential's secret (an echo endpoint, a debug
+//! route): if it came back, the step holds it as if the module had read it.
 
 use crate::outbound::{OutboundBody, OutboundError, OutboundRequest, origin, sigv4};
 use crate::runtime::bindings::GuestError;
 use crate::runtime::bindings::flow8::integration::http::{Body, Host, Request, Response};
 use crate::runtime::grants::Attach;
-use crate::runtime::policy::PolicyDenial;
+use crate::runtime::policy::{PolicyDenial, StepPolicy};
 use crate::runtime::sandbox::{CredentialUse, StepState};
 use std::time::Duration;
 
@@ -25,7 +28,9 @@ impl StepState {
         let url = url::Url::parse(&request.url)
             .map_err(|e| GuestError::InvalidInput(format!("URL is not valid: {e}")))?;
         let dest = origin(&url);
+        self.sync_workspace_taint()?;
         let authorized = self.policy.authorize(&url, request.credential.as_deref())?;
+        StepPolicy::check_method(&request.method)?;
 
         let method = http::Method::from_bytes(request.method.to_ascii_uppercase().as_bytes())
             .map_err(|_| {
@@ -65,6 +70,7 @@ impl StepState {
             Body::WorkspaceFile(path) => OutboundBody::File(self.open_workspace_file(&path)?),
         };
 
+        let attached_binding = attach.as_ref().map(|a| (a.3.clone(), a.1.clone(), a.2));
         if let Some((attach, resource_id, kind, binding)) = attach {
             match attach {
                 Attach::Bearer(token) => {
@@ -127,6 +133,26 @@ impl StepState {
                 timeout,
             })
             .await?;
+        if let Some((binding, resource_id, kind)) = attached_binding {
+            let header_text: String = response
+                .headers
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}\n"))
+                .collect();
+            if self
+                .policy
+                .note_response(&binding, &[header_text.as_bytes(), &response.body])
+            {
+                self.record_use(CredentialUse {
+                    binding,
+                    resource_id,
+                    kind,
+                    how: "reflected",
+                    destination: Some(dest.clone()),
+                });
+                self.record_workspace_taint()?;
+            }
+        }
         Ok(Response {
             status: response.status,
             headers: response.headers,

@@ -1,7 +1,8 @@
 //! `flow8:integration/object-storage`: S3 uploads done by the host. The module names a
 //! bound S3 component, a bucket and key, and a workspace file; the host builds the
 //! object URL, asks the step policy the same destination question as `http` (manifest
-//! hosts, credential pinning, taint), signs each request with SigV4 and streams the file:
+//! hosts, credential pinning, taint) and whether the component names that bucket (it
+//! signs for no other), signs each request with SigV4 and streams the file:
 //! one PUT up to `MULTIPART_THRESHOLD`, a multipart upload of `PART_SIZE` parts above
 //! it (so memory stays at one part whatever the file size).
 
@@ -30,6 +31,8 @@ impl Host for StepState {
 }
 
 struct Signer {
+    /// The binding, for the step policy's look at each answer.
+    binding: String,
     region: String,
     service: String,
     access_key_id: String,
@@ -118,6 +121,11 @@ impl StepState {
                 timeout,
             })
             .await?;
+        // What S3 answers stays with the host (the module gets an ETag or a named
+        // error), but an error message can quote the request: held to the same rule.
+        if self.policy.note_response(&signer.binding, &[&resp.body]) {
+            self.record_workspace_taint()?;
+        }
         if (200..300).contains(&resp.status) {
             Ok(resp)
         } else {
@@ -156,6 +164,7 @@ impl StepState {
                 "`{bucket}` is not a valid bucket name"
             )));
         }
+        self.policy.check_bucket(&req.credential, &bucket)?;
         if req.key.is_empty() || req.key.len() > 1024 {
             return Err(GuestError::InvalidInput(
                 "the object key must be 1-1024 bytes".into(),
@@ -181,8 +190,10 @@ impl StepState {
             }
             segs.extend(req.key.split('/'));
         }
+        self.sync_workspace_taint()?;
         self.policy.authorize(&url, Some(&req.credential))?;
         let signer = Signer {
+            binding: req.credential.clone(),
             region,
             service,
             access_key_id: access_key_id.expose().to_string(),

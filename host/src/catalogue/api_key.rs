@@ -4,9 +4,11 @@
 //!
 //! Pins are fixed patterns or derived from the component's own fields by a rule the
 //! entry names (`origin_of: base_url`, `host_list: allowed_hosts`, `aws_s3: {...}`); the
-//! derivations are here, in Rust, and produce typed [`HostPattern`]s.
+//! derivations are here, in Rust, and produce typed [`Pin`]s. An S3 component is pinned
+//! to its own bucket, never to its endpoint's other buckets.
 
-use super::checks::{Check, FieldError, Format, RawFormat, check_header_name, pin_pattern};
+use super::checks::{Check, FieldError, Format, RawFormat, check_header_name, pin};
+use super::pins::Pin;
 use super::{CatalogueError, Entry};
 use crate::manifest::{HostMatch, HostPattern, PortMatch};
 use serde::Deserialize;
@@ -56,6 +58,22 @@ impl Field {
     /// Check a value: its shape, then its format.
     pub fn check(&self, v: &Value) -> Result<(), FieldError> {
         self.check.check(&self.name, v)?;
+        // A short secret cannot be told from ordinary text, so it could not be redacted
+        // from what a step returns without shredding that text: refused here, whatever
+        // the provider's own format says (and one stored before this rule is redacted
+        // anyway, see `runtime::policy::redact`).
+        if self.secret
+            && let Some(s) = v.as_str()
+            && s.chars().count() < crate::runtime::policy::MIN_SECRET_LEN
+        {
+            return Err(FieldError {
+                field: self.name.clone(),
+                reason: format!(
+                    "is too short: a secret has at least {} characters",
+                    crate::runtime::policy::MIN_SECRET_LEN
+                ),
+            });
+        }
         if let (Some(format), Some(s)) = (&self.format, v.as_str()) {
             format.check(&self.name, s)?;
         }
@@ -98,15 +116,19 @@ pub enum AttachRule {
 /// Where a credential may be sent (`pins:`, each rule adding hosts).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PinRule {
-    /// These hosts.
-    Hosts(Vec<HostPattern>),
+    /// These hosts (each with an optional path prefix).
+    Hosts(Vec<Pin>),
     /// `scheme://host[:port]` of the URL in that field.
     OriginOf(String),
     /// The patterns listed in that `host_list` field.
     HostList(String),
-    /// S3: the custom endpoint (and its subdomains for virtual-host addressing), or AWS's
-    /// global and regional hosts.
+    /// S3: the component's bucket, path-style (`endpoint/bucket`) on its custom
+    /// endpoint or virtual-host (`bucket.endpoint`) where it allows that, or on AWS's
+    /// global and regional hosts both ways. A component naming no bucket is pinned
+    /// nowhere: a pin to the endpoint would cover every bucket on it, other people's too.
     AwsS3 {
+        /// The `bucket` field.
+        bucket_field: String,
         /// The `origin` field of an S3-compatible endpoint.
         endpoint_field: String,
         /// The `bool` field choosing path-style addressing.
@@ -303,9 +325,9 @@ impl ApiKeyProvider {
 
     /// Where a component with this `config` may be sent. Empty for SMTP and FTP, which
     /// are not HTTP. A stored host list that no longer parses is refused, not dropped.
-    pub fn pins(&self, config: &Map<String, Value>) -> Result<Vec<HostPattern>, FieldError> {
-        let mut out: Vec<HostPattern> = Vec::new();
-        let mut add = |p: HostPattern| {
+    pub fn pins(&self, config: &Map<String, Value>) -> Result<Vec<Pin>, FieldError> {
+        let mut out: Vec<Pin> = Vec::new();
+        let mut add = |p: Pin| {
             if !out.contains(&p) {
                 out.push(p);
             }
@@ -318,44 +340,72 @@ impl ApiKeyProvider {
                         .and_then(|b| url::Url::parse(b).ok())
                         .and_then(|u| origin_pattern(&u, false))
                     {
-                        add(p);
+                        add(Pin::host(p));
                     }
                 }
                 PinRule::HostList(field) => {
                     if let Some(v) = config.get(field).filter(|v| !v.is_null()) {
                         super::checks::host_list(field, v)?
                             .into_iter()
+                            .map(Pin::host)
                             .for_each(&mut add);
                     }
                 }
                 PinRule::AwsS3 {
+                    bucket_field,
                     endpoint_field,
                     path_style_field,
                     region_field,
                 } => {
+                    let Some(bucket) = str_field(config, bucket_field) else {
+                        continue;
+                    };
+                    // Checked at creation; a stored one that no longer passes pins nothing.
+                    if Check::Bucket
+                        .check(bucket_field, &Value::String(bucket.to_string()))
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    let path_pin = |host: HostPattern| {
+                        Pin::under(host, &format!("/{bucket}")).map_err(|e| FieldError {
+                            field: bucket_field.clone(),
+                            reason: e,
+                        })
+                    };
                     match str_field(config, endpoint_field).and_then(|e| url::Url::parse(e).ok()) {
                         Some(u) => {
                             let path_style = config
                                 .get(path_style_field)
                                 .and_then(Value::as_bool)
                                 .unwrap_or(true);
-                            origin_pattern(&u, false).into_iter().for_each(&mut add);
-                            if !path_style {
-                                origin_pattern(&u, true).into_iter().for_each(&mut add);
+                            if let Some(origin) = origin_pattern(&u, false) {
+                                add(path_pin(origin)?);
+                            }
+                            if !path_style
+                                && let Some(mut origin) = origin_pattern(&u, false)
+                                && let HostMatch::Exact(h) = &origin.host
+                                && !h.starts_with('[')
+                                && h.parse::<std::net::Ipv4Addr>().is_err()
+                            {
+                                origin.host = HostMatch::Exact(format!("{bucket}.{h}"));
+                                add(Pin::host(origin));
                             }
                         }
                         None => {
                             let region = str_field(config, region_field)
                                 .or_else(|| self.default_str(region_field))
                                 .unwrap_or_default();
-                            // AWS itself: the global and the regional endpoint, each with its
-                            // virtual-host (bucket) subdomains.
+                            // AWS itself: the global and the regional endpoint, each by
+                            // virtual host (`bucket.s3...`) and by path (`s3.../bucket`).
                             for domain in [
                                 "s3.amazonaws.com".to_string(),
                                 format!("s3.{region}.amazonaws.com"),
                             ] {
-                                add(https(HostMatch::Exact(domain.clone())));
-                                add(https(HostMatch::Subdomains(domain)));
+                                add(Pin::host(https(HostMatch::Exact(format!(
+                                    "{bucket}.{domain}"
+                                )))));
+                                add(path_pin(https(HostMatch::Exact(domain)))?);
                             }
                         }
                     }
@@ -430,6 +480,7 @@ enum RawPin {
     OriginOf(String),
     HostList(String),
     AwsS3 {
+        bucket_field: String,
         endpoint_field: String,
         path_style_field: String,
         region_field: String,
@@ -630,7 +681,7 @@ impl RawApiKey {
                     let mut parsed = Vec::new();
                     for (j, h) in hosts.iter().enumerate() {
                         parsed.push(
-                            pin_pattern(&at(&format!("hosts[{j}]")), h)
+                            pin(&at(&format!("hosts[{j}]")), h)
                                 .map_err(|e| entry.invalid(&e.field, &e.reason))?,
                         );
                     }
@@ -652,10 +703,17 @@ impl RawApiKey {
                     PinRule::HostList(field)
                 }
                 RawPin::AwsS3 {
+                    bucket_field,
                     endpoint_field,
                     path_style_field,
                     region_field,
                 } => {
+                    field_is(
+                        &at("aws_s3.bucket_field"),
+                        &bucket_field,
+                        "a `bucket` field",
+                        &|f| f.check == Check::Bucket,
+                    )?;
                     field_is(
                         &at("aws_s3.endpoint_field"),
                         &endpoint_field,
@@ -675,6 +733,7 @@ impl RawApiKey {
                         &|f| f.check == Check::Region,
                     )?;
                     PinRule::AwsS3 {
+                        bucket_field,
                         endpoint_field,
                         path_style_field,
                         region_field,

@@ -260,6 +260,19 @@ pub fn pin_pattern(field: &str, text: &str) -> Result<HostPattern, FieldError> {
     Ok(pattern)
 }
 
+/// A pin (a host pattern and an optional path prefix, `super::pins`): valid, and not
+/// every host.
+pub fn pin(field: &str, text: &str) -> Result<super::pins::Pin, FieldError> {
+    let pin = super::pins::Pin::parse(text).map_err(|e| invalid(field, e))?;
+    if pin.host.is_any_host() {
+        return Err(invalid(
+            field,
+            "a credential cannot be allowed to every host; name the hosts",
+        ));
+    }
+    Ok(pin)
+}
+
 /// Characters a value may hold, as ranges (`A-Za-z0-9_-` in the catalogue: `a-b` is a
 /// range, a `-` first or last is itself).
 #[derive(Debug, Clone, PartialEq, Eq)]

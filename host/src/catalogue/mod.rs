@@ -20,9 +20,11 @@
 pub mod api_key;
 pub mod checks;
 pub mod oauth;
+pub mod pins;
 
 pub use api_key::ApiKeyProvider;
 pub use oauth::OAuthProvider;
+pub use pins::Pin;
 
 use crate::manifest::{CredentialKind, Manifest, ManifestError};
 use serde_norway::{Mapping, Value};

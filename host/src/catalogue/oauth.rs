@@ -7,9 +7,9 @@
 //! The per-deployment half (client id and secret, redirect URI, scopes, endpoint
 //! overrides) is the config file's `oauth2:` block: `crate::oauth::providers`.
 
-use super::checks::pin_pattern;
+use super::checks::pin;
+use super::pins::Pin;
 use super::{CatalogueError, Entry};
-use crate::manifest::HostPattern;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -119,8 +119,9 @@ pub struct OAuthProvider {
     pub callback_metadata: Vec<String>,
     /// Base URL of the provider's API, handed to modules.
     pub api_base_url: String,
-    /// The only hosts the access token may be sent to.
-    pub api_hosts: Vec<HostPattern>,
+    /// The only places the access token may be sent to: hosts, each with an optional
+    /// path prefix (`https://slack.com/api/`).
+    pub api_hosts: Vec<Pin>,
 }
 
 /// `auth_mode: oauth2` as written.
@@ -184,17 +185,14 @@ pub(crate) fn check_url(s: &str) -> Result<(), String> {
 }
 
 /// The API hosts a token is pinned to, each a valid pattern that is not every host.
-pub(crate) fn api_hosts(
-    field: &str,
-    hosts: &[String],
-) -> Result<Vec<HostPattern>, (String, String)> {
+pub(crate) fn api_hosts(field: &str, hosts: &[String]) -> Result<Vec<Pin>, (String, String)> {
     if hosts.is_empty() {
         return Err((field.into(), "must list at least one host".into()));
     }
     hosts
         .iter()
         .enumerate()
-        .map(|(i, h)| pin_pattern(&format!("{field}[{i}]"), h).map_err(|e| (e.field, e.reason)))
+        .map(|(i, h)| pin(&format!("{field}[{i}]"), h).map_err(|e| (e.field, e.reason)))
         .collect()
 }
 

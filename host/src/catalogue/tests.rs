@@ -80,7 +80,10 @@ fn oauth_providers_keep_every_value_of_the_old_table() {
             true,
             Standard,
             Auto,
-            &["https://graph.microsoft.com"],
+            &[
+                "https://graph.microsoft.com/v1.0/",
+                "https://graph.microsoft.com/beta/",
+            ],
             "https://graph.microsoft.com/v1.0",
         ),
         (
@@ -95,7 +98,17 @@ fn oauth_providers_keep_every_value_of_the_old_table() {
             true,
             Standard,
             Auto,
-            &["https://*.googleapis.com"],
+            &[
+                "https://www.googleapis.com/drive/",
+                "https://www.googleapis.com/upload/drive/",
+                "https://www.googleapis.com/calendar/",
+                "https://www.googleapis.com/oauth2/",
+                "https://gmail.googleapis.com/gmail/",
+                "https://sheets.googleapis.com/v4/",
+                "https://docs.googleapis.com/v1/",
+                "https://people.googleapis.com/v1/",
+                "https://openidconnect.googleapis.com/v1/",
+            ],
             "https://www.googleapis.com",
         ),
         (
@@ -110,7 +123,7 @@ fn oauth_providers_keep_every_value_of_the_old_table() {
             false,
             Slack,
             Auto,
-            &["https://slack.com", "https://*.slack.com"],
+            &["https://slack.com/api/"],
             "https://slack.com/api",
         ),
         (
@@ -125,7 +138,12 @@ fn oauth_providers_keep_every_value_of_the_old_table() {
             false,
             Standard,
             Manual,
-            &["https://app.clio.com", "https://*.app.clio.com"],
+            &[
+                "https://app.clio.com/api/",
+                "https://eu.app.clio.com/api/",
+                "https://ca.app.clio.com/api/",
+                "https://au.app.clio.com/api/",
+            ],
             "https://app.clio.com/api/v4",
         ),
         (
@@ -141,8 +159,8 @@ fn oauth_providers_keep_every_value_of_the_old_table() {
             Standard,
             Auto,
             &[
-                "https://quickbooks.api.intuit.com",
-                "https://sandbox-quickbooks.api.intuit.com",
+                "https://quickbooks.api.intuit.com/v3/",
+                "https://sandbox-quickbooks.api.intuit.com/v3/",
             ],
             "https://quickbooks.api.intuit.com/v3",
         ),

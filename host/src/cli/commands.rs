@@ -366,6 +366,7 @@ async fn run_module(cli: &Cli, mut settings: HostSettings, args: &RunModuleArgs)
             bindings,
             limits: None,
             workspace: args.workspace.clone(),
+            pinned_to: Vec::new(),
         })
         .await;
     if args.report {

@@ -4,8 +4,8 @@
 //! be overridden here too (sovereign clouds, regional hosts, tests).
 
 use crate::catalogue::Catalogue;
+use crate::catalogue::Pin;
 use crate::catalogue::oauth::{OAuthProvider, api_hosts, check_url};
-use crate::manifest::HostPattern;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -74,7 +74,7 @@ pub struct Provider {
     /// Identity endpoint.
     pub identity_url: String,
     /// Pinned API hosts.
-    pub api_hosts: Vec<HostPattern>,
+    pub api_hosts: Vec<Pin>,
     /// API base URL for modules.
     pub api_base_url: String,
     /// Post-connect redirect.

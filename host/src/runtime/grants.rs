@@ -6,9 +6,10 @@
 
 use super::error::StepError;
 use crate::catalogue::Catalogue;
+use crate::catalogue::Pin;
 use crate::catalogue::api_key::Attachment;
 use crate::components;
-use crate::manifest::{CredentialBinding, CredentialKind, HostPattern, Manifest};
+use crate::manifest::{CredentialBinding, CredentialKind, Manifest};
 use crate::store::AnyStore;
 use crate::store::{ComponentRecord, Store};
 use crate::vault::{Secret, Vault};
@@ -57,8 +58,8 @@ pub struct GrantedCredential {
     pub config: serde_json::Value,
     /// Decrypted secret fields.
     pub secrets: Vec<(String, Secret)>,
-    /// Where this credential may be sent.
-    pub pinned: Vec<HostPattern>,
+    /// Where this credential may be sent: hosts, each with an optional path prefix.
+    pub pinned: Vec<Pin>,
     /// How the host attaches it.
     pub attach: Attach,
 }
@@ -250,7 +251,7 @@ async fn resolve_link(
         ));
     }
     let provider = oauth.provider(&link.integration_type).ok();
-    let pinned: Vec<HostPattern> = provider.map(|p| p.api_hosts.clone()).unwrap_or_default();
+    let pinned: Vec<Pin> = provider.map(|p| p.api_hosts.clone()).unwrap_or_default();
     let api_base_url = provider.map(|p| p.api_base_url.clone()).unwrap_or_default();
     let grant = GrantedCredential {
         binding: binding.name.clone(),

@@ -13,6 +13,7 @@ pub mod policy;
 pub mod registry;
 pub mod sandbox;
 pub mod schema_budget;
+pub mod taint;
 pub mod workspace_quota;
 
 use crate::outbound::OutboundClient;
@@ -20,6 +21,7 @@ use crate::store::AnyStore;
 use crate::vault::Vault;
 use error::{ErrorName, StepError};
 use module::LoadedModule;
+use policy::Taint;
 use registry::ModuleRegistry;
 use sandbox::{
     CredentialUse, DeadlineHit, LogLevel, LogLine, MemoryLimitHit, Redactor, StepLimits, StepLog,
@@ -50,6 +52,9 @@ pub struct StepRequest {
     pub limits: Option<StepLimits>,
     /// The step's workspace directory, seen by the module as `/`.
     pub workspace: Option<PathBuf>,
+    /// Taint the input carries: the `pinned_to` of the reports of the steps whose
+    /// outputs it was mapped from. The step may only reach what every one allows.
+    pub pinned_to: Vec<Taint>,
 }
 
 /// Which module ran.
@@ -83,6 +88,12 @@ pub struct StepReport {
     pub other_users_links: Vec<grants::LinkUse>,
     /// Credentials the module read or had attached.
     pub credentials_used: Vec<CredentialUse>,
+    /// Whether the output (and the workspace) may hold data derived from a secret: the
+    /// step held one, or its input or workspace carried a taint in.
+    pub tainted: bool,
+    /// Where such data may go: for each secret, the pins of its credential. A step whose
+    /// input is mapped from this output gets this list as its `pinned_to`.
+    pub pinned_to: Vec<Taint>,
 }
 
 impl StepReport {
@@ -96,6 +107,8 @@ impl StepReport {
             duration_ms: 0.0,
             credentials_used: Vec::new(),
             other_users_links: Vec::new(),
+            tainted: false,
+            pinned_to: Vec::new(),
         }
     }
 }
@@ -145,6 +158,7 @@ pub struct Runtime {
     limits: StepLimits,
     /// How much of the sandbox pool one company may hold and queue for.
     share: fair::CompanyShare,
+    workspace_taints: Arc<taint::WorkspaceTaints>,
 }
 
 impl Clone for Runtime {
@@ -157,6 +171,7 @@ impl Clone for Runtime {
             vault: self.vault.clone(),
             limits: self.limits,
             share: self.share,
+            workspace_taints: self.workspace_taints.clone(),
         }
     }
 }
@@ -409,12 +424,19 @@ impl Runtime {
                 max_running: usize::MAX,
                 max_waiting: usize::MAX,
             },
+            workspace_taints: Arc::new(taint::WorkspaceTaints::in_memory()),
         }
     }
 
     /// Give each company at most this share of the sandbox pool.
     pub fn with_company_share(mut self, share: fair::CompanyShare) -> Runtime {
         self.share = share;
+        self
+    }
+
+    /// Keep the taint of step workspaces in `taints` (by default in memory only).
+    pub fn with_workspace_taints(mut self, taints: taint::WorkspaceTaints) -> Runtime {
+        self.workspace_taints = Arc::new(taints);
         self
     }
 
@@ -483,6 +505,8 @@ impl Runtime {
             duration_ms: 0.0,
             credentials_used: Vec::new(),
             other_users_links: Vec::new(),
+            tainted: !req.pinned_to.is_empty(),
+            pinned_to: req.pinned_to.clone(),
         };
         let resolve = async {
             if req.module_ref.ends_with(".wasm") || req.module_ref.contains('/') {
@@ -611,6 +635,23 @@ impl Runtime {
         state.deadline = deadline;
         state.company_id = req.company_id.clone();
         state.refresher = self.oauth.clone();
+        // Taint carried in by the input and the workspace; the workspace keeps the
+        // input's too, since the module may write its input there.
+        state.policy.inherit(req.pinned_to.iter().cloned());
+        if let Some(ws) = &req.workspace {
+            let carried = self
+                .workspace_taints
+                .add(ws, &req.pinned_to)
+                .and_then(|()| self.workspace_taints.current(ws));
+            match carried {
+                Ok(t) => state.policy.inherit(t),
+                Err(e) => {
+                    report.result = Err(StepError::internal(e.to_string()));
+                    return;
+                }
+            }
+            state.workspace_taints = Some(self.workspace_taints.clone());
+        }
         let mut store = new_store(engine, state);
         let run = async {
             let instance = module.pre.instantiate_async(&mut store).await?;
@@ -641,14 +682,16 @@ impl Runtime {
                         ),
                     ))
                 } else {
-                    let output = if redactor.is_empty() {
-                        output
-                    } else {
-                        redactor.redact(&output)
-                    };
-                    serde_json::from_str(&output).map_err(|e| {
-                        StepError::module_error(format!("the module's output is not JSON: {e}"))
-                    })
+                    // Parsed first, then every string, key and number redacted: a
+                    // secret written with JSON escapes only shows once parsed.
+                    serde_json::from_str(&output)
+                        .map(|v| redactor.redact_value(v))
+                        .map_err(|e| {
+                            StepError::module_error(format!(
+                                "the module's output is not JSON: {}",
+                                redactor.redact(&e.to_string())
+                            ))
+                        })
                 }
             }
         };
@@ -672,6 +715,17 @@ impl Runtime {
             .collect();
         report.log_truncated = truncated;
         report.credentials_used = std::mem::take(&mut store.data_mut().uses);
+        let policy = &store.data().policy;
+        report.tainted = policy.is_tainted();
+        report.pinned_to = policy.taints();
+        // Recorded as it happened already (before the secret reached the module); once
+        // more here for a step that ended before it could be (a trap mid-call).
+        if let Some(ws) = &req.workspace
+            && let Err(e) = self.workspace_taints.add(ws, &report.pinned_to)
+        {
+            tracing::error!(error = %e, "the workspace taint could not be recorded");
+            report.result = Err(StepError::internal(e.to_string()));
+        }
     }
 }
 

@@ -454,46 +454,8 @@ impl wasmtime_wasi::cli::StdoutStream for CapturedStream {
     }
 }
 
-/// Replaces every granted secret value with `***` in text leaving the sandbox (log
-/// lines, output). A module may still leak a transformed secret into its own output;
-/// that output only goes back to the step's own company.
-#[derive(Debug, Clone, Default)]
-pub struct Redactor {
-    values: Vec<String>,
-}
-
-impl Redactor {
-    /// Redact these values: the step policy's `redaction_values`, which decide what is
-    /// too short to redact.
-    pub fn new(values: impl IntoIterator<Item = String>) -> Redactor {
-        // An empty value would match between every two characters.
-        let mut values: Vec<String> = values.into_iter().filter(|v| !v.is_empty()).collect();
-        // Longest first, so a secret containing another is replaced whole.
-        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-        Redactor { values }
-    }
-
-    /// The text with secrets replaced.
-    pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for v in &self.values {
-            if out.contains(v.as_str()) {
-                out = out.replace(v.as_str(), "***");
-            }
-        }
-        out
-    }
-
-    /// The values redacted.
-    pub fn values(&self) -> &[String] {
-        &self.values
-    }
-
-    /// Whether there is anything to redact.
-    pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
-    }
-}
+/// Redaction lives with the rest of the step's security decisions.
+pub use super::policy::redact::Redactor;
 
 /// What the `Store` of one step carries.
 pub struct StepState {
@@ -517,6 +479,8 @@ pub struct StepState {
     pub(crate) company_id: String,
     /// Forces OAuth refreshes, when the host has OAuth.
     pub(crate) refresher: Option<Arc<crate::oauth::OAuthService>>,
+    /// Where the taint of the step's workspace is kept, when it has one.
+    pub(crate) workspace_taints: Option<Arc<super::taint::WorkspaceTaints>>,
 }
 
 /// A credential used by a step: which binding, how, for which destination.
@@ -529,7 +493,8 @@ pub struct CredentialUse {
     /// Whether that is a component or a link (the audit log names them apart).
     #[serde(skip)]
     pub kind: crate::manifest::CredentialKind,
-    /// `read` (credentials.get) or `attached` (host attached it to a request).
+    /// `read` (credentials.get), `attached` (host attached it to a request) or
+    /// `reflected` (the answer to such a request carried the secret back).
     pub how: &'static str,
     /// Destination origin for `attached`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -568,6 +533,7 @@ impl StepState {
             uses: Vec::new(),
             company_id: String::new(),
             refresher: None,
+            workspace_taints: None,
         }
     }
 

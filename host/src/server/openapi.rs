@@ -254,6 +254,16 @@ pub fn document() -> Value {
         }
         entry[route.method] = op;
     }
+    // The step route's body and report, the taint fields included (flow8 carries a
+    // report's `pinned_to` into the next step's body).
+    if let Some(op) = paths
+        .get_mut("/api/v1/steps")
+        .and_then(|p| p.get_mut("post"))
+    {
+        op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/StepRequest"}}}});
+        op["responses"]["200"]["content"] =
+            json!({"application/json": {"schema": {"$ref": "#/components/schemas/StepReport"}}});
+    }
     json!({
         "openapi": "3.1.0",
         "info": {"title": "flow8 integration host", "version": env!("CARGO_PKG_VERSION")},
@@ -265,6 +275,53 @@ pub fn document() -> Value {
                     "type": "object",
                     "required": ["error", "message"],
                     "properties": {"error": {"type": "string"}, "message": {"type": "string"}}
+                },
+                "Taint": {
+                    "type": "object",
+                    "description": "Data derived from a credential's secret may only go to that credential's pins.",
+                    "required": ["credential", "service", "pins"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "credential": {"type": "string", "description": "The binding whose secret the step held"},
+                        "service": {"type": "string"},
+                        "pins": {"type": "array", "items": {"type": "string", "description": "scheme://host[:port][/path-prefix]"}}
+                    }
+                },
+                "StepRequest": {
+                    "type": "object",
+                    "required": ["module_ref"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "name": {"type": "string"},
+                        "module_ref": {"type": "string"},
+                        "input_mapping": {"type": "object"},
+                        "bindings": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "workspace": {"type": "string"},
+                        "limits": {"type": "object", "properties": {
+                            "deadline_seconds": {"type": "number"},
+                            "memory_mib": {"type": "integer"},
+                            "output_kib": {"type": "integer"}
+                        }},
+                        "pinned_to": {"type": "array", "items": {"$ref": "#/components/schemas/Taint"},
+                            "description": "The `pinned_to` of the reports whose outputs the input was mapped from"}
+                    }
+                },
+                "StepReport": {
+                    "type": "object",
+                    "required": ["status", "tainted", "pinned_to"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "status": {"enum": ["ok", "error"]},
+                        "output": {},
+                        "error": {"type": "string"},
+                        "message": {"type": "string"},
+                        "log": {"type": "array"},
+                        "log_truncated": {"type": "boolean"},
+                        "duration_ms": {"type": "number"},
+                        "credentials_used": {"type": "array"},
+                        "tainted": {"type": "boolean", "description": "The output (and the workspace) may hold data derived from a secret"},
+                        "pinned_to": {"type": "array", "items": {"$ref": "#/components/schemas/Taint"}}
+                    }
                 }
             }
         }
@@ -275,6 +332,24 @@ pub fn document() -> Value {
 mod tests {
     use super::*;
     use std::collections::BTreeSet;
+
+    /// The step route documents its body and report, the taint fields included.
+    #[test]
+    fn the_step_route_documents_its_taint_fields() {
+        let doc = document();
+        let op = &doc["paths"]["/api/v1/steps"]["post"];
+        assert_eq!(
+            op["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/StepRequest"
+        );
+        let schemas = &doc["components"]["schemas"];
+        assert!(schemas["StepRequest"]["properties"]["pinned_to"].is_object());
+        assert!(schemas["StepReport"]["properties"]["tainted"].is_object());
+        assert_eq!(
+            schemas["Taint"]["required"],
+            serde_json::json!(["credential", "service", "pins"])
+        );
+    }
 
     /// Both directions, methods included: every route the router serves is documented
     /// and every documented route is served.

@@ -1,29 +1,66 @@
 //! The security decisions of one step, as a plain value: where a request may go (the
 //! manifest's hosts, the pins of the credential the host attaches, the pins of every
-//! credential the module has read), which headers a module may set, when a binding may
-//! be force-refreshed, and which secret values are redacted from what leaves the
-//! sandbox. No I/O, no async, no wasmtime types: the capabilities (`http`,
+//! credential the module has read or had reflected back to it, and the pins data
+//! derived from an earlier step's secret carries in), which methods and headers a
+//! module may use, which bucket an S3 component signs for, when a binding may be
+//! force-refreshed, and which secret values are redacted from what leaves the sandbox
+//! (`redact`). No I/O, no async, no wasmtime types: the capabilities (`http`,
 //! `credentials`, `object-storage`) ask it and act on the answer, and `tests.rs`
 //! checks it as a table.
+//!
+//! Taint follows the data: the report of a tainted step says so (`taints`), and the
+//! runtime hands the taint of the step's workspace and of its input to the next step
+//! (`inherit`), which is confined to the same pins.
 //!
 //! The operator's policy (its host allowlist, private and loopback addresses) is not
 //! here: it needs name resolution and covers every outbound request of the host, so
 //! `crate::outbound` applies it after this policy has allowed a request.
 
 pub mod headers;
+pub mod redact;
 #[cfg(test)]
 mod tests;
 
 use super::grants::{Attach, GrantedCredential};
+use crate::catalogue::pins::{Pin, any_pin_matches};
 use crate::manifest::{CredentialKind, HostPattern, any_matches};
 use crate::outbound::origin;
 use crate::vault::Secret;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use url::Url;
 
-/// Secret values shorter than this are not redacted: replacing every `abc` would shred
-/// ordinary text. (Issue 18 revisits this rule.)
-pub const MIN_REDACTED_LEN: usize = 6;
+/// A component's secret has at least this many characters (creation refuses shorter
+/// ones). Redaction does not depend on it: every value is redacted, however short.
+pub const MIN_SECRET_LEN: usize = 6;
+
+/// Methods no request may use: `TRACE` and `TRACK` echo the request, attached
+/// credential included, back to the module (RFC 9110 §9.3.8); `CONNECT` would turn the
+/// host into a tunnel past its own checks (RFC 9110 §9.3.6).
+pub const REFUSED_METHODS: &[&str] = &["TRACE", "TRACK", "CONNECT"];
+
+/// How a step came to hold a secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaintHow {
+    /// The module read it (`credentials.get`).
+    Read,
+    /// A response to a request the host attached it to carried it back.
+    Reflected,
+}
+
+/// Data derived from a credential's secret, and where it may go: the pins of that
+/// credential. A step's report lists one per credential whose secret it held (or whose
+/// taint it inherited); a destination must match a pin of every one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Taint {
+    /// The binding name of the step whose module held the secret.
+    pub credential: String,
+    /// The credential's service (provider).
+    pub service: String,
+    /// Where data derived from it may go.
+    pub pins: Vec<Pin>,
+}
 
 /// Which guest-visible error a denial is. The one mapping to the WIT error variants is
 /// `impl From<PolicyDenial> for GuestError` in `crate::capabilities`.
@@ -91,15 +128,50 @@ pub enum PolicyDenial {
         /// `scheme://host:port`.
         destination: String,
     },
-    /// The module read a credential pinned elsewhere (taint).
+    /// The module read a credential pinned elsewhere (taint), or a response carried it
+    /// back.
     #[error(
-        "this step read credential `{binding}`, so it may only talk to that credential's hosts, not {destination}"
+        "{} credential `{binding}`, so it may only talk to that credential's hosts, not {destination}",
+        match how { TaintHow::Read => "this step read", TaintHow::Reflected => "a response returned to this step" }
     )]
     Tainted {
         /// The credential read.
         binding: String,
+        /// How the step got it.
+        how: TaintHow,
         /// `scheme://host:port`.
         destination: String,
+    },
+    /// The step's input or workspace holds data derived from an earlier step's secret.
+    #[error(
+        "this step's input or workspace holds data derived from credential `{credential}` ({service}) of an earlier step, so it may only talk to that credential's hosts, not {destination}"
+    )]
+    InheritedTaint {
+        /// The earlier step's binding.
+        credential: String,
+        /// Its service.
+        service: String,
+        /// `scheme://host:port`.
+        destination: String,
+    },
+    /// A method that echoes the request or opens a tunnel.
+    #[error("method `{method}` is refused: it would echo the request or open a tunnel")]
+    Method {
+        /// The method as the module wrote it.
+        method: String,
+    },
+    /// An S3 component signs only for the bucket it names.
+    #[error(
+        "credential `{binding}` is for bucket {}; the host does not sign for bucket `{bucket}`",
+        named.as_deref().map(|n| format!("`{n}`")).unwrap_or_else(|| "(none: the component names no bucket)".into())
+    )]
+    BucketNotNamed {
+        /// The binding name.
+        binding: String,
+        /// The bucket asked for.
+        bucket: String,
+        /// The component's bucket, if it names one.
+        named: Option<String>,
     },
     /// A header the host owns (see `headers::FORBIDDEN_HEADERS`).
     #[error("header `{name}` is set by the host, not by modules")]
@@ -151,9 +223,12 @@ impl PolicyDenial {
     pub fn kind(&self) -> DenialKind {
         use PolicyDenial as D;
         match self {
-            D::HostNotAllowed { .. } | D::OutsidePins { .. } | D::Tainted { .. } => {
-                DenialKind::Forbidden
-            }
+            D::HostNotAllowed { .. }
+            | D::OutsidePins { .. }
+            | D::Tainted { .. }
+            | D::InheritedTaint { .. }
+            | D::Method { .. }
+            | D::BucketNotNamed { .. } => DenialKind::Forbidden,
             D::NotBound { .. } => DenialKind::AccessDenied,
             D::Scheme { .. }
             | D::UserInfo
@@ -170,8 +245,9 @@ impl PolicyDenial {
 #[derive(Debug)]
 struct Entry {
     grant: GrantedCredential,
-    /// The module read its secret (`credentials.get`): the step is tainted by its pins.
-    read: bool,
+    /// The step holds its secret (the module read it, or a response reflected it): the
+    /// step is tainted by its pins.
+    held: Option<TaintHow>,
     /// It was force-refreshed in this step.
     refreshed: bool,
 }
@@ -214,6 +290,8 @@ pub struct StepPolicy {
     /// Secret values the step held before a refresh replaced them: the module may have
     /// read them, so they stay redacted.
     retired: Vec<Secret>,
+    /// Taint the step's input and workspace carry in from earlier steps.
+    inherited: Vec<Taint>,
 }
 
 impl Default for StepPolicy {
@@ -232,12 +310,94 @@ impl StepPolicy {
                 .into_iter()
                 .map(|grant| Entry {
                     grant,
-                    read: false,
+                    held: None,
                     refreshed: false,
                 })
                 .collect(),
             retired: Vec::new(),
+            inherited: Vec::new(),
         }
+    }
+
+    /// The step's input or workspace holds data derived from these secrets: from now on
+    /// it may only reach their pins. Taint only ever narrows; a taint known already is
+    /// not added twice.
+    pub fn inherit(&mut self, taints: impl IntoIterator<Item = Taint>) {
+        for t in taints {
+            if !self.inherited.contains(&t) {
+                self.inherited.push(t);
+            }
+        }
+    }
+
+    /// Every taint of the step: the secrets it held (in grant order), then those it
+    /// inherited. What the step's report lists and its workspace keeps.
+    pub fn taints(&self) -> Vec<Taint> {
+        let mut out: Vec<Taint> = self
+            .entries
+            .iter()
+            .filter(|e| e.held.is_some())
+            .map(|e| Taint {
+                credential: e.grant.binding.clone(),
+                service: e.grant.service.clone(),
+                pins: e.grant.pinned.clone(),
+            })
+            .collect();
+        for t in &self.inherited {
+            if !out.contains(t) {
+                out.push(t.clone());
+            }
+        }
+        out
+    }
+
+    /// Whether a request may use `method` (any case).
+    pub fn check_method(method: &str) -> Result<(), PolicyDenial> {
+        if REFUSED_METHODS
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case(method))
+        {
+            return Err(PolicyDenial::Method {
+                method: method.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether the S3 component of `binding` signs for `bucket`: only the bucket it
+    /// names (its pins say the same for every request; this names the reason).
+    pub fn check_bucket(&self, binding: &str, bucket: &str) -> Result<(), PolicyDenial> {
+        let grant = self.granted(binding, BindingUse::Request)?;
+        let named = grant.config.get("bucket").and_then(|b| b.as_str());
+        if named == Some(bucket) {
+            return Ok(());
+        }
+        Err(PolicyDenial::BucketNotNamed {
+            binding: binding.to_string(),
+            bucket: bucket.to_string(),
+            named: named.map(str::to_string),
+        })
+    }
+
+    /// A response to a request the host attached `binding` to: if any of `parts`
+    /// (headers, body) holds one of its secrets in any form `redact` knows, the step
+    /// now holds that secret, as if the module had read it. Returns whether it did.
+    pub fn note_response(&mut self, binding: &str, parts: &[&[u8]]) -> bool {
+        let Some(entry) = self.entry_mut(binding) else {
+            return false;
+        };
+        let redactor = redact::Redactor::new(
+            entry
+                .grant
+                .secrets
+                .iter()
+                .map(|(_, s)| s.expose().to_string()),
+        );
+        let found = parts.iter().any(|p| redactor.finds_in(p));
+        if found && entry.held.is_none() {
+            entry.held = Some(TaintHow::Reflected);
+        }
+        found
     }
 
     fn entry(&self, binding: &str) -> Option<&Entry> {
@@ -288,7 +448,7 @@ impl StepPolicy {
         // endpoint, a test server): the module declared the service, not its address.
         let to_own_service = attach
             .and_then(|(_, g)| g)
-            .is_some_and(|g| any_matches(&g.pinned, url));
+            .is_some_and(|g| any_pin_matches(&g.pinned, url));
         if !to_own_service && !any_matches(&self.manifest_hosts, url) {
             return Err(PolicyDenial::HostNotAllowed {
                 destination: origin(url),
@@ -319,13 +479,26 @@ impl StepPolicy {
         };
         // Once a secret is in the module's memory, the module may talk only to the
         // hosts that secret belongs to: nothing it does can carry it elsewhere.
-        if let Some(e) = self
-            .entries
+        for e in &self.entries {
+            if let Some(how) = e.held
+                && !any_pin_matches(&e.grant.pinned, url)
+            {
+                return Err(PolicyDenial::Tainted {
+                    binding: e.grant.binding.clone(),
+                    how,
+                    destination: origin(url),
+                });
+            }
+        }
+        // Data an earlier step derived from its secrets is held to those secrets' pins.
+        if let Some(t) = self
+            .inherited
             .iter()
-            .find(|e| e.read && !any_matches(&e.grant.pinned, url))
+            .find(|t| !any_pin_matches(&t.pins, url))
         {
-            return Err(PolicyDenial::Tainted {
-                binding: e.grant.binding.clone(),
+            return Err(PolicyDenial::InheritedTaint {
+                credential: t.credential.clone(),
+                service: t.service.clone(),
                 destination: origin(url),
             });
         }
@@ -345,20 +518,20 @@ impl StepPolicy {
                 binding: binding.to_string(),
                 asked_by: BindingUse::Credentials,
             })?;
-        entry.read = true;
+        entry.held = Some(TaintHow::Read);
         Ok(&entry.grant)
     }
 
-    /// Whether the module has read any secret.
+    /// Whether the step holds any secret, or data derived from one.
     pub fn is_tainted(&self) -> bool {
-        self.entries.iter().any(|e| e.read)
+        self.entries.iter().any(|e| e.held.is_some()) || !self.inherited.is_empty()
     }
 
     /// The bindings whose secrets the module has read.
     pub fn read_bindings(&self) -> impl Iterator<Item = &str> {
         self.entries
             .iter()
-            .filter(|e| e.read)
+            .filter(|e| e.held == Some(TaintHow::Read))
             .map(|e| e.grant.binding.as_str())
     }
 
@@ -420,7 +593,7 @@ impl StepPolicy {
     }
 
     /// Every secret value this step was handed (the grants' current secrets and those a
-    /// refresh replaced), once each, except values shorter than `MIN_REDACTED_LEN`.
+    /// refresh replaced), once each, however short (`redact` explains why).
     pub fn redaction_values(&self) -> Vec<String> {
         let mut values: Vec<String> = Vec::new();
         let current = self
@@ -429,7 +602,7 @@ impl StepPolicy {
             .flat_map(|e| e.grant.secrets.iter().map(|(_, s)| s));
         for secret in current.chain(&self.retired) {
             let v = secret.expose();
-            if v.len() >= MIN_REDACTED_LEN && !values.iter().any(|x| x == v) {
+            if !v.is_empty() && !values.iter().any(|x| x == v) {
                 values.push(v.to_string());
             }
         }

