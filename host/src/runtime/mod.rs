@@ -158,6 +158,7 @@ pub struct Runtime {
     limits: StepLimits,
     /// How much of the sandbox pool one company may hold and queue for.
     share: fair::CompanyShare,
+    /// Which step workspaces hold data derived from a secret.
     workspace_taints: Arc<taint::WorkspaceTaints>,
 }
 
