@@ -273,3 +273,70 @@ async fn a_host_without_the_providers_refuses_the_module_naming_the_known_ones()
         "{message}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_added_provider_shows_its_configured_name_on_every_page() {
+    let s = setup();
+    let connect_page = || async {
+        let (status, v) = s
+            .call(
+                "POST",
+                "/api/v1/integrations/connect-sessions",
+                &s.member,
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(status, 201, "{v}");
+        let r = s
+            .http
+            .get(v["connect_url"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        r.text().await.unwrap()
+    };
+
+    // The connect page's button names the provider as the config file does.
+    let page = connect_page().await;
+    assert!(page.contains(">Connect Acme CRM</a>"), "{page}");
+
+    // "Connected!" in a browser (no JSON asked for) names it too.
+    let (status, v) = s
+        .call(
+            "GET",
+            "/api/v1/integrations/authorize?service=acme-crm",
+            &s.member,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let r = s
+        .http
+        .get(v["auth_url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 302);
+    let callback = r.headers()["location"].to_str().unwrap().to_string();
+    let done = s
+        .http
+        .get(&callback)
+        .header("cookie", flow8_tests::binding_cookie(&v))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status().as_u16(), 200);
+    let done = done.text().await.unwrap();
+    assert!(
+        done.contains("Your Acme CRM account is connected"),
+        "{done}"
+    );
+
+    // And the company's integrations on the next connect page.
+    let page = connect_page().await;
+    assert!(
+        page.contains("data-service=\"acme-crm\">Acme CRM: "),
+        "{page}"
+    );
+}

@@ -257,6 +257,17 @@ impl Catalogue {
         self.providers.iter().find(|p| p.name() == name)
     }
 
+    /// A service's name as pages show it: its provider's `display_name` (which defaults
+    /// to the provider's name), or the service id itself for a service this catalogue
+    /// does not know (a link of a provider since removed from the config file).
+    pub fn display_name<'a>(&'a self, service: &'a str) -> &'a str {
+        match self.get(service) {
+            Some(Provider::OAuth(p)) => &p.display_name,
+            Some(Provider::ApiKey(p)) => &p.display_name,
+            None => service,
+        }
+    }
+
     /// An OAuth2 provider by name.
     pub fn oauth(&self, name: &str) -> Option<&Arc<OAuthProvider>> {
         match self.get(name)? {

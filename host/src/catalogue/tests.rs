@@ -468,6 +468,12 @@ microsoft:
     .unwrap();
     let crm = c.oauth("acme-crm").unwrap();
     assert_eq!(crm.display_name, "Acme CRM");
+    // What pages show: the configured name, the name itself without one, the shipped
+    // names, and an unknown service as it is.
+    assert_eq!(c.display_name("acme-crm"), "Acme CRM");
+    assert_eq!(c.display_name("acme-search"), "acme-search");
+    assert_eq!(c.display_name("s3"), "Amazon S3");
+    assert_eq!(c.display_name("gone"), "gone");
     // Defaults an added provider gets.
     assert_eq!(crm.scope_separator, " ");
     assert!(crm.pkce);

@@ -70,7 +70,12 @@ async fn callback(
 ) -> Response {
     match oauth.callback(&params, Some(binding.as_str())).await {
         Ok(link) => {
-            let page = pages::connected(&link.integration_type);
+            // The configured provider's catalogue entry names the service.
+            let name = oauth
+                .provider(&link.integration_type)
+                .map(|p| p.defaults.display_name.as_str())
+                .unwrap_or(&link.integration_type);
+            let page = pages::connected(name);
             let _ = done.send(Ok(link)).await;
             pages::respond(StatusCode::OK, page)
         }

@@ -45,22 +45,14 @@ fn render(name: &str, ctx: Value) -> String {
     }
 }
 
-/// A service's name as a page shows it (`google` → `Google`).
-fn display_name(service: &str) -> String {
-    let mut c = service.chars();
-    match c.next() {
-        Some(f) => f.to_uppercase().chain(c).collect(),
-        None => String::new(),
-    }
-}
-
-/// "Connected!": a connection ended well.
-pub fn connected(service: &str) -> String {
+/// "Connected!": a connection ended well. `name` is the service's display name from
+/// the provider catalogue ([`crate::catalogue::Catalogue::display_name`]).
+pub fn connected(name: &str) -> String {
     render(
         "message.html",
         context! {
             title => "Connected!",
-            message => format!("Your {service} account is connected to flow8. You can close this window."),
+            message => format!("Your {name} account is connected to flow8. You can close this window."),
             error => false,
         },
     )
@@ -92,6 +84,8 @@ pub fn link_expired(message: &str) -> String {
 pub struct LinkRow<'a> {
     /// The service (`slack`, ...).
     pub service: &'a str,
+    /// Its display name from the provider catalogue (`Slack`, ...).
+    pub name: &'a str,
     /// Who it is connected as (email, else the provider's user id).
     pub who: &'a str,
     /// `active` or `needs_reconnect`.
@@ -103,6 +97,8 @@ pub struct LinkRow<'a> {
 pub struct ConnectButton {
     /// The service.
     pub service: String,
+    /// Its display name from the provider catalogue.
+    pub name: String,
     /// The authorization URL (with its own single-use state).
     pub url: String,
 }
@@ -114,7 +110,7 @@ pub fn connect(links: &[LinkRow<'_>], buttons: &[ConnectButton]) -> String {
         .map(|l| {
             context! {
                 service => l.service,
-                name => display_name(l.service),
+                name => l.name,
                 who => l.who,
                 status => l.status,
             }
@@ -125,7 +121,7 @@ pub fn connect(links: &[LinkRow<'_>], buttons: &[ConnectButton]) -> String {
         .map(|b| {
             context! {
                 service => b.service.as_str(),
-                name => display_name(&b.service),
+                name => b.name.as_str(),
                 url => b.url.as_str(),
             }
         })
@@ -185,11 +181,13 @@ mod tests {
             connect(
                 &[LinkRow {
                     service: SCRIPT,
+                    name: SCRIPT,
                     who: SCRIPT,
                     status: SCRIPT,
                 }],
                 &[ConnectButton {
                     service: SCRIPT.into(),
+                    name: SCRIPT.into(),
                     url: format!("https://provider.example/authorize?x=\"{SCRIPT}"),
                 }],
             ),
@@ -204,7 +202,7 @@ mod tests {
 
     #[test]
     fn pages_say_what_happened() {
-        assert!(connected("google").contains("Your google account is connected"));
+        assert!(connected("Google").contains("Your Google account is connected"));
         let failed = not_connected("access_denied", "the user said no");
         assert!(failed.contains("Not connected"));
         assert!(failed.contains("access_denied: the user said no"));
@@ -213,11 +211,13 @@ mod tests {
         let page = connect(
             &[LinkRow {
                 service: "google",
+                name: "Google",
                 who: "alice@example.com",
                 status: "active",
             }],
             &[ConnectButton {
                 service: "slack".into(),
+                name: "Slack".into(),
                 url: "https://slack.com/oauth/v2/authorize?state=s&scope=a%20b".into(),
             }],
         );

@@ -97,10 +97,12 @@ pub async fn page(
         .list_links(&company, None)
         .await
         .unwrap_or_default();
+    let catalogue = st.modules.catalogue();
     let rows: Vec<pages::LinkRow<'_>> = links
         .iter()
         .map(|l| pages::LinkRow {
             service: &l.integration_type,
+            name: catalogue.display_name(&l.integration_type),
             who: if l.provider_user_email.is_empty() {
                 &l.provider_user_id
             } else {
@@ -122,7 +124,11 @@ pub async fn page(
             .authorize_url(&company, &user, &service, &binding)
             .await
         {
-            Ok(url) => buttons.push(pages::ConnectButton { service, url }),
+            Ok(url) => buttons.push(pages::ConnectButton {
+                name: catalogue.display_name(&service).to_string(),
+                service,
+                url,
+            }),
             Err(e) => return gone(&e.to_string()),
         }
     }

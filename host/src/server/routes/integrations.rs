@@ -183,7 +183,8 @@ async fn callback_answer(
             } else if let Some(url) = return_url {
                 Redirect::to(&url).into_response()
             } else {
-                pages::respond(StatusCode::OK, pages::connected(&link.integration_type))
+                let name = st.modules.catalogue().display_name(&link.integration_type);
+                pages::respond(StatusCode::OK, pages::connected(name))
             }
         }
         Err(e) => {
