@@ -4,13 +4,17 @@
 //! Where things live:
 //! - `app`: the composition root: `Host::from_config` builds a whole host, for every
 //!   command, test and bench.
-//! - `manifest`: what a module declares (hosts, credential bindings, input schema).
+//! - `manifest` (the `flow8-manifest` crate, shared with the SDK): what a module
+//!   declares (hosts, credential bindings, input schema) and the rules it must keep.
 //! - `runtime`: engine, compile cache, module registry, the per-step sandbox.
 //! - `capabilities`: the host functions modules call (credentials, http, object storage,
 //!   log, step).
 //! - `outbound`: the egress policy and HTTP client every module request goes through.
-//! - `vault`: encryption of secrets at rest (NaCl secretbox).
-//! - `store`: storage behind a trait; `store::embedded` is the SQLite default.
+//! - `vault` (the `flow8-vault` crate): encryption of secrets at rest, master keys and
+//!   the key file; `key_rotation` re-seals a store's secrets under a new key.
+//! - `store` (the `flow8-store` crate): storage behind a trait; `store::embedded` is the
+//!   SQLite default, `store::mongodb` the production store, `store::transfer` export and
+//!   import.
 //! - `catalogue`: what the host knows about each provider (OAuth2 and API-key), from the
 //!   shipped `catalogue/providers.yaml` and the config file's `providers:` block.
 //! - `components`: API-key components (S3, OpenAI, HTTP, ...): validation, sealing, summaries.
@@ -32,10 +36,13 @@ pub mod components;
 pub mod config;
 pub mod error;
 pub mod key_rotation;
-pub mod manifest;
 pub mod oauth;
 pub mod outbound;
 pub mod runtime;
 pub mod server;
-pub mod store;
-pub mod vault;
+
+// The seams that are crates of their own (`host/crates/`), under the names the host's
+// modules use for them.
+pub use flow8_manifest as manifest;
+pub use flow8_store as store;
+pub use flow8_vault as vault;

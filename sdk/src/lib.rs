@@ -7,7 +7,8 @@
 //! Nothing here exposes the generated WIT bindings; the contract is `wit/` in the
 //! repository.
 //!
-//! - [`Manifest`], [`Credential`]: what the module declares (`wit/MANIFEST.md`).
+//! - [`Manifest`], [`Credential`]: what the module declares (`wit/MANIFEST.md`); the
+//!   same types the host checks (the `flow8-manifest` crate).
 //! - [`http::Request`]: outbound HTTP through the host, which can attach a bound
 //!   credential itself ([`http::Request::credential`]) so the secret never enters the
 //!   module.
@@ -79,13 +80,14 @@ pub mod credentials;
 mod error;
 pub mod http;
 pub mod log;
-mod manifest;
 pub mod retry;
 pub mod step;
 pub mod storage;
 
 pub use error::Error;
-pub use manifest::{Credential, Manifest};
+// One manifest definition for modules and the host (`host/crates/manifest`): what a
+// module builds here is the type the host parses and checks.
+pub use flow8_manifest::{CredentialBinding as Credential, CredentialKind, Manifest};
 
 /// Re-exported so modules use the same `serde_json` as the SDK.
 pub use serde_json;

@@ -1,28 +1,16 @@
-//! Declaring a module's manifest in Rust; it serialises to the JSON of `wit/MANIFEST.md`
-//! (the host checks every rule there when it loads the module and refuses a module that
-//! breaks one with `invalid_manifest`).
+//! Declaring a module's manifest in Rust (the SDK re-exports this as `flow8_sdk::Manifest`
+//! and `flow8_sdk::Credential`); it serialises to the JSON of `wit/MANIFEST.md` (the host
+//! checks every rule there when it loads the module and refuses a module that breaks one
+//! with `invalid_manifest`).
 
-use serde::Serialize;
-
-/// A credential binding the module asks the host for.
-#[derive(Debug, Clone, Serialize)]
-pub struct Credential {
-    name: String,
-    kind: &'static str,
-    service: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    scopes: Vec<String>,
-    required: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    input_field: Option<String>,
-}
+use crate::{CredentialBinding as Credential, CredentialKind, Manifest};
 
 impl Credential {
     /// A user's connected OAuth account of `service` (`slack`, `microsoft`, ...).
     pub fn oauth_link(name: &str, service: &str) -> Credential {
         Credential {
             name: name.into(),
-            kind: "oauth-link",
+            kind: CredentialKind::OauthLink,
             service: service.into(),
             scopes: Vec::new(),
             required: true,
@@ -34,7 +22,7 @@ impl Credential {
     pub fn component(name: &str, provider: &str) -> Credential {
         Credential {
             name: name.into(),
-            kind: "component",
+            kind: CredentialKind::Component,
             service: provider.into(),
             scopes: Vec::new(),
             required: true,
@@ -63,18 +51,6 @@ impl Credential {
         self.input_field = Some(field.into());
         self
     }
-}
-
-/// A module's manifest.
-#[derive(Debug, Clone, Serialize)]
-pub struct Manifest {
-    manifest_version: u32,
-    name: String,
-    version: String,
-    description: String,
-    input_schema: serde_json::Value,
-    credentials: Vec<Credential>,
-    allowed_hosts: Vec<String>,
 }
 
 impl Manifest {
@@ -172,6 +148,9 @@ mod tests {
         let actual: serde_json::Value = serde_json::from_str(&m.to_json()).unwrap();
         assert_eq!(actual, expected);
         assert_eq!(m.name(), "slack-message");
+        // What a module builds is what the host reads back, rules checked.
+        #[cfg(feature = "validate")]
+        assert_eq!(Manifest::parse(&m.to_json()), Ok(m));
     }
 
     #[test]

@@ -1,13 +1,24 @@
 //! The module manifest: what a module declares about itself (name, version, input
 //! schema, credential bindings, allowed hosts) and the host-pattern language used for
 //! allowed hosts and credential pinning. The JSON format is specified in
-//! `wit/MANIFEST.md`; this module parses it and refuses anything broader than it allows.
+//! `wit/MANIFEST.md`.
+//!
+//! One definition serves both sides of the contract. The SDK (`flow8-sdk`, built for
+//! `wasm32-wasip2` inside every module) builds a manifest with [`Manifest::new`] and
+//! its builder methods ([`builder`]) and re-exports these types; it needs only serde
+//! and serde_json. The host turns on the `validate` feature: [`Manifest::parse`]
+//! checks every rule of `wit/MANIFEST.md` and refuses anything broader than it allows,
+//! and [`HostPattern::matches`] matches URLs.
+
+pub mod builder;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+#[cfg(feature = "validate")]
 use url::Url;
 
 /// Why a manifest (or a host pattern in it) was refused.
+#[cfg(feature = "validate")]
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ManifestError {
     /// The manifest is not valid JSON of the expected shape.
@@ -23,6 +34,7 @@ pub enum ManifestError {
     },
 }
 
+#[cfg(feature = "validate")]
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ManifestError {
     ManifestError::InvalidField {
         field: field.into(),
@@ -49,7 +61,7 @@ pub struct CredentialBinding {
     /// Link or component.
     pub kind: CredentialKind,
     /// OAuth service or component provider: a name in the host's provider catalogue
-    /// (checked when the module is loaded, `crate::catalogue::Catalogue::check_bindings`).
+    /// (checked when the module is loaded, `flow8_host::catalogue::Catalogue::check_bindings`).
     pub service: String,
     /// Scopes the link must have (OAuth only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -94,6 +106,7 @@ fn empty_schema() -> serde_json::Value {
     serde_json::json!({})
 }
 
+#[cfg(feature = "validate")]
 fn valid_name(name: &str, allow_underscore: bool) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
@@ -108,6 +121,7 @@ fn valid_name(name: &str, allow_underscore: bool) -> bool {
 
 impl Manifest {
     /// Parse and validate a manifest document.
+    #[cfg(feature = "validate")]
     pub fn parse(json: &str) -> Result<Manifest, ManifestError> {
         let manifest: Manifest =
             serde_json::from_str(json).map_err(|e| ManifestError::Malformed(e.to_string()))?;
@@ -116,6 +130,7 @@ impl Manifest {
     }
 
     /// Check every rule of `wit/MANIFEST.md`.
+    #[cfg(feature = "validate")]
     pub fn validate(&self) -> Result<(), ManifestError> {
         if self.manifest_version != 1 {
             return Err(invalid("manifest_version", "only version 1 is known"));
@@ -314,6 +329,7 @@ impl HostPattern {
     }
 
     /// Whether a URL falls under this pattern.
+    #[cfg(feature = "validate")]
     pub fn matches(&self, url: &Url) -> bool {
         if url.scheme() != self.scheme {
             return false;
@@ -379,11 +395,12 @@ impl fmt::Display for HostPattern {
 }
 
 /// Whether any pattern in the list matches the URL.
+#[cfg(feature = "validate")]
 pub fn any_matches(patterns: &[HostPattern], url: &Url) -> bool {
     patterns.iter().any(|p| p.matches(url))
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "validate"))]
 mod tests {
     use super::*;
 

@@ -1025,8 +1025,8 @@ impl Store for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{new_object_id, now};
-    use crate::vault::{MasterKey, Vault};
+    use crate::{new_object_id, now};
+    use flow8_vault::{MasterKey, Vault};
 
     fn record(
         company: &str,
@@ -1124,7 +1124,7 @@ mod tests {
         // Reopening keeps the data, and the envelope opens again.
         let s = EmbeddedStore::open(&dir).await.unwrap();
         let back = s.find_component_by_name("A", "api").await.unwrap().unwrap();
-        let env = crate::vault::Envelope::from_json(&back.config["auth_value"]).unwrap();
+        let env = flow8_vault::Envelope::from_json(&back.config["auth_value"]).unwrap();
         assert_eq!(vault.decrypt(&env).unwrap().expose(), "canary-secret-123");
         vault
             .verify_check_value(&s.get_meta("vault_check").await.unwrap().unwrap())

@@ -85,10 +85,10 @@ pub struct LinkRecord {
     /// `slack`, `microsoft`, `google`, ...
     pub integration_type: String,
     /// Sealed access token.
-    pub access_token: crate::vault::Envelope,
+    pub access_token: flow8_vault::Envelope,
     /// Sealed refresh token, when the provider gave one.
     #[serde(default)]
-    pub refresh_token: Option<crate::vault::Envelope>,
+    pub refresh_token: Option<flow8_vault::Envelope>,
     /// When the access token expires (None: long-lived).
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub token_expiry: Option<OffsetDateTime>,
@@ -169,7 +169,7 @@ pub struct OAuthStateRecord {
     pub service: String,
     /// Sealed PKCE verifier.
     #[serde(default)]
-    pub pkce_verifier: Option<crate::vault::Envelope>,
+    pub pkce_verifier: Option<flow8_vault::Envelope>,
     /// Expiry.
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,

@@ -10,7 +10,7 @@
 //! Pending OAuth states are not moved (they live ten minutes).
 
 use super::{AnyStore, AuditRecord, ComponentRecord, LinkRecord, Store, StoreError, TokenRecord};
-use crate::vault::Vault;
+use flow8_vault::Vault;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
 
@@ -260,9 +260,9 @@ fn write_line<T: Serialize>(out: &mut dyn Write, value: &T) -> Result<(), Transf
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::embedded::EmbeddedStore;
-    use crate::store::{new_object_id, now};
-    use crate::vault::MasterKey;
+    use crate::embedded::EmbeddedStore;
+    use crate::{new_object_id, now};
+    use flow8_vault::MasterKey;
 
     #[tokio::test]
     async fn round_trip_is_sealed_idempotent_and_key_checked() {
