@@ -9,7 +9,7 @@
 
 use crate::catalogue::checks::FieldError;
 use crate::catalogue::{ApiKeyProvider, Catalogue};
-use crate::store::{ComponentRecord, new_object_id, now};
+use crate::store::{ComponentRecord, new_object_id, now, sealing};
 use crate::vault::{Envelope, Secret, Vault};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -211,6 +211,8 @@ pub fn prepare(
     {
         return Err(ComponentError::UnknownField(key.clone()));
     }
+    // The id first: each secret is sealed for this record's field.
+    let id = new_object_id();
     let mut config = Map::new();
     config.insert("provider".into(), Value::String(provider_name.clone()));
     for field in &provider.fields {
@@ -224,7 +226,8 @@ pub fn prepare(
         field.check(value)?;
         match value {
             Value::String(s) if field.secret => {
-                config.insert(field.name.clone(), vault.encrypt(s).to_json());
+                let context = sealing::component(company_id, &id, &field.name);
+                config.insert(field.name.clone(), vault.encrypt(s, &context).to_json());
             }
             // A secret field's check lets only strings through.
             _ if field.secret => return Err(invalid(&field.name, "must be a string")),
@@ -236,7 +239,7 @@ pub fn prepare(
     provider.fill_defaults(&mut config);
     let t = now();
     Ok(ComponentRecord {
-        id: new_object_id(),
+        id,
         company_id: company_id.into(),
         name: new.name,
         kind,
@@ -288,10 +291,13 @@ pub fn decrypt_secrets(
                 reason: "the stored value is not an encrypted envelope".into(),
             })?,
         };
-        let secret = vault.decrypt(&sealed).map_err(|e| ComponentError::Sealed {
-            field: field.name.clone(),
-            reason: e.to_string(),
-        })?;
+        let context = record.seal_context(&field.name);
+        let secret = vault
+            .decrypt(&sealed, &context)
+            .map_err(|e| ComponentError::Sealed {
+                field: field.name.clone(),
+                reason: e.to_string(),
+            })?;
         out.push((field.name.clone(), secret));
     }
     Ok(out)
@@ -781,6 +787,37 @@ mod tests {
         }
         let ok = new(json!({"name": "x", "kind": null, "config": {"provider": "s3"}}));
         assert_eq!(ok.kind, None);
+    }
+
+    #[test]
+    fn a_secret_moved_to_another_component_does_not_open_there() {
+        let vault = Vault::new(MasterKey::generate());
+        let a = prepare(
+            new(json!({"name": "a", "config": {"provider": "openai", "api_key": OAI}})),
+            "company-a",
+            &vault,
+        )
+        .unwrap();
+        let mut b = prepare(
+            new(json!({"name": "b", "config": {"provider": "openai", "api_key": "sk-proj-othervalue_9876543210"}})),
+            "company-b",
+            &vault,
+        )
+        .unwrap();
+        assert_eq!(decrypt_secrets(&a, &vault).unwrap()[0].1.expose(), OAI);
+        b.config
+            .insert("api_key".into(), a.config["api_key"].clone());
+        match decrypt_secrets(&b, &vault).unwrap_err() {
+            ComponentError::Sealed { field, reason } => {
+                assert_eq!(field, "api_key");
+                assert!(
+                    reason.contains("does not belong to this record"),
+                    "{reason}"
+                );
+                assert!(!reason.contains(OAI), "{reason}");
+            }
+            e => panic!("{e:?}"),
+        }
     }
 
     #[test]

@@ -114,7 +114,7 @@ catalogue! {
     StorageError = "storage_error", 507;
     /// The configuration (file, environment or flags) is not valid.
     InvalidConfig = "invalid_config", 400;
-    /// The master key could not be read, created or used.
+    /// The master key could not be read, created or used, or a stored secret does not open (altered, or moved from another record).
     VaultError = "vault_error", 500;
     /// The master key does not open this store's secrets.
     WrongMasterKey = "wrong_master_key", 500;

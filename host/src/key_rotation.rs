@@ -1,11 +1,15 @@
 //! Master-key rotation: re-seal every secret in the store (component configs, link
-//! tokens) with the vault's current key, while hosts keep serving.
+//! tokens) with the vault's current key, while hosts keep serving. Every envelope it
+//! writes is bound to its record (company, record, field: see `flow8_vault`), so a
+//! rotation also turns envelopes from before the binding (secretbox) into bound ones,
+//! even those already under the current key; a bound envelope found in a record it was
+//! not sealed for is not laundered but reported unreadable.
 //!
 //! Each record is rewritten on its own with a compare-and-set (a link by its version, a
 //! component by its config), so a concurrent refresh or edit is never overwritten: the
 //! record is re-read and re-sealed again. Old keys stay in the vault until every secret
 //! is rewritten, so an interrupted run loses nothing, and running it again resumes: it
-//! rewrites only what is still sealed with another key.
+//! rewrites only what is still sealed with another key or unbound.
 //!
 //! OAuth states (pending authorizations) are not rewritten: they live ten minutes.
 //! Keep old keys at least that long after a rotation.
@@ -46,7 +50,7 @@ pub struct RotationReport {
     pub components_resealed: u64,
     /// Links re-sealed.
     pub links_resealed: u64,
-    /// Records skipped because they were already sealed with the current key.
+    /// Records skipped because they were already sealed with the current key, bound.
     pub already_current: u64,
     /// Records with a secret this host cannot open (`kind:id`), left as they are.
     pub unreadable: Vec<String>,
@@ -59,16 +63,24 @@ pub struct KeyUsage {
     pub current_key_id: String,
     /// Sealed secrets per key id (`""` for envelopes from before key ids).
     pub secrets_by_key: BTreeMap<String, u64>,
+    /// Of those, secrets sealed before the binding to their record (secretbox).
+    pub unbound: u64,
+    /// Of those, the ones under the current key (a rotation re-seals them too).
+    #[serde(skip)]
+    unbound_current: u64,
 }
 
 impl KeyUsage {
-    /// Secrets not sealed with the current key.
+    /// Secrets a rotation still has to re-seal: not sealed with the current key, or
+    /// sealed with it before the binding.
     pub fn remaining(&self) -> u64 {
-        self.secrets_by_key
+        let other_keys: u64 = self
+            .secrets_by_key
             .iter()
             .filter(|(k, _)| **k != self.current_key_id)
             .map(|(_, n)| n)
-            .sum()
+            .sum();
+        other_keys + self.unbound_current
     }
 }
 
@@ -100,7 +112,14 @@ pub async fn key_usage(store: &AnyStore, vault: &Vault) -> Result<KeyUsage, Stor
         current_key_id: vault.key_id(),
         ..KeyUsage::default()
     };
-    let mut count = |e: &Envelope| *usage.secrets_by_key.entry(e.key_id.clone()).or_default() += 1;
+    let current = usage.current_key_id.clone();
+    let mut count = |e: &Envelope| {
+        *usage.secrets_by_key.entry(e.key_id.clone()).or_default() += 1;
+        if !e.is_bound() {
+            usage.unbound += 1;
+            usage.unbound_current += u64::from(e.key_id == current);
+        }
+    };
     let mut after: Option<String> = None;
     loop {
         let batch = store.scan_components(after.as_deref(), 500).await?;
@@ -128,43 +147,37 @@ pub async fn key_usage(store: &AnyStore, vault: &Vault) -> Result<KeyUsage, Stor
     Ok(usage)
 }
 
-/// A component's config with every envelope not sealed with the current key re-sealed;
-/// None when nothing needed it.
+/// A component's config with every envelope not sealed with the current key, bound to
+/// its field, re-sealed so; None when nothing needed it.
 fn reseal_config(
     vault: &Vault,
-    key_id: &str,
     c: &ComponentRecord,
 ) -> Result<Option<serde_json::Map<String, serde_json::Value>>, VaultError> {
     let mut config = c.config.clone();
     let mut changed = false;
     for (field, value) in c.config.iter() {
         if let Some(e) = Envelope::from_json(value)
-            && e.key_id != key_id
+            && let Some(new) = vault.reseal(&e, &c.seal_context(field))?
         {
-            let plain = vault.decrypt(&e)?;
-            config.insert(field.clone(), vault.encrypt(plain.expose()).to_json());
+            config.insert(field.clone(), new.to_json());
             changed = true;
         }
     }
     Ok(changed.then_some(config))
 }
 
-/// A link with its tokens re-sealed; None when nothing needed it.
-fn reseal_link(
-    vault: &Vault,
-    key_id: &str,
-    l: &LinkRecord,
-) -> Result<Option<LinkRecord>, VaultError> {
+/// A link with its tokens re-sealed (current key, bound); None when nothing needed it.
+fn reseal_link(vault: &Vault, l: &LinkRecord) -> Result<Option<LinkRecord>, VaultError> {
     let mut out = l.clone();
     let mut changed = false;
-    if l.access_token.key_id != key_id {
-        out.access_token = vault.encrypt(vault.decrypt(&l.access_token)?.expose());
+    if let Some(new) = vault.reseal(&l.access_token, &l.access_token_context())? {
+        out.access_token = new;
         changed = true;
     }
     if let Some(r) = &l.refresh_token
-        && r.key_id != key_id
+        && let Some(new) = vault.reseal(r, &l.refresh_token_context())?
     {
-        out.refresh_token = Some(vault.encrypt(vault.decrypt(r)?.expose()));
+        out.refresh_token = Some(new);
         changed = true;
     }
     Ok(changed.then_some(out))
@@ -198,7 +211,7 @@ pub async fn reseal_all(
             let mut current = first;
             let mut tries = 0;
             loop {
-                let config = match reseal_config(vault, &key_id, &current) {
+                let config = match reseal_config(vault, &current) {
                     Ok(Some(c)) => c,
                     Ok(None) => {
                         report.already_current += 1;
@@ -253,7 +266,7 @@ pub async fn reseal_all(
             let mut current = first;
             let mut tries = 0;
             loop {
-                let updated = match reseal_link(vault, &key_id, &current) {
+                let updated = match reseal_link(vault, &current) {
                     Ok(Some(l)) => l,
                     Ok(None) => {
                         report.already_current += 1;
@@ -297,22 +310,73 @@ mod tests {
     use crate::vault::MasterKey;
 
     fn component(vault: &Vault, company: &str, name: &str) -> ComponentRecord {
-        let mut config = serde_json::Map::new();
-        config.insert("provider".into(), "http".into());
-        config.insert(
-            "auth_value".into(),
-            vault.encrypt(&format!("secret-{name}")).to_json(),
-        );
-        ComponentRecord {
+        let mut c = ComponentRecord {
             id: new_object_id(),
             company_id: company.into(),
             name: name.into(),
             kind: "http".into(),
-            config,
+            config: serde_json::Map::new(),
             is_default: false,
             created_at: now(),
             updated_at: now(),
-        }
+        };
+        let sealed = vault.encrypt(&format!("secret-{name}"), &c.seal_context("auth_value"));
+        c.config.insert("provider".into(), "http".into());
+        c.config.insert("auth_value".into(), sealed.to_json());
+        c
+    }
+
+    /// A component as hosts sealed it before the binding (secretbox, unbound).
+    fn legacy_component(vault: &Vault, company: &str, name: &str) -> ComponentRecord {
+        let mut c = component(vault, company, name);
+        let old = vault.encrypt_unbound_legacy(&format!("secret-{name}"));
+        c.config.insert("auth_value".into(), old.to_json());
+        c
+    }
+
+    #[tokio::test]
+    async fn envelopes_from_before_the_binding_are_resealed_bound_even_under_the_current_key() {
+        let store = AnyStore::from(EmbeddedStore::open_in_memory().unwrap());
+        let key = MasterKey::generate();
+        let vault = Vault::new(key.clone());
+        let c = legacy_component(&vault, "A", "old");
+        store.insert_component(c.clone()).await.unwrap();
+        let before = key_usage(&store, &vault).await.unwrap();
+        assert_eq!((before.unbound, before.remaining()), (1, 1));
+        let r = reseal_all(&store, &vault, &RotationOptions::default(), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(r.components_resealed, 1);
+        let after = key_usage(&store, &vault).await.unwrap();
+        assert_eq!((after.unbound, after.remaining()), (0, 0));
+        let back = store.get_component("A", &c.id).await.unwrap().unwrap();
+        let e = Envelope::from_json(&back.config["auth_value"]).unwrap();
+        assert!(e.is_bound());
+        assert_eq!(
+            vault
+                .decrypt(&e, &back.seal_context("auth_value"))
+                .unwrap()
+                .expose(),
+            "secret-old"
+        );
+        // Bound now: copied into another company's component, it no longer opens.
+        let mut other = component(&vault, "B", "other");
+        other.config.insert("auth_value".into(), e.to_json());
+        assert!(matches!(
+            vault.decrypt(&e, &other.seal_context("auth_value")),
+            Err(VaultError::WrongRecord { .. })
+        ));
+        // And a rotation does not launder it: it is reported, and left as it is.
+        store.insert_component(other.clone()).await.unwrap();
+        let rotated = Vault::new(MasterKey::generate()).with_old_key(key);
+        let r = reseal_all(&store, &rotated, &RotationOptions::default(), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(r.unreadable, [format!("component:{}", other.id)]);
+        assert_eq!(
+            store.get_component("B", &other.id).await.unwrap().unwrap(),
+            other
+        );
     }
 
     #[tokio::test]
@@ -349,7 +413,9 @@ mod tests {
             let e = Envelope::from_json(&c.config["auth_value"]).unwrap();
             assert_eq!(e.key_id, new.key_id());
             assert_eq!(
-                new.decrypt(&e).unwrap().expose(),
+                new.decrypt(&e, &c.seal_context("auth_value"))
+                    .unwrap()
+                    .expose(),
                 format!("secret-{}", c.name)
             );
         }

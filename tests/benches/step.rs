@@ -649,7 +649,11 @@ async fn refresh_storm() {
             .await
             .unwrap()
             .unwrap();
-        std::hint::black_box(plain_vault.decrypt(&l.access_token).unwrap());
+        std::hint::black_box(
+            plain_vault
+                .decrypt(&l.access_token, &l.access_token_context())
+                .unwrap(),
+        );
     })
     .await;
     // The same through the OAuth service: look the link up, see the token is fresh, open it.
@@ -752,12 +756,17 @@ async fn http_step_on(
 async fn link_lookups_per_second(store: Arc<AnyStore>, window: Duration) -> f64 {
     let vault = Vault::new(MasterKey::generate());
     let t = flow8_host::store::now();
+    let id = flow8_host::store::new_object_id();
+    let access_token = vault.encrypt(
+        "xoxb-bench",
+        &flow8_host::store::sealing::link("bench", &id, flow8_host::store::sealing::ACCESS_TOKEN),
+    );
     let link = flow8_host::store::LinkRecord {
-        id: flow8_host::store::new_object_id(),
+        id,
         user_id: "u".into(),
         company_id: "bench".into(),
         integration_type: "slack".into(),
-        access_token: vault.encrypt("xoxb-bench"),
+        access_token,
         refresh_token: None,
         token_expiry: None,
         scopes: vec![],

@@ -203,13 +203,22 @@ async fn pages_escape_what_providers_and_links_say() {
     let store = EmbeddedStore::open(cli.data_dir.path()).await.unwrap();
     let vault = flow8_host::vault::Vault::new(flow8_host::vault::MasterKey::generate());
     let t = now();
+    let id = new_object_id();
+    let access_token = vault.encrypt(
+        "unused",
+        &flow8_host::store::sealing::link(
+            "company-a",
+            &id,
+            flow8_host::store::sealing::ACCESS_TOKEN,
+        ),
+    );
     store
         .insert_link(LinkRecord {
-            id: new_object_id(),
+            id,
             user_id: "alice".into(),
             company_id: "company-a".into(),
             integration_type: "google".into(),
-            access_token: vault.encrypt("unused"),
+            access_token,
             refresh_token: None,
             token_expiry: None,
             scopes: vec!["drive".into()],

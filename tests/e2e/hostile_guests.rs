@@ -335,7 +335,19 @@ async fn a_stored_pin_to_every_host_is_refused_not_honoured() {
         .await
         .unwrap()
         .unwrap();
+    // A record of its own, its secret sealed for it (as the writer would have).
+    let sealed = flow8_host::vault::Envelope::from_json(&wide.config["auth_value"]).unwrap();
+    let secret = h
+        .host
+        .vault
+        .decrypt(&sealed, &wide.seal_context("auth_value"))
+        .unwrap();
     wide.id = flow8_host::store::new_object_id();
+    let resealed = h
+        .host
+        .vault
+        .encrypt(secret.expose(), &wide.seal_context("auth_value"));
+    wide.config.insert("auth_value".into(), resealed.to_json());
     wide.name = "wide".into();
     wide.config
         .insert("allowed_hosts".into(), json!(["http://*:*"]));

@@ -22,12 +22,18 @@ fn sealed_component(vault: &Vault, company: &str, name: &str, base_url: &str) ->
     config.insert("provider".into(), json!("http"));
     config.insert("base_url".into(), json!(base_url));
     config.insert("auth_header".into(), json!("X-Api-Key"));
+    let id = new_object_id();
     config.insert(
         "auth_value".into(),
-        vault.encrypt(&format!("canary-{name}")).to_json(),
+        vault
+            .encrypt(
+                &format!("canary-{name}"),
+                &flow8_host::store::sealing::component(company, &id, "auth_value"),
+            )
+            .to_json(),
     );
     ComponentRecord {
-        id: new_object_id(),
+        id,
         company_id: company.into(),
         name: name.into(),
         kind: "http".into(),
@@ -39,13 +45,26 @@ fn sealed_component(vault: &Vault, company: &str, name: &str, base_url: &str) ->
 }
 
 fn sealed_link(vault: &Vault, company: &str) -> LinkRecord {
+    let id = new_object_id();
+    let seal = |plain: &str, field| {
+        vault.encrypt(
+            plain,
+            &flow8_host::store::sealing::link(company, &id, field),
+        )
+    };
     LinkRecord {
-        id: new_object_id(),
+        access_token: seal(
+            "xoxb-canary-access",
+            flow8_host::store::sealing::ACCESS_TOKEN,
+        ),
+        refresh_token: Some(seal(
+            "xoxe-canary-refresh",
+            flow8_host::store::sealing::REFRESH_TOKEN,
+        )),
+        id: id.clone(),
         user_id: "alice".into(),
         company_id: company.into(),
         integration_type: "slack".into(),
-        access_token: vault.encrypt("xoxb-canary-access"),
-        refresh_token: Some(vault.encrypt("xoxe-canary-refresh")),
         token_expiry: None,
         scopes: vec!["chat:write".into()],
         provider_user_id: "U1".into(),
@@ -206,6 +225,7 @@ async fn rotation_killed_half_way_loses_nothing_and_resumes_while_a_server_serve
     assert_eq!(key_file_lines(&cli).len(), 2);
     let status = cli.run(&["keys", "status"]).ok_json();
     assert_eq!(status["remaining"], 0, "{status}");
+    assert_eq!(status["unbound"], 0, "every secret is bound now: {status}");
     // 60 components with one secret, 40 links with two.
     assert_eq!(status["secrets_by_key"][&new_id], 140, "{status}");
     assert_eq!(status["rotation"]["state"], "done");

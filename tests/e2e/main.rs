@@ -21,6 +21,7 @@ mod oauth_flow;
 mod operator;
 mod quickstart;
 mod s3_upload;
+mod sealed_records;
 mod slack_message;
 mod step_budgets;
 mod step_deadline;

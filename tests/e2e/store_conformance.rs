@@ -75,15 +75,21 @@ conformance!(
     scans_walk_every_company,
     component_config_replacement_is_compare_and_set,
     meta_round_trips,
+    a_secret_moved_to_another_companys_record_does_not_open_there,
 );
 
 fn component(company: &str, name: &str, kind: &str) -> ComponentRecord {
     let vault = Vault::new(MasterKey::generate());
     let mut config = serde_json::Map::new();
     config.insert("provider".into(), json!("http"));
-    config.insert("auth_value".into(), vault.encrypt("s3cr3t").to_json());
+    let id = new_object_id();
+    let sealed = vault.encrypt(
+        "s3cr3t",
+        &flow8_host::store::sealing::component(company, &id, "auth_value"),
+    );
+    config.insert("auth_value".into(), sealed.to_json());
     ComponentRecord {
-        id: new_object_id(),
+        id,
         company_id: company.into(),
         name: name.into(),
         kind: kind.into(),
@@ -94,16 +100,30 @@ fn component(company: &str, name: &str, kind: &str) -> ComponentRecord {
     }
 }
 
+/// The key the cases' links are sealed with (so a case can open them).
+static TEST_VAULT: std::sync::LazyLock<Vault> =
+    std::sync::LazyLock::new(|| Vault::new(MasterKey::generate()));
+
 fn link(company: &str, service: &str, expiry: Option<OffsetDateTime>) -> LinkRecord {
-    let vault = Vault::new(MasterKey::generate());
+    let vault = &*TEST_VAULT;
     let t = now();
+    let id = new_object_id();
+    let seal = |plain: &str, field| {
+        vault.encrypt(
+            plain,
+            &flow8_host::store::sealing::link(company, &id, field),
+        )
+    };
     LinkRecord {
-        id: new_object_id(),
+        access_token: seal("xoxb-access", flow8_host::store::sealing::ACCESS_TOKEN),
+        refresh_token: Some(seal(
+            "xoxe-refresh",
+            flow8_host::store::sealing::REFRESH_TOKEN,
+        )),
+        id: id.clone(),
         user_id: new_object_id(),
         company_id: company.into(),
         integration_type: service.into(),
-        access_token: vault.encrypt("xoxb-access"),
-        refresh_token: Some(vault.encrypt("xoxe-refresh")),
         token_expiry: expiry,
         scopes: vec!["chat:write".into(), "files:write".into()],
         provider_user_id: "U123".into(),
@@ -448,7 +468,10 @@ async fn oauth_states_are_single_use_and_expire<S: Store + Clone>(s: &S) {
         company_id: "A".into(),
         user_id: "u1".into(),
         service: "slack".into(),
-        pkce_verifier: Some(vault.encrypt("verifier")),
+        pkce_verifier: Some(vault.encrypt(
+            "verifier",
+            &flow8_host::store::sealing::oauth_state("A", hash),
+        )),
         expires_at: expires,
     };
     let live = state("h-live", now() + Duration::minutes(10));
@@ -766,5 +789,81 @@ async fn mongodb_documents_have_the_flow8_shape_and_every_query_an_index() {
     assert_eq!(
         again.index_keys("db_links").await.unwrap().len(),
         links.len()
+    );
+}
+
+/// Issue 18 item 16: someone who can write to the store copies company A's sealed
+/// secrets into company B's records. The store takes the write (it only sees
+/// envelopes), but the host's opening code refuses them there, naming the record,
+/// while A's records still open where they were sealed.
+async fn a_secret_moved_to_another_companys_record_does_not_open_there<S: Store>(s: &S) {
+    let vault = Vault::new(MasterKey::generate());
+    let catalogue = flow8_host::catalogue::Catalogue::builtin();
+    let sealed_component = |company: &str, secret: &str| {
+        let mut c = component(company, "api", "http");
+        let sealed = vault.encrypt(secret, &c.seal_context("auth_value"));
+        c.config.insert("auth_value".into(), sealed.to_json());
+        c
+    };
+    let a = sealed_component("A", "secret-of-a");
+    let b = sealed_component("B", "secret-of-b");
+    s.insert_component(a.clone()).await.unwrap();
+    s.insert_component(b.clone()).await.unwrap();
+    let mut moved = b.config.clone();
+    moved.insert("auth_value".into(), a.config["auth_value"].clone());
+    assert!(
+        s.replace_component_config("B", &b.id, &b.config, moved)
+            .await
+            .unwrap()
+    );
+    let open = |c: &ComponentRecord| {
+        flow8_host::components::decrypt_secrets(&catalogue, c, &vault)
+            .map(|v| v[0].1.expose().to_string())
+    };
+    let b_now = s.get_component("B", &b.id).await.unwrap().unwrap();
+    let refused = open(&b_now).unwrap_err().to_string();
+    assert!(
+        refused.contains("does not belong to this record")
+            && refused.contains("company `B`")
+            && !refused.contains("secret-of-a"),
+        "{refused}"
+    );
+    let a_now = s.get_component("A", &a.id).await.unwrap().unwrap();
+    assert_eq!(open(&a_now).unwrap(), "secret-of-a");
+
+    // The same for a link's tokens, moved between two companies' links.
+    let la = link("A", "slack", None);
+    let lb = link("B", "slack", None);
+    s.insert_link(la.clone()).await.unwrap();
+    s.insert_link(lb.clone()).await.unwrap();
+    let mut stolen = s.get_link("B", &lb.id).await.unwrap().unwrap();
+    stolen.access_token = la.access_token.clone();
+    stolen.refresh_token = la.refresh_token.clone();
+    let version = stolen.version;
+    assert!(s.update_link_cas(stolen, version).await.unwrap());
+    let lb_now = s.get_link("B", &lb.id).await.unwrap().unwrap();
+    assert_eq!(
+        lb_now.access_token, la.access_token,
+        "the store took the copy"
+    );
+    for (sealed, context) in [
+        (&lb_now.access_token, lb_now.access_token_context()),
+        (
+            lb_now.refresh_token.as_ref().unwrap(),
+            lb_now.refresh_token_context(),
+        ),
+    ] {
+        assert!(matches!(
+            TEST_VAULT.decrypt(sealed, &context),
+            Err(flow8_host::vault::VaultError::WrongRecord { .. })
+        ));
+    }
+    let la_now = s.get_link("A", &la.id).await.unwrap().unwrap();
+    assert_eq!(
+        TEST_VAULT
+            .decrypt(&la_now.access_token, &la_now.access_token_context())
+            .unwrap()
+            .expose(),
+        "xoxb-access"
     );
 }

@@ -84,6 +84,7 @@ pub(super) async fn keys(settings: &HostSettings, cmd: &KeysCommand) -> ExitCode
                     "old_key_ids": vault.old_key_ids(),
                     "key_source": if vault.key_file().is_some() { "file" } else { "env" },
                     "secrets_by_key": usage.secrets_by_key,
+                    "unbound": usage.unbound,
                     "remaining": usage.remaining(),
                     "rotation": rotation,
                 }));

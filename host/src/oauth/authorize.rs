@@ -11,7 +11,7 @@
 //! account to the company that made it.
 
 use super::{OAuthError, OAuthService};
-use crate::store::{OAuthStateRecord, Store, now};
+use crate::store::{OAuthStateRecord, Store, now, sealing};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use sha2::{Digest, Sha256};
@@ -93,16 +93,19 @@ impl OAuthService {
     ) -> Result<String, OAuthError> {
         let p = self.provider(service)?;
         let authorization = self.client(p).authorization()?;
+        let state_hash = state_key(&authorization.state, binding);
+        // Sealed for this pending authorization alone.
+        let pkce_verifier = authorization.pkce_verifier.as_ref().map(|v| {
+            self.vault
+                .encrypt(v.expose(), &sealing::oauth_state(company_id, &state_hash))
+        });
         self.store
             .insert_oauth_state(OAuthStateRecord {
-                state_hash: state_key(&authorization.state, binding),
+                state_hash,
                 company_id: company_id.into(),
                 user_id: user_id.into(),
                 service: service.into(),
-                pkce_verifier: authorization
-                    .pkce_verifier
-                    .as_ref()
-                    .map(|v| self.vault.encrypt(v.expose())),
+                pkce_verifier,
                 expires_at: now() + STATE_TTL,
             })
             .await?;

@@ -4,7 +4,7 @@
 
 use super::authorize::{CONNECT_SESSION, state_key};
 use super::{OAuthError, OAuthEvent, OAuthService};
-use crate::store::{LinkRecord, LinkStatus, Store, new_object_id, now};
+use crate::store::{LinkRecord, LinkStatus, Store, new_object_id, now, sealing};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -42,7 +42,7 @@ impl OAuthService {
             .ok_or_else(|| OAuthError::InvalidGrant("no code in the callback".into()))?;
         let p = self.provider(&pending.service)?;
         let verifier = match &pending.pkce_verifier {
-            Some(sealed) => Some(self.open(sealed)?),
+            Some(sealed) => Some(self.open(sealed, &pending.pkce_verifier_context())?),
             None => None,
         };
         let client = self.client(p);
@@ -65,16 +65,25 @@ impl OAuthService {
             .or_else(|| p.defaults.identity.user_id(&identity))
             .unwrap_or_default();
         let provider_user_email = p.defaults.identity.email(&identity).unwrap_or_default();
+        // The id first: the tokens are sealed for this link.
+        let id = new_object_id();
+        let access_token = self.vault.encrypt(
+            tokens.access_token.expose(),
+            &sealing::link(&pending.company_id, &id, sealing::ACCESS_TOKEN),
+        );
+        let refresh_token = tokens.refresh_token.as_ref().map(|r| {
+            self.vault.encrypt(
+                r.expose(),
+                &sealing::link(&pending.company_id, &id, sealing::REFRESH_TOKEN),
+            )
+        });
         let link = LinkRecord {
-            id: new_object_id(),
+            id,
             user_id: pending.user_id,
             company_id: pending.company_id,
             integration_type: pending.service,
-            access_token: self.vault.encrypt(tokens.access_token.expose()),
-            refresh_token: tokens
-                .refresh_token
-                .as_ref()
-                .map(|r| self.vault.encrypt(r.expose())),
+            access_token,
+            refresh_token,
             token_expiry,
             scopes: tokens.scopes.unwrap_or_else(|| p.scopes.clone()),
             provider_user_id,

@@ -30,7 +30,7 @@ pub use events::{NoEvents, OAuthEvent, OAuthEvents, RefreshCause};
 
 use crate::error::ErrorName;
 use crate::store::{AnyStore, LinkRecord, Store, StoreError, new_object_id};
-use crate::vault::{Envelope, Secret, Vault};
+use crate::vault::{Envelope, SealContext, Secret, Vault};
 use providers::Provider;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -90,7 +90,7 @@ impl OAuthError {
             OAuthError::Provider(_) => ErrorName::ProviderError,
             OAuthError::Store(StoreError::Conflict(_)) => ErrorName::Conflict,
             OAuthError::Store(_) => ErrorName::StoreUnavailable,
-            OAuthError::Vault(_) => ErrorName::InternalError,
+            OAuthError::Vault(_) => ErrorName::VaultError,
         }
     }
 }
@@ -174,10 +174,11 @@ impl OAuthService {
             .ok_or(OAuthError::NotFound)
     }
 
-    /// Open a sealed token.
-    fn open(&self, sealed: &Envelope) -> Result<Secret, OAuthError> {
+    /// Open a sealed token where it was read from (a link's token, a pending
+    /// authorization's verifier: see `crate::store::sealing`).
+    fn open(&self, sealed: &Envelope, context: &SealContext<'_>) -> Result<Secret, OAuthError> {
         self.vault
-            .decrypt(sealed)
+            .decrypt(sealed, context)
             .map_err(|e| OAuthError::Vault(e.to_string()))
     }
 

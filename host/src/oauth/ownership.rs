@@ -121,8 +121,10 @@ mod tests {
             user_id: owner.into(),
             company_id: "c".into(),
             integration_type: "slack".into(),
-            access_token: crate::vault::Vault::new(crate::vault::MasterKey::generate())
-                .encrypt("t"),
+            access_token: crate::vault::Vault::new(crate::vault::MasterKey::generate()).encrypt(
+                "t",
+                &crate::store::sealing::link("c", "l", crate::store::sealing::ACCESS_TOKEN),
+            ),
             refresh_token: None,
             token_expiry: None,
             scopes: vec![],

@@ -19,7 +19,7 @@ use super::providers::Provider;
 use super::{OAuthError, OAuthEvent, OAuthService, RefreshCause};
 use crate::catalogue::oauth::RefreshPolicy;
 use crate::store::{LinkRecord, LinkStatus, Store, now};
-use crate::vault::{Envelope, Secret};
+use crate::vault::{Envelope, SealContext, Secret};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,7 +54,7 @@ impl OAuthService {
     ) -> Result<(Secret, LinkRecord), OAuthError> {
         let link = self.link(company_id, link_id).await?;
         let link = self.refresh(link, Need::Expiring).await?;
-        let token = self.open(&link.access_token)?;
+        let token = self.open(&link.access_token, &link.access_token_context())?;
         Ok((token, link))
     }
 
@@ -68,7 +68,7 @@ impl OAuthService {
     ) -> Result<Secret, OAuthError> {
         let link = self.link(company_id, link_id).await?;
         let link = self.refresh(link, Need::Rejected(rejected)).await?;
-        self.open(&link.access_token)
+        self.open(&link.access_token, &link.access_token_context())
     }
 
     /// Does the access token expire within the refresh window?
@@ -84,7 +84,9 @@ impl OAuthService {
         Ok(match need {
             Need::Expiring => self.expires_soon(link),
             // Another refresher may have replaced the refused token meanwhile.
-            Need::Rejected(rejected) => &self.open(&link.access_token)? == rejected,
+            Need::Rejected(rejected) => {
+                &self.open(&link.access_token, &link.access_token_context())? == rejected
+            }
         })
     }
 
@@ -160,7 +162,7 @@ impl OAuthService {
             return Ok(leased);
         }
         let refresh = match &leased.refresh_token {
-            Some(sealed) => self.open(sealed)?,
+            Some(sealed) => self.open(sealed, &leased.refresh_token_context())?,
             None => return Ok(leased),
         };
         let client = self.client(p);
@@ -192,10 +194,15 @@ impl OAuthService {
         };
         let t = now();
         let mut updated = leased.clone();
-        updated.access_token = self.vault.encrypt(tokens.access_token.expose());
+        updated.access_token = self
+            .vault
+            .encrypt(tokens.access_token.expose(), &leased.access_token_context());
         // A provider that rotates gives a new refresh token; one that does not keeps the old.
         if let Some(r) = &tokens.refresh_token {
-            updated.refresh_token = Some(self.vault.encrypt(r.expose()));
+            updated.refresh_token = Some(
+                self.vault
+                    .encrypt(r.expose(), &leased.refresh_token_context()),
+            );
         }
         updated.token_expiry = tokens.expiry(t);
         if let Some(s) = tokens.scopes {
@@ -323,7 +330,11 @@ impl OAuthService {
                 j.remove(&id);
                 return Ok(());
             };
-            if !self.same_secret(&current.refresh_token, &entry.spent_refresh_token) {
+            if !self.same_secret(
+                &current.refresh_token,
+                &entry.spent_refresh_token,
+                &current.refresh_token_context(),
+            ) {
                 // Refreshed or reconnected since: the journaled answer is obsolete.
                 j.remove(&id);
                 return Ok(());
@@ -342,11 +353,16 @@ impl OAuthService {
 
     /// Do two sealed values hold the same secret (a key rotation re-seals without
     /// changing it)?
-    fn same_secret(&self, a: &Option<Envelope>, b: &Option<Envelope>) -> bool {
+    fn same_secret(
+        &self,
+        a: &Option<Envelope>,
+        b: &Option<Envelope>,
+        context: &SealContext<'_>,
+    ) -> bool {
         match (a, b) {
             (None, None) => true,
             (Some(x), Some(y)) if x == y => true,
-            (Some(x), Some(y)) => match (self.open(x), self.open(y)) {
+            (Some(x), Some(y)) => match (self.open(x, context), self.open(y, context)) {
                 (Ok(p), Ok(q)) => p == q,
                 _ => false,
             },

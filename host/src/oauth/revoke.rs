@@ -48,9 +48,9 @@ impl OAuthService {
         p: &super::providers::Provider,
         link: &LinkRecord,
     ) -> Result<bool, OAuthError> {
-        let access = self.open(&link.access_token)?;
+        let access = self.open(&link.access_token, &link.access_token_context())?;
         let refresh = match &link.refresh_token {
-            Some(sealed) => Some(self.open(sealed)?),
+            Some(sealed) => Some(self.open(sealed, &link.refresh_token_context())?),
             None => None,
         };
         self.client(p).revoke(&access, refresh.as_ref()).await

@@ -155,13 +155,19 @@ async fn token_endpoint(
 /// A link of company `A` to `google` whose token expires in `expires_in`.
 async fn insert_link(store: &AnyStore, oauth: &OAuthService, expires_in: Duration) -> LinkRecord {
     let t = now();
+    let id = new_object_id();
+    let seal = |plain: &str, field| {
+        oauth
+            .vault
+            .encrypt(plain, &crate::store::sealing::link("A", &id, field))
+    };
     let link = LinkRecord {
-        id: new_object_id(),
+        access_token: seal("access-0", crate::store::sealing::ACCESS_TOKEN),
+        refresh_token: Some(seal("refresh-0", crate::store::sealing::REFRESH_TOKEN)),
+        id: id.clone(),
         user_id: "u".into(),
         company_id: "A".into(),
         integration_type: "google".into(),
-        access_token: oauth.vault.encrypt("access-0"),
-        refresh_token: Some(oauth.vault.encrypt("refresh-0")),
         token_expiry: Some(t + expires_in),
         scopes: vec!["drive".into()],
         provider_user_id: "p".into(),
@@ -227,7 +233,13 @@ async fn expiring_soon_and_refused_tokens_take_the_same_one_refresh_path() {
     // The rotated refresh token is the one kept.
     let stored = store.get_link("A", &link.id).await.unwrap().unwrap();
     assert_eq!(
-        oauth.open(&stored.refresh_token.unwrap()).unwrap().expose(),
+        oauth
+            .open(
+                stored.refresh_token.as_ref().unwrap(),
+                &stored.refresh_token_context()
+            )
+            .unwrap()
+            .expose(),
         "refresh-2"
     );
 }

@@ -208,6 +208,12 @@ async fn resolve_link(
             format!("the {s} connection was revoked or expired; the user must reconnect it"),
         ),
         OAuthError::Store(e) => StepError::new(ErrorName::StoreUnavailable, e.to_string()),
+        // A token that does not open (e.g. moved here from another link): the vault's
+        // name, never the provider's.
+        OAuthError::Vault(m) => StepError::new(
+            ErrorName::VaultError,
+            format!("the tokens of link `{link_id}` cannot be opened: {m}"),
+        ),
         OAuthError::NotConfigured(s) => StepError::access_denied(format!(
             "OAuth service `{s}` is not configured on this host"
         )),
@@ -351,7 +357,14 @@ pub fn grant_component(
     let def = components::provider_def(catalogue, provider)
         .map_err(|e| StepError::access_denied(format!("component `{}`: {e}", record.name)))?;
     let secrets = components::decrypt_secrets(catalogue, record, vault).map_err(|e| {
-        StepError::internal(format!("cannot decrypt component `{}`: {e}", record.name))
+        let message = format!("cannot decrypt component `{}`: {e}", record.name);
+        match e {
+            // A sealed field that does not open (altered, or moved from another record).
+            components::ComponentError::Sealed { .. } => {
+                StepError::new(super::error::ErrorName::VaultError, message)
+            }
+            _ => StepError::internal(message),
+        }
     })?;
     let field = |f: &str| secrets.iter().find(|(k, _)| k == f).map(|(_, v)| v.clone());
     let attach = match def.attachment(&record.config) {

@@ -1080,10 +1080,12 @@ mod tests {
         let s = EmbeddedStore::open(&dir).await.unwrap();
         let vault = Vault::new(MasterKey::generate());
         // The caller (the components module) seals; the store only sees the envelope.
-        let sealed = vault.encrypt("canary-secret-123").to_json();
-        s.insert_component(record("A", "api", "http", &sealed))
-            .await
-            .unwrap();
+        let mut rec = record("A", "api", "http", &serde_json::Value::Null);
+        let sealed = vault
+            .encrypt("canary-secret-123", &rec.seal_context("auth_value"))
+            .to_json();
+        rec.config.insert("auth_value".into(), sealed);
+        s.insert_component(rec).await.unwrap();
         s.put_meta("vault_check", &vault.check_value())
             .await
             .unwrap();
@@ -1125,7 +1127,13 @@ mod tests {
         let s = EmbeddedStore::open(&dir).await.unwrap();
         let back = s.find_component_by_name("A", "api").await.unwrap().unwrap();
         let env = flow8_vault::Envelope::from_json(&back.config["auth_value"]).unwrap();
-        assert_eq!(vault.decrypt(&env).unwrap().expose(), "canary-secret-123");
+        assert_eq!(
+            vault
+                .decrypt(&env, &back.seal_context("auth_value"))
+                .unwrap()
+                .expose(),
+            "canary-secret-123"
+        );
         vault
             .verify_check_value(&s.get_meta("vault_check").await.unwrap().unwrap())
             .unwrap();

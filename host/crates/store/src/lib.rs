@@ -156,6 +156,78 @@ impl std::fmt::Display for LinkStatus {
     }
 }
 
+/// Where each record's sealed secrets belong (the associated data of their envelopes,
+/// see `flow8_vault::SealContext`): an envelope moved to another record, company or
+/// field does not open there. Every seal and open of a record's secret goes through
+/// these, so the store's records and their bindings cannot drift apart.
+pub mod sealing {
+    use super::{ComponentRecord, LinkRecord, OAuthStateRecord};
+    use flow8_vault::{RecordKind, SealContext};
+
+    /// The field of a link's sealed access token.
+    pub const ACCESS_TOKEN: &str = "access_token";
+    /// The field of a link's sealed refresh token.
+    pub const REFRESH_TOKEN: &str = "refresh_token";
+    /// The field of a pending authorization's sealed PKCE verifier.
+    pub const PKCE_VERIFIER: &str = "pkce_verifier";
+
+    /// A component's secret config field.
+    pub fn component<'a>(company_id: &'a str, id: &'a str, field: &'a str) -> SealContext<'a> {
+        SealContext {
+            company: company_id,
+            kind: RecordKind::Component,
+            record: id,
+            field,
+        }
+    }
+
+    /// A link's token (`field` is [`ACCESS_TOKEN`] or [`REFRESH_TOKEN`]).
+    pub fn link<'a>(company_id: &'a str, id: &'a str, field: &'static str) -> SealContext<'a> {
+        SealContext {
+            company: company_id,
+            kind: RecordKind::Link,
+            record: id,
+            field,
+        }
+    }
+
+    /// A pending authorization's PKCE verifier (the record's id is its state hash).
+    pub fn oauth_state<'a>(company_id: &'a str, state_hash: &'a str) -> SealContext<'a> {
+        SealContext {
+            company: company_id,
+            kind: RecordKind::OAuthState,
+            record: state_hash,
+            field: PKCE_VERIFIER,
+        }
+    }
+
+    impl ComponentRecord {
+        /// Where the secret in config field `field` belongs.
+        pub fn seal_context<'a>(&'a self, field: &'a str) -> SealContext<'a> {
+            component(&self.company_id, &self.id, field)
+        }
+    }
+
+    impl LinkRecord {
+        /// Where the access token belongs.
+        pub fn access_token_context(&self) -> SealContext<'_> {
+            link(&self.company_id, &self.id, ACCESS_TOKEN)
+        }
+
+        /// Where the refresh token belongs.
+        pub fn refresh_token_context(&self) -> SealContext<'_> {
+            link(&self.company_id, &self.id, REFRESH_TOKEN)
+        }
+    }
+
+    impl OAuthStateRecord {
+        /// Where the PKCE verifier belongs.
+        pub fn pkce_verifier_context(&self) -> SealContext<'_> {
+            oauth_state(&self.company_id, &self.state_hash)
+        }
+    }
+}
+
 /// A pending OAuth authorization: single use, expiring, bound to user, company and service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OAuthStateRecord {

@@ -272,14 +272,20 @@ mod tests {
         from.put_meta("vault_check", &vault.check_value())
             .await
             .unwrap();
+        let id = new_object_id();
         let mut config = serde_json::Map::new();
         config.insert("provider".into(), "http".into());
         config.insert(
             "auth_value".into(),
-            vault.encrypt("canary-export-1").to_json(),
+            vault
+                .encrypt(
+                    "canary-export-1",
+                    &crate::sealing::component("A", &id, "auth_value"),
+                )
+                .to_json(),
         );
         from.insert_component(ComponentRecord {
-            id: new_object_id(),
+            id,
             company_id: "A".into(),
             name: "api".into(),
             kind: "http".into(),
@@ -306,6 +312,16 @@ mod tests {
         assert_eq!(
             to.list_components("A").await.unwrap(),
             from.list_components("A").await.unwrap()
+        );
+        // Records keep their company and id, so their bound secrets open where they land.
+        let moved = &to.list_components("A").await.unwrap()[0];
+        let sealed = flow8_vault::Envelope::from_json(&moved.config["auth_value"]).unwrap();
+        assert_eq!(
+            vault
+                .decrypt(&sealed, &moved.seal_context("auth_value"))
+                .unwrap()
+                .expose(),
+            "canary-export-1"
         );
         // Another key: refused before anything is written.
         let other = AnyStore::from(EmbeddedStore::open_in_memory().unwrap());

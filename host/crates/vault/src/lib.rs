@@ -1,7 +1,15 @@
-//! Encryption of credentials at rest with NaCl secretbox (XSalsa20-Poly1305, as
-//! `crypto_secretbox`), stored in the flow8 shape `{"encrypted": true, "nonce": ...,
-//! "ciphertext": ...}` plus the id of the master key that sealed it, so keys can be
-//! rotated. Secret values and keys never print: their `Debug` says `***`.
+//! Encryption of credentials at rest, stored in the flow8 shape `{"encrypted": true,
+//! "nonce": ..., "ciphertext": ...}` plus the id of the master key that sealed it, so
+//! keys can be rotated. Secret values and keys never print: their `Debug` says `***`.
+//!
+//! Every secret is sealed for one place: a [`SealContext`] (company, record kind,
+//! record id, field) is the associated data of an XChaCha20-Poly1305 AEAD (RFC 8439's
+//! construction with a 24-byte nonce), marked `"alg": "xchacha20poly1305"` in the
+//! envelope. An envelope copied to another record, another company or another field
+//! does not open there ([`VaultError::WrongRecord`]), so write access to the store is not
+//! a way to hand one tenant's secret to another. Envelopes from before the binding
+//! (NaCl secretbox, XSalsa20-Poly1305, no `alg`) still open anywhere; `keys rotate`
+//! re-seals them into the bound form ([`Vault::reseal`]).
 //!
 //! The master key comes from `FLOW8_MASTER_KEY` (64 hex characters or base64 of 32
 //! bytes) or, when that is unset, from `<data-dir>/master.key`, created on first use
@@ -11,7 +19,8 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use crypto_secretbox::aead::{Aead, KeyInit};
+use chacha20poly1305::XChaCha20Poly1305;
+use crypto_secretbox::aead::{Aead, KeyInit, Payload};
 use crypto_secretbox::{Key, Nonce, XSalsa20Poly1305};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -25,10 +34,99 @@ pub const MASTER_KEY_ENV: &str = "FLOW8_MASTER_KEY";
 /// The key file's name inside the data directory.
 pub const MASTER_KEY_FILE: &str = "master.key";
 
-/// Secretbox nonce length (XSalsa20).
+/// Nonce length: 24 bytes for both ciphers (XSalsa20 and XChaCha20).
 const NONCE_LEN: usize = 24;
-/// Poly1305 tag length, prepended to every ciphertext.
+/// Poly1305 tag length: prepended to a secretbox ciphertext, appended to an
+/// XChaCha20-Poly1305 one.
 const TAG_LEN: usize = 16;
+
+/// The kind of record a sealed secret lives in (part of its [`SealContext`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// An API-key component (`components`); the field is the config field.
+    Component,
+    /// An OAuth link (`db_links`); the field is `access_token` or `refresh_token`.
+    Link,
+    /// A pending OAuth authorization (`oauth_states`, by its state hash).
+    OAuthState,
+    /// A host setting (`host_meta`, by its key), e.g. the key check value.
+    HostMeta,
+}
+
+impl RecordKind {
+    /// The name that goes into the associated data.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Component => "component",
+            RecordKind::Link => "link",
+            RecordKind::OAuthState => "oauth_state",
+            RecordKind::HostMeta => "host_meta",
+        }
+    }
+}
+
+/// Where a sealed secret belongs: the company, the record (kind and id) and the field
+/// that holds it. Sealing binds the envelope to it; opening needs the same context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealContext<'a> {
+    /// The owning company (empty for host-wide records).
+    pub company: &'a str,
+    /// The kind of record.
+    pub kind: RecordKind,
+    /// The record's id.
+    pub record: &'a str,
+    /// The field holding the envelope.
+    pub field: &'a str,
+}
+
+impl SealContext<'_> {
+    /// The AEAD's associated data: a version tag, then each part length-prefixed (u32,
+    /// big-endian), so no two contexts share an encoding (`("ab", "c")` and
+    /// `("a", "bc")` differ).
+    fn associated_data(&self) -> Vec<u8> {
+        let parts = [self.company, self.kind.as_str(), self.record, self.field];
+        let mut ad = Vec::with_capacity(32 + parts.iter().map(|p| p.len() + 4).sum::<usize>());
+        ad.extend_from_slice(b"flow8-seal-v1");
+        for part in parts {
+            // Ids and field names are short; a part past 4 GiB cannot be in memory twice.
+            ad.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
+            ad.extend_from_slice(part.as_bytes());
+        }
+        ad
+    }
+}
+
+impl std::fmt::Display for SealContext<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} of company `{}`, field `{}`",
+            self.kind.as_str(),
+            self.record,
+            self.company,
+            self.field
+        )
+    }
+}
+
+/// The cipher of an envelope (`alg`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Cipher {
+    /// NaCl secretbox (XSalsa20-Poly1305), not bound to a record: envelopes sealed
+    /// before the binding. Written as no `alg` at all.
+    #[default]
+    #[serde(rename = "secretbox")]
+    Secretbox,
+    /// XChaCha20-Poly1305 with the [`SealContext`] as associated data.
+    #[serde(rename = "xchacha20poly1305")]
+    XChaCha20Poly1305,
+}
+
+impl Cipher {
+    fn is_secretbox(&self) -> bool {
+        *self == Cipher::Secretbox
+    }
+}
 
 /// Why a key could not be loaded or a secret not be opened. Never carries key or
 /// plaintext bytes.
@@ -45,6 +143,15 @@ pub enum VaultError {
     /// Authentication failed: wrong key, or the ciphertext was altered.
     #[error("a secret failed authentication: it was altered, or sealed with a different key")]
     Tampered,
+    /// A bound envelope did not open for the record it was read from: it was sealed
+    /// for another company, record or field (copied or moved in the store), or altered.
+    #[error(
+        "a secret does not belong to this record ({context}): it was sealed for another company, record or field and moved or copied in the store, or altered"
+    )]
+    WrongRecord {
+        /// Where it was read from (ids and field name, no secret).
+        context: String,
+    },
     /// The envelope is not the expected shape.
     #[error("encrypted value is malformed: {0}")]
     Malformed(String),
@@ -323,10 +430,12 @@ fn create_key_file(dir: &Path, path: &Path) -> Result<(), VaultError> {
     Ok(())
 }
 
-/// A sealed secret as stored: the flow8 shape plus the key id.
+/// A sealed secret as stored: the flow8 shape plus the key id and, for envelopes bound
+/// to their record, the cipher (`"alg": "xchacha20poly1305"`).
 ///
 /// `key_id` may be absent in documents sealed before key ids existed (the flow8 shape
-/// has none); such an envelope is tried with every key the vault holds.
+/// has none); such an envelope is tried with every key the vault holds. `alg` is absent
+/// in envelopes sealed before the binding (secretbox).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Envelope {
@@ -334,11 +443,15 @@ pub struct Envelope {
     pub encrypted: bool,
     /// 24-byte nonce, standard base64.
     pub nonce: String,
-    /// Poly1305 tag followed by the ciphertext, standard base64.
+    /// The ciphertext and its Poly1305 tag (before it for secretbox, after it for
+    /// XChaCha20-Poly1305), standard base64.
     pub ciphertext: String,
     /// Id of the master key that sealed it.
     #[serde(default)]
     pub key_id: String,
+    /// The cipher; absent (secretbox) in envelopes sealed before the binding.
+    #[serde(default, skip_serializing_if = "Cipher::is_secretbox")]
+    pub alg: Cipher,
 }
 
 impl Envelope {
@@ -354,16 +467,33 @@ impl Envelope {
 
     /// The envelope as a JSON object (the stored shape).
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "encrypted": self.encrypted,
             "nonce": self.nonce,
             "ciphertext": self.ciphertext,
             "key_id": self.key_id,
-        })
+        });
+        if !self.alg.is_secretbox() {
+            v["alg"] = serde_json::json!(self.alg);
+        }
+        v
+    }
+
+    /// Whether it is bound to its record (sealed since the binding).
+    pub fn is_bound(&self) -> bool {
+        self.alg == Cipher::XChaCha20Poly1305
     }
 }
 
 const CHECK_PLAINTEXT: &str = "flow8-master-key-check";
+
+/// Where the key check value lives: the `vault_check` host setting.
+const CHECK_CONTEXT: SealContext<'static> = SealContext {
+    company: "",
+    kind: RecordKind::HostMeta,
+    record: "vault_check",
+    field: "value",
+};
 
 /// What tells one version of the key file from another: file timestamps alone are
 /// too coarse (two writes within a few milliseconds share one), but a rotation renames a
@@ -710,17 +840,46 @@ impl Vault {
         self.ring().old.iter().map(|k| k.id.clone()).collect()
     }
 
-    fn cipher(key: &MasterKey) -> XSalsa20Poly1305 {
+    fn secretbox(key: &MasterKey) -> XSalsa20Poly1305 {
         XSalsa20Poly1305::new(Key::from_slice(&key.bytes[..]))
     }
 
-    /// Seal a plaintext with a fresh random nonce.
-    pub fn encrypt(&self, plaintext: &str) -> Envelope {
+    fn aead(key: &MasterKey) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305::new(chacha20poly1305::Key::from_slice(&key.bytes[..]))
+    }
+
+    /// Seal a plaintext for `context` (bound: it opens only there) with the current key
+    /// and a fresh random nonce.
+    pub fn encrypt(&self, plaintext: &str, context: &SealContext<'_>) -> Envelope {
         self.reload(false);
         let ring = self.ring();
         let nonce: [u8; NONCE_LEN] = rand::random();
-        // Secretbox fails only for inputs beyond 2^38 bytes, which no `&str` in memory is.
-        let ciphertext = Vault::cipher(&ring.current)
+        let aad = context.associated_data();
+        let payload = Payload {
+            msg: plaintext.as_bytes(),
+            aad: &aad,
+        };
+        // The AEAD fails only for inputs beyond 2^38 bytes, which no `&str` in memory is.
+        let ciphertext = Vault::aead(&ring.current)
+            .encrypt(chacha20poly1305::XNonce::from_slice(&nonce), payload)
+            .expect("XChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
+        Envelope {
+            encrypted: true,
+            nonce: B64.encode(nonce),
+            ciphertext: B64.encode(ciphertext),
+            key_id: ring.current.id.clone(),
+            alg: Cipher::XChaCha20Poly1305,
+        }
+    }
+
+    /// Seal in the format from before the binding (secretbox, opens for any record).
+    /// Only for tests of the migration: the host never writes it.
+    #[cfg(any(test, feature = "legacy-seal"))]
+    #[doc(hidden)]
+    pub fn encrypt_unbound_legacy(&self, plaintext: &str) -> Envelope {
+        let ring = self.ring();
+        let nonce: [u8; NONCE_LEN] = rand::random();
+        let ciphertext = Vault::secretbox(&ring.current)
             .encrypt(Nonce::from_slice(&nonce), plaintext.as_bytes())
             .expect("XSalsa20-Poly1305 encryption of an in-memory buffer cannot fail");
         Envelope {
@@ -728,11 +887,33 @@ impl Vault {
             nonce: B64.encode(nonce),
             ciphertext: B64.encode(ciphertext),
             key_id: ring.current.id.clone(),
+            alg: Cipher::Secretbox,
         }
     }
 
-    /// Open an envelope.
-    pub fn decrypt(&self, envelope: &Envelope) -> Result<Secret, VaultError> {
+    /// The envelope re-sealed with the current key, bound to `context`, when it is not
+    /// both already (a rotation's work); None when it is. Opening it checks it belongs
+    /// to `context` if it is bound.
+    pub fn reseal(
+        &self,
+        envelope: &Envelope,
+        context: &SealContext<'_>,
+    ) -> Result<Option<Envelope>, VaultError> {
+        if envelope.is_bound() && envelope.key_id == self.key_id() {
+            return Ok(None);
+        }
+        let plain = self.decrypt(envelope, context)?;
+        Ok(Some(self.encrypt(plain.expose(), context)))
+    }
+
+    /// Open an envelope read from `context`. A bound envelope opens only there
+    /// ([`VaultError::WrongRecord`] elsewhere); one from before the binding opens
+    /// anywhere.
+    pub fn decrypt(
+        &self,
+        envelope: &Envelope,
+        context: &SealContext<'_>,
+    ) -> Result<Secret, VaultError> {
         if !envelope.encrypted {
             return Err(VaultError::Malformed("`encrypted` is false".into()));
         }
@@ -754,11 +935,33 @@ impl Vault {
                 ciphertext.len()
             )));
         }
+        let aad = context.associated_data();
         let open = |key: &MasterKey| {
-            Vault::cipher(key)
-                .decrypt(Nonce::from_slice(&nonce), ciphertext.as_slice())
-                .map(Zeroizing::new)
-                .ok()
+            match envelope.alg {
+                Cipher::Secretbox => {
+                    Vault::secretbox(key).decrypt(Nonce::from_slice(&nonce), ciphertext.as_slice())
+                }
+                Cipher::XChaCha20Poly1305 => Vault::aead(key).decrypt(
+                    chacha20poly1305::XNonce::from_slice(&nonce),
+                    Payload {
+                        msg: ciphertext.as_slice(),
+                        aad: &aad,
+                    },
+                ),
+            }
+            .map(Zeroizing::new)
+            .ok()
+        };
+        // With the key in hand, a bound envelope that does not open was sealed for
+        // another place (or altered): say which record refused it.
+        let refused = || {
+            if envelope.is_bound() {
+                VaultError::WrongRecord {
+                    context: context.to_string(),
+                }
+            } else {
+                VaultError::Tampered
+            }
         };
         let mut ring = self.ring();
         if !envelope.key_id.is_empty() && ring.find(&envelope.key_id).is_none() {
@@ -768,14 +971,14 @@ impl Vault {
         }
         let plain = if envelope.key_id.is_empty() {
             // Sealed before key ids: whichever key authenticates it is the one.
-            ring.keys().find_map(open).ok_or(VaultError::Tampered)?
+            ring.keys().find_map(open).ok_or_else(refused)?
         } else {
             let key = ring
                 .find(&envelope.key_id)
                 .ok_or_else(|| VaultError::UnknownKey {
                     key_id: envelope.key_id.clone(),
                 })?;
-            open(key).ok_or(VaultError::Tampered)?
+            open(key).ok_or_else(refused)?
         };
         let text = std::str::from_utf8(&plain)
             .map_err(|_| VaultError::Malformed("plaintext is not UTF-8".into()))?;
@@ -785,7 +988,9 @@ impl Vault {
     /// A value the store keeps (e.g. in its meta table) so a host started with the
     /// wrong key fails at start, see [`Vault::verify_check_value`].
     pub fn check_value(&self) -> String {
-        self.encrypt(CHECK_PLAINTEXT).to_json().to_string()
+        self.encrypt(CHECK_PLAINTEXT, &CHECK_CONTEXT)
+            .to_json()
+            .to_string()
     }
 
     /// Verify a stored check value against this vault's keys: `WrongMasterKey` when
@@ -793,18 +998,19 @@ impl Vault {
     pub fn verify_check_value(&self, stored: &str) -> Result<(), VaultError> {
         let envelope: Envelope = serde_json::from_str(stored)
             .map_err(|e| VaultError::Malformed(format!("key check value: {e}")))?;
-        match self.decrypt(&envelope) {
+        match self.decrypt(&envelope, &CHECK_CONTEXT) {
             Ok(s) if s.expose() == CHECK_PLAINTEXT => Ok(()),
-            Ok(_) | Err(VaultError::Tampered) | Err(VaultError::UnknownKey { .. }) => {
-                Err(VaultError::WrongMasterKey {
-                    expected_key_id: if envelope.key_id.is_empty() {
-                        "(unknown)".into()
-                    } else {
-                        envelope.key_id
-                    },
-                    got_key_id: self.ring().current.id.clone(),
-                })
-            }
+            Ok(_)
+            | Err(VaultError::Tampered)
+            | Err(VaultError::WrongRecord { .. })
+            | Err(VaultError::UnknownKey { .. }) => Err(VaultError::WrongMasterKey {
+                expected_key_id: if envelope.key_id.is_empty() {
+                    "(unknown)".into()
+                } else {
+                    envelope.key_id
+                },
+                got_key_id: self.ring().current.id.clone(),
+            }),
             Err(e) => Err(e),
         }
     }
@@ -839,6 +1045,14 @@ mod tests {
 
     const PLAIN: &str = "canary-plaintext-123";
 
+    /// Where the tests' secrets live, unless a test says otherwise.
+    const CTX: SealContext<'static> = SealContext {
+        company: "company-a",
+        kind: RecordKind::Component,
+        record: "65f0c2a1b2c3d4e5f6a7b8c9",
+        field: "api_key",
+    };
+
     fn vault() -> Vault {
         Vault::new(MasterKey::generate())
     }
@@ -846,22 +1060,25 @@ mod tests {
     #[test]
     fn round_trip_and_fresh_nonces() {
         let v = vault();
-        let a = v.encrypt(PLAIN);
-        let b = v.encrypt(PLAIN);
+        let a = v.encrypt(PLAIN, &CTX);
+        let b = v.encrypt(PLAIN, &CTX);
         assert_ne!(a.nonce, b.nonce);
         assert_ne!(a.ciphertext, b.ciphertext);
-        assert_eq!(v.decrypt(&a).unwrap().expose(), PLAIN);
-        assert_eq!(v.decrypt(&b).unwrap().expose(), PLAIN);
-        assert_eq!(v.decrypt(&v.encrypt("")).unwrap().expose(), "");
+        assert_eq!(v.decrypt(&a, &CTX).unwrap().expose(), PLAIN);
+        assert_eq!(v.decrypt(&b, &CTX).unwrap().expose(), PLAIN);
+        assert_eq!(v.decrypt(&v.encrypt("", &CTX), &CTX).unwrap().expose(), "");
         let unicode = "pässwörd 🔑";
-        assert_eq!(v.decrypt(&v.encrypt(unicode)).unwrap().expose(), unicode);
+        assert_eq!(
+            v.decrypt(&v.encrypt(unicode, &CTX), &CTX).unwrap().expose(),
+            unicode
+        );
         assert!(!serde_json::to_string(&a).unwrap().contains("canary"));
     }
 
     #[test]
     fn stored_shape_is_flow8_plus_key_id() {
         let v = vault();
-        let e = v.encrypt(PLAIN);
+        let e = v.encrypt(PLAIN, &CTX);
         let json = serde_json::to_value(&e).unwrap();
         let keys: Vec<&str> = json
             .as_object()
@@ -869,12 +1086,13 @@ mod tests {
             .keys()
             .map(|k| k.as_str())
             .collect();
-        assert_eq!(keys.len(), 4);
-        for k in ["encrypted", "nonce", "ciphertext", "key_id"] {
+        assert_eq!(keys.len(), 5);
+        for k in ["encrypted", "nonce", "ciphertext", "key_id", "alg"] {
             assert!(keys.contains(&k), "{k} missing from {json}");
         }
         assert_eq!(json["encrypted"], true);
         assert_eq!(json["key_id"], v.key_id());
+        assert_eq!(json["alg"], "xchacha20poly1305");
         assert_eq!(B64.decode(e.nonce.as_bytes()).unwrap().len(), 24);
         assert_eq!(e.to_json(), json);
         assert_eq!(Envelope::from_json(&json), Some(e.clone()));
@@ -888,13 +1106,16 @@ mod tests {
         assert_eq!(Envelope::from_json(&json!("sk-abc")), None);
         assert_eq!(Envelope::from_json(&json!({"encrypted": false})), None);
 
-        // The seed's shape without a key id (legacy data) still opens.
-        let legacy = json!({"encrypted": true, "nonce": e.nonce, "ciphertext": e.ciphertext});
+        // The seed's shape without a key id or alg (legacy secretbox data) still opens.
+        let old = v.encrypt_unbound_legacy(PLAIN);
+        assert!(!old.is_bound());
+        assert_eq!(old.to_json().get("alg"), None, "{:?}", old.to_json());
+        let legacy = json!({"encrypted": true, "nonce": old.nonce, "ciphertext": old.ciphertext});
         let legacy = Envelope::from_json(&legacy).unwrap();
         assert_eq!(legacy.key_id, "");
-        assert_eq!(v.decrypt(&legacy).unwrap().expose(), PLAIN);
+        assert_eq!(v.decrypt(&legacy, &CTX).unwrap().expose(), PLAIN);
         assert!(matches!(
-            vault().decrypt(&legacy),
+            vault().decrypt(&legacy, &CTX),
             Err(VaultError::Tampered)
         ));
     }
@@ -902,33 +1123,150 @@ mod tests {
     #[test]
     fn tampering_is_detected() {
         let v = vault();
-        let good = v.encrypt(PLAIN);
-        for i in [0, 16, 20] {
+        // A bound envelope that does not open with its key is refused for this record
+        // (moved or altered: the AEAD cannot tell which); an old one is `Tampered`.
+        let refused = |e: &Envelope| match v.decrypt(e, &CTX) {
+            Err(VaultError::WrongRecord { .. }) => e.is_bound(),
+            Err(VaultError::Tampered) => !e.is_bound(),
+            _ => false,
+        };
+        for good in [v.encrypt(PLAIN, &CTX), v.encrypt_unbound_legacy(PLAIN)] {
+            for i in [0, 16, 20] {
+                let mut e = good.clone();
+                let mut raw = B64.decode(&e.ciphertext).unwrap();
+                raw[i] ^= 1;
+                e.ciphertext = B64.encode(raw);
+                assert!(refused(&e), "byte {i} of {good:?}");
+            }
             let mut e = good.clone();
-            let mut raw = B64.decode(&e.ciphertext).unwrap();
-            raw[i] ^= 1;
-            e.ciphertext = B64.encode(raw);
-            assert!(
-                matches!(v.decrypt(&e), Err(VaultError::Tampered)),
-                "byte {i}"
-            );
+            let mut nonce = B64.decode(&e.nonce).unwrap();
+            nonce[3] ^= 0x80;
+            e.nonce = B64.encode(nonce);
+            assert!(refused(&e), "{good:?}");
+            // Truncated ciphertext.
+            let mut e = good.clone();
+            let raw = B64.decode(&e.ciphertext).unwrap();
+            e.ciphertext = B64.encode(&raw[..raw.len() - 1]);
+            assert!(refused(&e), "{good:?}");
+            // The cipher switched (an old envelope marked bound, or the reverse).
+            let mut e = good.clone();
+            e.alg = if good.is_bound() {
+                Cipher::Secretbox
+            } else {
+                Cipher::XChaCha20Poly1305
+            };
+            assert!(refused(&e), "{good:?}");
         }
-        let mut e = good.clone();
-        let mut nonce = B64.decode(&e.nonce).unwrap();
-        nonce[3] ^= 0x80;
-        e.nonce = B64.encode(nonce);
-        assert!(matches!(v.decrypt(&e), Err(VaultError::Tampered)));
-        // Truncated ciphertext.
-        let mut e = good.clone();
-        let raw = B64.decode(&e.ciphertext).unwrap();
-        e.ciphertext = B64.encode(&raw[..raw.len() - 1]);
-        assert!(matches!(v.decrypt(&e), Err(VaultError::Tampered)));
+    }
+
+    #[test]
+    fn a_bound_envelope_opens_only_for_its_company_record_and_field() {
+        let v = vault();
+        let sealed = v.encrypt(PLAIN, &CTX);
+        assert!(sealed.is_bound());
+        assert_eq!(v.decrypt(&sealed, &CTX).unwrap().expose(), PLAIN);
+        let elsewhere = [
+            SealContext {
+                company: "company-b",
+                ..CTX
+            },
+            SealContext {
+                kind: RecordKind::Link,
+                ..CTX
+            },
+            SealContext {
+                record: "65f0c2a1b2c3d4e5f6a7b8ca",
+                ..CTX
+            },
+            SealContext {
+                field: "secret_access_key",
+                ..CTX
+            },
+        ];
+        for ctx in elsewhere {
+            match v.decrypt(&sealed, &ctx) {
+                Err(e @ VaultError::WrongRecord { .. }) => {
+                    let msg = e.to_string();
+                    assert!(
+                        msg.contains("does not belong to this record")
+                            && msg.contains(&ctx.to_string())
+                            && !msg.contains(PLAIN),
+                        "{msg}"
+                    );
+                }
+                other => panic!("{ctx}: expected WrongRecord, got {other:?}"),
+            }
+        }
+        // The parts are length-prefixed: moving characters between them is another place.
+        let ab = SealContext {
+            company: "ab",
+            record: "c",
+            ..CTX
+        };
+        let a = SealContext {
+            company: "a",
+            record: "bc",
+            ..CTX
+        };
+        assert_ne!(ab.associated_data(), a.associated_data());
+        assert!(matches!(
+            v.decrypt(&v.encrypt(PLAIN, &ab), &a),
+            Err(VaultError::WrongRecord { .. })
+        ));
+    }
+
+    #[test]
+    fn old_envelopes_open_anywhere_and_reseal_binds_them() {
+        let old_key = vault();
+        let legacy = old_key.encrypt_unbound_legacy(PLAIN);
+        let other_place = SealContext {
+            company: "company-b",
+            ..CTX
+        };
+        // Sealed before the binding: readable wherever it is found.
+        assert_eq!(old_key.decrypt(&legacy, &CTX).unwrap().expose(), PLAIN);
+        assert_eq!(
+            old_key.decrypt(&legacy, &other_place).unwrap().expose(),
+            PLAIN
+        );
+
+        // The same key: re-sealed into the bound form all the same.
+        let bound = old_key.reseal(&legacy, &CTX).unwrap().unwrap();
+        assert!(bound.is_bound());
+        assert_eq!(bound.key_id, old_key.key_id());
+        assert_eq!(old_key.decrypt(&bound, &CTX).unwrap().expose(), PLAIN);
+        assert!(matches!(
+            old_key.decrypt(&bound, &other_place),
+            Err(VaultError::WrongRecord { .. })
+        ));
+        assert_eq!(old_key.reseal(&bound, &CTX).unwrap(), None, "nothing to do");
+
+        // A rotation: a new current key re-seals old and bound envelopes under it.
+        let rotated = Vault::new(MasterKey::generate())
+            .with_old_key(MasterKey::parse(&hex::encode(*old_key.ring().current.bytes)).unwrap());
+        for e in [&legacy, &bound] {
+            let new = rotated.reseal(e, &CTX).unwrap().unwrap();
+            assert!(new.is_bound());
+            assert_eq!(new.key_id, rotated.key_id());
+            assert_eq!(rotated.decrypt(&new, &CTX).unwrap().expose(), PLAIN);
+        }
+        // A moved bound envelope is not laundered by a rotation.
+        assert!(matches!(
+            rotated.reseal(&bound, &other_place),
+            Err(VaultError::WrongRecord { .. })
+        ));
+        // A key check value from before the binding still verifies.
+        let check = old_key
+            .encrypt_unbound_legacy(CHECK_PLAINTEXT)
+            .to_json()
+            .to_string();
+        old_key.verify_check_value(&check).unwrap();
     }
 
     #[test]
     fn malformed_envelopes_are_named() {
         let v = vault();
-        let good = v.encrypt(PLAIN);
+        let good = v.encrypt(PLAIN, &CTX);
         let cases = [
             Envelope {
                 encrypted: false,
@@ -953,7 +1291,7 @@ mod tests {
         ];
         for e in cases {
             assert!(
-                matches!(v.decrypt(&e), Err(VaultError::Malformed(_))),
+                matches!(v.decrypt(&e, &CTX), Err(VaultError::Malformed(_))),
                 "{e:?}"
             );
         }
@@ -963,8 +1301,8 @@ mod tests {
     fn wrong_keys_are_named() {
         let v = vault();
         let other = vault();
-        let sealed = v.encrypt(PLAIN);
-        let err = other.decrypt(&sealed).unwrap_err();
+        let sealed = v.encrypt(PLAIN, &CTX);
+        let err = other.decrypt(&sealed, &CTX).unwrap_err();
         assert!(matches!(&err, VaultError::UnknownKey { key_id } if *key_id == v.key_id()));
         let msg = err.to_string();
         assert!(
@@ -977,7 +1315,10 @@ mod tests {
             key_id: other.key_id(),
             ..sealed.clone()
         };
-        assert!(matches!(other.decrypt(&forged), Err(VaultError::Tampered)));
+        assert!(matches!(
+            other.decrypt(&forged, &CTX),
+            Err(VaultError::WrongRecord { .. })
+        ));
 
         // The check value catches the wrong key at start.
         let check = v.check_value();
@@ -1007,27 +1348,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let running = Vault::load(dir.path()).unwrap();
         let old_id = running.key_id();
-        let sealed_old = running.encrypt("old");
+        let sealed_old = running.encrypt("old", &CTX);
         // Right after the running vault loaded, another process rotates and seals.
         let new_id = rotate_key_file(dir.path()).unwrap();
         let rotator = Vault::load(dir.path()).unwrap();
         assert_eq!(rotator.key_id(), new_id);
-        let sealed_new = rotator.encrypt("new");
-        assert_eq!(running.decrypt(&sealed_new).unwrap().expose(), "new");
-        assert_eq!(running.decrypt(&sealed_old).unwrap().expose(), "old");
+        let sealed_new = rotator.encrypt("new", &CTX);
+        assert_eq!(running.decrypt(&sealed_new, &CTX).unwrap().expose(), "new");
+        assert_eq!(running.decrypt(&sealed_old, &CTX).unwrap().expose(), "old");
         assert_eq!(running.key_id(), new_id);
         assert!(running.old_key_ids().contains(&old_id));
         // A key nobody has stays unknown (and costs a stat, not a read, each time).
-        let stranger = Vault::new(MasterKey::generate()).encrypt("x");
+        let stranger = Vault::new(MasterKey::generate()).encrypt("x", &CTX);
         for _ in 0..3 {
             assert!(matches!(
-                running.decrypt(&stranger),
+                running.decrypt(&stranger, &CTX),
                 Err(VaultError::UnknownKey { .. })
             ));
         }
         // Pruning leaves the current key only; the running vault keeps what it had.
         assert_eq!(prune_key_file(dir.path(), &[]).unwrap(), vec![old_id]);
-        assert_eq!(running.decrypt(&sealed_old).unwrap().expose(), "old");
+        assert_eq!(running.decrypt(&sealed_old, &CTX).unwrap().expose(), "old");
     }
 
     #[test]
@@ -1053,21 +1394,21 @@ mod tests {
         // key: it never believes it holds a version of the file it did not read.
         running.reload(true);
         assert_eq!(running.ring().current.id, newest);
-        let sealed = Vault::load(dir.path()).unwrap().encrypt("new");
-        assert_eq!(running.decrypt(&sealed).unwrap().expose(), "new");
+        let sealed = Vault::load(dir.path()).unwrap().encrypt("new", &CTX);
+        assert_eq!(running.decrypt(&sealed, &CTX).unwrap().expose(), "new");
     }
 
     #[test]
     fn old_keys_open_old_envelopes() {
         let key = MasterKey::generate();
         let old = Vault::new(key.clone());
-        let sealed = old.encrypt("old");
+        let sealed = old.encrypt("old", &CTX);
         let check = old.check_value();
         let rotated = Vault::new(MasterKey::generate()).with_old_key(key.clone());
-        assert_eq!(rotated.decrypt(&sealed).unwrap().expose(), "old");
+        assert_eq!(rotated.decrypt(&sealed, &CTX).unwrap().expose(), "old");
         rotated.verify_check_value(&check).unwrap();
         // New secrets use the new key.
-        assert_eq!(rotated.encrypt("new").key_id, rotated.key_id());
+        assert_eq!(rotated.encrypt("new", &CTX).key_id, rotated.key_id());
         assert_ne!(rotated.key_id(), key.id());
         // Adding the current or a known key again changes nothing.
         let current = rotated.ring().current.clone();
@@ -1098,12 +1439,12 @@ mod tests {
 
         // No error, in either form, carries plaintext or key material.
         let v = Vault::new(k);
-        let sealed = v.encrypt("hunter2-secret");
+        let sealed = v.encrypt("hunter2-secret", &CTX);
         let mut tampered = sealed.clone();
         tampered.ciphertext = B64.encode([1u8; 40]);
         let errors = [
-            vault().decrypt(&sealed).unwrap_err(),
-            v.decrypt(&tampered).unwrap_err(),
+            vault().decrypt(&sealed, &CTX).unwrap_err(),
+            v.decrypt(&tampered, &CTX).unwrap_err(),
             vault().verify_check_value(&v.check_value()).unwrap_err(),
             MasterKey::parse(&hex_key[..63]).unwrap_err(),
             MasterKey::parse(&B64.encode([0xab; 31])).unwrap_err(),
