@@ -20,6 +20,7 @@ mod mongodb_hosts;
 mod oauth_flow;
 mod operator;
 mod quickstart;
+mod readme_layout;
 mod s3_upload;
 mod sealed_records;
 mod slack_message;
