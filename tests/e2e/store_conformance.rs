@@ -11,20 +11,12 @@ use flow8_host::store::{
 use flow8_host::vault::{MasterKey, Vault};
 use flow8_tests::mongo_server::MongoServer;
 use serde_json::json;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use time::{Duration, OffsetDateTime};
 
-/// One SecantusDB shared by the MongoDB cases that run at the same time (each uses its
-/// own database); the last case to finish stops it.
+/// One SecantusDB shared by the MongoDB cases that run at the same time.
 fn shared_mongo() -> Arc<MongoServer> {
-    static SHARED: Mutex<Weak<MongoServer>> = Mutex::new(Weak::new());
-    let mut slot = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(s) = slot.upgrade() {
-        return s;
-    }
-    let s = Arc::new(MongoServer::start());
-    *slot = Arc::downgrade(&s);
-    s
+    flow8_tests::mongo_server::shared()
 }
 
 /// A MongoDB store in a database of its own, and the server it lives on.

@@ -99,17 +99,31 @@ pub fn shared_registry() -> Arc<ModuleRegistry> {
 }
 
 /// An in-process host built by the composition root (`Host::from_config`) with `config`,
-/// its embedded store in `data_dir`, a fresh master key, and the shared engine and
-/// registry (so modules compile once per test binary).
+/// a fresh master key, and the shared engine and registry (so modules compile once per
+/// test binary). Its store is the embedded one in `data_dir`, or, when
+/// `FLOW8_TEST_STORE=mongodb`, a database of its own on one SecantusDB shared by the
+/// process: `just test` runs the hostile-module suites that way too.
 pub async fn in_process_host(
     config: flow8_host::config::HostConfig,
     data_dir: &Path,
 ) -> flow8_host::app::Host {
-    let settings = flow8_host::app::HostSettings::new(config, data_dir)
+    let mut settings = flow8_host::app::HostSettings::new(config, data_dir)
         .modules(shared_registry())
         .vault(flow8_host::vault::Vault::new(
             flow8_host::vault::MasterKey::generate(),
         ));
+    if std::env::var("FLOW8_TEST_STORE").as_deref() == Ok("mongodb") {
+        // Kept for the whole process; it exits with it (see `mongo_server`).
+        static SERVER: OnceLock<mongo_server::MongoServer> = OnceLock::new();
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let server = SERVER.get_or_init(mongo_server::MongoServer::start);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let db = format!("host_{}_{n}", std::process::id());
+        let store = flow8_host::store::mongodb::MongoStore::connect(&server.uri(&db))
+            .await
+            .expect("connect to SecantusDB");
+        settings = settings.store(store);
+    }
     flow8_host::app::Host::from_config(settings)
         .await
         .expect("the host builds")

@@ -1,11 +1,21 @@
 //! A real MongoDB-wire-protocol server for tests: SecantusDB (PyPI `secantusdb`),
 //! installed by `just test-servers` into `tests/.venv`. Each server gets a fresh port;
 //! `start` keeps its data in memory, `start_in` in a directory that survives a
-//! `stop` and `restart` (the store-down test).
+//! `stop` and `restart` (the store-down test). A server exits when the test process
+//! does, however it ends: it watches its stdin, whose other end only the test holds.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex, Weak};
+
+/// Runs SecantusDB and exits when stdin closes (the test process is gone), so no test
+/// run leaves a server behind, even one killed with `kill -9`.
+const LAUNCHER: &str = "import os, runpy, sys, threading\n\
+def watch():\n    sys.stdin.buffer.read()\n    os._exit(0)\n\
+threading.Thread(target=watch, daemon=True).start()\n\
+sys.argv = ['secantus'] + sys.argv[1:]\n\
+runpy.run_module('secantus', run_name='__main__', alter_sys=True)\n";
 
 /// The server process; killed on drop.
 pub struct MongoServer {
@@ -13,6 +23,21 @@ pub struct MongoServer {
     pub port: u16,
     storage: String,
     child: Option<Child>,
+    /// Held only to be closed: its end of the server's stdin.
+    _lifeline: Option<ChildStdin>,
+}
+
+/// One server shared by every test of this process that runs at the same time (each
+/// uses its own database); the last one to let go stops it.
+pub fn shared() -> Arc<MongoServer> {
+    static SHARED: Mutex<Weak<MongoServer>> = Mutex::new(Weak::new());
+    let mut slot = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(s) = slot.upgrade() {
+        return s;
+    }
+    let s = Arc::new(MongoServer::start());
+    *slot = Arc::downgrade(&s);
+    s
 }
 
 /// The Python that has SecantusDB installed.
@@ -45,7 +70,7 @@ impl MongoServer {
             py.display()
         );
         let mut cmd = Command::new(&py);
-        cmd.args(["-m", "secantus", "--host", "127.0.0.1", "--port"])
+        cmd.args(["-c", LAUNCHER, "--host", "127.0.0.1", "--port"])
             .arg(port.to_string())
             .args(["--storage-path", &storage, "--standalone"])
             .args(["--log-level", "INFO"]);
@@ -54,11 +79,12 @@ impl MongoServer {
             cmd.arg("--sync-on-commit");
         }
         let mut child = cmd
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start SecantusDB");
+        let lifeline = child.stdin.take();
         let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
         let mut seen = String::new();
         loop {
@@ -79,6 +105,7 @@ impl MongoServer {
             port,
             storage,
             child: Some(child),
+            _lifeline: lifeline,
         }
     }
 
@@ -89,6 +116,7 @@ impl MongoServer {
 
     /// Kill the server (its data stays if it has a directory).
     pub fn stop(&mut self) {
+        self._lifeline = None;
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
