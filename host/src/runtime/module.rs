@@ -93,23 +93,14 @@ impl LoadedModule {
             ))
         })?;
         let manifest_json = read_manifest(engine, &pre).await?;
-        // The schema runs on the host, outside the sandbox: refuse one that could cost
-        // more than its budget before anything (the manifest's own check included)
-        // builds a validator from it.
-        let input_evaluations = match serde_json::from_str::<serde_json::Value>(&manifest_json)
-            .ok()
-            .and_then(|m| m.get("input_schema").cloned())
-        {
-            Some(schema) => {
-                super::schema_budget::check(&schema)
-                    .map_err(|e| StepError::invalid_manifest(format!("input_schema: {e}")))?
-                    .evaluations
-            }
-            // Absent (`{}`) or not JSON at all: `Manifest::parse` says which.
-            None => 1,
-        };
         let manifest = Manifest::parse(&manifest_json)
             .map_err(|e| StepError::invalid_manifest(e.to_string()))?;
+        // The schema runs on the host, outside the sandbox: refuse one that could cost
+        // more than its budget before anything builds a validator from it, then build
+        // the one validator steps use.
+        let input_evaluations = super::schema_budget::check(&manifest.input_schema)
+            .map_err(|e| StepError::invalid_manifest(format!("input_schema: {e}")))?
+            .evaluations;
         let input_validator = super::schema_budget::validator(&manifest.input_schema)
             .map_err(|e| StepError::invalid_manifest(format!("input_schema: {e}")))?;
         let host_patterns = Arc::new(manifest.host_patterns());

@@ -445,6 +445,14 @@ mod tests {
     }
 
     #[test]
+    fn a_schema_that_does_not_compile_is_refused_by_the_one_validator() {
+        // `Manifest::parse` leaves compiling to the loader: this is where it happens.
+        assert!(validator(&json!({"type": 12})).is_err());
+        assert!(validator(&json!({"type": "string", "pattern": "(?=a)"})).is_err());
+        assert!(validator(&json!({"type": "string", "pattern": "^a+$"})).is_ok());
+    }
+
+    #[test]
     fn ordinary_schemas_pass_with_their_cost() {
         let s = json!({"type": "object", "required": ["channel"],
             "properties": {"channel": {"type": "string", "pattern": "^[CG][A-Z0-9]+$"},

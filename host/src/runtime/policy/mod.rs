@@ -408,6 +408,15 @@ impl StepPolicy {
         self.entries.iter_mut().find(|e| e.grant.binding == binding)
     }
 
+    /// The entry of `binding`, or the denial `credentials.*` gets when it is not bound.
+    fn bound_mut(&mut self, binding: &str) -> Result<&mut Entry, PolicyDenial> {
+        self.entry_mut(binding)
+            .ok_or_else(|| PolicyDenial::NotBound {
+                binding: binding.to_string(),
+                asked_by: BindingUse::Credentials,
+            })
+    }
+
     /// The grant of `binding`, if the step has one.
     pub fn grant(&self, binding: &str) -> Option<&GrantedCredential> {
         self.entry(binding).map(|e| &e.grant)
@@ -512,12 +521,7 @@ impl StepPolicy {
         &mut self,
         binding: &str,
     ) -> Result<&GrantedCredential, PolicyDenial> {
-        let entry = self
-            .entry_mut(binding)
-            .ok_or_else(|| PolicyDenial::NotBound {
-                binding: binding.to_string(),
-                asked_by: BindingUse::Credentials,
-            })?;
+        let entry = self.bound_mut(binding)?;
         entry.held = Some(TaintHow::Read);
         Ok(&entry.grant)
     }
@@ -543,12 +547,7 @@ impl StepPolicy {
         binding: &str,
         refresher: Option<R>,
     ) -> Result<RefreshTicket<R>, PolicyDenial> {
-        let entry = self
-            .entry_mut(binding)
-            .ok_or_else(|| PolicyDenial::NotBound {
-                binding: binding.to_string(),
-                asked_by: BindingUse::Credentials,
-            })?;
+        let entry = self.bound_mut(binding)?;
         let grant = &entry.grant;
         if grant.kind != CredentialKind::OauthLink {
             return Err(PolicyDenial::NotRefreshable {
@@ -577,12 +576,7 @@ impl StepPolicy {
     /// A forced refresh of `binding` got `token`: later requests attach it, `get`
     /// returns it, and the token it replaces stays redacted.
     pub fn record_refresh(&mut self, binding: &str, token: Secret) -> Result<(), PolicyDenial> {
-        let entry = self
-            .entry_mut(binding)
-            .ok_or_else(|| PolicyDenial::NotBound {
-                binding: binding.to_string(),
-                asked_by: BindingUse::Credentials,
-            })?;
+        let entry = self.bound_mut(binding)?;
         let old = std::mem::replace(
             &mut entry.grant.secrets,
             vec![("access_token".to_string(), token.clone())],
