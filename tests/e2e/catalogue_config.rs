@@ -126,14 +126,7 @@ impl Setup {
             )
             .await;
         assert_eq!(s, 200, "{v}");
-        let r = self
-            .http
-            .get(v["auth_url"].as_str().unwrap())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 302);
-        let callback = r.headers()["location"].to_str().unwrap().to_string();
+        let callback = flow8_tests::consent(&self.http, v["auth_url"].as_str().unwrap()).await;
         let r = self
             .http
             .get(&callback)
@@ -311,14 +304,7 @@ async fn an_added_provider_shows_its_configured_name_on_every_page() {
         )
         .await;
     assert_eq!(status, 200, "{v}");
-    let r = s
-        .http
-        .get(v["auth_url"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 302);
-    let callback = r.headers()["location"].to_str().unwrap().to_string();
+    let callback = flow8_tests::consent(&s.http, v["auth_url"].as_str().unwrap()).await;
     let done = s
         .http
         .get(&callback)

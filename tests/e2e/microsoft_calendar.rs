@@ -47,8 +47,7 @@ async fn a_meeting_invite_is_created_and_graph_errors_are_named() {
         auth_url.contains("scope=Mail.Send+Calendars.ReadWrite+offline_access"),
         "{auth_url}"
     );
-    let r = http.get(&auth_url).send().await.unwrap();
-    let callback = r.headers()["location"].to_str().unwrap().to_string();
+    let callback = flow8_tests::consent(&http, &auth_url).await;
     let r = http
         .get(&callback)
         .header("accept", "application/json")

@@ -61,13 +61,7 @@ async fn connect(http: &reqwest::Client, host: &ServerProcess, token: &str) -> S
     )
     .await;
     assert_eq!(s, 200, "{v}");
-    let r = http
-        .get(v["auth_url"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 302);
-    let callback = r.headers()["location"].to_str().unwrap().to_string();
+    let callback = flow8_tests::consent(http, v["auth_url"].as_str().unwrap()).await;
     let r = http
         .get(&callback)
         .header("accept", "application/json")

@@ -82,15 +82,9 @@ impl Setup {
         assert_eq!(s, 200, "{v}");
         let auth_url = v["auth_url"].as_str().unwrap().to_string();
         // The browser that started it holds the binding cookie (the API's caller set it).
-        let cookie = format!(
-            "{}={}",
-            v["browser_binding"]["cookie"].as_str().unwrap(),
-            v["browser_binding"]["value"].as_str().unwrap()
-        );
+        let cookie = flow8_tests::binding_cookie(&v);
         *self.browser_cookie.lock().unwrap() = cookie.clone();
-        let r = self.http.get(&auth_url).send().await.unwrap();
-        assert_eq!(r.status().as_u16(), 302);
-        let callback = r.headers()["location"].to_str().unwrap().to_string();
+        let callback = flow8_tests::consent(&self.http, &auth_url).await;
         let r = self
             .http
             .get(&callback)
@@ -617,14 +611,7 @@ async fn a_callback_from_another_browser_is_refused_and_stores_nothing() {
         "{set_cookie}"
     );
     // The consent happens in the other person's browser.
-    let r = s
-        .http
-        .get(v["auth_url"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 302);
-    let callback = r.headers()["location"].to_str().unwrap().to_string();
+    let callback = flow8_tests::consent(&s.http, v["auth_url"].as_str().unwrap()).await;
     for cookie in [None, Some("flow8_oauth_binding=someone-elses-binding")] {
         let mut req = s.http.get(&callback).header("accept", "application/json");
         if let Some(c) = cookie {

@@ -63,8 +63,7 @@ impl Slack {
             auth_url.contains("scope=chat%3Awrite%2Cfiles%3Awrite"),
             "Slack joins scopes with commas: {auth_url}"
         );
-        let r = self.http.get(&auth_url).send().await.unwrap();
-        let callback = r.headers()["location"].to_str().unwrap().to_string();
+        let callback = flow8_tests::consent(&self.http, &auth_url).await;
         let r = self
             .http
             .get(&callback)

@@ -355,6 +355,26 @@ impl Drop for ServerProcess {
     }
 }
 
+/// The provider's consent, as a browser does it: open `auth_url` (the test OAuth server
+/// and the provider fakes consent at once) and return the callback URL its redirect
+/// sends the browser to.
+pub async fn consent(http: &reqwest::Client, auth_url: &str) -> String {
+    let r = http
+        .get(auth_url)
+        .send()
+        .await
+        .expect("the provider answers");
+    assert!(
+        r.status().is_redirection(),
+        "the provider redirects to the callback, not {}",
+        r.status()
+    );
+    r.headers()["location"]
+        .to_str()
+        .expect("a callback URL")
+        .to_string()
+}
+
 /// The `Cookie` header of the browser that started an authorization: the binding
 /// `GET /api/v1/integrations/authorize` answered (its caller puts it in the browser).
 pub fn binding_cookie(authorize_answer: &serde_json::Value) -> String {
