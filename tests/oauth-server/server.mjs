@@ -6,7 +6,11 @@
 // - access tokens live TOKEN_TTL seconds (default 3600);
 // - REFRESH_DELAY_MS holds back each successful refresh answer after the refresh token
 //   is spent (and after its event is printed), so a test can fail the client's store
-//   between the provider's answer and the client's write.
+//   between the provider's answer and the client's write;
+// - REFRESH_HOLD=gate holds back each successful refresh answer the same way until the
+//   test calls `POST /flow8-test/release-refreshes` (then answers them all, and holds
+//   no later one), so a test can prove a client did not wait for the answer without
+//   timing it.
 // Every token request and revocation is printed as a JSON line on stdout, so tests can
 // count them. Prints `ready <issuer-url>` when listening. Usage: node server.mjs PORT
 import { OAuth2Server } from 'oauth2-mock-server';
@@ -20,6 +24,8 @@ const ttl = Number(process.env.TOKEN_TTL ?? 3600);
 const sequence = (process.env.TTL_SEQUENCE ?? '').split(',').filter((s) => s !== '').map(Number);
 const nextTtl = () => (sequence.length > 0 ? sequence.shift() : ttl);
 const refreshDelay = Number(process.env.REFRESH_DELAY_MS ?? 0);
+let gated = process.env.REFRESH_HOLD === 'gate';
+const held = [];
 
 const server = new OAuth2Server();
 await server.issuer.keys.generate('RS256');
@@ -65,7 +71,7 @@ server.service.on('beforeResponse', (response, req) => {
     }
   }
   emit({ event: 'token', grant_type: grant, outcome: 'ok', refresh_token: response.body?.refresh_token ?? null });
-  if (grant === 'refresh_token' && refreshDelay > 0) req.flow8HoldBack = true;
+  if (grant === 'refresh_token' && (refreshDelay > 0 || gated)) req.flow8HoldBack = true;
 });
 
 // The mock parses only JSON bodies on /revoke; RFC 7009 clients send a form, so read
@@ -96,12 +102,22 @@ server.service.on('beforeRevoke', (_response, req) => {
   req.on('close', finish);
 });
 
-if (refreshDelay > 0) {
+if (refreshDelay > 0 || gated) {
   // Serve the mock's handler from our own server, holding back marked answers.
   const handler = server.service.requestHandler;
   const http = createServer((req, res) => {
+    if (req.method === 'POST' && req.url === '/flow8-test/release-refreshes') {
+      gated = false;
+      held.splice(0).forEach((answer) => answer());
+      res.end('released');
+      return;
+    }
     const end = res.end.bind(res);
     res.end = (...args) => {
+      if (req.flow8HoldBack && gated) {
+        held.push(() => end(...args));
+        return res;
+      }
       if (req.flow8HoldBack) {
         setTimeout(() => end(...args), refreshDelay);
         return res;

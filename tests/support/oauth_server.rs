@@ -24,6 +24,37 @@ impl OAuthServer {
     /// Like `start`, holding back each successful refresh answer `refresh_delay_ms`
     /// after the old refresh token is spent and the event printed.
     pub fn start_with(ttl: u64, ttl_sequence: &[u64], refresh_delay_ms: u64) -> OAuthServer {
+        OAuthServer::spawn(ttl, ttl_sequence, refresh_delay_ms, false)
+    }
+
+    /// Like `start`, holding back every successful refresh answer (after the old refresh
+    /// token is spent and the event printed) until [`OAuthServer::release_refreshes`].
+    pub fn start_gated(ttl: u64, ttl_sequence: &[u64]) -> OAuthServer {
+        OAuthServer::spawn(ttl, ttl_sequence, 0, true)
+    }
+
+    /// Answer the refreshes a gated server holds, and hold no later one.
+    pub fn release_refreshes(&self) {
+        use std::io::{Read, Write};
+        let authority = self.base.trim_start_matches("http://");
+        let mut stream =
+            std::net::TcpStream::connect(authority).expect("connect to the OAuth2 server");
+        write!(
+            stream,
+            "POST /flow8-test/release-refreshes HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send the release");
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .expect("read the release answer");
+        assert!(
+            answer.ends_with("released"),
+            "the server did not release: {answer}"
+        );
+    }
+
+    fn spawn(ttl: u64, ttl_sequence: &[u64], refresh_delay_ms: u64, gated: bool) -> OAuthServer {
         let dir = crate::repo_root().join("tests/oauth-server");
         assert!(
             dir.join("node_modules/oauth2-mock-server").exists(),
@@ -35,6 +66,7 @@ impl OAuthServer {
             .current_dir(&dir)
             .env("TOKEN_TTL", ttl.to_string())
             .env("REFRESH_DELAY_MS", refresh_delay_ms.to_string())
+            .env("REFRESH_HOLD", if gated { "gate" } else { "" })
             .env(
                 "TTL_SEQUENCE",
                 ttl_sequence
