@@ -201,7 +201,7 @@ impl HostSettings {
         let store = match &self.store {
             Some(s) => s.clone(),
             None => {
-                let location = StoreLocation::parse(&self.config.store)
+                let location = StoreLocation::parse(self.config.store.expose())
                     .map_err(|e| HostError::InvalidConfig(format!("store: {e}")))?;
                 Arc::new(
                     AnyStore::open(&location, &self.data_dir)
@@ -357,9 +357,9 @@ impl Host {
                 self.config.rate_limits.steps_burst,
             ),
             public_url: self.config.public_base(),
-            metrics_token_hash: self.config.metrics_token.as_deref().map(|t| {
+            metrics_token_hash: self.config.metrics_token.as_ref().map(|t| {
                 use sha2::Digest;
-                sha2::Sha256::digest(t.as_bytes()).into()
+                sha2::Sha256::digest(t.expose().as_bytes()).into()
             }),
         })
     }

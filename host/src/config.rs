@@ -5,6 +5,7 @@
 use crate::manifest::HostPattern;
 use crate::outbound::OutboundPolicy;
 use crate::runtime::sandbox::StepLimits;
+use crate::vault::Secret;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -149,7 +150,8 @@ pub struct HostConfig {
     pub data_dir: Option<PathBuf>,
     /// Where links, components, tokens and the audit log live: `embedded` (SQLite in
     /// the data directory, the default) or a `mongodb://` URI. `FLOW8_STORE` overrides.
-    pub store: String,
+    /// A `Secret`: the URI may carry the database password.
+    pub store: Secret,
     /// Extra module directories.
     pub modules_dirs: Vec<PathBuf>,
     /// Root of step workspaces (default `<data-dir>/workspaces`).
@@ -180,7 +182,7 @@ pub struct HostConfig {
     pub rate_limits: RateLimitsConfig,
     /// The bearer token `/metrics` asks for (the operator's, not a company's; at least
     /// 16 characters). Unset: `/metrics` is off. `FLOW8_METRICS_TOKEN` overrides.
-    pub metrics_token: Option<String>,
+    pub metrics_token: Option<Secret>,
     /// The URL browsers reach this host at (`https://flow8.example.com`), the base of
     /// the connect links it hands out. Default: `http://<listen>`. Never taken from a
     /// request's `Host` or `X-Forwarded-*` headers, which a caller chooses.
@@ -192,7 +194,7 @@ impl Default for HostConfig {
         HostConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 4454)),
             data_dir: None,
-            store: "embedded".into(),
+            store: Secret::new("embedded".into()),
             modules_dirs: Vec::new(),
             workspaces_dir: None,
             max_body_bytes: 1024 * 1024,
@@ -272,7 +274,7 @@ impl HostConfig {
         if let Ok(v) = std::env::var("FLOW8_STORE")
             && !v.trim().is_empty()
         {
-            config.store = v;
+            config.store = Secret::new(v);
         }
         if let Some(b) = env_bool("FLOW8_ALLOW_LOOPBACK")? {
             config.outbound.allow_loopback = b;
@@ -283,7 +285,7 @@ impl HostConfig {
         if let Ok(v) = std::env::var("FLOW8_METRICS_TOKEN")
             && !v.is_empty()
         {
-            config.metrics_token = Some(v);
+            config.metrics_token = Some(Secret::new(v));
         }
         if let Some(b) = env_bool("FLOW8_LOG_JSON")? {
             config.log_json = b;
@@ -312,7 +314,7 @@ impl HostConfig {
             .catalogue()
             .map_err(|e| bad(format!("providers: {e}")))?;
         crate::oauth::providers::configure(&catalogue, &self.oauth2).map_err(bad)?;
-        crate::store::any::StoreLocation::parse(&self.store)
+        crate::store::any::StoreLocation::parse(self.store.expose())
             .map_err(|e| bad(format!("store: {e}")))?;
         if !(self.limits.deadline_seconds > 0.0 && self.limits.deadline_seconds <= 3600.0) {
             return Err(bad("limits.deadline_seconds must be in (0, 3600]".into()));
@@ -371,7 +373,7 @@ impl HostConfig {
         if let Some(u) = &self.public_url {
             check_public_url(u).map_err(|e| format!("public_url: {e}"))?;
         }
-        if let Some(t) = &self.metrics_token
+        if let Some(t) = self.metrics_token.as_ref().map(Secret::expose)
             && (t.len() < 16 || t.chars().any(|c| !c.is_ascii_graphic()))
         {
             return Err(
@@ -463,6 +465,33 @@ mod tests {
         ));
         std::fs::write(&p, "outbound:\n  allowed_hosts: ['https://*.com']\n").unwrap();
         assert!(HostConfig::load(Some(&p)).is_err());
+    }
+
+    #[test]
+    fn a_printed_configuration_shows_none_of_its_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.yml");
+        std::fs::write(
+            &p,
+            "store: mongodb://flow8:db-password-7d1e@127.0.0.1:27017/flow8\n\
+             metrics_token: metrics-token-0123456789\n\
+             oauth2:\n  slack:\n    client_id: c1\n    client_secret: client-secret-55aa\n    redirect_uri: https://app.flow8.io/auth/callback\n",
+        )
+        .unwrap();
+        let c = HostConfig::load(Some(&p)).unwrap();
+        assert!(
+            c.store
+                .expose()
+                .starts_with("mongodb://flow8:db-password-7d1e@")
+        );
+        let printed = format!("{c:?} {c:#?}");
+        for secret in [
+            "db-password-7d1e",
+            "metrics-token-0123456789",
+            "client-secret-55aa",
+        ] {
+            assert!(!printed.contains(secret), "{secret} printed: {printed}");
+        }
     }
 
     #[test]

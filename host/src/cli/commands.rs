@@ -136,9 +136,9 @@ pub(super) async fn dispatch(cli: Cli) -> ExitCode {
     };
     // `--store` / FLOW8_STORE over the file's `store:`.
     if let Some(s) = &cli.store {
-        config.store = s.clone();
+        config.store = crate::vault::Secret::new(s.clone());
     }
-    if let Err(e) = StoreLocation::parse(&config.store) {
+    if let Err(e) = StoreLocation::parse(config.store.expose()) {
         return fail(ErrorName::InvalidConfig, format!("store: {e}"));
     }
     if let Err(e) = crate::company::check(&cli.company) {

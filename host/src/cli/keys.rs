@@ -346,7 +346,7 @@ fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
 
 /// The store a command used, for its answer (MongoDB hosts without credentials).
 fn store_description(settings: &HostSettings) -> String {
-    crate::store::StoreLocation::parse(&settings.config.store)
+    crate::store::StoreLocation::parse(settings.config.store.expose())
         .map(|l| l.describe())
         .unwrap_or_default()
 }

@@ -18,7 +18,7 @@ pub struct ProviderConfig {
     pub client_id: String,
     /// Client secret (may also come from `FLOW8_OAUTH_<SERVICE>_CLIENT_SECRET`, `-` as `_`).
     #[serde(default)]
-    pub client_secret: Option<String>,
+    pub client_secret: Option<crate::vault::Secret>,
     /// Where the provider sends the user back (this host's `/auth/callback`).
     pub redirect_uri: String,
     /// Scopes to request.
@@ -111,6 +111,7 @@ pub fn configure(
         })?;
         let client_secret = std::env::var(client_secret_env(service))
             .ok()
+            .map(crate::vault::Secret::new)
             .or_else(|| c.client_secret.clone());
         if c.client_id.trim().is_empty() {
             return Err(format!("oauth2.{service}.client_id is empty"));
@@ -142,7 +143,7 @@ pub fn configure(
             service.clone(),
             Provider {
                 client_id: c.client_id.clone(),
-                client_secret: client_secret.map(crate::vault::Secret::new),
+                client_secret,
                 redirect_uri: c.redirect_uri.clone(),
                 scopes: c.scopes.clone(),
                 authorize_url: c

@@ -224,6 +224,15 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Read from configuration (a client secret, a token, a store address with a password):
+/// held as a `Secret` from the moment it is parsed, so no `Debug` of a configuration
+/// prints it.
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+        String::deserialize(d).map(Secret::new)
+    }
+}
+
 impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("***")
