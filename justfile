@@ -63,10 +63,11 @@ test-prereqs:
     command -v chromedriver >/dev/null || { install chromium-driver "WebDriver for that browser"; missing=1; }
     [ -n "$missing" ] || echo "test prerequisites: all present"
 
-# The test servers from npm (oauth2-mock-server, from the lock file) and PyPI
-# (SecantusDB, a MongoDB-wire-protocol server, in tests/.venv).
+# The test servers from npm (oauth2-mock-server and oidc-provider, each from its lock
+# file) and PyPI (SecantusDB, a MongoDB-wire-protocol server, in tests/.venv).
 test-servers: test-prereqs
     @test -d tests/oauth-server/node_modules/oauth2-mock-server || (cd tests/oauth-server && npm ci --no-audit --no-fund)
+    @test -d tests/oidc-server/node_modules/oidc-provider || (cd tests/oidc-server && npm ci --no-audit --no-fund)
     @test -x tests/.venv/bin/python && tests/.venv/bin/python -c 'import secantus' 2>/dev/null || (python3 -m venv tests/.venv && tests/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/mongo-server/requirements.txt)
 
 # Build the host.

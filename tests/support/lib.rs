@@ -7,6 +7,7 @@ pub mod browser;
 pub mod graph_fake;
 pub mod mongo_server;
 pub mod oauth_server;
+pub mod oidc_server;
 pub mod recording_server;
 pub mod s3_server;
 pub mod slack_fake;
