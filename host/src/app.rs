@@ -39,6 +39,9 @@ pub enum HostError {
     /// The store could not be opened or read.
     #[error("{0}")]
     StoreUnavailable(String),
+    /// An OpenID provider's discovery document could not be read or used.
+    #[error("{0}")]
+    Discovery(String),
     /// Something in the host itself failed (engine, HTTP client).
     #[error("{0}")]
     Internal(String),
@@ -52,6 +55,7 @@ impl HostError {
             HostError::Vault(_) => ErrorName::VaultError,
             HostError::WrongMasterKey(_) => ErrorName::WrongMasterKey,
             HostError::StoreUnavailable(_) => ErrorName::StoreUnavailable,
+            HostError::Discovery(_) => ErrorName::ProviderError,
             HostError::Internal(_) => ErrorName::InternalError,
         }
     }
@@ -229,8 +233,9 @@ impl HostSettings {
 /// The OAuth service a configuration describes over a store and vault, if it
 /// configures any provider (its refresh journal in the data directory): each `oauth2:`
 /// entry over the catalogue's provider of that name, telling the audit log what happens
-/// to links.
-pub fn oauth_service(
+/// to links. OpenID providers (`auth_mode: oidc`) are discovered here, once: a host
+/// whose provider's discovery fails does not start (`provider_error`, naming it).
+pub async fn oauth_service(
     config: &HostConfig,
     data_dir: &Path,
     store: Arc<AnyStore>,
@@ -240,11 +245,14 @@ pub fn oauth_service(
     let catalogue = config
         .catalogue()
         .map_err(|e| HostError::InvalidConfig(format!("providers: {e}")))?;
-    let providers = crate::oauth::providers::configure(&catalogue, &config.oauth2)
+    let mut providers = crate::oauth::providers::configure(&catalogue, &config.oauth2)
         .map_err(HostError::InvalidConfig)?;
     if providers.is_empty() {
         return Ok(None);
     }
+    crate::oauth::discovery::discover_all(&mut providers, &crate::oauth::http_client())
+        .await
+        .map_err(|e| HostError::Discovery(e.to_string()))?;
     let mut oauth = OAuthService::new(store, vault, providers)
         .with_journal(data_dir.join(crate::oauth::journal::JOURNAL_DIR))
         .with_events(Arc::new(audit.clone()));
@@ -305,7 +313,8 @@ impl Host {
             store.clone(),
             vault.clone(),
             &audit,
-        )?;
+        )
+        .await?;
         let mut runtime = Runtime::new(
             modules.clone(),
             outbound.clone(),

@@ -18,6 +18,7 @@ mod local_store;
 mod microsoft_calendar;
 mod mongodb_hosts;
 mod oauth_flow;
+mod oidc_provider;
 mod operator;
 mod quickstart;
 mod readme_layout;

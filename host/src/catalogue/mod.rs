@@ -10,6 +10,8 @@
 //! so nothing downstream parses them back.
 //!
 //! - [`oauth`]: OAuth2 providers (endpoints, dialects, refresh and revocation, identity).
+//! - [`oidc`]: generic OpenID Connect providers, named by their issuer (the endpoints
+//!   come from discovery).
 //! - [`api_key`]: API-key providers (fields, defaults, summary, attachment, pins).
 //! - [`checks`]: the named field checks and secret format rules API-key fields use.
 //!
@@ -20,6 +22,7 @@
 pub mod api_key;
 pub mod checks;
 pub mod oauth;
+pub mod oidc;
 pub mod pins;
 
 pub use api_key::ApiKeyProvider;
@@ -171,7 +174,12 @@ fn parse_entry(name: &str, value: Value) -> Result<Provider, CatalogueError> {
                 serde_path_to_error::deserialize(Value::Mapping(m)).map_err(de_err)?;
             Ok(Provider::ApiKey(Arc::new(raw.build(&entry)?)))
         }
-        _ => Err(entry.invalid("auth_mode", "must be `oauth2` or `api_key`")),
+        Some("oidc") => {
+            let raw: oidc::RawOidc =
+                serde_path_to_error::deserialize(Value::Mapping(m)).map_err(de_err)?;
+            Ok(Provider::OAuth(Arc::new(raw.build(&entry)?)))
+        }
+        _ => Err(entry.invalid("auth_mode", "must be `oauth2`, `oidc` or `api_key`")),
     }
 }
 

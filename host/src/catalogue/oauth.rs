@@ -122,6 +122,11 @@ pub struct OAuthProvider {
     /// The only places the access token may be sent to: hosts, each with an optional
     /// path prefix (`https://slack.com/api/`).
     pub api_hosts: Vec<Pin>,
+    /// For a generic OpenID Connect provider (`auth_mode: oidc`): its issuer, and what
+    /// the entry left to discovery. Until `crate::oauth::discovery` has read the
+    /// issuer's `/.well-known/openid-configuration`, the endpoints it left out are
+    /// empty.
+    pub oidc: Option<super::oidc::OidcProfile>,
 }
 
 /// `auth_mode: oauth2` as written.
@@ -165,7 +170,7 @@ fn yes() -> bool {
 }
 
 /// Authorize parameters the host sets itself.
-const RESERVED_PARAMS: &[&str] = &[
+pub(crate) const RESERVED_PARAMS: &[&str] = &[
     "response_type",
     "client_id",
     "redirect_uri",
@@ -285,6 +290,7 @@ impl RawOAuth {
             callback_metadata: self.callback_metadata,
             api_base_url: self.api_base_url,
             api_hosts,
+            oidc: None,
         })
     }
 }

@@ -75,7 +75,8 @@ async fn callback(
                 .provider(&link.integration_type)
                 .map(|p| p.defaults.display_name.as_str())
                 .unwrap_or(&link.integration_type);
-            let page = pages::connected(name);
+            let warning = oauth.connect_warning(&link);
+            let page = pages::connected_with(name, warning.as_deref());
             let _ = done.send(Ok(link)).await;
             pages::respond(StatusCode::OK, page)
         }
@@ -102,7 +103,9 @@ pub(super) async fn run(cli: &Cli, settings: &HostSettings, cmd: &LinksCommand) 
         store.clone(),
         vault,
         &audit,
-    ) {
+    )
+    .await
+    {
         Ok(Some(o)) => o,
         Ok(None) => {
             return fail(
@@ -177,7 +180,13 @@ pub(super) async fn run(cli: &Cli, settings: &HostSettings, cmd: &LinksCommand) 
             match result {
                 Ok(Some(Ok(link))) => {
                     // The service recorded `integration_linked` (its events go to the audit log).
-                    print_json(&view(&link));
+                    let mut v = view(&link);
+                    if let Some(w) = oauth.connect_warning(&link) {
+                        eprintln!("warning: {w}");
+                        v["refreshable"] = false.into();
+                        v["warning"] = w.into();
+                    }
+                    print_json(&v);
                     ExitCode::SUCCESS
                 }
                 Ok(Some(Err((name, message)))) => fail(name, message),
@@ -187,6 +196,7 @@ pub(super) async fn run(cli: &Cli, settings: &HostSettings, cmd: &LinksCommand) 
         LinksCommand::List { service } => match store.list_links(company, service.as_deref()).await
         {
             Ok(links) => {
+                let links = oauth.settle_expired(links).await;
                 print_json(&serde_json::Value::Array(links.iter().map(view).collect()));
                 ExitCode::SUCCESS
             }

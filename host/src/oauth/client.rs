@@ -37,7 +37,7 @@ use std::time::Duration;
 const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The HTTP client every request to a provider goes through.
-pub(crate) fn http_client() -> reqwest::Client {
+pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(TIMEOUT)
         // A token endpoint that redirects would take the client secret and the code
@@ -564,7 +564,8 @@ where
             match answer.kind() {
                 ErrorKind::InvalidGrant => OAuthError::InvalidGrant(message),
                 ErrorKind::AccessDenied => OAuthError::AccessDenied(message),
-                ErrorKind::Other => OAuthError::Provider(message),
+                ErrorKind::Failed => OAuthError::Provider(message),
+                ErrorKind::Other => OAuthError::Upstream(message),
             }
         }
         RequestTokenError::Request(e) => {
@@ -595,7 +596,11 @@ enum ErrorKind {
     InvalidGrant,
     /// The user or provider refused.
     AccessDenied,
-    /// Anything else.
+    /// The provider failed (`server_error`, `temporarily_unavailable`, or an answer
+    /// that was no JSON or named no error, which `normalise` names `server_error` and
+    /// `unknown_error`).
+    Failed,
+    /// Any other error it names (`invalid_request`, `invalid_client`, ...).
     Other,
 }
 
@@ -609,6 +614,14 @@ impl ProviderError for BasicErrorResponse {
         match self.error() {
             BasicErrorResponseType::InvalidGrant => ErrorKind::InvalidGrant,
             BasicErrorResponseType::Extension(e) if e == "access_denied" => ErrorKind::AccessDenied,
+            BasicErrorResponseType::Extension(e)
+                if matches!(
+                    e.as_str(),
+                    "server_error" | "temporarily_unavailable" | "unknown_error"
+                ) =>
+            {
+                ErrorKind::Failed
+            }
             _ => ErrorKind::Other,
         }
     }
@@ -697,7 +710,7 @@ mod tests {
         .err()
         .unwrap();
         assert!(matches!(e, OAuthError::InvalidGrant(_)), "{e:?}");
-        // Anything else is the provider failing, under Slack's name.
+        // Anything else is the provider's error, under Slack's name.
         let e = exchange(
             "slack",
             200,
@@ -707,7 +720,7 @@ mod tests {
         .err()
         .unwrap();
         assert!(
-            matches!(&e, OAuthError::Provider(m) if m.starts_with("invalid_client_id")),
+            matches!(&e, OAuthError::Upstream(m) if m.starts_with("invalid_client_id")),
             "{e:?}"
         );
         // ok:false without a name still fails (never parsed as tokens).
@@ -775,7 +788,7 @@ mod tests {
         .err()
         .unwrap();
         assert!(
-            matches!(&e, OAuthError::Provider(m) if m == "invalid_client: The OAuth client was not found."),
+            matches!(&e, OAuthError::Upstream(m) if m == "invalid_client: The OAuth client was not found."),
             "{e:?}"
         );
         let e = exchange(
@@ -805,7 +818,7 @@ mod tests {
         .err()
         .unwrap();
         assert!(
-            matches!(&e, OAuthError::Provider(m) if m.starts_with("bad_verification_code")),
+            matches!(&e, OAuthError::Upstream(m) if m.starts_with("bad_verification_code")),
             "{e:?}"
         );
         // A gateway's HTML error page: the status is named, nothing is parsed as tokens.

@@ -3,7 +3,7 @@
 //! (links expiring within a period).
 
 use super::{OAuthError, OAuthService};
-use crate::store::{LinkRecord, Store, now};
+use crate::store::{LinkRecord, LinkStatus, Store, now};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -40,6 +40,30 @@ impl OAuthService {
             "scopes_granted": link.scopes,
             "user": user,
         }))
+    }
+
+    /// Links as they should be shown: one whose access token has expired with no way
+    /// to refresh it is marked `needs_reconnect` in the store (once, by compare-and-set,
+    /// telling the `NeedsReconnect` event) and shown so, before any step trips on it.
+    pub async fn settle_expired(&self, links: Vec<LinkRecord>) -> Vec<LinkRecord> {
+        let mut out = Vec::with_capacity(links.len());
+        for mut link in links {
+            if self.expired_beyond_refresh(&link) {
+                match self
+                    .mark_needs_reconnect(link.clone(), super::refresh::EXPIRED.into())
+                    .await
+                {
+                    OAuthError::TokenRevoked(_) => {}
+                    e => {
+                        tracing::warn!(link = %link.id, error = %e, "cannot mark an expired link as needing reconnection")
+                    }
+                }
+                // Whatever the store says now, this token works no more.
+                link.status = LinkStatus::NeedsReconnect;
+            }
+            out.push(link);
+        }
+        out
     }
 
     /// The company's links expiring within `within` (flow8's 7-day query), soonest first.

@@ -7,6 +7,7 @@
 //! | `authorize.rs` | connect sessions and authorization requests: single-use, expiring, user-bound `state`, PKCE |
 //! | `callback.rs` | the provider's redirect: code exchange, identity, the new link (tokens sealed) |
 //! | `refresh.rs` | a step's token, refreshed before expiry or when the provider refused it, by one refresher per link (single flight, lease in the store re-read after taking it, compare-and-set write, journal), and the background refresher |
+//! | `discovery.rs` | OpenID Connect discovery for the generic OpenID provider profile |
 //! | `journal.rs` | refresh answers kept on disk until the store has them |
 //! | `revoke.rs` | unlink, and revocation at the provider |
 //! | `health.rs` | the link test (flow8's "Testing Connectivity") |
@@ -17,6 +18,7 @@
 mod authorize;
 mod callback;
 mod client;
+pub mod discovery;
 pub mod events;
 mod health;
 pub mod journal;
@@ -26,6 +28,7 @@ mod refresh;
 mod revoke;
 
 pub use authorize::{BINDING_COOKIE, STATE_TTL, new_browser_binding};
+pub use client::http_client;
 pub use events::{NoEvents, OAuthEvent, OAuthEvents, RefreshCause};
 
 use crate::error::ErrorName;
@@ -66,6 +69,11 @@ pub enum OAuthError {
     /// No such link for this company.
     #[error("no such link")]
     NotFound,
+    /// The provider answered with an error it names (RFC 6749 §4.1.2.1, §5.2: its
+    /// `error` and `error_description` lead the message), other than a refusal of
+    /// consent or of the grant.
+    #[error("the provider answered with an error: {0}")]
+    Upstream(String),
     /// The provider answered with something unexpected or could not be reached.
     #[error("the provider failed: {0}")]
     Provider(String),
@@ -87,6 +95,7 @@ impl OAuthError {
             OAuthError::InvalidGrant(_) => ErrorName::InvalidGrant,
             OAuthError::TokenRevoked(_) => ErrorName::TokenRevoked,
             OAuthError::NotFound => ErrorName::NotFound,
+            OAuthError::Upstream(_) => ErrorName::UpstreamError,
             OAuthError::Provider(_) => ErrorName::ProviderError,
             OAuthError::Store(StoreError::Conflict(_)) => ErrorName::Conflict,
             OAuthError::Store(_) => ErrorName::StoreUnavailable,

@@ -127,7 +127,9 @@ pub fn configure(
                 check_url(u).map_err(|e| format!("oauth2.{service}.{field} {e}"))?;
             }
         }
+        // An OpenID provider's revocation is decided at discovery.
         if c.revoke_url.is_some()
+            && defaults.oidc.is_none()
             && defaults.revocation == crate::catalogue::oauth::Revocation::None
         {
             return Err(format!(

@@ -23,6 +23,10 @@ use crate::vault::{Envelope, SealContext, Secret};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Why a link whose token expired without a refresh token needs reconnecting.
+pub(super) const EXPIRED: &str =
+    "the access token expired and there is no refresh token to renew it";
+
 /// At most this many links are renewed per background tick (the rest wait a tick).
 const BACKGROUND_REFRESH_BATCH: u32 = 500;
 
@@ -79,6 +83,20 @@ impl OAuthService {
         })
     }
 
+    /// Has the link's access token expired with no way to refresh it (no refresh token,
+    /// or a provider whose tokens are not refreshed)? Such a link needs reconnecting.
+    pub(super) fn expired_beyond_refresh(&self, link: &LinkRecord) -> bool {
+        if link.status != LinkStatus::Active || link.token_expiry.is_none_or(|t| t > now()) {
+            return false;
+        }
+        match self.provider(&link.integration_type) {
+            Ok(p) => p.defaults.refresh != RefreshPolicy::Auto || link.refresh_token.is_none(),
+            // A provider no longer configured may come back; only a link without a
+            // refresh token is dead whatever the configuration.
+            Err(_) => link.refresh_token.is_none(),
+        }
+    }
+
     /// Is the refresh still needed for the link as the store holds it now?
     fn still_needed(&self, link: &LinkRecord, need: Need<'_>) -> Result<bool, OAuthError> {
         Ok(match need {
@@ -108,6 +126,11 @@ impl OAuthService {
         let p = self.provider(&link.integration_type)?;
         let refreshable = p.defaults.refresh == RefreshPolicy::Auto && link.refresh_token.is_some();
         match need {
+            // An access token that has expired with no way to renew it: only a
+            // reconnection helps, and the link says so from now on.
+            Need::Expiring if self.expired_beyond_refresh(&link) => {
+                return Err(self.mark_needs_reconnect(link, EXPIRED.into()).await);
+            }
             // Long-lived tokens are used until the provider refuses them...
             Need::Expiring if !refreshable || !self.expires_soon(&link) => return Ok(link),
             // ...and then only a reconnection helps.
@@ -224,7 +247,11 @@ impl OAuthService {
     /// The provider refused the refresh token: mark the link once (compare-and-set on
     /// the leased version), and tell it only when this host's write marked it. The
     /// error for the caller.
-    async fn mark_needs_reconnect(&self, leased: LinkRecord, reason: String) -> OAuthError {
+    pub(super) async fn mark_needs_reconnect(
+        &self,
+        leased: LinkRecord,
+        reason: String,
+    ) -> OAuthError {
         let mut dead = leased.clone();
         dead.status = LinkStatus::NeedsReconnect;
         dead.refresh_lease_owner = None;

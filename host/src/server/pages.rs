@@ -48,11 +48,22 @@ fn render(name: &str, ctx: Value) -> String {
 /// "Connected!": a connection ended well. `name` is the service's display name from
 /// the provider catalogue ([`crate::catalogue::Catalogue::display_name`]).
 pub fn connected(name: &str) -> String {
+    connected_with(name, None)
+}
+
+/// "Connected!", with what the user should know about the new link (a provider that
+/// gave no refresh token: `crate::oauth::OAuthService::connect_warning`).
+pub fn connected_with(name: &str, warning: Option<&str>) -> String {
+    let mut message =
+        format!("Your {name} account is connected to flow8. You can close this window.");
+    if let Some(w) = warning {
+        message = format!("Your {name} account is connected to flow8, but: {w}");
+    }
     render(
         "message.html",
         context! {
             title => "Connected!",
-            message => format!("Your {name} account is connected to flow8. You can close this window."),
+            message => message,
             error => false,
         },
     )

@@ -174,17 +174,23 @@ async fn callback_answer(
                 .as_ref()
                 .and_then(|o| o.provider(&link.integration_type).ok())
                 .and_then(|p| p.return_url.clone());
+            // Said at connect time: a link that will stop working when its token expires.
+            let warning = st.oauth.as_ref().and_then(|o| o.connect_warning(&link));
             if wants_json {
-                (
-                    StatusCode::OK,
-                    Json(json!({"status": "connected", "link": view(&link)})),
-                )
-                    .into_response()
+                let mut answer = json!({"status": "connected", "link": view(&link)});
+                if let Some(w) = &warning {
+                    answer["refreshable"] = json!(false);
+                    answer["warning"] = json!(w);
+                }
+                (StatusCode::OK, Json(answer)).into_response()
             } else if let Some(url) = return_url {
                 Redirect::to(&url).into_response()
             } else {
                 let name = st.modules.catalogue().display_name(&link.integration_type);
-                pages::respond(StatusCode::OK, pages::connected(name))
+                pages::respond(
+                    StatusCode::OK,
+                    pages::connected_with(name, warning.as_deref()),
+                )
             }
         }
         Err(e) => {
@@ -240,6 +246,11 @@ pub async fn list(
                 .list_links(&caller.company_id, f.service.as_deref())
                 .await?
         }
+    };
+    // A link that expired with no way to refresh is shown as needing reconnection.
+    let links = match &st.oauth {
+        Some(o) => o.settle_expired(links).await,
+        None => links,
     };
     let links: Vec<Value> = links
         .iter()
