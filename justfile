@@ -69,6 +69,7 @@ test-servers: test-prereqs
     @test -d tests/oauth-server/node_modules/oauth2-mock-server || (cd tests/oauth-server && npm ci --no-audit --no-fund)
     @test -d tests/oidc-server/node_modules/oidc-provider || (cd tests/oidc-server && npm ci --no-audit --no-fund)
     @test -x tests/.venv/bin/python && tests/.venv/bin/python -c 'import secantus' 2>/dev/null || (python3 -m venv tests/.venv && tests/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/mongo-server/requirements.txt)
+    @tests/.venv/bin/python -c 'import aiosmtpd, pyftpdlib, OpenSSL, cryptography' 2>/dev/null || tests/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/py-servers/requirements.txt
 
 # Build the host.
 build: modules

@@ -495,8 +495,11 @@ mod tests {
         assert_eq!(s3.config["region"], "us-east-1");
         assert_eq!(s3.config["path_style"], false);
         assert_eq!(smtp.config["port"], 587);
-        assert_eq!(smtp.config["tls"], true);
+        assert_eq!(smtp.config["security"], "starttls");
+        assert!(!smtp.config.contains_key("from"));
         assert_eq!(ftp.config["port"], 21);
+        assert_eq!(ftp.config["tls"], true);
+        assert_eq!(ftp.config["base_dir"], "/");
         assert_eq!(http.config["auth_header"], "Authorization");
         assert_eq!(http.config["timeout_seconds"], 30);
         assert_eq!(http.config["max_retries"], 3);
@@ -504,12 +507,27 @@ mod tests {
         // Given values win over defaults.
         let smtp = make(
             &vault,
-            json!({"provider": "smtp", "host": "mail.example.com", "port": 465, "tls": false, "username": "u", "password": PW}),
+            json!({"provider": "smtp", "host": "mail.example.com", "port": 465, "security": "tls",
+                   "from": "Flow8 <flow8@example.com>", "username": "u", "password": PW}),
         )
         .unwrap();
         assert_eq!(
-            (smtp.config["port"].clone(), smtp.config["tls"].clone()),
-            (json!(465), json!(false))
+            (smtp.config["port"].clone(), smtp.config["security"].clone()),
+            (json!(465), json!("tls"))
+        );
+        let summary = config_summary(&smtp);
+        assert_eq!(summary["from"], "Flow8 <flow8@example.com>");
+        assert_eq!(summary["security"], "tls");
+        assert!(!summary.contains_key("password"));
+        let ftp = make(
+            &vault,
+            json!({"provider": "ftp", "host": "ftp.example.com", "tls": false, "base_dir": "/upload/in",
+                   "username": "u", "password": PW}),
+        )
+        .unwrap();
+        assert_eq!(
+            (ftp.config["tls"].clone(), ftp.config["base_dir"].clone()),
+            (json!(false), json!("/upload/in"))
         );
         let minio = make(
             &vault,
@@ -537,6 +555,11 @@ mod tests {
         };
         let smtp = |k: &str, v: Value| {
             let mut c = json!({"provider": "smtp", "host": "smtp.example.com", "username": "u", "password": PW});
+            c[k] = v;
+            c
+        };
+        let ftp = |k: &str, v: Value| {
+            let mut c = json!({"provider": "ftp", "host": "ftp.example.com", "username": "u", "password": PW});
             c[k] = v;
             c
         };
@@ -612,7 +635,19 @@ mod tests {
             (smtp("port", json!("587")), "port"),
             (smtp("host", json!("smtp://smtp.example.com")), "host"),
             (smtp("host", json!("smtp.example.com:25")), "host"),
-            (smtp("tls", json!(1)), "tls"),
+            (smtp("security", json!("ssl")), "security"),
+            (smtp("security", json!(true)), "security"),
+            (smtp("from", json!("not an address")), "from"),
+            (smtp("from", json!("Flow8 <flow8@>")), "from"),
+            (
+                smtp("from", json!("a@example.com\r\nBcc: b@example.com")),
+                "from",
+            ),
+            (ftp("tls", json!("yes")), "tls"),
+            (ftp("base_dir", json!("upload")), "base_dir"),
+            (ftp("base_dir", json!("/upload/../etc")), "base_dir"),
+            (ftp("base_dir", json!("/upload/./in")), "base_dir"),
+            (ftp("port", json!(65536)), "port"),
             (smtp("password", json!("")), "password"),
             (smtp("password", json!("pa55\r\nword-secret")), "password"),
             (smtp("username", json!("   ")), "username"),

@@ -53,6 +53,10 @@ pub struct OutboundConfig {
     pub allow_private: bool,
     /// Largest response body handed to a module, bytes.
     pub max_response_bytes: usize,
+    /// Let SMTP and FTP components log in without TLS (loopback relays, tests).
+    pub allow_plaintext_login: bool,
+    /// PEM file of extra CA certificates trusted by SMTP and FTP TLS.
+    pub extra_ca_file: Option<PathBuf>,
 }
 
 impl Default for OutboundConfig {
@@ -63,6 +67,8 @@ impl Default for OutboundConfig {
             allow_loopback: p.allow_loopback,
             allow_private: p.allow_private,
             max_response_bytes: p.max_response_bytes,
+            allow_plaintext_login: p.allow_plaintext_login,
+            extra_ca_file: p.extra_ca_file,
         }
     }
 }
@@ -282,6 +288,14 @@ impl HostConfig {
         if let Some(b) = env_bool("FLOW8_ALLOW_PRIVATE")? {
             config.outbound.allow_private = b;
         }
+        if let Some(b) = env_bool("FLOW8_ALLOW_PLAINTEXT_LOGIN")? {
+            config.outbound.allow_plaintext_login = b;
+        }
+        if let Ok(v) = std::env::var("FLOW8_EXTRA_CA_FILE")
+            && !v.is_empty()
+        {
+            config.outbound.extra_ca_file = Some(PathBuf::from(v));
+        }
         if let Ok(v) = std::env::var("FLOW8_METRICS_TOKEN")
             && !v.is_empty()
         {
@@ -303,6 +317,9 @@ impl HostConfig {
         for h in &self.outbound.allowed_hosts {
             HostPattern::parse(h).map_err(|e| bad(format!("outbound.allowed_hosts: {e}")))?;
         }
+        // A CA file that does not load stops the host at start, not its first email.
+        crate::outbound::connect::extra_roots(&self.outbound_policy())
+            .map_err(|e| bad(e.to_string()))?;
         for (service, p) in &self.oauth2 {
             if p.auto_create_users {
                 return Err(bad(format!(
@@ -427,6 +444,8 @@ impl HostConfig {
             allow_loopback: self.outbound.allow_loopback,
             allow_private: self.outbound.allow_private,
             max_response_bytes: self.outbound.max_response_bytes,
+            allow_plaintext_login: self.outbound.allow_plaintext_login,
+            extra_ca_file: self.outbound.extra_ca_file.clone(),
             ..OutboundPolicy::default()
         }
     }

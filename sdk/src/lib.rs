@@ -18,6 +18,8 @@
 //!   step's deadline.
 //! - [`log`], [`step`], [`storage`]: the step's log, its time left, S3 uploads the host
 //!   signs and streams.
+//! - [`mail`]: email through a bound SMTP component; the host logs in, sends and
+//!   attaches workspace files, so the password never enters the module.
 //! - [`Error`]: flow8's error names; step input that does not fit `Module::Input` is
 //!   `invalid_input` naming the field.
 //!
@@ -80,6 +82,7 @@ pub mod credentials;
 mod error;
 pub mod http;
 pub mod log;
+pub mod mail;
 pub mod retry;
 pub mod step;
 pub mod storage;

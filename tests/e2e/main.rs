@@ -25,6 +25,7 @@ mod readme_layout;
 mod s3_upload;
 mod sealed_records;
 mod slack_message;
+mod smtp_send;
 mod step_budgets;
 mod step_deadline;
 mod store_conformance;

@@ -63,6 +63,13 @@ pub enum Check {
     HostList,
     /// An HTTP header name a credential may ride in.
     HeaderName,
+    /// An email address, `user@example.com` or `Name <user@example.com>` (SMTP `from`).
+    Email,
+    /// How an SMTP connection is secured: `starttls`, `tls` (implicit) or `none`.
+    SmtpSecurity,
+    /// An absolute directory on a file server (`/` or `/upload/in`), without `.` or
+    /// `..` segments (an FTP component's `base_dir`).
+    RemoteDir,
 }
 
 fn is_host_name(s: &str) -> bool {
@@ -220,6 +227,35 @@ impl Check {
                 host_list(name, v)?;
             }
             Check::HeaderName => check_header_name(name, text()?)?,
+            Check::Email => {
+                if text()?.trim().parse::<lettre::message::Mailbox>().is_err() {
+                    return Err(invalid(
+                        name,
+                        "must be an email address such as flow8@example.com or Flow8 <flow8@example.com>",
+                    ));
+                }
+            }
+            Check::SmtpSecurity => {
+                if !matches!(text()?, "starttls" | "tls" | "none") {
+                    return Err(invalid(
+                        name,
+                        "must be starttls, tls (implicit TLS, usually port 465) or none",
+                    ));
+                }
+            }
+            Check::RemoteDir => {
+                let s = text()?;
+                let ok = s.starts_with('/')
+                    && s.len() <= 1024
+                    && s.split('/').all(|seg| seg != "." && seg != "..")
+                    && !s.contains('\\');
+                if !ok {
+                    return Err(invalid(
+                        name,
+                        "must be an absolute directory such as /upload, without . or .. segments",
+                    ));
+                }
+            }
         }
         Ok(())
     }

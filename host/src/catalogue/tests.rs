@@ -277,7 +277,8 @@ fn api_key_providers_keep_the_old_field_table() {
                 ("port", false, false, Port),
                 ("username", false, true, Text),
                 ("password", true, true, Text),
-                ("tls", false, false, Bool),
+                ("security", false, false, SmtpSecurity),
+                ("from", false, false, Email),
             ],
         ),
         (
@@ -288,6 +289,8 @@ fn api_key_providers_keep_the_old_field_table() {
                 ("port", false, false, Port),
                 ("username", false, true, Text),
                 ("password", true, true, Text),
+                ("tls", false, false, Bool),
+                ("base_dir", false, false, RemoteDir),
             ],
         ),
         (

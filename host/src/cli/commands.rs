@@ -43,6 +43,9 @@ pub struct RunModuleArgs {
     /// Let the module reach private and link-local addresses.
     #[arg(long, env = "FLOW8_ALLOW_PRIVATE", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
     pub allow_private: bool,
+    /// Let SMTP and FTP components log in without TLS (a local relay, tests).
+    #[arg(long, env = "FLOW8_ALLOW_PLAINTEXT_LOGIN", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    pub allow_plaintext_login: bool,
     /// Only these hosts (patterns like `https://*.example.com`), on top of the manifest.
     #[arg(long = "allow-host", value_name = "PATTERN")]
     pub allow_hosts: Vec<String>,
@@ -337,6 +340,9 @@ async fn run_module(cli: &Cli, mut settings: HostSettings, args: &RunModuleArgs)
     }
     if args.allow_private {
         config.outbound.allow_private = true;
+    }
+    if args.allow_plaintext_login {
+        config.outbound.allow_plaintext_login = true;
     }
     if !args.allow_hosts.is_empty() {
         config.outbound.allowed_hosts = args.allow_hosts.clone();

@@ -1,10 +1,12 @@
-//! Outbound HTTP for modules. The host, not the module, opens every connection: this
+//! Outbound HTTP for modules (and, in `connect`, the SMTP and FTP connections of the
+//! `mail` and `file-transfer` capabilities). The host, not the module, opens every connection: this
 //! is where the operator's egress policy (allowed hosts, private and loopback
 //! addresses, response size) is enforced. The per-step rules (the manifest's hosts and
 //! each credential's pinned hosts) are checked by the `http` capability before a request
 //! gets here.
 
 pub mod address;
+pub mod connect;
 pub mod resolver;
 pub mod sigv4;
 
@@ -28,6 +30,11 @@ pub struct OutboundPolicy {
     pub max_response_bytes: usize,
     /// Largest in-memory request body a module may send.
     pub max_request_bytes: usize,
+    /// Let SMTP and FTP components log in without TLS (their password in clear text on
+    /// the wire): local relays and tests only.
+    pub allow_plaintext_login: bool,
+    /// PEM certificates trusted, besides the Mozilla roots, by SMTP and FTP TLS.
+    pub extra_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for OutboundPolicy {
@@ -41,6 +48,8 @@ impl Default for OutboundPolicy {
             allow_private: false,
             max_response_bytes: 16 * 1024 * 1024,
             max_request_bytes: 16 * 1024 * 1024,
+            allow_plaintext_login: false,
+            extra_ca_file: None,
         }
     }
 }

@@ -207,6 +207,14 @@ pub enum PolicyDenial {
         /// The OAuth service.
         service: String,
     },
+    /// A `mail` or `file-transfer` call named a binding of another provider.
+    #[error("credential `{binding}` is not an {expected} component")]
+    WrongProvider {
+        /// The binding name.
+        binding: String,
+        /// The provider the capability speaks (`smtp`, `ftp`).
+        expected: &'static str,
+    },
 }
 
 fn not_bound_hint(asked_by: BindingUse) -> &'static str {
@@ -235,7 +243,8 @@ impl PolicyDenial {
             | D::NotAttachable { .. }
             | D::HostOwnedHeader { .. }
             | D::AttachedHeader { .. }
-            | D::NotRefreshable { .. } => DenialKind::InvalidInput,
+            | D::NotRefreshable { .. }
+            | D::WrongProvider { .. } => DenialKind::InvalidInput,
             D::AlreadyRefreshed { .. } | D::CannotRefresh { .. } => DenialKind::TokenRevoked,
         }
     }
@@ -512,6 +521,47 @@ impl StepPolicy {
             });
         }
         Ok(Authorized { attach })
+    }
+
+    /// Whether the host may open a connection for `binding` to its component's own
+    /// server (`destination`, `scheme://host:port`), for the `mail` (`smtp`) and
+    /// `file-transfer` (`ftp`) capabilities: the binding is granted and is a component
+    /// of `provider`, and the step holds no other secret and inherits no taint. Pins are
+    /// HTTP destinations, and what such a connection carries (an email to anyone, a
+    /// file) leaves for places no pin names, so a tainted step cannot send it. The
+    /// component's own secret does not count: it goes to its own server.
+    pub fn authorize_connection(
+        &self,
+        binding: &str,
+        provider: &'static str,
+        destination: &str,
+    ) -> Result<&GrantedCredential, PolicyDenial> {
+        let grant = self.granted(binding, BindingUse::Request)?;
+        if grant.kind != CredentialKind::Component || grant.service != provider {
+            return Err(PolicyDenial::WrongProvider {
+                binding: binding.to_string(),
+                expected: provider,
+            });
+        }
+        for e in &self.entries {
+            if let Some(how) = e.held
+                && e.grant.binding != binding
+            {
+                return Err(PolicyDenial::Tainted {
+                    binding: e.grant.binding.clone(),
+                    how,
+                    destination: destination.to_string(),
+                });
+            }
+        }
+        if let Some(t) = self.inherited.first() {
+            return Err(PolicyDenial::InheritedTaint {
+                credential: t.credential.clone(),
+                service: t.service.clone(),
+                destination: destination.to_string(),
+            });
+        }
+        Ok(grant)
     }
 
     /// The module reads the secret of `binding` (`credentials.get`): from now on the

@@ -136,6 +136,7 @@ impl Module for Hostile {
             .input_schema(json!({"type": "object", "required": ["attack"], "properties": {"attack": {"type": "string"}}}))
             .credential(Credential::component("api", "http").optional())
             .credential(Credential::component("s3", "s3").optional())
+            .credential(Credential::component("smtp", "smtp").optional())
             .credential(
                 Credential::oauth_link("google", "google")
                     .scopes(["drive"])
@@ -329,6 +330,31 @@ fn attack(input: Value) -> Result<Value, Error> {
                 out["memory_hits"] = json!(scan_memory(&needle));
                 out["needle_len"] = json!(needle.len());
                 Ok(out)
+            }
+            "smtp_then_scan" => {
+                // Send an email through the host (which logs in with the component's
+                // password), then look for that password in this module's memory (the
+                // needle arrives XOR-masked). `read_first` reads a binding's secret on
+                // purpose first: the control that makes a zero mean something, or,
+                // with another binding, a taint the send must be refused for.
+                let _held = input["read_first"]
+                    .as_str()
+                    .map(|binding| std::hint::black_box(credentials::get(binding)));
+                let sent = flow8_sdk::mail::send(
+                    &flow8_sdk::mail::Email::new("smtp", "scan")
+                        .to(str_param(&input, "to")?)
+                        .text("scan"),
+                );
+                let config = credentials::config("smtp")
+                    .map(|c| c.to_string())
+                    .unwrap_or_default();
+                let needle = unmask(&input);
+                Ok(json!({
+                    "sent": match sent { Ok(s) => json!({"message_id": s.message_id}), Err(e) => report(&e) },
+                    "config_has_secret": config.as_bytes().windows(needle.len().max(1)).any(|w| w == needle.as_slice()),
+                    "memory_hits": scan_memory(&needle),
+                    "needle_len": needle.len(),
+                }))
             }
             "attach_then_scan" => {
                 // Have the host attach a credential to a request, then look for the
