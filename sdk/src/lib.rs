@@ -20,6 +20,8 @@
 //!   signs and streams.
 //! - [`mail`]: email through a bound SMTP component; the host logs in, sends and
 //!   attaches workspace files, so the password never enters the module.
+//! - [`file_transfer`]: FTP uploads and downloads through a bound FTP component; the
+//!   host logs in and streams between the server and the workspace.
 //! - [`Error`]: flow8's error names; step input that does not fit `Module::Input` is
 //!   `invalid_input` naming the field.
 //!
@@ -80,6 +82,7 @@
 
 pub mod credentials;
 mod error;
+pub mod file_transfer;
 pub mod http;
 pub mod log;
 pub mod mail;

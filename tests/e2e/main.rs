@@ -11,6 +11,7 @@ mod cli_http_request;
 mod cli_links;
 mod connect_page;
 mod fair_share;
+mod ftp_transfer;
 mod hostile_egress;
 mod hostile_guests;
 mod key_rotation;

@@ -4,6 +4,7 @@
 
 pub mod background;
 pub mod browser;
+pub mod ftp_server;
 pub mod graph_fake;
 pub mod mongo_server;
 pub mod oauth_server;

@@ -1,9 +1,10 @@
 //! The host functions a module may call, one file per WIT interface: `credentials`,
-//! `http`, `log`, `mail`, `object-storage` and `step`. Each implements the generated `Host`
+//! `file-transfer`, `http`, `log`, `mail`, `object-storage` and `step`. Each implements the generated `Host`
 //! trait on the step's sandbox state; the security questions they ask go to the step
 //! policy (`runtime::policy`), whose denials become guest errors here.
 
 pub mod credentials;
+pub mod file_transfer;
 pub mod http;
 pub mod log;
 pub mod mail;

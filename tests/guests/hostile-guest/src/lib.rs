@@ -137,6 +137,7 @@ impl Module for Hostile {
             .credential(Credential::component("api", "http").optional())
             .credential(Credential::component("s3", "s3").optional())
             .credential(Credential::component("smtp", "smtp").optional())
+            .credential(Credential::component("ftp", "ftp").optional())
             .credential(
                 Credential::oauth_link("google", "google")
                     .scopes(["drive"])
@@ -352,6 +353,26 @@ fn attack(input: Value) -> Result<Value, Error> {
                 Ok(json!({
                     "sent": match sent { Ok(s) => json!({"message_id": s.message_id}), Err(e) => report(&e) },
                     "config_has_secret": config.as_bytes().windows(needle.len().max(1)).any(|w| w == needle.as_slice()),
+                    "memory_hits": scan_memory(&needle),
+                    "needle_len": needle.len(),
+                }))
+            }
+            "ftp_then_scan" => {
+                // Upload a workspace file through the host (which logs in with the FTP
+                // component's password), then look for the password in this module's
+                // memory; `read_first` is the control that reads it on purpose.
+                let _held = input["read_first"]
+                    .as_str()
+                    .map(|binding| std::hint::black_box(credentials::get(binding)));
+                let sent = flow8_sdk::file_transfer::upload(
+                    "ftp",
+                    str_param(&input, "file_path")?,
+                    str_param(&input, "remote_path")?,
+                    false,
+                );
+                let needle = unmask(&input);
+                Ok(json!({
+                    "upload": match sent { Ok(t) => json!({"size": t.size}), Err(e) => report(&e) },
                     "memory_hits": scan_memory(&needle),
                     "needle_len": needle.len(),
                 }))
