@@ -5,9 +5,10 @@
 use crate::server::AppState;
 use crate::server::auth::Caller;
 use crate::server::error::ApiError;
+use crate::server::extract::{ApiQuery, whole_number};
 use crate::store::{AuditQuery, Store};
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -23,9 +24,16 @@ pub struct AuditParams {
     resource_id: Option<String>,
     since: Option<String>,
     until: Option<String>,
-    limit: Option<u64>,
-    offset: Option<u64>,
+    /// Whole numbers, range-checked by `whole_number` (see the steps' limits).
+    limit: Option<f64>,
+    offset: Option<f64>,
 }
+
+/// The most entries one page shows.
+pub const MAX_LIMIT: u64 = 500;
+/// The furthest a page may start: past any company's log, and far from overflowing the
+/// `offset + limit` the next page's offset is.
+pub const MAX_OFFSET: u64 = 1_000_000_000;
 
 fn when(name: &str, v: Option<String>) -> Result<Option<OffsetDateTime>, ApiError> {
     v.map(|s| {
@@ -39,15 +47,12 @@ fn when(name: &str, v: Option<String>) -> Result<Option<OffsetDateTime>, ApiErro
 pub async fn list(
     State(st): State<Arc<AppState>>,
     caller: Caller,
-    params: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
+    params: Result<ApiQuery<AuditParams>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    let Query(p) = params.map_err(|e| ApiError::invalid_input(e.body_text()))?;
-    let limit = p.limit.unwrap_or(50);
-    if limit == 0 || limit > 500 {
-        return Err(ApiError::invalid_input("`limit` must be 1-500"));
-    }
-    let offset = p.offset.unwrap_or(0);
+    let ApiQuery(p) = params?;
+    let limit = whole_number("limit", p.limit.unwrap_or(50.0), 1, MAX_LIMIT)?;
+    let offset = whole_number("offset", p.offset.unwrap_or(0.0), 0, MAX_OFFSET)?;
     let query = AuditQuery {
         action_type: p.action_type,
         resource_type: p.resource_type,

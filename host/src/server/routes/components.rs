@@ -9,9 +9,10 @@ use crate::server::audit;
 use crate::server::auth::Caller;
 use crate::server::error::ApiError;
 use crate::server::extract::ApiJson;
+use crate::server::extract::ApiPath;
 use crate::store::{ComponentRecord, Store};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -94,7 +95,7 @@ async fn find(st: &AppState, caller: &Caller, id: &str) -> Result<ComponentRecor
 pub async fn get_one(
     State(st): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
     Ok(Json(summary(
@@ -107,7 +108,7 @@ pub async fn get_one(
 pub async fn remove(
     State(st): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
     let record = find(&st, &caller, &id).await?;
@@ -132,7 +133,7 @@ pub async fn remove(
 pub async fn make_default(
     State(st): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
     let before = find(&st, &caller, &id).await?;

@@ -73,10 +73,15 @@ pub struct PageQuery {
 /// `GET /connect/{token}`: the connect page (uses the session up).
 pub async fn page(
     State(st): State<Arc<AppState>>,
-    Path(token): Path<String>,
-    axum::extract::Query(q): axum::extract::Query<PageQuery>,
+    token: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    q: Result<axum::extract::Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let gone = |msg: &str| pages::respond(StatusCode::GONE, pages::link_expired(msg));
+    // A token that is not UTF-8 once decoded, or a malformed query, opens no session:
+    // the page says so like for any unknown link (the framework's plain-text 400 did).
+    let (Ok(Path(token)), Ok(axum::extract::Query(q))) = (token, q) else {
+        return gone("This connect link is not valid. Ask flow8 for a new one.");
+    };
     let Ok(oauth) = super::integrations::oauth(&st) else {
         return gone("no OAuth2 providers are configured on this host");
     };

@@ -8,11 +8,11 @@ use crate::oauth::{OAuthError, OAuthService};
 use crate::server::AppState;
 use crate::server::auth::Caller;
 use crate::server::error::ApiError;
-use crate::server::extract::ApiJson;
+use crate::server::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::server::pages;
 use crate::store::{LinkRecord, LinkStatus, Store};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
@@ -80,9 +80,8 @@ pub struct ServiceParam {
 pub async fn authorize(
     State(st): State<Arc<AppState>>,
     caller: Caller,
-    q: Result<Query<ServiceParam>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<ServiceParam>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::invalid_input(e.body_text()))?;
     let binding = crate::oauth::new_browser_binding();
     let url = oauth(&st)?
         .authorize_url(&caller.company_id, &caller.user_id, &q.service, &binding)
@@ -143,11 +142,39 @@ fn binding_from(headers: &HeaderMap) -> Option<String> {
 pub async fn callback(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
-    Query(params): Query<BTreeMap<String, String>>,
+    params: Result<Query<BTreeMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let mut response = callback_answer(&st, &headers, &params).await;
+    let mut response = match params {
+        Ok(Query(params)) => callback_answer(&st, &headers, &params).await,
+        // A query string that is not UTF-8 or not `key=value` pairs: said on the page
+        // (or in JSON) like any other refused callback.
+        Err(e) => failed_callback(
+            &headers,
+            ApiError::invalid_input(format!("the query string: {}", e.body_text())),
+        ),
+    };
     pages::private_headers(response.headers_mut());
     response
+}
+
+/// Whether the caller asked for JSON rather than the page.
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"))
+}
+
+/// A refused callback: the error envelope for JSON callers, else the page.
+fn failed_callback(headers: &HeaderMap, e: ApiError) -> Response {
+    if wants_json(headers) {
+        e.into_response()
+    } else {
+        pages::respond(
+            e.status(),
+            pages::not_connected(e.name.as_str(), &e.message),
+        )
+    }
 }
 
 async fn callback_answer(
@@ -155,10 +182,7 @@ async fn callback_answer(
     headers: &HeaderMap,
     params: &BTreeMap<String, String>,
 ) -> Response {
-    let wants_json = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("application/json"));
+    let wants_json = wants_json(headers);
     let binding = binding_from(headers);
     let result = match oauth(st) {
         Ok(o) => o
@@ -193,16 +217,7 @@ async fn callback_answer(
                 )
             }
         }
-        Err(e) => {
-            if wants_json {
-                e.into_response()
-            } else {
-                pages::respond(
-                    e.status(),
-                    pages::not_connected(e.name.as_str(), &e.message),
-                )
-            }
-        }
+        Err(e) => failed_callback(headers, e),
     }
 }
 
@@ -211,33 +226,40 @@ async fn callback_answer(
 #[serde(deny_unknown_fields)]
 pub struct LinkFilter {
     service: Option<String>,
-    expiring_within_days: Option<u32>,
+    /// A whole number of days, checked by `whole_number` (so `-1` or `1.5` is refused
+    /// naming the range, not as a bare type error).
+    expiring_within_days: Option<f64>,
     needs_reconnect: Option<bool>,
 }
 
 /// The widest expiry window a link listing takes (ten years).
-const MAX_EXPIRY_WINDOW_DAYS: u32 = 3650;
+pub const MAX_EXPIRY_WINDOW_DAYS: u64 = 3650;
 
 /// `GET /api/v1/integrations/links`
 pub async fn list(
     State(st): State<Arc<AppState>>,
     caller: Caller,
-    q: Result<Query<LinkFilter>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(f): ApiQuery<LinkFilter>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(f) = q.map_err(|e| ApiError::invalid_input(e.body_text()))?;
-    let links = match f.expiring_within_days {
-        // Every number from outside is range-checked: 4294967295 days overflowed the
-        // date arithmetic and panicked the handler.
-        Some(days) if !(1..=MAX_EXPIRY_WINDOW_DAYS).contains(&days) => {
-            return Err(ApiError::invalid_input(format!(
-                "expiring_within_days must be 1-{MAX_EXPIRY_WINDOW_DAYS}"
-            )));
-        }
+    // Every number from outside is range-checked: 4294967295 days overflowed the date
+    // arithmetic and panicked the handler.
+    let days = f
+        .expiring_within_days
+        .map(|d| {
+            crate::server::extract::whole_number(
+                "expiring_within_days",
+                d,
+                1,
+                MAX_EXPIRY_WINDOW_DAYS,
+            )
+        })
+        .transpose()?;
+    let links = match days {
         Some(days) => {
             oauth(&st)?
                 .expiring(
                     &caller.company_id,
-                    std::time::Duration::from_secs(u64::from(days) * 86_400),
+                    std::time::Duration::from_secs(days.saturating_mul(86_400)),
                 )
                 .await?
         }
@@ -312,7 +334,7 @@ async fn unlink_one(
 pub async fn unlink(
     State(st): State<Arc<AppState>>,
     caller: Caller,
-    Path((service, id)): Path<(String, String)>,
+    ApiPath((service, id)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     oauth(&st)?;
     managed_link(&st, &caller, &service, &id).await?;
@@ -345,7 +367,7 @@ fn check_user_id(user_id: &str) -> Result<(), ApiError> {
 pub async fn share(
     State(st): State<Arc<AppState>>,
     caller: Caller,
-    Path((service, id)): Path<(String, String)>,
+    ApiPath((service, id)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<ShareBody>,
 ) -> Result<Json<Value>, ApiError> {
     check_user_id(&body.user_id)?;
@@ -356,7 +378,7 @@ pub async fn share(
 pub async fn unshare(
     State(st): State<Arc<AppState>>,
     caller: Caller,
-    Path((service, id, user_id)): Path<(String, String, String)>,
+    ApiPath((service, id, user_id)): ApiPath<(String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     check_user_id(&user_id)?;
     set_share(&st, &caller, &service, &id, &user_id, false).await
@@ -396,10 +418,10 @@ async fn set_share(
 pub async fn unlink_all(
     State(st): State<Arc<AppState>>,
     caller: Caller,
-    q: Result<Query<ServiceParam>, axum::extract::rejection::QueryRejection>,
+    q: Result<ApiQuery<ServiceParam>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    let Query(q) = q.map_err(|e| ApiError::invalid_input(e.body_text()))?;
+    let ApiQuery(q) = q?;
     let links = st
         .store
         .list_links(&caller.company_id, Some(&q.service))

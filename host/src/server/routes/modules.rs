@@ -11,9 +11,10 @@ use crate::server::AppState;
 use crate::server::audit;
 use crate::server::auth::Caller;
 use crate::server::error::ApiError;
+use crate::server::extract::ApiPath;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -52,7 +53,7 @@ pub async fn list(State(st): State<Arc<AppState>>, caller: Caller) -> Json<Value
 pub async fn get_one(
     State(st): State<Arc<AppState>>,
     caller: Caller,
-    Path(module_ref): Path<String>,
+    ApiPath(module_ref): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     if module_ref.contains('/') || module_ref.ends_with(".wasm") {
         return Err(ApiError::not_found("module"));
@@ -69,9 +70,16 @@ pub async fn get_one(
 pub async fn install(
     State(st): State<Arc<AppState>>,
     caller: Caller,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require_admin()?;
+    // Past the route's body limit the framework's answer is plain text: name it.
+    let body = body.map_err(|e| {
+        ApiError::new(
+            ErrorName::BodyTooLarge,
+            format!("the module could not be read: {}", e.body_text()),
+        )
+    })?;
     // The company's install directory is named by its id.
     crate::company::check(&caller.company_id)
         .map_err(|e| ApiError::invalid_input(e.to_string()))?;
@@ -130,7 +138,7 @@ pub async fn install(
 pub async fn remove(
     State(st): State<Arc<AppState>>,
     caller: Caller,
-    Path(module_ref): Path<String>,
+    ApiPath(module_ref): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
     let Some((name, version)) = module_ref.split_once('@') else {

@@ -23,16 +23,19 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Per-step limit overrides (each at most the host's default).
+/// Per-step limit overrides (each at most the host's default). The numbers arrive as
+/// `f64` so that every value from outside, however large, negative or fractional, meets
+/// one range check that names the field and its range (`extract::whole_number`) before
+/// any arithmetic.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitOverrides {
     deadline_seconds: Option<f64>,
-    memory_mib: Option<usize>,
-    output_kib: Option<usize>,
-    open_files: Option<usize>,
-    workspace_mib: Option<u64>,
-    workspace_files: Option<u64>,
+    memory_mib: Option<f64>,
+    output_kib: Option<f64>,
+    open_files: Option<f64>,
+    workspace_mib: Option<f64>,
+    workspace_files: Option<f64>,
 }
 
 /// The step body.
@@ -69,11 +72,15 @@ fn empty_object() -> Value {
 }
 
 fn limits(defaults: StepLimits, o: Option<LimitOverrides>) -> Result<StepLimits, ApiError> {
+    use crate::runtime::sandbox::{OPEN_FILES_RANGE, WORKSPACE_FILES_RANGE, WORKSPACE_MIB_RANGE};
+    use crate::server::extract::whole_number;
+    const MIB: usize = 1024 * 1024;
     let Some(o) = o else {
         return Ok(defaults);
     };
     let mut l = defaults;
     if let Some(d) = o.deadline_seconds {
+        // NaN and infinities fail the comparison too.
         if !(d > 0.0 && d <= defaults.deadline.as_secs_f64()) {
             return Err(ApiError::invalid_input(format!(
                 "limits.deadline_seconds must be in (0, {}]",
@@ -82,38 +89,69 @@ fn limits(defaults: StepLimits, o: Option<LimitOverrides>) -> Result<StepLimits,
         }
         l.deadline = Duration::from_secs_f64(d);
     }
+    // Each maximum is the host's default (a step lowers a limit, never raises it), so
+    // once in range the byte counts below cannot overflow.
+    let at_most = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
     if let Some(m) = o.memory_mib {
-        // Checked: a number from outside must not overflow (a panic in debug builds, a
-        // wrapped, too small cap in release).
-        if m == 0
-            || m.checked_mul(1024 * 1024)
-                .is_none_or(|b| b > defaults.memory_bytes)
-        {
-            return Err(ApiError::invalid_input(format!(
-                "limits.memory_mib must be 1-{}",
-                defaults.memory_bytes / (1024 * 1024)
-            )));
-        }
-        l.memory_bytes = m * 1024 * 1024;
+        let m = whole_number(
+            "limits.memory_mib",
+            m,
+            1,
+            at_most(defaults.memory_bytes / MIB),
+        )?;
+        l.memory_bytes = usize::try_from(m).unwrap_or(usize::MAX).saturating_mul(MIB);
     }
     if let Some(k) = o.output_kib {
-        if k == 0
-            || k.checked_mul(1024)
-                .is_none_or(|b| b > defaults.output_bytes)
-        {
-            return Err(ApiError::invalid_input(format!(
-                "limits.output_kib must be 1-{}",
-                defaults.output_bytes / 1024
-            )));
-        }
-        l.output_bytes = k * 1024;
+        let k = whole_number(
+            "limits.output_kib",
+            k,
+            1,
+            at_most(defaults.output_bytes / 1024),
+        )?;
+        l.output_bytes = usize::try_from(k)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(1024);
     }
+    let open_files = o
+        .open_files
+        .map(|n| {
+            whole_number(
+                "limits.open_files",
+                n,
+                at_most(*OPEN_FILES_RANGE.start()),
+                at_most(defaults.open_files),
+            )
+        })
+        .transpose()?
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    let workspace_mib = o
+        .workspace_mib
+        .map(|m| {
+            whole_number(
+                "limits.workspace_mib",
+                m,
+                *WORKSPACE_MIB_RANGE.start(),
+                defaults.workspace_bytes / 1024 / 1024,
+            )
+        })
+        .transpose()?;
+    let workspace_files = o
+        .workspace_files
+        .map(|n| {
+            whole_number(
+                "limits.workspace_files",
+                n,
+                *WORKSPACE_FILES_RANGE.start(),
+                defaults.workspace_files,
+            )
+        })
+        .transpose()?;
     crate::runtime::sandbox::override_budgets(
         &mut l,
         &defaults,
-        o.open_files,
-        o.workspace_mib,
-        o.workspace_files,
+        open_files,
+        workspace_mib,
+        workspace_files,
     )
     .map_err(ApiError::invalid_input)?;
     Ok(l)
