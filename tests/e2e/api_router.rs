@@ -406,3 +406,17 @@ async fn a_steps_pinned_to_confines_it_and_comes_back_in_its_report() {
         "{v}"
     );
 }
+
+/// A well-formed workspace name that is not there is a missing resource (`404
+/// not_found`), not a malformed body: the contract check sends such bodies as valid.
+#[tokio::test]
+async fn a_step_naming_a_workspace_that_is_not_there_is_not_found() {
+    let e = edge().await;
+    let body =
+        json!({"module_ref": "hostile", "workspace": "nope", "input_mapping": {"attack": "ok"}});
+    let (s, v) = e
+        .call("POST", "/api/v1/steps", Some(&body.to_string()))
+        .await;
+    assert_envelope(s, &v, ErrorName::NotFound);
+    assert_eq!(v["status"], "error", "{v}");
+}

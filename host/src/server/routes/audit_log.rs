@@ -16,16 +16,27 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 /// Query parameters.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditParams {
+    /// Only entries of this action (`component_created`, `credential_used`, ...).
     action_type: Option<String>,
+    /// Only entries about this kind of resource.
     resource_type: Option<String>,
+    /// Only entries about this resource.
     resource_id: Option<String>,
+    /// From this time on (RFC 3339).
+    #[param(format = DateTime)]
     since: Option<String>,
+    /// Before this time (RFC 3339).
+    #[param(format = DateTime)]
     until: Option<String>,
-    /// Whole numbers, range-checked by `whole_number` (see the steps' limits).
+    /// Entries on the page (whole numbers, range-checked by `whole_number`).
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 500)]
     limit: Option<f64>,
+    /// Entries skipped.
+    #[param(value_type = Option<u64>, minimum = 0, maximum = 1000000000)]
     offset: Option<f64>,
 }
 
@@ -44,6 +55,10 @@ fn when(name: &str, v: Option<String>) -> Result<Option<OffsetDateTime>, ApiErro
 }
 
 /// `GET /api/v1/admin/audit`
+#[utoipa::path(get, path = "/api/v1/admin/audit", tag = "audit", security(("bearer" = [])), params(AuditParams),
+    summary = "The audit log, newest first",
+    responses((status = 200, description = "A page", body = crate::server::openapi::AuditPage),
+        (status = 400, description = "invalid_input: a filter or paging number", body = crate::server::openapi::Error), (status = 403, description = "admin_required", body = crate::server::openapi::Error)))]
 pub async fn list(
     State(st): State<Arc<AppState>>,
     caller: Caller,

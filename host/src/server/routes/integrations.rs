@@ -66,10 +66,28 @@ pub fn view(l: &LinkRecord) -> Value {
 }
 
 /// `?service=`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ServiceParam {
+    /// The provider (`slack`, `microsoft`, ...).
     service: String,
+}
+
+/// What a provider sends back to `/auth/callback` (RFC 6749 §4.1.2): `code` and `state`,
+/// or `error` (and `error_description`) when the user or provider refused.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct CallbackParams {
+    /// The authorization code.
+    code: Option<String>,
+    /// The authorization's state, as this host made it.
+    state: String,
+    /// The provider's error name.
+    error: Option<String>,
+    /// The provider's words.
+    error_description: Option<String>,
 }
 
 /// `GET /api/v1/integrations/authorize?service=slack`: the provider URL, and the browser
@@ -77,6 +95,11 @@ pub struct ServiceParam {
 /// is the user's browser, on this host's site), and names it in `browser_binding` for a
 /// caller that sends the browser on itself: that caller sets the cookie in the same
 /// browser (see the README's "OAuth connections").
+#[utoipa::path(get, path = "/api/v1/integrations/authorize", tag = "integrations", security(("bearer" = [])), params(ServiceParam),
+    summary = "Start an OAuth connection for the caller: the provider's URL and the browser binding",
+    responses((status = 200, description = "Send the browser to auth_url", body = crate::server::openapi::Authorization,
+            headers(("Set-Cookie" = String, description = "The browser binding"))),
+        (status = 400, description = "invalid_input", body = crate::server::openapi::Error), (status = 404, description = "not_configured: no such provider on this host", body = crate::server::openapi::Error)))]
 pub async fn authorize(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -139,6 +162,17 @@ fn binding_from(headers: &HeaderMap) -> Option<String> {
 /// `GET /auth/callback?code&state` (the provider sends the browser here). Every answer,
 /// page, JSON or redirect, is never cached and carries the pages' CSP: the URL held an
 /// authorization code.
+#[utoipa::path(get, path = "/auth/callback", tag = "integrations", params(CallbackParams),
+    summary = "The provider's redirect target: stores the link, shows Connected! (JSON with Accept: application/json)",
+    responses((status = 200, description = "Connected", content((String = "text/html"), (crate::server::openapi::Connected = "application/json"))),
+        (status = 303, description = "Connected; to the provider's return_url"),
+        (status = 400, description = "invalid_state, invalid_grant or invalid_input", content((String = "text/html"), (crate::server::openapi::Error = "application/json"))),
+        (status = 403, description = "access_denied: consent was refused", content((String = "text/html"), (crate::server::openapi::Error = "application/json"))),
+        (status = 404, description = "not_configured", content((String = "text/html"), (crate::server::openapi::Error = "application/json"))),
+        (status = 429, description = "rate_limit_exceeded at the provider", content((String = "text/html"), (crate::server::openapi::Error = "application/json"))),
+        (status = 500, description = "internal_error or vault_error", content((String = "text/html"), (crate::server::openapi::Error = "application/json"))),
+        (status = 502, description = "upstream_error, provider_error or network_error", content((String = "text/html"), (crate::server::openapi::Error = "application/json"))),
+        (status = 503, description = "store_unavailable", content((String = "text/html"), (crate::server::openapi::Error = "application/json")))))]
 pub async fn callback(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -222,13 +256,17 @@ async fn callback_answer(
 }
 
 /// `GET /api/v1/integrations/links` filters.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LinkFilter {
+    /// Only this provider's links.
     service: Option<String>,
     /// A whole number of days, checked by `whole_number` (so `-1` or `1.5` is refused
     /// naming the range, not as a bare type error).
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 3650)]
     expiring_within_days: Option<f64>,
+    /// Only links that need (or do not need) the user to connect again.
     needs_reconnect: Option<bool>,
 }
 
@@ -236,6 +274,10 @@ pub struct LinkFilter {
 pub const MAX_EXPIRY_WINDOW_DAYS: u64 = 3650;
 
 /// `GET /api/v1/integrations/links`
+#[utoipa::path(get, path = "/api/v1/integrations/links", tag = "integrations", security(("bearer" = [])), params(LinkFilter),
+    summary = "The company's links, never their tokens",
+    responses((status = 200, description = "Links", body = crate::server::openapi::LinkList),
+        (status = 400, description = "invalid_input: a filter", body = crate::server::openapi::Error), (status = 404, description = "not_configured (expiring_within_days needs OAuth)", body = crate::server::openapi::Error)))]
 pub async fn list(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -331,6 +373,11 @@ async fn unlink_one(
 }
 
 /// `DELETE /api/v1/integrations/{service}/{link_id}`: the link's owner, or an admin.
+#[utoipa::path(delete, path = "/api/v1/integrations/{service}/{link_id}", tag = "integrations", security(("bearer" = [])), params(("service" = String, Path, description = "The link's provider"), ("link_id" = String, Path, description = "The link's id")),
+    summary = "Unlink a link and revoke its tokens at the provider (its owner, or an admin)",
+    responses((status = 204, description = "Unlinked"),
+        (status = 400, description = "invalid_input: a path segment does not decode", body = crate::server::openapi::Error), (status = 403, description = "access_denied: another member's link", body = crate::server::openapi::Error),
+        (status = 404, description = "not_found or not_configured", body = crate::server::openapi::Error)))]
 pub async fn unlink(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -343,10 +390,11 @@ pub async fn unlink(
 }
 
 /// `POST /api/v1/integrations/{service}/{link_id}/shares` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShareBody {
     /// The member to share with, or `*` for every member of the company.
+    #[schema(pattern = r"^[\x21-\x7e]{1,128}$")]
     user_id: String,
 }
 
@@ -364,6 +412,11 @@ fn check_user_id(user_id: &str) -> Result<(), ApiError> {
 
 /// `POST /api/v1/integrations/{service}/{link_id}/shares`: let another member (or every
 /// member, `*`) use the link in their steps. The owner or an admin; audited.
+#[utoipa::path(post, path = "/api/v1/integrations/{service}/{link_id}/shares", tag = "integrations", security(("bearer" = [])), params(("service" = String, Path, description = "The link's provider"), ("link_id" = String, Path, description = "The link's id")),
+    summary = "Let another member (or every member, *) use the link; its owner or an admin",
+    request_body = ShareBody,
+    responses((status = 200, description = "The link", body = crate::server::openapi::Link),
+        (status = 400, description = "invalid_input", body = crate::server::openapi::Error), (status = 403, description = "access_denied", body = crate::server::openapi::Error), (status = 404, description = "not_found or not_configured", body = crate::server::openapi::Error)))]
 pub async fn share(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -375,6 +428,10 @@ pub async fn share(
 }
 
 /// `DELETE /api/v1/integrations/{service}/{link_id}/shares/{user_id}`: stop sharing.
+#[utoipa::path(delete, path = "/api/v1/integrations/{service}/{link_id}/shares/{user_id}", tag = "integrations", security(("bearer" = [])), params(("service" = String, Path, description = "The link's provider"), ("link_id" = String, Path, description = "The link's id"), ("user_id" = String, Path, description = "The member, or *", pattern = r"^[\x21-\x7e]{1,128}$")),
+    summary = "Stop sharing the link with a member (or *); its owner or an admin",
+    responses((status = 200, description = "The link", body = crate::server::openapi::Link),
+        (status = 400, description = "invalid_input", body = crate::server::openapi::Error), (status = 403, description = "access_denied", body = crate::server::openapi::Error), (status = 404, description = "not_found or not_configured", body = crate::server::openapi::Error)))]
 pub async fn unshare(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -415,6 +472,10 @@ async fn set_share(
 
 /// `DELETE /api/v1/integrations/links?service=slack`: every link of the service
 /// (flow8's "Revoke all tokens for a service"). Admins only.
+#[utoipa::path(delete, path = "/api/v1/integrations/links", tag = "integrations", security(("bearer" = [])), params(ServiceParam),
+    summary = "Unlink and revoke every link of a service (admins)",
+    responses((status = 200, description = "How many", body = crate::server::openapi::Unlinked),
+        (status = 400, description = "invalid_input", body = crate::server::openapi::Error), (status = 403, description = "admin_required or access_denied", body = crate::server::openapi::Error), (status = 404, description = "not_configured", body = crate::server::openapi::Error)))]
 pub async fn unlink_all(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -435,13 +496,20 @@ pub async fn unlink_all(
 }
 
 /// `POST /api/v1/integrations/test` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestBody {
+    /// The link's id.
     link_id: String,
 }
 
 /// `POST /api/v1/integrations/test`
+#[utoipa::path(post, path = "/api/v1/integrations/test", tag = "integrations", security(("bearer" = [])),
+    summary = "Health check of a link with the provider's identity endpoint",
+    request_body = TestBody,
+    responses((status = 200, description = "Its health", body = crate::server::openapi::LinkHealth),
+        (status = 404, description = "not_found or not_configured", body = crate::server::openapi::Error), (status = 429, description = "rate_limit_exceeded at the provider", body = crate::server::openapi::Error),
+        (status = 502, description = "upstream_error, provider_error or network_error", body = crate::server::openapi::Error)))]
 pub async fn test(
     State(st): State<Arc<AppState>>,
     caller: Caller,
