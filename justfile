@@ -64,12 +64,21 @@ test-prereqs:
     [ -n "$missing" ] || echo "test prerequisites: all present"
 
 # The test servers from npm (oauth2-mock-server and oidc-provider, each from its lock
-# file) and PyPI (SecantusDB, a MongoDB-wire-protocol server, in tests/.venv).
+# file) and PyPI (SecantusDB, a MongoDB-wire-protocol server, and schemathesis, the API
+# contract checker, both pinned, in tests/.venv).
 test-servers: test-prereqs
     @test -d tests/oauth-server/node_modules/oauth2-mock-server || (cd tests/oauth-server && npm ci --no-audit --no-fund)
     @test -d tests/oidc-server/node_modules/oidc-provider || (cd tests/oidc-server && npm ci --no-audit --no-fund)
     @test -x tests/.venv/bin/python && tests/.venv/bin/python -c 'import secantus' 2>/dev/null || (python3 -m venv tests/.venv && tests/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/mongo-server/requirements.txt)
     @tests/.venv/bin/python -c 'import aiosmtpd, pyftpdlib, OpenSSL, cryptography' 2>/dev/null || tests/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/py-servers/requirements.txt
+    @tests/.venv/bin/python -c 'import schemathesis' 2>/dev/null || tests/.venv/bin/pip install --quiet --disable-pip-version-check -r tests/contract/requirements.txt
+
+# The API contract: schemathesis, every check on, against a live host with two
+# companies' member tokens, bounded in examples and time (FLOW8_CONTRACT_EXAMPLES,
+# FLOW8_CONTRACT_SECONDS per company; about 2.5 minutes in all on 2 cores).
+contract: test-servers
+    cargo build -p flow8-host
+    tests/contract/run.sh {{target_dir}}/debug/flow8-host {{wasm_dir}}
 
 # Build the host.
 build: modules
@@ -106,6 +115,8 @@ test: lint modules guests test-servers
     # The hostile-module suites again, each host on MongoDB (SecantusDB) instead of the
     # embedded store.
     FLOW8_TEST_STORE=mongodb FLOW8_WASM_DIR={{wasm_dir}} cargo test -p flow8-tests --test e2e -- hostile_ step_budgets:: 2>&1 | tee -a {{target_dir}}/test-output.log
+    # The API contract (schemathesis) against a live host; a failure stops here.
+    tests/contract/run.sh {{target_dir}}/debug/flow8-host {{wasm_dir}}
     @awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' {{target_dir}}/test-output.log
 
 # Benchmarks (release build); prints a table.

@@ -183,18 +183,116 @@ async fn a_handler_that_panics_answers_internal_error_and_the_host_goes_on() {
     assert_eq!(resp.status(), StatusCode::OK);
 }
 
+/// Every number from outside is range-checked before any arithmetic and refused by a
+/// named `invalid_input` that names the field and its range; after each refusal the
+/// next step on the same host runs normally.
 #[tokio::test]
 async fn numbers_from_outside_are_range_checked() {
     let e = edge().await;
-    let (s, v) = e
+    // Query parameters. 4294967295 days overflowed the date arithmetic and the handler
+    // panicked; -1 and 1.5 were type errors that named no range.
+    for days in ["4294967295", "0", "-1", "1.5", "NaN", "1e400"] {
+        let (s, v) = e
+            .call(
+                "GET",
+                &format!("/api/v1/integrations/links?expiring_within_days={days}"),
+                None,
+            )
+            .await;
+        assert_envelope(s, &v, ErrorName::InvalidInput);
+        assert_eq!(
+            v["message"], "expiring_within_days must be a whole number 1-3650",
+            "{days}: {v}"
+        );
+    }
+    // Step limits: 17592186044416 MiB (and a huge output_kib) overflowed a
+    // multiplication, a panic in debug builds and a wrapped cap in release.
+    for (field, value, range) in [
+        ("memory_mib", "17592186044416", "1-64"),
+        ("output_kib", "18014398509481984", "1-1024"),
+        ("memory_mib", "-1", "1-64"),
+        ("output_kib", "0.5", "1-1024"),
+        ("open_files", "1e300", "16-256"),
+        ("workspace_mib", "18446744073709551615", "1-256"),
+        ("workspace_files", "-5", "1-1000"),
+    ] {
+        let body = format!(
+            r#"{{"name": "s", "module_ref": "hostile", "limits": {{"{field}": {value}}}}}"#
+        );
+        let (s, v) = e.call("POST", "/api/v1/steps", Some(&body)).await;
+        assert_envelope(s, &v, ErrorName::InvalidInput);
+        assert_eq!(
+            v["message"],
+            format!("limits.{field} must be a whole number {range}"),
+            "{body}: {v}"
+        );
+        let ok = json!({"name": "s", "module_ref": "hostile", "input_mapping": {"attack": "ok"}});
+        let (s, v) = e.call("POST", "/api/v1/steps", Some(&ok.to_string())).await;
+        assert_eq!(
+            (s, v["status"].as_str()),
+            (StatusCode::OK, Some("ok")),
+            "{v}"
+        );
+    }
+}
+
+/// The audit log's paging: an offset near u64::MAX overflowed `offset + limit` (a panic
+/// in debug builds); both numbers are refused by name outside their range.
+#[tokio::test]
+async fn audit_paging_numbers_are_range_checked() {
+    let e = edge().await;
+    let (token, _) = auth::create_token(&e._host.store, "company-a", "root", true, "t")
+        .await
+        .unwrap();
+    let admin = Edge { token, ..e };
+    for (query, message) in [
+        (
+            "offset=18446744073709551615",
+            "offset must be a whole number 0-1000000000",
+        ),
+        ("offset=-1", "offset must be a whole number 0-1000000000"),
+        ("limit=0", "limit must be a whole number 1-500"),
+        ("limit=501", "limit must be a whole number 1-500"),
+        ("limit=2.5", "limit must be a whole number 1-500"),
+    ] {
+        let (s, v) = admin
+            .call("GET", &format!("/api/v1/admin/audit?{query}"), None)
+            .await;
+        assert_envelope(s, &v, ErrorName::InvalidInput);
+        assert_eq!(v["message"], message, "{query}: {v}");
+    }
+    let (s, v) = admin
         .call(
             "GET",
-            "/api/v1/integrations/links?expiring_within_days=4294967295",
+            "/api/v1/admin/audit?limit=500&offset=1000000000",
             None,
         )
         .await;
-    // Before, this overflowed the date arithmetic and the handler panicked.
-    assert_envelope(s, &v, ErrorName::InvalidInput);
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["entries"], json!([]), "{v}");
+}
+
+/// What the framework refuses on its own (a path segment or query that is not UTF-8
+/// once decoded, a query of the wrong shape) answers the API's JSON envelope, not a
+/// plain-text 400.
+#[tokio::test]
+async fn the_frameworks_own_refusals_are_named_envelopes() {
+    let e = edge().await;
+    for uri in [
+        "/api/v1/modules/%FF",
+        "/api/v1/integrations/slack/%C3%28",
+        "/api/v1/integrations/links?needs_reconnect=maybe",
+        "/api/v1/integrations/links?service=a&service=b",
+        "/api/v1/integrations/authorize",
+    ] {
+        let method = if uri.contains("/slack/") {
+            "DELETE"
+        } else {
+            "GET"
+        };
+        let (s, v) = e.call(method, uri, None).await;
+        assert_envelope(s, &v, ErrorName::InvalidInput);
+    }
 }
 
 /// `POST /api/v1/steps` per company: past its burst a company is told `429
@@ -307,4 +405,18 @@ async fn a_steps_pinned_to_confines_it_and_comes_back_in_its_report() {
         (&json!(false), &json!([])),
         "{v}"
     );
+}
+
+/// A well-formed workspace name that is not there is a missing resource (`404
+/// not_found`), not a malformed body: the contract check sends such bodies as valid.
+#[tokio::test]
+async fn a_step_naming_a_workspace_that_is_not_there_is_not_found() {
+    let e = edge().await;
+    let body =
+        json!({"module_ref": "hostile", "workspace": "nope", "input_mapping": {"attack": "ok"}});
+    let (s, v) = e
+        .call("POST", "/api/v1/steps", Some(&body.to_string()))
+        .await;
+    assert_envelope(s, &v, ErrorName::NotFound);
+    assert_eq!(v["status"], "error", "{v}");
 }

@@ -1,6 +1,7 @@
 //! Bad input gets one clear, named error: a file that is not wasm, a component of
 //! another world, a module without a manifest or with a broken one, input that breaks
-//! the module's schema, malformed JSON, an unknown module.
+//! the module's schema, malformed JSON, an unknown module; and over the API, numbers
+//! that once crashed a request.
 
 use flow8_tests::{Cli, wasm};
 
@@ -129,4 +130,65 @@ fn modules_list_and_inspect_show_manifests() {
     assert_eq!(m["name"], "http-request");
     assert_eq!(m["digest"].as_str().unwrap().len(), 64);
     assert_eq!(m["manifest"]["credentials"][0]["name"], "request");
+}
+
+/// Issue 17's two crashing requests over a real socket, with a member token: each is
+/// answered (`400 invalid_input` naming the field and range), never a dropped
+/// connection, and the next step on the same host runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_that_crashed_a_request_are_answered_by_name() {
+    use flow8_tests::{ServerProcess, create_token, wasm_dir};
+    let cli = Cli::new();
+    let token = create_token(&cli, "company-a", "bob", false);
+    let server = ServerProcess::start(&cli, &wasm_dir(), &[]);
+    let http = reqwest::Client::new();
+    let step = |body: serde_json::Value| {
+        http.post(server.url("/api/v1/steps"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+    let resp = http
+        .get(server.url("/api/v1/integrations/links?expiring_within_days=4294967295"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("an answer, not a closed connection");
+    assert_eq!(resp.status(), 400);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["error"], "invalid_input", "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("expiring_within_days"),
+        "{v}"
+    );
+
+    for limits in [
+        serde_json::json!({"memory_mib": 17592186044416u64}),
+        serde_json::json!({"output_kib": 18014398509481984u64}),
+    ] {
+        let field = limits.as_object().unwrap().keys().next().unwrap().clone();
+        let resp = step(serde_json::json!({"name": "s", "module_ref": "hostile",
+            "input_mapping": {"attack": "ok"}, "limits": limits}))
+        .await
+        .expect("an answer, not a closed connection");
+        assert_eq!(resp.status(), 400);
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(v["error"], "invalid_input", "{v}");
+        let message = v["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("limits.{field}")) && message.contains("1-"),
+            "{v}"
+        );
+
+        let resp = step(serde_json::json!({"name": "s", "module_ref": "hostile",
+            "input_mapping": {"attack": "ok"}}))
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), 200);
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(v["status"], "ok", "{v}");
+    }
 }

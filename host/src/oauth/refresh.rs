@@ -111,7 +111,7 @@ impl OAuthService {
     fn flight(&self, link_id: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.single_flight
             .lock()
-            .expect("single-flight lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(link_id.to_string())
             .or_default()
             .clone()

@@ -13,7 +13,7 @@ use super::module::{LoadedModule, digest};
 use crate::catalogue::Catalogue;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// A module file found in a module directory, loaded or not.
 #[derive(Debug)]
@@ -141,7 +141,7 @@ impl ModuleRegistry {
         let index = Self::index(&entries);
         self.by_company
             .lock()
-            .expect("registry lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .insert(company_id.to_string(), index);
         entries
     }
@@ -151,7 +151,7 @@ impl ModuleRegistry {
         if self
             .by_name
             .lock()
-            .expect("registry lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .contains_key(name)
         {
             return true;
@@ -159,7 +159,7 @@ impl ModuleRegistry {
         self.scan().await;
         self.by_name
             .lock()
-            .expect("registry lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .contains_key(name)
     }
 
@@ -178,13 +178,16 @@ impl ModuleRegistry {
             let known = self
                 .by_company
                 .lock()
-                .expect("registry lock")
+                .unwrap_or_else(PoisonError::into_inner)
                 .contains_key(company_id);
             if !known {
                 self.scan_company(company_id).await;
             }
             let found = {
-                let by_company = self.by_company.lock().expect("registry lock");
+                let by_company = self
+                    .by_company
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 by_company
                     .get(company_id)
                     .and_then(|idx| Self::pick(idx, name, version))
@@ -204,7 +207,12 @@ impl ModuleRegistry {
     /// Load a module from bytes (cached by digest).
     pub async fn load_bytes(&self, bytes: &[u8]) -> Result<Arc<LoadedModule>, StepError> {
         let d = digest(bytes);
-        if let Some(m) = self.by_digest.lock().expect("registry lock").get(&d) {
+        if let Some(m) = self
+            .by_digest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&d)
+        {
             return Ok(m.clone());
         }
         let module = LoadedModule::load(&self.engine, &self.cache, bytes).await?;
@@ -214,7 +222,7 @@ impl ModuleRegistry {
         let module = Arc::new(module);
         self.by_digest
             .lock()
-            .expect("registry lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .insert(d, module.clone());
         Ok(module)
     }
@@ -228,12 +236,16 @@ impl ModuleRegistry {
             let known = self
                 .file_digests
                 .lock()
-                .expect("registry lock")
+                .unwrap_or_else(PoisonError::into_inner)
                 .get(path)
                 .filter(|(len, t, _)| *len == meta.len() && *t == mtime)
                 .map(|(_, _, d)| d.clone());
             if let Some(d) = known
-                && let Some(m) = self.by_digest.lock().expect("registry lock").get(&d)
+                && let Some(m) = self
+                    .by_digest
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(&d)
             {
                 return Ok(m.clone());
             }
@@ -243,10 +255,13 @@ impl ModuleRegistry {
         })?;
         let module = self.load_bytes(&bytes).await?;
         if let Ok(mtime) = meta.modified() {
-            self.file_digests.lock().expect("registry lock").insert(
-                path.to_path_buf(),
-                (meta.len(), mtime, module.digest.clone()),
-            );
+            self.file_digests
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(
+                    path.to_path_buf(),
+                    (meta.len(), mtime, module.digest.clone()),
+                );
         }
         Ok(module)
     }
@@ -258,7 +273,7 @@ impl ModuleRegistry {
         for dir in &self.dirs {
             self.scan_dir(dir, &mut entries).await;
         }
-        *self.by_name.lock().expect("registry lock") = Self::index(&entries);
+        *self.by_name.lock().unwrap_or_else(PoisonError::into_inner) = Self::index(&entries);
         entries
     }
 
@@ -284,7 +299,11 @@ impl ModuleRegistry {
     }
 
     fn lookup(&self, name: &str, version: Option<&str>) -> Option<Arc<LoadedModule>> {
-        Self::pick(&self.by_name.lock().expect("registry lock"), name, version)
+        Self::pick(
+            &self.by_name.lock().unwrap_or_else(PoisonError::into_inner),
+            name,
+            version,
+        )
     }
 
     fn pick(index: &NameIndex, name: &str, version: Option<&str>) -> Option<Arc<LoadedModule>> {

@@ -9,7 +9,7 @@ use crate::outbound::OutboundClient;
 use bytes::Bytes;
 use serde::Serialize;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -289,14 +289,14 @@ impl StepLog {
 
     /// Append a line (dropped, and the log marked truncated, once the cap is reached).
     pub fn push(&self, level: LogLevel, message: String) {
-        let mut inner = self.inner.lock().expect("log lock");
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         inner.push(level, message);
     }
 
     /// stdout/stderr bytes: split into lines in one pass (no re-scanning or shifting
     /// of what is left, so a write of many short lines costs what its bytes cost).
     fn write_stream(&self, level: LogLevel, bytes: &[u8]) {
-        let mut inner = self.inner.lock().expect("log lock");
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let mut partial = std::mem::take(if level == LogLevel::Stdout {
             &mut inner.partial_stdout
         } else {
@@ -335,7 +335,7 @@ impl StepLog {
     /// The lines so far (flushing any unterminated stdout/stderr text), plus whether
     /// lines were dropped.
     pub fn take(&self) -> (Vec<LogLine>, bool) {
-        let mut inner = self.inner.lock().expect("log lock");
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         for level in [LogLevel::Stdout, LogLevel::Stderr] {
             let buf = if level == LogLevel::Stdout {
                 std::mem::take(&mut inner.partial_stdout)

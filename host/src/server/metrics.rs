@@ -1,6 +1,7 @@
 //! Prometheus metrics in the text exposition format: steps by module and outcome, a
 //! step-latency histogram, and sandbox limit hits. Kept by hand: a handful of counters
-//! does not need a metrics framework.
+//! does not need a metrics framework. A panic elsewhere while a lock is held leaves
+//! whole counters behind, so a poisoned lock is taken over, never a reason to fail.
 //!
 //! A label holds only what the host resolved (a module that loaded, a catalogue error
 //! name), never a caller's raw text, and the module labels are bounded: a flood of
@@ -9,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 /// Distinct module labels kept; steps of further modules count under [`OTHER`].
 pub const MAX_MODULE_LABELS: usize = 256;
@@ -47,7 +48,7 @@ impl Metrics {
     /// Record one finished step: the name of the module that ran (None when the
     /// `module_ref` did not resolve) and its outcome (`ok` or the error's name).
     pub fn step(&self, module: Option<&str>, outcome: &str, seconds: f64) {
-        let mut lat = self.latency.lock().expect("metrics lock");
+        let mut lat = self.latency.lock().unwrap_or_else(PoisonError::into_inner);
         let module = match module {
             None => UNRESOLVED,
             Some(m) if lat.contains_key(m) || lat.len() < MAX_MODULE_LABELS => m,
@@ -56,7 +57,7 @@ impl Metrics {
         *self
             .steps
             .lock()
-            .expect("metrics lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .entry((module.into(), outcome.into()))
             .or_default() += 1;
         let h = lat.entry(module.into()).or_insert_with(|| Histogram {
@@ -77,7 +78,7 @@ impl Metrics {
             *self
                 .limit_hits
                 .lock()
-                .expect("metrics lock")
+                .unwrap_or_else(PoisonError::into_inner)
                 .entry(outcome.into())
                 .or_default() += 1;
         }
@@ -87,7 +88,12 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         out.push_str("# HELP flow8_steps_total Flow steps run, by module and outcome.\n# TYPE flow8_steps_total counter\n");
-        for ((m, o), n) in self.steps.lock().expect("metrics lock").iter() {
+        for ((m, o), n) in self
+            .steps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
             let _ = writeln!(
                 out,
                 "flow8_steps_total{{module=\"{}\",outcome=\"{}\"}} {n}",
@@ -96,7 +102,12 @@ impl Metrics {
             );
         }
         out.push_str("# HELP flow8_step_duration_seconds Step latency, by module.\n# TYPE flow8_step_duration_seconds histogram\n");
-        for (m, h) in self.latency.lock().expect("metrics lock").iter() {
+        for (m, h) in self
+            .latency
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
             let m = escape(m);
             for (i, b) in BUCKETS.iter().enumerate() {
                 let _ = writeln!(
@@ -122,7 +133,12 @@ impl Metrics {
             );
         }
         out.push_str("# HELP flow8_sandbox_limit_hits_total Steps stopped by a sandbox limit.\n# TYPE flow8_sandbox_limit_hits_total counter\n");
-        for (l, n) in self.limit_hits.lock().expect("metrics lock").iter() {
+        for (l, n) in self
+            .limit_hits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
             let _ = writeln!(
                 out,
                 "flow8_sandbox_limit_hits_total{{limit=\"{}\"}} {n}",
@@ -156,5 +172,27 @@ mod tests {
         assert!(!text.contains("module-9999"));
         // 256 modules, each with a histogram of 16 lines: tens of kilobytes, not megabytes.
         assert!(text.len() < 512 * 1024, "{}", text.len());
+    }
+
+    /// A panic while a metrics lock is held (a handler bug on another request) poisons
+    /// it; later steps are still counted and the page still renders.
+    #[test]
+    fn a_panic_holding_a_lock_does_not_stop_the_metrics() {
+        let m = std::sync::Arc::new(Metrics::default());
+        m.step(Some("a"), "ok", 0.01);
+        let held = m.clone();
+        let panicked = std::thread::spawn(move || {
+            let _steps = held.steps.lock();
+            let _latency = held.latency.lock();
+            panic!("a bug while counting");
+        })
+        .join();
+        assert!(panicked.is_err() && m.steps.is_poisoned() && m.latency.is_poisoned());
+        m.step(Some("a"), "ok", 0.01);
+        let text = m.render();
+        assert!(
+            text.contains("flow8_steps_total{module=\"a\",outcome=\"ok\"} 2"),
+            "{text}"
+        );
     }
 }

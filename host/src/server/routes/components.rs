@@ -9,9 +9,10 @@ use crate::server::audit;
 use crate::server::auth::Caller;
 use crate::server::error::ApiError;
 use crate::server::extract::ApiJson;
+use crate::server::extract::ApiPath;
 use crate::store::{ComponentRecord, Store};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -33,6 +34,12 @@ fn audit_state(catalogue: &Catalogue, c: &ComponentRecord) -> Value {
 }
 
 /// `POST /api/v1/admin/components`
+#[utoipa::path(post, path = "/api/v1/admin/components", tag = "components", security(("bearer" = [])),
+    summary = "Create an API-key component (flow8's body); answers config_summary, never a credential",
+    request_body = crate::server::openapi::NewComponent,
+    responses((status = 201, description = "Created", body = crate::server::openapi::Component),
+        (status = 400, description = "invalid_input: the body or a field is not valid", body = crate::server::openapi::Error),
+        (status = 403, description = "admin_required", body = crate::server::openapi::Error), (status = 409, description = "conflict: a component of that name exists", body = crate::server::openapi::Error)))]
 pub async fn create(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -67,6 +74,9 @@ async fn list_all(st: &AppState, caller: &Caller) -> Result<Json<Value>, ApiErro
 }
 
 /// `GET /api/v1/admin/components`
+#[utoipa::path(get, path = "/api/v1/admin/components", tag = "components", security(("bearer" = [])),
+    summary = "The company's components",
+    responses((status = 200, description = "Summaries", body = crate::server::openapi::ComponentList), (status = 403, description = "admin_required", body = crate::server::openapi::Error)))]
 pub async fn list(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -76,6 +86,9 @@ pub async fn list(
 }
 
 /// `GET /api/v1/components`: members see the summaries too (to bind components to steps).
+#[utoipa::path(get, path = "/api/v1/components", tag = "components", security(("bearer" = [])),
+    summary = "The company's components (summaries), for binding them to steps",
+    responses((status = 200, description = "Summaries", body = crate::server::openapi::ComponentList)))]
 pub async fn list_for_members(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -91,10 +104,14 @@ async fn find(st: &AppState, caller: &Caller, id: &str) -> Result<ComponentRecor
 }
 
 /// `GET /api/v1/admin/components/{id}`
+#[utoipa::path(get, path = "/api/v1/admin/components/{id}", tag = "components", security(("bearer" = [])), params(("id" = String, Path, description = "The component's id")),
+    summary = "One component",
+    responses((status = 200, description = "Its summary", body = crate::server::openapi::Component),
+        (status = 400, description = "invalid_input: the id does not decode", body = crate::server::openapi::Error), (status = 403, description = "admin_required", body = crate::server::openapi::Error), (status = 404, description = "not_found", body = crate::server::openapi::Error)))]
 pub async fn get_one(
     State(st): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
     Ok(Json(summary(
@@ -104,10 +121,14 @@ pub async fn get_one(
 }
 
 /// `DELETE /api/v1/admin/components/{id}`
+#[utoipa::path(delete, path = "/api/v1/admin/components/{id}", tag = "components", security(("bearer" = [])), params(("id" = String, Path, description = "The component's id")),
+    summary = "Delete a component",
+    responses((status = 204, description = "Deleted"),
+        (status = 400, description = "invalid_input: the id does not decode", body = crate::server::openapi::Error), (status = 403, description = "admin_required", body = crate::server::openapi::Error), (status = 404, description = "not_found", body = crate::server::openapi::Error)))]
 pub async fn remove(
     State(st): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
     let record = find(&st, &caller, &id).await?;
@@ -129,10 +150,14 @@ pub async fn remove(
 }
 
 /// `POST /api/v1/admin/components/{id}/default`
+#[utoipa::path(post, path = "/api/v1/admin/components/{id}/default", tag = "components", security(("bearer" = [])), params(("id" = String, Path, description = "The component's id")),
+    summary = "Make a component the default of its kind",
+    responses((status = 200, description = "Its summary", body = crate::server::openapi::Component),
+        (status = 400, description = "invalid_input: the id does not decode", body = crate::server::openapi::Error), (status = 403, description = "admin_required", body = crate::server::openapi::Error), (status = 404, description = "not_found", body = crate::server::openapi::Error)))]
 pub async fn make_default(
     State(st): State<Arc<AppState>>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
     let before = find(&st, &caller, &id).await?;

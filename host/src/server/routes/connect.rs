@@ -22,7 +22,7 @@ use std::sync::Arc;
 use time::format_description::well_known::Rfc3339;
 
 /// `POST /api/v1/integrations/connect-sessions` body.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewConnectSession {
     /// Offer only these services on the page (default: every configured one).
@@ -31,6 +31,11 @@ pub struct NewConnectSession {
 }
 
 /// `POST /api/v1/integrations/connect-sessions`: a connect link for the caller.
+#[utoipa::path(post, path = "/api/v1/integrations/connect-sessions", tag = "integrations", security(("bearer" = [])),
+    summary = "A single-use connect link (10 minutes) for the caller",
+    request_body = NewConnectSession,
+    responses((status = 201, description = "The link", body = crate::server::openapi::ConnectSession),
+        (status = 404, description = "not_configured: no OAuth providers, or one named is not configured", body = crate::server::openapi::Error)))]
 pub async fn create(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -65,18 +70,30 @@ pub async fn create(
 }
 
 /// `?services=` on the connect page.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// Offer only these services, comma-separated.
     services: Option<String>,
 }
 
 /// `GET /connect/{token}`: the connect page (uses the session up).
+#[utoipa::path(get, path = "/connect/{token}", tag = "integrations",
+    params(("token" = String, Path, description = "The connect link's token"), PageQuery),
+    summary = "The connect page (uses the link up): the company's integrations and a Connect button per provider",
+    responses((status = 200, description = "The page", body = String, content_type = "text/html"),
+        (status = 410, description = "The link expired, was used or is not valid", body = String, content_type = "text/html")))]
 pub async fn page(
     State(st): State<Arc<AppState>>,
-    Path(token): Path<String>,
-    axum::extract::Query(q): axum::extract::Query<PageQuery>,
+    token: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    q: Result<axum::extract::Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let gone = |msg: &str| pages::respond(StatusCode::GONE, pages::link_expired(msg));
+    // A token that is not UTF-8 once decoded, or a malformed query, opens no session:
+    // the page says so like for any unknown link (the framework's plain-text 400 did).
+    let (Ok(Path(token)), Ok(axum::extract::Query(q))) = (token, q) else {
+        return gone("This connect link is not valid. Ask flow8 for a new one.");
+    };
     let Ok(oauth) = super::integrations::oauth(&st) else {
         return gone("no OAuth2 providers are configured on this host");
     };

@@ -8,11 +8,11 @@ use crate::oauth::{OAuthError, OAuthService};
 use crate::server::AppState;
 use crate::server::auth::Caller;
 use crate::server::error::ApiError;
-use crate::server::extract::ApiJson;
+use crate::server::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::server::pages;
 use crate::store::{LinkRecord, LinkStatus, Store};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
@@ -66,10 +66,28 @@ pub fn view(l: &LinkRecord) -> Value {
 }
 
 /// `?service=`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ServiceParam {
+    /// The provider (`slack`, `microsoft`, ...).
     service: String,
+}
+
+/// What a provider sends back to `/auth/callback` (RFC 6749 §4.1.2): `code` and `state`,
+/// or `error` (and `error_description`) when the user or provider refused.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct CallbackParams {
+    /// The authorization code.
+    code: Option<String>,
+    /// The authorization's state, as this host made it.
+    state: String,
+    /// The provider's error name.
+    error: Option<String>,
+    /// The provider's words.
+    error_description: Option<String>,
 }
 
 /// `GET /api/v1/integrations/authorize?service=slack`: the provider URL, and the browser
@@ -77,12 +95,16 @@ pub struct ServiceParam {
 /// is the user's browser, on this host's site), and names it in `browser_binding` for a
 /// caller that sends the browser on itself: that caller sets the cookie in the same
 /// browser (see the README's "OAuth connections").
+#[utoipa::path(get, path = "/api/v1/integrations/authorize", tag = "integrations", security(("bearer" = [])), params(ServiceParam),
+    summary = "Start an OAuth connection for the caller: the provider's URL and the browser binding",
+    responses((status = 200, description = "Send the browser to auth_url", body = crate::server::openapi::Authorization,
+            headers(("Set-Cookie" = String, description = "The browser binding"))),
+        (status = 400, description = "invalid_input", body = crate::server::openapi::Error), (status = 404, description = "not_configured: no such provider on this host", body = crate::server::openapi::Error)))]
 pub async fn authorize(
     State(st): State<Arc<AppState>>,
     caller: Caller,
-    q: Result<Query<ServiceParam>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<ServiceParam>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::invalid_input(e.body_text()))?;
     let binding = crate::oauth::new_browser_binding();
     let url = oauth(&st)?
         .authorize_url(&caller.company_id, &caller.user_id, &q.service, &binding)
@@ -140,14 +162,53 @@ fn binding_from(headers: &HeaderMap) -> Option<String> {
 /// `GET /auth/callback?code&state` (the provider sends the browser here). Every answer,
 /// page, JSON or redirect, is never cached and carries the pages' CSP: the URL held an
 /// authorization code.
+#[utoipa::path(get, path = "/auth/callback", tag = "integrations", params(CallbackParams),
+    summary = "The provider's redirect target: stores the link, shows Connected! (JSON with Accept: application/json)",
+    responses((status = 200, description = "Connected", content((String = "text/html"), (crate::server::openapi::Connected = "application/json"))),
+        (status = 303, description = "Connected; to the provider's return_url"),
+        (status = 400, description = "invalid_state, invalid_grant or invalid_input", content((String = "text/html"), (crate::server::openapi::Error = "application/json"))),
+        (status = 403, description = "access_denied: consent was refused", content((String = "text/html"), (crate::server::openapi::Error = "application/json"))),
+        (status = 404, description = "not_configured", content((String = "text/html"), (crate::server::openapi::Error = "application/json"))),
+        (status = 429, description = "rate_limit_exceeded at the provider", content((String = "text/html"), (crate::server::openapi::Error = "application/json"))),
+        (status = 500, description = "internal_error or vault_error", content((String = "text/html"), (crate::server::openapi::Error = "application/json"))),
+        (status = 502, description = "upstream_error, provider_error or network_error", content((String = "text/html"), (crate::server::openapi::Error = "application/json"))),
+        (status = 503, description = "store_unavailable", content((String = "text/html"), (crate::server::openapi::Error = "application/json")))))]
 pub async fn callback(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
-    Query(params): Query<BTreeMap<String, String>>,
+    params: Result<Query<BTreeMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let mut response = callback_answer(&st, &headers, &params).await;
+    let mut response = match params {
+        Ok(Query(params)) => callback_answer(&st, &headers, &params).await,
+        // A query string that is not UTF-8 or not `key=value` pairs: said on the page
+        // (or in JSON) like any other refused callback.
+        Err(e) => failed_callback(
+            &headers,
+            ApiError::invalid_input(format!("the query string: {}", e.body_text())),
+        ),
+    };
     pages::private_headers(response.headers_mut());
     response
+}
+
+/// Whether the caller asked for JSON rather than the page.
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"))
+}
+
+/// A refused callback: the error envelope for JSON callers, else the page.
+fn failed_callback(headers: &HeaderMap, e: ApiError) -> Response {
+    if wants_json(headers) {
+        e.into_response()
+    } else {
+        pages::respond(
+            e.status(),
+            pages::not_connected(e.name.as_str(), &e.message),
+        )
+    }
 }
 
 async fn callback_answer(
@@ -155,10 +216,7 @@ async fn callback_answer(
     headers: &HeaderMap,
     params: &BTreeMap<String, String>,
 ) -> Response {
-    let wants_json = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("application/json"));
+    let wants_json = wants_json(headers);
     let binding = binding_from(headers);
     let result = match oauth(st) {
         Ok(o) => o
@@ -193,51 +251,57 @@ async fn callback_answer(
                 )
             }
         }
-        Err(e) => {
-            if wants_json {
-                e.into_response()
-            } else {
-                pages::respond(
-                    e.status(),
-                    pages::not_connected(e.name.as_str(), &e.message),
-                )
-            }
-        }
+        Err(e) => failed_callback(headers, e),
     }
 }
 
 /// `GET /api/v1/integrations/links` filters.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LinkFilter {
+    /// Only this provider's links.
     service: Option<String>,
-    expiring_within_days: Option<u32>,
+    /// A whole number of days, checked by `whole_number` (so `-1` or `1.5` is refused
+    /// naming the range, not as a bare type error).
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 3650)]
+    expiring_within_days: Option<f64>,
+    /// Only links that need (or do not need) the user to connect again.
     needs_reconnect: Option<bool>,
 }
 
 /// The widest expiry window a link listing takes (ten years).
-const MAX_EXPIRY_WINDOW_DAYS: u32 = 3650;
+pub const MAX_EXPIRY_WINDOW_DAYS: u64 = 3650;
 
 /// `GET /api/v1/integrations/links`
+#[utoipa::path(get, path = "/api/v1/integrations/links", tag = "integrations", security(("bearer" = [])), params(LinkFilter),
+    summary = "The company's links, never their tokens",
+    responses((status = 200, description = "Links", body = crate::server::openapi::LinkList),
+        (status = 400, description = "invalid_input: a filter", body = crate::server::openapi::Error), (status = 404, description = "not_configured (expiring_within_days needs OAuth)", body = crate::server::openapi::Error)))]
 pub async fn list(
     State(st): State<Arc<AppState>>,
     caller: Caller,
-    q: Result<Query<LinkFilter>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(f): ApiQuery<LinkFilter>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(f) = q.map_err(|e| ApiError::invalid_input(e.body_text()))?;
-    let links = match f.expiring_within_days {
-        // Every number from outside is range-checked: 4294967295 days overflowed the
-        // date arithmetic and panicked the handler.
-        Some(days) if !(1..=MAX_EXPIRY_WINDOW_DAYS).contains(&days) => {
-            return Err(ApiError::invalid_input(format!(
-                "expiring_within_days must be 1-{MAX_EXPIRY_WINDOW_DAYS}"
-            )));
-        }
+    // Every number from outside is range-checked: 4294967295 days overflowed the date
+    // arithmetic and panicked the handler.
+    let days = f
+        .expiring_within_days
+        .map(|d| {
+            crate::server::extract::whole_number(
+                "expiring_within_days",
+                d,
+                1,
+                MAX_EXPIRY_WINDOW_DAYS,
+            )
+        })
+        .transpose()?;
+    let links = match days {
         Some(days) => {
             oauth(&st)?
                 .expiring(
                     &caller.company_id,
-                    std::time::Duration::from_secs(u64::from(days) * 86_400),
+                    std::time::Duration::from_secs(days.saturating_mul(86_400)),
                 )
                 .await?
         }
@@ -309,10 +373,15 @@ async fn unlink_one(
 }
 
 /// `DELETE /api/v1/integrations/{service}/{link_id}`: the link's owner, or an admin.
+#[utoipa::path(delete, path = "/api/v1/integrations/{service}/{link_id}", tag = "integrations", security(("bearer" = [])), params(("service" = String, Path, description = "The link's provider"), ("link_id" = String, Path, description = "The link's id")),
+    summary = "Unlink a link and revoke its tokens at the provider (its owner, or an admin)",
+    responses((status = 204, description = "Unlinked"),
+        (status = 400, description = "invalid_input: a path segment does not decode", body = crate::server::openapi::Error), (status = 403, description = "access_denied: another member's link", body = crate::server::openapi::Error),
+        (status = 404, description = "not_found or not_configured", body = crate::server::openapi::Error)))]
 pub async fn unlink(
     State(st): State<Arc<AppState>>,
     caller: Caller,
-    Path((service, id)): Path<(String, String)>,
+    ApiPath((service, id)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     oauth(&st)?;
     managed_link(&st, &caller, &service, &id).await?;
@@ -321,10 +390,11 @@ pub async fn unlink(
 }
 
 /// `POST /api/v1/integrations/{service}/{link_id}/shares` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShareBody {
     /// The member to share with, or `*` for every member of the company.
+    #[schema(pattern = r"^[\x21-\x7e]{1,128}$")]
     user_id: String,
 }
 
@@ -342,10 +412,15 @@ fn check_user_id(user_id: &str) -> Result<(), ApiError> {
 
 /// `POST /api/v1/integrations/{service}/{link_id}/shares`: let another member (or every
 /// member, `*`) use the link in their steps. The owner or an admin; audited.
+#[utoipa::path(post, path = "/api/v1/integrations/{service}/{link_id}/shares", tag = "integrations", security(("bearer" = [])), params(("service" = String, Path, description = "The link's provider"), ("link_id" = String, Path, description = "The link's id")),
+    summary = "Let another member (or every member, *) use the link; its owner or an admin",
+    request_body = ShareBody,
+    responses((status = 200, description = "The link", body = crate::server::openapi::Link),
+        (status = 400, description = "invalid_input", body = crate::server::openapi::Error), (status = 403, description = "access_denied", body = crate::server::openapi::Error), (status = 404, description = "not_found or not_configured", body = crate::server::openapi::Error)))]
 pub async fn share(
     State(st): State<Arc<AppState>>,
     caller: Caller,
-    Path((service, id)): Path<(String, String)>,
+    ApiPath((service, id)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<ShareBody>,
 ) -> Result<Json<Value>, ApiError> {
     check_user_id(&body.user_id)?;
@@ -353,10 +428,14 @@ pub async fn share(
 }
 
 /// `DELETE /api/v1/integrations/{service}/{link_id}/shares/{user_id}`: stop sharing.
+#[utoipa::path(delete, path = "/api/v1/integrations/{service}/{link_id}/shares/{user_id}", tag = "integrations", security(("bearer" = [])), params(("service" = String, Path, description = "The link's provider"), ("link_id" = String, Path, description = "The link's id"), ("user_id" = String, Path, description = "The member, or *", pattern = r"^[\x21-\x7e]{1,128}$")),
+    summary = "Stop sharing the link with a member (or *); its owner or an admin",
+    responses((status = 200, description = "The link", body = crate::server::openapi::Link),
+        (status = 400, description = "invalid_input", body = crate::server::openapi::Error), (status = 403, description = "access_denied", body = crate::server::openapi::Error), (status = 404, description = "not_found or not_configured", body = crate::server::openapi::Error)))]
 pub async fn unshare(
     State(st): State<Arc<AppState>>,
     caller: Caller,
-    Path((service, id, user_id)): Path<(String, String, String)>,
+    ApiPath((service, id, user_id)): ApiPath<(String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     check_user_id(&user_id)?;
     set_share(&st, &caller, &service, &id, &user_id, false).await
@@ -393,13 +472,17 @@ async fn set_share(
 
 /// `DELETE /api/v1/integrations/links?service=slack`: every link of the service
 /// (flow8's "Revoke all tokens for a service"). Admins only.
+#[utoipa::path(delete, path = "/api/v1/integrations/links", tag = "integrations", security(("bearer" = [])), params(ServiceParam),
+    summary = "Unlink and revoke every link of a service (admins)",
+    responses((status = 200, description = "How many", body = crate::server::openapi::Unlinked),
+        (status = 400, description = "invalid_input", body = crate::server::openapi::Error), (status = 403, description = "admin_required or access_denied", body = crate::server::openapi::Error), (status = 404, description = "not_configured", body = crate::server::openapi::Error)))]
 pub async fn unlink_all(
     State(st): State<Arc<AppState>>,
     caller: Caller,
-    q: Result<Query<ServiceParam>, axum::extract::rejection::QueryRejection>,
+    q: Result<ApiQuery<ServiceParam>, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    let Query(q) = q.map_err(|e| ApiError::invalid_input(e.body_text()))?;
+    let ApiQuery(q) = q?;
     let links = st
         .store
         .list_links(&caller.company_id, Some(&q.service))
@@ -413,13 +496,20 @@ pub async fn unlink_all(
 }
 
 /// `POST /api/v1/integrations/test` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestBody {
+    /// The link's id.
     link_id: String,
 }
 
 /// `POST /api/v1/integrations/test`
+#[utoipa::path(post, path = "/api/v1/integrations/test", tag = "integrations", security(("bearer" = [])),
+    summary = "Health check of a link with the provider's identity endpoint",
+    request_body = TestBody,
+    responses((status = 200, description = "Its health", body = crate::server::openapi::LinkHealth),
+        (status = 404, description = "not_found or not_configured", body = crate::server::openapi::Error), (status = 429, description = "rate_limit_exceeded at the provider", body = crate::server::openapi::Error),
+        (status = 502, description = "upstream_error, provider_error or network_error", body = crate::server::openapi::Error)))]
 pub async fn test(
     State(st): State<Arc<AppState>>,
     caller: Caller,

@@ -11,9 +11,10 @@ use crate::server::AppState;
 use crate::server::audit;
 use crate::server::auth::Caller;
 use crate::server::error::ApiError;
+use crate::server::extract::ApiPath;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -41,6 +42,9 @@ fn loaded(entries: &[ModuleEntry], scope: &str) -> Vec<Value> {
 }
 
 /// `GET /api/v1/modules`
+#[utoipa::path(get, path = "/api/v1/modules", tag = "modules", security(("bearer" = [])),
+    summary = "Modules this company can run",
+    responses((status = 200, description = "Modules", body = crate::server::openapi::ModuleList)))]
 pub async fn list(State(st): State<Arc<AppState>>, caller: Caller) -> Json<Value> {
     let registry = &st.modules;
     let mut modules = loaded(&registry.scan_company(&caller.company_id).await, "company");
@@ -49,10 +53,14 @@ pub async fn list(State(st): State<Arc<AppState>>, caller: Caller) -> Json<Value
 }
 
 /// `GET /api/v1/modules/{module_ref}` (`name` or `name@version`)
+#[utoipa::path(get, path = "/api/v1/modules/{module_ref}", tag = "modules", security(("bearer" = [])), params(("module_ref" = String, Path, description = "name or name@version")),
+    summary = "One module by name or name@version",
+    responses((status = 200, description = "The module", body = crate::server::openapi::Module),
+        (status = 400, description = "invalid_input: the ref does not decode", body = crate::server::openapi::Error), (status = 404, description = "not_found", body = crate::server::openapi::Error)))]
 pub async fn get_one(
     State(st): State<Arc<AppState>>,
     caller: Caller,
-    Path(module_ref): Path<String>,
+    ApiPath(module_ref): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     if module_ref.contains('/') || module_ref.ends_with(".wasm") {
         return Err(ApiError::not_found("module"));
@@ -66,12 +74,25 @@ pub async fn get_one(
 }
 
 /// `POST /api/v1/admin/modules` with the `.wasm` as the body.
+#[utoipa::path(post, path = "/api/v1/admin/modules", tag = "modules", security(("bearer" = [])),
+    summary = "Install a module for the company: the .wasm as the body",
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The component"),
+    responses((status = 201, description = "Installed", body = crate::server::openapi::Module),
+        (status = 400, description = "invalid_input", body = crate::server::openapi::Error), (status = 403, description = "admin_required", body = crate::server::openapi::Error), (status = 409, description = "conflict: installed already, or a first-party name", body = crate::server::openapi::Error),
+        (status = 422, description = "invalid_module or invalid_manifest", body = crate::server::openapi::Error), (status = 507, description = "storage_error", body = crate::server::openapi::Error)))]
 pub async fn install(
     State(st): State<Arc<AppState>>,
     caller: Caller,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require_admin()?;
+    // Past the route's body limit the framework's answer is plain text: name it.
+    let body = body.map_err(|e| {
+        ApiError::new(
+            ErrorName::BodyTooLarge,
+            format!("the module could not be read: {}", e.body_text()),
+        )
+    })?;
     // The company's install directory is named by its id.
     crate::company::check(&caller.company_id)
         .map_err(|e| ApiError::invalid_input(e.to_string()))?;
@@ -127,10 +148,16 @@ pub async fn install(
 }
 
 /// `DELETE /api/v1/admin/modules/{name@version}`
+#[utoipa::path(delete, path = "/api/v1/admin/modules/{module_ref}", tag = "modules", security(("bearer" = [])),
+    params(("module_ref" = String, Path, description = "name@version")),
+    summary = "Remove an installed module",
+    responses((status = 204, description = "Removed"),
+        (status = 400, description = "invalid_input: not name@version", body = crate::server::openapi::Error), (status = 403, description = "admin_required", body = crate::server::openapi::Error), (status = 404, description = "not_found", body = crate::server::openapi::Error),
+        (status = 507, description = "storage_error", body = crate::server::openapi::Error)))]
 pub async fn remove(
     State(st): State<Arc<AppState>>,
     caller: Caller,
-    Path(module_ref): Path<String>,
+    ApiPath(module_ref): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
     let Some((name, version)) = module_ref.split_once('@') else {

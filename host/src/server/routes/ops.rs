@@ -13,11 +13,15 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 /// `GET /healthz`: the process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", summary = "Liveness",
+    responses((status = 200, description = "The process is up", body = String, content_type = "text/plain")))]
 pub async fn healthz() -> &'static str {
     "ok"
 }
 
 /// `GET /readyz`: the store answers.
+#[utoipa::path(get, path = "/readyz", tag = "operations", summary = "Readiness: the store answers",
+    responses((status = 200, description = "The store answers", body = String, content_type = "text/plain")))]
 pub async fn readyz(State(st): State<Arc<AppState>>) -> Result<&'static str, ApiError> {
     st.store.get_meta("schema_version").await?;
     Ok("ready")
@@ -28,6 +32,11 @@ pub async fn readyz(State(st): State<Arc<AppState>>) -> Result<&'static str, Api
 /// `Authorization: Bearer <metrics_token>` (the config file's or
 /// `FLOW8_METRICS_TOKEN`), which a Prometheus scrape job sends as its `authorization`
 /// credentials. Without a configured token it is off (every request answers 401).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    summary = "Prometheus metrics, for the operator's metrics token (no company's token opens it)",
+    security(("metrics_token" = [])),
+    responses((status = 200, description = "The exposition text", body = String, content_type = "text/plain"),
+        (status = 401, description = "unauthorized: not the metrics token, or metrics are off", body = crate::server::openapi::Error)))]
 pub async fn metrics(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -70,8 +79,12 @@ pub async fn metrics(
 }
 
 /// `GET /openapi.json`
-pub async fn openapi() -> Json<serde_json::Value> {
-    Json(crate::server::openapi::document())
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", summary = "This document",
+    responses((status = 200, description = "The OpenAPI document", body = Object)))]
+pub async fn openapi(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(crate::server::openapi::document_for(
+        &st.runtime.default_limits(),
+    ))
 }
 
 /// A known route with a method it does not take.

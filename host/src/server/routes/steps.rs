@@ -23,29 +23,47 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Per-step limit overrides (each at most the host's default).
-#[derive(Debug, Default, Deserialize)]
+/// Per-step limit overrides (each at most the host's default). The numbers arrive as
+/// `f64` so that every value from outside, however large, negative or fractional, meets
+/// one range check that names the field and its range (`extract::whole_number`) before
+/// any arithmetic.
+/// The document's maxima are this host's defaults (`openapi::document_for`).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitOverrides {
+    /// The step's whole wall time, seconds.
+    #[schema(exclusive_minimum = 0.0)]
     deadline_seconds: Option<f64>,
-    memory_mib: Option<usize>,
-    output_kib: Option<usize>,
-    open_files: Option<usize>,
-    workspace_mib: Option<u64>,
-    workspace_files: Option<u64>,
+    /// All of the component's memories and tables together, MiB.
+    #[schema(value_type = Option<u64>, minimum = 1)]
+    memory_mib: Option<f64>,
+    /// The output JSON, KiB.
+    #[schema(value_type = Option<u64>, minimum = 1)]
+    output_kib: Option<f64>,
+    /// Handles the module holds at once.
+    #[schema(value_type = Option<u64>, minimum = 16)]
+    open_files: Option<f64>,
+    /// Bytes the module writes to its workspace, MiB.
+    #[schema(value_type = Option<u64>, minimum = 1)]
+    workspace_mib: Option<f64>,
+    /// Files, directories and links the module creates in its workspace.
+    #[schema(value_type = Option<u64>, minimum = 1)]
+    workspace_files: Option<f64>,
 }
 
 /// The step body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepBody {
     /// The step's name in its flow.
     #[serde(default)]
     name: String,
-    /// The module.
+    /// The module: `name` or `name@version` (paths are for the local CLI).
+    #[schema(pattern = r"^[A-Za-z0-9_-]+(@[0-9][0-9A-Za-z.+-]*[0-9])?$")]
     module_ref: String,
     /// The input.
     #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
     input_mapping: Value,
     /// Binding name -> component name or id.
     #[serde(default)]
@@ -56,11 +74,13 @@ pub struct StepBody {
     /// The step's workspace (a directory name under the company's workspace root),
     /// which the module sees as `/`: where flow8 put the files the step reads.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,128}$")]
     workspace: Option<String>,
     /// The taint the input carries: the `pinned_to` of the reports of the steps its
     /// `input_mapping` took outputs from, passed on as they were. It only narrows where
     /// the step may send data.
     #[serde(default)]
+    #[schema(value_type = Vec<crate::server::openapi::Taint>)]
     pinned_to: Vec<crate::runtime::policy::Taint>,
 }
 
@@ -69,11 +89,15 @@ fn empty_object() -> Value {
 }
 
 fn limits(defaults: StepLimits, o: Option<LimitOverrides>) -> Result<StepLimits, ApiError> {
+    use crate::runtime::sandbox::{OPEN_FILES_RANGE, WORKSPACE_FILES_RANGE, WORKSPACE_MIB_RANGE};
+    use crate::server::extract::whole_number;
+    const MIB: usize = 1024 * 1024;
     let Some(o) = o else {
         return Ok(defaults);
     };
     let mut l = defaults;
     if let Some(d) = o.deadline_seconds {
+        // NaN and infinities fail the comparison too.
         if !(d > 0.0 && d <= defaults.deadline.as_secs_f64()) {
             return Err(ApiError::invalid_input(format!(
                 "limits.deadline_seconds must be in (0, {}]",
@@ -82,38 +106,69 @@ fn limits(defaults: StepLimits, o: Option<LimitOverrides>) -> Result<StepLimits,
         }
         l.deadline = Duration::from_secs_f64(d);
     }
+    // Each maximum is the host's default (a step lowers a limit, never raises it), so
+    // once in range the byte counts below cannot overflow.
+    let at_most = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
     if let Some(m) = o.memory_mib {
-        // Checked: a number from outside must not overflow (a panic in debug builds, a
-        // wrapped, too small cap in release).
-        if m == 0
-            || m.checked_mul(1024 * 1024)
-                .is_none_or(|b| b > defaults.memory_bytes)
-        {
-            return Err(ApiError::invalid_input(format!(
-                "limits.memory_mib must be 1-{}",
-                defaults.memory_bytes / (1024 * 1024)
-            )));
-        }
-        l.memory_bytes = m * 1024 * 1024;
+        let m = whole_number(
+            "limits.memory_mib",
+            m,
+            1,
+            at_most(defaults.memory_bytes / MIB),
+        )?;
+        l.memory_bytes = usize::try_from(m).unwrap_or(usize::MAX).saturating_mul(MIB);
     }
     if let Some(k) = o.output_kib {
-        if k == 0
-            || k.checked_mul(1024)
-                .is_none_or(|b| b > defaults.output_bytes)
-        {
-            return Err(ApiError::invalid_input(format!(
-                "limits.output_kib must be 1-{}",
-                defaults.output_bytes / 1024
-            )));
-        }
-        l.output_bytes = k * 1024;
+        let k = whole_number(
+            "limits.output_kib",
+            k,
+            1,
+            at_most(defaults.output_bytes / 1024),
+        )?;
+        l.output_bytes = usize::try_from(k)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(1024);
     }
+    let open_files = o
+        .open_files
+        .map(|n| {
+            whole_number(
+                "limits.open_files",
+                n,
+                at_most(*OPEN_FILES_RANGE.start()),
+                at_most(defaults.open_files),
+            )
+        })
+        .transpose()?
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    let workspace_mib = o
+        .workspace_mib
+        .map(|m| {
+            whole_number(
+                "limits.workspace_mib",
+                m,
+                *WORKSPACE_MIB_RANGE.start(),
+                defaults.workspace_bytes / 1024 / 1024,
+            )
+        })
+        .transpose()?;
+    let workspace_files = o
+        .workspace_files
+        .map(|n| {
+            whole_number(
+                "limits.workspace_files",
+                n,
+                *WORKSPACE_FILES_RANGE.start(),
+                defaults.workspace_files,
+            )
+        })
+        .transpose()?;
     crate::runtime::sandbox::override_budgets(
         &mut l,
         &defaults,
-        o.open_files,
-        o.workspace_mib,
-        o.workspace_files,
+        open_files,
+        workspace_mib,
+        workspace_files,
     )
     .map_err(ApiError::invalid_input)?;
     Ok(l)
@@ -122,6 +177,24 @@ fn limits(defaults: StepLimits, o: Option<LimitOverrides>) -> Result<StepLimits,
 /// `POST /api/v1/steps`: a step report, whether the step failed before it ran (a bad
 /// body or limits, the company over its rate) or inside the sandbox; both carry `error`
 /// and `message`. A `rate_limit_exceeded` answer says when to retry in `Retry-After`.
+#[utoipa::path(post, path = "/api/v1/steps", tag = "steps", security(("bearer" = [])),
+    summary = "Run one flow step; the answer is its report, whether it ran or was refused",
+    request_body = StepBody,
+    responses((status = 200, description = "The step ran: its output", body = crate::server::openapi::StepReport),
+        (status = 401, description = "unauthorized (before any step)", body = crate::server::openapi::Error),
+        (status = 429, description = "rate_limit_exceeded: the company's step rate or sandbox queue", body = crate::server::openapi::StepReport,
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 400, description = "invalid_json or invalid_input: the body, its limits or the input", body = crate::server::openapi::StepReport),
+        (status = 403, description = "access_denied, insufficient_scope or forbidden", body = crate::server::openapi::StepReport),
+        (status = 404, description = "module_not_found, not_found (a workspace) or not_configured", body = crate::server::openapi::StepReport),
+        (status = 413, description = "body_too_large", body = crate::server::openapi::StepReport),
+        (status = 415, description = "unsupported_media_type", body = crate::server::openapi::StepReport),
+        (status = 422, description = "the module failed: module_error, a limit, invalid_module or invalid_manifest", body = crate::server::openapi::StepReport),
+        (status = 500, description = "internal_error or vault_error", body = crate::server::openapi::StepReport),
+        (status = 502, description = "upstream_error, provider_error or network_error", body = crate::server::openapi::StepReport),
+        (status = 503, description = "store_unavailable", body = crate::server::openapi::StepReport),
+        (status = 504, description = "deadline_exceeded", body = crate::server::openapi::StepReport),
+        (status = 507, description = "storage_error", body = crate::server::openapi::StepReport)))]
 pub async fn run(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -212,10 +285,13 @@ async fn run_body(
                 )));
             }
             let dir = st.workspaces_dir.join(&caller.company_id).join(w);
+            // A well-formed name of a workspace that is not there is a missing
+            // resource, like an unknown module, not a malformed body.
             if !dir.is_dir() {
-                return Err(ApiError::invalid_input(format!(
-                    "workspace `{w}` does not exist"
-                )));
+                return Err(ApiError::new(
+                    ErrorName::NotFound,
+                    format!("workspace `{w}` does not exist"),
+                ));
             }
             Some(dir)
         }
