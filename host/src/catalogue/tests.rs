@@ -538,6 +538,8 @@ fn manifests_may_bind_only_known_services_of_their_kind() {
     let c = Catalogue::builtin();
     c.check_bindings(&manifest("oauth-link", "slack")).unwrap();
     c.check_bindings(&manifest("component", "s3")).unwrap();
+    // A link of any service: which one is known when a step names the link.
+    c.check_bindings(&manifest("oauth-link", "*")).unwrap();
     for (kind, service, known) in [
         ("oauth-link", "myspace", "microsoft, google, slack"),
         ("oauth-link", "s3", "microsoft, google"),
