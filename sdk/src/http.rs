@@ -240,6 +240,42 @@ impl Response {
     pub fn retry_after(&self) -> Option<u32> {
         self.header("retry-after")?.trim().parse().ok()
     }
+
+    /// The headers as a JSON object, the form step outputs use: names in lower case,
+    /// repeated headers joined with `, ` (RFC 9110 §5.3), except `Set-Cookie`, whose
+    /// values may contain commas (RFC 6265 §3): one per line.
+    pub fn header_object(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut headers = serde_json::Map::new();
+        for (k, v) in &self.headers {
+            let name = k.to_ascii_lowercase();
+            let sep = if name == "set-cookie" { "\n" } else { ", " };
+            let entry = headers
+                .entry(name)
+                .or_insert(serde_json::Value::String(String::new()));
+            if let serde_json::Value::String(s) = entry {
+                if !s.is_empty() {
+                    s.push_str(sep);
+                }
+                s.push_str(v);
+            }
+        }
+        headers
+    }
+
+    /// The body as a JSON value, the form step outputs use: parsed JSON when the content
+    /// type is JSON and it parses (a server that labels other text as JSON still gets
+    /// its answer through, as text), otherwise the text (invalid UTF-8 replaced); `null`
+    /// when there is no body (`204`, `HEAD`).
+    pub fn body_value(&self) -> serde_json::Value {
+        if self.body.is_empty() {
+            serde_json::Value::Null
+        } else if self.is_json() {
+            serde_json::from_slice(&self.body)
+                .unwrap_or_else(|_| serde_json::Value::String(self.text()))
+        } else {
+            serde_json::Value::String(self.text())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -280,6 +316,28 @@ mod tests {
         assert!(!date.is_json());
         let err = date.json::<serde_json::Value>().unwrap_err();
         assert_eq!(err.name(), "upstream_error");
+        assert_eq!(date.body_value(), serde_json::json!("x"));
+        assert_eq!(r.body_value(), serde_json::json!({"ok": true}));
+        assert_eq!(response(&[], "").body_value(), serde_json::Value::Null);
+        let mislabelled = response(&[("content-type", "application/json")], "not json");
+        assert_eq!(mislabelled.body_value(), serde_json::json!("not json"));
+    }
+
+    #[test]
+    fn headers_as_an_object_join_repeats_and_keep_cookies_apart() {
+        let r = response(
+            &[
+                ("Vary", "accept"),
+                ("vary", "origin"),
+                ("Set-Cookie", "a=1; Expires=Wed, 21 Oct 2015 07:28:00 GMT"),
+                ("set-cookie", "b=2"),
+            ],
+            "",
+        );
+        assert_eq!(
+            serde_json::Value::Object(r.header_object()),
+            serde_json::json!({"vary": "accept, origin", "set-cookie": "a=1; Expires=Wed, 21 Oct 2015 07:28:00 GMT\nb=2"})
+        );
     }
 
     #[test]

@@ -179,32 +179,10 @@ fn build(
 }
 
 fn output(resp: Response) -> Output {
-    let mut headers = Map::new();
-    for (k, v) in &resp.headers {
-        let name = k.to_ascii_lowercase();
-        // Repeated headers are joined with ", " as HTTP allows (RFC 9110 §5.3), except
-        // Set-Cookie, whose values may contain commas (RFC 6265 §3): one per line.
-        let sep = if name == "set-cookie" { "\n" } else { ", " };
-        let entry = headers.entry(name).or_insert(Value::String(String::new()));
-        if let Value::String(s) = entry {
-            if !s.is_empty() {
-                s.push_str(sep);
-            }
-            s.push_str(v);
-        }
-    }
-    let body = if resp.body.is_empty() {
-        Value::Null
-    } else if resp.is_json() {
-        // A server that labels non-JSON as JSON still gets its answer through, as text.
-        serde_json::from_slice(&resp.body).unwrap_or_else(|_| Value::String(resp.text()))
-    } else {
-        Value::String(resp.text())
-    };
     Output {
         status: resp.status,
-        headers,
-        body,
+        headers: resp.header_object(),
+        body: resp.body_value(),
     }
 }
 
