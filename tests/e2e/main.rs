@@ -3,6 +3,7 @@
 //! drive the host as users do: the `flow8-host` CLI, or the runtime API for the tests
 //! that need many steps on one host.
 
+mod api_request;
 mod api_router;
 mod api_server;
 mod bad_input;

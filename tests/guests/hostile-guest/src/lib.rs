@@ -144,6 +144,13 @@ impl Module for Hostile {
                     .input_field("link_id")
                     .optional(),
             )
+            // A link of any service (as `api-request` binds it), named by `any_link_id`.
+            .credential(
+                Credential::any_oauth_link("any")
+                    .input_field("any_link_id")
+                    .scopes_field("any_scopes")
+                    .optional(),
+            )
             .allowed_host("http://127.0.0.1:*")
             .allowed_host("http://localhost:*")
             .allowed_host("http://[::1]:*")
