@@ -590,3 +590,92 @@ async fn a_refused_token_is_refreshed_once_and_rate_limits_are_waited_out() {
     let (status, v) = s.step(input).await;
     assert_eq!(status, 200, "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_goes_to_the_workspace_within_its_budget_and_keeps_its_taint() {
+    use crate::save_to_workspace::{binary, pseudo_random_bytes};
+    let s = setup();
+    let drive = s.connect("google", &s.member).await;
+    let ws = s.cli.data_dir.path().join("workspaces/company-a/run-7");
+    std::fs::create_dir_all(&ws).unwrap();
+    let download = |path: &str| {
+        json!({"link_id": drive, "path": "/drive/v3/files/f1", "query": {"alt": "media"},
+            "save_to": {"path": path}})
+    };
+    let in_ws = json!({"workspace": "run-7"});
+
+    let bytes = pseudo_random_bytes(3 * 1024 * 1024 + 17, 11);
+    s.api.script([binary(bytes.clone())]);
+    let (status, v) = s
+        .step_of(
+            &s.member,
+            "api-request",
+            download("/report.bin"),
+            in_ws.clone(),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["output"]["saved"]["size"], bytes.len(), "{v}");
+    assert!(std::fs::read(ws.join("report.bin")).unwrap() == bytes);
+    assert_eq!(
+        s.api.requests().last().unwrap().uri,
+        "/google/api/drive/v3/files/f1?alt=media"
+    );
+    assert_eq!(v["tainted"], false, "{v}");
+
+    // Past the step's workspace budget: limit_exceeded, no file.
+    s.api
+        .script([binary(pseudo_random_bytes(2 * 1024 * 1024, 5))]);
+    let mut small = in_ws.clone();
+    small["limits"] = json!({"workspace_mib": 1});
+    let (status, v) = s
+        .step_of(&s.member, "api-request", download("/too-big.bin"), small)
+        .await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (422, Some("limit_exceeded")),
+        "{v}"
+    );
+    assert!(!ws.join("too-big.bin").exists());
+
+    // An answer that carries the token back (a debug endpoint), deep in a large body:
+    // the step holds the secret as if it had read it, and so does its workspace.
+    let token = s.last_token();
+    let mut echo = pseudo_random_bytes(2 * 1024 * 1024, 9);
+    let at = 1024 * 1024 - 10;
+    echo.splice(at..at, format!("\"token\": \"{token}\"").into_bytes());
+    s.api.script([binary(echo.clone())]);
+    let (status, v) = s
+        .step_of(
+            &s.member,
+            "api-request",
+            download("/echo.bin"),
+            in_ws.clone(),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert!(std::fs::read(ws.join("echo.bin")).unwrap() == echo);
+    assert_eq!(v["tainted"], true, "{v}");
+    assert_eq!(v["pinned_to"][0]["service"], "google", "{v}");
+    // A later step on that workspace may only reach Google's pins.
+    let evil = RecordingServer::start();
+    let (status, v) = s
+        .step_of(
+            &s.member,
+            "http-request",
+            json!({"url": evil.url("/collect")}),
+            in_ws.clone(),
+        )
+        .await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (403, Some("forbidden")),
+        "{v}"
+    );
+    assert!(evil.requests().is_empty());
+    // And a step without that workspace runs normally.
+    let (status, v) = s
+        .step(json!({"link_id": drive, "path": "/drive/v3/about"}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+}

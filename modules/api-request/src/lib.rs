@@ -9,7 +9,7 @@
 //! 429 and 5xx answers are retried with backoff, honouring `Retry-After`, within the
 //! step's deadline. The output is `http-request`'s: status, headers, body.
 
-use flow8_sdk::http::{Request, Response};
+use flow8_sdk::http::{Request, Response, Saved};
 use flow8_sdk::retry::Backoff;
 use flow8_sdk::{Credential, Error, Manifest, Module, credentials, log};
 use serde::{Deserialize, Serialize};
@@ -49,6 +49,17 @@ struct Input {
     timeout_seconds: Option<u64>,
     #[serde(default)]
     max_retries: Option<u32>,
+    #[serde(default)]
+    save_to: Option<SaveTo>,
+}
+
+/// Where the host writes a 2xx answer's body (`save_to`), instead of the output.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SaveTo {
+    path: String,
+    #[serde(default)]
+    max_bytes: Option<u64>,
 }
 
 /// The step output (`http-request`'s).
@@ -57,6 +68,9 @@ struct Output {
     status: u16,
     headers: Map<String, Value>,
     body: Value,
+    /// Where the body went instead, when `save_to` was given and the answer was 2xx.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    saved: Option<Saved>,
 }
 
 fn schema() -> Value {
@@ -86,6 +100,14 @@ fn schema() -> Value {
             "scopes": {"type": "array", "maxItems": 100, "items": {"type": "string", "minLength": 1},
                        "description": "Scopes the link must have been granted for this call; checked before the step runs (insufficient_scope)."},
             "timeout_seconds": {"type": "integer", "minimum": 1, "maximum": 300},
+            "save_to": {
+                "type": "object", "additionalProperties": false, "required": ["path"],
+                "description": "Have the host write a 2xx answer's body to this workspace file (streamed, never through the module's memory) instead of the output's `body`.",
+                "properties": {
+                    "path": {"type": "string", "minLength": 1, "description": "A file in the step's workspace; its directory must exist."},
+                    "max_bytes": {"type": "integer", "minimum": 1, "description": "A longer body fails the step (limit_exceeded) and leaves no file; the step's workspace budget applies too."}
+                }
+            },
             "max_retries": {"type": "integer", "minimum": 0, "maximum": MAX_RETRIES}
         }
     })
@@ -206,11 +228,32 @@ fn build(input: &Input, url: &str, method: &str, timeout: Duration) -> Result<Re
     Ok(req.credential(BINDING))
 }
 
-fn output(resp: Response) -> Output {
+fn output(resp: Response, saved: Option<Saved>) -> Output {
     Output {
         status: resp.status,
         headers: resp.header_object(),
-        body: resp.body_value(),
+        // A saved body is in the workspace, not here.
+        body: if saved.is_some() {
+            Value::Null
+        } else {
+            resp.body_value()
+        },
+        saved,
+    }
+}
+
+/// Send with retries; with `save_to`, a 2xx body goes to the workspace (streamed by
+/// the host) and only status and headers come back.
+fn send(
+    backoff: &Backoff,
+    request: &Request,
+    save_to: Option<&SaveTo>,
+) -> Result<(Response, Option<Saved>), Error> {
+    match save_to {
+        None => backoff.send(request).map(|r| (r, None)),
+        Some(s) => backoff
+            .send_to_workspace(request, &s.path, s.max_bytes.unwrap_or(u64::MAX))
+            .map(|r| (r.response, r.saved)),
     }
 }
 
@@ -272,7 +315,7 @@ impl Module for ApiRequest {
 
         let mut refreshed = false;
         loop {
-            let response = backoff.send(&request)?;
+            let (response, saved) = send(&backoff, &request, input.save_to.as_ref())?;
             if response.status == 401 {
                 if refreshed {
                     return Err(Error::token_revoked(format!(
@@ -298,7 +341,7 @@ impl Module for ApiRequest {
                     response.retry_after(),
                 ));
             }
-            return Ok(output(response));
+            return Ok(output(response, saved));
         }
     }
 }
