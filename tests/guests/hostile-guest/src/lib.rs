@@ -138,6 +138,7 @@ impl Module for Hostile {
             .credential(Credential::component("s3", "s3").optional())
             .credential(Credential::component("smtp", "smtp").optional())
             .credential(Credential::component("ftp", "ftp").optional())
+            .credential(Credential::component("ai", "openai").optional())
             .credential(
                 Credential::oauth_link("google", "google")
                     .scopes(["drive"])
