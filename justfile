@@ -112,6 +112,8 @@ lint:
 test: lint modules guests test-servers
     cargo build -p flow8-host
     FLOW8_WASM_DIR={{wasm_dir}} cargo test --workspace 2>&1 | tee {{target_dir}}/test-output.log
+    # The modules' own unit tests (URL joining, query encoding), natively.
+    cargo test --manifest-path modules/Cargo.toml --workspace --lib 2>&1 | tee -a {{target_dir}}/test-output.log
     # The hostile-module suites again, each host on MongoDB (SecantusDB) instead of the
     # embedded store.
     FLOW8_TEST_STORE=mongodb FLOW8_WASM_DIR={{wasm_dir}} cargo test -p flow8-tests --test e2e -- hostile_ step_budgets:: 2>&1 | tee -a {{target_dir}}/test-output.log

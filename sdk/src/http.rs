@@ -154,12 +154,49 @@ impl Request {
         self
     }
 
-    /// Send it and wait for the whole response. Any status is a response; an `Err` means
-    /// no response: `forbidden` (host, address or credential pinning refused),
-    /// `access_denied` (binding not granted), `network_error`, `limit_exceeded`. The
-    /// request can be sent again (see [`crate::retry::Backoff::send`]).
-    pub fn send(&self) -> Result<Response, Error> {
-        let req = wit::Request {
+    /// Send it and have the host stream a 2xx answer's body into the step's workspace
+    /// at `path` (at most `max_bytes`), so a large download never passes through the
+    /// module's memory. The file's directory must exist; a file there is replaced; a
+    /// longer body is `limit_exceeded` and leaves no file. Any other answer (an error,
+    /// a redirect) comes back in memory, with no file written. The bytes count against
+    /// the step's workspace budget.
+    ///
+    /// ```no_run
+    /// # fn run() -> Result<(), flow8_sdk::Error> {
+    /// use flow8_sdk::http::Request;
+    /// let r = Request::get("https://graph.microsoft.com/v1.0/me/drive/root:/report.pdf:/content")
+    ///     .credential("microsoft")
+    ///     .send_to_workspace("/report.pdf", 100 * 1024 * 1024)?;
+    /// match r.saved {
+    ///     Some(saved) => println!("{} bytes in {}", saved.size, saved.path),
+    ///     None => println!("HTTP {}: {}", r.response.status, r.response.text()),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn send_to_workspace(&self, path: &str, max_bytes: u64) -> Result<SavedResponse, Error> {
+        let r = wit::send_to_workspace(
+            &self.to_wit(),
+            &wit::SaveTo {
+                path: path.into(),
+                max_bytes,
+            },
+        )
+        .map_err(Error::from_wit)?;
+        Ok(SavedResponse {
+            response: Response {
+                status: r.status,
+                headers: r.headers,
+                body: r.body,
+            },
+            saved: r.saved.then(|| Saved {
+                path: path.to_string(),
+                size: r.size,
+            }),
+        })
+    }
+
+    fn to_wit(&self) -> wit::Request {
+        wit::Request {
             method: self.method.clone(),
             url: self.url.clone(),
             headers: self.headers.clone(),
@@ -172,14 +209,40 @@ impl Request {
                 .timeout
                 .map(|t| t.as_millis().min(u32::MAX as u128) as u32),
             credential: self.credential.clone(),
-        };
-        let r = wit::send(&req).map_err(Error::from_wit)?;
+        }
+    }
+
+    /// Send it and wait for the whole response. Any status is a response; an `Err` means
+    /// no response: `forbidden` (host, address or credential pinning refused),
+    /// `access_denied` (binding not granted), `network_error`, `limit_exceeded`. The
+    /// request can be sent again (see [`crate::retry::Backoff::send`]).
+    pub fn send(&self) -> Result<Response, Error> {
+        let r = wit::send(&self.to_wit()).map_err(Error::from_wit)?;
         Ok(Response {
             status: r.status,
             headers: r.headers,
             body: r.body,
         })
     }
+}
+
+/// The answer to [`Request::send_to_workspace`].
+#[derive(Debug, Clone)]
+pub struct SavedResponse {
+    /// Status and headers; the body when it was not saved (empty when it was).
+    pub response: Response,
+    /// Where the body went, when it did (a 2xx answer).
+    pub saved: Option<Saved>,
+}
+
+/// A response body the host wrote to the workspace (serialises as `{"path", "size"}`,
+/// the form step outputs use).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Saved {
+    /// The workspace path.
+    pub path: String,
+    /// Bytes written.
+    pub size: u64,
 }
 
 /// A response.
@@ -240,6 +303,42 @@ impl Response {
     pub fn retry_after(&self) -> Option<u32> {
         self.header("retry-after")?.trim().parse().ok()
     }
+
+    /// The headers as a JSON object, the form step outputs use: names in lower case,
+    /// repeated headers joined with `, ` (RFC 9110 §5.3), except `Set-Cookie`, whose
+    /// values may contain commas (RFC 6265 §3): one per line.
+    pub fn header_object(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut headers = serde_json::Map::new();
+        for (k, v) in &self.headers {
+            let name = k.to_ascii_lowercase();
+            let sep = if name == "set-cookie" { "\n" } else { ", " };
+            let entry = headers
+                .entry(name)
+                .or_insert(serde_json::Value::String(String::new()));
+            if let serde_json::Value::String(s) = entry {
+                if !s.is_empty() {
+                    s.push_str(sep);
+                }
+                s.push_str(v);
+            }
+        }
+        headers
+    }
+
+    /// The body as a JSON value, the form step outputs use: parsed JSON when the content
+    /// type is JSON and it parses (a server that labels other text as JSON still gets
+    /// its answer through, as text), otherwise the text (invalid UTF-8 replaced); `null`
+    /// when there is no body (`204`, `HEAD`).
+    pub fn body_value(&self) -> serde_json::Value {
+        if self.body.is_empty() {
+            serde_json::Value::Null
+        } else if self.is_json() {
+            serde_json::from_slice(&self.body)
+                .unwrap_or_else(|_| serde_json::Value::String(self.text()))
+        } else {
+            serde_json::Value::String(self.text())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -280,6 +379,28 @@ mod tests {
         assert!(!date.is_json());
         let err = date.json::<serde_json::Value>().unwrap_err();
         assert_eq!(err.name(), "upstream_error");
+        assert_eq!(date.body_value(), serde_json::json!("x"));
+        assert_eq!(r.body_value(), serde_json::json!({"ok": true}));
+        assert_eq!(response(&[], "").body_value(), serde_json::Value::Null);
+        let mislabelled = response(&[("content-type", "application/json")], "not json");
+        assert_eq!(mislabelled.body_value(), serde_json::json!("not json"));
+    }
+
+    #[test]
+    fn headers_as_an_object_join_repeats_and_keep_cookies_apart() {
+        let r = response(
+            &[
+                ("Vary", "accept"),
+                ("vary", "origin"),
+                ("Set-Cookie", "a=1; Expires=Wed, 21 Oct 2015 07:28:00 GMT"),
+                ("set-cookie", "b=2"),
+            ],
+            "",
+        );
+        assert_eq!(
+            serde_json::Value::Object(r.header_object()),
+            serde_json::json!({"vary": "accept, origin", "set-cookie": "a=1; Expires=Wed, 21 Oct 2015 07:28:00 GMT\nb=2"})
+        );
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //!   same types the host checks (the `flow8-manifest` crate).
 //! - [`http::Request`]: outbound HTTP through the host, which can attach a bound
 //!   credential itself ([`http::Request::credential`]) so the secret never enters the
-//!   module.
+//!   module; a 2xx answer's body can go straight to a workspace file
+//!   ([`http::Request::send_to_workspace`]), never through the module's memory.
 //! - [`credentials`]: `is_bound`, non-secret `config`, and `get` for the secrets when a
 //!   module really needs them.
 //! - [`retry::Backoff`]: exponential backoff with full jitter, `Retry-After`, and the

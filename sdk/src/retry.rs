@@ -23,7 +23,7 @@
 //! # Ok(()) }
 //! ```
 
-use crate::http::{Request, Response};
+use crate::http::{Request, Response, SavedResponse};
 use crate::{Error, log, step};
 use std::time::Duration;
 
@@ -126,10 +126,33 @@ impl Backoff {
     /// failures; returns the last response whatever its status (a caller decides what a
     /// final 429 or 5xx means), or the last error.
     pub fn send(&self, request: &Request) -> Result<Response, Error> {
+        self.retry_answers(|| request.send(), |r| r)
+    }
+
+    /// [`Backoff::send`] with the body of a 2xx answer streamed to the workspace
+    /// ([`Request::send_to_workspace`]); 429 and 5xx answers, which are not saved, are
+    /// retried the same way.
+    pub fn send_to_workspace(
+        &self,
+        request: &Request,
+        path: &str,
+        max_bytes: u64,
+    ) -> Result<SavedResponse, Error> {
+        self.retry_answers(
+            || request.send_to_workspace(path, max_bytes),
+            |r| &r.response,
+        )
+    }
+
+    fn retry_answers<T>(
+        &self,
+        mut send: impl FnMut() -> Result<T, Error>,
+        response: impl Fn(&T) -> &Response,
+    ) -> Result<T, Error> {
         let mut attempt = 0;
         loop {
-            let result = request.send();
-            let retry_after = match &result {
+            let result = send();
+            let retry_after = match result.as_ref().map(&response) {
                 Ok(r) if r.status == 429 || r.status >= 500 => {
                     r.retry_after().map(|s| Duration::from_secs(s.into()))
                 }
@@ -137,7 +160,7 @@ impl Backoff {
                 _ => return result,
             };
             attempt += 1;
-            let why = match &result {
+            let why = match result.as_ref().map(&response) {
                 Ok(r) => format!("status {}", r.status),
                 Err(e) => e.to_string(),
             };

@@ -3,6 +3,8 @@
 //! drive the host as users do: the `flow8-host` CLI, or the runtime API for the tests
 //! that need many steps on one host.
 
+mod ai_modules;
+mod api_request;
 mod api_router;
 mod api_server;
 mod bad_input;
@@ -24,6 +26,7 @@ mod operator;
 mod quickstart;
 mod readme_layout;
 mod s3_upload;
+mod save_to_workspace;
 mod sealed_records;
 mod slack_message;
 mod smtp_send;

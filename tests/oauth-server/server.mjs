@@ -11,10 +11,12 @@
 //   test calls `POST /flow8-test/release-refreshes` (then answers them all, and holds
 //   no later one), so a test can prove a client did not wait for the answer without
 //   timing it.
-// Every token request and revocation is printed as a JSON line on stdout, so tests can
-// count them. Prints `ready <issuer-url>` when listening. Usage: node server.mjs PORT
+// Every token request and revocation is printed as a JSON line on stdout (with the tokens
+// issued), so tests can count them and know which token a client holds.
+// Prints `ready <issuer-url>` when listening. Usage: node server.mjs PORT
 import { OAuth2Server } from 'oauth2-mock-server';
 import { createServer } from 'node:http';
+import { randomUUID } from 'node:crypto';
 
 const port = Number(process.argv[2] ?? 0);
 // TOKEN_TTL: seconds every access token lives (default 3600). TTL_SEQUENCE: comma-
@@ -45,6 +47,9 @@ const emit = (event) => process.stdout.write(JSON.stringify(event) + '\n');
 
 server.service.on('beforeTokenSigning', (token) => {
   token.payload.exp = Math.floor(Date.now() / 1000) + ttl;
+  // Every token unique, as a real provider's are (the mock would sign identical claims
+  // within one second identically), so a test can tell a refreshed token from the old.
+  token.payload.jti = randomUUID();
 });
 
 server.service.on('beforeResponse', (response, req) => {
@@ -70,7 +75,13 @@ server.service.on('beforeResponse', (response, req) => {
       if (response.body.refresh_token) scopeByRefresh.set(response.body.refresh_token, granted);
     }
   }
-  emit({ event: 'token', grant_type: grant, outcome: 'ok', refresh_token: response.body?.refresh_token ?? null });
+  emit({
+    event: 'token',
+    grant_type: grant,
+    outcome: 'ok',
+    refresh_token: response.body?.refresh_token ?? null,
+    access_token: response.body?.access_token ?? null,
+  });
   if (grant === 'refresh_token' && (refreshDelay > 0 || gated)) req.flow8HoldBack = true;
 });
 

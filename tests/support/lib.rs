@@ -2,6 +2,7 @@
 //! modules are, a recording HTTP server, a runner for the `flow8-host` CLI with its own
 //! data directory, and one shared engine and module registry for in-process tests.
 
+pub mod ai_fake;
 pub mod background;
 pub mod browser;
 pub mod ftp_server;

@@ -146,6 +146,15 @@ impl OAuthServer {
         self.refresh_tokens_issued()
     }
 
+    /// The access tokens issued (by any grant), oldest first.
+    pub fn access_tokens_issued(&self) -> Vec<String> {
+        self.events()
+            .iter()
+            .filter(|e| e["event"] == "token" && e["outcome"] == "ok")
+            .filter_map(|e| e["access_token"].as_str().map(str::to_string))
+            .collect()
+    }
+
     /// Tokens revoked.
     pub fn revoked(&self) -> Vec<String> {
         self.events()

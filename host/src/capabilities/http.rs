@@ -10,7 +10,9 @@
 
 use crate::outbound::{OutboundBody, OutboundError, OutboundRequest, origin, sigv4};
 use crate::runtime::bindings::GuestError;
-use crate::runtime::bindings::flow8::integration::http::{Body, Host, Request, Response};
+use crate::runtime::bindings::flow8::integration::http::{
+    Body, Host, Request, Response, SaveTo, SavedResponse,
+};
 use crate::runtime::grants::Attach;
 use crate::runtime::policy::{PolicyDenial, StepPolicy};
 use crate::runtime::sandbox::{CredentialUse, StepState};
@@ -20,10 +22,191 @@ impl Host for StepState {
     async fn send(&mut self, request: Request) -> wasmtime::Result<Result<Response, GuestError>> {
         Ok(self.send_checked(request).await)
     }
+
+    async fn send_to_workspace(
+        &mut self,
+        request: Request,
+        save: SaveTo,
+    ) -> wasmtime::Result<Result<SavedResponse, GuestError>> {
+        Ok(self.send_saving(request, save).await)
+    }
+}
+
+/// A request that passed every check of the step, credential attached.
+struct Prepared {
+    outbound: OutboundRequest,
+    /// `scheme://host:port`, for messages.
+    dest: String,
+    /// The binding the host attached, its resource and kind.
+    attached: Option<(String, String, crate::manifest::CredentialKind)>,
 }
 
 impl StepState {
     async fn send_checked(&mut self, request: Request) -> Result<Response, GuestError> {
+        let Prepared {
+            outbound,
+            dest,
+            attached,
+        } = self.prepare(request).await?;
+        let response = self.send_outbound(outbound).await?;
+        if let Some((binding, resource_id, kind)) = attached {
+            let header_text = header_text(&response.headers);
+            if self
+                .policy
+                .note_response(&binding, &[header_text.as_bytes(), &response.body])
+            {
+                self.reflected(binding, resource_id, kind, &dest)?;
+            }
+        }
+        Ok(Response {
+            status: response.status,
+            headers: response.headers,
+            body: response.body,
+        })
+    }
+
+    /// The step now holds the secret of `binding` because an answer carried it back.
+    fn reflected(
+        &mut self,
+        binding: String,
+        resource_id: String,
+        kind: crate::manifest::CredentialKind,
+        dest: &str,
+    ) -> Result<(), GuestError> {
+        self.record_use(CredentialUse {
+            binding,
+            resource_id,
+            kind,
+            how: "reflected",
+            destination: Some(dest.to_string()),
+        });
+        self.record_workspace_taint()
+    }
+
+    /// `send-to-workspace`: the checks of `send`, then a 2xx body streamed to a
+    /// workspace file chunk by chunk (never whole in memory, never in the module's),
+    /// each chunk spending the step's workspace byte budget and searched for the
+    /// attached secret before it is written (a find taints the step and its workspace
+    /// first, as for an answer the module reads). Any other answer comes back in memory.
+    async fn send_saving(
+        &mut self,
+        request: Request,
+        save: SaveTo,
+    ) -> Result<SavedResponse, GuestError> {
+        let Prepared {
+            outbound,
+            dest,
+            attached,
+        } = self.prepare(request).await?;
+        // The destination is opened after the checks and before anything is sent: a
+        // path the workspace refuses costs no request.
+        let target = self.workspace_target(&save.path)?;
+        let client = self.outbound.clone();
+        let mut streaming = client
+            .send_streaming(outbound)
+            .await
+            .map_err(|e| outbound_error(&dest, e))?;
+        let headers = std::mem::take(&mut streaming.headers);
+        let status = streaming.status;
+        let mut scan = attached
+            .as_ref()
+            .and_then(|(b, _, _)| self.policy.reflection_scan(b));
+        let header_text = header_text(&headers);
+        let mut reflected = scan
+            .as_mut()
+            .is_some_and(|s| s.finds_in(header_text.as_bytes()));
+        if reflected && let Some((b, r, k)) = attached.clone() {
+            self.policy.note_reflected(&b);
+            self.reflected(b, r, k, &dest)?;
+        }
+        if !(200..300).contains(&status) {
+            let max = self.outbound.policy().max_response_bytes;
+            let body = streaming
+                .read_whole(max)
+                .await
+                .map_err(|e| outbound_error(&dest, e))?;
+            if !reflected
+                && scan.as_mut().is_some_and(|s| s.finds_in(&body))
+                && let Some((b, r, k)) = attached
+            {
+                self.policy.note_reflected(&b);
+                self.reflected(b, r, k, &dest)?;
+            }
+            return Ok(SavedResponse {
+                status,
+                headers,
+                saved: false,
+                size: 0,
+                body,
+            });
+        }
+        let mut file = target.create(&self.workspace_quota)?;
+        let limit = save.max_bytes;
+        let too_long = |n: u64| {
+            GuestError::LimitExceeded(format!(
+                "{dest}: the response body is larger than the {limit} bytes allowed for `{}` ({n} bytes or more)",
+                save.path
+            ))
+        };
+        let written = async {
+            if let Some(len) = streaming.content_length
+                && len > limit
+            {
+                return Err(too_long(len));
+            }
+            let mut size: u64 = 0;
+            while let Some(chunk) = streaming
+                .chunk()
+                .await
+                .map_err(|e| outbound_error(&dest, e))?
+            {
+                size += chunk.len() as u64;
+                if size > limit {
+                    return Err(too_long(size));
+                }
+                if !reflected && scan.as_mut().is_some_and(|s| s.finds_in(&chunk)) {
+                    reflected = true;
+                    if let Some((b, r, k)) = attached.clone() {
+                        // Tainted before the secret reaches the workspace.
+                        self.policy.note_reflected(&b);
+                        self.reflected(b, r, k, &dest)?;
+                    }
+                }
+                self.workspace_quota
+                    .spend_bytes(chunk.len() as u64)
+                    .map_err(|hit| GuestError::LimitExceeded(hit.to_string()))?;
+                use tokio::io::AsyncWriteExt;
+                file.write_all(&chunk).await.map_err(|e| {
+                    GuestError::Internal(format!("cannot write `{}`: {e}", save.path))
+                })?;
+            }
+            use tokio::io::AsyncWriteExt;
+            file.flush()
+                .await
+                .map_err(|e| GuestError::Internal(format!("cannot write `{}`: {e}", save.path)))?;
+            Ok(size)
+        }
+        .await;
+        match written {
+            Ok(size) => Ok(SavedResponse {
+                status,
+                headers,
+                saved: true,
+                size,
+                body: Vec::new(),
+            }),
+            Err(e) => {
+                // No half-written file is left for the module to take as the answer.
+                drop(file);
+                target.remove();
+                Err(e)
+            }
+        }
+    }
+
+    /// Every check of a request, then the request as the host sends it, credential
+    /// attached.
+    async fn prepare(&mut self, request: Request) -> Result<Prepared, GuestError> {
         self.count_request()?;
         let url = url::Url::parse(&request.url)
             .map_err(|e| GuestError::InvalidInput(format!("URL is not valid: {e}")))?;
@@ -124,39 +307,16 @@ impl StepState {
         }
 
         let timeout = self.request_timeout(request.timeout_ms)?;
-        let response = self
-            .send_outbound(OutboundRequest {
+        Ok(Prepared {
+            outbound: OutboundRequest {
                 method,
                 url,
                 headers,
                 body,
                 timeout,
-            })
-            .await?;
-        if let Some((binding, resource_id, kind)) = attached_binding {
-            let header_text: String = response
-                .headers
-                .iter()
-                .map(|(k, v)| format!("{k}: {v}\n"))
-                .collect();
-            if self
-                .policy
-                .note_response(&binding, &[header_text.as_bytes(), &response.body])
-            {
-                self.record_use(CredentialUse {
-                    binding,
-                    resource_id,
-                    kind,
-                    how: "reflected",
-                    destination: Some(dest.clone()),
-                });
-                self.record_workspace_taint()?;
-            }
-        }
-        Ok(Response {
-            status: response.status,
-            headers: response.headers,
-            body: response.body,
+            },
+            dest,
+            attached: attached_binding,
         })
     }
 
@@ -207,6 +367,51 @@ impl StepState {
         })
     }
 
+    /// Where in the workspace `send-to-workspace` may write `path`: inside it (cap-std
+    /// refuses `..` and symlinks that leave it), in a directory that exists, not a
+    /// directory itself.
+    pub(crate) fn workspace_target(&self, path: &str) -> Result<WorkspaceTarget, GuestError> {
+        let Some(root) = &self.workspace else {
+            return Err(GuestError::InvalidInput(
+                "this step has no workspace to write files to".into(),
+            ));
+        };
+        let relative = path.trim_start_matches('/').to_string();
+        if relative.is_empty() || relative.ends_with('/') {
+            return Err(GuestError::InvalidInput(format!(
+                "`{path}` is not a file path in the workspace"
+            )));
+        }
+        let dir = cap_std::fs::Dir::open_ambient_dir(root, cap_std::ambient_authority())
+            .map_err(|e| GuestError::Internal(format!("cannot open the step workspace: {e}")))?;
+        let existed = match dir.symlink_metadata(&relative) {
+            Ok(m) if m.is_dir() => {
+                return Err(GuestError::InvalidInput(format!("`{path}` is a directory")));
+            }
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => {
+                return Err(GuestError::InvalidInput(format!(
+                    "cannot write workspace file `{path}`: {e}"
+                )));
+            }
+        };
+        // The directory must be there and inside the workspace (checked, not created:
+        // creating it would be a write the module did not make).
+        if let Some((parent, _)) = relative.rsplit_once('/')
+            && !dir.metadata(parent).map(|m| m.is_dir()).unwrap_or(false)
+        {
+            return Err(GuestError::InvalidInput(format!(
+                "cannot write workspace file `{path}`: its directory `/{parent}` does not exist in the workspace"
+            )));
+        }
+        Ok(WorkspaceTarget {
+            dir,
+            relative,
+            existed,
+        })
+    }
+
     pub(crate) fn open_workspace_file(&self, path: &str) -> Result<tokio::fs::File, GuestError> {
         let Some(root) = &self.workspace else {
             return Err(GuestError::InvalidInput(
@@ -226,6 +431,47 @@ impl StepState {
             return Err(GuestError::InvalidInput(format!("`{path}` is not a file")));
         }
         Ok(tokio::fs::File::from_std(std_file))
+    }
+}
+
+/// Headers as one text, to search for a reflected secret.
+fn header_text(headers: &[(String, String)]) -> String {
+    headers.iter().map(|(k, v)| format!("{k}: {v}\n")).collect()
+}
+
+/// A file of the workspace a response is to be written to (`send-to-workspace`).
+pub(crate) struct WorkspaceTarget {
+    dir: cap_std::fs::Dir,
+    relative: String,
+    existed: bool,
+}
+
+impl WorkspaceTarget {
+    /// Create (or truncate) the file, spending a file of the step's budget when it is
+    /// new.
+    fn create(
+        &self,
+        quota: &crate::runtime::workspace_quota::WorkspaceQuota,
+    ) -> Result<tokio::fs::File, GuestError> {
+        if !self.existed {
+            quota
+                .spend_file()
+                .map_err(|hit| GuestError::LimitExceeded(hit.to_string()))?;
+        }
+        let mut options = cap_std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        let file = self.dir.open_with(&self.relative, &options).map_err(|e| {
+            GuestError::InvalidInput(format!(
+                "cannot write workspace file `{}`: {e}",
+                self.relative
+            ))
+        })?;
+        Ok(tokio::fs::File::from_std(file.into_std()))
+    }
+
+    /// Remove what `create` made (best effort: the step is failing already).
+    fn remove(&self) {
+        let _ = self.dir.remove_file(&self.relative);
     }
 }
 

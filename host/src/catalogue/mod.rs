@@ -314,6 +314,11 @@ impl Catalogue {
     /// (`invalid_manifest` otherwise, naming the known ones).
     pub fn check_bindings(&self, manifest: &Manifest) -> Result<(), ManifestError> {
         for (i, b) in manifest.credentials.iter().enumerate() {
+            // A link of any service: the link's own provider is checked when a step
+            // resolves it (it must be an OAuth2 provider of this catalogue then).
+            if b.accepts_any_service() {
+                continue;
+            }
             let (known, what) = match b.kind {
                 CredentialKind::OauthLink => (self.oauth(&b.service).is_some(), "OAuth service"),
                 CredentialKind::Component => {

@@ -262,12 +262,22 @@ fn api_key_providers_keep_the_old_field_table() {
         (
             "anthropic",
             "ai",
-            &[("api_key", true, true, Text), ("model", false, false, Text)],
+            // base_url since the AI modules: a compatible gateway.
+            &[
+                ("api_key", true, true, Text),
+                ("model", false, false, Text),
+                ("base_url", false, false, HttpUrl),
+            ],
         ),
         (
             "openai",
             "ai",
-            &[("api_key", true, true, Text), ("model", false, false, Text)],
+            // base_url since the AI modules: a compatible gateway.
+            &[
+                ("api_key", true, true, Text),
+                ("model", false, false, Text),
+                ("base_url", false, false, HttpUrl),
+            ],
         ),
         (
             "smtp",
@@ -316,6 +326,31 @@ fn api_key_providers_keep_the_old_field_table() {
             .map(|f| (f.name.as_str(), f.secret, f.required, f.check))
             .collect();
         assert_eq!(got, *fields, "{name}");
+    }
+    // An AI key goes to its provider's API and, when the component names one, to its
+    // gateway: nowhere else.
+    for (name, host) in [
+        ("openai", "https://api.openai.com"),
+        ("anthropic", "https://api.anthropic.com"),
+    ] {
+        let p = c.api_key(name).unwrap();
+        let config = |base: Option<&str>| {
+            let mut m = serde_json::Map::new();
+            if let Some(b) = base {
+                m.insert("base_url".into(), b.into());
+            }
+            p.pins(&m)
+                .unwrap()
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(config(None), [host], "{name}");
+        assert_eq!(
+            config(Some("https://gw.example.com/v1")),
+            [host, "https://gw.example.com"],
+            "{name}"
+        );
     }
     let http = c.api_key("http").unwrap();
     assert_eq!(
@@ -538,6 +573,8 @@ fn manifests_may_bind_only_known_services_of_their_kind() {
     let c = Catalogue::builtin();
     c.check_bindings(&manifest("oauth-link", "slack")).unwrap();
     c.check_bindings(&manifest("component", "s3")).unwrap();
+    // A link of any service: which one is known when a step names the link.
+    c.check_bindings(&manifest("oauth-link", "*")).unwrap();
     for (kind, service, known) in [
         ("oauth-link", "myspace", "microsoft, google, slack"),
         ("oauth-link", "s3", "microsoft, google"),

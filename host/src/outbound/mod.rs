@@ -196,12 +196,33 @@ impl OutboundClient {
         use tracing::Instrument;
         // Every log line of the exchange names where it went (never its headers).
         let span = tracing::debug_span!("outbound", method = %req.method, host = %origin(&req.url));
-        self.send_in_span(req).instrument(span).await
+        async {
+            let max = self.policy.max_response_bytes;
+            let streaming = self.send_streaming(req).await?;
+            let (status, headers) = (streaming.status, streaming.headers.clone());
+            let body = streaming.read_whole(max).await?;
+            tracing::debug!(status, bytes = body.len(), "outbound answered");
+            Ok(OutboundResponse {
+                status,
+                headers,
+                body,
+            })
+        }
+        .instrument(span)
+        .await
     }
 
-    async fn send_in_span(&self, req: OutboundRequest) -> Result<OutboundResponse, OutboundError> {
+    /// Send a request and return once the status and headers are in; the body is read
+    /// from the answer chunk by chunk ([`StreamingResponse::chunk`]), all of it within
+    /// the request's time. What streams a download to disk uses this: the body never
+    /// has to fit in memory.
+    pub async fn send_streaming(
+        &self,
+        req: OutboundRequest,
+    ) -> Result<StreamingResponse, OutboundError> {
         self.check_destination(&req.url)?;
         let timeout = req.timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut builder = self
             .client
             .request(req.method, req.url)
@@ -219,45 +240,82 @@ impl OutboundClient {
                 }
             }
         };
-        let max = self.policy.max_response_bytes;
-        let work = async {
-            let resp = builder.send().await.map_err(|e| map_error(e, timeout))?;
-            let status = resp.status().as_u16();
-            let headers = resp
-                .headers()
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str().to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect();
-            if let Some(len) = resp.content_length()
-                && len as usize > max
-            {
+        let resp = match tokio::time::timeout_at(deadline, builder.send()).await {
+            Ok(r) => r.map_err(|e| map_error(e, timeout))?,
+            Err(_) => return Err(OutboundError::Timeout(timeout)),
+        };
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        Ok(StreamingResponse {
+            status,
+            headers,
+            content_length: resp.content_length(),
+            body: Box::pin(resp.bytes_stream()),
+            deadline,
+            timeout,
+        })
+    }
+}
+
+/// An answer whose body is still to be read (`OutboundClient::send_streaming`).
+pub struct StreamingResponse {
+    /// Status.
+    pub status: u16,
+    /// Headers.
+    pub headers: Vec<(String, String)>,
+    /// The body's length, when the server said.
+    pub content_length: Option<u64>,
+    body: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Send>,
+    >,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for StreamingResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamingResponse")
+            .field("status", &self.status)
+            .field("content_length", &self.content_length)
+            .finish()
+    }
+}
+
+impl StreamingResponse {
+    /// The next piece of the body (`None` at its end), within the request's time.
+    pub async fn chunk(&mut self) -> Result<Option<bytes::Bytes>, OutboundError> {
+        match tokio::time::timeout_at(self.deadline, self.body.next()).await {
+            Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
+            Ok(Some(Err(e))) => Err(map_error(e, self.timeout)),
+            Ok(None) => Ok(None),
+            Err(_) => Err(OutboundError::Timeout(self.timeout)),
+        }
+    }
+
+    /// The whole body, at most `max` bytes (`ResponseTooLarge` past them).
+    pub async fn read_whole(mut self, max: usize) -> Result<Vec<u8>, OutboundError> {
+        if let Some(len) = self.content_length
+            && len > max as u64
+        {
+            return Err(OutboundError::ResponseTooLarge(max));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = self.chunk().await? {
+            if body.len() + chunk.len() > max {
                 return Err(OutboundError::ResponseTooLarge(max));
             }
-            let mut body = Vec::new();
-            let mut stream = resp.bytes_stream();
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| map_error(e, timeout))?;
-                if body.len() + chunk.len() > max {
-                    return Err(OutboundError::ResponseTooLarge(max));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            tracing::debug!(status, bytes = body.len(), "outbound answered");
-            Ok(OutboundResponse {
-                status,
-                headers,
-                body,
-            })
-        };
-        match tokio::time::timeout(timeout, work).await {
-            Ok(r) => r,
-            Err(_) => Err(OutboundError::Timeout(timeout)),
+            body.extend_from_slice(&chunk);
         }
+        Ok(body)
     }
 }
 

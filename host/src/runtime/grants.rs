@@ -128,8 +128,10 @@ pub async fn resolve(
                 }
                 CredentialKind::OauthLink => match &explicit {
                     Some(link_id) => {
+                        let scopes = needed_scopes(binding, input)?;
                         let (grant, used) =
-                            resolve_link(oauth, binding, company_id, link_id, actor).await?;
+                            resolve_link(oauth, binding, &scopes, company_id, link_id, actor)
+                                .await?;
                         other_users_links.extend(used);
                         Some(grant)
                     }
@@ -150,13 +152,52 @@ pub async fn resolve(
                         CredentialKind::Component => "component",
                         CredentialKind::OauthLink => "OAuth link",
                     },
-                    binding.service
+                    if binding.accepts_any_service() {
+                        "of any service"
+                    } else {
+                        binding.service.as_str()
+                    }
                 )));
             }
             None => {}
         }
     }
     Ok(grants)
+}
+
+/// The scopes a link bound as `binding` must have: the manifest's, then those the input
+/// lists in the binding's `scopes_field` (a module whose needs depend on the call, such
+/// as `api-request`). The input was validated against the module's schema, but that
+/// schema is the module's: a field that is not an array of strings is refused here.
+fn needed_scopes(
+    binding: &CredentialBinding,
+    input: &serde_json::Value,
+) -> Result<Vec<String>, StepError> {
+    let mut scopes = binding.scopes.clone();
+    let Some(field) = &binding.scopes_field else {
+        return Ok(scopes);
+    };
+    match input.get(field) {
+        None | Some(serde_json::Value::Null) => {}
+        Some(serde_json::Value::Array(items)) => {
+            for item in items {
+                let Some(s) = item.as_str() else {
+                    return Err(StepError::invalid_input(format!(
+                        "`{field}` lists the scopes the link must have: an array of strings"
+                    )));
+                };
+                if !scopes.iter().any(|x| x == s) {
+                    scopes.push(s.to_string());
+                }
+            }
+        }
+        Some(_) => {
+            return Err(StepError::invalid_input(format!(
+                "`{field}` lists the scopes the link must have: an array of strings"
+            )));
+        }
+    }
+    Ok(scopes)
 }
 
 /// A link a step used other than as its owner: for the audit log.
@@ -173,6 +214,7 @@ pub struct LinkUse {
 async fn resolve_link(
     oauth: Option<&std::sync::Arc<crate::oauth::OAuthService>>,
     binding: &CredentialBinding,
+    scopes: &[String],
     company_id: &str,
     link_id: &str,
     actor: Option<&crate::oauth::ownership::Actor>,
@@ -232,17 +274,15 @@ async fn resolve_link(
             }),
         },
     };
-    if link.integration_type != binding.service {
+    // A binding of any service takes the link's own service, whose pins then apply;
+    // the link must still be of an OAuth2 provider this host knows.
+    if !binding.accepts_any_service() && link.integration_type != binding.service {
         return Err(StepError::access_denied(format!(
             "link `{link_id}` is a {} link; binding `{}` needs {}",
             link.integration_type, binding.name, binding.service
         )));
     }
-    let missing: Vec<&String> = binding
-        .scopes
-        .iter()
-        .filter(|s| !link.scopes.contains(s))
-        .collect();
+    let missing: Vec<&String> = scopes.iter().filter(|s| !link.scopes.contains(s)).collect();
     if !missing.is_empty() {
         return Err(StepError::new(
             ErrorName::InsufficientScope,
@@ -257,6 +297,13 @@ async fn resolve_link(
         ));
     }
     let provider = oauth.provider(&link.integration_type).ok();
+    if binding.accepts_any_service() && provider.is_none() {
+        // A link of a provider since removed from the config: no pins to send it to.
+        return Err(StepError::access_denied(format!(
+            "link `{link_id}` is a {} link, a service this host no longer knows",
+            link.integration_type
+        )));
+    }
     let pinned: Vec<Pin> = provider.map(|p| p.api_hosts.clone()).unwrap_or_default();
     let api_base_url = provider.map(|p| p.api_base_url.clone()).unwrap_or_default();
     let grant = GrantedCredential {
@@ -414,4 +461,38 @@ pub fn grant_component(
         pinned,
         attach,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn binding(scopes: &[&str], scopes_field: Option<&str>) -> CredentialBinding {
+        let mut b = CredentialBinding::any_oauth_link("link").scopes(scopes.iter().copied());
+        b.scopes_field = scopes_field.map(str::to_string);
+        b
+    }
+
+    #[test]
+    fn scopes_come_from_the_manifest_and_the_inputs_scopes_field() {
+        let b = binding(&["a"], Some("scopes"));
+        let input = json!({"scopes": ["b", "a", "c"]});
+        assert_eq!(needed_scopes(&b, &input).unwrap(), ["a", "b", "c"]);
+        assert_eq!(needed_scopes(&b, &json!({})).unwrap(), ["a"]);
+        assert_eq!(needed_scopes(&b, &json!({"scopes": null})).unwrap(), ["a"]);
+        // Without a scopes_field the input's `scopes` mean nothing to the host.
+        assert_eq!(
+            needed_scopes(&binding(&[], None), &input).unwrap(),
+            Vec::<String>::new()
+        );
+        for bad in [
+            json!({"scopes": "b"}),
+            json!({"scopes": [1]}),
+            json!({"scopes": {"b": true}}),
+        ] {
+            let e = needed_scopes(&b, &bad).unwrap_err();
+            assert_eq!(e.name, crate::error::ErrorName::InvalidInput, "{bad}");
+        }
+    }
 }

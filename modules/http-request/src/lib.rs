@@ -5,7 +5,7 @@
 //! retried with exponential backoff and jitter, honouring `Retry-After`, within the
 //! step's deadline.
 
-use flow8_sdk::http::{Request, Response};
+use flow8_sdk::http::{Request, Response, Saved};
 use flow8_sdk::retry::Backoff;
 use flow8_sdk::{Credential, Error, Manifest, Module, credentials, log};
 use serde::{Deserialize, Serialize};
@@ -37,6 +37,17 @@ struct Input {
     timeout_seconds: Option<u64>,
     #[serde(default)]
     max_retries: Option<u32>,
+    #[serde(default)]
+    save_to: Option<SaveTo>,
+}
+
+/// Where the host writes a 2xx answer's body (`save_to`), instead of the output.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SaveTo {
+    path: String,
+    #[serde(default)]
+    max_bytes: Option<u64>,
 }
 
 /// The step output.
@@ -45,6 +56,9 @@ struct Output {
     status: u16,
     headers: Map<String, Value>,
     body: Value,
+    /// Where the body went instead, when `save_to` was given and the answer was 2xx.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    saved: Option<Saved>,
 }
 
 /// Settings from the optional `request` component (its non-secret config).
@@ -116,6 +130,14 @@ fn schema() -> Value {
             },
             "timeout_seconds": {"type": "integer", "minimum": 1, "maximum": 300,
                                 "description": "Per attempt; defaults to the component's, else 30."},
+            "save_to": {
+                "type": "object", "additionalProperties": false, "required": ["path"],
+                "description": "Have the host write a 2xx answer's body to this workspace file (streamed, never through the module's memory) instead of the output's `body`.",
+                "properties": {
+                    "path": {"type": "string", "minLength": 1, "description": "A file in the step's workspace; its directory must exist."},
+                    "max_bytes": {"type": "integer", "minimum": 1, "description": "A longer body fails the step (limit_exceeded) and leaves no file; the step's workspace budget applies too."}
+                }
+            },
             "max_retries": {"type": "integer", "minimum": 0, "maximum": MAX_RETRIES,
                             "description": "Retries of 429, 5xx and network failures; defaults to the component's, else 3."}
         }
@@ -178,33 +200,32 @@ fn build(
     Ok(req)
 }
 
-fn output(resp: Response) -> Output {
-    let mut headers = Map::new();
-    for (k, v) in &resp.headers {
-        let name = k.to_ascii_lowercase();
-        // Repeated headers are joined with ", " as HTTP allows (RFC 9110 §5.3), except
-        // Set-Cookie, whose values may contain commas (RFC 6265 §3): one per line.
-        let sep = if name == "set-cookie" { "\n" } else { ", " };
-        let entry = headers.entry(name).or_insert(Value::String(String::new()));
-        if let Value::String(s) = entry {
-            if !s.is_empty() {
-                s.push_str(sep);
-            }
-            s.push_str(v);
-        }
-    }
-    let body = if resp.body.is_empty() {
-        Value::Null
-    } else if resp.is_json() {
-        // A server that labels non-JSON as JSON still gets its answer through, as text.
-        serde_json::from_slice(&resp.body).unwrap_or_else(|_| Value::String(resp.text()))
-    } else {
-        Value::String(resp.text())
-    };
+fn output(resp: Response, saved: Option<Saved>) -> Output {
     Output {
         status: resp.status,
-        headers,
-        body,
+        headers: resp.header_object(),
+        // A saved body is in the workspace, not here.
+        body: if saved.is_some() {
+            Value::Null
+        } else {
+            resp.body_value()
+        },
+        saved,
+    }
+}
+
+/// Send with retries; with `save_to`, a 2xx body goes to the workspace (streamed by
+/// the host) and only status and headers come back.
+fn send(
+    backoff: &Backoff,
+    request: &Request,
+    save_to: Option<&SaveTo>,
+) -> Result<(Response, Option<Saved>), Error> {
+    match save_to {
+        None => backoff.send(request).map(|r| (r, None)),
+        Some(s) => backoff
+            .send_to_workspace(request, &s.path, s.max_bytes.unwrap_or(u64::MAX))
+            .map(|r| (r.response, r.saved)),
     }
 }
 
@@ -269,7 +290,7 @@ impl Module for HttpRequest {
             }
         ));
 
-        let response = backoff.send(&request)?;
+        let (response, saved) = send(&backoff, &request, input.save_to.as_ref())?;
         if response.status == 429 {
             return Err(Error::rate_limit_exceeded(
                 format!(
@@ -287,7 +308,7 @@ impl Module for HttpRequest {
                 response.retry_after(),
             ));
         }
-        Ok(output(response))
+        Ok(output(response, saved))
     }
 }
 

@@ -15,7 +15,16 @@ impl Credential {
             scopes: Vec::new(),
             required: true,
             input_field: None,
+            scopes_field: None,
         }
+    }
+
+    /// A user's connected OAuth account of any service the host knows ([`crate::ANY_SERVICE`]):
+    /// the step names the link (give it an [`Credential::input_field`]) and the host sends
+    /// its token only to that link's own provider. Scopes come from the input
+    /// ([`Credential::scopes_field`]), since they depend on the call.
+    pub fn any_oauth_link(name: &str) -> Credential {
+        Credential::oauth_link(name, crate::ANY_SERVICE)
     }
 
     /// An API-key component of `provider` (`s3`, `http`, `openai`, ...).
@@ -27,6 +36,7 @@ impl Credential {
             scopes: Vec::new(),
             required: true,
             input_field: None,
+            scopes_field: None,
         }
     }
 
@@ -43,6 +53,13 @@ impl Credential {
     /// The step may leave it unbound.
     pub fn optional(mut self) -> Credential {
         self.required = false;
+        self
+    }
+
+    /// The input field listing more scopes the link must have been granted (an array of
+    /// strings; checked before the step runs, like [`Credential::scopes`]).
+    pub fn scopes_field(mut self, field: &str) -> Credential {
+        self.scopes_field = Some(field.into());
         self
     }
 

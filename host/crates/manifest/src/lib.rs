@@ -42,6 +42,11 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ManifestError
     }
 }
 
+/// The `service` of an `oauth-link` binding that accepts a link of any OAuth service the
+/// host knows (the generic provider API module, `api-request`): the step names the link,
+/// and the link's own service decides where its token may go (its provider's pins).
+pub const ANY_SERVICE: &str = "*";
+
 /// How a credential binding is satisfied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -72,6 +77,18 @@ pub struct CredentialBinding {
     /// Input field naming the link to use (OAuth only), e.g. `link_id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_field: Option<String>,
+    /// Input field holding more scopes the link must have (OAuth only): an array of
+    /// strings, checked with `scopes` before the step runs. For modules whose needs
+    /// depend on the call the step makes (`api-request`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes_field: Option<String>,
+}
+
+impl CredentialBinding {
+    /// Whether this binding accepts a link of any OAuth service ([`ANY_SERVICE`]).
+    pub fn accepts_any_service(&self) -> bool {
+        self.kind == CredentialKind::OauthLink && self.service == ANY_SERVICE
+    }
 }
 
 fn yes() -> bool {
@@ -170,7 +187,20 @@ impl Manifest {
             }
             // Whether the host knows the service depends on its catalogue (the config
             // file may add providers): the registry checks that when it loads the module.
-            if !valid_name(&b.service, false) {
+            if b.service == ANY_SERVICE {
+                if b.kind != CredentialKind::OauthLink {
+                    return Err(invalid(
+                        field("service"),
+                        "`*` (any service) is for `oauth-link` bindings only: a component's provider decides how its secret is attached",
+                    ));
+                }
+                if !b.scopes.is_empty() {
+                    return Err(invalid(
+                        field("scopes"),
+                        "scope names belong to one service; a `*` binding takes them from the input (`scopes_field`)",
+                    ));
+                }
+            } else if !valid_name(&b.service, false) {
                 return Err(invalid(
                     field("service"),
                     "a provider name: 1-64 characters of a-z, 0-9 and '-', starting with a letter",
@@ -184,6 +214,25 @@ impl Manifest {
                     return Err(invalid(
                         field("input_field"),
                         "only OAuth links are named in the input",
+                    ));
+                }
+                if b.scopes_field.is_some() {
+                    return Err(invalid(
+                        field("scopes_field"),
+                        "only OAuth links have scopes",
+                    ));
+                }
+            }
+            for (name, value) in [
+                ("input_field", &b.input_field),
+                ("scopes_field", &b.scopes_field),
+            ] {
+                if let Some(v) = value
+                    && (v.is_empty() || v.len() > 64)
+                {
+                    return Err(invalid(
+                        field(name),
+                        "an input field name of 1-64 characters",
                     ));
                 }
             }
@@ -480,6 +529,46 @@ mod tests {
         assert!(
             matches!(Manifest::parse(&bad_service), Err(ManifestError::InvalidField { field, .. }) if field == "credentials[0].service")
         );
+        // A link of any service: oauth-link only, scopes from the input.
+        let any = r#"{"manifest_version":1,"name":"api-request","version":"0.1.0",
+            "credentials":[{"name":"link","kind":"oauth-link","service":"*","input_field":"link_id","scopes_field":"scopes"}]}"#;
+        let m = Manifest::parse(any).unwrap();
+        assert!(m.credentials[0].accepts_any_service());
+        assert_eq!(m.credentials[0].scopes_field.as_deref(), Some("scopes"));
+        assert!(!Manifest::parse(good).unwrap().credentials[0].accepts_any_service());
+        for (bad, field) in [
+            (
+                any.replace("oauth-link", "component").replace(
+                    ",\"input_field\":\"link_id\",\"scopes_field\":\"scopes\"",
+                    "",
+                ),
+                "credentials[0].service",
+            ),
+            (
+                any.replace("\"service\":\"*\"", "\"service\":\"*\",\"scopes\":[\"a\"]"),
+                "credentials[0].scopes",
+            ),
+            (
+                any.replace("\"scopes_field\":\"scopes\"", "\"scopes_field\":\"\""),
+                "credentials[0].scopes_field",
+            ),
+            (
+                any.replace("\"service\":\"*\"", "\"service\":\"*.x\""),
+                "credentials[0].service",
+            ),
+        ] {
+            assert!(
+                matches!(Manifest::parse(&bad), Err(ManifestError::InvalidField { field: f, .. }) if f == field),
+                "{bad}: {:?}",
+                Manifest::parse(&bad)
+            );
+        }
+        let component_scopes_field = r#"{"manifest_version":1,"name":"x","version":"0.1.0",
+            "credentials":[{"name":"k","kind":"component","service":"openai","scopes_field":"scopes"}]}"#;
+        assert!(
+            matches!(Manifest::parse(component_scopes_field), Err(ManifestError::InvalidField { field, .. }) if field == "credentials[0].scopes_field")
+        );
+
         let bad_version = good.replace("0.1.0", "one");
         assert!(Manifest::parse(&bad_version).is_err());
         let not_a_schema = good.replace(

@@ -279,6 +279,30 @@ impl<'p> Authorized<'p> {
     }
 }
 
+/// A search for a credential's secrets in a body read in pieces: each piece is searched
+/// together with the end of the one before it, long enough for any spelling of a secret
+/// to straddle the two (`Redactor::longest_spelling`).
+#[derive(Debug)]
+pub struct ReflectionScan {
+    redactor: redact::Redactor,
+    tail: Vec<u8>,
+    keep: usize,
+}
+
+impl ReflectionScan {
+    /// Whether a secret shows in the body read so far, up to and including `chunk`.
+    pub fn finds_in(&mut self, chunk: &[u8]) -> bool {
+        if self.redactor.is_empty() {
+            return false;
+        }
+        self.tail.extend_from_slice(chunk);
+        let found = self.redactor.finds_in(&self.tail);
+        let cut = self.tail.len().saturating_sub(self.keep);
+        self.tail.drain(..cut);
+        found
+    }
+}
+
 /// A forced refresh the policy let go ahead: the link and the token its provider refused.
 #[derive(Debug)]
 pub struct RefreshTicket<R> {
@@ -407,6 +431,36 @@ impl StepPolicy {
             entry.held = Some(TaintHow::Reflected);
         }
         found
+    }
+
+    /// A search of a response streamed past the module (to a workspace file) for the
+    /// secrets of `binding`, the credential the host attached to its request; `None`
+    /// when it is not bound. Feed it the body piece by piece
+    /// ([`ReflectionScan::finds_in`]) and call [`StepPolicy::note_reflected`] on a find.
+    pub fn reflection_scan(&self, binding: &str) -> Option<ReflectionScan> {
+        let entry = self.entry(binding)?;
+        let redactor = redact::Redactor::new(
+            entry
+                .grant
+                .secrets
+                .iter()
+                .map(|(_, s)| s.expose().to_string()),
+        );
+        Some(ReflectionScan {
+            keep: redactor.longest_spelling(),
+            redactor,
+            tail: Vec::new(),
+        })
+    }
+
+    /// A streamed answer to a request the host attached `binding` to carried one of its
+    /// secrets back: the step now holds it, as if the module had read it.
+    pub fn note_reflected(&mut self, binding: &str) {
+        if let Some(entry) = self.entry_mut(binding)
+            && entry.held.is_none()
+        {
+            entry.held = Some(TaintHow::Reflected);
+        }
     }
 
     fn entry(&self, binding: &str) -> Option<&Entry> {

@@ -240,6 +240,18 @@ impl Redactor {
         self.needles.is_empty()
     }
 
+    /// The most bytes of text one secret can take in any form it is looked for in: its
+    /// longest form, each byte of which an escape (`\u00XX`, six bytes) may spell. A
+    /// text read in pieces is searched with this much of the previous piece kept.
+    pub fn longest_spelling(&self) -> usize {
+        self.needles
+            .iter()
+            .flat_map(|n| n.exact.iter().chain(&n.any_case))
+            .map(|f| f.len() * 6)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The ranges of `text` holding a secret in any form, merged, in order.
     fn ranges(&self, text: &[u8]) -> Vec<(usize, usize)> {
         let mut found: Vec<(usize, usize)> = Vec::new();

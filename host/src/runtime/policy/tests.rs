@@ -1314,3 +1314,57 @@ fn taints_list_what_the_step_held_then_what_it_inherited() {
             .is_err()
     );
 }
+
+/// A body streamed to the workspace is searched piece by piece: a secret split across
+/// two pieces, in any spelling `redact` knows, is still found, and marks the step.
+#[test]
+fn a_streamed_body_is_searched_across_its_pieces() {
+    let secret = secret_of("api");
+    let spellings = [
+        secret.clone(),
+        json_escaped(&secret),
+        secret
+            .bytes()
+            .map(|b| format!("%{b:02X}"))
+            .collect::<String>(),
+    ];
+    for spelling in spellings {
+        for split in 1..spelling.len() {
+            let mut p = policy(
+                &[],
+                &[G(
+                    "api",
+                    A::Header("x-api-key"),
+                    &["https://api.example.com"],
+                )],
+            );
+            let mut scan = p.reflection_scan("api").expect("bound");
+            let (a, b) = spelling.split_at(split);
+            let first = format!("{}{a}", "x".repeat(5000));
+            let second = format!("{b}{}", "y".repeat(5000));
+            assert!(!scan.finds_in(first.as_bytes()), "{spelling} at {split}");
+            assert!(scan.finds_in(second.as_bytes()), "{spelling} at {split}");
+            assert!(!p.is_tainted());
+            p.note_reflected("api");
+            assert!(p.is_tainted());
+            assert_eq!(p.taints()[0].credential, "api");
+        }
+    }
+    let p = policy(
+        &[],
+        &[G(
+            "api",
+            A::Header("x-api-key"),
+            &["https://api.example.com"],
+        )],
+    );
+    let mut scan = p.reflection_scan("api").expect("bound");
+    assert!(!scan.finds_in(&vec![b'z'; 100_000]));
+    assert!(p.reflection_scan("other").is_none());
+}
+
+fn json_escaped(text: &str) -> String {
+    text.chars()
+        .map(|c| format!("\\u{:04x}", c as u32))
+        .collect()
+}

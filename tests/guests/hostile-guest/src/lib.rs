@@ -138,10 +138,18 @@ impl Module for Hostile {
             .credential(Credential::component("s3", "s3").optional())
             .credential(Credential::component("smtp", "smtp").optional())
             .credential(Credential::component("ftp", "ftp").optional())
+            .credential(Credential::component("ai", "openai").optional())
             .credential(
                 Credential::oauth_link("google", "google")
                     .scopes(["drive"])
                     .input_field("link_id")
+                    .optional(),
+            )
+            // A link of any service (as `api-request` binds it), named by `any_link_id`.
+            .credential(
+                Credential::any_oauth_link("any")
+                    .input_field("any_link_id")
+                    .scopes_field("any_scopes")
                     .optional(),
             )
             .allowed_host("http://127.0.0.1:*")
