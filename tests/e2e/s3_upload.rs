@@ -280,7 +280,8 @@ async fn an_upload_through_the_rest_api_uses_the_steps_workspace() {
             .unwrap(),
         bytes
     );
-    // Another company's steps cannot name this workspace (theirs is a different directory).
+    // Another company's steps cannot name this workspace: theirs is a different
+    // directory, where no such workspace exists (404, as for any missing workspace).
     let other = flow8_tests::create_token(&cli, "company-b", "bob", true);
     let r = http
         .post(server.url("/api/v1/steps"))
@@ -290,7 +291,9 @@ async fn an_upload_through_the_rest_api_uses_the_steps_workspace() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(r.status().as_u16(), 404);
+    let answer: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(answer["error"], "not_found", "{answer}");
     let step_escape =
         json!({"module_ref": "s3-upload", "workspace": "../company-a/run-42", "input_mapping": {}});
     let r = http
