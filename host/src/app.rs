@@ -182,10 +182,12 @@ impl HostSettings {
             })
             .map_err(|e| HostError::Internal(format!("cannot start the engine: {e}")))?,
         };
-        let cache = CompileCache::at(self.cache_dir()).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "compile cache unavailable; compiling every time");
-            CompileCache::disabled()
-        });
+        let cache = CompileCache::at(self.cache_dir())
+            .map(|c| c.with_limits(self.config.compile_cache.limits()))
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "compile cache unavailable; compiling every time");
+                CompileCache::disabled()
+            });
         Ok(Arc::new(
             ModuleRegistry::new(engine, cache, self.all_module_dirs())
                 .with_catalogue(catalogue)
