@@ -138,7 +138,8 @@ impl HostSettings {
         self
     }
 
-    /// Where installed modules of admins live: `<data-dir>/company-modules/<company>/`.
+    /// Where hosts before the store kept admins' installed modules
+    /// (`<data-dir>/company-modules/<company>/`); imported into the store at start.
     pub fn company_modules_dir(&self) -> PathBuf {
         self.data_dir.join("company-modules")
     }
@@ -181,14 +182,16 @@ impl HostSettings {
             })
             .map_err(|e| HostError::Internal(format!("cannot start the engine: {e}")))?,
         };
-        let cache = CompileCache::at(self.cache_dir()).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "compile cache unavailable; compiling every time");
-            CompileCache::disabled()
-        });
+        let cache = CompileCache::at(self.cache_dir())
+            .map(|c| c.with_limits(self.config.compile_cache.limits()))
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "compile cache unavailable; compiling every time");
+                CompileCache::disabled()
+            });
         Ok(Arc::new(
             ModuleRegistry::new(engine, cache, self.all_module_dirs())
                 .with_catalogue(catalogue)
-                .with_company_root(self.company_modules_dir()),
+                .with_installed_modules(),
         ))
     }
 
@@ -304,6 +307,21 @@ impl Host {
             .map_err(|e| HostError::InvalidConfig(e.to_string()))?;
         let (store, vault) = settings.build_store().await?;
         let modules = settings.build_modules()?;
+        // Modules installed before they lived in the store: imported once, then moved
+        // aside (see `ModuleRegistry::import_dir`).
+        let legacy = settings.company_modules_dir();
+        if legacy.is_dir() {
+            let n = modules
+                .import_dir(
+                    &*store,
+                    &legacy,
+                    &settings.data_dir.join("company-modules.imported"),
+                )
+                .await;
+            if n > 0 {
+                tracing::info!(count = n, "installed modules imported into the store");
+            }
+        }
         let outbound = OutboundClient::new(settings.config.outbound_policy())
             .map_err(|e| HostError::Internal(e.to_string()))?;
         let audit = AuditWriter::start(store.clone());

@@ -146,6 +146,35 @@ impl Default for RateLimitsConfig {
     }
 }
 
+/// How much the on-disk compile cache keeps (see `runtime::cache`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompileCacheConfig {
+    /// The most MiB of compiled components kept; the least recently used go first.
+    pub max_mib: u64,
+    /// Entries unused for this many days are removed.
+    pub max_age_days: u64,
+}
+
+impl Default for CompileCacheConfig {
+    fn default() -> Self {
+        CompileCacheConfig {
+            max_mib: 2048,
+            max_age_days: 30,
+        }
+    }
+}
+
+impl CompileCacheConfig {
+    /// The cache's limits (call after `HostConfig::validate`, which bounds both).
+    pub fn limits(&self) -> crate::runtime::cache::CacheLimits {
+        crate::runtime::cache::CacheLimits {
+            max_bytes: self.max_mib.saturating_mul(1024 * 1024),
+            max_age: std::time::Duration::from_secs(self.max_age_days.saturating_mul(24 * 3600)),
+        }
+    }
+}
+
 /// Everything the host is configured with.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -186,6 +215,8 @@ pub struct HostConfig {
     pub sandboxes: SandboxesConfig,
     /// Per-company API rate limits.
     pub rate_limits: RateLimitsConfig,
+    /// The compile cache's size and age limits.
+    pub compile_cache: CompileCacheConfig,
     /// The bearer token `/metrics` asks for (the operator's, not a company's; at least
     /// 16 characters). Unset: `/metrics` is off. `FLOW8_METRICS_TOKEN` overrides.
     pub metrics_token: Option<Secret>,
@@ -214,6 +245,7 @@ impl Default for HostConfig {
             oauth_background_refresh_seconds: 60,
             sandboxes: SandboxesConfig::default(),
             rate_limits: RateLimitsConfig::default(),
+            compile_cache: CompileCacheConfig::default(),
             metrics_token: None,
             public_url: None,
         }
@@ -335,6 +367,12 @@ impl HostConfig {
             .map_err(|e| bad(format!("store: {e}")))?;
         if !(self.limits.deadline_seconds > 0.0 && self.limits.deadline_seconds <= 3600.0) {
             return Err(bad("limits.deadline_seconds must be in (0, 3600]".into()));
+        }
+        if !(1..=1024 * 1024).contains(&self.compile_cache.max_mib) {
+            return Err(bad("compile_cache.max_mib must be 1-1048576".into()));
+        }
+        if !(1..=3650).contains(&self.compile_cache.max_age_days) {
+            return Err(bad("compile_cache.max_age_days must be 1-3650".into()));
         }
         if self.limits.memory_mib == 0 || self.limits.memory_mib > 1024 {
             return Err(bad("limits.memory_mib must be 1-1024".into()));
@@ -510,6 +548,29 @@ mod tests {
             "client-secret-55aa",
         ] {
             assert!(!printed.contains(secret), "{secret} printed: {printed}");
+        }
+    }
+
+    #[test]
+    fn compile_cache_limits_load_and_out_of_range_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.yml");
+        std::fs::write(&p, "compile_cache: { max_mib: 512, max_age_days: 7 }\n").unwrap();
+        let limits = HostConfig::load(Some(&p)).unwrap().compile_cache.limits();
+        assert_eq!(limits.max_bytes, 512 * 1024 * 1024);
+        assert_eq!(
+            limits.max_age,
+            std::time::Duration::from_secs(7 * 24 * 3600)
+        );
+        for (bad, named) in [
+            ("max_mib: 0", "compile_cache.max_mib"),
+            ("max_mib: 18446744073709551615", "compile_cache.max_mib"),
+            ("max_age_days: 0", "compile_cache.max_age_days"),
+            ("max_age_days: 100000", "compile_cache.max_age_days"),
+        ] {
+            std::fs::write(&p, format!("compile_cache: {{ {bad} }}\n")).unwrap();
+            let e = HostConfig::load(Some(&p)).unwrap_err().to_string();
+            assert!(e.contains(named), "{bad}: {e}");
         }
     }
 

@@ -785,3 +785,80 @@ async fn shutdown_lets_a_running_step_finish() {
     assert_eq!(report["output"]["body"], json!({"slow": true}));
     assert!(clean, "the server exits 0 after draining");
 }
+
+/// Modules installed before they lived in the store (files in
+/// `<data-dir>/company-modules/<company>/`) are imported at start, once: they run, are
+/// listed and can be removed as any installed module, and a removed one does not come
+/// back at the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modules_installed_on_disk_before_are_imported_once() {
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        wasm("http_request"),
+        shared.path().join("http_request.wasm"),
+    )
+    .unwrap();
+    let cli = Cli::new();
+    let admin = create_token(&cli, "company-a", "alice", true);
+    let old = cli.data_dir.path().join("company-modules/company-a");
+    std::fs::create_dir_all(&old).unwrap();
+    let guest =
+        flow8_tests::wat_guest::WatGuest::with_schema("old-thing", json!({"type": "object"}));
+    guest.write(&old, "old-thing-0.1.0");
+    // A file that is not a module stays where it is and stops nothing.
+    std::fs::write(old.join("broken-1.0.0.wasm"), b"not wasm").unwrap();
+
+    let step = json!({"module_ref": "old-thing", "input_mapping": {}}).to_string();
+    let api = Api::new();
+    let server = ServerProcess::start(&cli, shared.path(), &[]);
+    let (s, v, text) = api
+        .call(
+            "POST",
+            &server.url("/api/v1/steps"),
+            Some(&admin),
+            Some(&step),
+        )
+        .await;
+    assert_eq!(
+        (s, v["module"]["version"].as_str()),
+        (200, Some("0.1.0")),
+        "{text}"
+    );
+    assert!(
+        !old.join("old-thing-0.1.0.wasm").exists(),
+        "moved aside once imported"
+    );
+    assert!(
+        cli.data_dir
+            .path()
+            .join("company-modules.imported/company-a/old-thing-0.1.0.wasm")
+            .exists()
+    );
+    assert!(old.join("broken-1.0.0.wasm").exists());
+    let (s, _, _) = api
+        .call(
+            "DELETE",
+            &server.url("/api/v1/admin/modules/old-thing@0.1.0"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    assert!(server.terminate(), "graceful shutdown exits 0");
+
+    let server = ServerProcess::start(&cli, shared.path(), &[]);
+    let (s, v, text) = api
+        .call(
+            "POST",
+            &server.url("/api/v1/steps"),
+            Some(&admin),
+            Some(&step),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (404, Some("module_not_found")),
+        "{text}"
+    );
+    assert!(server.terminate(), "graceful shutdown exits 0");
+}

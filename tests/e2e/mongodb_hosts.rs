@@ -2,12 +2,15 @@
 //! tokens, components and links made on either are seen by the other at once, a
 //! refresh storm across both makes one token request, a host that died holding a
 //! refresh lease blocks the link no longer than the lease, and a MongoDB outage gives
-//! `store_unavailable` fast, writes nothing half, and heals without a restart.
+//! `store_unavailable` fast, writes nothing half, and heals without a restart. A module
+//! installed through one host runs on the other, and its new versions and its removal
+//! reach the other host at the next step.
 
 use flow8_host::store::Store;
 use flow8_host::store::mongodb::MongoStore;
 use flow8_tests::mongo_server::MongoServer;
 use flow8_tests::oauth_server::OAuthServer;
+use flow8_tests::wat_guest::WatGuest;
 use flow8_tests::{Cli, RecordingServer, ServerProcess, create_token, wasm_dir};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -222,6 +225,153 @@ async fn two_hosts_on_one_mongodb_behave_as_one() {
     assert_eq!(
         (s, v["error"].as_str()),
         (403, Some("access_denied")),
+        "{v}"
+    );
+}
+
+/// Install `bytes` through `host` as `token`'s company; the status and answer.
+async fn install(
+    http: &reqwest::Client,
+    host: &ServerProcess,
+    token: &str,
+    bytes: Vec<u8>,
+) -> (u16, Value) {
+    let r = http
+        .post(host.url("/api/v1/admin/modules"))
+        .bearer_auth(token)
+        .header("content-type", "application/wasm")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Run the installed module `module_ref` through `url`.
+async fn step_on(
+    http: &reqwest::Client,
+    url: String,
+    token: &str,
+    module_ref: &str,
+) -> (u16, Value) {
+    let body = json!({"module_ref": module_ref, "input_mapping": {}});
+    call(http, reqwest::Method::POST, url, token, Some(body)).await
+}
+
+/// Issue 17 item 4: installed modules lived in the installing host's data directory,
+/// so host B answered `module_not_found` for a module installed through host A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_installed_through_one_host_runs_on_the_other() {
+    let mongo = MongoServer::start();
+    let uri = mongo.uri("flow8");
+    let (a_cli, b_cli) = (host_cli(&uri), host_cli(&uri));
+    // Shared modules: the first-party http-request only (nothing named like ours).
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        wasm_dir().join("http_request.wasm"),
+        shared.path().join("http_request.wasm"),
+    )
+    .unwrap();
+    let admin = create_token(&a_cli, "company-a", "root", true);
+    let member = create_token(&b_cli, "company-a", "alice", false);
+    let other = create_token(&b_cli, "company-b", "carol", true);
+    let a = ServerProcess::start(&a_cli, shared.path(), &[]);
+    let b = ServerProcess::start(&b_cli, shared.path(), &[]);
+    let http = reqwest::Client::new();
+    let guest = |version: &str| {
+        let mut g = WatGuest::with_schema("shared-thing", json!({"type": "object"}));
+        g.manifest["version"] = json!(version);
+        g.component()
+    };
+    let run = |module_ref: &'static str, token: &str| {
+        let token = token.to_string();
+        let (http, url) = (http.clone(), b.url("/api/v1/steps"));
+        async move { step_on(&http, url, &token, module_ref).await }
+    };
+
+    let (s, v) = run("shared-thing", &member).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (404, Some("module_not_found")),
+        "{v}"
+    );
+
+    // Installed through A, run through B.
+    let (s, v) = install(&http, &a, &admin, guest("0.1.0")).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = run("shared-thing", &member).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["module"]["version"], "0.1.0", "{v}");
+    let (s, list) = call(
+        &http,
+        reqwest::Method::GET,
+        b.url("/api/v1/modules"),
+        &member,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(list.to_string().contains("\"shared-thing\""), "{list}");
+    // Still one company's module, on every host.
+    let (s, v) = run("shared-thing", &other).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (404, Some("module_not_found")),
+        "{v}"
+    );
+    // The same version through B is a conflict: both hosts see one installation.
+    let (s, v) = install(&http, &b, &admin, guest("0.1.0")).await;
+    assert_eq!((s, v["error"].as_str()), (409, Some("conflict")), "{v}");
+
+    // A new version through A is what B runs next; the old one is still there by name.
+    let (s, v) = install(&http, &a, &admin, guest("0.2.0")).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = run("shared-thing", &member).await;
+    assert_eq!(
+        (s, v["module"]["version"].as_str()),
+        (200, Some("0.2.0")),
+        "{v}"
+    );
+    let (s, v) = run("shared-thing@0.1.0", &member).await;
+    assert_eq!(
+        (s, v["module"]["version"].as_str()),
+        (200, Some("0.1.0")),
+        "{v}"
+    );
+
+    // Removed through A: B falls back to the version left, then has none.
+    for (version, left) in [("0.2.0", Some("0.1.0")), ("0.1.0", None)] {
+        let r = http
+            .delete(a.url(&format!("/api/v1/admin/modules/shared-thing@{version}")))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 204);
+        let (s, v) = run("shared-thing", &member).await;
+        match left {
+            Some(l) => assert_eq!((s, v["module"]["version"].as_str()), (200, Some(l)), "{v}"),
+            None => assert_eq!(
+                (s, v["error"].as_str()),
+                (404, Some("module_not_found")),
+                "{v}"
+            ),
+        }
+    }
+    let (s, v) = run("shared-thing@0.2.0", &member).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (404, Some("module_not_found")),
+        "{v}"
+    );
+    // And B goes on running what it has: installed again through B, run through A.
+    let (s, v) = install(&http, &b, &admin, guest("0.3.0")).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = step_on(&http, a.url("/api/v1/steps"), &member, "shared-thing").await;
+    assert_eq!(
+        (s, v["module"]["version"].as_str()),
+        (200, Some("0.3.0")),
         "{v}"
     );
 }

@@ -2,7 +2,7 @@
 //! `/metrics` answers only the operator's metrics token and labels only modules that
 //! resolved (a flood of junk `module_ref`s adds nothing), and connect links are built
 //! from the configured `public_url`, whatever a request's `Host` or `X-Forwarded-*`
-//! headers say.
+//! headers say. The compile cache stays within the size the operator configures.
 
 use flow8_tests::{Cli, ServerProcess, create_token, wasm_dir};
 use serde_json::{Value, json};
@@ -118,4 +118,71 @@ async fn connect_links_use_the_configured_public_url_not_forwarded_headers() {
     assert_eq!(r.status().as_u16(), 200);
     let cookie = r.headers()["set-cookie"].to_str().unwrap();
     assert!(cookie.contains("; Secure"), "{cookie}");
+}
+
+/// Issue 17 item 5: the compile cache grew without bound (tens of MB per JavaScript or
+/// Python module). With `compile_cache.max_mib` set below what three compiled modules
+/// take, loading them leaves only what fits, and the host still loads what it evicted.
+#[test]
+fn the_compile_cache_keeps_within_its_configured_size() {
+    let modules = tempfile::tempdir().unwrap();
+    for m in ["http_request", "slack_message", "s3_upload"] {
+        std::fs::copy(
+            wasm_dir().join(format!("{m}.wasm")),
+            modules.path().join(format!("{m}.wasm")),
+        )
+        .unwrap();
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let cwasm = || -> Vec<u64> {
+        std::fs::read_dir(cache.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+            .map(|e| e.metadata().unwrap().len())
+            .collect()
+    };
+    let mut cli = Cli::new();
+    cli.env
+        .push(("FLOW8_CACHE_DIR".into(), cache.path().display().to_string()));
+    cli.env.push((
+        "FLOW8_MODULES_PATH".into(),
+        modules.path().display().to_string(),
+    ));
+    let list = |cli: &Cli, config: Option<&str>| {
+        let mut args = Vec::new();
+        let path = cli.data_dir.path().join("config.yml");
+        if let Some(c) = config {
+            std::fs::write(&path, c).unwrap();
+            args.extend(["--config", path.to_str().unwrap()]);
+        }
+        args.extend(["modules", "list", "--json"]);
+        let names = cli.run(&args).ok_json().to_string();
+        for n in ["http-request", "slack-message", "s3-upload"] {
+            assert!(names.contains(n), "{n} not listed: {names}");
+        }
+    };
+    // Unbounded (the default limit is far above this), every module keeps its entry.
+    list(&cli, None);
+    let sizes = cwasm();
+    assert_eq!(sizes.len(), 3, "{sizes:?}");
+    // A limit all three do not fit in.
+    let mib = 1;
+    assert!(
+        sizes.iter().sum::<u64>() > mib * 1024 * 1024,
+        "entries too small for a {mib} MiB limit to matter: {sizes:?}"
+    );
+    let config = format!("compile_cache: {{ max_mib: {mib} }}\n");
+    // At start the cache is brought within the limit; the modules still load (those
+    // evicted are compiled again) and the cache stays within it after.
+    list(&cli, Some(&config));
+    let after = cwasm();
+    assert!(
+        after.iter().sum::<u64>() <= mib * 1024 * 1024 || after.len() == 1,
+        "{after:?} over {mib} MiB"
+    );
+    assert!(
+        !after.is_empty() && after.len() < 3,
+        "the newest entries kept, not all: {after:?}"
+    );
 }

@@ -5,8 +5,8 @@
 use flow8_host::store::embedded::EmbeddedStore;
 use flow8_host::store::mongodb::MongoStore;
 use flow8_host::store::{
-    AuditQuery, AuditRecord, ComponentRecord, LinkRecord, OAuthStateRecord, Store, StoreError,
-    TokenRecord, new_object_id, now,
+    AuditQuery, AuditRecord, ComponentRecord, LinkRecord, ModuleRecord, OAuthStateRecord, Store,
+    StoreError, TokenRecord, new_object_id, now,
 };
 use flow8_host::vault::{MasterKey, Vault};
 use flow8_tests::mongo_server::MongoServer;
@@ -68,6 +68,9 @@ conformance!(
     component_config_replacement_is_compare_and_set,
     meta_round_trips,
     a_secret_moved_to_another_companys_record_does_not_open_there,
+    installed_modules_are_scoped_listed_and_removed,
+    versions_sharing_bytes_keep_them_until_the_last_goes,
+    a_module_larger_than_a_document_round_trips,
 );
 
 fn component(company: &str, name: &str, kind: &str) -> ComponentRecord {
@@ -708,6 +711,113 @@ async fn meta_round_trips<S: Store>(s: &S) {
     assert_eq!(s.get_meta("k").await.unwrap().as_deref(), Some("v2"));
 }
 
+fn module(company: &str, name: &str, version: &str, bytes: &[u8]) -> ModuleRecord {
+    ModuleRecord {
+        company_id: company.into(),
+        name: name.into(),
+        version: version.into(),
+        digest: flow8_host::runtime::module::digest(bytes),
+        size: bytes.len() as u64,
+        installed_at: now(),
+        installed_by: Some("alice".into()),
+    }
+}
+
+async fn installed_modules_are_scoped_listed_and_removed<S: Store>(s: &S) {
+    let (a, b) = (new_object_id(), "company-b".to_string());
+    let (one, two) = (b"first bytes".to_vec(), b"second bytes".to_vec());
+    let a1 = module(&a, "thing", "1.0.0", &one);
+    let a2 = module(&a, "thing", "1.1.0", &two);
+    let b1 = module(&b, "thing", "1.0.0", &two);
+    s.put_module(a2.clone(), two.clone()).await.unwrap();
+    s.put_module(a1.clone(), one.clone()).await.unwrap();
+    s.put_module(b1.clone(), two.clone()).await.unwrap();
+    // By name and version, metadata as written; each company sees only its own.
+    assert_eq!(
+        s.list_modules(&a).await.unwrap(),
+        vec![a1.clone(), a2.clone()]
+    );
+    assert_eq!(s.list_modules(&b).await.unwrap(), vec![b1.clone()]);
+    assert_eq!(s.list_modules("company-c").await.unwrap(), vec![]);
+    assert_eq!(
+        s.get_module_bytes(&a, &a1.digest).await.unwrap(),
+        Some(one.clone())
+    );
+    assert_eq!(s.get_module_bytes(&b, &a1.digest).await.unwrap(), None);
+    // A version is installed once: other bytes under it change nothing.
+    let again = module(&a, "thing", "1.0.0", b"other bytes");
+    assert!(matches!(
+        s.put_module(again.clone(), b"other bytes".to_vec()).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        s.list_modules(&a).await.unwrap(),
+        vec![a1.clone(), a2.clone()]
+    );
+    assert_eq!(
+        s.get_module_bytes(&a, &a1.digest).await.unwrap(),
+        Some(one.clone())
+    );
+    // Another company cannot remove it; its own admin can, once.
+    assert_eq!(s.delete_module(&b, "thing", "1.1.0").await.unwrap(), None);
+    assert_eq!(
+        s.delete_module(&a, "thing", "1.0.0").await.unwrap(),
+        Some(a1.clone())
+    );
+    assert_eq!(s.delete_module(&a, "thing", "1.0.0").await.unwrap(), None);
+    assert_eq!(s.list_modules(&a).await.unwrap(), vec![a2.clone()]);
+    assert_eq!(s.get_module_bytes(&a, &a1.digest).await.unwrap(), None);
+    // B's module with A's remaining bytes is untouched by all of it.
+    assert_eq!(s.get_module_bytes(&b, &b1.digest).await.unwrap(), Some(two));
+    // Removed, it can be installed again.
+    s.put_module(a1.clone(), one.clone()).await.unwrap();
+    assert_eq!(s.get_module_bytes(&a, &a1.digest).await.unwrap(), Some(one));
+}
+
+async fn versions_sharing_bytes_keep_them_until_the_last_goes<S: Store>(s: &S) {
+    let a = new_object_id();
+    let bytes = b"the same component".to_vec();
+    let v1 = module(&a, "same", "0.1.0", &bytes);
+    let v2 = module(&a, "same", "0.2.0", &bytes);
+    s.put_module(v1.clone(), bytes.clone()).await.unwrap();
+    s.put_module(v2.clone(), bytes.clone()).await.unwrap();
+    assert!(
+        s.delete_module(&a, "same", "0.1.0")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        s.get_module_bytes(&a, &v2.digest).await.unwrap(),
+        Some(bytes)
+    );
+    assert!(
+        s.delete_module(&a, "same", "0.2.0")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(s.get_module_bytes(&a, &v2.digest).await.unwrap(), None);
+}
+
+async fn a_module_larger_than_a_document_round_trips<S: Store>(s: &S) {
+    // Over MongoDB's 16 MB document limit, and not a whole number of 8 MiB pieces.
+    let a = new_object_id();
+    let bytes: Vec<u8> = (0..(17 * 1024 * 1024 + 12_345))
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let record = module(&a, "big", "1.0.0", &bytes);
+    s.put_module(record.clone(), bytes.clone()).await.unwrap();
+    assert_eq!(s.list_modules(&a).await.unwrap(), vec![record.clone()]);
+    let back = s.get_module_bytes(&a, &record.digest).await.unwrap();
+    assert!(
+        back.as_deref() == Some(&bytes[..]),
+        "the bytes come back whole"
+    );
+    assert!(s.delete_module(&a, "big", "1.0.0").await.unwrap().is_some());
+    assert_eq!(s.get_module_bytes(&a, &record.digest).await.unwrap(), None);
+}
+
 /// MongoDB keeps flow8's document shapes: BSON dates, ObjectIds, sealed sub-documents.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongodb_documents_have_the_flow8_shape_and_every_query_an_index() {
@@ -776,6 +886,14 @@ async fn mongodb_documents_have_the_flow8_shape_and_every_query_an_index() {
         &audit,
         doc! {"company_id": 1, "timestamp": 1, "_id": 1}
     ));
+    let modules = store.index_keys("modules").await.unwrap();
+    assert!(has(
+        &modules,
+        doc! {"company_id": 1, "name": 1, "version": 1}
+    ));
+    assert!(has(&modules, doc! {"company_id": 1, "digest": 1}));
+    let chunks = store.index_keys("module_chunks").await.unwrap();
+    assert!(has(&chunks, doc! {"company_id": 1, "digest": 1, "n": 1}));
     // Connecting again (a second host, a restart) creates nothing twice and fails on nothing.
     let again = MongoStore::connect(&server.uri(&db)).await.unwrap();
     assert_eq!(

@@ -514,7 +514,7 @@ impl Runtime {
                 self.modules.resolve(&req.module_ref).await
             } else {
                 self.modules
-                    .resolve_for(&req.company_id, &req.module_ref)
+                    .resolve_for(&*self.store, &req.company_id, &req.module_ref)
                     .await
             }
         };

@@ -1,16 +1,22 @@
-//! Where modules come from: `.wasm` files in the module directories (first-party
-//! builds and installed third-party modules) or a path given directly. A module is
-//! compiled once per digest; `module_ref` resolves `name` (highest version) or
-//! `name@version`. A directory is rescanned when a name is not found, so a newly
-//! installed version is picked up without a restart, while steps already running keep
-//! the `Arc` of the version they started with. A module whose manifest binds a service
-//! the host's provider catalogue does not have is refused (`invalid_manifest`).
+//! Where modules come from: `.wasm` files in the shared module directories (first-party
+//! builds and operator-installed modules), a path given directly, or the store, which
+//! holds the modules a company's admins installed (so every host on one store sees
+//! them). A module is compiled once per digest; `module_ref` resolves `name` (highest
+//! version) or `name@version`. A directory is rescanned when a name is not found, and a
+//! company's list of installed modules (metadata only, small) is read from the store on
+//! every resolve, so an install, a new version or a removal on any host is seen by the
+//! next step on every host, while steps already running keep the `Arc` of the version
+//! they started with. An installed module's bytes are fetched only when its digest has
+//! not been loaded here yet. A module whose manifest binds a service the host's
+//! provider catalogue does not have is refused (`invalid_manifest`).
 
 use super::cache::CompileCache;
 use super::engine::SandboxEngine;
 use super::error::StepError;
 use super::module::{LoadedModule, digest};
 use crate::catalogue::Catalogue;
+use crate::error::ErrorName;
+use crate::store::{ModuleRecord, Store, StoreError};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,6 +30,23 @@ pub struct ModuleEntry {
     pub module: Result<Arc<LoadedModule>, StepError>,
 }
 
+/// A module a company installed (from the store), loaded or not.
+#[derive(Debug)]
+pub struct InstalledEntry {
+    /// Its metadata.
+    pub record: ModuleRecord,
+    /// The module, or why it could not be loaded.
+    pub module: Result<Arc<LoadedModule>, StepError>,
+}
+
+/// How a store failure reaches a step or a request.
+fn store_failure(e: StoreError) -> StepError {
+    match e {
+        StoreError::Unavailable(m) => StepError::new(ErrorName::StoreUnavailable, m),
+        other => StepError::new(ErrorName::StorageError, other.to_string()),
+    }
+}
+
 /// Modules by name (each name may have several versions).
 type NameIndex = HashMap<String, Vec<Arc<LoadedModule>>>;
 
@@ -34,10 +57,8 @@ pub struct ModuleRegistry {
     dirs: Vec<PathBuf>,
     /// The providers manifests may bind (and steps resolve credentials against).
     catalogue: Arc<Catalogue>,
-    /// `<root>/<company_id>/*.wasm`: modules a company's admins installed, seen only by
-    /// that company's steps.
-    company_root: Option<PathBuf>,
-    by_company: Mutex<HashMap<String, NameIndex>>,
+    /// Whether companies' installed modules (in the store) are looked up first.
+    installed: bool,
     by_digest: Mutex<HashMap<String, Arc<LoadedModule>>>,
     by_name: Mutex<NameIndex>,
     /// (path, len, mtime) -> digest, so an unchanged file is not re-hashed.
@@ -65,8 +86,7 @@ impl ModuleRegistry {
             cache,
             dirs,
             catalogue: Catalogue::builtin(),
-            company_root: None,
-            by_company: Mutex::new(HashMap::new()),
+            installed: false,
             by_digest: Mutex::new(HashMap::new()),
             by_name: Mutex::new(HashMap::new()),
             file_digests: Mutex::new(HashMap::new()),
@@ -85,20 +105,10 @@ impl ModuleRegistry {
         &self.catalogue
     }
 
-    /// Also serve per-company installed modules from `root/<company_id>/`.
-    pub fn with_company_root(mut self, root: PathBuf) -> ModuleRegistry {
-        self.company_root = Some(root);
+    /// Also serve each company's installed modules (kept in the store) to its steps.
+    pub fn with_installed_modules(mut self) -> ModuleRegistry {
+        self.installed = true;
         self
-    }
-
-    /// The directory a company's installed modules live in (None when the id breaks
-    /// [`crate::company`]'s rule, which keeps it one safe path component, or no root
-    /// is configured).
-    pub fn company_dir(&self, company_id: &str) -> Option<PathBuf> {
-        if !crate::company::is_valid(company_id) {
-            return None;
-        }
-        self.company_root.as_ref().map(|r| r.join(company_id))
     }
 
     async fn scan_dir(&self, dir: &Path, entries: &mut Vec<ModuleEntry>) {
@@ -132,18 +142,154 @@ impl ModuleRegistry {
         by_name
     }
 
-    /// The modules a company installed (rescanned).
-    pub async fn scan_company(&self, company_id: &str) -> Vec<ModuleEntry> {
-        let mut entries = Vec::new();
-        if let Some(dir) = self.company_dir(company_id) {
-            self.scan_dir(&dir, &mut entries).await;
+    /// The modules a company installed, as the store lists them now, each loaded (by
+    /// digest: bytes are fetched and compiled only for a digest not loaded here yet).
+    pub async fn installed<S: Store>(
+        &self,
+        store: &S,
+        company_id: &str,
+    ) -> Result<Vec<InstalledEntry>, StepError> {
+        let records = store
+            .list_modules(company_id)
+            .await
+            .map_err(store_failure)?;
+        let mut out = Vec::with_capacity(records.len());
+        for record in records {
+            let module = self.load_installed(store, &record).await;
+            out.push(InstalledEntry { record, module });
         }
-        let index = Self::index(&entries);
-        self.by_company
+        Ok(out)
+    }
+
+    /// An installed module by its metadata: from memory when its digest is loaded, else
+    /// its bytes from the store (checked against the digest) through the compile cache.
+    async fn load_installed<S: Store>(
+        &self,
+        store: &S,
+        record: &ModuleRecord,
+    ) -> Result<Arc<LoadedModule>, StepError> {
+        if let Some(m) = self
+            .by_digest
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(company_id.to_string(), index);
-        entries
+            .get(&record.digest)
+        {
+            return Ok(m.clone());
+        }
+        let bytes = store
+            .get_module_bytes(&record.company_id, &record.digest)
+            .await
+            .map_err(store_failure)?
+            .ok_or_else(|| {
+                // Removed between the list and this read (on another host, perhaps).
+                StepError::module_not_found(format!(
+                    "{}@{} is no longer installed",
+                    record.name, record.version
+                ))
+            })?;
+        if digest(&bytes) != record.digest {
+            return Err(StepError::new(
+                ErrorName::StorageError,
+                format!(
+                    "the stored bytes of {}@{} do not match its digest",
+                    record.name, record.version
+                ),
+            ));
+        }
+        self.load_bytes(&bytes).await
+    }
+
+    /// Copy the modules installed under `root/<company_id>/*.wasm` (where hosts before
+    /// the store kept them) into the store, once: each file imported (or already there
+    /// with the same bytes) is moved to `done/<company_id>/`, so it is not imported
+    /// again after an admin removes it. A file that does not load, or whose name and
+    /// version the company already has with other bytes, is left in place and logged.
+    /// Returns how many were imported.
+    pub async fn import_dir<S: Store>(&self, store: &S, root: &Path, done: &Path) -> usize {
+        let Ok(companies) = std::fs::read_dir(root) else {
+            return 0;
+        };
+        let mut imported = 0;
+        for company in companies.filter_map(Result::ok) {
+            let Some(company_id) = company.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if !crate::company::is_valid(&company_id) || !company.path().is_dir() {
+                continue;
+            }
+            let mut entries = Vec::new();
+            self.scan_dir(&company.path(), &mut entries).await;
+            for entry in entries {
+                let module = match entry.module {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(path = %entry.path.display(), error = %e, "installed module not imported: it does not load");
+                        continue;
+                    }
+                };
+                let Ok(bytes) = tokio::fs::read(&entry.path).await else {
+                    continue;
+                };
+                let installed_at = std::fs::metadata(&entry.path)
+                    .and_then(|m| m.modified())
+                    .map(time::OffsetDateTime::from)
+                    .unwrap_or_else(|_| crate::store::now());
+                let record = ModuleRecord {
+                    company_id: company_id.clone(),
+                    name: module.manifest.name.clone(),
+                    version: module.manifest.version.clone(),
+                    digest: module.digest.clone(),
+                    size: bytes.len() as u64,
+                    installed_at: installed_at.replace_nanosecond(0).unwrap_or(installed_at),
+                    installed_by: None,
+                };
+                let outcome = match store.put_module(record.clone(), bytes).await {
+                    Ok(()) => Ok(true),
+                    Err(StoreError::Conflict(_)) => {
+                        // Already imported (by another host sharing the store, or a
+                        // start that stopped before moving the file): the same bytes
+                        // are as good as imported.
+                        match store.list_modules(&company_id).await {
+                            Ok(list)
+                                if list.iter().any(|r| {
+                                    r.name == record.name
+                                        && r.version == record.version
+                                        && r.digest == record.digest
+                                }) =>
+                            {
+                                Ok(false)
+                            }
+                            Ok(_) => {
+                                Err("the store has this name and version with other bytes"
+                                    .to_string())
+                            }
+                            Err(e) => Err(e.to_string()),
+                        }
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                match outcome {
+                    Ok(new) => {
+                        imported += usize::from(new);
+                        let to = done.join(&company_id);
+                        let moved = std::fs::create_dir_all(&to).and_then(|()| {
+                            std::fs::rename(
+                                &entry.path,
+                                to.join(entry.path.file_name().unwrap_or_default()),
+                            )
+                        });
+                        if let Err(e) = moved {
+                            tracing::warn!(path = %entry.path.display(), error = %e, "imported module could not be moved aside");
+                        }
+                        tracing::info!(company = %company_id, module = %format!("{}@{}", record.name, record.version), "installed module imported into the store");
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %entry.path.display(), error = %e, "installed module not imported");
+                    }
+                }
+            }
+        }
+        imported
     }
 
     /// Whether a shared (first-party or operator-installed) module has this name.
@@ -163,10 +309,11 @@ impl ModuleRegistry {
             .contains_key(name)
     }
 
-    /// Resolve a `module_ref` for a company's step: its own installed modules first,
-    /// then the shared ones. Paths are not accepted here.
-    pub async fn resolve_for(
+    /// Resolve a `module_ref` for a company's step: its own installed modules (the
+    /// store's list, read now) first, then the shared ones. Paths are not accepted here.
+    pub async fn resolve_for<S: Store>(
         &self,
+        store: &S,
         company_id: &str,
         module_ref: &str,
     ) -> Result<Arc<LoadedModule>, StepError> {
@@ -174,26 +321,18 @@ impl ModuleRegistry {
             Some((n, v)) => (n, Some(v)),
             None => (module_ref, None),
         };
-        if self.company_root.is_some() {
-            let known = self
-                .by_company
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .contains_key(company_id);
-            if !known {
-                self.scan_company(company_id).await;
-            }
-            let found = {
-                let by_company = self
-                    .by_company
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                by_company
-                    .get(company_id)
-                    .and_then(|idx| Self::pick(idx, name, version))
+        if self.installed && crate::company::is_valid(company_id) {
+            let records = store
+                .list_modules(company_id)
+                .await
+                .map_err(store_failure)?;
+            let named = records.iter().filter(|r| r.name == name);
+            let found = match version {
+                Some(v) => named.into_iter().find(|r| r.version == v),
+                None => named.max_by_key(|r| semver::Version::parse(&r.version).ok()),
             };
-            if let Some(m) = found {
-                return Ok(m);
+            if let Some(record) = found {
+                return self.load_installed(store, record).await;
             }
         }
         self.resolve(module_ref).await

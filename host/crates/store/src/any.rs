@@ -5,8 +5,8 @@
 use super::embedded::EmbeddedStore;
 use super::mongodb::MongoStore;
 use super::{
-    AuditQuery, AuditRecord, ComponentRecord, LinkRecord, OAuthStateRecord, Store, StoreError,
-    TokenRecord,
+    AuditQuery, AuditRecord, ComponentRecord, LinkRecord, ModuleRecord, OAuthStateRecord, Store,
+    StoreError, TokenRecord,
 };
 use std::path::Path;
 use time::OffsetDateTime;
@@ -239,6 +239,28 @@ impl Store for AnyStore {
         config: Config,
     ) -> Result<bool, StoreError> {
         delegate!(self, s => s.replace_component_config(company_id, id, expected, config))
+    }
+
+    async fn put_module(&self, record: ModuleRecord, bytes: Vec<u8>) -> Result<(), StoreError> {
+        delegate!(self, s => s.put_module(record, bytes))
+    }
+    async fn list_modules(&self, company_id: &str) -> Result<Vec<ModuleRecord>, StoreError> {
+        delegate!(self, s => s.list_modules(company_id))
+    }
+    async fn get_module_bytes(
+        &self,
+        company_id: &str,
+        digest: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        delegate!(self, s => s.get_module_bytes(company_id, digest))
+    }
+    async fn delete_module(
+        &self,
+        company_id: &str,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<ModuleRecord>, StoreError> {
+        delegate!(self, s => s.delete_module(company_id, name, version))
     }
 }
 

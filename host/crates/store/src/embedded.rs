@@ -14,8 +14,8 @@
 //! blocking pool too.
 
 use super::{
-    AuditQuery, AuditRecord, ComponentRecord, LinkRecord, OAuthStateRecord, Store, StoreError,
-    TokenRecord,
+    AuditQuery, AuditRecord, ComponentRecord, LinkRecord, ModuleRecord, OAuthStateRecord, Store,
+    StoreError, TokenRecord,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
@@ -86,6 +86,16 @@ CREATE TABLE IF NOT EXISTS audit_log (
 CREATE INDEX IF NOT EXISTS audit_by_company ON audit_log (company_id, ts);
 CREATE INDEX IF NOT EXISTS audit_by_resource ON audit_log (company_id, resource_id, ts);
 CREATE INDEX IF NOT EXISTS audit_by_action ON audit_log (company_id, action_type, ts);
+CREATE TABLE IF NOT EXISTS modules (
+    company_id TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    version    TEXT NOT NULL,
+    digest     TEXT NOT NULL,
+    doc        TEXT NOT NULL,
+    bytes      BLOB NOT NULL,
+    PRIMARY KEY (company_id, name, version)
+);
+CREATE INDEX IF NOT EXISTS modules_by_digest ON modules (company_id, digest);
 ";
 
 /// The background refresher's query. Its status and refresh-token terms are the
@@ -1017,6 +1027,91 @@ impl Store for EmbeddedStore {
             )
             .map_err(unavailable)?;
             Ok(true)
+        })
+        .await
+    }
+
+    async fn put_module(&self, record: ModuleRecord, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let doc = serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // One row holds metadata and bytes, so they are written (and seen) together; the
+        // primary key refuses a second install of the same name and version.
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO modules (company_id, name, version, digest, doc, bytes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    record.company_id,
+                    record.name,
+                    record.version,
+                    record.digest,
+                    doc,
+                    bytes
+                ],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_modules(&self, company_id: &str) -> Result<Vec<ModuleRecord>, StoreError> {
+        let company_id = company_id.to_string();
+        self.read_blocking(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT doc FROM modules WHERE company_id = ?1 ORDER BY name, version",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![company_id], |r| r.get::<_, String>(0))
+                .map_err(unavailable)?;
+            docs(rows)
+        })
+        .await
+    }
+
+    async fn get_module_bytes(
+        &self,
+        company_id: &str,
+        digest: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let (company_id, digest) = (company_id.to_string(), digest.to_string());
+        // A component can be megabytes: read it off the async threads.
+        self.read_blocking(move |c| {
+            c.prepare_cached(
+                "SELECT bytes FROM modules WHERE company_id = ?1 AND digest = ?2 LIMIT 1",
+            )
+            .map_err(unavailable)?
+            .query_row(params![company_id, digest], |r| r.get::<_, Vec<u8>>(0))
+            .optional()
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn delete_module(
+        &self,
+        company_id: &str,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<ModuleRecord>, StoreError> {
+        let (company_id, name, version) = (
+            company_id.to_string(),
+            name.to_string(),
+            version.to_string(),
+        );
+        self.write(move |tx| {
+            let doc: Option<String> = tx
+                .query_row(
+                    "DELETE FROM modules WHERE company_id = ?1 AND name = ?2 AND version = ?3
+                     RETURNING doc",
+                    params![company_id, name, version],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            doc.map(|d| serde_json::from_str(&d).map_err(|e| StoreError::Corrupt(e.to_string())))
+                .transpose()
         })
         .await
     }

@@ -300,6 +300,29 @@ pub struct AuditRecord {
     pub timestamp: OffsetDateTime,
 }
 
+/// An installed module's metadata (its bytes are kept beside it, by digest). A company
+/// has at most one module of a name and version; two versions with the same bytes
+/// share them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleRecord {
+    /// The company whose steps may run it.
+    pub company_id: String,
+    /// The manifest's name.
+    pub name: String,
+    /// The manifest's version.
+    pub version: String,
+    /// SHA-256 of the component's bytes, hex: how its bytes are found.
+    pub digest: String,
+    /// The component's size in bytes.
+    pub size: u64,
+    /// When it was installed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub installed_at: OffsetDateTime,
+    /// Who installed it (user id); None for modules imported from a data directory.
+    #[serde(default)]
+    pub installed_by: Option<String>,
+}
+
 /// Which audit entries to read (newest first).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditQuery {
@@ -507,6 +530,33 @@ pub trait Store: Send + Sync + 'static {
         expected: &serde_json::Map<String, serde_json::Value>,
         config: serde_json::Map<String, serde_json::Value>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Install a module: its bytes first, then its metadata, so a reader that sees the
+    /// metadata finds the bytes. `Conflict` if the company already has that name and
+    /// version (nothing is replaced).
+    fn put_module(
+        &self,
+        record: ModuleRecord,
+        bytes: Vec<u8>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// A company's installed modules (metadata only, no bytes), by name and version.
+    fn list_modules(
+        &self,
+        company_id: &str,
+    ) -> impl Future<Output = Result<Vec<ModuleRecord>, StoreError>> + Send;
+    /// The bytes of a company's installed module with this digest.
+    fn get_module_bytes(
+        &self,
+        company_id: &str,
+        digest: &str,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+    /// Remove an installed module (and its bytes, unless another version of the company
+    /// shares them); the removed record.
+    fn delete_module(
+        &self,
+        company_id: &str,
+        name: &str,
+        version: &str,
+    ) -> impl Future<Output = Result<Option<ModuleRecord>, StoreError>> + Send;
 }
 
 #[cfg(test)]

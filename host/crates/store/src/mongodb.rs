@@ -1,7 +1,9 @@
 //! The MongoDB store, for production and for several hosts sharing one deployment.
 //! Collections and fields are flow8's: `db_links` (tokens as `{encrypted, nonce,
 //! ciphertext}` sub-documents, `token_expiry` a BSON date), `components`, `audit_log`,
-//! `oauth_states` (a TTL index expires them), `api_tokens` and `host_meta`. Ids that are
+//! `oauth_states` (a TTL index expires them), `api_tokens`, `host_meta`, and installed
+//! modules: `modules` (metadata) with their bytes in `module_chunks` (pieces of at most
+//! [`MODULE_CHUNK_BYTES`], keyed by company, digest and piece number). Ids that are
 //! 24 hex characters (`_id`, `user_id`, `company_id`) are kept as ObjectIds, as flow8
 //! keeps them; any other id stays a string. Every query the host makes has an index,
 //! duplicates that would be bugs have unique indexes, and all of them are created at
@@ -15,8 +17,8 @@
 //! so a request fails fast with `store_unavailable` while it is away.
 
 use super::{
-    AuditQuery, AuditRecord, ComponentRecord, LinkRecord, OAuthStateRecord, Store, StoreError,
-    TokenRecord,
+    AuditQuery, AuditRecord, ComponentRecord, LinkRecord, ModuleRecord, OAuthStateRecord, Store,
+    StoreError, TokenRecord,
 };
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, Bson, Document, doc, oid::ObjectId};
@@ -40,6 +42,12 @@ const AUDIT: &str = "audit_log";
 const STATES: &str = "oauth_states";
 const TOKENS: &str = "api_tokens";
 const META: &str = "host_meta";
+const MODULES: &str = "modules";
+const MODULE_CHUNKS: &str = "module_chunks";
+
+/// The most bytes of an installed module one chunk document holds: well under
+/// MongoDB's 16 MB document limit, so a module of any size is stored in pieces.
+pub const MODULE_CHUNK_BYTES: usize = 8 * 1024 * 1024;
 
 /// MongoDB error code for a unique-index violation.
 const DUPLICATE_KEY: i32 = 11000;
@@ -55,6 +63,7 @@ const COMPONENT_DATES: &[&str] = &["created_at", "updated_at"];
 const STATE_DATES: &[&str] = &["expires_at"];
 const TOKEN_DATES: &[&str] = &["created_at", "revoked_at"];
 const AUDIT_DATES: &[&str] = &["timestamp"];
+const MODULE_DATES: &[&str] = &["installed_at"];
 /// Fields kept as ObjectIds when they look like one.
 const ID_FIELDS: &[&str] = &["_id", "user_id", "company_id"];
 
@@ -223,7 +232,18 @@ impl MongoStore {
 
     /// Every index the host's queries use; creating an existing index is a no-op.
     async fn create_indexes(&self) -> Result<(), StoreError> {
-        let sets: [(&str, Vec<IndexModel>); 5] = [
+        let sets: [(&str, Vec<IndexModel>); 7] = [
+            (
+                MODULES,
+                vec![
+                    unique(doc! {"company_id": 1, "name": 1, "version": 1}),
+                    index(doc! {"company_id": 1, "digest": 1}),
+                ],
+            ),
+            (
+                MODULE_CHUNKS,
+                vec![unique(doc! {"company_id": 1, "digest": 1, "n": 1})],
+            ),
             (
                 COMPONENTS,
                 vec![
@@ -756,6 +776,132 @@ impl Store for MongoStore {
             .await
             .map_err(store_error)?;
         Ok(r.modified_count == 1)
+    }
+
+    async fn put_module(&self, record: ModuleRecord, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let conflict = || {
+            StoreError::Conflict(format!(
+                "{}@{} is already installed",
+                record.name, record.version
+            ))
+        };
+        let key = doc! {"company_id": id(&record.company_id), "name": &record.name, "version": &record.version};
+        if self
+            .coll(MODULES)
+            .find_one(key)
+            .await
+            .map_err(store_error)?
+            .is_some()
+        {
+            return Err(conflict());
+        }
+        // The bytes first, the metadata last: a host that sees the metadata (on any host
+        // of this deployment) finds every piece. Pieces are keyed by digest, so writing
+        // them again (another version with the same bytes, a retried install) is
+        // harmless.
+        let total = bytes.len().div_ceil(MODULE_CHUNK_BYTES).max(1);
+        let chunks = self.coll(MODULE_CHUNKS);
+        for n in 0..total {
+            let piece = bytes
+                .get(n * MODULE_CHUNK_BYTES..bytes.len().min((n + 1) * MODULE_CHUNK_BYTES))
+                .unwrap_or_default();
+            let data = Bson::Binary(bson::Binary {
+                subtype: bson::spec::BinarySubtype::Generic,
+                bytes: piece.to_vec(),
+            });
+            chunks
+                .update_one(
+                    doc! {"company_id": id(&record.company_id), "digest": &record.digest, "n": n as i64},
+                    doc! {"$set": {"of": total as i64, "data": data}},
+                )
+                .upsert(true)
+                .await
+                .map_err(store_error)?;
+        }
+        let d = to_doc(&record, MODULE_DATES)?;
+        self.coll(MODULES)
+            .insert_one(d)
+            .await
+            .map_err(|e| match store_error(e) {
+                // Two installs of one version at once: the other won. Its pieces are
+                // the ones its metadata names, so nothing is removed here.
+                StoreError::Conflict(_) => conflict(),
+                other => other,
+            })?;
+        Ok(())
+    }
+
+    async fn list_modules(&self, company_id: &str) -> Result<Vec<ModuleRecord>, StoreError> {
+        let cursor = self
+            .coll(MODULES)
+            .find(doc! {"company_id": id(company_id)})
+            .sort(doc! {"name": 1, "version": 1})
+            .await
+            .map_err(store_error)?;
+        collect(cursor, MODULE_DATES).await
+    }
+
+    async fn get_module_bytes(
+        &self,
+        company_id: &str,
+        digest: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let cursor = self
+            .coll(MODULE_CHUNKS)
+            .find(doc! {"company_id": id(company_id), "digest": digest})
+            .sort(doc! {"n": 1})
+            .await
+            .map_err(store_error)?;
+        let pieces: Vec<Document> = cursor.try_collect().await.map_err(store_error)?;
+        if pieces.is_empty() {
+            return Ok(None);
+        }
+        let mut bytes = Vec::new();
+        for (i, piece) in pieces.iter().enumerate() {
+            let n = piece.get_i64("n").map_err(corrupt)?;
+            let of = piece.get_i64("of").map_err(corrupt)?;
+            if n != i as i64 || of != pieces.len() as i64 {
+                return Err(corrupt(format!(
+                    "module {digest}: piece {i} of {} is missing",
+                    of.max(pieces.len() as i64)
+                )));
+            }
+            bytes.extend_from_slice(&piece.get_binary_generic("data").map_err(corrupt)?[..]);
+        }
+        Ok(Some(bytes))
+    }
+
+    async fn delete_module(
+        &self,
+        company_id: &str,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<ModuleRecord>, StoreError> {
+        let Some(d) = self
+            .coll(MODULES)
+            .find_one_and_delete(
+                doc! {"company_id": id(company_id), "name": name, "version": version},
+            )
+            .await
+            .map_err(store_error)?
+        else {
+            return Ok(None);
+        };
+        let record: ModuleRecord = from_doc(d, MODULE_DATES)?;
+        // The metadata is gone first, so no host resolves it any more; the bytes go
+        // unless another version of the company has the same ones.
+        let shared = self
+            .coll(MODULES)
+            .count_documents(doc! {"company_id": id(company_id), "digest": &record.digest})
+            .await
+            .map_err(store_error)?;
+        if shared == 0 {
+            self.coll(MODULE_CHUNKS)
+                .delete_many(doc! {"company_id": id(company_id), "digest": &record.digest})
+                .await
+                .map_err(store_error)?;
+        }
+        Ok(Some(record))
     }
 }
 

@@ -1,17 +1,19 @@
 //! `/api/v1/modules`: the modules a company can run (shared first-party modules plus
 //! the ones its admins installed), and installing or removing a third party's `.wasm`.
 //! An upload is validated whole (component, world, manifest, hosts, size) before it is
-//! accepted; a new version is picked up at once, while steps already running finish
-//! on the version they started with.
+//! accepted, then kept in the store (bytes and metadata), so every host on that store
+//! runs it; a new version or a removal is seen by the next step on every host, while
+//! steps already running finish on the version they started with.
 
 use crate::error::ErrorName;
 use crate::runtime::module::LoadedModule;
-use crate::runtime::registry::ModuleEntry;
+use crate::runtime::registry::{InstalledEntry, ModuleEntry};
 use crate::server::AppState;
 use crate::server::audit;
 use crate::server::auth::Caller;
 use crate::server::error::ApiError;
 use crate::server::extract::ApiPath;
+use crate::store::{ModuleRecord, Store, StoreError};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -41,13 +43,28 @@ fn loaded(entries: &[ModuleEntry], scope: &str) -> Vec<Value> {
         .collect()
 }
 
+fn installed(entries: &[InstalledEntry]) -> Vec<Value> {
+    entries
+        .iter()
+        .filter_map(|e| e.module.as_ref().ok())
+        .map(|m| describe(m, "company"))
+        .collect()
+}
+
 /// `GET /api/v1/modules`
 #[utoipa::path(get, path = "/api/v1/modules", tag = "modules", security(("bearer" = [])),
     summary = "Modules this company can run",
     responses((status = 200, description = "Modules", body = crate::server::openapi::ModuleList)))]
 pub async fn list(State(st): State<Arc<AppState>>, caller: Caller) -> Json<Value> {
     let registry = &st.modules;
-    let mut modules = loaded(&registry.scan_company(&caller.company_id).await, "company");
+    let company = match registry.installed(&*st.store, &caller.company_id).await {
+        Ok(entries) => installed(&entries),
+        Err(e) => {
+            tracing::warn!(error = %e, "installed modules could not be listed");
+            Vec::new()
+        }
+    };
+    let mut modules = company;
     modules.extend(loaded(&registry.scan().await, "shared"));
     Json(json!({"modules": modules}))
 }
@@ -67,7 +84,7 @@ pub async fn get_one(
     }
     let m = st
         .modules
-        .resolve_for(&caller.company_id, &module_ref)
+        .resolve_for(&*st.store, &caller.company_id, &module_ref)
         .await
         .map_err(|_| ApiError::not_found("module"))?;
     Ok(Json(describe(&m, "resolved")))
@@ -79,7 +96,7 @@ pub async fn get_one(
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The component"),
     responses((status = 201, description = "Installed", body = crate::server::openapi::Module),
         (status = 400, description = "invalid_input", body = crate::server::openapi::Error), (status = 403, description = "admin_required", body = crate::server::openapi::Error), (status = 409, description = "conflict: installed already, or a first-party name", body = crate::server::openapi::Error),
-        (status = 422, description = "invalid_module or invalid_manifest", body = crate::server::openapi::Error), (status = 507, description = "storage_error", body = crate::server::openapi::Error)))]
+        (status = 422, description = "invalid_module or invalid_manifest", body = crate::server::openapi::Error), (status = 503, description = "store_unavailable", body = crate::server::openapi::Error), (status = 507, description = "storage_error", body = crate::server::openapi::Error)))]
 pub async fn install(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -93,7 +110,7 @@ pub async fn install(
             format!("the module could not be read: {}", e.body_text()),
         )
     })?;
-    // The company's install directory is named by its id.
+    // Installed modules are kept under the company's id: one within the rule.
     crate::company::check(&caller.company_id)
         .map_err(|e| ApiError::invalid_input(e.to_string()))?;
     let registry = &st.modules;
@@ -109,30 +126,27 @@ pub async fn install(
             format!("`{name}` is a first-party module; give yours another name"),
         ));
     }
-    let dir = registry
-        .company_dir(&caller.company_id)
-        .ok_or_else(|| ApiError::new(ErrorName::InternalError, "no install directory"))?;
-    let path = dir.join(format!("{name}-{version}.wasm"));
-    if path.exists() {
-        return Err(ApiError::new(
-            ErrorName::Conflict,
-            format!("{name}@{version} is already installed; bump the version"),
-        ));
-    }
-    let write = async {
-        tokio::fs::create_dir_all(&dir).await?;
-        let tmp = dir.join(format!(".{name}-{version}.wasm.partial"));
-        tokio::fs::write(&tmp, &body).await?;
-        tokio::fs::rename(&tmp, &path).await
+    let record = ModuleRecord {
+        company_id: caller.company_id.clone(),
+        name: name.clone(),
+        version: version.clone(),
+        digest: module.digest.clone(),
+        size: body.len() as u64,
+        installed_at: crate::store::now(),
+        installed_by: Some(caller.user_id.clone()),
     };
-    write.await.map_err(|e| {
-        ApiError::new(
-            ErrorName::StorageError,
-            "the module could not be written to disk",
-        )
-        .with_internal(e)
-    })?;
-    registry.scan_company(&caller.company_id).await;
+    st.store
+        .put_module(record, body.to_vec())
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict(_) => ApiError::new(
+                ErrorName::Conflict,
+                format!("{name}@{version} is already installed; bump the version"),
+            ),
+            StoreError::Unavailable(_) => ApiError::from(e),
+            other => ApiError::new(ErrorName::StorageError, "the module could not be stored")
+                .with_internal(other),
+        })?;
     audit::record(
         &st.store,
         &caller.company_id,
@@ -153,7 +167,7 @@ pub async fn install(
     summary = "Remove an installed module",
     responses((status = 204, description = "Removed"),
         (status = 400, description = "invalid_input: not name@version", body = crate::server::openapi::Error), (status = 403, description = "admin_required", body = crate::server::openapi::Error), (status = 404, description = "not_found", body = crate::server::openapi::Error),
-        (status = 507, description = "storage_error", body = crate::server::openapi::Error)))]
+        (status = 503, description = "store_unavailable", body = crate::server::openapi::Error), (status = 507, description = "storage_error", body = crate::server::openapi::Error)))]
 pub async fn remove(
     State(st): State<Arc<AppState>>,
     caller: Caller,
@@ -163,21 +177,20 @@ pub async fn remove(
     let Some((name, version)) = module_ref.split_once('@') else {
         return Err(ApiError::invalid_input("name the module as name@version"));
     };
-    let registry = &st.modules;
-    let entries = registry.scan_company(&caller.company_id).await;
-    let entry = entries.iter().find(|e| {
-        e.module
-            .as_ref()
-            .is_ok_and(|m| m.manifest.name == name && m.manifest.version == version)
-    });
-    let Some(entry) = entry else {
+    let removed = st
+        .store
+        .delete_module(&caller.company_id, name, version)
+        .await
+        .map_err(|e| match e {
+            StoreError::Unavailable(_) => ApiError::from(e),
+            other => {
+                tracing::error!(error = %other, "cannot remove installed module");
+                ApiError::new(ErrorName::StorageError, "the module could not be removed")
+            }
+        })?;
+    if removed.is_none() {
         return Err(ApiError::not_found("installed module"));
-    };
-    tokio::fs::remove_file(&entry.path).await.map_err(|e| {
-        tracing::error!(error = %e, "cannot remove installed module");
-        ApiError::new(ErrorName::StorageError, "the module could not be removed")
-    })?;
-    registry.scan_company(&caller.company_id).await;
+    }
     audit::record(
         &st.store,
         &caller.company_id,
