@@ -321,6 +321,14 @@ impl ModuleRegistry {
             Some((n, v)) => (n, Some(v)),
             None => (module_ref, None),
         };
+        // A first-party module already loaded answers without a store query: installs
+        // of a first-party name are refused (409), so no company module can be meant.
+        if !module_ref.ends_with(".wasm")
+            && !module_ref.contains('/')
+            && let Some(m) = self.lookup(name, version)
+        {
+            return Ok(m);
+        }
         if self.installed && crate::company::is_valid(company_id) {
             let records = store
                 .list_modules(company_id)
