@@ -295,6 +295,31 @@ async fn the_frameworks_own_refusals_are_named_envelopes() {
     }
 }
 
+/// Every body is a JSON object: serde would read a struct from an array (`[]` filled
+/// every optional field of a connect session, and a link was made; schemathesis found
+/// it), so arrays, strings and numbers are refused by name, and objects still pass.
+#[tokio::test]
+async fn a_body_that_is_not_a_json_object_is_refused_by_name() {
+    let e = edge().await;
+    for uri in ["/api/v1/integrations/connect-sessions", "/api/v1/steps"] {
+        for body in ["[]", " [\"slack\"]", "\"x\"", "3", "null"] {
+            let (s, v) = e.call("POST", uri, Some(body)).await;
+            assert_envelope(s, &v, ErrorName::InvalidInput);
+            assert!(
+                v["message"].as_str().unwrap_or("").contains("JSON object"),
+                "{uri} {body}: {v}"
+            );
+        }
+        let (s, v) = e.call("POST", uri, Some("[1,")).await;
+        assert_envelope(s, &v, ErrorName::InvalidJson);
+    }
+    // An object goes on to the handler: no OAuth provider is configured here.
+    let (s, v) = e
+        .call("POST", "/api/v1/integrations/connect-sessions", Some("{}"))
+        .await;
+    assert_envelope(s, &v, ErrorName::NotConfigured);
+}
+
 /// `POST /api/v1/steps` per company: past its burst a company is told `429
 /// rate_limit_exceeded` with `Retry-After`, and another company's steps run.
 #[tokio::test]

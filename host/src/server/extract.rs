@@ -9,7 +9,9 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 
-/// `Json<T>` with named errors.
+/// `Json<T>` with named errors. Every body the API takes is a JSON object: serde would
+/// also read a struct from an array (`[]` filling every optional field), so anything
+/// else is refused by name before `T` sees it.
 pub struct ApiJson<T>(pub T);
 
 impl<T, S> FromRequest<S> for ApiJson<T>
@@ -20,24 +22,59 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
+        if !is_json(req.headers()) {
+            return Err(ApiError::new(
+                ErrorName::UnsupportedMediaType,
+                "send the body as `Content-Type: application/json`",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    ErrorName::BodyTooLarge,
+                    format!("the body could not be read: {}", e.body_text()),
+                )
+            })?;
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(
+                match serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+                    Ok(_) => ApiError::invalid_input("the body must be a JSON object"),
+                    Err(e) => ApiError::new(
+                        ErrorName::InvalidJson,
+                        format!("the body is not valid JSON: {e}"),
+                    ),
+                },
+            );
+        }
+        match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
             Err(JsonRejection::JsonSyntaxError(e)) => Err(ApiError::new(
                 ErrorName::InvalidJson,
                 format!("the body is not valid JSON: {}", e.body_text()),
             )),
-            Err(JsonRejection::JsonDataError(e)) => Err(ApiError::invalid_input(e.body_text())),
-            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(
-                ErrorName::UnsupportedMediaType,
-                "send the body as `Content-Type: application/json`",
-            )),
-            Err(JsonRejection::BytesRejection(e)) => Err(ApiError::new(
-                ErrorName::BodyTooLarge,
-                format!("the body could not be read: {}", e.body_text()),
-            )),
             Err(e) => Err(ApiError::invalid_input(e.body_text())),
         }
     }
+}
+
+/// `application/json` or an `application/*+json` type, parameters aside (what axum's
+/// `Json` accepts).
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// `Query<T>` with named errors (axum's own rejection is a plain-text body).
