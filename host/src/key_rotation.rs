@@ -142,6 +142,9 @@ pub async fn key_usage(store: &AnyStore, vault: &Vault) -> Result<KeyUsage, Stor
             if let Some(r) = &l.refresh_token {
                 count(r);
             }
+            if let Some(w) = &l.webhook_signature_secret {
+                count(w);
+            }
         }
     }
     Ok(usage)
@@ -166,7 +169,7 @@ fn reseal_config(
     Ok(changed.then_some(config))
 }
 
-/// A link with its tokens re-sealed (current key, bound); None when nothing needed it.
+/// A link with its tokens and webhook secret re-sealed (current key, bound); None when nothing needed it.
 fn reseal_link(vault: &Vault, l: &LinkRecord) -> Result<Option<LinkRecord>, VaultError> {
     let mut out = l.clone();
     let mut changed = false;
@@ -178,6 +181,12 @@ fn reseal_link(vault: &Vault, l: &LinkRecord) -> Result<Option<LinkRecord>, Vaul
         && let Some(new) = vault.reseal(r, &l.refresh_token_context())?
     {
         out.refresh_token = Some(new);
+        changed = true;
+    }
+    if let Some(w) = &l.webhook_signature_secret
+        && let Some(new) = vault.reseal(w, &l.webhook_secret_context())?
+    {
+        out.webhook_signature_secret = Some(new);
         changed = true;
     }
     Ok(changed.then_some(out))

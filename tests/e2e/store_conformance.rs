@@ -126,6 +126,7 @@ fn link(company: &str, service: &str, expiry: Option<OffsetDateTime>) -> LinkRec
         provider_metadata: json!({"team": {"id": "T1"}}),
         status: flow8_host::store::LinkStatus::Active,
         shared_with: Vec::new(),
+        webhook_signature_secret: None,
         refresh_lease_owner: None,
         refresh_lease_until: None,
         version: 0,
