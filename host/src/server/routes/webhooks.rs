@@ -44,9 +44,14 @@ fn refused(st: &AppState, service: &str, refusal: &Refusal) -> ApiError {
     )
 }
 
-fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+fn read_body(
+    st: &AppState,
+    service: &str,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            st.metrics.webhook(service, "too_large");
             ApiError::new(
                 ErrorName::BodyTooLarge,
                 format!(
@@ -91,7 +96,7 @@ pub async fn receive(
             format!("this host takes no `{service}` webhooks{hint}"),
         ));
     }
-    let body = read_body(body)?;
+    let body = read_body(&st, &service, body)?;
     let secret = st
         .oauth
         .as_ref()
@@ -131,7 +136,7 @@ pub async fn receive_for_link(
             format!("this host takes no per-link `{service}` webhooks"),
         ));
     }
-    let body = read_body(body)?;
+    let body = read_body(&st, &service, body)?;
     // An unknown link is refused like a link without a secret: a caller learns nothing
     // about which link ids exist.
     let link = st
