@@ -259,7 +259,13 @@ async fn respond(
         }
         return Err(refused(st, service, &Refusal::Replayed));
     }
-    let verdict = if stored > 0 { "accepted" } else { "unrouted" };
+    // `acknowledged`: verified but nothing to store (a Google `sync`, Slack's
+    // `app_rate_limited`); `unrouted`: events no link is for.
+    let verdict = match (stored, unrouted) {
+        (1.., _) => "accepted",
+        (0, 1..) => "unrouted",
+        (0, 0) => "acknowledged",
+    };
     st.metrics.webhook(service, verdict);
     Ok((
         ok,
