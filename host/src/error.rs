@@ -97,6 +97,8 @@ catalogue! {
     // The API itself.
     /// No or an unknown API token.
     Unauthorized = "unauthorized", 401;
+    /// An inbound webhook's signature or token is missing, wrong, stale or replayed, or its service has no secret configured; nothing was stored.
+    InvalidSignature = "invalid_signature", 401;
     /// The route is for company admins.
     AdminRequired = "admin_required", 403;
     /// No such resource for the caller's company (another company's resources too).

@@ -142,6 +142,9 @@ pub async fn key_usage(store: &AnyStore, vault: &Vault) -> Result<KeyUsage, Stor
             if let Some(r) = &l.refresh_token {
                 count(r);
             }
+            if let Some(w) = &l.webhook_signature_secret {
+                count(w);
+            }
         }
     }
     Ok(usage)
@@ -166,7 +169,7 @@ fn reseal_config(
     Ok(changed.then_some(config))
 }
 
-/// A link with its tokens re-sealed (current key, bound); None when nothing needed it.
+/// A link with its tokens and webhook secret re-sealed (current key, bound); None when nothing needed it.
 fn reseal_link(vault: &Vault, l: &LinkRecord) -> Result<Option<LinkRecord>, VaultError> {
     let mut out = l.clone();
     let mut changed = false;
@@ -178,6 +181,12 @@ fn reseal_link(vault: &Vault, l: &LinkRecord) -> Result<Option<LinkRecord>, Vaul
         && let Some(new) = vault.reseal(r, &l.refresh_token_context())?
     {
         out.refresh_token = Some(new);
+        changed = true;
+    }
+    if let Some(w) = &l.webhook_signature_secret
+        && let Some(new) = vault.reseal(w, &l.webhook_secret_context())?
+    {
+        out.webhook_signature_secret = Some(new);
         changed = true;
     }
     Ok(changed.then_some(out))
@@ -435,5 +444,57 @@ mod tests {
             .unwrap();
         assert_eq!(r.unreadable, [format!("component:{}", c.id)]);
         assert_eq!(store.get_component("A", &c.id).await.unwrap().unwrap(), c);
+    }
+
+    /// Issue 14: a link's webhook secret is sealed like its tokens, so `keys rotate`
+    /// re-seals it under the new key (and counts it), and it still opens after.
+    #[tokio::test]
+    async fn a_links_webhook_secret_is_resealed_with_its_tokens() {
+        let store = AnyStore::from(EmbeddedStore::open_in_memory().unwrap());
+        let old_key = MasterKey::generate();
+        let old = Vault::new(old_key.clone());
+        let new = Vault::new(MasterKey::generate()).with_old_key(old_key);
+        let id = new_object_id();
+        let ctx = |field| crate::store::sealing::link("A", &id, field);
+        let link = LinkRecord {
+            id: id.clone(),
+            user_id: "u".into(),
+            company_id: "A".into(),
+            integration_type: "microsoft".into(),
+            // The tokens are current already: only the webhook secret is under the old key.
+            access_token: new.encrypt("at", &ctx(crate::store::sealing::ACCESS_TOKEN)),
+            refresh_token: None,
+            token_expiry: None,
+            scopes: vec![],
+            provider_user_id: String::new(),
+            provider_user_email: String::new(),
+            provider_metadata: serde_json::Value::Null,
+            status: Default::default(),
+            shared_with: vec![],
+            webhook_signature_secret: Some(
+                old.encrypt("whsec", &ctx(crate::store::sealing::WEBHOOK_SECRET)),
+            ),
+            refresh_lease_owner: None,
+            refresh_lease_until: None,
+            version: 0,
+            created_at: now(),
+            updated_at: now(),
+        };
+        store.insert_link(link).await.unwrap();
+        assert_eq!(key_usage(&store, &new).await.unwrap().remaining(), 1);
+        let r = reseal_all(&store, &new, &RotationOptions::default(), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(r.links_resealed, 1);
+        assert_eq!(key_usage(&store, &new).await.unwrap().remaining(), 0);
+        let l = store.get_link("A", &id).await.unwrap().unwrap();
+        let w = l.webhook_signature_secret.as_ref().unwrap();
+        assert_eq!(w.key_id, new.key_id());
+        assert_eq!(
+            new.decrypt(w, &l.webhook_secret_context())
+                .unwrap()
+                .expose(),
+            "whsec"
+        );
     }
 }

@@ -22,6 +22,8 @@
 //!   callback, refresh, revoke, health, and events for the audit log.
 //! - `server`: the REST API (`flow8-host serve`): components, steps, OAuth integrations
 //!   and the connect page, audit log, modules.
+//! - `webhooks`: how each provider signs its inbound webhooks (Slack, QuickBooks,
+//!   Microsoft Graph, Google push), checked before anything is parsed.
 //! - `company`: the one rule for company ids (the scope of every record, and a path).
 //! - `config`: defaults, the config file and `FLOW8_*` variables.
 //! - `error`: the catalogue of error names every answer uses.
@@ -40,6 +42,7 @@ pub mod oauth;
 pub mod outbound;
 pub mod runtime;
 pub mod server;
+pub mod webhooks;
 
 // The seams that are crates of their own (`host/crates/`), under the names the host's
 // modules use for them.

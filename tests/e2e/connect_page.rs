@@ -227,6 +227,7 @@ async fn pages_escape_what_providers_and_links_say() {
             provider_metadata: json!({}),
             status: flow8_host::store::LinkStatus::Active,
             shared_with: Vec::new(),
+            webhook_signature_secret: None,
             refresh_lease_owner: None,
             refresh_lease_until: None,
             version: 0,

@@ -72,6 +72,7 @@ fn sealed_link(vault: &Vault, company: &str) -> LinkRecord {
         provider_metadata: json!({}),
         status: flow8_host::store::LinkStatus::Active,
         shared_with: Vec::new(),
+        webhook_signature_secret: None,
         refresh_lease_owner: None,
         refresh_lease_until: None,
         version: 0,

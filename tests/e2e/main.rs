@@ -33,3 +33,4 @@ mod smtp_send;
 mod step_budgets;
 mod step_deadline;
 mod store_conformance;
+mod webhooks;

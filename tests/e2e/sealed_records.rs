@@ -41,6 +41,7 @@ fn link(vault: &Vault, company: &str, user: &str, token: &str) -> LinkRecord {
         provider_metadata: json!({}),
         status: LinkStatus::Active,
         shared_with: vec![],
+        webhook_signature_secret: None,
         refresh_lease_owner: None,
         refresh_lease_until: None,
         version: 0,

@@ -5,8 +5,8 @@
 use flow8_host::store::embedded::EmbeddedStore;
 use flow8_host::store::mongodb::MongoStore;
 use flow8_host::store::{
-    AuditQuery, AuditRecord, ComponentRecord, LinkRecord, ModuleRecord, OAuthStateRecord, Store,
-    StoreError, TokenRecord, new_object_id, now,
+    AuditQuery, AuditRecord, ComponentRecord, EventQuery, EventRecord, LinkRecord, ModuleRecord,
+    OAuthStateRecord, Store, StoreError, TokenRecord, WebhookRoute, new_object_id, now,
 };
 use flow8_host::vault::{MasterKey, Vault};
 use flow8_tests::mongo_server::MongoServer;
@@ -71,6 +71,8 @@ conformance!(
     installed_modules_are_scoped_listed_and_removed,
     versions_sharing_bytes_keep_them_until_the_last_goes,
     a_module_larger_than_a_document_round_trips,
+    events_are_stored_once_per_provider_id_and_paged,
+    webhooks_find_their_links_across_companies,
 );
 
 fn component(company: &str, name: &str, kind: &str) -> ComponentRecord {
@@ -126,6 +128,7 @@ fn link(company: &str, service: &str, expiry: Option<OffsetDateTime>) -> LinkRec
         provider_metadata: json!({"team": {"id": "T1"}}),
         status: flow8_host::store::LinkStatus::Active,
         shared_with: Vec::new(),
+        webhook_signature_secret: None,
         refresh_lease_owner: None,
         refresh_lease_until: None,
         version: 0,
@@ -881,6 +884,19 @@ async fn mongodb_documents_have_the_flow8_shape_and_every_query_an_index() {
     assert!(has(&states, doc! {"expires_at": 1}));
     let tokens = store.index_keys("api_tokens").await.unwrap();
     assert!(has(&tokens, doc! {"token_hash": 1}));
+    let events = store.index_keys("events").await.unwrap();
+    assert!(has(
+        &events,
+        doc! {"company_id": 1, "service": 1, "provider_event_id": 1}
+    ));
+    assert!(has(
+        &events,
+        doc! {"company_id": 1, "received_at": 1, "_id": 1}
+    ));
+    assert!(has(
+        &links,
+        doc! {"integration_type": 1, "provider_metadata.team.id": 1}
+    ));
     let audit = store.index_keys("audit_log").await.unwrap();
     assert!(has(
         &audit,
@@ -976,4 +992,211 @@ async fn a_secret_moved_to_another_companys_record_does_not_open_there<S: Store>
             .expose(),
         "xoxb-access"
     );
+}
+
+fn event(company: &str, service: &str, provider_id: &str, at: OffsetDateTime) -> EventRecord {
+    EventRecord {
+        id: new_object_id(),
+        company_id: company.into(),
+        service: service.into(),
+        provider_event_id: provider_id.into(),
+        link_id: Some(new_object_id()),
+        event_type: "message".into(),
+        payload: json!({"event": {"type": "message", "text": "hi"}, "n": [1, 2]}),
+        received_at: at,
+    }
+}
+
+/// Issue 14: a verified webhook event is stored once per company, service and provider
+/// event id (a retry or replay writes nothing), listed newest first with paging, and
+/// only for its own company.
+async fn events_are_stored_once_per_provider_id_and_paged<S: Store>(s: &S) {
+    let (a, b) = (new_object_id(), new_object_id());
+    let t = now();
+    let first = event(&a, "slack", "Ev1", t);
+    assert!(s.insert_event(first.clone()).await.unwrap());
+    // The same provider id again (a new record id): nothing is written.
+    assert!(
+        !s.insert_event(event(&a, "slack", "Ev1", t + Duration::seconds(1)))
+            .await
+            .unwrap()
+    );
+    // The same id from another provider, or for another company, is another event.
+    assert!(
+        s.insert_event(event(&a, "quickbooks", "Ev1", t + Duration::seconds(2)))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.insert_event(event(&b, "slack", "Ev1", t + Duration::seconds(3)))
+            .await
+            .unwrap()
+    );
+    for i in 2..=5 {
+        assert!(
+            s.insert_event(event(
+                &a,
+                "slack",
+                &format!("Ev{i}"),
+                t + Duration::seconds(10 + i)
+            ))
+            .await
+            .unwrap()
+        );
+    }
+    let all = s
+        .list_events(
+            &a,
+            &EventQuery {
+                limit: 100,
+                ..EventQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    let ids: Vec<(&str, &str)> = all
+        .iter()
+        .map(|e| (e.service.as_str(), e.provider_event_id.as_str()))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("slack", "Ev5"),
+            ("slack", "Ev4"),
+            ("slack", "Ev3"),
+            ("slack", "Ev2"),
+            ("quickbooks", "Ev1"),
+            ("slack", "Ev1")
+        ]
+    );
+    // The stored record is the first one, whole.
+    assert_eq!(all.last().unwrap(), &first);
+    let page = s
+        .list_events(
+            &a,
+            &EventQuery {
+                service: Some("slack".into()),
+                offset: 1,
+                limit: 2,
+            },
+        )
+        .await
+        .unwrap();
+    let ids: Vec<&str> = page.iter().map(|e| e.provider_event_id.as_str()).collect();
+    assert_eq!(ids, ["Ev4", "Ev3"]);
+    let theirs = s
+        .list_events(
+            &b,
+            &EventQuery {
+                limit: 100,
+                ..EventQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(theirs.len(), 1);
+    assert!(
+        s.list_events(
+            &new_object_id(),
+            &EventQuery {
+                limit: 100,
+                ..EventQuery::default()
+            }
+        )
+        .await
+        .unwrap()
+        .is_empty()
+    );
+}
+
+/// Issue 14: a webhook finds the links it is for by id or by what the provider told us
+/// at connect time (Slack's team, QuickBooks' realm), in every company, of its service
+/// only; a metadata path that is not plain names finds nothing.
+async fn webhooks_find_their_links_across_companies<S: Store>(s: &S) {
+    let (a, b) = (new_object_id(), new_object_id());
+    let mut la = link(&a, "slack", None);
+    la.provider_metadata = json!({"team": {"id": "TWEB"}});
+    let mut lb = link(&b, "slack", None);
+    lb.provider_metadata = json!({"team": {"id": "TWEB"}});
+    lb.created_at = la.created_at + Duration::seconds(1);
+    let mut other_team = link(&a, "slack", None);
+    other_team.provider_metadata = json!({"team": {"id": "TOTHER"}});
+    let mut qb = link(&a, "quickbooks", None);
+    qb.provider_metadata = json!({"realmId": "TWEB"});
+    for l in [&la, &lb, &other_team, &qb] {
+        s.insert_link(l.clone()).await.unwrap();
+    }
+    let by_team = |v: &str| WebhookRoute::Metadata {
+        path: "team.id".into(),
+        value: v.into(),
+    };
+    let found = s
+        .find_webhook_links("slack", &by_team("TWEB"))
+        .await
+        .unwrap();
+    let ids: Vec<&str> = found.iter().map(|l| l.id.as_str()).collect();
+    assert_eq!(ids, [la.id.as_str(), lb.id.as_str()]);
+    let realm = WebhookRoute::Metadata {
+        path: "realmId".into(),
+        value: "TWEB".into(),
+    };
+    let found = s.find_webhook_links("quickbooks", &realm).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].id, qb.id);
+    assert!(
+        s.find_webhook_links("slack", &realm)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.find_webhook_links("slack", &by_team("nobody"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for bad in ["", "team..id", "team.id') OR 1=1 --", "$where", "team[0]"] {
+        let route = WebhookRoute::Metadata {
+            path: bad.into(),
+            value: "TWEB".into(),
+        };
+        assert!(
+            s.find_webhook_links("slack", &route)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{bad}"
+        );
+    }
+    let by_id = s
+        .find_webhook_links("slack", &WebhookRoute::LinkId(lb.id.clone()))
+        .await
+        .unwrap();
+    assert_eq!(by_id.len(), 1);
+    assert_eq!(by_id[0].company_id, b);
+    // A link is found by id only under its own service.
+    assert!(
+        s.find_webhook_links("google", &WebhookRoute::LinkId(lb.id.clone()))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A sealed webhook secret round-trips with the link.
+    let vault = &*TEST_VAULT;
+    let mut with_secret = lb.clone();
+    with_secret.webhook_signature_secret =
+        Some(vault.encrypt("whsec-1", &lb.webhook_secret_context()));
+    assert!(
+        s.update_link_cas(with_secret.clone(), lb.version)
+            .await
+            .unwrap()
+    );
+    let back = s.get_link(&b, &lb.id).await.unwrap().unwrap();
+    let opened = vault
+        .decrypt(
+            back.webhook_signature_secret.as_ref().unwrap(),
+            &back.webhook_secret_context(),
+        )
+        .unwrap();
+    assert_eq!(opened.expose(), "whsec-1");
 }

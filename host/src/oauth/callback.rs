@@ -92,6 +92,7 @@ impl OAuthService {
             provider_metadata: metadata,
             status: LinkStatus::Active,
             shared_with: Vec::new(),
+            webhook_signature_secret: None,
             refresh_lease_owner: None,
             refresh_lease_until: None,
             version: 0,

@@ -133,6 +133,7 @@ mod tests {
             provider_metadata: serde_json::Value::Null,
             status: Default::default(),
             shared_with: shared_with.iter().map(|s| s.to_string()).collect(),
+            webhook_signature_secret: None,
             refresh_lease_owner: None,
             refresh_lease_until: None,
             version: 0,

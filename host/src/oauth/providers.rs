@@ -50,6 +50,14 @@ pub struct ProviderConfig {
     /// Where to send the browser after a successful connect (default: a "Connected!" page).
     #[serde(default)]
     pub return_url: Option<String>,
+    /// The app's webhook signing secret (Slack's "Signing Secret"; may also come from
+    /// `FLOW8_OAUTH_<SERVICE>_SIGNING_SECRET`). Unset: the service's webhooks are refused.
+    #[serde(default)]
+    pub signing_secret: Option<crate::vault::Secret>,
+    /// The app's webhook verifier token (QuickBooks' "Verifier Token"; may also come from
+    /// `FLOW8_OAUTH_<SERVICE>_WEBHOOK_VERIFIER_TOKEN`).
+    #[serde(default)]
+    pub webhook_verifier_token: Option<crate::vault::Secret>,
 }
 
 /// A configured provider: its catalogue entry with the operator's overrides applied.
@@ -79,6 +87,9 @@ pub struct Provider {
     pub api_base_url: String,
     /// Post-connect redirect.
     pub return_url: Option<String>,
+    /// The app-wide secret its webhooks are verified with (`signing_secret` or
+    /// `webhook_verifier_token`); None: they are refused.
+    pub webhook_secret: Option<crate::vault::Secret>,
 }
 
 /// The environment variable that may hold a service's client secret
@@ -87,6 +98,16 @@ pub fn client_secret_env(service: &str) -> String {
     format!(
         "FLOW8_OAUTH_{}_CLIENT_SECRET",
         service.to_ascii_uppercase().replace('-', "_")
+    )
+}
+
+/// The environment variable that may hold a service's app-wide webhook secret,
+/// `FLOW8_OAUTH_<SERVICE>_<KEY>` with `KEY` `SIGNING_SECRET` or `WEBHOOK_VERIFIER_TOKEN`.
+pub fn webhook_secret_env(service: &str, key: &str) -> String {
+    format!(
+        "FLOW8_OAUTH_{}_{}",
+        service.to_ascii_uppercase().replace('-', "_"),
+        key.to_ascii_uppercase()
     )
 }
 
@@ -113,6 +134,22 @@ pub fn configure(
             .ok()
             .map(crate::vault::Secret::new)
             .or_else(|| c.client_secret.clone());
+        if c.signing_secret.is_some() && c.webhook_verifier_token.is_some() {
+            return Err(format!(
+                "oauth2.{service}: set `signing_secret` or `webhook_verifier_token`, not both"
+            ));
+        }
+        let from_env = |key: &str| {
+            std::env::var(webhook_secret_env(service, key))
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map(crate::vault::Secret::new)
+        };
+        let webhook_secret = from_env("signing_secret")
+            .or_else(|| from_env("webhook_verifier_token"))
+            .or_else(|| c.signing_secret.clone())
+            .or_else(|| c.webhook_verifier_token.clone())
+            .filter(|s| !s.expose().is_empty());
         if c.client_id.trim().is_empty() {
             return Err(format!("oauth2.{service}.client_id is empty"));
         }
@@ -163,6 +200,7 @@ pub fn configure(
                     .unwrap_or_else(|| defaults.identity_url.clone()),
                 api_hosts: pinned,
                 return_url: c.return_url.clone(),
+                webhook_secret,
                 api_base_url: c
                     .api_base_url
                     .clone()

@@ -175,6 +175,7 @@ async fn insert_link(store: &AnyStore, oauth: &OAuthService, expires_in: Duratio
         provider_metadata: serde_json::Value::Null,
         status: crate::store::LinkStatus::Active,
         shared_with: Vec::new(),
+        webhook_signature_secret: None,
         refresh_lease_owner: None,
         refresh_lease_until: None,
         version: 0,

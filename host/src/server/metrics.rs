@@ -36,7 +36,11 @@ pub struct Metrics {
     steps: Mutex<BTreeMap<(String, String), u64>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
     limit_hits: Mutex<BTreeMap<String, u64>>,
+    webhooks: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
+
+/// The provider labels of webhook counts (anything else counts as [`OTHER`]).
+const WEBHOOK_PROVIDERS: &[&str] = &["slack", "quickbooks", "microsoft", "google"];
 
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -82,6 +86,22 @@ impl Metrics {
                 .entry(outcome.into())
                 .or_default() += 1;
         }
+    }
+
+    /// Count one inbound webhook by provider and verdict (`accepted`, `duplicate`,
+    /// `handshake`, `unrouted`, or the refusal: `unsigned`, `bad_signature`, ...).
+    pub fn webhook(&self, provider: &str, verdict: &'static str) {
+        let provider = WEBHOOK_PROVIDERS
+            .iter()
+            .find(|p| **p == provider)
+            .copied()
+            .unwrap_or(OTHER);
+        *self
+            .webhooks
+            .lock()
+            .expect("metrics lock")
+            .entry((provider, verdict))
+            .or_default() += 1;
     }
 
     /// The exposition text.
@@ -143,6 +163,13 @@ impl Metrics {
                 out,
                 "flow8_sandbox_limit_hits_total{{limit=\"{}\"}} {n}",
                 escape(l)
+            );
+        }
+        out.push_str("# HELP flow8_webhooks_total Inbound provider webhooks, by provider and verdict.\n# TYPE flow8_webhooks_total counter\n");
+        for ((p, v), n) in self.webhooks.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "flow8_webhooks_total{{provider=\"{p}\",verdict=\"{v}\"}} {n}"
             );
         }
         out

@@ -97,6 +97,8 @@ enum Body {
     Json,
     /// A `.wasm` module, up to `max_module_bytes`.
     Module,
+    /// A provider's webhook, up to `webhooks::MAX_BODY_BYTES`.
+    Webhook,
 }
 
 /// One route: method, path, body limit and handler.
@@ -123,9 +125,9 @@ where
 /// Every route the server serves: the one table [`router`] is built from, and that
 /// [`served_routes`] shows, so a test can hold the OpenAPI document against it.
 fn endpoints() -> Vec<Endpoint> {
-    use Body::{Json, Module, None};
+    use Body::{Json, Module, None, Webhook};
     use Verb::{Delete, Get, Post};
-    use routes::{audit_log, components, connect, integrations, modules, ops, steps};
+    use routes::{audit_log, components, connect, integrations, modules, ops, steps, webhooks};
     vec![
         endpoint(Get, "/healthz", None, ops::healthz),
         endpoint(Get, "/readyz", None, ops::readyz),
@@ -208,6 +210,20 @@ fn endpoints() -> Vec<Endpoint> {
             Module,
             modules::remove,
         ),
+        endpoint(Post, "/webhooks/{service}", Webhook, webhooks::receive),
+        endpoint(
+            Post,
+            "/webhooks/{service}/{link_id}",
+            Webhook,
+            webhooks::receive_for_link,
+        ),
+        endpoint(
+            Post,
+            "/api/v1/integrations/{service}/{link_id}/webhook-secret",
+            Json,
+            webhooks::create_secret,
+        ),
+        endpoint(Get, "/api/v1/events", Json, webhooks::list),
     ]
 }
 
@@ -219,19 +235,22 @@ pub fn served_routes() -> Vec<(Verb, &'static str)> {
 
 /// The API's routes.
 pub fn router(state: Arc<AppState>) -> Router {
-    let (mut plain, mut json, mut installs) = (Router::new(), Router::new(), Router::new());
+    let (mut plain, mut json, mut installs, mut hooks) =
+        (Router::new(), Router::new(), Router::new(), Router::new());
     for e in endpoints() {
         let group = match e.body {
             Body::None => &mut plain,
             Body::Json => &mut json,
             Body::Module => &mut installs,
+            Body::Webhook => &mut hooks,
         };
         // Two methods on one path merge into one route.
         *group = std::mem::take(group).route(e.path, e.handler);
     }
     let routes = plain
         .merge(json.layer(DefaultBodyLimit::max(state.max_body_bytes)))
-        .merge(installs.layer(DefaultBodyLimit::max(state.max_module_bytes)));
+        .merge(installs.layer(DefaultBodyLimit::max(state.max_module_bytes)))
+        .merge(hooks.layer(DefaultBodyLimit::max(crate::webhooks::MAX_BODY_BYTES)));
     edge(routes).with_state(state)
 }
 

@@ -10,7 +10,9 @@
 //! ([`super::served_routes`]) in both directions, methods included.
 
 use crate::runtime::sandbox::StepLimits;
-use crate::server::routes::{audit_log, components, connect, integrations, modules, ops, steps};
+use crate::server::routes::{
+    audit_log, components, connect, integrations, modules, ops, steps, webhooks,
+};
 use serde_json::{Value, json};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
@@ -273,6 +275,56 @@ pub struct AuditPage {
     next_offset: Option<u64>,
 }
 
+/// An event a verified webhook brought.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct StoredEvent {
+    id: String,
+    /// `slack`, `quickbooks`, `microsoft` or `google`.
+    service: String,
+    /// The provider's id for it (or a digest where it gives none).
+    provider_event_id: String,
+    #[schema(nullable = true)]
+    link_id: Option<String>,
+    event_type: String,
+    /// The event as the provider sent it.
+    #[schema(value_type = Object)]
+    payload: Value,
+    received_at: String,
+}
+
+/// A page of events.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct EventPage {
+    events: Vec<StoredEvent>,
+    /// The next page's `offset`, or null on the last page.
+    #[schema(nullable = true)]
+    next_offset: Option<u64>,
+}
+
+/// What a verified webhook stored.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct WebhookReceipt {
+    /// Events stored.
+    stored: u64,
+    /// Events already stored before (a retry the provider marked).
+    duplicates: u64,
+    /// Events no link is for.
+    unrouted: Option<u64>,
+}
+
+/// A link's new webhook secret, shown once.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct WebhookSecret {
+    /// Give it to the provider (Graph's `clientState`, Google's channel `token`).
+    webhook_secret: String,
+    /// Where the provider sends the link's notifications.
+    webhook_url: String,
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "flow8 integration host"),
@@ -303,6 +355,10 @@ pub struct AuditPage {
         modules::get_one,
         modules::install,
         modules::remove,
+        webhooks::receive,
+        webhooks::receive_for_link,
+        webhooks::create_secret,
+        webhooks::list,
     ),
     components(schemas(Error, StepReport, Taint)),
     modifiers(&Common)

@@ -5,8 +5,8 @@
 use super::embedded::EmbeddedStore;
 use super::mongodb::MongoStore;
 use super::{
-    AuditQuery, AuditRecord, ComponentRecord, LinkRecord, ModuleRecord, OAuthStateRecord, Store,
-    StoreError, TokenRecord,
+    AuditQuery, AuditRecord, ComponentRecord, EventQuery, EventRecord, LinkRecord, ModuleRecord,
+    OAuthStateRecord, Store, StoreError, TokenRecord, WebhookRoute,
 };
 use std::path::Path;
 use time::OffsetDateTime;
@@ -230,6 +230,23 @@ impl Store for AnyStore {
         limit: u32,
     ) -> Result<Vec<AuditRecord>, StoreError> {
         delegate!(self, s => s.scan_audit(after, limit))
+    }
+    async fn insert_event(&self, event: EventRecord) -> Result<bool, StoreError> {
+        delegate!(self, s => s.insert_event(event))
+    }
+    async fn list_events(
+        &self,
+        company_id: &str,
+        query: &EventQuery,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        delegate!(self, s => s.list_events(company_id, query))
+    }
+    async fn find_webhook_links(
+        &self,
+        service: &str,
+        route: &WebhookRoute,
+    ) -> Result<Vec<LinkRecord>, StoreError> {
+        delegate!(self, s => s.find_webhook_links(service, route))
     }
     async fn replace_component_config(
         &self,

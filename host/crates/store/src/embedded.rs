@@ -14,8 +14,9 @@
 //! blocking pool too.
 
 use super::{
-    AuditQuery, AuditRecord, ComponentRecord, LinkRecord, ModuleRecord, OAuthStateRecord, Store,
-    StoreError, TokenRecord,
+    AuditQuery, AuditRecord, ComponentRecord, EventQuery, EventRecord, LinkRecord,
+    MAX_WEBHOOK_LINKS, ModuleRecord, OAuthStateRecord, Store, StoreError, TokenRecord,
+    WebhookRoute,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
@@ -96,6 +97,18 @@ CREATE TABLE IF NOT EXISTS modules (
     PRIMARY KEY (company_id, name, version)
 );
 CREATE INDEX IF NOT EXISTS modules_by_digest ON modules (company_id, digest);
+CREATE TABLE IF NOT EXISTS events (
+    seq               INTEGER PRIMARY KEY AUTOINCREMENT,
+    id                TEXT NOT NULL UNIQUE,
+    company_id        TEXT NOT NULL,
+    service           TEXT NOT NULL,
+    provider_event_id TEXT NOT NULL,
+    received_at       INTEGER NOT NULL,
+    doc               TEXT NOT NULL,
+    UNIQUE (company_id, service, provider_event_id)
+);
+CREATE INDEX IF NOT EXISTS events_by_company ON events (company_id, received_at);
+CREATE INDEX IF NOT EXISTS events_by_service ON events (company_id, service, received_at);
 ";
 
 /// The background refresher's query. Its status and refresh-token terms are the
@@ -991,6 +1004,103 @@ impl Store for EmbeddedStore {
             limit,
         )
         .await
+    }
+
+    async fn insert_event(&self, event: EventRecord) -> Result<bool, StoreError> {
+        let doc = serde_json::to_string(&event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.write(move |tx| {
+            // The unique key decides: a second copy of the event changes no row.
+            let n = tx
+                .execute(
+                    "INSERT INTO events (id, company_id, service, provider_event_id, received_at, doc)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (company_id, service, provider_event_id) DO NOTHING",
+                    params![
+                        event.id,
+                        event.company_id,
+                        event.service,
+                        event.provider_event_id,
+                        millis(event.received_at),
+                        doc
+                    ],
+                )
+                .map_err(unavailable)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn list_events(
+        &self,
+        company_id: &str,
+        q: &EventQuery,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let (company_id, q) = (company_id.to_string(), q.clone());
+        self.read_blocking(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT doc FROM events WHERE company_id = ?1
+                       AND (?2 IS NULL OR service = ?2)
+                     ORDER BY received_at DESC, seq DESC LIMIT ?3 OFFSET ?4",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        company_id,
+                        q.service,
+                        i64::try_from(q.limit).unwrap_or(i64::MAX),
+                        i64::try_from(q.offset).unwrap_or(i64::MAX)
+                    ],
+                    |r| r.get::<_, String>(0),
+                )
+                .map_err(unavailable)?;
+            docs(rows)
+        })
+        .await
+    }
+
+    async fn find_webhook_links(
+        &self,
+        service: &str,
+        route: &WebhookRoute,
+    ) -> Result<Vec<LinkRecord>, StoreError> {
+        let service = service.to_string();
+        match route.clone() {
+            WebhookRoute::LinkId(id) => self.read(|c| {
+                docs(
+                    c.prepare_cached(
+                        "SELECT doc FROM db_links WHERE id = ?1 AND integration_type = ?2",
+                    )
+                    .map_err(unavailable)?
+                    .query_map(params![id, service], |r| r.get::<_, String>(0))
+                    .map_err(unavailable)?,
+                )
+            }),
+            WebhookRoute::Metadata { path, value } => {
+                if !WebhookRoute::valid_path(&path) {
+                    return Ok(Vec::new());
+                }
+                // The path is bound as a parameter, never spliced into the SQL.
+                let path = format!("$.provider_metadata.{path}");
+                self.read_blocking(move |c| {
+                    let mut stmt = c
+                        .prepare_cached(
+                            "SELECT doc FROM db_links WHERE integration_type = ?1
+                               AND json_extract(doc, ?2) = ?3
+                             ORDER BY created_at, id LIMIT ?4",
+                        )
+                        .map_err(unavailable)?;
+                    let rows = stmt
+                        .query_map(params![service, path, value, MAX_WEBHOOK_LINKS], |r| {
+                            r.get::<_, String>(0)
+                        })
+                        .map_err(unavailable)?;
+                    docs(rows)
+                })
+                .await
+            }
+        }
     }
 
     async fn replace_component_config(

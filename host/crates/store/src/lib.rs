@@ -111,6 +111,11 @@ pub struct LinkRecord {
     /// see `oauth::ownership`. Older records have none: only the owner and admins.
     #[serde(default)]
     pub shared_with: Vec<String>,
+    /// Sealed secret the provider's webhooks for this link are checked against
+    /// (flow8's `WebhookSignatureSecret`: Graph's `clientState`, Google's channel
+    /// token); None: the link's per-link webhooks are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_signature_secret: Option<flow8_vault::Envelope>,
     /// Who holds the refresh lease, until when.
     #[serde(default)]
     pub refresh_lease_owner: Option<String>,
@@ -168,6 +173,8 @@ pub mod sealing {
     pub const ACCESS_TOKEN: &str = "access_token";
     /// The field of a link's sealed refresh token.
     pub const REFRESH_TOKEN: &str = "refresh_token";
+    /// The field of a link's sealed webhook secret.
+    pub const WEBHOOK_SECRET: &str = "webhook_signature_secret";
     /// The field of a pending authorization's sealed PKCE verifier.
     pub const PKCE_VERIFIER: &str = "pkce_verifier";
 
@@ -181,7 +188,7 @@ pub mod sealing {
         }
     }
 
-    /// A link's token (`field` is [`ACCESS_TOKEN`] or [`REFRESH_TOKEN`]).
+    /// A link's sealed field ([`ACCESS_TOKEN`], [`REFRESH_TOKEN`] or [`WEBHOOK_SECRET`]).
     pub fn link<'a>(company_id: &'a str, id: &'a str, field: &'static str) -> SealContext<'a> {
         SealContext {
             company: company_id,
@@ -217,6 +224,11 @@ pub mod sealing {
         /// Where the refresh token belongs.
         pub fn refresh_token_context(&self) -> SealContext<'_> {
             link(&self.company_id, &self.id, REFRESH_TOKEN)
+        }
+
+        /// Where the webhook secret belongs.
+        pub fn webhook_secret_context(&self) -> SealContext<'_> {
+            link(&self.company_id, &self.id, WEBHOOK_SECRET)
         }
     }
 
@@ -341,6 +353,74 @@ pub struct AuditQuery {
     /// At most this many.
     pub limit: u64,
 }
+
+/// A provider event that came in through a verified webhook (Slack, QuickBooks, Graph,
+/// Google), stored before it is acknowledged. At most one per company, service and
+/// provider event id: a retry or replay of it stores nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// Id (ObjectId hex).
+    #[serde(rename = "_id")]
+    pub id: String,
+    /// The company the event was routed to.
+    pub company_id: String,
+    /// The provider (`slack`, `quickbooks`, `microsoft`, `google`).
+    pub service: String,
+    /// The provider's id for the event (Slack's `event_id`, Graph's notification id, ...);
+    /// where the provider gives none, a digest of what identifies it.
+    pub provider_event_id: String,
+    /// The link it was routed to, when one was.
+    #[serde(default)]
+    pub link_id: Option<String>,
+    /// What happened (`message`, `Customer.Create`, `created`, `reauthorizationRequired`...).
+    pub event_type: String,
+    /// The provider's event, as it sent it (already verified).
+    #[serde(default)]
+    pub payload: serde_json::Value,
+    /// When the host stored it.
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+}
+
+/// Which events to read (newest first).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    /// Only this provider.
+    pub service: Option<String>,
+    /// Skip this many.
+    pub offset: u64,
+    /// At most this many.
+    pub limit: u64,
+}
+
+/// How a webhook finds the links it is for, across companies (the webhook's own
+/// signature, not an API token, says who sent it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookRoute {
+    /// The link with this id (a per-link webhook URL).
+    LinkId(String),
+    /// Links whose `provider_metadata` holds `value` at `path`, dot-separated names of
+    /// ASCII letters, digits and `_` (`team.id` for Slack, `realmId` for QuickBooks).
+    Metadata {
+        /// Where in `provider_metadata`.
+        path: String,
+        /// The value there.
+        value: String,
+    },
+}
+
+impl WebhookRoute {
+    /// Whether a metadata path is one a store may query (no operators, no escapes).
+    pub fn valid_path(path: &str) -> bool {
+        !path.is_empty()
+            && path.split('.').all(|seg| {
+                !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            })
+    }
+}
+
+/// The most links one webhook is routed to.
+pub const MAX_WEBHOOK_LINKS: u32 = 100;
 
 /// Why a store operation failed. Filesystem errors opening a store (its directory or
 /// file) are `Unavailable`, naming the path.
@@ -521,6 +601,25 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&str>,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<AuditRecord>, StoreError>> + Send;
+    /// Store a verified provider event; false (and nothing written) when the company
+    /// already has one of that service and provider event id.
+    fn insert_event(
+        &self,
+        event: EventRecord,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// A company's events, newest first.
+    fn list_events(
+        &self,
+        company_id: &str,
+        query: &EventQuery,
+    ) -> impl Future<Output = Result<Vec<EventRecord>, StoreError>> + Send;
+    /// The `service` links of every company a webhook is routed to, oldest first, at
+    /// most [`MAX_WEBHOOK_LINKS`]; an invalid metadata path finds none.
+    fn find_webhook_links(
+        &self,
+        service: &str,
+        route: &WebhookRoute,
+    ) -> impl Future<Output = Result<Vec<LinkRecord>, StoreError>> + Send;
     /// Replace a component's config if it is still `expected` (compare-and-set, for
     /// re-sealing its secrets); whether it was replaced.
     fn replace_component_config(

@@ -17,8 +17,9 @@
 //! so a request fails fast with `store_unavailable` while it is away.
 
 use super::{
-    AuditQuery, AuditRecord, ComponentRecord, LinkRecord, ModuleRecord, OAuthStateRecord, Store,
-    StoreError, TokenRecord,
+    AuditQuery, AuditRecord, ComponentRecord, EventQuery, EventRecord, LinkRecord,
+    MAX_WEBHOOK_LINKS, ModuleRecord, OAuthStateRecord, Store, StoreError, TokenRecord,
+    WebhookRoute,
 };
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, Bson, Document, doc, oid::ObjectId};
@@ -48,6 +49,7 @@ const MODULE_CHUNKS: &str = "module_chunks";
 /// The most bytes of an installed module one chunk document holds: well under
 /// MongoDB's 16 MB document limit, so a module of any size is stored in pieces.
 pub const MODULE_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+const EVENTS: &str = "events";
 
 /// MongoDB error code for a unique-index violation.
 const DUPLICATE_KEY: i32 = 11000;
@@ -64,6 +66,7 @@ const STATE_DATES: &[&str] = &["expires_at"];
 const TOKEN_DATES: &[&str] = &["created_at", "revoked_at"];
 const AUDIT_DATES: &[&str] = &["timestamp"];
 const MODULE_DATES: &[&str] = &["installed_at"];
+const EVENT_DATES: &[&str] = &["received_at"];
 /// Fields kept as ObjectIds when they look like one.
 const ID_FIELDS: &[&str] = &["_id", "user_id", "company_id"];
 
@@ -232,7 +235,7 @@ impl MongoStore {
 
     /// Every index the host's queries use; creating an existing index is a no-op.
     async fn create_indexes(&self) -> Result<(), StoreError> {
-        let sets: [(&str, Vec<IndexModel>); 7] = [
+        let sets: [(&str, Vec<IndexModel>); 8] = [
             (
                 MODULES,
                 vec![
@@ -263,6 +266,18 @@ impl MongoStore {
                     index(doc! {"token_expiry": 1}),
                     // The background refresher's: active links in expiry order.
                     index(doc! {"status": 1, "token_expiry": 1}),
+                    // Webhook routing: Slack by team, QuickBooks by company (realm).
+                    index(doc! {"integration_type": 1, "provider_metadata.team.id": 1}),
+                    index(doc! {"integration_type": 1, "provider_metadata.realmId": 1}),
+                ],
+            ),
+            (
+                EVENTS,
+                vec![
+                    // A retried or replayed event stores nothing.
+                    unique(doc! {"company_id": 1, "service": 1, "provider_event_id": 1}),
+                    index(doc! {"company_id": 1, "received_at": 1, "_id": 1}),
+                    index(doc! {"company_id": 1, "service": 1, "received_at": 1}),
                 ],
             ),
             (
@@ -685,6 +700,59 @@ impl Store for MongoStore {
             .await
             .map_err(store_error)?;
         collect(cursor, AUDIT_DATES).await
+    }
+
+    async fn insert_event(&self, event: EventRecord) -> Result<bool, StoreError> {
+        let d = to_doc(&event, EVENT_DATES)?;
+        match self.coll(EVENTS).insert_one(d).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_duplicate(&e) => Ok(false),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    async fn list_events(
+        &self,
+        company_id: &str,
+        q: &EventQuery,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let mut filter = doc! {"company_id": id(company_id)};
+        if let Some(s) = &q.service {
+            filter.insert("service", s.as_str());
+        }
+        let cursor = self
+            .coll(EVENTS)
+            .find(filter)
+            .sort(doc! {"received_at": -1, "_id": -1})
+            .skip(q.offset)
+            .limit(i64::try_from(q.limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(store_error)?;
+        collect(cursor, EVENT_DATES).await
+    }
+
+    async fn find_webhook_links(
+        &self,
+        service: &str,
+        route: &WebhookRoute,
+    ) -> Result<Vec<LinkRecord>, StoreError> {
+        let filter = match route {
+            WebhookRoute::LinkId(lid) => doc! {"_id": id(lid), "integration_type": service},
+            WebhookRoute::Metadata { path, value } => {
+                if !WebhookRoute::valid_path(path) {
+                    return Ok(Vec::new());
+                }
+                let mut f = doc! {"integration_type": service};
+                f.insert(format!("provider_metadata.{path}"), value.as_str());
+                f
+            }
+        };
+        self.find_links(
+            filter,
+            doc! {"created_at": 1, "_id": 1},
+            Some(i64::from(MAX_WEBHOOK_LINKS)),
+        )
+        .await
     }
 
     async fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {

@@ -337,7 +337,7 @@ fn actor(caller: &Caller) -> Actor {
 
 /// The company's link of `service`, if the caller may delete it or change its shares
 /// (its owner or an admin); another member's link is refused by name.
-async fn managed_link(
+pub(crate) async fn managed_link(
     st: &AppState,
     caller: &Caller,
     service: &str,

@@ -7,3 +7,4 @@ pub mod integrations;
 pub mod modules;
 pub mod ops;
 pub mod steps;
+pub mod webhooks;
