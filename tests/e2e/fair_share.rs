@@ -76,7 +76,7 @@ async fn one_companys_flood_does_not_starve_another_company() {
             break;
         }
         assert!(Instant::now() < until, "the flood never arrived: {text}");
-        // A poll interval, not a wait for something to happen.
+        // The metrics have no change notification: a bounded poll (the deadline above).
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 

@@ -5,6 +5,7 @@
 pub mod ai_fake;
 pub mod background;
 pub mod browser;
+pub mod event_log;
 pub mod ftp_server;
 pub mod graph_fake;
 pub mod mongo_server;

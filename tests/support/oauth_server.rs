@@ -5,14 +5,13 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 
 /// The server process; killed on drop.
 pub struct OAuthServer {
     /// `http://127.0.0.1:PORT`.
     pub base: String,
     child: Child,
-    events: Arc<Mutex<Vec<serde_json::Value>>>,
+    events: crate::event_log::EventLog,
 }
 
 impl OAuthServer {
@@ -92,15 +91,7 @@ impl OAuthServer {
                 _ => panic!("the OAuth2 server exited before it was ready"),
             }
         };
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let sink = events.clone();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str(&line) {
-                    sink.lock().expect("lock").push(v);
-                }
-            }
-        });
+        let events = crate::event_log::EventLog::read(lines);
         OAuthServer {
             base,
             child,
@@ -110,7 +101,7 @@ impl OAuthServer {
 
     /// Events so far.
     pub fn events(&self) -> Vec<serde_json::Value> {
-        self.events.lock().expect("lock").clone()
+        self.events.snapshot()
     }
 
     /// Token requests of a grant type.
@@ -124,14 +115,8 @@ impl OAuthServer {
     /// Wait (up to 10 s) until `cond` holds for the events seen so far: the server prints
     /// an event before it answers, but this process reads it on another thread.
     pub fn wait_until(&self, cond: impl Fn(&OAuthServer) -> bool) -> bool {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            if cond(self) {
-                return true;
-            }
-            std::thread::yield_now();
-        }
-        cond(self)
+        self.events
+            .wait_until(std::time::Duration::from_secs(10), || cond(self))
     }
 
     /// Token requests of a grant type, once at least `at_least` have been seen (or 10 s).
@@ -166,14 +151,7 @@ impl OAuthServer {
 
     /// Wait (up to 10 s) until the server has seen the revocation of `token`.
     pub fn wait_for_revocation(&self, token: &str) -> bool {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            if self.revoked().iter().any(|t| t == token) {
-                return true;
-            }
-            std::thread::yield_now();
-        }
-        false
+        self.wait_until(|s| s.revoked().iter().any(|t| t == token))
     }
 
     /// The refresh tokens issued, oldest first.

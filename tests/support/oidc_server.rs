@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 
 /// The test client the server knows.
 pub const CLIENT_ID: &str = "flow8-oidc-client";
@@ -45,7 +44,7 @@ pub struct OidcServer {
     /// The issuer, `http://127.0.0.1:PORT`.
     pub issuer: String,
     child: Child,
-    events: Arc<Mutex<Vec<serde_json::Value>>>,
+    events: crate::event_log::EventLog,
 }
 
 impl OidcServer {
@@ -86,15 +85,7 @@ impl OidcServer {
                 _ => panic!("the OpenID provider exited before it was ready"),
             }
         };
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let sink = events.clone();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str(&line) {
-                    sink.lock().expect("lock").push(v);
-                }
-            }
-        });
+        let events = crate::event_log::EventLog::read(lines);
         OidcServer {
             issuer,
             child,
@@ -104,20 +95,14 @@ impl OidcServer {
 
     /// Events so far.
     pub fn events(&self) -> Vec<serde_json::Value> {
-        self.events.lock().expect("lock").clone()
+        self.events.snapshot()
     }
 
     /// Wait (up to 10 s) until `cond` holds for the events seen so far: the server prints
     /// an event as it answers, but this process reads it on another thread.
     pub fn wait_until(&self, cond: impl Fn(&[serde_json::Value]) -> bool) -> bool {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            if cond(&self.events()) {
-                return true;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        cond(&self.events())
+        self.events
+            .wait_until(std::time::Duration::from_secs(10), || cond(&self.events()))
     }
 
     /// Token requests of a grant type with an outcome (`ok`, `invalid_grant`, ...).
