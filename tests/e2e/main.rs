@@ -19,6 +19,7 @@ mod hostile_guests;
 mod key_rotation;
 mod local_store;
 mod microsoft_calendar;
+mod module_loading;
 mod mongodb_hosts;
 mod oauth_flow;
 mod oidc_provider;

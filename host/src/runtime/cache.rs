@@ -12,6 +12,8 @@
 
 use super::engine::SandboxEngine;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 use wasmtime::component::Component;
 
@@ -39,6 +41,9 @@ impl Default for CacheLimits {
 pub struct CompileCache {
     dir: Option<PathBuf>,
     limits: CacheLimits,
+    /// Components compiled (not read back from the directory) by this cache and its
+    /// clones since it was made.
+    compiled: Arc<AtomicU64>,
 }
 
 impl CompileCache {
@@ -54,6 +59,7 @@ impl CompileCache {
         Ok(CompileCache {
             dir: Some(dir),
             limits: CacheLimits::default(),
+            compiled: Arc::default(),
         })
     }
 
@@ -62,6 +68,7 @@ impl CompileCache {
         CompileCache {
             dir: None,
             limits: CacheLimits::default(),
+            compiled: Arc::default(),
         }
     }
 
@@ -72,6 +79,12 @@ impl CompileCache {
             evict(dir, limits, None, SystemTime::now());
         }
         self
+    }
+
+    /// How many components this cache (and its clones) compiled, rather than read back
+    /// compiled, since it was made.
+    pub fn compiled(&self) -> u64 {
+        self.compiled.load(Ordering::Relaxed)
     }
 
     fn entry(&self, engine: &SandboxEngine, digest: &str) -> Option<PathBuf> {
@@ -113,6 +126,7 @@ impl CompileCache {
             }
         }
         let component = Component::new(engine.engine(), bytes)?;
+        self.compiled.fetch_add(1, Ordering::Relaxed);
         if let Some(path) = &entry {
             match store(path, &component) {
                 Ok(()) => {

@@ -63,6 +63,9 @@ pub struct ModuleRegistry {
     by_name: Mutex<NameIndex>,
     /// (path, len, mtime) -> digest, so an unchanged file is not re-hashed.
     file_digests: Mutex<HashMap<PathBuf, (u64, std::time::SystemTime, String)>>,
+    /// One turn per digest being loaded: the first caller compiles, the others wait for
+    /// it and take its result from `by_digest` (see [`ModuleRegistry::load_bytes`]).
+    loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for ModuleRegistry {
@@ -90,6 +93,7 @@ impl ModuleRegistry {
             by_digest: Mutex::new(HashMap::new()),
             by_name: Mutex::new(HashMap::new()),
             file_digests: Mutex::new(HashMap::new()),
+            loading: Mutex::new(HashMap::new()),
         }
     }
 
@@ -351,17 +355,52 @@ impl ModuleRegistry {
         &self.engine
     }
 
-    /// Load a module from bytes (cached by digest).
+    /// Load a module from bytes (cached by digest). Loads of one digest take turns: when
+    /// many steps of a module not loaded yet arrive at once (a cold host under load,
+    /// every worker scanning the module directory), one compiles it and the rest wait
+    /// and share its result, instead of each compiling it (which made 32 concurrent
+    /// first steps compile every module 32 times and run past their deadline).
     pub async fn load_bytes(&self, bytes: &[u8]) -> Result<Arc<LoadedModule>, StepError> {
         let d = digest(bytes);
-        if let Some(m) = self
-            .by_digest
+        if let Some(m) = self.loaded(&d) {
+            return Ok(m);
+        }
+        let turn = self
+            .loading
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&d)
-        {
-            return Ok(m.clone());
+            .entry(d.clone())
+            .or_default()
+            .clone();
+        let result = {
+            let _turn = turn.lock().await;
+            match self.loaded(&d) {
+                Some(m) => Ok(m),
+                None => self.compile_and_check(bytes, &d).await,
+            }
+        };
+        // Whoever finishes last leaves no turn behind (a failed load is tried again by
+        // the next caller: the failure may have been the machine's, not the module's).
+        let mut loading = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
+        if loading.get(&d).is_some_and(|t| Arc::ptr_eq(t, &turn)) && Arc::strong_count(&turn) <= 2 {
+            loading.remove(&d);
         }
+        result
+    }
+
+    fn loaded(&self, digest: &str) -> Option<Arc<LoadedModule>> {
+        self.by_digest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(digest)
+            .cloned()
+    }
+
+    async fn compile_and_check(
+        &self,
+        bytes: &[u8],
+        d: &str,
+    ) -> Result<Arc<LoadedModule>, StepError> {
         let module = LoadedModule::load(&self.engine, &self.cache, bytes).await?;
         self.catalogue
             .check_bindings(&module.manifest)
@@ -370,7 +409,7 @@ impl ModuleRegistry {
         self.by_digest
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(d, module.clone());
+            .insert(d.to_string(), module.clone());
         Ok(module)
     }
 
