@@ -357,3 +357,70 @@ fn the_ftp_password_never_reaches_the_module() {
     let out = scan(control);
     assert!(out["memory_hits"].as_u64().unwrap() >= 1, "{out}");
 }
+
+/// A download that fails halfway (here: the step's workspace budget runs out in the
+/// middle of the transfer) leaves the file it would have replaced as it was, with no
+/// partial file beside it; the same download within the budget replaces it whole.
+#[test]
+fn a_download_that_fails_halfway_leaves_the_old_file_as_it_was() {
+    let server = FtpServer::start(false);
+    let mut cli = cli_for(&server);
+    let config_path = cli.data_dir.path().join("config.yml");
+    std::fs::write(
+        &config_path,
+        "limits:\n  workspace_mib: 1\noutbound:\n  allow_plaintext_login: true\n",
+    )
+    .unwrap();
+    cli.env
+        .push(("FLOW8_CONFIG".into(), config_path.display().to_string()));
+    create_component(&cli, "plain", server.port, false, "/", PASSWORD);
+    let ws = tempfile::tempdir().unwrap();
+    let old = pseudo_random_bytes(4_000, 23);
+    std::fs::write(ws.path().join("report.bin"), &old).unwrap();
+    std::fs::write(
+        server.root().join("big.bin"),
+        pseudo_random_bytes(3 * 1024 * 1024, 29),
+    )
+    .unwrap();
+
+    let out = run(
+        &cli,
+        "ftp-download",
+        ws.path(),
+        json!({"remote_path": "big.bin", "file_path": "report.bin"}),
+        "plain",
+        &[],
+    );
+    assert_eq!(
+        out.error_name().as_deref(),
+        Some("limit_exceeded"),
+        "{out:?}"
+    );
+    assert!(
+        std::fs::read(ws.path().join("report.bin")).unwrap() == old,
+        "a failed download changed the file it would have replaced"
+    );
+    let names: Vec<_> = std::fs::read_dir(ws.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names,
+        ["report.bin"],
+        "nothing else is left in the workspace"
+    );
+
+    let small = pseudo_random_bytes(300_000, 31);
+    std::fs::write(server.root().join("small.bin"), &small).unwrap();
+    let out = run(
+        &cli,
+        "ftp-download",
+        ws.path(),
+        json!({"remote_path": "small.bin", "file_path": "report.bin"}),
+        "plain",
+        &[],
+    )
+    .ok_json();
+    assert_eq!(out["size"], small.len(), "{out}");
+    assert!(std::fs::read(ws.path().join("report.bin")).unwrap() == small);
+}

@@ -161,3 +161,44 @@ fn caps_paths_and_error_answers() {
     assert!(!r.file("downloads/gone.bin").exists());
     ok();
 }
+
+/// A download that fails after it started (here: longer than `max_bytes`, the server
+/// not saying so up front is the same path) must not cost the user the file it would
+/// have replaced: the old one stays byte for byte, and no partial file is left beside it.
+#[test]
+fn a_failed_download_leaves_the_file_it_would_replace_untouched() {
+    let r = Run::new();
+    let old = pseudo_random_bytes(5_000, 11);
+    std::fs::write(r.file("downloads/report.bin"), &old).unwrap();
+    r.api.script([binary(pseudo_random_bytes(100_000, 5))]);
+    let out = r.run(json!({"url": r.api.url("/r"),
+        "save_to": {"path": "/downloads/report.bin", "max_bytes": 50_000}}));
+    assert_eq!(
+        out.error_name().as_deref(),
+        Some("limit_exceeded"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        std::fs::read(r.file("downloads/report.bin")).unwrap() == old,
+        "the file a failed download would have replaced changed"
+    );
+    let names: Vec<_> = std::fs::read_dir(r.file("downloads"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names,
+        ["report.bin"],
+        "nothing else is left in the directory"
+    );
+
+    // A download that completes replaces it whole.
+    let new = pseudo_random_bytes(20_000, 6);
+    r.api.script([binary(new.clone())]);
+    let out = r
+        .run(json!({"url": r.api.url("/r"), "save_to": {"path": "/downloads/report.bin"}}))
+        .ok_json();
+    assert_eq!(out["saved"]["size"], new.len(), "{out}");
+    assert!(std::fs::read(r.file("downloads/report.bin")).unwrap() == new);
+}

@@ -17,6 +17,7 @@
 //! budgets like the module's own writes; neither the password nor the bytes pass
 //! through the module.
 
+use super::workspace_write::PartialFile;
 use crate::outbound::connect::{self, authority};
 use crate::runtime::bindings::flow8::integration::file_transfer::{
     DownloadRequest, Host, Transferred, UploadRequest,
@@ -302,18 +303,19 @@ impl StepState {
                 .retr_as_stream(&full)
                 .await
                 .map_err(|e| ftp_error(&format!("retrieving `{full}`"), e))?;
-            // The file is created only once the server agreed to send it.
-            let file = dir.create(&relative).map_err(|e| {
-                GuestError::InvalidInput(format!(
-                    "cannot write workspace file `{path_for_errors}`: {e}"
-                ))
-            })?;
+            // The file is started only once the server agreed to send it, beside the
+            // one it replaces: a transfer that fails halfway (the server, the budget,
+            // the deadline) leaves the old file as it was.
             if !existed {
                 quota
                     .spend_file()
                     .map_err(|e| GuestError::LimitExceeded(e.to_string()))?;
             }
-            let mut file = tokio::fs::File::from_std(file.into_std());
+            let (partial, mut file) = PartialFile::begin(&dir, &relative).map_err(|e| {
+                GuestError::InvalidInput(format!(
+                    "cannot write workspace file `{path_for_errors}`: {e}"
+                ))
+            })?;
             let mut buf = vec![0u8; 256 * 1024];
             let mut size: u64 = 0;
             loop {
@@ -335,20 +337,18 @@ impl StepState {
             file.flush().await.map_err(|e| {
                 GuestError::Internal(format!("cannot write `{path_for_errors}`: {e}"))
             })?;
+            drop(file);
             download
                 .finish()
                 .await
                 .map_err(|e| ftp_error(&format!("retrieving `{full}`"), e))?;
+            partial.commit().map_err(|e| {
+                GuestError::Internal(format!("cannot write `{path_for_errors}`: {e}"))
+            })?;
             let _ = ftp.quit().await;
             Ok(size)
         };
         let result = within_deadline(time, work).await;
-        if result.is_err() && !existed {
-            // No half file is left behind for a later step to mistake for the whole.
-            if let Ok(d) = cap_std::fs::Dir::open_ambient_dir(&root, cap_std::ambient_authority()) {
-                let _ = d.remove_file(&relative);
-            }
-        }
         Ok(Transferred {
             remote_path: full,
             file_path: req.file_path,

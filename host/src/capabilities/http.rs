@@ -8,6 +8,7 @@
 //! credential to is searched for that credential's secret (an echo endpoint, a debug
 //! route): if it came back, the step holds it as if the module had read it.
 
+use super::workspace_write::PartialFile;
 use crate::outbound::{OutboundBody, OutboundError, OutboundRequest, origin, sigv4};
 use crate::runtime::bindings::GuestError;
 use crate::runtime::bindings::flow8::integration::http::{
@@ -140,7 +141,7 @@ impl StepState {
                 body,
             });
         }
-        let mut file = target.create(&self.workspace_quota)?;
+        let (partial, mut file) = target.create(&self.workspace_quota)?;
         let limit = save.max_bytes;
         let too_long = |n: u64| {
             GuestError::LimitExceeded(format!(
@@ -187,21 +188,20 @@ impl StepState {
             Ok(size)
         }
         .await;
-        match written {
-            Ok(size) => Ok(SavedResponse {
-                status,
-                headers,
-                saved: true,
-                size,
-                body: Vec::new(),
-            }),
-            Err(e) => {
-                // No half-written file is left for the module to take as the answer.
-                drop(file);
-                target.remove();
-                Err(e)
-            }
-        }
+        // A write that failed drops `partial`: its bytes go, and the file that was at
+        // the path (a previous download, say) stays as it was.
+        let size = written?;
+        drop(file);
+        partial
+            .commit()
+            .map_err(|e| GuestError::Internal(format!("cannot write `{}`: {e}", save.path)))?;
+        Ok(SavedResponse {
+            status,
+            headers,
+            saved: true,
+            size,
+            body: Vec::new(),
+        })
     }
 
     /// Every check of a request, then the request as the host sends it, credential
@@ -447,31 +447,24 @@ pub(crate) struct WorkspaceTarget {
 }
 
 impl WorkspaceTarget {
-    /// Create (or truncate) the file, spending a file of the step's budget when it is
-    /// new.
+    /// Start writing the file (beside it, put in place by [`PartialFile::commit`]: a
+    /// failed write leaves what was there), spending a file of the step's budget when
+    /// it is new.
     fn create(
         &self,
         quota: &crate::runtime::workspace_quota::WorkspaceQuota,
-    ) -> Result<tokio::fs::File, GuestError> {
+    ) -> Result<(PartialFile, tokio::fs::File), GuestError> {
         if !self.existed {
             quota
                 .spend_file()
                 .map_err(|hit| GuestError::LimitExceeded(hit.to_string()))?;
         }
-        let mut options = cap_std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        let file = self.dir.open_with(&self.relative, &options).map_err(|e| {
+        PartialFile::begin(&self.dir, &self.relative).map_err(|e| {
             GuestError::InvalidInput(format!(
                 "cannot write workspace file `{}`: {e}",
                 self.relative
             ))
-        })?;
-        Ok(tokio::fs::File::from_std(file.into_std()))
-    }
-
-    /// Remove what `create` made (best effort: the step is failing already).
-    fn remove(&self) {
-        let _ = self.dir.remove_file(&self.relative);
+        })
     }
 }
 

@@ -10,6 +10,7 @@ pub mod log;
 pub mod mail;
 pub mod object_storage;
 pub mod step;
+pub mod workspace_write;
 
 use crate::runtime::bindings::GuestError;
 use crate::runtime::bindings::flow8::integration::types;
