@@ -25,7 +25,8 @@ wasm-target:
 
 # What the tests need besides Rust, installed only where missing and one piece at a
 # time, saying what it installs: Node.js and npm (the OAuth servers), Python's venv
-# (SecantusDB for MongoDB), Chromium and ChromeDriver (the connect-page test). A
+# (SecantusDB for MongoDB), Chromium and ChromeDriver (the connect-page test), the CNCF
+# distribution registry (Debian's docker-registry, for the OCI tests). A
 # Node.js or Python already on the machine is never replaced: an apt-get install that
 # would remove a package is refused with the reason. FLOW8_PREREQS_DRY_RUN=1 only says
 # what it would install.
@@ -61,6 +62,7 @@ test-prereqs:
     python3 -c 'import venv, ensurepip' 2>/dev/null || { install python3-venv "a venv holds the MongoDB test server"; missing=1; }
     command -v chromium >/dev/null || { install chromium "the connect-page test drives a browser"; missing=1; }
     command -v chromedriver >/dev/null || { install chromium-driver "WebDriver for that browser"; missing=1; }
+    command -v docker-registry >/dev/null || { install docker-registry "the OCI tests push and pull modules through a real registry"; missing=1; }
     [ -n "$missing" ] || echo "test prerequisites: all present"
 
 # The test servers from npm (oauth2-mock-server and oidc-provider, each from its lock

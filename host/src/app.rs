@@ -188,9 +188,18 @@ impl HostSettings {
                 tracing::warn!(error = %e, "compile cache unavailable; compiling every time");
                 CompileCache::disabled()
             });
+        let signatures = crate::distribution::signature::SignaturePolicy::from_config(
+            &self.config.module_signatures,
+        )
+        .map_err(|e| HostError::InvalidConfig(format!("module_signatures: {e}")))?;
         Ok(Arc::new(
             ModuleRegistry::new(engine, cache, self.all_module_dirs())
                 .with_catalogue(catalogue)
+                .with_signature_policy(Arc::new(signatures))
+                .with_review_policy(crate::runtime::review::ReviewPolicy {
+                    require_approval: self.config.module_review.require_approval,
+                    forbid_credentials_get: self.config.module_review.forbid_credentials_get,
+                })
                 .with_installed_modules(),
         ))
     }
@@ -379,6 +388,7 @@ impl Host {
                 .unwrap_or_else(|| self.data_dir.join("workspaces")),
             max_body_bytes: self.config.max_body_bytes,
             max_module_bytes: self.config.max_module_bytes,
+            oci: self.config.oci.clone(),
             step_rate: crate::server::rate_limit::RateLimiter::new(
                 self.config.rate_limits.steps_per_second,
                 self.config.rate_limits.steps_burst,

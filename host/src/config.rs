@@ -175,6 +175,61 @@ impl CompileCacheConfig {
     }
 }
 
+/// Which module signatures the host trusts, and whether it requires them (see
+/// `distribution::signature`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModuleSignaturesConfig {
+    /// Every company's installed modules must carry a signature by a trusted key.
+    pub required: bool,
+    /// Public keys (`ed25519:<base64>`) trusted for every company.
+    pub trusted_keys: Vec<String>,
+    /// Per company: `required` over the host-wide one, and keys trusted for it alone.
+    pub companies: std::collections::BTreeMap<String, CompanySignaturesConfig>,
+}
+
+/// One company's signature settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompanySignaturesConfig {
+    /// Over the host-wide `required` (unset: the host-wide one).
+    pub required: Option<bool>,
+    /// Keys trusted for this company's modules, beside the host-wide ones.
+    pub trusted_keys: Vec<String>,
+}
+
+/// Capability review of installed modules (see `runtime::review`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModuleReviewConfig {
+    /// Installed modules run only once an admin approved what they ask for.
+    pub require_approval: bool,
+    /// Installed (third-party) modules may not declare `credentials.get`.
+    pub forbid_credentials_get: bool,
+}
+
+/// OCI registries the API may install modules from (the CLI pulls from any).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OciConfig {
+    /// The registries, by `host[:port]`.
+    pub registries: Vec<OciRegistryConfig>,
+}
+
+/// One OCI registry.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OciRegistryConfig {
+    /// `host` or `host:port`, as written in `oci://` references.
+    pub host: String,
+    /// Plain HTTP instead of HTTPS (a registry on loopback; never across a network).
+    pub insecure: bool,
+    /// Basic-auth user name (unset: anonymous).
+    pub username: Option<String>,
+    /// Its password.
+    pub password: Option<Secret>,
+}
+
 /// Everything the host is configured with.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -224,6 +279,12 @@ pub struct HostConfig {
     /// the connect links it hands out. Default: `http://<listen>`. Never taken from a
     /// request's `Host` or `X-Forwarded-*` headers, which a caller chooses.
     pub public_url: Option<String>,
+    /// Trusted module signing keys and whether signatures are required.
+    pub module_signatures: ModuleSignaturesConfig,
+    /// Registries modules may be installed from over the API.
+    pub oci: OciConfig,
+    /// Capability review of installed modules.
+    pub module_review: ModuleReviewConfig,
 }
 
 impl Default for HostConfig {
@@ -248,6 +309,9 @@ impl Default for HostConfig {
             compile_cache: CompileCacheConfig::default(),
             metrics_token: None,
             public_url: None,
+            module_signatures: ModuleSignaturesConfig::default(),
+            oci: OciConfig::default(),
+            module_review: ModuleReviewConfig::default(),
         }
     }
 }
@@ -405,6 +469,12 @@ impl HostConfig {
             )));
         }
         self.validate_sharing().map_err(bad)?;
+        crate::distribution::signature::SignaturePolicy::from_config(&self.module_signatures)
+            .map_err(|e| bad(e.to_string()))?;
+        for r in &self.oci.registries {
+            crate::distribution::oci::check_registry_host(&r.host)
+                .map_err(|e| bad(format!("oci.registries: {e}")))?;
+        }
         Ok(())
     }
 

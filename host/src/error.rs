@@ -60,6 +60,16 @@ catalogue! {
     InvalidModule = "invalid_module", 422;
     /// The module's manifest is missing or breaks the rules.
     InvalidManifest = "invalid_manifest", 422;
+    /// The module's bytes do not match the digest its reference pins (`name@sha256:...`, `oci://...@sha256:...`).
+    DigestMismatch = "digest_mismatch", 422;
+    /// This host requires installed modules to be signed by a trusted key, and the module is unsigned.
+    SignatureRequired = "signature_required", 422;
+    /// The module's signature does not match its bytes (altered), or is by a key this host does not trust where signatures are required.
+    SignatureInvalid = "signature_invalid", 422;
+    /// The installed module asks for capabilities no admin has approved (a new version asking for more needs a new approval).
+    ApprovalRequired = "approval_required", 403;
+    /// The OCI registry refused or failed a push or pull (authentication, not found, not a Wasm artifact, protocol).
+    RegistryError = "registry_error", 502;
     // Credentials and providers (the flow8 document's names first).
     /// A credential is missing, unlinked or not the caller's to use, or consent was refused.
     AccessDenied = "access_denied", 403;

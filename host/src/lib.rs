@@ -24,6 +24,8 @@
 //!   and the connect page, audit log, modules.
 //! - `webhooks`: how each provider signs its inbound webhooks (Slack, QuickBooks,
 //!   Microsoft Graph, Google push), checked before anything is parsed.
+//! - `distribution`: modules from OCI registries (push, pull, digest pins) and their
+//!   ed25519 signatures and the operator's trusted keys.
 //! - `company`: the one rule for company ids (the scope of every record, and a path).
 //! - `config`: defaults, the config file and `FLOW8_*` variables.
 //! - `error`: the catalogue of error names every answer uses.
@@ -36,6 +38,7 @@ pub mod cli;
 pub mod company;
 pub mod components;
 pub mod config;
+pub mod distribution;
 pub mod error;
 pub mod key_rotation;
 pub mod oauth;

@@ -1,7 +1,9 @@
 //! The credentials granted to the step, by the binding names the manifest declares.
 //! Prefer [`crate::http::Request::credential`]: the host attaches the secret and it
 //! never enters the module. Reading a secret here restricts the rest of the step to
-//! that credential's own hosts.
+//! that credential's own hosts, and [`get`] needs the manifest to declare it
+//! (`Manifest::declare_credentials_get()`); undeclared, the host answers
+//! `access_denied`, and an operator may refuse installed modules that declare it.
 //!
 //! ```no_run
 //! use flow8_sdk::credentials;

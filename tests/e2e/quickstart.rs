@@ -73,7 +73,10 @@ fn packages(lines: &[String]) -> Vec<&str> {
 
 #[test]
 fn a_machine_with_everything_installs_nothing() {
-    let m = machine(&["node", "npm", "chromium", "chromedriver"], true);
+    let m = machine(
+        &["node", "npm", "chromium", "chromedriver", "docker-registry"],
+        true,
+    );
     let lines = plan(m.path());
     assert_eq!(packages(&lines), Vec::<&str>::new(), "{lines:?}");
     assert!(lines.iter().any(|l| l.contains("all present")), "{lines:?}");
@@ -82,7 +85,7 @@ fn a_machine_with_everything_installs_nothing() {
 #[test]
 fn a_fresh_machine_with_nodejs_and_its_npm_gets_only_the_browser() {
     // The fresh machine of this kind: Node.js 20 with its bundled npm, no Chromium.
-    let m = machine(&["node", "npm"], true);
+    let m = machine(&["node", "npm", "docker-registry"], true);
     assert_eq!(
         packages(&plan(m.path())),
         ["chromium", "chromium-driver"],
@@ -100,13 +103,14 @@ fn a_bare_machine_gets_each_piece_on_its_own() {
             "npm",
             "python3-venv",
             "chromium",
-            "chromium-driver"
+            "chromium-driver",
+            "docker-registry"
         ]
     );
 }
 
 #[test]
 fn only_the_missing_driver_is_installed_beside_a_browser() {
-    let m = machine(&["node", "npm", "chromium"], true);
+    let m = machine(&["node", "npm", "chromium", "docker-registry"], true);
     assert_eq!(packages(&plan(m.path())), ["chromium-driver"]);
 }

@@ -69,6 +69,7 @@ conformance!(
     meta_round_trips,
     a_secret_moved_to_another_companys_record_does_not_open_there,
     installed_modules_are_scoped_listed_and_removed,
+    module_signatures_sources_and_approvals_round_trip,
     versions_sharing_bytes_keep_them_until_the_last_goes,
     a_module_larger_than_a_document_round_trips,
     events_are_stored_once_per_provider_id_and_paged,
@@ -723,7 +724,50 @@ fn module(company: &str, name: &str, version: &str, bytes: &[u8]) -> ModuleRecor
         size: bytes.len() as u64,
         installed_at: now(),
         installed_by: Some("alice".into()),
+        signature: None,
+        source: None,
+        approval: None,
     }
+}
+
+async fn module_signatures_sources_and_approvals_round_trip<S: Store>(s: &S) {
+    let a = new_object_id();
+    let mut record = module(&a, "signed", "1.0.0", b"signed bytes");
+    record.signature = Some("{\"algorithm\":\"ed25519\"}".into());
+    record.source = Some("oci://registry.example.com/acme/signed@sha256:00".into());
+    s.put_module(record.clone(), b"signed bytes".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(s.list_modules(&a).await.unwrap(), vec![record.clone()]);
+    let approval = flow8_host::store::ModuleApproval {
+        capabilities: serde_json::json!({"hosts": ["https://api.example.com"]}),
+        approved_by: "alice".into(),
+        approved_at: "2026-12-02T07:00:00Z".into(),
+        approved_version: "1.0.0".into(),
+    };
+    // Only the company's own module, by name and version.
+    assert!(
+        !s.set_module_approval("company-b", "signed", "1.0.0", approval.clone())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.set_module_approval(&a, "signed", "2.0.0", approval.clone())
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.set_module_approval(&a, "signed", "1.0.0", approval.clone())
+            .await
+            .unwrap()
+    );
+    record.approval = Some(approval);
+    assert_eq!(s.list_modules(&a).await.unwrap(), vec![record.clone()]);
+    // The bytes are untouched by the approval.
+    assert_eq!(
+        s.get_module_bytes(&a, &record.digest).await.unwrap(),
+        Some(b"signed bytes".to_vec())
+    );
 }
 
 async fn installed_modules_are_scoped_listed_and_removed<S: Store>(s: &S) {

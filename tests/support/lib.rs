@@ -10,6 +10,7 @@ pub mod ftp_server;
 pub mod graph_fake;
 pub mod mongo_server;
 pub mod oauth_server;
+pub mod oci_registry;
 pub mod oidc_server;
 pub mod recording_server;
 pub mod s3_server;

@@ -74,6 +74,16 @@ impl Host for StepState {
         &mut self,
         binding: String,
     ) -> wasmtime::Result<Result<Vec<(String, String)>, GuestError>> {
+        // Reading a secret into guest memory is a capability the manifest declares (and
+        // capability review shows an admin); a module that did not declare it is refused
+        // before anything is looked up.
+        if !self.reads_secrets {
+            return Ok(Err(GuestError::AccessDenied(format!(
+                "the module's manifest does not declare `{}`; declare it (\"capabilities\": [\"{}\"]) or let the host attach `{binding}` to the request",
+                crate::manifest::READ_SECRETS,
+                crate::manifest::READ_SECRETS
+            ))));
+        }
         let grant = match self.policy.record_secret_read(&binding) {
             Ok(g) => g,
             Err(denial) => return Ok(Err(denial.into())),

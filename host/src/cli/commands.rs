@@ -69,6 +69,14 @@ pub enum ModulesCommand {
         /// Name, `name@version`, or path to a `.wasm`.
         module: String,
     },
+    /// Make an ed25519 signing key (private key file and `<file>.pub`).
+    Keygen(super::distribution::KeygenArgs),
+    /// Sign a `.wasm` (writes `<module>.sig`).
+    Sign(super::distribution::SignArgs),
+    /// Push a module (and its signature) to an OCI registry.
+    Push(super::distribution::PushArgs),
+    /// Pull a module (and its signature) from an OCI registry into a directory.
+    Pull(super::distribution::PullArgs),
 }
 
 /// `components` subcommands.
@@ -151,6 +159,14 @@ pub(super) async fn dispatch(cli: Cli) -> ExitCode {
     let settings = HostSettings::new(config, data_dir).module_dirs(cli.modules_dirs.clone());
     match &cli.command {
         Command::RunModule(args) => run_module(&cli, settings, args).await,
+        Command::Modules(ModulesCommand::Keygen(args)) => super::distribution::keygen(args),
+        Command::Modules(ModulesCommand::Sign(args)) => super::distribution::sign(args),
+        Command::Modules(ModulesCommand::Push(args)) => {
+            super::distribution::push(&settings, args).await
+        }
+        Command::Modules(ModulesCommand::Pull(args)) => {
+            super::distribution::pull(&settings, &cli.company, args).await
+        }
         Command::Modules(cmd) => modules(&settings, cmd).await,
         Command::Components(cmd) => components_cmd(&cli, &settings, cmd).await,
         Command::Serve(args) => serve(settings, args).await,
@@ -468,6 +484,11 @@ async fn modules(settings: &HostSettings, cmd: &ModulesCommand) -> ExitCode {
             }
             Err(e) => fail(e.name, e.message),
         },
+        // Dispatched before the registry is built (see `dispatch`).
+        ModulesCommand::Keygen(_)
+        | ModulesCommand::Sign(_)
+        | ModulesCommand::Push(_)
+        | ModulesCommand::Pull(_) => fail(ErrorName::InternalError, "dispatched elsewhere"),
     }
 }
 

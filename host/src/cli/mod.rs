@@ -5,6 +5,7 @@
 
 mod commands;
 pub mod config;
+mod distribution;
 mod keys;
 mod links;
 

@@ -11,6 +11,7 @@ pub mod grants;
 pub mod module;
 pub mod policy;
 pub mod registry;
+pub mod review;
 pub mod sandbox;
 pub mod schema_budget;
 pub mod taint;
@@ -634,6 +635,7 @@ impl Runtime {
         let mut state = state;
         // The clock started when the step did, not when its sandbox was free.
         state.deadline = deadline;
+        state.reads_secrets = module.manifest.reads_secrets();
         state.company_id = req.company_id.clone();
         state.refresher = self.oauth.clone();
         // Taint carried in by the input and the workspace; the workspace keeps the

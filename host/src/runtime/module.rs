@@ -48,6 +48,34 @@ pub fn digest(bytes: &[u8]) -> String {
 }
 
 impl LoadedModule {
+    /// The names the component imports from its host (`flow8:integration/http@0.1.0`,
+    /// `wasi:http/outgoing-handler@0.2.x`, `wasi:cli/stdout@0.2.x`, ...), sorted: what
+    /// capability review reports and the OCI artifact's config lists.
+    pub fn imported_host_interfaces(&self) -> Vec<String> {
+        let component = self.pre.instance_pre().component();
+        let engine = self.pre.instance_pre().engine();
+        let mut names: Vec<String> = component
+            .component_type()
+            .imports(engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The names the component exports (`flow8:integration/module@0.1.0`, ...), sorted.
+    pub fn exported_interfaces(&self) -> Vec<String> {
+        let component = self.pre.instance_pre().component();
+        let engine = self.pre.instance_pre().engine();
+        let mut names: Vec<String> = component
+            .component_type()
+            .exports(engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
     /// Validate, compile and pre-instantiate `bytes`, then read its manifest.
     pub async fn load(
         engine: &Arc<SandboxEngine>,

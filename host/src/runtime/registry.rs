@@ -9,12 +9,21 @@
 //! they started with. An installed module's bytes are fetched only when its digest has
 //! not been loaded here yet. A module whose manifest binds a service the host's
 //! provider catalogue does not have is refused (`invalid_manifest`).
+//!
+//! A `module_ref` may pin the module's bytes: `name@sha256:<hex>` resolves only to a
+//! version of `name` with exactly that digest (SHA-256 of the `.wasm`), and answers
+//! `digest_mismatch` when `name` exists but no version of it has those bytes. Every load
+//! of an installed module checks its signature against the operator's trusted keys
+//! again (`distribution::signature`), so a key removed from the config, or signatures
+//! made required, take effect on the next step, not only the next install.
 
 use super::cache::CompileCache;
 use super::engine::SandboxEngine;
 use super::error::StepError;
 use super::module::{LoadedModule, digest};
+use super::review::{Capabilities, ReviewPolicy};
 use crate::catalogue::Catalogue;
+use crate::distribution::signature::SignaturePolicy;
 use crate::error::ErrorName;
 use crate::store::{ModuleRecord, Store, StoreError};
 use std::collections::HashMap;
@@ -59,6 +68,10 @@ pub struct ModuleRegistry {
     catalogue: Arc<Catalogue>,
     /// Whether companies' installed modules (in the store) are looked up first.
     installed: bool,
+    /// Which signatures installed modules must carry.
+    signatures: Arc<SignaturePolicy>,
+    /// Capability review: approvals required, `credentials.get` forbidden.
+    review: ReviewPolicy,
     by_digest: Mutex<HashMap<String, Arc<LoadedModule>>>,
     by_name: Mutex<NameIndex>,
     /// (path, len, mtime) -> digest, so an unchanged file is not re-hashed.
@@ -90,6 +103,8 @@ impl ModuleRegistry {
             dirs,
             catalogue: Catalogue::builtin(),
             installed: false,
+            signatures: Arc::new(SignaturePolicy::default()),
+            review: ReviewPolicy::default(),
             by_digest: Mutex::new(HashMap::new()),
             by_name: Mutex::new(HashMap::new()),
             file_digests: Mutex::new(HashMap::new()),
@@ -107,6 +122,66 @@ impl ModuleRegistry {
     /// The catalogue manifests are checked against.
     pub fn catalogue(&self) -> &Arc<Catalogue> {
         &self.catalogue
+    }
+
+    /// Check installed modules' signatures against this policy (install and load).
+    pub fn with_signature_policy(mut self, policy: Arc<SignaturePolicy>) -> ModuleRegistry {
+        self.signatures = policy;
+        self
+    }
+
+    /// Review installed modules' capabilities under this policy (install and load).
+    pub fn with_review_policy(mut self, review: ReviewPolicy) -> ModuleRegistry {
+        self.review = review;
+        self
+    }
+
+    /// The review policy installs and loads are checked against.
+    pub fn review_policy(&self) -> ReviewPolicy {
+        self.review
+    }
+
+    /// Whether a company's installed module may run under the review policy: not one
+    /// that reads secrets where the operator forbids that, and, where approvals are
+    /// required, only one whose capabilities an approval covers.
+    pub fn check_review(
+        &self,
+        record: &ModuleRecord,
+        module: &LoadedModule,
+    ) -> Result<(), StepError> {
+        let at = format!("{}@{}", record.name, record.version);
+        if self.review.forbid_credentials_get && module.manifest.reads_secrets() {
+            return Err(StepError::forbidden(format!(
+                "{at} declares `credentials.get`, which this host does not allow installed modules"
+            )));
+        }
+        if !self.review.require_approval {
+            return Ok(());
+        }
+        let asks = Capabilities::of(module);
+        let approved = record
+            .approval
+            .as_ref()
+            .and_then(|a| serde_json::from_value::<Capabilities>(a.capabilities.clone()).ok());
+        let more = match &approved {
+            Some(a) => asks.beyond(a),
+            None => vec!["everything (no approval yet)".to_string()],
+        };
+        if more.is_empty() {
+            return Ok(());
+        }
+        Err(StepError::new(
+            ErrorName::ApprovalRequired,
+            format!(
+                "{at} needs an admin's approval of what it asks for ({}): POST /api/v1/admin/modules/{at}/approval",
+                more.join(", ")
+            ),
+        ))
+    }
+
+    /// The signature policy installs and loads are checked against.
+    pub fn signature_policy(&self) -> &Arc<SignaturePolicy> {
+        &self.signatures
     }
 
     /// Also serve each company's installed modules (kept in the store) to its steps.
@@ -159,7 +234,8 @@ impl ModuleRegistry {
             .map_err(store_failure)?;
         let mut out = Vec::with_capacity(records.len());
         for record in records {
-            let module = self.load_installed(store, &record).await;
+            // Listed before review, so admins see the modules waiting for approval.
+            let module = self.load_installed_bytes(store, &record).await;
             out.push(InstalledEntry { record, module });
         }
         Ok(out)
@@ -172,6 +248,38 @@ impl ModuleRegistry {
         store: &S,
         record: &ModuleRecord,
     ) -> Result<Arc<LoadedModule>, StepError> {
+        let module = self.load_installed_bytes(store, record).await?;
+        self.check_review(record, &module)?;
+        Ok(module)
+    }
+
+    /// An installed module by its record, signature checked, before capability review
+    /// (what an admin approves).
+    pub async fn resolve_installed_unreviewed<S: Store>(
+        &self,
+        store: &S,
+        record: &ModuleRecord,
+    ) -> Result<Arc<LoadedModule>, StepError> {
+        self.load_installed_bytes(store, record).await
+    }
+
+    /// An installed module whose signature passes, before capability review.
+    async fn load_installed_bytes<S: Store>(
+        &self,
+        store: &S,
+        record: &ModuleRecord,
+    ) -> Result<Arc<LoadedModule>, StepError> {
+        // The signature first: the record's digest is what the bytes are checked
+        // against below (or was, when they were loaded here before).
+        self.signatures
+            .check(
+                &record.company_id,
+                &record.digest,
+                record.signature.as_deref(),
+            )
+            .map_err(|e| {
+                StepError::new(e.name(), format!("{}@{}: {e}", record.name, record.version))
+            })?;
         if let Some(m) = self
             .by_digest
             .lock()
@@ -246,6 +354,9 @@ impl ModuleRegistry {
                     size: bytes.len() as u64,
                     installed_at: installed_at.replace_nanosecond(0).unwrap_or(installed_at),
                     installed_by: None,
+                    signature: None,
+                    source: None,
+                    approval: None,
                 };
                 let outcome = match store.put_module(record.clone(), bytes).await {
                     Ok(()) => Ok(true),
@@ -338,13 +449,22 @@ impl ModuleRegistry {
                 .list_modules(company_id)
                 .await
                 .map_err(store_failure)?;
-            let named = records.iter().filter(|r| r.name == name);
-            let found = match version {
-                Some(v) => named.into_iter().find(|r| r.version == v),
-                None => named.max_by_key(|r| semver::Version::parse(&r.version).ok()),
+            let named: Vec<&ModuleRecord> = records.iter().filter(|r| r.name == name).collect();
+            let found = match (version, version.and_then(pinned_digest)) {
+                (_, Some(d)) => named.iter().copied().find(|r| r.digest == d),
+                (Some(v), None) => named.iter().copied().find(|r| r.version == v),
+                (None, None) => named
+                    .iter()
+                    .copied()
+                    .max_by_key(|r| semver::Version::parse(&r.version).ok()),
             };
             if let Some(record) = found {
                 return self.load_installed(store, record).await;
+            }
+            if let Some(d) = version.and_then(pinned_digest)
+                && !named.is_empty()
+            {
+                return Err(digest_mismatch(name, d));
             }
         }
         self.resolve(module_ref).await
@@ -476,6 +596,16 @@ impl ModuleRegistry {
             return Ok(m);
         }
         self.scan().await;
+        if let Some(d) = version.and_then(pinned_digest)
+            && self
+                .by_name
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains_key(name)
+            && self.lookup(name, version).is_none()
+        {
+            return Err(digest_mismatch(name, d));
+        }
         self.lookup(name, version).ok_or_else(|| {
             StepError::module_not_found(match version {
                 Some(v) => format!("no module `{name}` at version {v}"),
@@ -494,6 +624,9 @@ impl ModuleRegistry {
 
     fn pick(index: &NameIndex, name: &str, version: Option<&str>) -> Option<Arc<LoadedModule>> {
         let list = index.get(name)?;
+        if let Some(d) = version.and_then(pinned_digest) {
+            return list.iter().find(|m| m.digest == d).cloned();
+        }
         match version {
             Some(v) => list.iter().find(|m| m.manifest.version == v).cloned(),
             None => list
@@ -502,4 +635,20 @@ impl ModuleRegistry {
                 .cloned(),
         }
     }
+}
+
+/// The hex digest a `name@sha256:<hex>` reference pins, if that is what `version` is.
+/// A version that starts with `sha256:` but is not 64 lowercase hex digits pins
+/// nothing any module has, so it is kept as written and matches no digest.
+fn pinned_digest(version: &str) -> Option<&str> {
+    version.strip_prefix("sha256:")
+}
+
+fn digest_mismatch(name: &str, digest_hex: &str) -> StepError {
+    StepError::new(
+        ErrorName::DigestMismatch,
+        format!(
+            "the reference pins `{name}` to sha256:{digest_hex}, and no version of `{name}` here has those bytes"
+        ),
+    )
 }

@@ -475,6 +475,8 @@ pub struct StepState {
     pub(crate) http_requests: u32,
     /// Credential uses, for the audit log.
     pub(crate) uses: Vec<CredentialUse>,
+    /// Whether the module's manifest declares `credentials.get` (else that call is refused).
+    pub(crate) reads_secrets: bool,
     /// The step's company (for forced OAuth refreshes).
     pub(crate) company_id: String,
     /// Forces OAuth refreshes, when the host has OAuth.
@@ -531,6 +533,7 @@ impl StepState {
             ),
             http_requests: 0,
             uses: Vec::new(),
+            reads_secrets: false,
             company_id: String::new(),
             refresher: None,
             workspace_taints: None,

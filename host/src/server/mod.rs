@@ -49,6 +49,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Largest installed module.
     pub max_module_bytes: usize,
+    /// The registries admins may install modules from (`oci.registries`).
+    pub oci: crate::config::OciConfig,
     /// `POST /api/v1/steps` per company.
     pub step_rate: rate_limit::RateLimiter,
     /// Where browsers reach this host (`public_url`), the base of connect links.
@@ -204,6 +206,13 @@ fn endpoints() -> Vec<Endpoint> {
         endpoint(Get, "/api/v1/modules", Json, modules::list),
         endpoint(Get, "/api/v1/modules/{module_ref}", Json, modules::get_one),
         endpoint(Post, "/api/v1/admin/modules", Module, modules::install),
+        endpoint(Post, "/api/v1/admin/modules/pull", Json, modules::pull),
+        endpoint(
+            Post,
+            "/api/v1/admin/modules/{module_ref}/approval",
+            Json,
+            modules::approve,
+        ),
         endpoint(
             Delete,
             "/api/v1/admin/modules/{module_ref}",

@@ -238,6 +238,16 @@ pub struct Module {
     scope: String,
     #[schema(value_type = Object)]
     manifest: Value,
+    /// On an install: the id of the key whose signature it carries, if any.
+    signed_by: Option<String>,
+    /// On an install from a registry: `oci://registry/repo@sha256:<manifest digest>`.
+    source: Option<String>,
+    /// On an install or approval: what the module asks for (capability review).
+    #[schema(value_type = Option<Object>)]
+    capabilities: Option<Value>,
+    /// On an install or approval: `{"required", "approved", "carried_from"}`.
+    #[schema(value_type = Option<Object>)]
+    approval: Option<Value>,
 }
 
 /// Modules.
@@ -354,6 +364,8 @@ pub struct WebhookSecret {
         modules::list,
         modules::get_one,
         modules::install,
+        modules::pull,
+        modules::approve,
         modules::remove,
         webhooks::receive,
         webhooks::receive_for_link,

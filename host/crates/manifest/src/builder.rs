@@ -81,7 +81,18 @@ impl Manifest {
             input_schema: serde_json::json!({}),
             credentials: Vec::new(),
             allowed_hosts: Vec::new(),
+            capabilities: Vec::new(),
         }
+    }
+
+    /// Declare that the module reads secrets into its memory with `credentials.get`
+    /// (without it the host refuses that call; prefer requests the host attaches a
+    /// credential to, which need no declaration).
+    pub fn declare_credentials_get(mut self) -> Manifest {
+        if !self.capabilities.iter().any(|c| c == crate::READ_SECRETS) {
+            self.capabilities.push(crate::READ_SECRETS.into());
+        }
+        self
     }
 
     /// What the module does.

@@ -117,6 +117,21 @@ pub struct Manifest {
     /// Where the module may send HTTP requests.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// Capabilities beyond requests the host attaches credentials to: only
+    /// `credentials.get` (the module reads a bound credential's secret into its own
+    /// memory) exists. Undeclared, the host refuses that call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
+}
+
+/// The capability a module declares to read secrets with `credentials.get`.
+pub const READ_SECRETS: &str = "credentials.get";
+
+impl Manifest {
+    /// Whether the module declares `credentials.get`.
+    pub fn reads_secrets(&self) -> bool {
+        self.capabilities.iter().any(|c| c == READ_SECRETS)
+    }
 }
 
 fn empty_schema() -> serde_json::Value {
@@ -235,6 +250,21 @@ impl Manifest {
                         "an input field name of 1-64 characters",
                     ));
                 }
+            }
+        }
+        let mut declared = std::collections::HashSet::new();
+        for (i, c) in self.capabilities.iter().enumerate() {
+            if c != READ_SECRETS {
+                return Err(invalid(
+                    format!("capabilities[{i}]"),
+                    format!("`{c}` is not a capability (`{READ_SECRETS}` is the only one)"),
+                ));
+            }
+            if !declared.insert(c.as_str()) {
+                return Err(invalid(
+                    format!("capabilities[{i}]"),
+                    format!("`{c}` is declared twice"),
+                ));
             }
         }
         for (i, h) in self.allowed_hosts.iter().enumerate() {

@@ -5,8 +5,8 @@
 use super::embedded::EmbeddedStore;
 use super::mongodb::MongoStore;
 use super::{
-    AuditQuery, AuditRecord, ComponentRecord, EventQuery, EventRecord, LinkRecord, ModuleRecord,
-    OAuthStateRecord, Store, StoreError, TokenRecord, WebhookRoute,
+    AuditQuery, AuditRecord, ComponentRecord, EventQuery, EventRecord, LinkRecord, ModuleApproval,
+    ModuleRecord, OAuthStateRecord, Store, StoreError, TokenRecord, WebhookRoute,
 };
 use std::path::Path;
 use time::OffsetDateTime;
@@ -270,6 +270,15 @@ impl Store for AnyStore {
         digest: &str,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         delegate!(self, s => s.get_module_bytes(company_id, digest))
+    }
+    async fn set_module_approval(
+        &self,
+        company_id: &str,
+        name: &str,
+        version: &str,
+        approval: ModuleApproval,
+    ) -> Result<bool, StoreError> {
+        delegate!(self, s => s.set_module_approval(company_id, name, version, approval))
     }
     async fn delete_module(
         &self,

@@ -15,8 +15,8 @@
 
 use super::{
     AuditQuery, AuditRecord, ComponentRecord, EventQuery, EventRecord, LinkRecord,
-    MAX_WEBHOOK_LINKS, ModuleRecord, OAuthStateRecord, Store, StoreError, TokenRecord,
-    WebhookRoute,
+    MAX_WEBHOOK_LINKS, ModuleApproval, ModuleRecord, OAuthStateRecord, Store, StoreError,
+    TokenRecord, WebhookRoute,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
@@ -1195,6 +1195,47 @@ impl Store for EmbeddedStore {
             .query_row(params![company_id, digest], |r| r.get::<_, Vec<u8>>(0))
             .optional()
             .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn set_module_approval(
+        &self,
+        company_id: &str,
+        name: &str,
+        version: &str,
+        approval: ModuleApproval,
+    ) -> Result<bool, StoreError> {
+        let (company_id, name, version) = (
+            company_id.to_string(),
+            name.to_string(),
+            version.to_string(),
+        );
+        // Read, change and write the one row's document in one transaction: two
+        // approvals at once leave one of them, whole.
+        self.write(move |tx| {
+            let doc: Option<String> = tx
+                .query_row(
+                    "SELECT doc FROM modules WHERE company_id = ?1 AND name = ?2 AND version = ?3",
+                    params![company_id, name, version],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            let Some(doc) = doc else {
+                return Ok(false);
+            };
+            let mut record: ModuleRecord =
+                serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            record.approval = Some(approval);
+            let doc =
+                serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            tx.execute(
+                "UPDATE modules SET doc = ?4 WHERE company_id = ?1 AND name = ?2 AND version = ?3",
+                params![company_id, name, version, doc],
+            )
+            .map_err(unavailable)?;
+            Ok(true)
         })
         .await
     }

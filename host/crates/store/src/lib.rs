@@ -333,6 +333,30 @@ pub struct ModuleRecord {
     /// Who installed it (user id); None for modules imported from a data directory.
     #[serde(default)]
     pub installed_by: Option<String>,
+    /// Its signature document (the host's `ModuleSignature` JSON), kept beside it so
+    /// every load checks it again against the operator's trusted keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// Where it was installed from (`oci://registry/repo@sha256:...`), if a registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The capability set an admin approved for it, if any (capability review).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ModuleApproval>,
+}
+
+/// An admin's approval of what a module asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleApproval {
+    /// The approved capability set (the host's `runtime::review::Capabilities`).
+    pub capabilities: serde_json::Value,
+    /// Who approved it (user id).
+    pub approved_by: String,
+    /// When, RFC 3339.
+    pub approved_at: String,
+    /// The version the approval was given for (a later version asking for nothing
+    /// more carries it).
+    pub approved_version: String,
 }
 
 /// Which audit entries to read (newest first).
@@ -648,6 +672,14 @@ pub trait Store: Send + Sync + 'static {
         company_id: &str,
         digest: &str,
     ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+    /// Record an admin's approval on an installed module; whether it exists.
+    fn set_module_approval(
+        &self,
+        company_id: &str,
+        name: &str,
+        version: &str,
+        approval: ModuleApproval,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Remove an installed module (and its bytes, unless another version of the company
     /// shares them); the removed record.
     fn delete_module(

@@ -18,8 +18,8 @@
 
 use super::{
     AuditQuery, AuditRecord, ComponentRecord, EventQuery, EventRecord, LinkRecord,
-    MAX_WEBHOOK_LINKS, ModuleRecord, OAuthStateRecord, Store, StoreError, TokenRecord,
-    WebhookRoute,
+    MAX_WEBHOOK_LINKS, ModuleApproval, ModuleRecord, OAuthStateRecord, Store, StoreError,
+    TokenRecord, WebhookRoute,
 };
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, Bson, Document, doc, oid::ObjectId};
@@ -937,6 +937,25 @@ impl Store for MongoStore {
             bytes.extend_from_slice(&piece.get_binary_generic("data").map_err(corrupt)?[..]);
         }
         Ok(Some(bytes))
+    }
+
+    async fn set_module_approval(
+        &self,
+        company_id: &str,
+        name: &str,
+        version: &str,
+        approval: ModuleApproval,
+    ) -> Result<bool, StoreError> {
+        let approval = bson::to_bson(&approval).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let r = self
+            .coll(MODULES)
+            .update_one(
+                doc! {"company_id": id(company_id), "name": name, "version": version},
+                doc! {"$set": {"approval": approval}},
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(r.matched_count > 0)
     }
 
     async fn delete_module(

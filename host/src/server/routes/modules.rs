@@ -4,10 +4,18 @@
 //! accepted, then kept in the store (bytes and metadata), so every host on that store
 //! runs it; a new version or a removal is seen by the next step on every host, while
 //! steps already running finish on the version they started with.
+//!
+//! A module can also be installed from an OCI registry the operator lists
+//! (`oci.registries`): `POST /api/v1/admin/modules/pull` with `{"reference":
+//! "oci://registry/ns/name:tag"}` (or `...@sha256:<manifest digest>`, which the pull
+//! checks). Either way the module's signature (the `X-Flow8-Signature` header, or the
+//! registry's signature tag) is checked against the trusted keys before anything is
+//! stored, and kept beside the module so every load checks it again.
 
 use crate::error::ErrorName;
 use crate::runtime::module::LoadedModule;
 use crate::runtime::registry::{InstalledEntry, ModuleEntry};
+use crate::runtime::review::Capabilities;
 use crate::server::AppState;
 use crate::server::audit;
 use crate::server::auth::Caller;
@@ -18,8 +26,12 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
+use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
+
+/// The header a raw upload carries its signature document in.
+pub const SIGNATURE_HEADER: &str = "x-flow8-signature";
 
 fn describe(m: &LoadedModule, scope: &str) -> Value {
     json!({
@@ -93,13 +105,15 @@ pub async fn get_one(
 /// `POST /api/v1/admin/modules` with the `.wasm` as the body.
 #[utoipa::path(post, path = "/api/v1/admin/modules", tag = "modules", security(("bearer" = [])),
     summary = "Install a module for the company: the .wasm as the body",
+    params(("x-flow8-signature" = Option<String>, Header, description = "The module's signature document (the JSON `flow8-host modules sign` writes)")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The component"),
     responses((status = 201, description = "Installed", body = crate::server::openapi::Module),
         (status = 400, description = "invalid_input", body = crate::server::openapi::Error), (status = 403, description = "admin_required", body = crate::server::openapi::Error), (status = 409, description = "conflict: installed already, or a first-party name", body = crate::server::openapi::Error),
-        (status = 422, description = "invalid_module or invalid_manifest", body = crate::server::openapi::Error), (status = 503, description = "store_unavailable", body = crate::server::openapi::Error), (status = 507, description = "storage_error", body = crate::server::openapi::Error)))]
+        (status = 422, description = "invalid_module, invalid_manifest, signature_required or signature_invalid", body = crate::server::openapi::Error), (status = 503, description = "store_unavailable", body = crate::server::openapi::Error), (status = 507, description = "storage_error", body = crate::server::openapi::Error)))]
 pub async fn install(
     State(st): State<Arc<AppState>>,
     caller: Caller,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require_admin()?;
@@ -110,22 +124,138 @@ pub async fn install(
             format!("the module could not be read: {}", e.body_text()),
         )
     })?;
+    let signature = match headers.get(SIGNATURE_HEADER) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| {
+                    ApiError::new(
+                        ErrorName::SignatureInvalid,
+                        "the signature header is not a flow8 module signature",
+                    )
+                })?
+                .to_string(),
+        ),
+    };
+    install_bytes(&st, &caller, &body, signature, None).await
+}
+
+/// `POST /api/v1/admin/modules/pull` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PullBody {
+    /// `oci://registry/namespace/name:tag` or `oci://registry/namespace/name@sha256:<hex>`
+    /// (the image manifest's digest), on a registry the operator lists.
+    #[schema(
+        pattern = r"^oci://[A-Za-z0-9.:\[\]-]+/[a-z0-9._/-]+(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(@sha256:[a-f0-9]{64})?$",
+        max_length = 1024
+    )]
+    reference: String,
+}
+
+/// `POST /api/v1/admin/modules/pull`: install a module from an OCI registry.
+#[utoipa::path(post, path = "/api/v1/admin/modules/pull", tag = "modules", security(("bearer" = [])),
+    summary = "Install a module for the company from an OCI registry the operator lists",
+    request_body = PullBody,
+    responses((status = 201, description = "Installed", body = crate::server::openapi::Module),
+        (status = 400, description = "invalid_input: not an OCI reference", body = crate::server::openapi::Error), (status = 403, description = "admin_required, or forbidden: a registry the operator does not list", body = crate::server::openapi::Error),
+        (status = 404, description = "module_not_found: the registry has no such reference", body = crate::server::openapi::Error), (status = 409, description = "conflict: installed already, or a first-party name", body = crate::server::openapi::Error),
+        (status = 422, description = "invalid_module, invalid_manifest, digest_mismatch, signature_required or signature_invalid", body = crate::server::openapi::Error),
+        (status = 502, description = "registry_error", body = crate::server::openapi::Error), (status = 503, description = "store_unavailable", body = crate::server::openapi::Error), (status = 507, description = "storage_error", body = crate::server::openapi::Error)))]
+pub async fn pull(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    crate::server::extract::ApiJson(body): crate::server::extract::ApiJson<PullBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    use crate::distribution::oci;
+    caller.require_admin()?;
+    let reference =
+        oci::OciRef::parse(&body.reference).map_err(|e| ApiError::new(e.name(), e.to_string()))?;
+    // Only registries the operator lists: an admin's reference must not make the host
+    // fetch from an address of the admin's choosing (the metadata service, loopback).
+    let Some(registry) = st
+        .oci
+        .registries
+        .iter()
+        .find(|r| r.host.eq_ignore_ascii_case(reference.registry()))
+    else {
+        return Err(ApiError::new(
+            ErrorName::Forbidden,
+            format!(
+                "this host does not install from {}; the operator lists registries in `oci.registries`",
+                reference.registry()
+            ),
+        ));
+    };
+    let access = oci::RegistryAccess {
+        insecure: registry.insecure,
+        basic: registry.username.clone().zip(registry.password.clone()),
+    };
+    let pulled = oci::pull(&reference, &access, st.max_module_bytes)
+        .await
+        .map_err(|e| ApiError::new(e.name(), e.to_string()))?;
+    let source = reference.pinned(&pulled.manifest_digest);
+    install_bytes(&st, &caller, &pulled.bytes, pulled.signature, Some(source)).await
+}
+
+/// Validate, check the signature, store and audit one module.
+async fn install_bytes(
+    st: &AppState,
+    caller: &Caller,
+    body: &[u8],
+    signature: Option<String>,
+    source: Option<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     // Installed modules are kept under the company's id: one within the rule.
     crate::company::check(&caller.company_id)
         .map_err(|e| ApiError::invalid_input(e.to_string()))?;
     let registry = &st.modules;
     let module = registry
-        .load_bytes(&body)
+        .load_bytes(body)
         .await
         .map_err(|e| ApiError::new(e.name, e.message))?;
     let name = module.manifest.name.clone();
     let version = module.manifest.version.clone();
+    let signed = registry
+        .signature_policy()
+        .check(&caller.company_id, &module.digest, signature.as_deref())
+        .map_err(|e| ApiError::new(e.name(), format!("{name}@{version}: {e}")))?;
     if registry.is_shared_name(&name).await {
         return Err(ApiError::new(
             ErrorName::Conflict,
             format!("`{name}` is a first-party module; give yours another name"),
         ));
     }
+    let review = registry.review_policy();
+    if review.forbid_credentials_get && module.manifest.reads_secrets() {
+        return Err(ApiError::new(
+            ErrorName::Forbidden,
+            format!(
+                "{name}@{version} declares `credentials.get` (it reads secrets into its memory), which this host does not allow installed modules; attach credentials to requests instead"
+            ),
+        ));
+    }
+    let asks = Capabilities::of(&module);
+    // An approval of an earlier version carries over when this one asks for nothing
+    // more; anything more waits for an admin.
+    let carried = if review.require_approval {
+        let earlier = st
+            .store
+            .list_modules(&caller.company_id)
+            .await
+            .map_err(ApiError::from)?;
+        earlier
+            .into_iter()
+            .filter(|r| r.name == name)
+            .filter_map(|r| r.approval)
+            .find(|a| {
+                serde_json::from_value::<Capabilities>(a.capabilities.clone())
+                    .is_ok_and(|approved| asks.beyond(&approved).is_empty())
+            })
+    } else {
+        None
+    };
+    let approved = !review.require_approval || carried.is_some();
     let record = ModuleRecord {
         company_id: caller.company_id.clone(),
         name: name.clone(),
@@ -134,6 +264,10 @@ pub async fn install(
         size: body.len() as u64,
         installed_at: crate::store::now(),
         installed_by: Some(caller.user_id.clone()),
+        // Only a signature that verified is kept (one that did not was refused above).
+        signature: signed.signed_by.as_ref().and(signature),
+        source: source.clone(),
+        approval: carried.clone(),
     };
     st.store
         .put_module(record, body.to_vec())
@@ -155,10 +289,94 @@ pub async fn install(
         "module",
         &format!("{name}@{version}"),
         json!({}),
-        json!({"name": name, "version": version, "digest": module.digest}),
+        json!({"name": name, "version": version, "digest": module.digest,
+            "signed_by": signed.signed_by, "signature_trusted": signed.trusted, "source": source}),
     )
     .await;
-    Ok((StatusCode::CREATED, Json(describe(&module, "company"))))
+    let mut answer = describe(&module, "company");
+    answer["signed_by"] = json!(signed.signed_by);
+    answer["source"] = json!(source);
+    answer["capabilities"] = json!(asks);
+    answer["approval"] = json!({
+        "required": review.require_approval,
+        "approved": approved,
+        "carried_from": carried.map(|a| a.approved_version),
+    });
+    Ok((StatusCode::CREATED, Json(answer)))
+}
+
+/// `POST /api/v1/admin/modules/{name@version}/approval`: approve what an installed
+/// module asks for now (its capability set, as the install answered it).
+#[utoipa::path(post, path = "/api/v1/admin/modules/{module_ref}/approval", tag = "modules", security(("bearer" = [])),
+    params(("module_ref" = String, Path, description = "name@version")),
+    summary = "Approve the capabilities an installed module asks for",
+    responses((status = 200, description = "Approved", body = crate::server::openapi::Module),
+        (status = 400, description = "invalid_input: not name@version", body = crate::server::openapi::Error), (status = 403, description = "admin_required", body = crate::server::openapi::Error), (status = 404, description = "not_found", body = crate::server::openapi::Error),
+        (status = 422, description = "signature_required or signature_invalid: the module no longer passes", body = crate::server::openapi::Error),
+        (status = 503, description = "store_unavailable", body = crate::server::openapi::Error), (status = 507, description = "storage_error", body = crate::server::openapi::Error)))]
+pub async fn approve(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(module_ref): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    let Some((name, version)) = module_ref.split_once('@') else {
+        return Err(ApiError::invalid_input("name the module as name@version"));
+    };
+    let records = st
+        .store
+        .list_modules(&caller.company_id)
+        .await
+        .map_err(ApiError::from)?;
+    let Some(record) = records
+        .into_iter()
+        .find(|r| r.name == name && r.version == version)
+    else {
+        return Err(ApiError::not_found("installed module"));
+    };
+    // What it asks for now, from its bytes (signature checked again on the way).
+    let module = st
+        .modules
+        .resolve_installed_unreviewed(&*st.store, &record)
+        .await
+        .map_err(|e| ApiError::new(e.name, e.message))?;
+    let asks = Capabilities::of(&module);
+    let approval = crate::store::ModuleApproval {
+        capabilities: json!(asks),
+        approved_by: caller.user_id.clone(),
+        approved_at: crate::store::now()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        approved_version: version.to_string(),
+    };
+    let found = st
+        .store
+        .set_module_approval(&caller.company_id, name, version, approval)
+        .await
+        .map_err(|e| match e {
+            StoreError::Unavailable(_) => ApiError::from(e),
+            other => ApiError::new(ErrorName::StorageError, "the approval could not be stored")
+                .with_internal(other),
+        })?;
+    if !found {
+        return Err(ApiError::not_found("installed module"));
+    }
+    audit::record(
+        &st.store,
+        &caller.company_id,
+        Some(&caller.user_id),
+        "module_approved",
+        "module",
+        &module_ref,
+        json!({"approval": record.approval.map(|a| a.capabilities)}),
+        json!({"name": name, "version": version, "digest": module.digest, "capabilities": asks}),
+    )
+    .await;
+    let mut answer = describe(&module, "company");
+    answer["capabilities"] = json!(asks);
+    answer["approval"] =
+        json!({"required": st.modules.review_policy().require_approval, "approved": true});
+    Ok(Json(answer))
 }
 
 /// `DELETE /api/v1/admin/modules/{name@version}`

@@ -132,6 +132,7 @@ impl Module for Hostile {
 
     fn manifest() -> Manifest {
         Manifest::new("hostile", "0.1.0")
+            .declare_credentials_get()
             .description("Test module that attacks its sandbox.")
             .input_schema(json!({"type": "object", "required": ["attack"], "properties": {"attack": {"type": "string"}}}))
             .credential(Credential::component("api", "http").optional())
