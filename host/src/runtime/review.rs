@@ -76,7 +76,7 @@ impl Capabilities {
             reads_secrets: m.reads_secrets(),
             uses: imports
                 .iter()
-                .filter_map(|i| capability_of(i))
+                .filter_map(|i| capability_of(i.as_str()))
                 .map(str::to_string)
                 .collect(),
             imports,
