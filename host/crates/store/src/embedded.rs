@@ -19,6 +19,8 @@ use super::{
     WebhookRoute,
 };
 use rusqlite::{Connection, OptionalExtension, params};
+
+mod delivery;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -327,6 +329,7 @@ impl EmbeddedStore {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(unavailable)?;
         tx.execute_batch(SCHEMA).map_err(unavailable)?;
+        tx.execute_batch(delivery::SCHEMA).map_err(unavailable)?;
         let version: Option<String> = tx
             .query_row(
                 "SELECT value FROM meta WHERE key = 'schema_version'",
@@ -1025,6 +1028,10 @@ impl Store for EmbeddedStore {
                     ],
                 )
                 .map_err(unavailable)?;
+            if n == 1 {
+                // Queued for delivery in the same transaction: never stored undelivered.
+                delivery::queue(tx, &event, tx.last_insert_rowid())?;
+            }
             Ok(n == 1)
         })
         .await

@@ -9,11 +9,13 @@
 //! changes and deletes nothing.
 
 pub mod any;
+pub mod delivery;
 pub mod embedded;
 pub mod mongodb;
 pub mod transfer;
 
 pub use any::{AnyStore, StoreLocation};
+pub use delivery::DeliveryStore;
 
 use serde::{Deserialize, Serialize};
 use std::future::Future;

@@ -30,6 +30,8 @@ use serde::de::DeserializeOwned;
 use std::time::Duration;
 use time::OffsetDateTime;
 
+mod delivery;
+
 /// How long an operation waits for a reachable server before `store_unavailable`.
 pub const DEFAULT_SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long opening a connection may take.
@@ -319,6 +321,10 @@ impl MongoStore {
                 .await
                 .map_err(store_error)?;
         }
+        self.coll(EVENTS)
+            .create_indexes(delivery::event_indexes())
+            .await
+            .map_err(store_error)?;
         Ok(())
     }
 
@@ -703,7 +709,9 @@ impl Store for MongoStore {
     }
 
     async fn insert_event(&self, event: EventRecord) -> Result<bool, StoreError> {
-        let d = to_doc(&event, EVENT_DATES)?;
+        let mut d = to_doc(&event, EVENT_DATES)?;
+        // Queued for delivery in the same (single-document) write.
+        delivery::pending_fields(&event, &mut d);
         match self.coll(EVENTS).insert_one(d).await {
             Ok(_) => Ok(true),
             Err(e) if is_duplicate(&e) => Ok(false),

@@ -51,6 +51,9 @@ pub enum RecordKind {
     OAuthState,
     /// A host setting (`host_meta`, by its key), e.g. the key check value.
     HostMeta,
+    /// A company's event endpoint (`event_endpoints`, by company); the field is
+    /// `signing_secret`.
+    EventEndpoint,
 }
 
 impl RecordKind {
@@ -61,6 +64,7 @@ impl RecordKind {
             RecordKind::Link => "link",
             RecordKind::OAuthState => "oauth_state",
             RecordKind::HostMeta => "host_meta",
+            RecordKind::EventEndpoint => "event_endpoint",
         }
     }
 }
