@@ -244,6 +244,7 @@ pub async fn oauth_service(
     store: Arc<AnyStore>,
     vault: Arc<Vault>,
     audit: &AuditWriter,
+    deliveries: &crate::delivery::Deliveries,
 ) -> Result<Option<Arc<OAuthService>>, HostError> {
     let catalogue = config
         .catalogue()
@@ -256,9 +257,14 @@ pub async fn oauth_service(
     crate::oauth::discovery::discover_all(&mut providers, &crate::oauth::http_client())
         .await
         .map_err(|e| HostError::Discovery(e.to_string()))?;
+    // Two consumers: the audit log, and the lifecycle events delivered to flow8.
+    let lifecycle = crate::delivery::LifecycleEvents::new(deliveries.clone(), store.clone());
     let mut oauth = OAuthService::new(store, vault, providers)
         .with_journal(data_dir.join(crate::oauth::journal::JOURNAL_DIR))
-        .with_events(Arc::new(audit.clone()));
+        .with_events(Arc::new(crate::oauth::events::Fanout(vec![
+            Arc::new(audit.clone()),
+            Arc::new(lifecycle),
+        ])));
     oauth.refresh_window = Duration::from_secs(config.oauth_refresh_window_seconds);
     Ok(Some(Arc::new(oauth)))
 }
@@ -286,6 +292,10 @@ pub struct Host {
     pub runtime: Runtime,
     /// The group-committing audit writer.
     pub audit: AuditWriter,
+    /// Metrics, shared by the API and the background tasks.
+    pub metrics: Arc<crate::server::metrics::Metrics>,
+    /// The event delivery queue.
+    pub deliveries: crate::delivery::Deliveries,
 }
 
 impl std::fmt::Debug for Host {
@@ -325,12 +335,14 @@ impl Host {
         let outbound = OutboundClient::new(settings.config.outbound_policy())
             .map_err(|e| HostError::Internal(e.to_string()))?;
         let audit = AuditWriter::start(store.clone());
+        let deliveries = crate::delivery::Deliveries::new(store.clone());
         let oauth = oauth_service(
             &settings.config,
             &settings.data_dir,
             store.clone(),
             vault.clone(),
             &audit,
+            &deliveries,
         )
         .await?;
         let mut runtime = Runtime::new(
@@ -358,6 +370,8 @@ impl Host {
             oauth,
             runtime,
             audit,
+            metrics: Default::default(),
+            deliveries,
         })
     }
 
@@ -369,7 +383,8 @@ impl Host {
             vault: self.vault.clone(),
             modules: self.modules.clone(),
             oauth: self.oauth.clone(),
-            metrics: Default::default(),
+            metrics: self.metrics.clone(),
+            deliveries: self.deliveries.clone(),
             audit: self.audit.clone(),
             install_dir: self.company_modules_dir.clone(),
             workspaces_dir: self
@@ -391,9 +406,26 @@ impl Host {
         })
     }
 
-    /// Start what a serving host runs in the background: the refresh-journal flusher
-    /// and, when configured, the background token refresher.
+    /// The deliverer of this host's event queue (`start_background_tasks` runs it
+    /// when `delivery.enabled`).
+    pub fn deliverer(&self) -> Arc<crate::delivery::Deliverer> {
+        Arc::new(crate::delivery::Deliverer::new(
+            self.store.clone(),
+            self.vault.clone(),
+            self.outbound.clone(),
+            self.config.delivery.clone(),
+            self.metrics.clone(),
+            self.audit.clone(),
+            self.deliveries.clone(),
+        ))
+    }
+
+    /// Start what a serving host runs in the background: the refresh-journal flusher,
+    /// when configured the background token refresher, and the event deliverer.
     pub fn start_background_tasks(&self) {
+        if self.config.delivery.enabled {
+            self.deliverer().spawn();
+        }
         if let Some(o) = &self.oauth {
             // Refreshes a crash or a store outage left in the journal reach the store first.
             o.spawn_journal_flusher(Duration::from_secs(2));

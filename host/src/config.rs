@@ -224,6 +224,8 @@ pub struct HostConfig {
     /// the connect links it hands out. Default: `http://<listen>`. Never taken from a
     /// request's `Host` or `X-Forwarded-*` headers, which a caller chooses.
     pub public_url: Option<String>,
+    /// Delivering stored events to each company's endpoint (`delivery:`).
+    pub delivery: crate::delivery::DeliveryConfig,
 }
 
 impl Default for HostConfig {
@@ -248,6 +250,7 @@ impl Default for HostConfig {
             compile_cache: CompileCacheConfig::default(),
             metrics_token: None,
             public_url: None,
+            delivery: crate::delivery::DeliveryConfig::default(),
         }
     }
 }
@@ -405,6 +408,9 @@ impl HostConfig {
             )));
         }
         self.validate_sharing().map_err(bad)?;
+        self.delivery
+            .validate()
+            .map_err(|e| bad(format!("delivery.{e}")))?;
         Ok(())
     }
 

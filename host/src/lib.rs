@@ -36,6 +36,7 @@ pub mod cli;
 pub mod company;
 pub mod components;
 pub mod config;
+pub mod delivery;
 pub mod error;
 pub mod key_rotation;
 pub mod oauth;

@@ -458,6 +458,12 @@ impl Runtime {
         self.modules.catalogue()
     }
 
+    /// The outbound client (the operator's egress policy), which the event deliverer
+    /// also sends through.
+    pub fn outbound(&self) -> &OutboundClient {
+        &self.outbound
+    }
+
     /// The default per-step limits.
     pub fn default_limits(&self) -> StepLimits {
         self.limits

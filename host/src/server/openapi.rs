@@ -11,7 +11,7 @@
 
 use crate::runtime::sandbox::StepLimits;
 use crate::server::routes::{
-    audit_log, components, connect, integrations, modules, ops, steps, webhooks,
+    audit_log, components, connect, event_delivery, integrations, modules, ops, steps, webhooks,
 };
 use serde_json::{Value, json};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -291,6 +291,10 @@ pub struct StoredEvent {
     #[schema(value_type = Object)]
     payload: Value,
     received_at: String,
+    /// Its delivery to the company's endpoint (null for events stored before the
+    /// host delivered them).
+    #[schema(nullable = true)]
+    delivery: Option<crate::server::routes::event_delivery::EventDelivery>,
 }
 
 /// A page of events.
@@ -359,6 +363,10 @@ pub struct WebhookSecret {
         webhooks::receive_for_link,
         webhooks::create_secret,
         webhooks::list,
+        event_delivery::set_endpoint,
+        event_delivery::get_endpoint,
+        event_delivery::delete_endpoint,
+        event_delivery::redeliver,
     ),
     components(schemas(Error, StepReport, Taint)),
     modifiers(&Common)

@@ -3,6 +3,7 @@
 pub mod audit_log;
 pub mod components;
 pub mod connect;
+pub mod event_delivery;
 pub mod integrations;
 pub mod modules;
 pub mod ops;

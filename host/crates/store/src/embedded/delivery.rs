@@ -78,8 +78,17 @@ fn from_millis(ms: Option<i64>) -> Option<OffsetDateTime> {
     ms.and_then(|ms| OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok())
 }
 
-fn status_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, i64, i64, Option<String>, Option<i64>)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+fn status_row(
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(String, String, i64, i64, Option<String>, Option<i64>)> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
 }
 
 fn to_status(
@@ -253,9 +262,13 @@ impl DeliveryStore for EmbeddedStore {
                     Some(error),
                     None,
                 ),
-                DeliveryOutcome::Parked { attempts, error } => {
-                    (DeliveryState::Parked, Some(attempts), None, Some(error), None)
-                }
+                DeliveryOutcome::Parked { attempts, error } => (
+                    DeliveryState::Parked,
+                    Some(attempts),
+                    None,
+                    Some(error),
+                    None,
+                ),
                 DeliveryOutcome::NoEndpoint => (DeliveryState::NoEndpoint, None, None, None, None),
             };
             let n = tx
@@ -323,7 +336,8 @@ impl DeliveryStore for EmbeddedStore {
         event_ids: &[String],
     ) -> Result<Vec<DeliveryStatus>, StoreError> {
         let company_id = company_id.to_string();
-        let ids = serde_json::to_string(event_ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let ids =
+            serde_json::to_string(event_ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.read_blocking(move |c| {
             let mut stmt = c
                 .prepare_cached(&format!(

@@ -9,7 +9,9 @@
 //! and each is then leased with one atomic find-and-modify, which another host racing
 //! for it cannot also win.
 
-use super::{EVENT_DATES, EVENTS, MongoStore, corrupt, date, from_doc, id, index, store_error, to_doc};
+use super::{
+    EVENT_DATES, EVENTS, MongoStore, corrupt, date, from_doc, id, index, store_error, to_doc,
+};
 use crate::delivery::{
     ClaimedDelivery, DeliveryOutcome, DeliveryState, DeliveryStatus, DeliveryStore,
     EventEndpointRecord, delivery_group,
@@ -41,7 +43,9 @@ pub(super) fn pending_fields(event: &EventRecord, d: &mut Document) {
 pub(super) fn event_indexes() -> Vec<mongodb::IndexModel> {
     vec![
         index(doc! {"delivery_state": 1, "delivery_next_at": 1}),
-        index(doc! {"company_id": 1, "delivery_group": 1, "delivery_state": 1, "received_at": 1, "_id": 1}),
+        index(
+            doc! {"company_id": 1, "delivery_group": 1, "delivery_state": 1, "received_at": 1, "_id": 1},
+        ),
     ]
 }
 
@@ -105,7 +109,10 @@ fn lease_free(now: OffsetDateTime) -> Bson {
 impl DeliveryStore for MongoStore {
     async fn insert_event_endpoint(&self, record: EventEndpointRecord) -> Result<(), StoreError> {
         let d = endpoint_doc(&record)?;
-        self.coll(ENDPOINTS).insert_one(d).await.map_err(store_error)?;
+        self.coll(ENDPOINTS)
+            .insert_one(d)
+            .await
+            .map_err(store_error)?;
         Ok(())
     }
 
@@ -165,7 +172,9 @@ impl DeliveryStore for MongoStore {
             .await
             .map_err(store_error)?;
         let docs: Vec<Document> = cursor.try_collect().await.map_err(store_error)?;
-        docs.into_iter().map(|d| from_doc(d, ENDPOINT_DATES)).collect()
+        docs.into_iter()
+            .map(|d| from_doc(d, ENDPOINT_DATES))
+            .collect()
     }
 
     async fn claim_deliveries(
