@@ -12,6 +12,7 @@ mod catalogue_config;
 mod cli_http_request;
 mod cli_links;
 mod connect_page;
+mod event_delivery;
 mod fair_share;
 mod ftp_transfer;
 mod hostile_egress;

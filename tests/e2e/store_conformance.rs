@@ -73,6 +73,9 @@ conformance!(
     a_module_larger_than_a_document_round_trips,
     events_are_stored_once_per_provider_id_and_paged,
     webhooks_find_their_links_across_companies,
+    deliveries_are_leased_once_and_in_order_per_link,
+    parked_deliveries_are_redelivered_on_request,
+    event_endpoints_are_per_company_and_compare_and_set,
 );
 
 fn component(company: &str, name: &str, kind: &str) -> ComponentRecord {
@@ -1199,4 +1202,304 @@ async fn webhooks_find_their_links_across_companies<S: Store>(s: &S) {
         )
         .unwrap();
     assert_eq!(opened.expose(), "whsec-1");
+}
+
+use flow8_host::store::DeliveryStore;
+use flow8_host::store::delivery::{DeliveryOutcome, DeliveryState, EventEndpointRecord};
+
+fn event_of_link(company: &str, link: &str, provider_id: &str, at: OffsetDateTime) -> EventRecord {
+    EventRecord {
+        link_id: Some(link.into()),
+        ..event(company, "slack", provider_id, at)
+    }
+}
+
+fn claimed_ids(c: &[flow8_host::store::delivery::ClaimedDelivery]) -> Vec<String> {
+    let mut ids: Vec<String> = c
+        .iter()
+        .map(|c| c.event.provider_event_id.clone())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Issue 14: every stored event is queued; a delivery is leased by one owner at a time
+/// (until its lease expires), only the earliest pending event of a company and link is
+/// handed out, and an outcome is recorded only by the lease's holder.
+async fn deliveries_are_leased_once_and_in_order_per_link<S: Store + DeliveryStore>(s: &S) {
+    let t0 = now() - Duration::minutes(1);
+    let (l1, l2) = (new_object_id(), new_object_id());
+    let e1 = event_of_link("A", &l1, "e1", t0);
+    let e2 = event_of_link("A", &l1, "e2", t0 + Duration::milliseconds(5));
+    let e3 = event_of_link("A", &l2, "e3", t0 + Duration::milliseconds(10));
+    let other = event_of_link("B", &l1, "e1", t0 + Duration::milliseconds(15));
+    for e in [&e1, &e2, &e3, &other] {
+        assert!(s.insert_event(e.clone()).await.unwrap());
+    }
+    // A duplicate queues nothing more.
+    assert!(
+        !s.insert_event(event_of_link("A", &l1, "e1", now()))
+            .await
+            .unwrap()
+    );
+    let at = now();
+    let lease = at + Duration::seconds(30);
+    let a = s.claim_deliveries("host-a", at, lease, 10).await.unwrap();
+    // e2 waits behind e1 (same link); B's event is its own company's head.
+    assert_eq!(claimed_ids(&a), ["e1", "e1", "e3"]);
+    assert!(a.iter().all(|c| c.attempts == 0));
+    assert!(
+        s.claim_deliveries("host-b", at, lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Only the holder records an outcome.
+    assert!(
+        !s.finish_delivery(&e1.id, "host-b", DeliveryOutcome::Delivered { at })
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.finish_delivery(&e1.id, "host-a", DeliveryOutcome::Delivered { at })
+            .await
+            .unwrap()
+    );
+    // e1 done: e2 is its link's head now; e3 is still host-a's.
+    let b = s.claim_deliveries("host-b", at, lease, 10).await.unwrap();
+    assert_eq!(claimed_ids(&b), ["e2"]);
+    // A failed attempt waits for its time, and holds back nothing of another link.
+    assert!(
+        s.finish_delivery(
+            &e2.id,
+            "host-b",
+            DeliveryOutcome::Retry {
+                attempts: 1,
+                next_at: at + Duration::hours(1),
+                error: "HTTP 503".into()
+            },
+        )
+        .await
+        .unwrap()
+    );
+    assert!(
+        s.claim_deliveries("host-b", at, lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // host-a died holding e3 (and B's e1): once the lease expires, another host takes them.
+    let later = lease + Duration::seconds(1);
+    let c = s
+        .claim_deliveries("host-c", later, later + Duration::seconds(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed_ids(&c), ["e1", "e3"]);
+    for d in &c {
+        assert!(
+            s.finish_delivery(
+                &d.event.id,
+                "host-c",
+                DeliveryOutcome::Delivered { at: later }
+            )
+            .await
+            .unwrap()
+        );
+    }
+    let retried = s
+        .claim_deliveries(
+            "host-c",
+            at + Duration::hours(2),
+            at + Duration::hours(3),
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed_ids(&retried), ["e2"]);
+    assert_eq!(retried[0].attempts, 1);
+    assert_eq!(retried[0].event, e2);
+
+    let ids = vec![e1.id.clone(), e2.id.clone(), e3.id.clone()];
+    let mut st = s.delivery_statuses("A", &ids).await.unwrap();
+    st.sort_by(|x, y| x.event_id.cmp(&y.event_id));
+    let by_id = |id: &str| st.iter().find(|d| d.event_id == id).unwrap().clone();
+    assert_eq!(st.len(), 3);
+    assert_eq!(by_id(&e1.id).state, DeliveryState::Delivered);
+    assert!(by_id(&e1.id).delivered_at.is_some());
+    let d2 = by_id(&e2.id);
+    assert_eq!(
+        (d2.state, d2.attempts, d2.last_error.as_deref()),
+        (DeliveryState::Pending, 1, Some("HTTP 503"))
+    );
+    assert!(d2.next_attempt_at.is_some());
+    // Another company sees none of them.
+    assert!(s.delivery_statuses("B", &ids).await.unwrap().is_empty());
+}
+
+/// Issue 14: a parked event is handed out no more; a redelivery queues it again with
+/// its failed attempts forgotten, and only for its own company.
+async fn parked_deliveries_are_redelivered_on_request<S: Store + DeliveryStore>(s: &S) {
+    let link = new_object_id();
+    let e = event_of_link("A", &link, "p1", now() - Duration::seconds(5));
+    assert!(s.insert_event(e.clone()).await.unwrap());
+    let at = now();
+    let lease = at + Duration::seconds(30);
+    assert_eq!(
+        s.claim_deliveries("h", at, lease, 5).await.unwrap().len(),
+        1
+    );
+    assert!(
+        s.finish_delivery(
+            &e.id,
+            "h",
+            DeliveryOutcome::Parked {
+                attempts: 3,
+                error: "HTTP 500".into()
+            }
+        )
+        .await
+        .unwrap()
+    );
+    // Parked holds back nothing: the link's next event goes.
+    let next = event_of_link("A", &link, "p2", now());
+    assert!(s.insert_event(next.clone()).await.unwrap());
+    let at = now();
+    let c = s
+        .claim_deliveries("h", at, at + Duration::seconds(30), 5)
+        .await
+        .unwrap();
+    assert_eq!(claimed_ids(&c), ["p2"]);
+    assert!(
+        s.finish_delivery(&next.id, "h", DeliveryOutcome::NoEndpoint)
+            .await
+            .unwrap()
+    );
+    let st = s
+        .delivery_statuses("A", std::slice::from_ref(&e.id))
+        .await
+        .unwrap();
+    assert_eq!((st[0].state, st[0].attempts), (DeliveryState::Parked, 3));
+    assert!(st[0].next_attempt_at.is_none());
+
+    assert!(
+        s.redeliver_event("B", &e.id, now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.redeliver_event("A", &new_object_id(), now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let r = s.redeliver_event("A", &e.id, now()).await.unwrap().unwrap();
+    assert_eq!(
+        (r.state, r.attempts, r.last_error),
+        (DeliveryState::Pending, 0, None)
+    );
+    let at = now() + Duration::seconds(1);
+    let c = s
+        .claim_deliveries("h2", at, at + Duration::seconds(30), 5)
+        .await
+        .unwrap();
+    assert_eq!(claimed_ids(&c), ["p1"]);
+    assert_eq!(c[0].attempts, 0);
+    let st = s
+        .delivery_statuses("A", std::slice::from_ref(&next.id))
+        .await
+        .unwrap();
+    assert_eq!(st[0].state, DeliveryState::NoEndpoint);
+}
+
+/// Issue 14: one endpoint per company, its secret sealed for that company; replaced
+/// only by compare-and-set (key rotation racing an edit loses nothing), walked in
+/// company order, deleted once.
+async fn event_endpoints_are_per_company_and_compare_and_set<S: Store + DeliveryStore>(s: &S) {
+    let vault = Vault::new(MasterKey::generate());
+    let record = |company: &str, url: &str| EventEndpointRecord {
+        company_id: company.into(),
+        url: url.into(),
+        signing_secret: vault.encrypt(
+            "whsec_c2VjcmV0",
+            &flow8_host::store::delivery::event_endpoint_context(company),
+        ),
+        version: 0,
+        created_at: now(),
+        updated_at: now(),
+    };
+    // An ObjectId-shaped company id and a name: both kept and found as they are.
+    let oid = new_object_id();
+    for c in [oid.as_str(), "acme", "zeta"] {
+        s.insert_event_endpoint(record(c, "https://flow8.example.com/e"))
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        s.insert_event_endpoint(record("acme", "https://x.example.com/"))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let got = s.get_event_endpoint("acme").await.unwrap().unwrap();
+    assert_eq!(
+        got,
+        record("acme", "https://flow8.example.com/e").clone_with(&got)
+    );
+    assert_eq!(
+        vault
+            .decrypt(&got.signing_secret, &got.signing_secret_context())
+            .unwrap()
+            .expose(),
+        "whsec_c2VjcmV0"
+    );
+    assert!(s.get_event_endpoint("nobody").await.unwrap().is_none());
+    let mut changed = got.clone();
+    changed.url = "https://flow8.example.com/v2".into();
+    assert!(
+        !s.replace_event_endpoint_cas(changed.clone(), 7)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.replace_event_endpoint_cas(changed.clone(), 0)
+            .await
+            .unwrap()
+    );
+    let now_stored = s.get_event_endpoint("acme").await.unwrap().unwrap();
+    assert_eq!(
+        (now_stored.url.as_str(), now_stored.version),
+        ("https://flow8.example.com/v2", 1)
+    );
+    assert!(!s.replace_event_endpoint_cas(changed, 0).await.unwrap());
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = s.scan_event_endpoints(after.as_deref(), 2).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.company_id.clone());
+        seen.extend(page.into_iter().map(|e| e.company_id));
+    }
+    let mut expected = vec![oid.clone(), "acme".into(), "zeta".into()];
+    expected.sort();
+    assert_eq!(seen, expected);
+    assert!(s.delete_event_endpoint("acme").await.unwrap());
+    assert!(!s.delete_event_endpoint("acme").await.unwrap());
+    assert!(s.get_event_endpoint("acme").await.unwrap().is_none());
+    assert!(s.get_event_endpoint(&oid).await.unwrap().is_some());
+}
+
+trait CloneWith {
+    fn clone_with(self, stored: &EventEndpointRecord) -> EventEndpointRecord;
+}
+
+impl CloneWith for EventEndpointRecord {
+    /// This record with the stored one's secret and times (sealing is randomised).
+    fn clone_with(self, stored: &EventEndpointRecord) -> EventEndpointRecord {
+        EventEndpointRecord {
+            signing_secret: stored.signing_secret.clone(),
+            created_at: stored.created_at,
+            updated_at: stored.updated_at,
+            ..self
+        }
+    }
 }

@@ -6,6 +6,7 @@ pub mod ai_fake;
 pub mod background;
 pub mod browser;
 pub mod event_log;
+pub mod event_receiver;
 pub mod ftp_server;
 pub mod graph_fake;
 pub mod mongo_server;
