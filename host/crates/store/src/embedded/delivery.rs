@@ -78,9 +78,10 @@ fn from_millis(ms: Option<i64>) -> Option<OffsetDateTime> {
     ms.and_then(|ms| OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok())
 }
 
-fn status_row(
-    r: &rusqlite::Row<'_>,
-) -> rusqlite::Result<(String, String, i64, i64, Option<String>, Option<i64>)> {
+/// A status row as read: event id, state, attempts, next attempt, last error, delivered.
+type StatusRow = (String, String, i64, i64, Option<String>, Option<i64>);
+
+fn status_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StatusRow> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -91,9 +92,7 @@ fn status_row(
     ))
 }
 
-fn to_status(
-    row: (String, String, i64, i64, Option<String>, Option<i64>),
-) -> Result<DeliveryStatus, StoreError> {
+fn to_status(row: StatusRow) -> Result<DeliveryStatus, StoreError> {
     let (event_id, state, attempts, next_at, last_error, delivered_at) = row;
     let state = DeliveryState::parse(&state)
         .ok_or_else(|| StoreError::Corrupt(format!("unknown delivery state `{state}`")))?;
