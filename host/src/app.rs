@@ -296,6 +296,8 @@ pub struct Host {
     pub metrics: Arc<crate::server::metrics::Metrics>,
     /// The event delivery queue.
     pub deliveries: crate::delivery::Deliveries,
+    /// Per-credential usage baselines.
+    pub usage: Arc<crate::usage::UsageMonitor>,
 }
 
 impl std::fmt::Debug for Host {
@@ -359,6 +361,9 @@ impl Host {
         if let Some(o) = &oauth {
             runtime = runtime.with_oauth(o.clone());
         }
+        let usage = Arc::new(crate::usage::UsageMonitor::new(
+            settings.config.usage_alerts.clone(),
+        ));
         Ok(Host {
             company_modules_dir: settings.company_modules_dir(),
             config: settings.config,
@@ -372,6 +377,7 @@ impl Host {
             audit,
             metrics: Default::default(),
             deliveries,
+            usage,
         })
     }
 
@@ -385,6 +391,7 @@ impl Host {
             oauth: self.oauth.clone(),
             metrics: self.metrics.clone(),
             deliveries: self.deliveries.clone(),
+            usage: self.usage.clone(),
             audit: self.audit.clone(),
             install_dir: self.company_modules_dir.clone(),
             workspaces_dir: self

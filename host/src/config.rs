@@ -226,6 +226,8 @@ pub struct HostConfig {
     pub public_url: Option<String>,
     /// Delivering stored events to each company's endpoint (`delivery:`).
     pub delivery: crate::delivery::DeliveryConfig,
+    /// Token-usage alerts (`usage_alerts:`).
+    pub usage_alerts: crate::usage::UsageAlertsConfig,
 }
 
 impl Default for HostConfig {
@@ -251,6 +253,7 @@ impl Default for HostConfig {
             metrics_token: None,
             public_url: None,
             delivery: crate::delivery::DeliveryConfig::default(),
+            usage_alerts: crate::usage::UsageAlertsConfig::default(),
         }
     }
 }
@@ -411,6 +414,9 @@ impl HostConfig {
         self.delivery
             .validate()
             .map_err(|e| bad(format!("delivery.{e}")))?;
+        self.usage_alerts
+            .validate()
+            .map_err(|e| bad(format!("usage_alerts.{e}")))?;
         Ok(())
     }
 

@@ -43,6 +43,7 @@ pub mod oauth;
 pub mod outbound;
 pub mod runtime;
 pub mod server;
+pub mod usage;
 pub mod webhooks;
 
 // The seams that are crates of their own (`host/crates/`), under the names the host's

@@ -131,6 +131,45 @@ impl HostEvent {
         )
     }
 
+    /// A credential was used in an unusual way (see `crate::usage`); `link_id` when the
+    /// credential is a link, `at` the use.
+    pub fn unusual_use(
+        company_id: &str,
+        resource_type: &str,
+        resource_id: &str,
+        link_id: Option<&str>,
+        module: &str,
+        anomaly: &crate::usage::Anomaly,
+        at: OffsetDateTime,
+    ) -> HostEvent {
+        use crate::usage::Anomaly;
+        let (key, detail) = match anomaly {
+            Anomaly::NewModule { module } => (module.clone(), json!({"new_module": module})),
+            Anomaly::Rate {
+                uses,
+                usual_per_hour,
+            } => (
+                (at.unix_timestamp() / 3600).to_string(),
+                json!({"uses_this_hour": uses, "usual_per_hour": usual_per_hour}),
+            ),
+            Anomaly::Idle { days } => (at.unix_timestamp().to_string(), json!({"idle_days": days})),
+        };
+        HostEvent {
+            company_id: company_id.into(),
+            link_id: link_id.map(str::to_string),
+            event_type: "credential.unusual_use",
+            key: format!("usage:{}:{resource_id}:{key}", anomaly.kind()),
+            payload: json!({
+                "kind": anomaly.kind(),
+                "resource_type": resource_type,
+                "resource_id": resource_id,
+                "module": module,
+                "detail": detail,
+                "at": time_str(Some(at)),
+            }),
+        }
+    }
+
     /// The event as stored.
     pub fn into_record(self) -> EventRecord {
         EventRecord {

@@ -38,6 +38,7 @@ pub struct Metrics {
     limit_hits: Mutex<BTreeMap<String, u64>>,
     webhooks: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     deliveries: Mutex<BTreeMap<&'static str, u64>>,
+    usage_alerts: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// The provider labels of webhook counts (anything else counts as [`OTHER`]).
@@ -113,6 +114,16 @@ impl Metrics {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .entry(outcome)
+            .or_default() += 1;
+    }
+
+    /// Count one token-usage alert by kind (`new_module`, `rate`, `idle`).
+    pub fn usage_alert(&self, kind: &'static str) {
+        *self
+            .usage_alerts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(kind)
             .or_default() += 1;
     }
 
@@ -192,6 +203,15 @@ impl Metrics {
             .iter()
         {
             let _ = writeln!(out, "flow8_event_deliveries_total{{outcome=\"{o}\"}} {n}");
+        }
+        out.push_str("# HELP flow8_usage_alerts_total Unusual uses of credentials, by kind.\n# TYPE flow8_usage_alerts_total counter\n");
+        for (k, n) in self
+            .usage_alerts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            let _ = writeln!(out, "flow8_usage_alerts_total{{kind=\"{k}\"}} {n}");
         }
         out
     }

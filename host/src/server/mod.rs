@@ -40,6 +40,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// The event delivery queue (stores events and wakes the deliverer).
     pub deliveries: crate::delivery::Deliveries,
+    /// Per-credential usage baselines (token-usage alerts).
+    pub usage: Arc<crate::usage::UsageMonitor>,
     /// Group-committing audit writer for the step path.
     pub audit: audit::AuditWriter,
     /// Where admins' modules are installed.

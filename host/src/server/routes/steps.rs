@@ -375,6 +375,50 @@ async fn run_body(
             ))
             .await;
     }
+    // Token-usage alerts: each credential the step used, judged against its baseline.
+    let module_label = report
+        .module
+        .as_ref()
+        .map(|m| format!("{}@{}", m.name, m.version))
+        .unwrap_or_else(|| module_name.clone());
+    let used_at = crate::store::now();
+    let mut judged = std::collections::BTreeSet::new();
+    for u in &report.credentials_used {
+        if !judged.insert(u.resource_id.clone()) {
+            continue;
+        }
+        let resource_type = crate::server::audit::resource_type(u.kind);
+        for anomaly in st
+            .usage
+            .observe(&caller.company_id, &u.resource_id, &module_label, used_at)
+        {
+            st.metrics.usage_alert(anomaly.kind());
+            st.audit
+                .record(crate::server::audit::entry(
+                    &caller.company_id,
+                    Some(&caller.user_id),
+                    "credential_usage_alert",
+                    resource_type,
+                    &u.resource_id,
+                    json!({}),
+                    json!({"kind": anomaly.kind(), "module": module_label, "binding": u.binding}),
+                ))
+                .await;
+            let link = (resource_type == "integration").then_some(u.resource_id.as_str());
+            let event = crate::delivery::HostEvent::unusual_use(
+                &caller.company_id,
+                resource_type,
+                &u.resource_id,
+                link,
+                &module_label,
+                &anomaly,
+                used_at,
+            );
+            if let Err(e) = st.deliveries.emit(event).await {
+                tracing::warn!(error = %e, "a usage alert could not be stored; it is not delivered");
+            }
+        }
+    }
     let status = match &report.result {
         Ok(_) => StatusCode::OK,
         Err(e) => {
