@@ -335,7 +335,8 @@ mod tests {
         // Three weeks quiet, then a use.
         let back = m.observe("c", "cred", "crm@1.0.0", t(later + 21 * 86_400));
         assert!(
-            back.iter().any(|a| matches!(a, Anomaly::Idle { days } if *days >= 20)),
+            back.iter()
+                .any(|a| matches!(a, Anomaly::Idle { days } if *days >= 20)),
             "{back:?}"
         );
         // Another company's credential of the same id has its own baseline.

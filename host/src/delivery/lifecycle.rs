@@ -287,3 +287,126 @@ pub async fn scan_expiring(
     }
     Ok(new)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oauth::events::RefreshCause;
+    use crate::store::embedded::EmbeddedStore;
+    use crate::store::{EventQuery, sealing};
+    use crate::vault::{MasterKey, Vault};
+
+    fn link(refresh: bool, expiry: Option<OffsetDateTime>) -> LinkRecord {
+        let vault = Vault::new(MasterKey::generate());
+        let id = new_object_id();
+        LinkRecord {
+            access_token: vault.encrypt("at", &sealing::link("A", &id, sealing::ACCESS_TOKEN)),
+            refresh_token: refresh
+                .then(|| vault.encrypt("rt", &sealing::link("A", &id, sealing::REFRESH_TOKEN))),
+            id,
+            user_id: "u".into(),
+            company_id: "A".into(),
+            integration_type: "google".into(),
+            token_expiry: expiry,
+            scopes: vec![],
+            provider_user_id: String::new(),
+            provider_user_email: String::new(),
+            provider_metadata: Value::Null,
+            status: LinkStatus::Active,
+            shared_with: vec![],
+            webhook_signature_secret: None,
+            refresh_lease_owner: None,
+            refresh_lease_until: None,
+            version: 3,
+            created_at: now(),
+            updated_at: now(),
+        }
+    }
+
+    async fn types(store: &AnyStore) -> Vec<String> {
+        let q = EventQuery {
+            service: Some(HostEvent::SERVICE.into()),
+            offset: 0,
+            limit: 100,
+        };
+        let mut t: Vec<String> = store
+            .list_events("A", &q)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event_type)
+            .collect();
+        t.reverse();
+        t
+    }
+
+    /// A run of refresh failures is told once, its end once; a refusal once per link
+    /// version; an expiring unrefreshable link once per expiry, however often scanned.
+    #[tokio::test]
+    async fn lifecycle_events_are_told_once_each() {
+        let store = Arc::new(AnyStore::from(EmbeddedStore::open_in_memory().unwrap()));
+        let deliveries = Deliveries::new(store.clone());
+        let sink = LifecycleEvents::new(deliveries.clone(), store.clone());
+        let l = link(true, None);
+        for _ in 0..3 {
+            sink.emit(OAuthEvent::RefreshFailed {
+                link: l.clone(),
+                error: "provider_error".into(),
+            })
+            .await;
+        }
+        for _ in 0..2 {
+            sink.emit(OAuthEvent::Refreshed {
+                link: l.clone(),
+                cause: RefreshCause::Expiring,
+            })
+            .await;
+        }
+        // A new run after the recovery is told again.
+        sink.emit(OAuthEvent::RefreshFailed {
+            link: l.clone(),
+            error: "provider_error".into(),
+        })
+        .await;
+        for _ in 0..2 {
+            sink.emit(OAuthEvent::NeedsReconnect {
+                link: l.clone(),
+                reason: "invalid_grant".into(),
+            })
+            .await;
+        }
+        assert_eq!(
+            types(&store).await,
+            [
+                "link.refresh_failed",
+                "link.refresh_recovered",
+                "link.refresh_failed",
+                "link.needs_reconnect"
+            ]
+        );
+        let at = now();
+        let soon = link(false, Some(at + time::Duration::days(2)));
+        let later = link(false, Some(at + time::Duration::days(30)));
+        let refreshable = link(true, Some(at + time::Duration::days(1)));
+        for x in [&soon, &later, &refreshable] {
+            store.insert_link(x.clone()).await.unwrap();
+        }
+        assert_eq!(scan_expiring(&store, &deliveries, 7, at).await.unwrap(), 1);
+        assert_eq!(scan_expiring(&store, &deliveries, 7, at).await.unwrap(), 0);
+        assert_eq!(scan_expiring(&store, &deliveries, 0, at).await.unwrap(), 0);
+        let events = store
+            .list_events(
+                "A",
+                &EventQuery {
+                    service: None,
+                    offset: 0,
+                    limit: 1,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(events[0].event_type, "link.expiring");
+        assert_eq!(events[0].link_id.as_deref(), Some(soon.id.as_str()));
+        assert!(events[0].payload["expires_at"].is_string());
+    }
+}
