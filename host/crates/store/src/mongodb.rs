@@ -18,8 +18,8 @@
 
 use super::{
     AuditQuery, AuditRecord, ComponentRecord, EventQuery, EventRecord, LinkRecord,
-    MAX_WEBHOOK_LINKS, ModuleRecord, OAuthStateRecord, Store, StoreError, TokenRecord,
-    WebhookRoute,
+    MAX_WEBHOOK_LINKS, ModuleRecord, OAuthStateRecord, Store, StoreError, SubscriptionRecord,
+    TokenRecord, WebhookRoute,
 };
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, Bson, Document, doc, oid::ObjectId};
@@ -52,6 +52,7 @@ const MODULE_CHUNKS: &str = "module_chunks";
 /// MongoDB's 16 MB document limit, so a module of any size is stored in pieces.
 pub const MODULE_CHUNK_BYTES: usize = 8 * 1024 * 1024;
 const EVENTS: &str = "events";
+const SUBSCRIPTIONS: &str = "webhook_subscriptions";
 
 /// MongoDB error code for a unique-index violation.
 const DUPLICATE_KEY: i32 = 11000;
@@ -69,6 +70,7 @@ const TOKEN_DATES: &[&str] = &["created_at", "revoked_at"];
 const AUDIT_DATES: &[&str] = &["timestamp"];
 const MODULE_DATES: &[&str] = &["installed_at"];
 const EVENT_DATES: &[&str] = &["received_at"];
+const SUBSCRIPTION_DATES: &[&str] = &["expires_at", "lease_until", "created_at", "updated_at"];
 /// Fields kept as ObjectIds when they look like one.
 const ID_FIELDS: &[&str] = &["_id", "user_id", "company_id"];
 
@@ -237,7 +239,15 @@ impl MongoStore {
 
     /// Every index the host's queries use; creating an existing index is a no-op.
     async fn create_indexes(&self) -> Result<(), StoreError> {
-        let sets: [(&str, Vec<IndexModel>); 8] = [
+        let sets: [(&str, Vec<IndexModel>); 9] = [
+            (
+                SUBSCRIPTIONS,
+                vec![
+                    index(doc! {"company_id": 1, "link_id": 1, "created_at": 1}),
+                    // The renewer's: active subscriptions in expiry order.
+                    index(doc! {"status": 1, "expires_at": 1}),
+                ],
+            ),
             (
                 MODULES,
                 vec![
@@ -978,6 +988,126 @@ impl Store for MongoStore {
                 .map_err(store_error)?;
         }
         Ok(Some(record))
+    }
+
+    async fn insert_subscription(&self, record: SubscriptionRecord) -> Result<(), StoreError> {
+        let d = to_doc(&record, SUBSCRIPTION_DATES)?;
+        self.coll(SUBSCRIPTIONS)
+            .insert_one(d)
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn get_subscription(
+        &self,
+        company_id: &str,
+        sid: &str,
+    ) -> Result<Option<SubscriptionRecord>, StoreError> {
+        self.coll(SUBSCRIPTIONS)
+            .find_one(doc! {"_id": id(sid), "company_id": id(company_id)})
+            .await
+            .map_err(store_error)?
+            .map(|d| from_doc(d, SUBSCRIPTION_DATES))
+            .transpose()
+    }
+
+    async fn list_subscriptions(
+        &self,
+        company_id: &str,
+        link_id: Option<&str>,
+    ) -> Result<Vec<SubscriptionRecord>, StoreError> {
+        let mut filter = doc! {"company_id": id(company_id)};
+        if let Some(l) = link_id {
+            filter.insert("link_id", l);
+        }
+        let cursor = self
+            .coll(SUBSCRIPTIONS)
+            .find(filter)
+            .sort(doc! {"created_at": 1, "_id": 1})
+            .await
+            .map_err(store_error)?;
+        collect(cursor, SUBSCRIPTION_DATES).await
+    }
+
+    async fn subscriptions_due(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<SubscriptionRecord>, StoreError> {
+        let cursor = self
+            .coll(SUBSCRIPTIONS)
+            .find(doc! {
+                "status": super::SubscriptionStatus::Active.as_str(),
+                "expires_at": {"$lt": date(before)},
+            })
+            .sort(doc! {"expires_at": 1})
+            .limit(i64::from(limit))
+            .await
+            .map_err(store_error)?;
+        collect(cursor, SUBSCRIPTION_DATES).await
+    }
+
+    async fn update_subscription_cas(
+        &self,
+        mut record: SubscriptionRecord,
+        expected_version: i64,
+    ) -> Result<bool, StoreError> {
+        record.version = expected_version + 1;
+        record.updated_at = super::now();
+        let d = to_doc(&record, SUBSCRIPTION_DATES)?;
+        let r = self
+            .coll(SUBSCRIPTIONS)
+            .replace_one(
+                doc! {"_id": id(&record.id), "company_id": id(&record.company_id), "version": expected_version},
+                d,
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(r.matched_count == 1)
+    }
+
+    async fn try_lease_subscription(
+        &self,
+        company_id: &str,
+        sid: &str,
+        owner: &str,
+        until: OffsetDateTime,
+    ) -> Result<Option<SubscriptionRecord>, StoreError> {
+        // One atomic find-and-modify: free, expired, or already ours.
+        let filter = doc! {
+            "_id": id(sid),
+            "company_id": id(company_id),
+            "$or": [
+                {"lease_until": null},
+                {"lease_until": {"$lte": date(super::now())}},
+                {"lease_owner": owner},
+            ],
+        };
+        let update = doc! {
+            "$set": {"lease_owner": owner, "lease_until": date(until)},
+            "$inc": {"version": 1_i64},
+        };
+        self.coll(SUBSCRIPTIONS)
+            .find_one_and_update(filter, update)
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(store_error)?
+            .map(|d| from_doc(d, SUBSCRIPTION_DATES))
+            .transpose()
+    }
+
+    async fn delete_subscription(
+        &self,
+        company_id: &str,
+        sid: &str,
+    ) -> Result<Option<SubscriptionRecord>, StoreError> {
+        self.coll(SUBSCRIPTIONS)
+            .find_one_and_delete(doc! {"_id": id(sid), "company_id": id(company_id)})
+            .await
+            .map_err(store_error)?
+            .map(|d| from_doc(d, SUBSCRIPTION_DATES))
+            .transpose()
     }
 }
 
