@@ -298,6 +298,8 @@ pub struct Host {
     pub deliveries: crate::delivery::Deliveries,
     /// Per-credential usage baselines.
     pub usage: Arc<crate::usage::UsageMonitor>,
+    /// Webhook subscriptions (Graph, Google), when OAuth providers are configured.
+    pub subscriptions: Option<Arc<crate::subscriptions::SubscriptionService>>,
 }
 
 impl std::fmt::Debug for Host {
@@ -364,7 +366,21 @@ impl Host {
         let usage = Arc::new(crate::usage::UsageMonitor::new(
             settings.config.usage_alerts.clone(),
         ));
+        // Its calls carry links' tokens through the same outbound client (the
+        // operator's egress policy) as every module request.
+        let subscriptions = oauth.as_ref().map(|o| {
+            Arc::new(crate::subscriptions::SubscriptionService::new(
+                store.clone(),
+                vault.clone(),
+                o.clone(),
+                outbound.clone(),
+                audit.clone(),
+                settings.config.public_base(),
+                settings.config.webhook_subscriptions.timing(),
+            ))
+        });
         Ok(Host {
+            subscriptions,
             company_modules_dir: settings.company_modules_dir(),
             config: settings.config,
             data_dir: settings.data_dir,
@@ -392,6 +408,7 @@ impl Host {
             metrics: self.metrics.clone(),
             deliveries: self.deliveries.clone(),
             usage: self.usage.clone(),
+            subscriptions: self.subscriptions.clone(),
             audit: self.audit.clone(),
             install_dir: self.company_modules_dir.clone(),
             workspaces_dir: self
@@ -428,10 +445,16 @@ impl Host {
     }
 
     /// Start what a serving host runs in the background: the refresh-journal flusher,
-    /// when configured the background token refresher, and the event deliverer.
+    /// when configured the background token refresher, the event deliverer and the
+    /// webhook subscription renewer.
     pub fn start_background_tasks(&self) {
         if self.config.delivery.enabled {
             self.deliverer().spawn();
+        }
+        if let Some(s) = &self.subscriptions
+            && self.config.webhook_subscriptions.check_seconds > 0
+        {
+            s.spawn_renewer();
         }
         if let Some(o) = &self.oauth {
             // Refreshes a crash or a store outage left in the journal reach the store first.

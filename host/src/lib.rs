@@ -24,6 +24,8 @@
 //!   and the connect page, audit log, modules.
 //! - `webhooks`: how each provider signs its inbound webhooks (Slack, QuickBooks,
 //!   Microsoft Graph, Google push), checked before anything is parsed.
+//! - `subscriptions`: webhook subscriptions kept alive for links (Graph subscriptions,
+//!   Google watch channels): made, renewed by one host at a time, remade, removed.
 //! - `company`: the one rule for company ids (the scope of every record, and a path).
 //! - `config`: defaults, the config file and `FLOW8_*` variables.
 //! - `error`: the catalogue of error names every answer uses.
@@ -44,6 +46,7 @@ pub mod outbound;
 pub mod runtime;
 pub mod server;
 pub mod usage;
+pub mod subscriptions;
 pub mod webhooks;
 
 // The seams that are crates of their own (`host/crates/`), under the names the host's

@@ -35,4 +35,5 @@ mod smtp_send;
 mod step_budgets;
 mod step_deadline;
 mod store_conformance;
+mod webhook_subscriptions;
 mod webhooks;

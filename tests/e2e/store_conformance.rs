@@ -6,7 +6,8 @@ use flow8_host::store::embedded::EmbeddedStore;
 use flow8_host::store::mongodb::MongoStore;
 use flow8_host::store::{
     AuditQuery, AuditRecord, ComponentRecord, EventQuery, EventRecord, LinkRecord, ModuleRecord,
-    OAuthStateRecord, Store, StoreError, TokenRecord, WebhookRoute, new_object_id, now,
+    OAuthStateRecord, Store, StoreError, SubscriptionRecord, SubscriptionStatus, TokenRecord,
+    WebhookRoute, new_object_id, now,
 };
 use flow8_host::vault::{MasterKey, Vault};
 use flow8_tests::mongo_server::MongoServer;
@@ -76,6 +77,7 @@ conformance!(
     deliveries_are_leased_once_and_in_order_per_link,
     parked_deliveries_are_redelivered_on_request,
     event_endpoints_are_per_company_and_compare_and_set,
+    subscriptions_are_scoped_due_leased_and_compare_and_set,
 );
 
 fn component(company: &str, name: &str, kind: &str) -> ComponentRecord {
@@ -913,6 +915,13 @@ async fn mongodb_documents_have_the_flow8_shape_and_every_query_an_index() {
     assert!(has(&modules, doc! {"company_id": 1, "digest": 1}));
     let chunks = store.index_keys("module_chunks").await.unwrap();
     assert!(has(&chunks, doc! {"company_id": 1, "digest": 1, "n": 1}));
+    // The subscription renewer's query and a link's list.
+    let subs = store.index_keys("webhook_subscriptions").await.unwrap();
+    assert!(has(&subs, doc! {"status": 1, "expires_at": 1}));
+    assert!(has(
+        &subs,
+        doc! {"company_id": 1, "link_id": 1, "created_at": 1}
+    ));
     // Connecting again (a second host, a restart) creates nothing twice and fails on nothing.
     let again = MongoStore::connect(&server.uri(&db)).await.unwrap();
     assert_eq!(
@@ -1502,4 +1511,137 @@ impl CloneWith for EventEndpointRecord {
             ..self
         }
     }
+}
+
+fn subscription(company: &str, link: &str, expires_in: Duration) -> SubscriptionRecord {
+    let t = now();
+    SubscriptionRecord {
+        id: new_object_id(),
+        company_id: company.into(),
+        link_id: link.into(),
+        service: "microsoft".into(),
+        resource: "me/messages".into(),
+        change_type: Some("created".into()),
+        topic_name: None,
+        provider_id: Some(format!("graph-{}", new_object_id())),
+        provider_resource_id: None,
+        expires_at: t + expires_in,
+        status: SubscriptionStatus::Active,
+        last_error: None,
+        renewals: 0,
+        created_by: Some("alice".into()),
+        lease_owner: None,
+        lease_until: None,
+        version: 0,
+        created_at: t,
+        updated_at: t,
+    }
+}
+
+async fn subscriptions_are_scoped_due_leased_and_compare_and_set<S: Store + Clone>(s: &S) {
+    let link_a = new_object_id();
+    let soon = subscription("A", &link_a, Duration::minutes(5));
+    let later = subscription("A", &link_a, Duration::days(3));
+    let other_link = subscription("A", &new_object_id(), Duration::minutes(1));
+    let other_company = subscription("B", &link_a, Duration::minutes(2));
+    for r in [&soon, &later, &other_link, &other_company] {
+        s.insert_subscription(r.clone()).await.unwrap();
+    }
+    // Read back as written; scoped by company and link.
+    assert_eq!(s.get_subscription("A", &soon.id).await.unwrap().unwrap(), soon);
+    assert!(s.get_subscription("B", &soon.id).await.unwrap().is_none());
+    let ids: Vec<String> = s
+        .list_subscriptions("A", Some(&link_a))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, vec![soon.id.clone(), later.id.clone()]);
+    assert_eq!(s.list_subscriptions("A", None).await.unwrap().len(), 3);
+    // Due: every company, soonest first, the limit after the filter.
+    let due: Vec<String> = s
+        .subscriptions_due(now() + Duration::hours(1), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(
+        due,
+        vec![other_link.id.clone(), other_company.id.clone(), soon.id.clone()]
+    );
+    assert_eq!(
+        s.subscriptions_due(now() + Duration::hours(1), 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // One lease holder among many.
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let s = s.clone();
+        let id = soon.id.clone();
+        tasks.push(tokio::spawn(async move {
+            s.try_lease_subscription("A", &id, &format!("host-{i}"), now() + Duration::seconds(2))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut winners = Vec::new();
+    for t in tasks {
+        if let Some(r) = t.await.unwrap() {
+            winners.push(r);
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let leased = winners.remove(0);
+    assert_eq!(leased.version, soon.version + 1);
+    assert!(
+        s.try_lease_subscription("A", &soon.id, "late-host", now() + Duration::seconds(2))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.try_lease_subscription("B", &soon.id, "late-host", now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // A renewal written on the leased version lands once; a stale write does not.
+    let mut renewed = leased.clone();
+    renewed.expires_at = now() + Duration::days(6);
+    renewed.lease_owner = None;
+    renewed.lease_until = None;
+    renewed.renewals = 1;
+    assert!(
+        s.update_subscription_cas(renewed.clone(), leased.version)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.update_subscription_cas(renewed.clone(), leased.version)
+            .await
+            .unwrap()
+    );
+    let stored = s.get_subscription("A", &soon.id).await.unwrap().unwrap();
+    assert_eq!(stored.version, leased.version + 1);
+    assert_eq!(stored.renewals, 1);
+    assert!(stored.lease_owner.is_none());
+    // No longer due once renewed; a lost one is never due.
+    let due = s.subscriptions_due(now() + Duration::hours(1), 10).await.unwrap();
+    assert!(due.iter().all(|r| r.id != soon.id));
+    let mut lost = s.get_subscription("A", &other_link.id).await.unwrap().unwrap();
+    lost.status = SubscriptionStatus::Lost;
+    assert!(s.update_subscription_cas(lost.clone(), lost.version).await.unwrap());
+    let due = s.subscriptions_due(now() + Duration::hours(1), 10).await.unwrap();
+    assert!(due.iter().all(|r| r.id != other_link.id));
+    // Deleting is scoped too and returns what was there.
+    assert!(s.delete_subscription("B", &soon.id).await.unwrap().is_none());
+    let gone = s.delete_subscription("A", &soon.id).await.unwrap().unwrap();
+    assert_eq!(gone.id, soon.id);
+    assert!(s.get_subscription("A", &soon.id).await.unwrap().is_none());
+    assert!(s.delete_subscription("A", &soon.id).await.unwrap().is_none());
 }

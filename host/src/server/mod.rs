@@ -42,6 +42,8 @@ pub struct AppState {
     pub deliveries: crate::delivery::Deliveries,
     /// Per-credential usage baselines (token-usage alerts).
     pub usage: Arc<crate::usage::UsageMonitor>,
+    /// Webhook subscriptions (Graph, Google), when OAuth providers are configured.
+    pub subscriptions: Option<Arc<crate::subscriptions::SubscriptionService>>,
     /// Group-committing audit writer for the step path.
     pub audit: audit::AuditWriter,
     /// Where admins' modules are installed.
@@ -132,7 +134,8 @@ fn endpoints() -> Vec<Endpoint> {
     use Body::{Json, Module, None, Webhook};
     use Verb::{Delete, Get, Post};
     use routes::{
-        audit_log, components, connect, event_delivery, integrations, modules, ops, steps, webhooks,
+        audit_log, components, connect, event_delivery, integrations, modules, ops, steps,
+        subscriptions, webhooks,
     };
     vec![
         endpoint(Get, "/healthz", None, ops::healthz),
@@ -253,6 +256,24 @@ fn endpoints() -> Vec<Endpoint> {
             "/api/v1/events/{id}/redeliver",
             Json,
             event_delivery::redeliver,
+        ),
+        endpoint(
+            Post,
+            "/api/v1/integrations/{link_id}/subscriptions",
+            Json,
+            subscriptions::create,
+        ),
+        endpoint(
+            Get,
+            "/api/v1/integrations/{link_id}/subscriptions",
+            Json,
+            subscriptions::list,
+        ),
+        endpoint(
+            Delete,
+            "/api/v1/integrations/{link_id}/subscriptions/{subscription_id}",
+            Json,
+            subscriptions::remove,
         ),
     ]
 }

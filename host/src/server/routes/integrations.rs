@@ -328,7 +328,7 @@ pub async fn list(
     Ok(Json(json!({"links": links})))
 }
 
-fn actor(caller: &Caller) -> Actor {
+pub(crate) fn actor(caller: &Caller) -> Actor {
     Actor {
         user_id: caller.user_id.clone(),
         admin: caller.admin,
@@ -364,6 +364,17 @@ async fn unlink_one(
     service: &str,
     id: &str,
 ) -> Result<(), ApiError> {
+    // Its webhook subscriptions go first, while the link's token still works (the
+    // revocation below ends it).
+    if let Some(subs) = &st.subscriptions
+        && let Some(link) = st
+            .store
+            .get_link(&caller.company_id, id)
+            .await?
+            .filter(|l| l.integration_type == service)
+    {
+        subs.delete_for_link(&link, Some(&caller.user_id)).await;
+    }
     // The service records `integration_unlinked` (its events go to the audit log, with
     // the actor and the link's owner).
     oauth(st)?

@@ -8,4 +8,5 @@ pub mod integrations;
 pub mod modules;
 pub mod ops;
 pub mod steps;
+pub mod subscriptions;
 pub mod webhooks;

@@ -312,6 +312,21 @@ async fn store_event(
                 }),
             ))
             .await;
+        // Graph removed the subscription, or wants it reauthorized: the subscription
+        // service acts on it (under its lease) after Graph has its answer, which it
+        // wants within seconds.
+        if let (Some(subs), Some(sid)) = (
+            &st.subscriptions,
+            event.payload.get("subscriptionId").and_then(Value::as_str),
+        ) {
+            let (subs, link, kind, sid) = (
+                subs.clone(),
+                link.clone(),
+                event.event_type.clone(),
+                sid.to_string(),
+            );
+            tokio::spawn(async move { subs.lifecycle(&link, &kind, &sid).await });
+        }
     }
     Ok(inserted)
 }
