@@ -12,7 +12,7 @@ use flow8_host::store::mongodb::MongoStore;
 use flow8_host::store::{LinkRecord, LinkStatus, Store, new_object_id, now, sealing};
 use flow8_host::vault::{MasterKey, Vault};
 use flow8_tests::mongo_server::MongoServer;
-use flow8_tests::subscription_fakes::GraphSubscriptionFake;
+use flow8_tests::subscription_fakes::{DriveFake, GraphSubscriptionFake};
 use flow8_tests::{Cli, ServerProcess, create_token, wasm_dir};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -35,9 +35,17 @@ fn host_cli(uri: &str) -> Cli {
 /// `serve` on `port`, its public URL that address, Microsoft's API at the fake, the
 /// renewer looking every second with a 3-second lease.
 fn start(cli: &Cli, port: u16, fake: &GraphSubscriptionFake) -> ServerProcess {
-    let config = format!(
-        "public_url: http://127.0.0.1:{port}\nmetrics_token: {METRICS_TOKEN}\noauth_background_refresh_seconds: 0\nwebhook_subscriptions: {{ renew_before_seconds: 3600, check_seconds: 1, lease_seconds: 3 }}\noauth2:\n  microsoft:\n    client_id: ms-client\n    redirect_uri: http://127.0.0.1:{port}/auth/callback\n    api_base_url: {b}/v1.0\n    api_hosts: ['{b}/v1.0/']\n",
+    let provider = format!(
+        "  microsoft:\n    client_id: ms-client\n    redirect_uri: http://127.0.0.1:{port}/auth/callback\n    api_base_url: {b}/v1.0\n    api_hosts: ['{b}/v1.0/']\n",
         b = fake.base()
+    );
+    start_with(cli, port, &provider)
+}
+
+/// `serve` with one `oauth2:` entry.
+fn start_with(cli: &Cli, port: u16, provider: &str) -> ServerProcess {
+    let config = format!(
+        "public_url: http://127.0.0.1:{port}\nmetrics_token: {METRICS_TOKEN}\noauth_background_refresh_seconds: 0\nwebhook_subscriptions: {{ renew_before_seconds: 3600, check_seconds: 1, lease_seconds: 3 }}\noauth2:\n{provider}"
     );
     let path = cli.data_dir.path().join("config.yml");
     std::fs::write(&path, config).unwrap();
@@ -49,9 +57,13 @@ fn start(cli: &Cli, port: u16, fake: &GraphSubscriptionFake) -> ServerProcess {
     )
 }
 
-/// A Microsoft link of alice's, stored as the OAuth callback stores one (its token
-/// sealed under the hosts' master key, long-lived: never refreshed).
+/// A link of alice's, stored as the OAuth callback stores one (its token sealed under
+/// the hosts' master key, long-lived: never refreshed).
 async fn insert_link(uri: &str) -> String {
+    insert_service_link(uri, "microsoft").await
+}
+
+async fn insert_service_link(uri: &str, service: &str) -> String {
     let store = MongoStore::connect(uri).await.unwrap();
     let vault = Vault::new(MasterKey::parse(MASTER_KEY).unwrap());
     let (id, t) = (new_object_id(), now());
@@ -64,7 +76,7 @@ async fn insert_link(uri: &str) -> String {
             id: id.clone(),
             user_id: "alice".into(),
             company_id: "company-a".into(),
-            integration_type: "microsoft".into(),
+            integration_type: service.into(),
             refresh_token: None,
             token_expiry: None,
             scopes: vec!["Mail.Read".into()],
@@ -242,15 +254,24 @@ async fn two_hosts_renew_once_remake_lost_subscriptions_and_remove_them_on_unlin
         .to_string();
     let ids: Vec<String> = fake.subscriptions().into_iter().map(|s| s.id).collect();
     assert!(ids.contains(&s2_now) && !ids.contains(&s2_graph), "{ids:?}");
-    let (s, v) = call(
-        reqwest::Method::GET,
-        a.url("/api/v1/admin/audit?action_type=webhook_subscription_recreated"),
-        &root,
-        None,
-    )
+    // The audit entry follows the stored change.
+    let audit = async || {
+        let (s, v) = call(
+            reqwest::Method::GET,
+            a.url("/api/v1/admin/audit?action_type=webhook_subscription_recreated"),
+            &root,
+            None,
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        v
+    };
+    wait_until("the remaking is audited", async || {
+        audit().await["entries"].as_array().is_some_and(|e| !e.is_empty())
+    })
     .await;
-    assert_eq!(s, 200, "{v}");
-    let entries = v["entries"].as_array().or(v.as_array()).cloned().unwrap_or_default();
+    let v = audit().await;
+    let entries = v["entries"].as_array().unwrap();
     assert_eq!(entries.len(), 1, "{v}");
     assert_eq!(entries[0]["resource_id"], s2.as_str());
     assert_eq!(entries[0]["after_state"]["previous_provider_id"], s2_graph.as_str());
@@ -344,4 +365,78 @@ async fn a_host_killed_mid_renewal_does_not_lose_the_subscription() {
         one(&b, &alice, &link, &next).await["renewals"] == 1
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drive_channels_are_replaced_to_renew_and_stopped_on_unlink() {
+    let mongo = MongoServer::start();
+    let uri = mongo.uri("flow8");
+    let fake = DriveFake::start();
+    fake.grant_next(Duration::from_secs(120));
+    let cli = host_cli(&uri);
+    let alice = create_token(&cli, "company-a", "alice", false);
+    let link = insert_service_link(&uri, "google").await;
+    let port = ServerProcess::free_port();
+    let provider = format!(
+        "  google:\n    client_id: g-client\n    client_secret: g-secret\n    redirect_uri: http://127.0.0.1:{port}/auth/callback\n    api_base_url: {b}\n    api_hosts: ['{b}/drive/']\n",
+        b = fake.base()
+    );
+    let host = start_with(&cli, port, &provider);
+
+    // A request Drive does not take is refused before anything is sent.
+    let (s, v) = call(
+        reqwest::Method::POST,
+        host.url(&format!("/api/v1/integrations/{link}/subscriptions")),
+        &alice,
+        Some(json!({"resource": "drive/files/../../etc"})),
+    )
+    .await;
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_input")), "{v}");
+    assert!(fake.channels().is_empty());
+
+    let (s, v) = call(
+        reqwest::Method::POST,
+        host.url(&format!("/api/v1/integrations/{link}/subscriptions")),
+        &alice,
+        Some(json!({"resource": "drive/changes"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let first = v["provider_id"].as_str().unwrap().to_string();
+    let hook = format!("{}/webhooks/google/{link}", host.base);
+    let open = fake.channels();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].id, first);
+    assert_eq!(open[0].address, hook);
+    assert_eq!(open[0].bearer, LINK_TOKEN);
+    assert!(open[0].token.len() >= 40);
+    // Google's sync message on the new channel carried the link's secret: acknowledged.
+    wait_until("the sync message is answered", async || {
+        !fake.sync_answers().is_empty()
+    })
+    .await;
+    assert_eq!(fake.sync_answers()[0], 200);
+
+    // Renewing a channel opens a new one and stops the old.
+    wait_until("the channel is replaced", async || {
+        let sub = one(&host, &alice, &link, &id).await;
+        sub["renewals"] == 1 && sub["provider_id"] != first.as_str()
+    })
+    .await;
+    let open = fake.channels();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_ne!(open[0].id, first);
+    assert_eq!(fake.stopped(), vec![first.clone()]);
+
+    // Unlinking stops it.
+    let (s, v) = call(
+        reqwest::Method::DELETE,
+        host.url(&format!("/api/v1/integrations/google/{link}")),
+        &alice,
+        None,
+    )
+    .await;
+    assert_eq!(s, 204, "{v}");
+    assert!(fake.channels().is_empty(), "{:?}", fake.channels());
 }

@@ -407,3 +407,231 @@ impl Drop for GraphSubscriptionFake {
         self.shared.release.notify_waiters();
     }
 }
+
+/// A fake of Google Drive's push channels
+/// (<https://developers.google.com/drive/api/guides/push>,
+/// `/drive/api/reference/rest/v3/changes/watch`, `files/watch`, `channels/stop`):
+/// `GET /drive/v3/changes/startPageToken`, `POST /drive/v3/changes/watch?pageToken=`,
+/// `POST /drive/v3/files/{id}/watch` (body `{id, type: "web_hook", address, token,
+/// expiration}`, answered with the channel: `kind: "api#channel"`, `resourceId`,
+/// `resourceUri`, `expiration` in milliseconds as a string) and `POST
+/// /drive/v3/channels/stop` (`{id, resourceId}`, 204, or 404 for a channel it does not
+/// have). As Google does, it then sends the channel's `sync` message to the address,
+/// with the channel token. Google only takes https addresses; this fake takes the
+/// loopback http ones tests use.
+pub struct DriveFake {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    shared: Arc<DriveShared>,
+    _server: crate::background::BackgroundServer,
+}
+
+/// A channel the Drive fake has open.
+#[derive(Debug, Clone)]
+pub struct Channel {
+    /// The channel id the caller chose.
+    pub id: String,
+    /// Google's id of the watched resource.
+    pub resource_id: String,
+    /// Where notifications go.
+    pub address: String,
+    /// The token Google repeats as `X-Goog-Channel-Token`.
+    pub token: String,
+    /// The Bearer token that opened it.
+    pub bearer: String,
+}
+
+#[derive(Default)]
+struct DriveShared {
+    channels: Mutex<BTreeMap<String, Channel>>,
+    stopped: Mutex<Vec<String>>,
+    syncs: Mutex<Vec<u16>>,
+    create_lifetime: Mutex<Option<Duration>>,
+    counter: Mutex<u64>,
+}
+
+fn google_error(status: u16, reason: &str, message: &str) -> Response {
+    (
+        StatusCode::from_u16(status).unwrap(),
+        axum::Json(json!({"error": {"code": status, "message": message, "errors": [{"domain": "global", "reason": reason, "message": message}]}})),
+    )
+        .into_response()
+}
+
+async fn start_page_token(headers: HeaderMap) -> Response {
+    if bearer(&headers).is_none() {
+        return google_error(401, "authError", "Invalid Credentials");
+    }
+    axum::Json(json!({"kind": "drive#startPageToken", "startPageToken": "4711"})).into_response()
+}
+
+async fn watch(
+    s: Arc<DriveShared>,
+    headers: HeaderMap,
+    body: Bytes,
+    resource_uri: String,
+    max: Duration,
+) -> Response {
+    let Some(token) = bearer(&headers) else {
+        return google_error(401, "authError", "Invalid Credentials");
+    };
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return google_error(400, "parseError", "Parse Error");
+    };
+    let (Some(id), Some(address)) = (req["id"].as_str(), req["address"].as_str()) else {
+        return google_error(400, "required", "Required parameter: id, address");
+    };
+    if req["type"] != "web_hook" {
+        return google_error(400, "invalid", "Invalid value for type");
+    }
+    if s.channels.lock().unwrap().contains_key(id) {
+        return google_error(400, "channelIdNotUnique", "Channel id not unique");
+    }
+    let now_ms = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+    let max_ms = now_ms + max.as_millis() as i128;
+    let asked = req["expiration"]
+        .as_str()
+        .and_then(|e| e.parse::<i128>().ok())
+        .unwrap_or(now_ms + 3_600_000)
+        .min(max_ms);
+    let granted = match s.create_lifetime.lock().unwrap().take() {
+        Some(d) => now_ms + d.as_millis() as i128,
+        None => asked,
+    };
+    let resource_id = {
+        let mut c = s.counter.lock().unwrap();
+        *c += 1;
+        format!("o3hgv1538sdjfh{:04}", *c)
+    };
+    let channel = Channel {
+        id: id.to_string(),
+        resource_id: resource_id.clone(),
+        address: address.to_string(),
+        token: req["token"].as_str().unwrap_or("").to_string(),
+        bearer: token,
+    };
+    s.channels
+        .lock()
+        .unwrap()
+        .insert(id.to_string(), channel.clone());
+    // Google's first message on a new channel.
+    let shared = s.clone();
+    tokio::spawn(async move {
+        let status = reqwest::Client::new()
+            .post(&channel.address)
+            .header("x-goog-channel-id", &channel.id)
+            .header("x-goog-channel-token", &channel.token)
+            .header("x-goog-resource-id", &channel.resource_id)
+            .header("x-goog-resource-state", "sync")
+            .header("x-goog-message-number", "1")
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0);
+        shared.syncs.lock().unwrap().push(status);
+    });
+    axum::Json(json!({
+        "kind": "api#channel",
+        "id": id,
+        "resourceId": resource_id,
+        "resourceUri": resource_uri,
+        "token": req["token"],
+        "expiration": granted.to_string(),
+    }))
+    .into_response()
+}
+
+async fn changes_watch(
+    State(s): State<Arc<DriveShared>>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let token = query.as_deref().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "pageToken")
+            .map(|(_, v)| v.into_owned())
+    });
+    let Some(page) = token else {
+        return google_error(400, "required", "Required parameter: pageToken");
+    };
+    let uri = format!("https://www.googleapis.com/drive/v3/changes?alt=json&pageToken={page}");
+    watch(s, headers, body, uri, Duration::from_secs(604_800)).await
+}
+
+async fn file_watch(
+    State(s): State<Arc<DriveShared>>,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let uri = format!("https://www.googleapis.com/drive/v3/files/{file}?alt=json");
+    watch(s, headers, body, uri, Duration::from_secs(86_400)).await
+}
+
+async fn stop(State(s): State<Arc<DriveShared>>, headers: HeaderMap, body: Bytes) -> Response {
+    if bearer(&headers).is_none() {
+        return google_error(401, "authError", "Invalid Credentials");
+    }
+    let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let (Some(id), Some(rid)) = (req["id"].as_str(), req["resourceId"].as_str()) else {
+        return google_error(400, "required", "Required parameter: id, resourceId");
+    };
+    let mut channels = s.channels.lock().unwrap();
+    match channels.get(id) {
+        Some(c) if c.resource_id == rid => {
+            channels.remove(id);
+            s.stopped.lock().unwrap().push(id.to_string());
+            StatusCode::NO_CONTENT.into_response()
+        }
+        _ => google_error(404, "notFound", "Channel not found"),
+    }
+}
+
+impl DriveFake {
+    /// Start on a loopback port; the API is at `base()` (`/drive/v3/...`).
+    pub fn start() -> DriveFake {
+        let shared = Arc::new(DriveShared::default());
+        let app = Router::new()
+            .route(
+                "/drive/v3/changes/startPageToken",
+                axum::routing::get(start_page_token),
+            )
+            .route("/drive/v3/changes/watch", post(changes_watch))
+            .route("/drive/v3/files/{file}/watch", post(file_watch))
+            .route("/drive/v3/channels/stop", post(stop))
+            .with_state(shared.clone());
+        let server = crate::background::BackgroundServer::start(app);
+        DriveFake {
+            addr: server.addr,
+            shared,
+            _server: server,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The next channel opened expires `lifetime` after it is opened (so it is due for
+    /// renewal at once); the ones after get what they ask.
+    pub fn grant_next(&self, lifetime: Duration) {
+        *self.shared.create_lifetime.lock().unwrap() = Some(lifetime);
+    }
+
+    /// The channels open now.
+    pub fn channels(&self) -> Vec<Channel> {
+        self.shared.channels.lock().unwrap().values().cloned().collect()
+    }
+
+    /// Channels stopped, in order.
+    pub fn stopped(&self) -> Vec<String> {
+        self.shared.stopped.lock().unwrap().clone()
+    }
+
+    /// The statuses the address answered to each channel's `sync` message.
+    pub fn sync_answers(&self) -> Vec<u16> {
+        self.shared.syncs.lock().unwrap().clone()
+    }
+}
