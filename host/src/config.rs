@@ -424,10 +424,14 @@ impl HostConfig {
             ));
         }
         if w.check_seconds > 86_400 {
-            return Err(bad("webhook_subscriptions.check_seconds must be 0-86400".into()));
+            return Err(bad(
+                "webhook_subscriptions.check_seconds must be 0-86400".into()
+            ));
         }
         if !(1..=3600).contains(&w.lease_seconds) {
-            return Err(bad("webhook_subscriptions.lease_seconds must be 1-3600".into()));
+            return Err(bad(
+                "webhook_subscriptions.lease_seconds must be 1-3600".into()
+            ));
         }
         if self.limits.memory_mib == 0 || self.limits.memory_mib > 1024 {
             return Err(bad("limits.memory_mib must be 1-1024".into()));

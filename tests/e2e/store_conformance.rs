@@ -1548,7 +1548,10 @@ async fn subscriptions_are_scoped_due_leased_and_compare_and_set<S: Store + Clon
         s.insert_subscription(r.clone()).await.unwrap();
     }
     // Read back as written; scoped by company and link.
-    assert_eq!(s.get_subscription("A", &soon.id).await.unwrap().unwrap(), soon);
+    assert_eq!(
+        s.get_subscription("A", &soon.id).await.unwrap().unwrap(),
+        soon
+    );
     assert!(s.get_subscription("B", &soon.id).await.unwrap().is_none());
     let ids: Vec<String> = s
         .list_subscriptions("A", Some(&link_a))
@@ -1569,7 +1572,11 @@ async fn subscriptions_are_scoped_due_leased_and_compare_and_set<S: Store + Clon
         .collect();
     assert_eq!(
         due,
-        vec![other_link.id.clone(), other_company.id.clone(), soon.id.clone()]
+        vec![
+            other_link.id.clone(),
+            other_company.id.clone(),
+            soon.id.clone()
+        ]
     );
     assert_eq!(
         s.subscriptions_due(now() + Duration::hours(1), 1)
@@ -1631,17 +1638,41 @@ async fn subscriptions_are_scoped_due_leased_and_compare_and_set<S: Store + Clon
     assert_eq!(stored.renewals, 1);
     assert!(stored.lease_owner.is_none());
     // No longer due once renewed; a lost one is never due.
-    let due = s.subscriptions_due(now() + Duration::hours(1), 10).await.unwrap();
+    let due = s
+        .subscriptions_due(now() + Duration::hours(1), 10)
+        .await
+        .unwrap();
     assert!(due.iter().all(|r| r.id != soon.id));
-    let mut lost = s.get_subscription("A", &other_link.id).await.unwrap().unwrap();
+    let mut lost = s
+        .get_subscription("A", &other_link.id)
+        .await
+        .unwrap()
+        .unwrap();
     lost.status = SubscriptionStatus::Lost;
-    assert!(s.update_subscription_cas(lost.clone(), lost.version).await.unwrap());
-    let due = s.subscriptions_due(now() + Duration::hours(1), 10).await.unwrap();
+    assert!(
+        s.update_subscription_cas(lost.clone(), lost.version)
+            .await
+            .unwrap()
+    );
+    let due = s
+        .subscriptions_due(now() + Duration::hours(1), 10)
+        .await
+        .unwrap();
     assert!(due.iter().all(|r| r.id != other_link.id));
     // Deleting is scoped too and returns what was there.
-    assert!(s.delete_subscription("B", &soon.id).await.unwrap().is_none());
+    assert!(
+        s.delete_subscription("B", &soon.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
     let gone = s.delete_subscription("A", &soon.id).await.unwrap().unwrap();
     assert_eq!(gone.id, soon.id);
     assert!(s.get_subscription("A", &soon.id).await.unwrap().is_none());
-    assert!(s.delete_subscription("A", &soon.id).await.unwrap().is_none());
+    assert!(
+        s.delete_subscription("A", &soon.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }

@@ -225,7 +225,8 @@ async fn two_hosts_renew_once_remake_lost_subscriptions_and_remove_them_on_unlin
     assert_eq!(renewals.len(), 1, "{renewals:?}");
     assert_eq!(renewals[0].id.as_deref(), Some(s1_graph.as_str()));
     assert_eq!(renewals[0].token, LINK_TOKEN);
-    let renewed = r#"flow8_webhook_subscription_renewals_total{provider="microsoft",outcome="renewed"}"#;
+    let renewed =
+        r#"flow8_webhook_subscription_renewals_total{provider="microsoft",outcome="renewed"}"#;
     assert_eq!(metric(&a, renewed).await + metric(&b, renewed).await, 1);
 
     // Graph answers 404 to a renewal: the subscription is made again, and the new one
@@ -241,12 +242,15 @@ async fn two_hosts_renew_once_remake_lost_subscriptions_and_remove_them_on_unlin
     assert_eq!(s, 201, "{v}");
     let s2 = v["id"].as_str().unwrap().to_string();
     let s2_graph = v["provider_id"].as_str().unwrap().to_string();
-    wait_until("the lost subscription is made again and renewed", async || {
-        let sub = one(&a, &alice, &link, &s2).await;
-        sub["provider_id"] != s2_graph.as_str()
-            && sub["renewals"] == 2
-            && expires_after(&sub, time::Duration::days(6))
-    })
+    wait_until(
+        "the lost subscription is made again and renewed",
+        async || {
+            let sub = one(&a, &alice, &link, &s2).await;
+            sub["provider_id"] != s2_graph.as_str()
+                && sub["renewals"] == 2
+                && expires_after(&sub, time::Duration::days(6))
+        },
+    )
     .await;
     let s2_now = one(&a, &alice, &link, &s2).await["provider_id"]
         .as_str()
@@ -267,14 +271,19 @@ async fn two_hosts_renew_once_remake_lost_subscriptions_and_remove_them_on_unlin
         v
     };
     wait_until("the remaking is audited", async || {
-        audit().await["entries"].as_array().is_some_and(|e| !e.is_empty())
+        audit().await["entries"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
     })
     .await;
     let v = audit().await;
     let entries = v["entries"].as_array().unwrap();
     assert_eq!(entries.len(), 1, "{v}");
     assert_eq!(entries[0]["resource_id"], s2.as_str());
-    assert_eq!(entries[0]["after_state"]["previous_provider_id"], s2_graph.as_str());
+    assert_eq!(
+        entries[0]["after_state"]["previous_provider_id"],
+        s2_graph.as_str()
+    );
 
     // Graph drops the first one and says so (`subscriptionRemoved`, with its
     // clientState): it is made again.
@@ -292,7 +301,8 @@ async fn two_hosts_renew_once_remake_lost_subscriptions_and_remove_them_on_unlin
     // Unlinking removes both at Graph, with the link's token, before it is revoked.
     wait_until("no renewal is in flight", async || {
         let subs = listed(&a, &alice, &link).await;
-        subs.iter().all(|s| expires_after(s, time::Duration::days(6)))
+        subs.iter()
+            .all(|s| expires_after(s, time::Duration::days(6)))
     })
     .await;
     let (s, v) = call(
@@ -303,9 +313,16 @@ async fn two_hosts_renew_once_remake_lost_subscriptions_and_remove_them_on_unlin
     )
     .await;
     assert_eq!(s, 204, "{v}");
-    assert!(fake.subscriptions().is_empty(), "{:?}", fake.subscriptions());
+    assert!(
+        fake.subscriptions().is_empty(),
+        "{:?}",
+        fake.subscriptions()
+    );
     let deleted: Vec<Option<String>> = fake.calls_of("DELETE").into_iter().map(|c| c.id).collect();
-    assert!(deleted.contains(&Some(s1_now)) && deleted.contains(&Some(s2_now)), "{deleted:?}");
+    assert!(
+        deleted.contains(&Some(s1_now)) && deleted.contains(&Some(s2_now)),
+        "{deleted:?}"
+    );
     let (s, _) = call(
         reqwest::Method::GET,
         b.url(&format!("/api/v1/integrations/{link}/subscriptions")),
@@ -391,7 +408,11 @@ async fn drive_channels_are_replaced_to_renew_and_stopped_on_unlink() {
         Some(json!({"resource": "drive/files/../../etc"})),
     )
     .await;
-    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_input")), "{v}");
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (400, Some("invalid_input")),
+        "{v}"
+    );
     assert!(fake.channels().is_empty());
 
     let (s, v) = call(

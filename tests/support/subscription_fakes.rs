@@ -169,7 +169,11 @@ async fn create(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
         return graph_error(400, "InvalidRequest", "Invalid changeType.");
     }
     if field("clientState").is_some_and(|c| c.len() > 128) {
-        return graph_error(400, "InvalidRequest", "clientState is longer than 128 characters.");
+        return graph_error(
+            400,
+            "InvalidRequest",
+            "clientState is longer than 128 characters.",
+        );
     }
     let Ok(expiry) = OffsetDateTime::parse(&expiry, &Rfc3339) else {
         return graph_error(400, "InvalidRequest", "expirationDateTime is not a date.");
@@ -190,7 +194,10 @@ async fn create(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
         urls.push(l);
     }
     for u in urls {
-        let t = format!("Validation: Testing client application reachability for subscription Request-Id: {}", flow8_host::store::new_object_id());
+        let t = format!(
+            "Validation: Testing client application reachability for subscription Request-Id: {}",
+            flow8_host::store::new_object_id()
+        );
         if !validate(&u, &t).await {
             return graph_error(
                 400,
@@ -215,7 +222,8 @@ async fn create(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
     sub["creatorId"] = json!("8ee44408-0679-472c-bc2a-692812af3437");
     sub["latestSupportedTlsVersion"] = json!("v1_2");
     sub["includeResourceData"] = json!(false);
-    sub["@odata.context"] = json!("https://graph.microsoft.com/v1.0/$metadata#subscriptions/$entity");
+    sub["@odata.context"] =
+        json!("https://graph.microsoft.com/v1.0/$metadata#subscriptions/$entity");
     s.subs.lock().unwrap().insert(
         id.clone(),
         FakeSubscription {
@@ -622,7 +630,13 @@ impl DriveFake {
 
     /// The channels open now.
     pub fn channels(&self) -> Vec<Channel> {
-        self.shared.channels.lock().unwrap().values().cloned().collect()
+        self.shared
+            .channels
+            .lock()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Channels stopped, in order.

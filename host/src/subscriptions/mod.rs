@@ -21,8 +21,8 @@ use crate::oauth::{OAuthError, OAuthService};
 use crate::outbound::{OutboundClient, OutboundError};
 use crate::server::audit::{AuditWriter, entry};
 use crate::store::{
-    AnyStore, LinkRecord, Store, StoreError, SubscriptionRecord, SubscriptionStatus,
-    new_object_id, now, sealing,
+    AnyStore, LinkRecord, Store, StoreError, SubscriptionRecord, SubscriptionStatus, new_object_id,
+    now, sealing,
 };
 use crate::vault::{Secret, Vault};
 use serde_json::{Value, json};
@@ -85,9 +85,7 @@ impl SubscriptionError {
             SubscriptionError::NotConfigured(_) => ErrorName::NotConfigured,
             SubscriptionError::InvalidInput(_) => ErrorName::InvalidInput,
             SubscriptionError::NotFound => ErrorName::NotFound,
-            SubscriptionError::Gone(_) | SubscriptionError::Upstream(_) => {
-                ErrorName::UpstreamError
-            }
+            SubscriptionError::Gone(_) | SubscriptionError::Upstream(_) => ErrorName::UpstreamError,
             SubscriptionError::Forbidden(_) => ErrorName::Forbidden,
             SubscriptionError::Network(_) => ErrorName::NetworkError,
             SubscriptionError::Config(_) => ErrorName::InvalidConfig,
@@ -267,14 +265,19 @@ impl SubscriptionService {
                     return bad("topic_name is for Gmail watches only".into());
                 }
                 if r.starts_with('/') || r.contains("://") || r.contains("..") {
-                    return bad("resource is a Graph path relative to the API, e.g. `me/messages`".into());
+                    return bad(
+                        "resource is a Graph path relative to the API, e.g. `me/messages`".into(),
+                    );
                 }
                 if let Some(c) = &req.change_type {
                     let ok = !c.is_empty()
                         && c.split(',')
                             .all(|p| matches!(p.trim(), "created" | "updated" | "deleted"));
                     if !ok {
-                        return bad("change_type is a comma-separated list of created, updated, deleted".into());
+                        return bad(
+                            "change_type is a comma-separated list of created, updated, deleted"
+                                .into(),
+                        );
                     }
                 }
                 Ok(())
@@ -363,10 +366,7 @@ impl SubscriptionService {
         F: AsyncFnOnce(&providers::Caller<'_>) -> Result<T, SubscriptionError>,
     {
         let provider = self.oauth.provider(&link.integration_type)?;
-        let (token, link) = self
-            .oauth
-            .access_token(&link.company_id, &link.id)
-            .await?;
+        let (token, link) = self.oauth.access_token(&link.company_id, &link.id).await?;
         let client_state = self.client_state(&link, None).await?;
         let url = self.notification_url(&link);
         let caller = providers::Caller {
@@ -428,8 +428,13 @@ impl SubscriptionService {
         let granted = match granted {
             Ok(g) => g,
             Err(e) => {
-                self.audit_change(&rec, actor, "webhook_subscription_failed", json!({"during": "create", "error": e.to_string()}))
-                    .await;
+                self.audit_change(
+                    &rec,
+                    actor,
+                    "webhook_subscription_failed",
+                    json!({"during": "create", "error": e.to_string()}),
+                )
+                .await;
                 return Err(e);
             }
         };
@@ -506,10 +511,19 @@ impl SubscriptionService {
             };
             if let Err(e) = &at_provider {
                 tracing::warn!(subscription = %rec.id, error = %e, "could not remove the subscription at the provider (the link is unlinked anyway)");
-                self.audit_change(&rec, actor, "webhook_subscription_failed", json!({"during": "unlink", "error": e.to_string()}))
-                    .await;
+                self.audit_change(
+                    &rec,
+                    actor,
+                    "webhook_subscription_failed",
+                    json!({"during": "unlink", "error": e.to_string()}),
+                )
+                .await;
             }
-            match self.store.delete_subscription(&rec.company_id, &rec.id).await {
+            match self
+                .store
+                .delete_subscription(&rec.company_id, &rec.id)
+                .await
+            {
                 Ok(Some(_)) => {
                     self.audit_change(
                         &rec,
@@ -540,7 +554,9 @@ impl SubscriptionService {
                     self.renew_leased(&rec, Why::Due).await;
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "the subscription renewer cannot list what is due"),
+            Err(e) => {
+                tracing::warn!(error = %e, "the subscription renewer cannot list what is due")
+            }
         }
         self.sweeps.fetch_add(1, Ordering::Relaxed);
     }
@@ -564,7 +580,8 @@ impl SubscriptionService {
             set: &self.in_flight,
             id: rec.id.clone(),
         };
-        let until = now() + time::Duration::try_from(self.timing.lease).unwrap_or(time::Duration::MINUTE);
+        let until =
+            now() + time::Duration::try_from(self.timing.lease).unwrap_or(time::Duration::MINUTE);
         let leased = match self
             .store
             .try_lease_subscription(&rec.company_id, &rec.id, &self.owner, until)
@@ -589,7 +606,11 @@ impl SubscriptionService {
             self.release(leased).await;
             return;
         }
-        let link = match self.store.get_link(&leased.company_id, &leased.link_id).await {
+        let link = match self
+            .store
+            .get_link(&leased.company_id, &leased.link_id)
+            .await
+        {
             Ok(Some(l)) => l,
             Ok(None) => {
                 // Unlinked meanwhile: nothing to renew with; unlinking removes it.
@@ -605,7 +626,9 @@ impl SubscriptionService {
         let channel = new_object_id();
         let attempt = match why {
             // Graph removed it: only a new one helps.
-            Why::Removed(_) => Err(SubscriptionError::Gone("Graph sent subscriptionRemoved".into())),
+            Why::Removed(_) => Err(SubscriptionError::Gone(
+                "Graph sent subscriptionRemoved".into(),
+            )),
             Why::Due | Why::Reauthorize(_) => {
                 self.with_caller(&link, async |c| c.renew(&leased, &channel).await)
                     .await
@@ -618,7 +641,10 @@ impl SubscriptionService {
                 let made = self
                     .with_caller(&link, async |c| c.create(&leased, &channel).await)
                     .await;
-                (Outcome::Recreated, made.map_err(|e| format!("{reason}; making it again failed: {e}")))
+                (
+                    Outcome::Recreated,
+                    made.map_err(|e| format!("{reason}; making it again failed: {e}")),
+                )
             }
             Err(e) => (Outcome::Renewed, Err(e.to_string())),
         };
@@ -636,22 +662,38 @@ impl SubscriptionService {
                     Outcome::Recreated => "webhook_subscription_recreated",
                     _ => "webhook_subscription_renewed",
                 };
-                (outcome, action, json!({"previous_provider_id": leased.provider_id, "previous_expires_at": leased.expires_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()}))
+                (
+                    outcome,
+                    action,
+                    json!({"previous_provider_id": leased.provider_id, "previous_expires_at": leased.expires_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()}),
+                )
             }
             Err(error) if outcome == Outcome::Recreated || leased.expires_at <= now() => {
                 // The provider no longer has it (or it lapsed) and it could not be made
                 // again: renewing stops until someone makes it anew.
                 updated.status = SubscriptionStatus::Lost;
                 updated.last_error = Some(error.clone());
-                (Outcome::Lost, "webhook_subscription_lost", json!({"error": error}))
+                (
+                    Outcome::Lost,
+                    "webhook_subscription_lost",
+                    json!({"error": error}),
+                )
             }
             Err(error) => {
                 updated.last_error = Some(error.clone());
-                (Outcome::Failed, "webhook_subscription_renewal_failed", json!({"error": error}))
+                (
+                    Outcome::Failed,
+                    "webhook_subscription_renewal_failed",
+                    json!({"error": error}),
+                )
             }
         };
         self.count(&leased.service, outcome);
-        match self.store.update_subscription_cas(updated.clone(), leased.version).await {
+        match self
+            .store
+            .update_subscription_cas(updated.clone(), leased.version)
+            .await
+        {
             Ok(true) => {}
             Ok(false) => {
                 // The lease ran out and another host took over (or it was deleted):
@@ -854,7 +896,14 @@ mod tests {
         let ms = link("microsoft");
         let g = link("google");
         let ok = |l: &LinkRecord, r: NewSubscription| SubscriptionService::check(l, &r).is_ok();
-        assert!(ok(&ms, req("me/mailFolders('Inbox')/messages", Some("created,updated"), None)));
+        assert!(ok(
+            &ms,
+            req(
+                "me/mailFolders('Inbox')/messages",
+                Some("created,updated"),
+                None
+            )
+        ));
         assert!(ok(&ms, req("me/drive/root", None, None)));
         assert!(!ok(&ms, req("", None, None)));
         assert!(!ok(&ms, req("https://evil.example/x", None, None)));

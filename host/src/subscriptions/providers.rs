@@ -110,7 +110,9 @@ impl Caller<'_> {
         }
         let mut headers = http::HeaderMap::new();
         let bearer = http::HeaderValue::from_str(&format!("Bearer {}", self.token.expose()))
-            .map_err(|_| SubscriptionError::Vault("the access token is not a header value".into()))?;
+            .map_err(|_| {
+                SubscriptionError::Vault("the access token is not a header value".into())
+            })?;
         headers.insert(http::header::AUTHORIZATION, bearer);
         headers.insert(
             http::header::ACCEPT,
@@ -306,10 +308,9 @@ impl Caller<'_> {
     }
 
     async fn gmail_watch(&self, rec: &SubscriptionRecord) -> Result<Granted, SubscriptionError> {
-        let topic = rec
-            .topic_name
-            .as_deref()
-            .ok_or_else(|| SubscriptionError::InvalidInput("a Gmail watch needs topic_name".into()))?;
+        let topic = rec.topic_name.as_deref().ok_or_else(|| {
+            SubscriptionError::InvalidInput("a Gmail watch needs topic_name".into())
+        })?;
         let url = format!("{}/gmail/v1/users/me/watch", self.gmail_base());
         let (status, v) = self
             .call(http::Method::POST, &url, Some(json!({"topicName": topic})))
@@ -371,7 +372,11 @@ fn expect_ok(status: u16, v: &Value, doing: &str) -> Result<(), SubscriptionErro
         .and_then(|e| e.get("message"))
         .and_then(Value::as_str)
         .unwrap_or("");
-    let detail: String = format!("{code} {message}").trim().chars().take(300).collect();
+    let detail: String = format!("{code} {message}")
+        .trim()
+        .chars()
+        .take(300)
+        .collect();
     Err(SubscriptionError::Upstream(format!(
         "{doing}: the provider answered {status}{}{detail}",
         if detail.is_empty() { "" } else { ": " }
@@ -435,7 +440,8 @@ mod tests {
 
     #[test]
     fn provider_answers_are_read_or_refused_by_name() {
-        let t = graph_expiry(&json!({"expirationDateTime": "2026-12-08T10:00:00.1234567Z"})).unwrap();
+        let t =
+            graph_expiry(&json!({"expirationDateTime": "2026-12-08T10:00:00.1234567Z"})).unwrap();
         assert_eq!(t.nanosecond(), 123_000_000);
         assert!(graph_expiry(&json!({})).is_err());
         let t = millis_expiry(&json!({"expiration": "1767225600000"})).unwrap();
