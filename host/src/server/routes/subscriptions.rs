@@ -120,6 +120,12 @@ pub async fn create(
     ApiPath(link_id): ApiPath<String>,
     ApiJson(body): ApiJson<SubscriptionBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    // What the document says of the body is checked before the link is looked up, so
+    // a malformed request is refused as malformed whatever link it names.
+    let n = body.resource.chars().count();
+    if !(1..=512).contains(&n) {
+        return Err(ApiError::invalid_input("resource must be 1-512 characters"));
+    }
     let s = service(&st)?;
     let link = managed(&st, &caller, &link_id).await?;
     let rec = s
