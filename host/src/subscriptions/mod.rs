@@ -706,6 +706,11 @@ impl SubscriptionService {
                 return;
             }
         }
+        // A failure that repeats the last one (a provider down for hours, a link that
+        // needs reconnecting) is audited once, not at every look.
+        if outcome == Outcome::Failed && leased.last_error == updated.last_error {
+            return;
+        }
         if outcome == Outcome::Lost {
             tracing::error!(subscription = %leased.id, link = %leased.link_id, "webhook subscription lost");
             self.events
