@@ -45,8 +45,8 @@ pub mod oauth;
 pub mod outbound;
 pub mod runtime;
 pub mod server;
-pub mod usage;
 pub mod subscriptions;
+pub mod usage;
 pub mod webhooks;
 
 // The seams that are crates of their own (`host/crates/`), under the names the host's
