@@ -708,6 +708,39 @@ impl Store for MongoStore {
         collect(cursor, AUDIT_DATES).await
     }
 
+    async fn scan_events(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let cursor = self
+            .coll(EVENTS)
+            .find(after_filter(after))
+            .sort(doc! {"_id": 1})
+            .limit(i64::from(limit))
+            .await
+            .map_err(store_error)?;
+        collect(cursor, EVENT_DATES).await
+    }
+
+    async fn module_companies(&self) -> Result<Vec<String>, StoreError> {
+        let values = self
+            .coll(MODULES)
+            .distinct("company_id", doc! {})
+            .await
+            .map_err(store_error)?;
+        let mut companies: Vec<String> = values
+            .into_iter()
+            .filter_map(|v| match v {
+                Bson::String(s) => Some(s),
+                Bson::ObjectId(o) => Some(o.to_hex()),
+                _ => None,
+            })
+            .collect();
+        companies.sort();
+        Ok(companies)
+    }
+
     async fn insert_event(&self, event: EventRecord) -> Result<bool, StoreError> {
         let mut d = to_doc(&event, EVENT_DATES)?;
         // Queued for delivery in the same (single-document) write.
