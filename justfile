@@ -84,9 +84,10 @@ contract: test-servers
 fuzz-tools:
     @cargo fuzz --version 2>/dev/null | grep -qx 'cargo-fuzz 0.13.2' || cargo install cargo-fuzz --locked --version 0.13.2
 
-# Fuzz every target (tests/fuzz/, see tests/fuzz/FUZZING.md) for FLOW8_FUZZ_SECONDS
-# each (default 300), from the committed seeds; `just fuzz envelope` runs one. Stable
-# toolchain, AddressSanitizer; a crash stops it and names the input.
+# The cargo-fuzz targets in tests/fuzz/ (see tests/fuzz/FUZZING.md), from the committed
+# seeds, on the stable toolchain with AddressSanitizer; a crash stops it and names the
+# input.
+# Fuzz every target for FLOW8_FUZZ_SECONDS (300) each; `just fuzz envelope` runs one.
 fuzz *TARGETS: fuzz-tools
     tests/fuzz/run.sh {{target_dir}} ${FLOW8_FUZZ_SECONDS:-300} {{TARGETS}}
 

@@ -256,19 +256,12 @@ fn should_match(p: &Pattern, u: &Spelled) -> bool {
     }
     match &p.host {
         PatHost::Any => true,
-        PatHost::Exact(Name::Domain(_))
-        | PatHost::Exact(Name::V4(_))
-        | PatHost::Exact(Name::V6(_)) => {
-            let PatHost::Exact(n) = &p.host else {
-                unreachable!()
-            };
-            match (n, &u.name) {
-                (Name::Domain(_), Name::Domain(_)) => n.labels() == u.name.labels(),
-                (Name::V4(a), Name::V4(b)) => a == b,
-                (Name::V6(a), Name::V6(b)) => a == b,
-                _ => false,
-            }
-        }
+        PatHost::Exact(n) => match (n, &u.name) {
+            (Name::Domain(_), Name::Domain(_)) => n.labels() == u.name.labels(),
+            (Name::V4(a), Name::V4(b)) => a == b,
+            (Name::V6(a), Name::V6(b)) => a == b,
+            _ => false,
+        },
         PatHost::Subdomains(d) => match u.name.labels() {
             Some(host) => {
                 let d: Vec<&str> = d.iter().map(|&i| LABELS[i]).collect();
