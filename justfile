@@ -80,6 +80,17 @@ contract: test-servers
     cargo build -p flow8-host
     tests/contract/run.sh {{target_dir}}/debug/flow8-host {{wasm_dir}}
 
+# cargo-fuzz, pinned, installed only where missing (about 2 minutes).
+fuzz-tools:
+    @cargo fuzz --version 2>/dev/null | grep -qx 'cargo-fuzz 0.13.2' || cargo install cargo-fuzz --locked --version 0.13.2
+
+# The cargo-fuzz targets in tests/fuzz/ (see tests/fuzz/FUZZING.md), from the committed
+# seeds, on the stable toolchain with AddressSanitizer; a crash stops it and names the
+# input.
+# Fuzz every target for FLOW8_FUZZ_SECONDS (300) each; `just fuzz envelope` runs one.
+fuzz *TARGETS: fuzz-tools
+    tests/fuzz/run.sh {{target_dir}} ${FLOW8_FUZZ_SECONDS:-300} {{TARGETS}}
+
 # Build the host.
 build: modules
     cargo build -p flow8-host
@@ -104,12 +115,13 @@ lint:
     cargo fmt --all --check
     cargo fmt --manifest-path modules/Cargo.toml --all --check
     cargo fmt --manifest-path tests/guests/Cargo.toml --all --check
+    cargo fmt --manifest-path tests/fuzz/Cargo.toml --all --check
     cargo clippy --workspace --all-targets -- -D warnings
     cargo clippy --manifest-path modules/Cargo.toml --target wasm32-wasip2 --target-dir {{wasm_target_dir}} -- -D warnings
     cargo clippy --manifest-path tests/guests/Cargo.toml --target wasm32-wasip2 --target-dir {{wasm_target_dir}} -- -D warnings
 
 # The whole test suite: lints, guest builds, unit, doc and end-to-end tests.
-test: lint modules guests test-servers
+test: lint modules guests test-servers fuzz-tools
     cargo build -p flow8-host
     FLOW8_WASM_DIR={{wasm_dir}} cargo test --workspace 2>&1 | tee {{target_dir}}/test-output.log
     # The modules' own unit tests (URL joining, query encoding), natively.
@@ -119,6 +131,9 @@ test: lint modules guests test-servers
     FLOW8_TEST_STORE=mongodb FLOW8_WASM_DIR={{wasm_dir}} cargo test -p flow8-tests --test e2e -- hostile_ step_budgets:: 2>&1 | tee -a {{target_dir}}/test-output.log
     # The API contract (schemathesis) against a live host; a failure stops here.
     tests/contract/run.sh {{target_dir}}/debug/flow8-host {{wasm_dir}}
+    # Every fuzz target briefly (FLOW8_TEST_FUZZ_SECONDS each, default 15); `just fuzz`
+    # runs them longer. A crash stops here.
+    tests/fuzz/run.sh {{target_dir}} ${FLOW8_TEST_FUZZ_SECONDS:-15} 2>&1 | tee -a {{target_dir}}/test-output.log
     @awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' {{target_dir}}/test-output.log
 
 # Benchmarks (release build); prints a table.

@@ -71,6 +71,7 @@ conformance!(
     a_secret_moved_to_another_companys_record_does_not_open_there,
     installed_modules_are_scoped_listed_and_removed,
     versions_sharing_bytes_keep_them_until_the_last_goes,
+    a_removal_racing_an_install_of_the_same_bytes_keeps_them,
     a_module_larger_than_a_document_round_trips,
     events_are_stored_once_per_provider_id_and_paged,
     webhooks_find_their_links_across_companies,
@@ -806,6 +807,34 @@ async fn versions_sharing_bytes_keep_them_until_the_last_goes<S: Store>(s: &S) {
             .is_some()
     );
     assert_eq!(s.get_module_bytes(&a, &v2.digest).await.unwrap(), None);
+}
+
+/// An admin removes one version while another installs the next with the same bytes,
+/// both at once (two requests, or two hosts on one store): the new version keeps its
+/// bytes. On MongoDB the removal counted the versions sharing the bytes before the
+/// install's metadata existed, then deleted the pieces the install had just written.
+async fn a_removal_racing_an_install_of_the_same_bytes_keeps_them<S: Store>(s: &S) {
+    let a = new_object_id();
+    let bytes = b"bytes two versions share".to_vec();
+    let mut current = module(&a, "shared", "1.0.0", &bytes);
+    s.put_module(current.clone(), bytes.clone()).await.unwrap();
+    // The two requests interleave differently from round to round.
+    for round in 1..=12 {
+        let next = module(&a, "shared", &format!("1.{round}.0"), &bytes);
+        let (removed, installed) = tokio::join!(
+            s.delete_module(&a, &current.name, &current.version),
+            s.put_module(next.clone(), bytes.clone()),
+        );
+        assert!(removed.unwrap().is_some(), "round {round}");
+        installed.unwrap();
+        assert_eq!(s.list_modules(&a).await.unwrap(), vec![next.clone()]);
+        assert_eq!(
+            s.get_module_bytes(&a, &next.digest).await.unwrap(),
+            Some(bytes.clone()),
+            "round {round}: the installed version lost its bytes"
+        );
+        current = next;
+    }
 }
 
 async fn a_module_larger_than_a_document_round_trips<S: Store>(s: &S) {

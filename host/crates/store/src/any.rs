@@ -231,6 +231,16 @@ impl Store for AnyStore {
     ) -> Result<Vec<AuditRecord>, StoreError> {
         delegate!(self, s => s.scan_audit(after, limit))
     }
+    async fn scan_events(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        delegate!(self, s => s.scan_events(after, limit))
+    }
+    async fn module_companies(&self) -> Result<Vec<String>, StoreError> {
+        delegate!(self, s => s.module_companies())
+    }
     async fn insert_event(&self, event: EventRecord) -> Result<bool, StoreError> {
         delegate!(self, s => s.insert_event(event))
     }

@@ -1021,6 +1021,32 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn scan_events(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        self.scan_docs(
+            "SELECT doc FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+            after,
+            limit,
+        )
+        .await
+    }
+
+    async fn module_companies(&self) -> Result<Vec<String>, StoreError> {
+        self.read_blocking(|c| {
+            let mut stmt = c
+                .prepare_cached("SELECT DISTINCT company_id FROM modules ORDER BY company_id")
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, String>(0))
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+        .await
+    }
+
     async fn insert_event(&self, event: EventRecord) -> Result<bool, StoreError> {
         let doc = serde_json::to_string(&event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.write(move |tx| {

@@ -689,6 +689,14 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&str>,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<AuditRecord>, StoreError>> + Send;
+    /// Events of every company whose id sorts after `after`, by id, at most `limit`.
+    fn scan_events(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<EventRecord>, StoreError>> + Send;
+    /// The companies that have installed modules, sorted.
+    fn module_companies(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
     /// Store a verified provider event; false (and nothing written) when the company
     /// already has one of that service and provider event id.
     fn insert_event(

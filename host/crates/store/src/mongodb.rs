@@ -718,6 +718,39 @@ impl Store for MongoStore {
         collect(cursor, AUDIT_DATES).await
     }
 
+    async fn scan_events(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let cursor = self
+            .coll(EVENTS)
+            .find(after_filter(after))
+            .sort(doc! {"_id": 1})
+            .limit(i64::from(limit))
+            .await
+            .map_err(store_error)?;
+        collect(cursor, EVENT_DATES).await
+    }
+
+    async fn module_companies(&self) -> Result<Vec<String>, StoreError> {
+        let values = self
+            .coll(MODULES)
+            .distinct("company_id", doc! {})
+            .await
+            .map_err(store_error)?;
+        let mut companies: Vec<String> = values
+            .into_iter()
+            .filter_map(|v| match v {
+                Bson::String(s) => Some(s),
+                Bson::ObjectId(o) => Some(o.to_hex()),
+                _ => None,
+            })
+            .collect();
+        companies.sort();
+        Ok(companies)
+    }
+
     async fn insert_event(&self, event: EventRecord) -> Result<bool, StoreError> {
         let mut d = to_doc(&event, EVENT_DATES)?;
         // Queued for delivery in the same (single-document) write.
@@ -885,25 +918,8 @@ impl Store for MongoStore {
         // of this deployment) finds every piece. Pieces are keyed by digest, so writing
         // them again (another version with the same bytes, a retried install) is
         // harmless.
-        let total = bytes.len().div_ceil(MODULE_CHUNK_BYTES).max(1);
-        let chunks = self.coll(MODULE_CHUNKS);
-        for n in 0..total {
-            let piece = bytes
-                .get(n * MODULE_CHUNK_BYTES..bytes.len().min((n + 1) * MODULE_CHUNK_BYTES))
-                .unwrap_or_default();
-            let data = Bson::Binary(bson::Binary {
-                subtype: bson::spec::BinarySubtype::Generic,
-                bytes: piece.to_vec(),
-            });
-            chunks
-                .update_one(
-                    doc! {"company_id": id(&record.company_id), "digest": &record.digest, "n": n as i64},
-                    doc! {"$set": {"of": total as i64, "data": data}},
-                )
-                .upsert(true)
-                .await
-                .map_err(store_error)?;
-        }
+        self.write_module_pieces(&record.company_id, &record.digest, &bytes)
+            .await?;
         let d = to_doc(&record, MODULE_DATES)?;
         self.coll(MODULES)
             .insert_one(d)
@@ -914,6 +930,20 @@ impl Store for MongoStore {
                 StoreError::Conflict(_) => conflict(),
                 other => other,
             })?;
+        // A removal of another version with these bytes that counted the versions
+        // before this metadata existed may have deleted the pieces just written (see
+        // `delete_module`). From now on no removal deletes them (it counts this
+        // version), so pieces that are all here now stay; missing ones are written again.
+        let present = self
+            .coll(MODULE_CHUNKS)
+            .count_documents(doc! {"company_id": id(&record.company_id), "digest": &record.digest})
+            .await
+            .map_err(store_error)?;
+        if present != bytes.len().div_ceil(MODULE_CHUNK_BYTES).max(1) as u64 {
+            tracing::info!(module = %format!("{}@{}", record.name, record.version), "a removal of the same bytes raced this install: writing its pieces again");
+            self.write_module_pieces(&record.company_id, &record.digest, &bytes)
+                .await?;
+        }
         Ok(())
     }
 
@@ -982,10 +1012,28 @@ impl Store for MongoStore {
             .await
             .map_err(store_error)?;
         if shared == 0 {
+            // An install of another version with these bytes may be under way: it wrote
+            // (or rewrote) the pieces and is about to write its metadata, which the count
+            // above did not see. Keep the bytes in hand, delete, and count again: a
+            // version that appeared meanwhile gets its pieces back. (One whose metadata
+            // lands after this second count checks its pieces itself, in `put_module`.)
+            let bytes = self.get_module_bytes(company_id, &record.digest).await?;
             self.coll(MODULE_CHUNKS)
                 .delete_many(doc! {"company_id": id(company_id), "digest": &record.digest})
                 .await
                 .map_err(store_error)?;
+            let arrived = self
+                .coll(MODULES)
+                .count_documents(doc! {"company_id": id(company_id), "digest": &record.digest})
+                .await
+                .map_err(store_error)?;
+            if arrived > 0
+                && let Some(bytes) = bytes
+            {
+                tracing::info!(digest = %record.digest, "an install of the same bytes raced this removal: writing its pieces again");
+                self.write_module_pieces(company_id, &record.digest, &bytes)
+                    .await?;
+            }
         }
         Ok(Some(record))
     }
@@ -1108,6 +1156,38 @@ impl Store for MongoStore {
             .map_err(store_error)?
             .map(|d| from_doc(d, SUBSCRIPTION_DATES))
             .transpose()
+    }
+}
+
+impl MongoStore {
+    /// Write a module's bytes as pieces of at most `MODULE_CHUNK_BYTES`, each upserted by
+    /// (company, digest, n): writing the same bytes again changes nothing.
+    async fn write_module_pieces(
+        &self,
+        company_id: &str,
+        digest: &str,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        let total = bytes.len().div_ceil(MODULE_CHUNK_BYTES).max(1);
+        let chunks = self.coll(MODULE_CHUNKS);
+        for n in 0..total {
+            let piece = bytes
+                .get(n * MODULE_CHUNK_BYTES..bytes.len().min((n + 1) * MODULE_CHUNK_BYTES))
+                .unwrap_or_default();
+            let data = Bson::Binary(bson::Binary {
+                subtype: bson::spec::BinarySubtype::Generic,
+                bytes: piece.to_vec(),
+            });
+            chunks
+                .update_one(
+                    doc! {"company_id": id(company_id), "digest": digest, "n": n as i64},
+                    doc! {"$set": {"of": total as i64, "data": data}},
+                )
+                .upsert(true)
+                .await
+                .map_err(store_error)?;
+        }
+        Ok(())
     }
 }
 

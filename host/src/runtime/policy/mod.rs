@@ -17,6 +17,8 @@
 //! `crate::outbound` applies it after this policy has allowed a request.
 
 pub mod headers;
+#[cfg(test)]
+mod props;
 pub mod redact;
 #[cfg(test)]
 mod tests;
