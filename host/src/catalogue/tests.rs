@@ -603,8 +603,12 @@ fn microsoft_names_the_hosts_of_its_pre_authenticated_urls_and_others_none() {
     let c = Catalogue::builtin();
     let ms = c.oauth("microsoft").unwrap();
     let hosts: Vec<String> = ms.transfer_hosts.iter().map(|h| h.to_string()).collect();
-    assert!(hosts.contains(&"https://*.sharepoint.com".to_string()), "{hosts:?}");
-    let upload = url::Url::parse("https://contoso-my.sharepoint.com/personal/x/_api/v2.0/up").unwrap();
+    assert!(
+        hosts.contains(&"https://*.sharepoint.com".to_string()),
+        "{hosts:?}"
+    );
+    let upload =
+        url::Url::parse("https://contoso-my.sharepoint.com/personal/x/_api/v2.0/up").unwrap();
     assert!(ms.transfer_hosts.iter().any(|p| p.matches(&upload)));
     // None of them is a pin: the token never goes there.
     assert!(!ms.api_hosts.iter().any(|p| p.matches(&upload)));
