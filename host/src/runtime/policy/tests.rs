@@ -1398,10 +1398,15 @@ fn a_links_transfer_hosts_take_requests_without_the_token_and_never_with_it() {
         )
         .is_ok()
     );
-    // The token does not follow: attaching it there is outside its pins.
+    // The token does not follow: a request there that asks for it is refused (a
+    // transfer host takes only requests without a credential, and is not a pin).
     let d = p.authorize(&upload, Some("microsoft")).unwrap_err();
     assert_eq!(d.kind(), Forbidden);
-    assert!(d.to_string().contains("its own service's hosts"), "{d}");
+    assert!(
+        d.to_string()
+            .contains("not among the module's allowed hosts"),
+        "{d}"
+    );
     // Not a transfer host, not a manifest host: refused.
     for url in [
         "https://evil.example/up",
