@@ -9,6 +9,7 @@ pub mod event_log;
 pub mod event_receiver;
 pub mod ftp_server;
 pub mod graph_fake;
+pub mod microsoft;
 pub mod mongo_server;
 pub mod oauth_server;
 pub mod oidc_server;

@@ -214,6 +214,9 @@ impl RawOidc {
             callback_metadata: self.callback_metadata,
             api_base_url: self.api_base_url.unwrap_or_else(|| self.issuer.clone()),
             api_hosts,
+            // Pre-authenticated URLs are a provider's own API design (Graph's upload
+            // sessions); a generic OpenID provider has none unless the operator says.
+            transfer_hosts: Vec::new(),
             oidc: Some(OidcProfile {
                 issuer: self.issuer,
                 set_endpoints,
