@@ -45,8 +45,14 @@ const spent = new Set();
 const revoked = new Set();
 const emit = (event) => process.stdout.write(JSON.stringify(event) + '\n');
 
-server.service.on('beforeTokenSigning', (token) => {
+server.service.on('beforeTokenSigning', (token, req) => {
   token.payload.exp = Math.floor(Date.now() / 1000) + ttl;
+  // The access token carries the scopes granted (the mock writes `dummy`), so an API
+  // fake can check them the way a provider's tokeninfo would.
+  const body = req?.body ?? {};
+  const granted =
+    body.grant_type === 'authorization_code' ? scopeByCode.get(body.code) : scopeByRefresh.get(body.refresh_token);
+  if (granted !== undefined) token.payload.scope = granted;
   // Every token unique, as a real provider's are (the mock would sign identical claims
   // within one second identically), so a test can tell a refreshed token from the old.
   token.payload.jti = randomUUID();
