@@ -158,7 +158,6 @@ struct Sheet {
 }
 
 struct Spreadsheet {
-    title: String,
     sheets: Vec<Sheet>,
 }
 
@@ -290,18 +289,20 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// 401 for no token, one that is not a JWT, or an expired one; 403 without one of
-/// `scopes`.
-fn authorize(token: Option<&str>, scopes: &[&str]) -> Result<(), Response> {
-    let claims = token.and_then(claims).ok_or_else(unauthenticated)?;
+/// The refusal, if any: 401 for no token, one that is not a JWT, or an expired one;
+/// 403 without one of `scopes`.
+fn refusal(token: Option<&str>, scopes: &[&str]) -> Option<Response> {
+    let Some(claims) = token.and_then(claims) else {
+        return Some(unauthenticated());
+    };
     if claims["exp"].as_u64().is_none_or(|exp| exp <= now_secs()) {
-        return Err(unauthenticated());
+        return Some(unauthenticated());
     }
     let granted = claims["scope"].as_str().unwrap_or("");
     if !granted.split(' ').any(|s| scopes.contains(&s)) {
-        return Err(insufficient_scope());
+        return Some(insufficient_scope());
     }
-    Ok(())
+    None
 }
 
 fn json_ok(status: u16, v: Value) -> Response {
@@ -405,7 +406,7 @@ fn route(
         ["v4", ..] => SHEETS_WRITE,
         _ => return not_found("Method"),
     };
-    if let Err(r) = authorize(token, scopes) {
+    if let Some(r) = refusal(token, scopes) {
         return r;
     }
     match (method.as_str(), segments.as_slice()) {
@@ -614,7 +615,7 @@ fn route(
             s.spreadsheets
                 .lock()
                 .unwrap()
-                .insert(id, Spreadsheet { title, sheets });
+                .insert(id, Spreadsheet { sheets });
             json_ok(200, answer)
         }
         (m, ["v4", "spreadsheets", sid, "values", range]) => {
@@ -637,7 +638,6 @@ fn route(
             }) else {
                 return bad_request(&format!("Unable to parse range: {range}"));
             };
-            let _ = &book.title;
             match (m, append) {
                 ("GET", false) => values_get(sheet, &a1, &q),
                 ("PUT", false) | ("POST", true) => {

@@ -270,7 +270,10 @@ async fn a_refused_refresh_token_marks_the_link_once_and_tells_it_once() {
             said.starts_with("the google connection needs reconnecting: Google refused the refresh token (invalid_grant: revoked)"),
             "{said}"
         );
-        assert!(said.contains("\"Testing\"") && said.contains("7 days"), "{said}");
+        assert!(
+            said.contains("\"Testing\"") && said.contains("7 days"),
+            "{said}"
+        );
     }
     let rejected = Secret::new("access-0".into());
     assert!(matches!(
@@ -282,7 +285,10 @@ async fn a_refused_refresh_token_marks_the_link_once_and_tells_it_once() {
     let stored = store.get_link("A", &link.id).await.unwrap().unwrap();
     assert_eq!(stored.status, crate::store::LinkStatus::NeedsReconnect);
     assert!(
-        stored.status_reason.as_deref().is_some_and(|r| r.contains("invalid_grant")),
+        stored
+            .status_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("invalid_grant")),
         "{:?}",
         stored.status_reason
     );
