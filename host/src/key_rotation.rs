@@ -544,6 +544,7 @@ mod tests {
             provider_user_email: String::new(),
             provider_metadata: serde_json::Value::Null,
             status: Default::default(),
+            status_reason: None,
             shared_with: vec![],
             webhook_signature_secret: Some(
                 old.encrypt("whsec", &ctx(crate::store::sealing::WEBHOOK_SECRET)),

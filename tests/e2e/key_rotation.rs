@@ -129,6 +129,7 @@ fn sealed_link(vault: &Vault, company: &str) -> LinkRecord {
         provider_user_email: "alice@example.com".into(),
         provider_metadata: json!({}),
         status: flow8_host::store::LinkStatus::Active,
+        status_reason: None,
         shared_with: Vec::new(),
         webhook_signature_secret: None,
         refresh_lease_owner: None,

@@ -133,6 +133,7 @@ fn link(company: &str, service: &str, expiry: Option<OffsetDateTime>) -> LinkRec
         provider_user_email: "user@company.com".into(),
         provider_metadata: json!({"team": {"id": "T1"}}),
         status: flow8_host::store::LinkStatus::Active,
+        status_reason: None,
         shared_with: Vec::new(),
         webhook_signature_secret: None,
         refresh_lease_owner: None,

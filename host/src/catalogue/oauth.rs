@@ -117,6 +117,10 @@ pub struct OAuthProvider {
     /// Callback query parameters kept in the link's `provider_metadata` (QuickBooks'
     /// `realmId`).
     pub callback_metadata: Vec<String>,
+    /// What a user should know when the provider refuses a refresh token
+    /// (`invalid_grant`), added to the link's `status_reason` (Google's 7-day expiry of
+    /// apps in "Testing").
+    pub refresh_refused_hint: Option<String>,
     /// Base URL of the provider's API, handed to modules.
     pub api_base_url: String,
     /// The only places the access token may be sent to: hosts, each with an optional
@@ -162,6 +166,8 @@ pub(crate) struct RawOAuth {
     identity: IdentityFields,
     #[serde(default)]
     callback_metadata: Vec<String>,
+    #[serde(default)]
+    refresh_refused_hint: Option<String>,
     api_base_url: String,
     api_hosts: Vec<String>,
     #[serde(default)]
@@ -307,6 +313,7 @@ impl RawOAuth {
             refresh: self.refresh,
             identity: self.identity,
             callback_metadata: self.callback_metadata,
+            refresh_refused_hint: self.refresh_refused_hint.filter(|h| !h.trim().is_empty()),
             api_base_url: self.api_base_url,
             api_hosts,
             transfer_hosts,

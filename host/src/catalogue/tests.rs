@@ -104,6 +104,7 @@ fn oauth_providers_keep_every_value_of_the_old_table() {
                 "https://www.googleapis.com/calendar/",
                 "https://www.googleapis.com/oauth2/",
                 "https://gmail.googleapis.com/gmail/",
+                "https://gmail.googleapis.com/upload/gmail/",
                 "https://sheets.googleapis.com/v4/",
                 "https://docs.googleapis.com/v1/",
                 "https://people.googleapis.com/v1/",

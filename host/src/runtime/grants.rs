@@ -253,6 +253,10 @@ async fn resolve_link(
             ErrorName::TokenRevoked,
             format!("the {s} connection was revoked or expired; the user must reconnect it"),
         ),
+        OAuthError::NeedsReconnect { service, reason } => StepError::new(
+            ErrorName::TokenRevoked,
+            format!("the {service} connection needs reconnecting: {reason}"),
+        ),
         OAuthError::Store(e) => StepError::new(ErrorName::StoreUnavailable, e.to_string()),
         // A token that does not open (e.g. moved here from another link): the vault's
         // name, never the provider's.

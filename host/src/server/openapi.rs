@@ -155,6 +155,10 @@ pub struct Link {
     provider_user_email: String,
     /// `active` or `needs_reconnect`.
     status: String,
+    /// Why it needs reconnecting (e.g. the provider refused its refresh token, and
+    /// why); null while active.
+    #[schema(nullable = true)]
+    status_reason: Option<String>,
     /// Members it is shared with (`*`: every member).
     shared_with: Vec<String>,
     created_at: String,

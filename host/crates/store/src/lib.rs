@@ -109,6 +109,10 @@ pub struct LinkRecord {
     /// Whether the link can be used (stored as `active` / `needs_reconnect`).
     #[serde(default)]
     pub status: LinkStatus,
+    /// Why the link needs reconnecting, in words its user can act on (the provider's
+    /// refusal, and what the provider is known to mean by it); None while it is active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
     /// Users of the company besides `user_id` who may use the link (`*`: every member);
     /// see `oauth::ownership`. Older records have none: only the owner and admins.
     #[serde(default)]

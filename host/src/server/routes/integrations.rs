@@ -60,6 +60,7 @@ pub fn view(l: &LinkRecord) -> Value {
         "provider_user_id": l.provider_user_id,
         "provider_user_email": l.provider_user_email,
         "status": l.status,
+        "status_reason": l.status_reason,
         "shared_with": l.shared_with,
         "created_at": l.created_at.format(&Rfc3339).unwrap_or_default(),
     })
