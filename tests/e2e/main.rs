@@ -23,6 +23,7 @@ mod language_examples;
 mod local_store;
 mod microsoft_calendar;
 mod module_loading;
+mod module_templates;
 mod mongodb_hosts;
 mod oauth_flow;
 mod oidc_provider;
