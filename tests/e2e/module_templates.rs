@@ -36,6 +36,12 @@ fn new_build_run(name: &str, lang: &str, env: &[(&str, String)]) {
     );
     let wasm = dir.join(format!("{name}.wasm"));
     assert!(wasm.exists(), "{lang}: no {}", wasm.display());
+    // Compiled into the tests' shared cache first: a 12-18 MB language runtime takes a
+    // debug host on a busy machine longer than a step's deadline to compile, and a
+    // step counts loading its module against the deadline.
+    let wasm_text = wasm.display().to_string();
+    let inspected = cli.run(&["modules", "inspect", &wasm_text]).ok_json();
+    assert_eq!(inspected["name"], name, "{inspected}");
     let ran = cli
         .run(&[
             "run-module",
