@@ -95,7 +95,7 @@ impl StepState {
     }
 
     /// The step now holds the secret of `binding` because an answer carried it back.
-    fn reflected(
+    pub(crate) fn reflected(
         &mut self,
         binding: String,
         resource_id: String,
@@ -336,9 +336,24 @@ impl StepState {
                     sigv4::sign_request(&key, &method, &url, &mut headers, &hash)
                         .map_err(GuestError::Internal)?;
                 }
+            let hash = match (&attach, &mut body) {
+                (Attach::AwsSigV4 { .. }, OutboundBody::Empty) => Some(sigv4::payload_hash(b"")),
+                (Attach::AwsSigV4 { .. }, OutboundBody::Bytes(b)) => Some(sigv4::payload_hash(b)),
+                (Attach::AwsSigV4 { .. }, OutboundBody::File(f)) => Some(
+                    sigv4::file_hash(f)
+                        .await
+                        .map_err(|e| {
+                            GuestError::Internal(format!("cannot read the workspace file: {e}"))
+                        })?
+                        .0,
+                ),
+                _ => None,
+            };
+            if matches!(attach, Attach::NotHttp) {
                 // The policy does not authorize attaching these; kept for exhaustiveness.
-                Attach::NotHttp => return Err(PolicyDenial::NotAttachable { binding }.into()),
+                return Err(PolicyDenial::NotAttachable { binding }.into());
             }
+            attach_credential(&attach, &method, &url, &mut headers, hash)?;
             self.record_use(CredentialUse {
                 binding,
                 resource_id,
@@ -507,7 +522,7 @@ impl StepState {
 }
 
 /// Headers as one text, to search for a reflected secret.
-fn header_text(headers: &[(String, String)]) -> String {
+pub(crate) fn header_text(headers: &[(String, String)]) -> String {
     headers.iter().map(|(k, v)| format!("{k}: {v}\n")).collect()
 }
 
@@ -549,6 +564,51 @@ pub(crate) fn outbound_error(dest: &str, e: OutboundError) -> GuestError {
         OutboundError::Network(m) => GuestError::Network(format!("{dest}: {m}")),
         OutboundError::ResponseTooLarge(_) => GuestError::LimitExceeded(format!("{dest}: {e}")),
     }
+}
+
+/// Put the credential on a request: the header it goes in, or an AWS SigV4 signature
+/// over `payload_hash` (the hash of the body, required for SigV4).
+pub(crate) fn attach_credential(
+    attach: &Attach,
+    method: &http::Method,
+    url: &url::Url,
+    headers: &mut http::HeaderMap,
+    payload_hash: Option<String>,
+) -> Result<(), GuestError> {
+    match attach {
+        Attach::Bearer(token) => {
+            headers.insert(
+                http::header::AUTHORIZATION,
+                sensitive(&format!("Bearer {}", token.expose()))?,
+            );
+        }
+        Attach::Header { name, value } => {
+            headers.insert(name.clone(), sensitive(value.expose())?);
+        }
+        Attach::AwsSigV4 {
+            region,
+            service,
+            access_key_id,
+            secret_access_key,
+        } => {
+            let hash = payload_hash.ok_or_else(|| {
+                GuestError::Internal("a SigV4 signature needs the body's hash".into())
+            })?;
+            let key = sigv4::SigningKey {
+                region,
+                service,
+                access_key_id: access_key_id.expose(),
+                secret_access_key: secret_access_key.expose(),
+            };
+            sigv4::sign_request(&key, method, url, headers, &hash).map_err(GuestError::Internal)?;
+        }
+        Attach::NotHttp => {
+            return Err(GuestError::Internal(
+                "this credential cannot be attached to a request".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn sensitive(value: &str) -> Result<http::HeaderValue, GuestError> {

@@ -7,6 +7,7 @@ mod commands;
 pub mod config;
 mod keys;
 mod links;
+mod templates;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -712,6 +712,12 @@ impl Runtime {
                 limits.output_bytes.min(MAX_ERROR_MESSAGE_BYTES),
             );
         }
+        // What the step's last wasi:http answers carried back, before the report reads
+        // the policy (no later request of the step could take it into account).
+        if let Err(e) = store.data_mut().absorb_wasi_http_findings() {
+            tracing::error!(error = %e, "the workspace taint could not be recorded");
+            report.result = Err(StepError::internal(e.to_string()));
+        }
         let (lines, truncated) = log.take();
         report.log = lines
             .into_iter()
