@@ -146,8 +146,7 @@ lint:
     cargo clippy --manifest-path tests/guests/Cargo.toml --target wasm32-wasip2 --target-dir {{wasm_target_dir}} -- -D warnings
 
 # The whole test suite: lints, guest builds, unit, doc and end-to-end tests.
-test: lint modules guests test-servers fuzz-tools
-test: lint modules guests examples test-servers
+test: lint modules guests examples test-servers fuzz-tools
     cargo build -p flow8-host
     FLOW8_WASM_DIR={{wasm_dir}} FLOW8_EXAMPLES_DIR={{wasm_target_dir}}/examples cargo test --workspace 2>&1 | tee {{target_dir}}/test-output.log
     # The modules' own unit tests (URL joining, query encoding), natively.

@@ -57,11 +57,8 @@ server.service.on('beforeTokenSigning', (token, req) => {
         ? scopeByRefresh.get(body.refresh_token)
         : undefined;
   if (granted !== undefined) token.payload.scp = granted;
-  // The access token carries the scopes granted (the mock writes `dummy`), so an API
-  // fake can check them the way a provider's tokeninfo would.
-  const body = req?.body ?? {};
-  const granted =
-    body.grant_type === 'authorization_code' ? scopeByCode.get(body.code) : scopeByRefresh.get(body.refresh_token);
+  // The same scopes as `scope` too (the mock writes `dummy`), so a fake can check them
+  // the way a provider's tokeninfo would.
   if (granted !== undefined) token.payload.scope = granted;
   // Every token unique, as a real provider's are (the mock would sign identical claims
   // within one second identically), so a test can tell a refreshed token from the old.

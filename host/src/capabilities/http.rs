@@ -290,55 +290,16 @@ impl StepState {
 
         let attached_binding = attach.as_ref().map(|a| (a.3.clone(), a.1.clone(), a.2));
         if let Some((attach, resource_id, kind, binding)) = attach {
-            match attach {
-                Attach::Bearer(token) => {
-                    headers.insert(
-                        http::header::AUTHORIZATION,
-                        sensitive(&format!("Bearer {}", token.expose()))?,
-                    );
-                }
-                Attach::Header { name, value } => {
-                    headers.insert(name, sensitive(value.expose())?);
-                }
-                Attach::AwsSigV4 {
-                    region,
-                    service,
-                    access_key_id,
-                    secret_access_key,
-                } => {
-                    let hash = match &mut body {
-                        OutboundBody::Empty => sigv4::payload_hash(b""),
-                        OutboundBody::Bytes(b) => sigv4::payload_hash(b),
-                        // A signature covers the whole payload; S3 uploads go through
-                        // `object-storage`, which signs its own parts.
-                        OutboundBody::FileRange { .. } => {
-                            return Err(GuestError::InvalidInput(
-                                "a workspace range cannot be sent with an AWS-signed credential; use object-storage".into(),
-                            ));
-                        }
-                        OutboundBody::File(f) => {
-                            sigv4::file_hash(f)
-                                .await
-                                .map_err(|e| {
-                                    GuestError::Internal(format!(
-                                        "cannot read the workspace file: {e}"
-                                    ))
-                                })?
-                                .0
-                        }
-                    };
-                    let key = sigv4::SigningKey {
-                        region: &region,
-                        service: &service,
-                        access_key_id: access_key_id.expose(),
-                        secret_access_key: secret_access_key.expose(),
-                    };
-                    sigv4::sign_request(&key, &method, &url, &mut headers, &hash)
-                        .map_err(GuestError::Internal)?;
-                }
             let hash = match (&attach, &mut body) {
                 (Attach::AwsSigV4 { .. }, OutboundBody::Empty) => Some(sigv4::payload_hash(b"")),
                 (Attach::AwsSigV4 { .. }, OutboundBody::Bytes(b)) => Some(sigv4::payload_hash(b)),
+                // A signature covers the whole payload; S3 uploads go through
+                // `object-storage`, which signs its own parts.
+                (Attach::AwsSigV4 { .. }, OutboundBody::FileRange { .. }) => {
+                    return Err(GuestError::InvalidInput(
+                        "a workspace range cannot be sent with an AWS-signed credential; use object-storage".into(),
+                    ));
+                }
                 (Attach::AwsSigV4 { .. }, OutboundBody::File(f)) => Some(
                     sigv4::file_hash(f)
                         .await
