@@ -84,6 +84,7 @@ async fn insert_service_link(uri: &str, service: &str) -> String {
             provider_user_email: "alice@example.com".into(),
             provider_metadata: json!({}),
             status: LinkStatus::Active,
+            status_reason: None,
             shared_with: Vec::new(),
             webhook_signature_secret: None,
             refresh_lease_owner: None,

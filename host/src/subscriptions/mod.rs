@@ -878,6 +878,7 @@ mod tests {
             provider_user_email: String::new(),
             provider_metadata: Value::Null,
             status: crate::store::LinkStatus::Active,
+            status_reason: None,
             shared_with: vec![],
             webhook_signature_secret: None,
             refresh_lease_owner: None,

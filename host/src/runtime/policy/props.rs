@@ -223,6 +223,7 @@ fn granted(i: usize, g: &GrantSpec) -> GrantedCredential {
         config: serde_json::json!({}),
         secrets: vec![("secret".into(), secret)],
         pinned: pins(&g.pins),
+        transfer: Vec::new(),
         attach,
     }
 }
