@@ -245,6 +245,7 @@ impl Manifest {
     }
 
     /// The allowed hosts as parsed patterns (the manifest was validated, so this cannot fail).
+    #[cfg(feature = "validate")]
     pub fn host_patterns(&self) -> Vec<HostPattern> {
         self.allowed_hosts
             .iter()
