@@ -724,10 +724,12 @@ impl A1 {
     fn parse(range: &str) -> Option<A1> {
         let (sheet, cells) = match range.rsplit_once('!') {
             Some((s, c)) => (Some(s.trim_matches('\'').replace("''", "'")), Some(c)),
+            // A bare `Data` names a sheet; cells need a row (`B3`) or a span (`A:C`).
             None if range
                 .chars()
                 .next()
                 .is_some_and(|c| c.is_ascii_alphabetic())
+                && (range.contains(':') || range.bytes().any(|b| b.is_ascii_digit()))
                 && A1::cell(range.split(':').next()?).is_some() =>
             {
                 (None, Some(range))
@@ -755,7 +757,10 @@ impl A1 {
     fn cell(s: &str) -> Option<(Option<usize>, Option<usize>)> {
         let letters: String = s.chars().take_while(|c| c.is_ascii_alphabetic()).collect();
         let digits = &s[letters.len()..];
-        if letters.is_empty() && digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
+        if letters.is_empty() && digits.is_empty()
+            || letters.len() > 3
+            || !digits.chars().all(|c| c.is_ascii_digit())
+        {
             return None;
         }
         let col = (!letters.is_empty()).then(|| {
