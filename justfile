@@ -19,6 +19,31 @@ modules: wasm-target
 guests: wasm-target
     cargo build --manifest-path tests/guests/Cargo.toml --target wasm32-wasip2 --release --target-dir {{wasm_target_dir}}
 
+# The example modules in JavaScript (componentize-js, npm) and Python (componentize-py,
+# PyPI) under `modules/examples/`, into `<wasm target dir>/examples/`. Each toolchain is
+# installed once, pinned (package-lock.json, requirements.txt), into its own folder
+# (node_modules, .venv); a module is rebuilt only when its source or the WIT changed.
+examples:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    out="{{wasm_target_dir}}/examples"
+    wit="{{justfile_directory()}}/wit"
+    mkdir -p "$out"
+    stale() { [ ! -f "$1" ] || [ "$2" -nt "$1" ] || [ "$wit/world.wit" -nt "$1" ]; }
+    cd "{{justfile_directory()}}/modules/examples/js-fetch"
+    test -x node_modules/.bin/componentize-js || npm ci --no-audit --no-fund
+    if stale "$out/js-fetch.wasm" app.js; then
+        echo "building js-fetch (componentize-js)"
+        node_modules/.bin/componentize-js app.js --wit "$wit" --world-name module -o "$out/js-fetch.wasm"
+    fi
+    cd ../python-echo
+    .venv/bin/python -c 'import componentize_py' 2>/dev/null || { python3 -m venv .venv && .venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt; }
+    if stale "$out/python-echo.wasm" app.py; then
+        echo "building python-echo (componentize-py)"
+        .venv/bin/componentize-py -d "$wit" -w module componentize app -o "$out/python-echo.wasm"
+    fi
+    ls -l "$out"/*.wasm
+
 # The guest target (rustup adds it once; later runs only check).
 wasm-target:
     @rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
@@ -82,6 +107,17 @@ contract: test-servers
     cargo build -p flow8-host
     tests/contract/run.sh {{target_dir}}/debug/flow8-host {{wasm_dir}}
 
+# cargo-fuzz, pinned, installed only where missing (about 2 minutes).
+fuzz-tools:
+    @cargo fuzz --version 2>/dev/null | grep -qx 'cargo-fuzz 0.13.2' || cargo install cargo-fuzz --locked --version 0.13.2
+
+# The cargo-fuzz targets in tests/fuzz/ (see tests/fuzz/FUZZING.md), from the committed
+# seeds, on the stable toolchain with AddressSanitizer; a crash stops it and names the
+# input.
+# Fuzz every target for FLOW8_FUZZ_SECONDS (300) each; `just fuzz envelope` runs one.
+fuzz *TARGETS: fuzz-tools
+    tests/fuzz/run.sh {{target_dir}} ${FLOW8_FUZZ_SECONDS:-300} {{TARGETS}}
+
 # Build the host.
 build: modules
     cargo build -p flow8-host
@@ -106,14 +142,15 @@ lint:
     cargo fmt --all --check
     cargo fmt --manifest-path modules/Cargo.toml --all --check
     cargo fmt --manifest-path tests/guests/Cargo.toml --all --check
+    cargo fmt --manifest-path tests/fuzz/Cargo.toml --all --check
     cargo clippy --workspace --all-targets -- -D warnings
     cargo clippy --manifest-path modules/Cargo.toml --target wasm32-wasip2 --target-dir {{wasm_target_dir}} -- -D warnings
     cargo clippy --manifest-path tests/guests/Cargo.toml --target wasm32-wasip2 --target-dir {{wasm_target_dir}} -- -D warnings
 
 # The whole test suite: lints, guest builds, unit, doc and end-to-end tests.
-test: lint modules guests test-servers
+test: lint modules guests examples test-servers fuzz-tools
     cargo build -p flow8-host
-    FLOW8_WASM_DIR={{wasm_dir}} cargo test --workspace 2>&1 | tee {{target_dir}}/test-output.log
+    FLOW8_WASM_DIR={{wasm_dir}} FLOW8_EXAMPLES_DIR={{wasm_target_dir}}/examples cargo test --workspace 2>&1 | tee {{target_dir}}/test-output.log
     # The modules' own unit tests (URL joining, query encoding), natively.
     cargo test --manifest-path modules/Cargo.toml --workspace --lib 2>&1 | tee -a {{target_dir}}/test-output.log
     # The hostile-module suites again, each host on MongoDB (SecantusDB) instead of the
@@ -121,6 +158,9 @@ test: lint modules guests test-servers
     FLOW8_TEST_STORE=mongodb FLOW8_WASM_DIR={{wasm_dir}} cargo test -p flow8-tests --test e2e -- hostile_ step_budgets:: 2>&1 | tee -a {{target_dir}}/test-output.log
     # The API contract (schemathesis) against a live host; a failure stops here.
     tests/contract/run.sh {{target_dir}}/debug/flow8-host {{wasm_dir}}
+    # Every fuzz target briefly (FLOW8_TEST_FUZZ_SECONDS each, default 15); `just fuzz`
+    # runs them longer. A crash stops here.
+    tests/fuzz/run.sh {{target_dir}} ${FLOW8_TEST_FUZZ_SECONDS:-15} 2>&1 | tee -a {{target_dir}}/test-output.log
     @awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' {{target_dir}}/test-output.log
 
 # Benchmarks (release build); prints a table.

@@ -253,6 +253,7 @@ pub async fn oauth_service(
     store: Arc<AnyStore>,
     vault: Arc<Vault>,
     audit: &AuditWriter,
+    deliveries: &crate::delivery::Deliveries,
 ) -> Result<Option<Arc<OAuthService>>, HostError> {
     let catalogue = config
         .catalogue()
@@ -265,9 +266,14 @@ pub async fn oauth_service(
     crate::oauth::discovery::discover_all(&mut providers, &crate::oauth::http_client())
         .await
         .map_err(|e| HostError::Discovery(e.to_string()))?;
+    // Two consumers: the audit log, and the lifecycle events delivered to flow8.
+    let lifecycle = crate::delivery::LifecycleEvents::new(deliveries.clone(), store.clone());
     let mut oauth = OAuthService::new(store, vault, providers)
         .with_journal(data_dir.join(crate::oauth::journal::JOURNAL_DIR))
-        .with_events(Arc::new(audit.clone()));
+        .with_events(Arc::new(crate::oauth::events::Fanout(vec![
+            Arc::new(audit.clone()),
+            Arc::new(lifecycle),
+        ])));
     oauth.refresh_window = Duration::from_secs(config.oauth_refresh_window_seconds);
     Ok(Some(Arc::new(oauth)))
 }
@@ -295,6 +301,14 @@ pub struct Host {
     pub runtime: Runtime,
     /// The group-committing audit writer.
     pub audit: AuditWriter,
+    /// Metrics, shared by the API and the background tasks.
+    pub metrics: Arc<crate::server::metrics::Metrics>,
+    /// The event delivery queue.
+    pub deliveries: crate::delivery::Deliveries,
+    /// Per-credential usage baselines.
+    pub usage: Arc<crate::usage::UsageMonitor>,
+    /// Webhook subscriptions (Graph, Google), when OAuth providers are configured.
+    pub subscriptions: Option<Arc<crate::subscriptions::SubscriptionService>>,
 }
 
 impl std::fmt::Debug for Host {
@@ -334,12 +348,14 @@ impl Host {
         let outbound = OutboundClient::new(settings.config.outbound_policy())
             .map_err(|e| HostError::Internal(e.to_string()))?;
         let audit = AuditWriter::start(store.clone());
+        let deliveries = crate::delivery::Deliveries::new(store.clone());
         let oauth = oauth_service(
             &settings.config,
             &settings.data_dir,
             store.clone(),
             vault.clone(),
             &audit,
+            &deliveries,
         )
         .await?;
         let mut runtime = Runtime::new(
@@ -356,7 +372,24 @@ impl Host {
         if let Some(o) = &oauth {
             runtime = runtime.with_oauth(o.clone());
         }
+        let usage = Arc::new(crate::usage::UsageMonitor::new(
+            settings.config.usage_alerts.clone(),
+        ));
+        // Its calls carry links' tokens through the same outbound client (the
+        // operator's egress policy) as every module request.
+        let subscriptions = oauth.as_ref().map(|o| {
+            Arc::new(crate::subscriptions::SubscriptionService::new(
+                store.clone(),
+                vault.clone(),
+                o.clone(),
+                outbound.clone(),
+                audit.clone(),
+                settings.config.public_base(),
+                settings.config.webhook_subscriptions.timing(),
+            ))
+        });
         Ok(Host {
+            subscriptions,
             company_modules_dir: settings.company_modules_dir(),
             config: settings.config,
             data_dir: settings.data_dir,
@@ -367,6 +400,9 @@ impl Host {
             oauth,
             runtime,
             audit,
+            metrics: Default::default(),
+            deliveries,
+            usage,
         })
     }
 
@@ -378,7 +414,10 @@ impl Host {
             vault: self.vault.clone(),
             modules: self.modules.clone(),
             oauth: self.oauth.clone(),
-            metrics: Default::default(),
+            metrics: self.metrics.clone(),
+            deliveries: self.deliveries.clone(),
+            usage: self.usage.clone(),
+            subscriptions: self.subscriptions.clone(),
             audit: self.audit.clone(),
             install_dir: self.company_modules_dir.clone(),
             workspaces_dir: self
@@ -401,9 +440,32 @@ impl Host {
         })
     }
 
-    /// Start what a serving host runs in the background: the refresh-journal flusher
-    /// and, when configured, the background token refresher.
+    /// The deliverer of this host's event queue (`start_background_tasks` runs it
+    /// when `delivery.enabled`).
+    pub fn deliverer(&self) -> Arc<crate::delivery::Deliverer> {
+        Arc::new(crate::delivery::Deliverer::new(
+            self.store.clone(),
+            self.vault.clone(),
+            self.outbound.clone(),
+            self.config.delivery.clone(),
+            self.metrics.clone(),
+            self.audit.clone(),
+            self.deliveries.clone(),
+        ))
+    }
+
+    /// Start what a serving host runs in the background: the refresh-journal flusher,
+    /// when configured the background token refresher, the event deliverer and the
+    /// webhook subscription renewer.
     pub fn start_background_tasks(&self) {
+        if self.config.delivery.enabled {
+            self.deliverer().spawn();
+        }
+        if let Some(s) = &self.subscriptions
+            && self.config.webhook_subscriptions.check_seconds > 0
+        {
+            s.spawn_renewer();
+        }
         if let Some(o) = &self.oauth {
             // Refreshes a crash or a store outage left in the journal reach the store first.
             o.spawn_journal_flusher(Duration::from_secs(2));

@@ -230,6 +230,40 @@ pub struct OciRegistryConfig {
     pub password: Option<Secret>,
 }
 
+/// The webhook subscription renewer (`webhook_subscriptions:`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSubscriptionsConfig {
+    /// Renew a subscription that expires within this many seconds.
+    pub renew_before_seconds: u64,
+    /// How often `serve` looks for subscriptions due (0: never).
+    pub check_seconds: u64,
+    /// How long one host's renewal lease holds (a host that dies holding one delays
+    /// the renewal by at most this).
+    pub lease_seconds: u64,
+}
+
+impl Default for WebhookSubscriptionsConfig {
+    fn default() -> Self {
+        WebhookSubscriptionsConfig {
+            renew_before_seconds: 3600,
+            check_seconds: 60,
+            lease_seconds: 60,
+        }
+    }
+}
+
+impl WebhookSubscriptionsConfig {
+    /// The renewer's timing (call after `HostConfig::validate`).
+    pub fn timing(&self) -> crate::subscriptions::Timing {
+        crate::subscriptions::Timing {
+            renew_before: std::time::Duration::from_secs(self.renew_before_seconds),
+            check_every: std::time::Duration::from_secs(self.check_seconds.max(1)),
+            lease: std::time::Duration::from_secs(self.lease_seconds),
+        }
+    }
+}
+
 /// Everything the host is configured with.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -272,6 +306,8 @@ pub struct HostConfig {
     pub rate_limits: RateLimitsConfig,
     /// The compile cache's size and age limits.
     pub compile_cache: CompileCacheConfig,
+    /// The webhook subscription renewer's timing.
+    pub webhook_subscriptions: WebhookSubscriptionsConfig,
     /// The bearer token `/metrics` asks for (the operator's, not a company's; at least
     /// 16 characters). Unset: `/metrics` is off. `FLOW8_METRICS_TOKEN` overrides.
     pub metrics_token: Option<Secret>,
@@ -285,6 +321,12 @@ pub struct HostConfig {
     pub oci: OciConfig,
     /// Capability review of installed modules.
     pub module_review: ModuleReviewConfig,
+}
+
+    /// Delivering stored events to each company's endpoint (`delivery:`).
+    pub delivery: crate::delivery::DeliveryConfig,
+    /// Token-usage alerts (`usage_alerts:`).
+    pub usage_alerts: crate::usage::UsageAlertsConfig,
 }
 
 impl Default for HostConfig {
@@ -307,11 +349,16 @@ impl Default for HostConfig {
             sandboxes: SandboxesConfig::default(),
             rate_limits: RateLimitsConfig::default(),
             compile_cache: CompileCacheConfig::default(),
+            webhook_subscriptions: WebhookSubscriptionsConfig::default(),
             metrics_token: None,
             public_url: None,
             module_signatures: ModuleSignaturesConfig::default(),
             oci: OciConfig::default(),
             module_review: ModuleReviewConfig::default(),
+}
+
+            delivery: crate::delivery::DeliveryConfig::default(),
+            usage_alerts: crate::usage::UsageAlertsConfig::default(),
         }
     }
 }
@@ -438,6 +485,22 @@ impl HostConfig {
         if !(1..=3650).contains(&self.compile_cache.max_age_days) {
             return Err(bad("compile_cache.max_age_days must be 1-3650".into()));
         }
+        let w = &self.webhook_subscriptions;
+        if !(60..=30 * 86_400).contains(&w.renew_before_seconds) {
+            return Err(bad(
+                "webhook_subscriptions.renew_before_seconds must be 60-2592000".into(),
+            ));
+        }
+        if w.check_seconds > 86_400 {
+            return Err(bad(
+                "webhook_subscriptions.check_seconds must be 0-86400".into()
+            ));
+        }
+        if !(1..=3600).contains(&w.lease_seconds) {
+            return Err(bad(
+                "webhook_subscriptions.lease_seconds must be 1-3600".into()
+            ));
+        }
         if self.limits.memory_mib == 0 || self.limits.memory_mib > 1024 {
             return Err(bad("limits.memory_mib must be 1-1024".into()));
         }
@@ -475,6 +538,12 @@ impl HostConfig {
             crate::distribution::oci::check_registry_host(&r.host)
                 .map_err(|e| bad(format!("oci.registries: {e}")))?;
         }
+        self.delivery
+            .validate()
+            .map_err(|e| bad(format!("delivery.{e}")))?;
+        self.usage_alerts
+            .validate()
+            .map_err(|e| bad(format!("usage_alerts.{e}")))?;
         Ok(())
     }
 

@@ -15,7 +15,8 @@
 //! Keep old keys at least that long after a rotation.
 
 use crate::store::AnyStore;
-use crate::store::{ComponentRecord, LinkRecord, Store, StoreError};
+use crate::store::delivery::EventEndpointRecord;
+use crate::store::{ComponentRecord, DeliveryStore, LinkRecord, Store, StoreError};
 use crate::vault::{Envelope, Vault, VaultError};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -50,6 +51,9 @@ pub struct RotationReport {
     pub components_resealed: u64,
     /// Links re-sealed.
     pub links_resealed: u64,
+    /// Event endpoints (their signing secrets) re-sealed.
+    #[serde(default)]
+    pub endpoints_resealed: u64,
     /// Records skipped because they were already sealed with the current key, bound.
     pub already_current: u64,
     /// Records with a secret this host cannot open (`kind:id`), left as they are.
@@ -147,6 +151,15 @@ pub async fn key_usage(store: &AnyStore, vault: &Vault) -> Result<KeyUsage, Stor
             }
         }
     }
+    let mut after: Option<String> = None;
+    loop {
+        let batch = store.scan_event_endpoints(after.as_deref(), 500).await?;
+        let Some(last) = batch.last() else { break };
+        after = Some(last.company_id.clone());
+        for e in &batch {
+            count(&e.signing_secret);
+        }
+    }
     Ok(usage)
 }
 
@@ -190,6 +203,19 @@ fn reseal_link(vault: &Vault, l: &LinkRecord) -> Result<Option<LinkRecord>, Vaul
         changed = true;
     }
     Ok(changed.then_some(out))
+}
+
+/// An endpoint with its signing secret re-sealed; None when it needed nothing.
+fn reseal_endpoint(
+    vault: &Vault,
+    e: &EventEndpointRecord,
+) -> Result<Option<EventEndpointRecord>, VaultError> {
+    Ok(vault
+        .reseal(&e.signing_secret, &e.signing_secret_context())?
+        .map(|new| EventEndpointRecord {
+            signing_secret: new,
+            ..e.clone()
+        }))
 }
 
 const CAS_TRIES: usize = 5;
@@ -307,6 +333,54 @@ pub async fn reseal_all(
         if !opts.pause.is_zero() {
             tokio::time::sleep(opts.pause).await;
         }
+    }
+
+    let mut after: Option<String> = None;
+    loop {
+        let records = store.scan_event_endpoints(after.as_deref(), batch).await?;
+        let Some(last) = records.last() else { break };
+        after = Some(last.company_id.clone());
+        for first in records {
+            let mut current = first;
+            let mut tries = 0;
+            loop {
+                let updated = match reseal_endpoint(vault, &current) {
+                    Ok(Some(e)) => e,
+                    Ok(None) => {
+                        report.already_current += 1;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(company = %current.company_id, error = %e, "cannot open an event endpoint's signing secret; left as it is");
+                        report
+                            .unreadable
+                            .push(format!("event_endpoint:{}", current.company_id));
+                        break;
+                    }
+                };
+                // The version check keeps a URL change or a new secret that raced us.
+                if store
+                    .replace_event_endpoint_cas(updated, current.version)
+                    .await?
+                {
+                    report.endpoints_resealed += 1;
+                    progress.resealed += 1;
+                    break;
+                }
+                tries += 1;
+                match store.get_event_endpoint(&current.company_id).await? {
+                    None => break,
+                    Some(_) if tries >= CAS_TRIES => {
+                        return Err(RotationError::Busy(format!(
+                            "event endpoint {}",
+                            current.company_id
+                        )));
+                    }
+                    Some(e) => current = e,
+                }
+            }
+        }
+        on_batch(progress);
     }
     Ok(report)
 }
@@ -470,6 +544,7 @@ mod tests {
             provider_user_email: String::new(),
             provider_metadata: serde_json::Value::Null,
             status: Default::default(),
+            status_reason: None,
             shared_with: vec![],
             webhook_signature_secret: Some(
                 old.encrypt("whsec", &ctx(crate::store::sealing::WEBHOOK_SECRET)),
@@ -496,5 +571,46 @@ mod tests {
                 .expose(),
             "whsec"
         );
+    }
+
+    /// Issue 14: a company's event endpoint signing secret is sealed like every other
+    /// secret, so `keys rotate` re-seals it under the new key, and it still opens.
+    #[tokio::test]
+    async fn an_event_endpoints_signing_secret_is_resealed() {
+        let store = AnyStore::from(EmbeddedStore::open_in_memory().unwrap());
+        let old_key = MasterKey::generate();
+        let old = Vault::new(old_key.clone());
+        let new = Vault::new(MasterKey::generate()).with_old_key(old_key);
+        let ctx = crate::store::delivery::event_endpoint_context("A");
+        store
+            .insert_event_endpoint(EventEndpointRecord {
+                company_id: "A".into(),
+                url: "https://flow8.example.com/hooks".into(),
+                signing_secret: old.encrypt("whsec_c2VjcmV0", &ctx),
+                version: 0,
+                created_at: now(),
+                updated_at: now(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(key_usage(&store, &new).await.unwrap().remaining(), 1);
+        let r = reseal_all(&store, &new, &RotationOptions::default(), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(r.endpoints_resealed, 1);
+        assert_eq!(key_usage(&store, &new).await.unwrap().remaining(), 0);
+        let e = store.get_event_endpoint("A").await.unwrap().unwrap();
+        assert_eq!(e.signing_secret.key_id, new.key_id());
+        assert_eq!(e.version, 1);
+        assert_eq!(
+            new.decrypt(&e.signing_secret, &e.signing_secret_context())
+                .unwrap()
+                .expose(),
+            "whsec_c2VjcmV0"
+        );
+        let again = reseal_all(&store, &new, &RotationOptions::default(), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(again.endpoints_resealed, 0);
     }
 }

@@ -24,8 +24,12 @@
 //!   and the connect page, audit log, modules.
 //! - `webhooks`: how each provider signs its inbound webhooks (Slack, QuickBooks,
 //!   Microsoft Graph, Google push), checked before anything is parsed.
+//! - `delivery`: events out to flow8: a background deliverer with Standard Webhooks
+//!   signatures, retries and a dead letter per endpoint.
 //! - `distribution`: modules from OCI registries (push, pull, digest pins) and their
 //!   ed25519 signatures and the operator's trusted keys.
+//! - `subscriptions`: webhook subscriptions kept alive for links (Graph subscriptions,
+//!   Google watch channels): made, renewed by one host at a time, remade, removed.
 //! - `company`: the one rule for company ids (the scope of every record, and a path).
 //! - `config`: defaults, the config file and `FLOW8_*` variables.
 //! - `error`: the catalogue of error names every answer uses.
@@ -38,6 +42,7 @@ pub mod cli;
 pub mod company;
 pub mod components;
 pub mod config;
+pub mod delivery;
 pub mod distribution;
 pub mod error;
 pub mod key_rotation;
@@ -45,6 +50,8 @@ pub mod oauth;
 pub mod outbound;
 pub mod runtime;
 pub mod server;
+pub mod subscriptions;
+pub mod usage;
 pub mod webhooks;
 
 // The seams that are crates of their own (`host/crates/`), under the names the host's

@@ -39,6 +39,11 @@ enum Body {
     Empty,
     Bytes(Vec<u8>),
     WorkspaceFile(String),
+    WorkspaceRange {
+        path: String,
+        offset: u64,
+        length: u64,
+    },
 }
 
 impl Request {
@@ -94,6 +99,12 @@ impl Request {
         &self.url
     }
 
+    /// The same request to another URL (the next page of a paged answer).
+    pub fn with_url(mut self, url: &str) -> Request {
+        self.url = url.into();
+        self
+    }
+
     /// Add a header (repeat the call for a repeated header). The host refuses headers a
     /// module may not set (e.g. `Authorization` on a request it attaches a credential to).
     pub fn header(mut self, name: &str, value: &str) -> Request {
@@ -141,6 +152,30 @@ impl Request {
         self
     }
 
+    /// Stream `length` bytes of a workspace file, from byte `offset`, as the body: one
+    /// chunk of a ranged upload (a Graph upload session `PUT` with `Content-Range`). The
+    /// host reads the bytes; they never pass through the module's memory, and it sets
+    /// `Content-Length`. A range outside the file is `invalid_input`. Such a request is
+    /// sent with [`Request::send`] only (not [`Request::send_to_workspace`]).
+    ///
+    /// ```no_run
+    /// # fn run(upload_url: &str) -> Result<(), flow8_sdk::Error> {
+    /// use flow8_sdk::http::Request;
+    /// let r = Request::put(upload_url)
+    ///     .header("content-range", "bytes 0-327679/1000000")
+    ///     .workspace_range("/big.bin", 0, 327_680)
+    ///     .send()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn workspace_range(mut self, path: &str, offset: u64, length: u64) -> Request {
+        self.body = Body::WorkspaceRange {
+            path: path.into(),
+            offset,
+            length,
+        };
+        self
+    }
+
     /// Give up after this long (the host never waits past the step's deadline anyway).
     pub fn timeout(mut self, timeout: Duration) -> Request {
         self.timeout = Some(timeout);
@@ -174,6 +209,11 @@ impl Request {
     /// # Ok(()) }
     /// ```
     pub fn send_to_workspace(&self, path: &str, max_bytes: u64) -> Result<SavedResponse, Error> {
+        if matches!(self.body, Body::WorkspaceRange { .. }) {
+            return Err(Error::invalid_input(
+                "a request with a workspace range as its body is sent with `send`",
+            ));
+        }
         let r = wit::send_to_workspace(
             &self.to_wit(),
             &wit::SaveTo {
@@ -204,6 +244,8 @@ impl Request {
                 Body::Empty => wit::Body::Empty,
                 Body::Bytes(b) => wit::Body::Bytes(b.clone()),
                 Body::WorkspaceFile(p) => wit::Body::WorkspaceFile(p.clone()),
+                // The range travels beside the request (`send-workspace-range`).
+                Body::WorkspaceRange { .. } => wit::Body::Empty,
             },
             timeout_ms: self
                 .timeout
@@ -217,7 +259,22 @@ impl Request {
     /// `access_denied` (binding not granted), `network_error`, `limit_exceeded`. The
     /// request can be sent again (see [`crate::retry::Backoff::send`]).
     pub fn send(&self) -> Result<Response, Error> {
-        let r = wit::send(&self.to_wit()).map_err(Error::from_wit)?;
+        let r = match &self.body {
+            Body::WorkspaceRange {
+                path,
+                offset,
+                length,
+            } => wit::send_workspace_range(
+                &self.to_wit(),
+                &wit::WorkspaceRange {
+                    path: path.clone(),
+                    offset: *offset,
+                    length: *length,
+                },
+            ),
+            _ => wit::send(&self.to_wit()),
+        }
+        .map_err(Error::from_wit)?;
         Ok(Response {
             status: r.status,
             headers: r.headers,

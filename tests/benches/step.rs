@@ -788,6 +788,7 @@ async fn link_lookups_per_second(store: Arc<AnyStore>, window: Duration) -> f64 
         provider_user_email: String::new(),
         provider_metadata: serde_json::Value::Null,
         status: flow8_host::store::LinkStatus::Active,
+        status_reason: None,
         shared_with: Vec::new(),
         webhook_signature_secret: None,
         refresh_lease_owner: None,

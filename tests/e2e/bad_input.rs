@@ -4,6 +4,7 @@
 //! that once crashed a request.
 
 use flow8_tests::{Cli, wasm};
+use serde_json::json;
 
 fn input_file(cli: &Cli, text: &str) -> String {
     let p = cli.data_dir.path().join("input.json");
@@ -191,4 +192,37 @@ async fn numbers_that_crashed_a_request_are_answered_by_name() {
         let v: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(v["status"], "ok", "{v}");
     }
+}
+
+#[test]
+fn an_import_the_host_does_not_offer_is_refused_in_one_line_naming_it() {
+    let cli = Cli::new();
+    let guest = flow8_tests::wat_guest::WatGuest::with_schema("foreign-import", json!({}));
+    let path = cli.data_dir.path().join("foreign.wasm");
+    std::fs::write(
+        &path,
+        guest.component_with_imports(
+            r#"(import "wasi:keyvalue/store@0.2.0-draft" (instance (export "ping" (func))))"#,
+        ),
+    )
+    .unwrap();
+    let input = input_file(&cli, "{}");
+    let out = cli.run(&["run-module", path.to_str().unwrap(), &input]);
+    expect_error(
+        &out,
+        "invalid_module",
+        "imports `wasi:keyvalue/store@0.2.0-draft`, which this host does not offer",
+    );
+    // One line says it (the store's own warnings may precede it).
+    let errors: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", out.stderr);
+    assert!(errors[0].contains("wasi:keyvalue/store"), "{}", out.stderr);
+    // The same component without that import loads and runs.
+    std::fs::write(&path, guest.component()).unwrap();
+    let out = cli.run(&["run-module", path.to_str().unwrap(), &input]);
+    assert_eq!(out.code, Some(0), "{out:?}");
 }

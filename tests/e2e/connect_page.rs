@@ -226,6 +226,7 @@ async fn pages_escape_what_providers_and_links_say() {
             provider_user_email: SCRIPT.into(),
             provider_metadata: json!({}),
             status: flow8_host::store::LinkStatus::Active,
+            status_reason: None,
             shared_with: Vec::new(),
             webhook_signature_secret: None,
             refresh_lease_owner: None,

@@ -2,11 +2,14 @@
 //! as an operator would, with a server running beside it: `keys rotate` killed half way
 //! and resumed (on the embedded store with a key file, and on MongoDB with keys from the
 //! environment), and `store export` / `store import` from the embedded store to MongoDB
-//! and back with secrets sealed throughout.
+//! and back with secrets sealed throughout, installed modules and webhook events with
+//! them.
 
 use flow8_host::store::embedded::EmbeddedStore;
 use flow8_host::store::mongodb::MongoStore;
-use flow8_host::store::{ComponentRecord, LinkRecord, Store, new_object_id, now};
+use flow8_host::store::{
+    ComponentRecord, EventQuery, EventRecord, LinkRecord, ModuleRecord, Store, new_object_id, now,
+};
 use flow8_host::vault::{MasterKey, Vault};
 use flow8_tests::mongo_server::MongoServer;
 use flow8_tests::{Cli, RecordingServer, ServerProcess, contains_bytes, create_token, wasm_dir};
@@ -44,6 +47,61 @@ fn sealed_component(vault: &Vault, company: &str, name: &str, base_url: &str) ->
     }
 }
 
+/// Bytes standing for an installed module (the store keeps bytes; it does not load them).
+const MODULE_BYTES: &[u8] = b"\0asm\x0d\0\x01\0 an installed module's bytes";
+
+fn installed_module(company: &str) -> ModuleRecord {
+    ModuleRecord {
+        company_id: company.into(),
+        name: "their-module".into(),
+        version: "1.2.0".into(),
+        digest: flow8_host::runtime::module::digest(MODULE_BYTES),
+        size: MODULE_BYTES.len() as u64,
+        installed_at: now().replace_nanosecond(0).unwrap(),
+        installed_by: Some("alice".into()),
+    }
+}
+
+fn webhook_event(company: &str) -> EventRecord {
+    EventRecord {
+        id: new_object_id(),
+        company_id: company.into(),
+        service: "slack".into(),
+        provider_event_id: "Ev0EXPORT1".into(),
+        link_id: None,
+        event_type: "message".into(),
+        payload: json!({"event": {"type": "message", "text": "carried over"}}),
+        received_at: now().replace_nanosecond(0).unwrap(),
+    }
+}
+
+/// The store holds the installed module (bytes too) and the event, as written.
+async fn has_module_and_event<S: Store>(store: &S, module: &ModuleRecord, event: &EventRecord) {
+    assert_eq!(
+        store.list_modules("company-a").await.unwrap(),
+        vec![module.clone()]
+    );
+    assert_eq!(
+        store
+            .get_module_bytes("company-a", &module.digest)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(MODULE_BYTES)
+    );
+    let events = store
+        .list_events(
+            "company-a",
+            &EventQuery {
+                limit: 10,
+                ..EventQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(events, vec![event.clone()]);
+}
+
 fn sealed_link(vault: &Vault, company: &str) -> LinkRecord {
     let id = new_object_id();
     let seal = |plain: &str, field| {
@@ -71,6 +129,7 @@ fn sealed_link(vault: &Vault, company: &str) -> LinkRecord {
         provider_user_email: "alice@example.com".into(),
         provider_metadata: json!({}),
         status: flow8_host::store::LinkStatus::Active,
+        status_reason: None,
         shared_with: Vec::new(),
         webhook_signature_secret: None,
         refresh_lease_owner: None,
@@ -364,6 +423,8 @@ async fn export_from_embedded_import_into_mongodb_and_back() {
     let mut local = Cli::new();
     local.env.push(("FLOW8_MASTER_KEY".into(), KEY_1.into()));
     let member = create_token(&local, "company-a", "alice", false);
+    let module = installed_module("company-a");
+    let event = webhook_event("company-a");
     {
         let store = EmbeddedStore::open(local.data_dir.path()).await.unwrap();
         let vault = Vault::new(MasterKey::parse(KEY_1).unwrap());
@@ -372,6 +433,11 @@ async fn export_from_embedded_import_into_mongodb_and_back() {
             .insert_component(sealed_component(&vault, "company-a", "api", &api.url("")))
             .await
             .unwrap();
+        store
+            .put_module(module.clone(), MODULE_BYTES.to_vec())
+            .await
+            .unwrap();
+        assert!(store.insert_event(event.clone()).await.unwrap());
     }
     // Use the store once so the audit log has an entry to carry over.
     let server = ServerProcess::start(&local, &wasm_dir(), &[]);
@@ -385,6 +451,8 @@ async fn export_from_embedded_import_into_mongodb_and_back() {
     assert_eq!(exported["exported"]["components"], 6);
     assert_eq!(exported["exported"]["db_links"], 3);
     assert_eq!(exported["exported"]["api_tokens"], 1);
+    assert_eq!(exported["exported"]["modules"], 1);
+    assert_eq!(exported["exported"]["events"], 1);
     let bytes = std::fs::read(&file).unwrap();
     for canary in [
         "canary-api",
@@ -417,11 +485,23 @@ async fn export_from_embedded_import_into_mongodb_and_back() {
     assert_eq!(imported["imported"]["db_links"], 3);
     assert_eq!(imported["imported"]["api_tokens"], 1);
     assert!(imported["imported"]["audit_log"].as_u64().unwrap() >= 1);
+    assert_eq!(imported["imported"]["modules"], 1);
+    assert_eq!(imported["imported"]["events"], 1);
+    has_module_and_event(
+        &MongoStore::connect(&mongo.uri("flow8")).await.unwrap(),
+        &module,
+        &event,
+    )
+    .await;
     let again = cloud
         .run(&["store", "import", file.to_str().unwrap()])
         .ok_json();
     assert_eq!(again["imported"]["components"], 0);
     assert_eq!(again["skipped"]["components"], 6);
+    assert_eq!(again["skipped"]["modules"], 1);
+    assert_eq!(again["skipped"]["events"], 1);
+    assert_eq!(again["imported"]["modules"], 0);
+    assert_eq!(again["imported"]["events"], 0);
     assert_eq!(
         again["skipped"]["audit_log"],
         imported["imported"]["audit_log"]
@@ -460,6 +540,14 @@ async fn export_from_embedded_import_into_mongodb_and_back() {
         .ok_json();
     assert_eq!(back["imported"]["components"], 6);
     assert_eq!(back["imported"]["db_links"], 3);
+    assert_eq!(back["imported"]["modules"], 1);
+    assert_eq!(back["imported"]["events"], 1);
+    has_module_and_event(
+        &EmbeddedStore::open(home.data_dir.path()).await.unwrap(),
+        &module,
+        &event,
+    )
+    .await;
     let listed = home.run(&["components", "list"]).ok_json();
     assert_eq!(listed.as_array().map(Vec::len), Some(6));
     let server = ServerProcess::start(&home, &wasm_dir(), &[]);

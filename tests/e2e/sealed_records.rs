@@ -40,6 +40,7 @@ fn link(vault: &Vault, company: &str, user: &str, token: &str) -> LinkRecord {
         provider_user_email: format!("{user}@example.com"),
         provider_metadata: json!({}),
         status: LinkStatus::Active,
+        status_reason: None,
         shared_with: vec![],
         webhook_signature_secret: None,
         refresh_lease_owner: None,

@@ -6,7 +6,8 @@ use flow8_host::store::embedded::EmbeddedStore;
 use flow8_host::store::mongodb::MongoStore;
 use flow8_host::store::{
     AuditQuery, AuditRecord, ComponentRecord, EventQuery, EventRecord, LinkRecord, ModuleRecord,
-    OAuthStateRecord, Store, StoreError, TokenRecord, WebhookRoute, new_object_id, now,
+    OAuthStateRecord, Store, StoreError, SubscriptionRecord, SubscriptionStatus, TokenRecord,
+    WebhookRoute, new_object_id, now,
 };
 use flow8_host::vault::{MasterKey, Vault};
 use flow8_tests::mongo_server::MongoServer;
@@ -71,9 +72,14 @@ conformance!(
     installed_modules_are_scoped_listed_and_removed,
     module_signatures_sources_and_approvals_round_trip,
     versions_sharing_bytes_keep_them_until_the_last_goes,
+    a_removal_racing_an_install_of_the_same_bytes_keeps_them,
     a_module_larger_than_a_document_round_trips,
     events_are_stored_once_per_provider_id_and_paged,
     webhooks_find_their_links_across_companies,
+    deliveries_are_leased_once_and_in_order_per_link,
+    parked_deliveries_are_redelivered_on_request,
+    event_endpoints_are_per_company_and_compare_and_set,
+    subscriptions_are_scoped_due_leased_and_compare_and_set,
 );
 
 fn component(company: &str, name: &str, kind: &str) -> ComponentRecord {
@@ -128,6 +134,7 @@ fn link(company: &str, service: &str, expiry: Option<OffsetDateTime>) -> LinkRec
         provider_user_email: "user@company.com".into(),
         provider_metadata: json!({"team": {"id": "T1"}}),
         status: flow8_host::store::LinkStatus::Active,
+        status_reason: None,
         shared_with: Vec::new(),
         webhook_signature_secret: None,
         refresh_lease_owner: None,
@@ -847,6 +854,34 @@ async fn versions_sharing_bytes_keep_them_until_the_last_goes<S: Store>(s: &S) {
     assert_eq!(s.get_module_bytes(&a, &v2.digest).await.unwrap(), None);
 }
 
+/// An admin removes one version while another installs the next with the same bytes,
+/// both at once (two requests, or two hosts on one store): the new version keeps its
+/// bytes. On MongoDB the removal counted the versions sharing the bytes before the
+/// install's metadata existed, then deleted the pieces the install had just written.
+async fn a_removal_racing_an_install_of_the_same_bytes_keeps_them<S: Store>(s: &S) {
+    let a = new_object_id();
+    let bytes = b"bytes two versions share".to_vec();
+    let mut current = module(&a, "shared", "1.0.0", &bytes);
+    s.put_module(current.clone(), bytes.clone()).await.unwrap();
+    // The two requests interleave differently from round to round.
+    for round in 1..=12 {
+        let next = module(&a, "shared", &format!("1.{round}.0"), &bytes);
+        let (removed, installed) = tokio::join!(
+            s.delete_module(&a, &current.name, &current.version),
+            s.put_module(next.clone(), bytes.clone()),
+        );
+        assert!(removed.unwrap().is_some(), "round {round}");
+        installed.unwrap();
+        assert_eq!(s.list_modules(&a).await.unwrap(), vec![next.clone()]);
+        assert_eq!(
+            s.get_module_bytes(&a, &next.digest).await.unwrap(),
+            Some(bytes.clone()),
+            "round {round}: the installed version lost its bytes"
+        );
+        current = next;
+    }
+}
+
 async fn a_module_larger_than_a_document_round_trips<S: Store>(s: &S) {
     // Over MongoDB's 16 MB document limit, and not a whole number of 8 MiB pieces.
     let a = new_object_id();
@@ -954,6 +989,13 @@ async fn mongodb_documents_have_the_flow8_shape_and_every_query_an_index() {
     assert!(has(&modules, doc! {"company_id": 1, "digest": 1}));
     let chunks = store.index_keys("module_chunks").await.unwrap();
     assert!(has(&chunks, doc! {"company_id": 1, "digest": 1, "n": 1}));
+    // The subscription renewer's query and a link's list.
+    let subs = store.index_keys("webhook_subscriptions").await.unwrap();
+    assert!(has(&subs, doc! {"status": 1, "expires_at": 1}));
+    assert!(has(
+        &subs,
+        doc! {"company_id": 1, "link_id": 1, "created_at": 1}
+    ));
     // Connecting again (a second host, a restart) creates nothing twice and fails on nothing.
     let again = MongoStore::connect(&server.uri(&db)).await.unwrap();
     assert_eq!(
@@ -1243,4 +1285,468 @@ async fn webhooks_find_their_links_across_companies<S: Store>(s: &S) {
         )
         .unwrap();
     assert_eq!(opened.expose(), "whsec-1");
+}
+
+use flow8_host::store::DeliveryStore;
+use flow8_host::store::delivery::{DeliveryOutcome, DeliveryState, EventEndpointRecord};
+
+fn event_of_link(company: &str, link: &str, provider_id: &str, at: OffsetDateTime) -> EventRecord {
+    EventRecord {
+        link_id: Some(link.into()),
+        ..event(company, "slack", provider_id, at)
+    }
+}
+
+fn claimed_ids(c: &[flow8_host::store::delivery::ClaimedDelivery]) -> Vec<String> {
+    let mut ids: Vec<String> = c
+        .iter()
+        .map(|c| c.event.provider_event_id.clone())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Issue 14: every stored event is queued; a delivery is leased by one owner at a time
+/// (until its lease expires), only the earliest pending event of a company and link is
+/// handed out, and an outcome is recorded only by the lease's holder.
+async fn deliveries_are_leased_once_and_in_order_per_link<S: Store + DeliveryStore>(s: &S) {
+    let t0 = now() - Duration::minutes(1);
+    let (l1, l2) = (new_object_id(), new_object_id());
+    let e1 = event_of_link("A", &l1, "e1", t0);
+    let e2 = event_of_link("A", &l1, "e2", t0 + Duration::milliseconds(5));
+    let e3 = event_of_link("A", &l2, "e3", t0 + Duration::milliseconds(10));
+    let other = event_of_link("B", &l1, "e1", t0 + Duration::milliseconds(15));
+    for e in [&e1, &e2, &e3, &other] {
+        assert!(s.insert_event(e.clone()).await.unwrap());
+    }
+    // A duplicate queues nothing more.
+    assert!(
+        !s.insert_event(event_of_link("A", &l1, "e1", now()))
+            .await
+            .unwrap()
+    );
+    let at = now();
+    let lease = at + Duration::seconds(30);
+    let a = s.claim_deliveries("host-a", at, lease, 10).await.unwrap();
+    // e2 waits behind e1 (same link); B's event is its own company's head.
+    assert_eq!(claimed_ids(&a), ["e1", "e1", "e3"]);
+    assert!(a.iter().all(|c| c.attempts == 0));
+    assert!(
+        s.claim_deliveries("host-b", at, lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Only the holder records an outcome.
+    assert!(
+        !s.finish_delivery(&e1.id, "host-b", DeliveryOutcome::Delivered { at })
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.finish_delivery(&e1.id, "host-a", DeliveryOutcome::Delivered { at })
+            .await
+            .unwrap()
+    );
+    // e1 done: e2 is its link's head now; e3 is still host-a's.
+    let b = s.claim_deliveries("host-b", at, lease, 10).await.unwrap();
+    assert_eq!(claimed_ids(&b), ["e2"]);
+    // A failed attempt waits for its time, and holds back nothing of another link.
+    assert!(
+        s.finish_delivery(
+            &e2.id,
+            "host-b",
+            DeliveryOutcome::Retry {
+                attempts: 1,
+                next_at: at + Duration::hours(1),
+                error: "HTTP 503".into()
+            },
+        )
+        .await
+        .unwrap()
+    );
+    assert!(
+        s.claim_deliveries("host-b", at, lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // host-a died holding e3 (and B's e1): once the lease expires, another host takes them.
+    let later = lease + Duration::seconds(1);
+    let c = s
+        .claim_deliveries("host-c", later, later + Duration::seconds(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed_ids(&c), ["e1", "e3"]);
+    for d in &c {
+        assert!(
+            s.finish_delivery(
+                &d.event.id,
+                "host-c",
+                DeliveryOutcome::Delivered { at: later }
+            )
+            .await
+            .unwrap()
+        );
+    }
+    let retried = s
+        .claim_deliveries(
+            "host-c",
+            at + Duration::hours(2),
+            at + Duration::hours(3),
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed_ids(&retried), ["e2"]);
+    assert_eq!(retried[0].attempts, 1);
+    assert_eq!(retried[0].event, e2);
+
+    let ids = vec![e1.id.clone(), e2.id.clone(), e3.id.clone()];
+    let mut st = s.delivery_statuses("A", &ids).await.unwrap();
+    st.sort_by(|x, y| x.event_id.cmp(&y.event_id));
+    let by_id = |id: &str| st.iter().find(|d| d.event_id == id).unwrap().clone();
+    assert_eq!(st.len(), 3);
+    assert_eq!(by_id(&e1.id).state, DeliveryState::Delivered);
+    assert!(by_id(&e1.id).delivered_at.is_some());
+    let d2 = by_id(&e2.id);
+    assert_eq!(
+        (d2.state, d2.attempts, d2.last_error.as_deref()),
+        (DeliveryState::Pending, 1, Some("HTTP 503"))
+    );
+    assert!(d2.next_attempt_at.is_some());
+    // Another company sees none of them.
+    assert!(s.delivery_statuses("B", &ids).await.unwrap().is_empty());
+}
+
+/// Issue 14: a parked event is handed out no more; a redelivery queues it again with
+/// its failed attempts forgotten, and only for its own company.
+async fn parked_deliveries_are_redelivered_on_request<S: Store + DeliveryStore>(s: &S) {
+    let link = new_object_id();
+    let e = event_of_link("A", &link, "p1", now() - Duration::seconds(5));
+    assert!(s.insert_event(e.clone()).await.unwrap());
+    let at = now();
+    let lease = at + Duration::seconds(30);
+    assert_eq!(
+        s.claim_deliveries("h", at, lease, 5).await.unwrap().len(),
+        1
+    );
+    assert!(
+        s.finish_delivery(
+            &e.id,
+            "h",
+            DeliveryOutcome::Parked {
+                attempts: 3,
+                error: "HTTP 500".into()
+            }
+        )
+        .await
+        .unwrap()
+    );
+    // Parked holds back nothing: the link's next event goes.
+    let next = event_of_link("A", &link, "p2", now());
+    assert!(s.insert_event(next.clone()).await.unwrap());
+    let at = now();
+    let c = s
+        .claim_deliveries("h", at, at + Duration::seconds(30), 5)
+        .await
+        .unwrap();
+    assert_eq!(claimed_ids(&c), ["p2"]);
+    assert!(
+        s.finish_delivery(&next.id, "h", DeliveryOutcome::NoEndpoint)
+            .await
+            .unwrap()
+    );
+    let st = s
+        .delivery_statuses("A", std::slice::from_ref(&e.id))
+        .await
+        .unwrap();
+    assert_eq!((st[0].state, st[0].attempts), (DeliveryState::Parked, 3));
+    assert!(st[0].next_attempt_at.is_none());
+
+    assert!(
+        s.redeliver_event("B", &e.id, now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.redeliver_event("A", &new_object_id(), now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let r = s.redeliver_event("A", &e.id, now()).await.unwrap().unwrap();
+    assert_eq!(
+        (r.state, r.attempts, r.last_error),
+        (DeliveryState::Pending, 0, None)
+    );
+    let at = now() + Duration::seconds(1);
+    let c = s
+        .claim_deliveries("h2", at, at + Duration::seconds(30), 5)
+        .await
+        .unwrap();
+    assert_eq!(claimed_ids(&c), ["p1"]);
+    assert_eq!(c[0].attempts, 0);
+    let st = s
+        .delivery_statuses("A", std::slice::from_ref(&next.id))
+        .await
+        .unwrap();
+    assert_eq!(st[0].state, DeliveryState::NoEndpoint);
+}
+
+/// Issue 14: one endpoint per company, its secret sealed for that company; replaced
+/// only by compare-and-set (key rotation racing an edit loses nothing), walked in
+/// company order, deleted once.
+async fn event_endpoints_are_per_company_and_compare_and_set<S: Store + DeliveryStore>(s: &S) {
+    let vault = Vault::new(MasterKey::generate());
+    let record = |company: &str, url: &str| EventEndpointRecord {
+        company_id: company.into(),
+        url: url.into(),
+        signing_secret: vault.encrypt(
+            "whsec_c2VjcmV0",
+            &flow8_host::store::delivery::event_endpoint_context(company),
+        ),
+        version: 0,
+        created_at: now(),
+        updated_at: now(),
+    };
+    // An ObjectId-shaped company id and a name: both kept and found as they are.
+    let oid = new_object_id();
+    for c in [oid.as_str(), "acme", "zeta"] {
+        s.insert_event_endpoint(record(c, "https://flow8.example.com/e"))
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        s.insert_event_endpoint(record("acme", "https://x.example.com/"))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let got = s.get_event_endpoint("acme").await.unwrap().unwrap();
+    assert_eq!(
+        got,
+        record("acme", "https://flow8.example.com/e").clone_with(&got)
+    );
+    assert_eq!(
+        vault
+            .decrypt(&got.signing_secret, &got.signing_secret_context())
+            .unwrap()
+            .expose(),
+        "whsec_c2VjcmV0"
+    );
+    assert!(s.get_event_endpoint("nobody").await.unwrap().is_none());
+    let mut changed = got.clone();
+    changed.url = "https://flow8.example.com/v2".into();
+    assert!(
+        !s.replace_event_endpoint_cas(changed.clone(), 7)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.replace_event_endpoint_cas(changed.clone(), 0)
+            .await
+            .unwrap()
+    );
+    let now_stored = s.get_event_endpoint("acme").await.unwrap().unwrap();
+    assert_eq!(
+        (now_stored.url.as_str(), now_stored.version),
+        ("https://flow8.example.com/v2", 1)
+    );
+    assert!(!s.replace_event_endpoint_cas(changed, 0).await.unwrap());
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = s.scan_event_endpoints(after.as_deref(), 2).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.company_id.clone());
+        seen.extend(page.into_iter().map(|e| e.company_id));
+    }
+    let mut expected = vec![oid.clone(), "acme".into(), "zeta".into()];
+    expected.sort();
+    assert_eq!(seen, expected);
+    assert!(s.delete_event_endpoint("acme").await.unwrap());
+    assert!(!s.delete_event_endpoint("acme").await.unwrap());
+    assert!(s.get_event_endpoint("acme").await.unwrap().is_none());
+    assert!(s.get_event_endpoint(&oid).await.unwrap().is_some());
+}
+
+trait CloneWith {
+    fn clone_with(self, stored: &EventEndpointRecord) -> EventEndpointRecord;
+}
+
+impl CloneWith for EventEndpointRecord {
+    /// This record with the stored one's secret and times (sealing is randomised).
+    fn clone_with(self, stored: &EventEndpointRecord) -> EventEndpointRecord {
+        EventEndpointRecord {
+            signing_secret: stored.signing_secret.clone(),
+            created_at: stored.created_at,
+            updated_at: stored.updated_at,
+            ..self
+        }
+    }
+}
+
+fn subscription(company: &str, link: &str, expires_in: Duration) -> SubscriptionRecord {
+    let t = now();
+    SubscriptionRecord {
+        id: new_object_id(),
+        company_id: company.into(),
+        link_id: link.into(),
+        service: "microsoft".into(),
+        resource: "me/messages".into(),
+        change_type: Some("created".into()),
+        topic_name: None,
+        provider_id: Some(format!("graph-{}", new_object_id())),
+        provider_resource_id: None,
+        expires_at: t + expires_in,
+        status: SubscriptionStatus::Active,
+        last_error: None,
+        renewals: 0,
+        created_by: Some("alice".into()),
+        lease_owner: None,
+        lease_until: None,
+        version: 0,
+        created_at: t,
+        updated_at: t,
+    }
+}
+
+async fn subscriptions_are_scoped_due_leased_and_compare_and_set<S: Store + Clone>(s: &S) {
+    let link_a = new_object_id();
+    let soon = subscription("A", &link_a, Duration::minutes(5));
+    let later = subscription("A", &link_a, Duration::days(3));
+    let other_link = subscription("A", &new_object_id(), Duration::minutes(1));
+    let other_company = subscription("B", &link_a, Duration::minutes(2));
+    for r in [&soon, &later, &other_link, &other_company] {
+        s.insert_subscription(r.clone()).await.unwrap();
+    }
+    // Read back as written; scoped by company and link.
+    assert_eq!(
+        s.get_subscription("A", &soon.id).await.unwrap().unwrap(),
+        soon
+    );
+    assert!(s.get_subscription("B", &soon.id).await.unwrap().is_none());
+    let ids: Vec<String> = s
+        .list_subscriptions("A", Some(&link_a))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, vec![soon.id.clone(), later.id.clone()]);
+    assert_eq!(s.list_subscriptions("A", None).await.unwrap().len(), 3);
+    // Due: every company, soonest first, the limit after the filter.
+    let due: Vec<String> = s
+        .subscriptions_due(now() + Duration::hours(1), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(
+        due,
+        vec![
+            other_link.id.clone(),
+            other_company.id.clone(),
+            soon.id.clone()
+        ]
+    );
+    assert_eq!(
+        s.subscriptions_due(now() + Duration::hours(1), 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // One lease holder among many.
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let s = s.clone();
+        let id = soon.id.clone();
+        tasks.push(tokio::spawn(async move {
+            s.try_lease_subscription("A", &id, &format!("host-{i}"), now() + Duration::seconds(2))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut winners = Vec::new();
+    for t in tasks {
+        if let Some(r) = t.await.unwrap() {
+            winners.push(r);
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let leased = winners.remove(0);
+    assert_eq!(leased.version, soon.version + 1);
+    assert!(
+        s.try_lease_subscription("A", &soon.id, "late-host", now() + Duration::seconds(2))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.try_lease_subscription("B", &soon.id, "late-host", now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // A renewal written on the leased version lands once; a stale write does not.
+    let mut renewed = leased.clone();
+    renewed.expires_at = now() + Duration::days(6);
+    renewed.lease_owner = None;
+    renewed.lease_until = None;
+    renewed.renewals = 1;
+    assert!(
+        s.update_subscription_cas(renewed.clone(), leased.version)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.update_subscription_cas(renewed.clone(), leased.version)
+            .await
+            .unwrap()
+    );
+    let stored = s.get_subscription("A", &soon.id).await.unwrap().unwrap();
+    assert_eq!(stored.version, leased.version + 1);
+    assert_eq!(stored.renewals, 1);
+    assert!(stored.lease_owner.is_none());
+    // No longer due once renewed; a lost one is never due.
+    let due = s
+        .subscriptions_due(now() + Duration::hours(1), 10)
+        .await
+        .unwrap();
+    assert!(due.iter().all(|r| r.id != soon.id));
+    let mut lost = s
+        .get_subscription("A", &other_link.id)
+        .await
+        .unwrap()
+        .unwrap();
+    lost.status = SubscriptionStatus::Lost;
+    assert!(
+        s.update_subscription_cas(lost.clone(), lost.version)
+            .await
+            .unwrap()
+    );
+    let due = s
+        .subscriptions_due(now() + Duration::hours(1), 10)
+        .await
+        .unwrap();
+    assert!(due.iter().all(|r| r.id != other_link.id));
+    // Deleting is scoped too and returns what was there.
+    assert!(
+        s.delete_subscription("B", &soon.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let gone = s.delete_subscription("A", &soon.id).await.unwrap().unwrap();
+    assert_eq!(gone.id, soon.id);
+    assert!(s.get_subscription("A", &soon.id).await.unwrap().is_none());
+    assert!(
+        s.delete_subscription("A", &soon.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }

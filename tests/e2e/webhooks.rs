@@ -106,6 +106,7 @@ impl Host {
                 provider_user_email: "alice@example.com".into(),
                 provider_metadata: metadata,
                 status: LinkStatus::Active,
+                status_reason: None,
                 shared_with: Vec::new(),
                 webhook_signature_secret: None,
                 refresh_lease_owner: None,

@@ -45,8 +45,21 @@ const spent = new Set();
 const revoked = new Set();
 const emit = (event) => process.stdout.write(JSON.stringify(event) + '\n');
 
-server.service.on('beforeTokenSigning', (token) => {
+server.service.on('beforeTokenSigning', (token, req) => {
   token.payload.exp = Math.floor(Date.now() / 1000) + ttl;
+  // The granted scopes in the token itself, as Microsoft's access tokens carry their
+  // delegated permissions in `scp` (space-separated): an API fake checks them there.
+  const body = req?.body ?? {};
+  const granted =
+    body.grant_type === 'authorization_code'
+      ? scopeByCode.get(body.code)
+      : body.grant_type === 'refresh_token'
+        ? scopeByRefresh.get(body.refresh_token)
+        : undefined;
+  if (granted !== undefined) token.payload.scp = granted;
+  // The same scopes as `scope` too (the mock writes `dummy`), so a fake can check them
+  // the way a provider's tokeninfo would.
+  if (granted !== undefined) token.payload.scope = granted;
   // Every token unique, as a real provider's are (the mock would sign identical claims
   // within one second identically), so a test can tell a refreshed token from the old.
   token.payload.jti = randomUUID();

@@ -31,6 +31,13 @@ impl WatGuest {
 
     /// The component's bytes.
     pub fn component(&self) -> Vec<u8> {
+        self.component_with_imports("")
+    }
+
+    /// The component's bytes, with `imports` (component-level `(import ...)` forms, in
+    /// the text format) added before everything else: interfaces it asks the host for
+    /// and never calls.
+    pub fn component_with_imports(&self, imports: &str) -> Vec<u8> {
         let manifest = self.manifest.to_string();
         let escaped: String = manifest.bytes().map(|b| format!("\\{b:02x}")).collect();
         let text = std::fs::read_to_string(crate::repo_root().join("tests/guests/wat/module.wat"))
@@ -38,7 +45,8 @@ impl WatGuest {
             .replace("\"MANIFEST\"", &format!("\"{escaped}\""))
             .replace("MANIFEST_LEN", &manifest.len().to_string())
             .replace("GROW0", &self.grow_first.to_string())
-            .replace("GROW1", &self.grow_second.to_string());
+            .replace("GROW1", &self.grow_second.to_string())
+            .replacen("(component\n", &format!("(component\n{imports}\n"), 1);
         wat::parse_str(&text).expect("the WAT template is a valid component")
     }
 

@@ -46,6 +46,11 @@ impl Host for StepState {
             ) => Ok(Err(GuestError::TokenRevoked(format!(
                 "the {s} connection was revoked; the user must reconnect it"
             )))),
+            Err(crate::oauth::OAuthError::NeedsReconnect { service, reason }) => {
+                Ok(Err(GuestError::TokenRevoked(format!(
+                    "the {service} connection needs reconnecting: {reason}"
+                ))))
+            }
             Err(crate::oauth::OAuthError::NotFound) => Ok(Err(GuestError::AccessDenied(format!(
                 "the link behind `{binding}` was deleted"
             )))),

@@ -12,7 +12,7 @@ use super::workspace_write::PartialFile;
 use crate::outbound::{OutboundBody, OutboundError, OutboundRequest, origin, sigv4};
 use crate::runtime::bindings::GuestError;
 use crate::runtime::bindings::flow8::integration::http::{
-    Body, Host, Request, Response, SaveTo, SavedResponse,
+    Body, Host, Request, Response, SaveTo, SavedResponse, WorkspaceRange,
 };
 use crate::runtime::grants::Attach;
 use crate::runtime::policy::{PolicyDenial, StepPolicy};
@@ -31,6 +31,14 @@ impl Host for StepState {
     ) -> wasmtime::Result<Result<SavedResponse, GuestError>> {
         Ok(self.send_saving(request, save).await)
     }
+
+    async fn send_workspace_range(
+        &mut self,
+        request: Request,
+        range: WorkspaceRange,
+    ) -> wasmtime::Result<Result<Response, GuestError>> {
+        Ok(self.send_range(request, range).await)
+    }
 }
 
 /// A request that passed every check of the step, credential attached.
@@ -44,11 +52,31 @@ struct Prepared {
 
 impl StepState {
     async fn send_checked(&mut self, request: Request) -> Result<Response, GuestError> {
+        let prepared = self.prepare(request, None).await?;
+        self.send_prepared(prepared).await
+    }
+
+    /// `send-workspace-range`: `send` with `range` of a workspace file as the body.
+    async fn send_range(
+        &mut self,
+        request: Request,
+        range: WorkspaceRange,
+    ) -> Result<Response, GuestError> {
+        if !matches!(request.body, Body::Empty) {
+            return Err(GuestError::InvalidInput(
+                "a request sent with a workspace range has the range as its body; its own `body` must be empty".into(),
+            ));
+        }
+        let prepared = self.prepare(request, Some(range)).await?;
+        self.send_prepared(prepared).await
+    }
+
+    async fn send_prepared(&mut self, prepared: Prepared) -> Result<Response, GuestError> {
         let Prepared {
             outbound,
             dest,
             attached,
-        } = self.prepare(request).await?;
+        } = prepared;
         let response = self.send_outbound(outbound).await?;
         if let Some((binding, resource_id, kind)) = attached {
             let header_text = header_text(&response.headers);
@@ -67,7 +95,7 @@ impl StepState {
     }
 
     /// The step now holds the secret of `binding` because an answer carried it back.
-    fn reflected(
+    pub(crate) fn reflected(
         &mut self,
         binding: String,
         resource_id: String,
@@ -98,7 +126,7 @@ impl StepState {
             outbound,
             dest,
             attached,
-        } = self.prepare(request).await?;
+        } = self.prepare(request, None).await?;
         // The destination is opened after the checks and before anything is sent: a
         // path the workspace refuses costs no request.
         let target = self.workspace_target(&save.path)?;
@@ -205,8 +233,12 @@ impl StepState {
     }
 
     /// Every check of a request, then the request as the host sends it, credential
-    /// attached.
-    async fn prepare(&mut self, request: Request) -> Result<Prepared, GuestError> {
+    /// attached; with `range`, that byte range of a workspace file is its body.
+    async fn prepare(
+        &mut self,
+        request: Request,
+        range: Option<WorkspaceRange>,
+    ) -> Result<Prepared, GuestError> {
         self.count_request()?;
         let url = url::Url::parse(&request.url)
             .map_err(|e| GuestError::InvalidInput(format!("URL is not valid: {e}")))?;
@@ -239,9 +271,10 @@ impl StepState {
             )
         });
 
-        let mut body = match request.body {
-            Body::Empty => OutboundBody::Empty,
-            Body::Bytes(b) => {
+        let mut body = match (request.body, range) {
+            (_, Some(range)) => self.open_workspace_range(&range)?,
+            (Body::Empty, None) => OutboundBody::Empty,
+            (Body::Bytes(b), None) => {
                 if b.len() > self.outbound.policy().max_request_bytes {
                     return Err(GuestError::LimitExceeded(format!(
                         "request body is larger than {} bytes; stream a workspace file instead",
@@ -250,53 +283,38 @@ impl StepState {
                 }
                 OutboundBody::Bytes(b)
             }
-            Body::WorkspaceFile(path) => OutboundBody::File(self.open_workspace_file(&path)?),
+            (Body::WorkspaceFile(path), None) => {
+                OutboundBody::File(self.open_workspace_file(&path)?)
+            }
         };
 
         let attached_binding = attach.as_ref().map(|a| (a.3.clone(), a.1.clone(), a.2));
         if let Some((attach, resource_id, kind, binding)) = attach {
-            match attach {
-                Attach::Bearer(token) => {
-                    headers.insert(
-                        http::header::AUTHORIZATION,
-                        sensitive(&format!("Bearer {}", token.expose()))?,
-                    );
+            let hash = match (&attach, &mut body) {
+                (Attach::AwsSigV4 { .. }, OutboundBody::Empty) => Some(sigv4::payload_hash(b"")),
+                (Attach::AwsSigV4 { .. }, OutboundBody::Bytes(b)) => Some(sigv4::payload_hash(b)),
+                // A signature covers the whole payload; S3 uploads go through
+                // `object-storage`, which signs its own parts.
+                (Attach::AwsSigV4 { .. }, OutboundBody::FileRange { .. }) => {
+                    return Err(GuestError::InvalidInput(
+                        "a workspace range cannot be sent with an AWS-signed credential; use object-storage".into(),
+                    ));
                 }
-                Attach::Header { name, value } => {
-                    headers.insert(name, sensitive(value.expose())?);
-                }
-                Attach::AwsSigV4 {
-                    region,
-                    service,
-                    access_key_id,
-                    secret_access_key,
-                } => {
-                    let hash = match &mut body {
-                        OutboundBody::Empty => sigv4::payload_hash(b""),
-                        OutboundBody::Bytes(b) => sigv4::payload_hash(b),
-                        OutboundBody::File(f) => {
-                            sigv4::file_hash(f)
-                                .await
-                                .map_err(|e| {
-                                    GuestError::Internal(format!(
-                                        "cannot read the workspace file: {e}"
-                                    ))
-                                })?
-                                .0
-                        }
-                    };
-                    let key = sigv4::SigningKey {
-                        region: &region,
-                        service: &service,
-                        access_key_id: access_key_id.expose(),
-                        secret_access_key: secret_access_key.expose(),
-                    };
-                    sigv4::sign_request(&key, &method, &url, &mut headers, &hash)
-                        .map_err(GuestError::Internal)?;
-                }
+                (Attach::AwsSigV4 { .. }, OutboundBody::File(f)) => Some(
+                    sigv4::file_hash(f)
+                        .await
+                        .map_err(|e| {
+                            GuestError::Internal(format!("cannot read the workspace file: {e}"))
+                        })?
+                        .0,
+                ),
+                _ => None,
+            };
+            if matches!(attach, Attach::NotHttp) {
                 // The policy does not authorize attaching these; kept for exhaustiveness.
-                Attach::NotHttp => return Err(PolicyDenial::NotAttachable { binding }.into()),
+                return Err(PolicyDenial::NotAttachable { binding }.into());
             }
+            attach_credential(&attach, &method, &url, &mut headers, hash)?;
             self.record_use(CredentialUse {
                 binding,
                 resource_id,
@@ -412,7 +430,37 @@ impl StepState {
         })
     }
 
+    /// `range` of a workspace file, positioned at its first byte; a range that does not
+    /// lie inside the file is refused before anything is sent. (Plain file calls, not
+    /// awaited: the step state is not `Sync`, so no borrow of it may cross an await.)
+    fn open_workspace_range(&self, range: &WorkspaceRange) -> Result<OutboundBody, GuestError> {
+        use std::io::Seek;
+        let mut file = self.open_workspace_std(&range.path)?;
+        let size = file
+            .metadata()
+            .map_err(|e| GuestError::Internal(format!("cannot read `{}`: {e}", range.path)))?
+            .len();
+        let end = range.offset.checked_add(range.length);
+        if range.length == 0 || end.is_none_or(|end| end > size) {
+            return Err(GuestError::InvalidInput(format!(
+                "bytes {}..+{} are not inside `{}` ({size} bytes); a range has at least one byte",
+                range.offset, range.length, range.path
+            )));
+        }
+        file.seek(std::io::SeekFrom::Start(range.offset))
+            .map_err(|e| GuestError::Internal(format!("cannot read `{}`: {e}", range.path)))?;
+        Ok(OutboundBody::FileRange {
+            file: tokio::fs::File::from_std(file),
+            length: range.length,
+        })
+    }
+
     pub(crate) fn open_workspace_file(&self, path: &str) -> Result<tokio::fs::File, GuestError> {
+        self.open_workspace_std(path).map(tokio::fs::File::from_std)
+    }
+
+    /// A regular file of the workspace, opened for reading.
+    fn open_workspace_std(&self, path: &str) -> Result<std::fs::File, GuestError> {
         let Some(root) = &self.workspace else {
             return Err(GuestError::InvalidInput(
                 "this step has no workspace to read files from".into(),
@@ -430,12 +478,12 @@ impl StepState {
         if std_file.metadata().map(|m| !m.is_file()).unwrap_or(true) {
             return Err(GuestError::InvalidInput(format!("`{path}` is not a file")));
         }
-        Ok(tokio::fs::File::from_std(std_file))
+        Ok(std_file)
     }
 }
 
 /// Headers as one text, to search for a reflected secret.
-fn header_text(headers: &[(String, String)]) -> String {
+pub(crate) fn header_text(headers: &[(String, String)]) -> String {
     headers.iter().map(|(k, v)| format!("{k}: {v}\n")).collect()
 }
 
@@ -477,6 +525,51 @@ pub(crate) fn outbound_error(dest: &str, e: OutboundError) -> GuestError {
         OutboundError::Network(m) => GuestError::Network(format!("{dest}: {m}")),
         OutboundError::ResponseTooLarge(_) => GuestError::LimitExceeded(format!("{dest}: {e}")),
     }
+}
+
+/// Put the credential on a request: the header it goes in, or an AWS SigV4 signature
+/// over `payload_hash` (the hash of the body, required for SigV4).
+pub(crate) fn attach_credential(
+    attach: &Attach,
+    method: &http::Method,
+    url: &url::Url,
+    headers: &mut http::HeaderMap,
+    payload_hash: Option<String>,
+) -> Result<(), GuestError> {
+    match attach {
+        Attach::Bearer(token) => {
+            headers.insert(
+                http::header::AUTHORIZATION,
+                sensitive(&format!("Bearer {}", token.expose()))?,
+            );
+        }
+        Attach::Header { name, value } => {
+            headers.insert(name.clone(), sensitive(value.expose())?);
+        }
+        Attach::AwsSigV4 {
+            region,
+            service,
+            access_key_id,
+            secret_access_key,
+        } => {
+            let hash = payload_hash.ok_or_else(|| {
+                GuestError::Internal("a SigV4 signature needs the body's hash".into())
+            })?;
+            let key = sigv4::SigningKey {
+                region,
+                service,
+                access_key_id: access_key_id.expose(),
+                secret_access_key: secret_access_key.expose(),
+            };
+            sigv4::sign_request(&key, method, url, headers, &hash).map_err(GuestError::Internal)?;
+        }
+        Attach::NotHttp => {
+            return Err(GuestError::Internal(
+                "this credential cannot be attached to a request".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn sensitive(value: &str) -> Result<http::HeaderValue, GuestError> {

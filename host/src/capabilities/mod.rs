@@ -1,5 +1,6 @@
 //! The host functions a module may call, one file per WIT interface: `credentials`,
-//! `file-transfer`, `http`, `log`, `mail`, `object-storage` and `step`. Each implements the generated `Host`
+//! `file-transfer`, `http`, `log`, `mail`, `object-storage` and `step`, and standard
+//! `wasi:http/outgoing-handler` (`wasi_http`) under the same policy. Each implements the generated `Host`
 //! trait on the step's sandbox state; the security questions they ask go to the step
 //! policy (`runtime::policy`), whose denials become guest errors here.
 
@@ -10,6 +11,7 @@ pub mod log;
 pub mod mail;
 pub mod object_storage;
 pub mod step;
+pub mod wasi_http;
 pub mod workspace_write;
 
 use crate::runtime::bindings::GuestError;

@@ -117,11 +117,20 @@ pub struct OAuthProvider {
     /// Callback query parameters kept in the link's `provider_metadata` (QuickBooks'
     /// `realmId`).
     pub callback_metadata: Vec<String>,
+    /// What a user should know when the provider refuses a refresh token
+    /// (`invalid_grant`), added to the link's `status_reason` (Google's 7-day expiry of
+    /// apps in "Testing").
+    pub refresh_refused_hint: Option<String>,
     /// Base URL of the provider's API, handed to modules.
     pub api_base_url: String,
     /// The only places the access token may be sent to: hosts, each with an optional
     /// path prefix (`https://slack.com/api/`).
     pub api_hosts: Vec<Pin>,
+    /// Where the provider's pre-authenticated URLs live (Graph's upload sessions and
+    /// OneDrive's download URLs): a module holding a link of this provider may send
+    /// requests there *without* a credential, and the token is never attached there
+    /// (these are not pins). Empty for most providers.
+    pub transfer_hosts: Vec<Pin>,
     /// For a generic OpenID Connect provider (`auth_mode: oidc`): its issuer, and what
     /// the entry left to discovery. Until `crate::oauth::discovery` has read the
     /// issuer's `/.well-known/openid-configuration`, the endpoints it left out are
@@ -157,8 +166,12 @@ pub(crate) struct RawOAuth {
     identity: IdentityFields,
     #[serde(default)]
     callback_metadata: Vec<String>,
+    #[serde(default)]
+    refresh_refused_hint: Option<String>,
     api_base_url: String,
     api_hosts: Vec<String>,
+    #[serde(default)]
+    transfer_hosts: Vec<String>,
 }
 
 fn space() -> String {
@@ -187,6 +200,16 @@ pub(crate) fn check_url(s: &str) -> Result<(), String> {
         Ok(_) => Err("must be an http(s) URL with a host".into()),
         Err(e) => Err(format!("is not a URL: {e}")),
     }
+}
+
+/// The hosts of a provider's pre-authenticated URLs (`transfer_hosts`), each a valid
+/// pattern that is not every host; none is fine.
+pub(crate) fn transfer_hosts(field: &str, hosts: &[String]) -> Result<Vec<Pin>, (String, String)> {
+    hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| pin(&format!("{field}[{i}]"), h).map_err(|e| (e.field, e.reason)))
+        .collect()
 }
 
 /// The API hosts a token is pinned to, each a valid pattern that is not every host.
@@ -272,6 +295,8 @@ impl RawOAuth {
         }
         let api_hosts =
             api_hosts("api_hosts", &self.api_hosts).map_err(|(f, reason)| bad(&f, &reason))?;
+        let transfer_hosts = transfer_hosts("transfer_hosts", &self.transfer_hosts)
+            .map_err(|(f, reason)| bad(&f, &reason))?;
         Ok(OAuthProvider {
             name: entry.name.clone(),
             display_name: self.display_name.unwrap_or_else(|| entry.name.clone()),
@@ -288,8 +313,10 @@ impl RawOAuth {
             refresh: self.refresh,
             identity: self.identity,
             callback_metadata: self.callback_metadata,
+            refresh_refused_hint: self.refresh_refused_hint.filter(|h| !h.trim().is_empty()),
             api_base_url: self.api_base_url,
             api_hosts,
+            transfer_hosts,
             oidc: None,
         })
     }

@@ -71,6 +71,8 @@ pub(crate) struct RawOidc {
     #[serde(default)]
     callback_metadata: Vec<String>,
     #[serde(default)]
+    refresh_refused_hint: Option<String>,
+    #[serde(default)]
     api_base_url: Option<String>,
     #[serde(default)]
     api_hosts: Option<Vec<String>>,
@@ -212,8 +214,12 @@ impl RawOidc {
             refresh: self.refresh,
             identity,
             callback_metadata: self.callback_metadata,
+            refresh_refused_hint: self.refresh_refused_hint.filter(|h| !h.trim().is_empty()),
             api_base_url: self.api_base_url.unwrap_or_else(|| self.issuer.clone()),
             api_hosts,
+            // Pre-authenticated URLs are a provider's own API design (Graph's upload
+            // sessions); a generic OpenID provider has none unless the operator says.
+            transfer_hosts: Vec::new(),
             oidc: Some(OidcProfile {
                 issuer: self.issuer,
                 set_endpoints,

@@ -104,6 +104,7 @@ fn oauth_providers_keep_every_value_of_the_old_table() {
                 "https://www.googleapis.com/calendar/",
                 "https://www.googleapis.com/oauth2/",
                 "https://gmail.googleapis.com/gmail/",
+                "https://gmail.googleapis.com/upload/gmail/",
                 "https://sheets.googleapis.com/v4/",
                 "https://docs.googleapis.com/v1/",
                 "https://people.googleapis.com/v1/",
@@ -385,6 +386,11 @@ fn a_broken_entry_is_refused_naming_provider_and_field() {
             "every host",
         ),
         (
+            "microsoft: {transfer_hosts: ['https://*']}",
+            ("microsoft", "transfer_hosts[0]"),
+            "every host",
+        ),
+        (
             "slack: {revocation: sometimes}",
             ("slack", "revocation"),
             "unknown variant",
@@ -590,5 +596,24 @@ fn manifests_may_bind_only_known_services_of_their_kind() {
             }
             other => panic!("{kind} {service}: {other:?}"),
         }
+    }
+}
+
+#[test]
+fn microsoft_names_the_hosts_of_its_pre_authenticated_urls_and_others_none() {
+    let c = Catalogue::builtin();
+    let ms = c.oauth("microsoft").unwrap();
+    let hosts: Vec<String> = ms.transfer_hosts.iter().map(|h| h.to_string()).collect();
+    assert!(
+        hosts.contains(&"https://*.sharepoint.com".to_string()),
+        "{hosts:?}"
+    );
+    let upload =
+        url::Url::parse("https://contoso-my.sharepoint.com/personal/x/_api/v2.0/up").unwrap();
+    assert!(ms.transfer_hosts.iter().any(|p| p.matches(&upload)));
+    // None of them is a pin: the token never goes there.
+    assert!(!ms.api_hosts.iter().any(|p| p.matches(&upload)));
+    for other in ["google", "slack", "clio", "quickbooks", "bexio"] {
+        assert!(c.oauth(other).unwrap().transfer_hosts.is_empty(), "{other}");
     }
 }

@@ -77,6 +77,21 @@ pub enum ModulesCommand {
     Push(super::distribution::PushArgs),
     /// Pull a module (and its signature) from an OCI registry into a directory.
     Pull(super::distribution::PullArgs),
+    /// Write a new module (manifest, source, build recipe, example input) into DIR
+    /// (default: ./NAME); `just build` there makes NAME.wasm.
+    New {
+        /// The module's name (1-64 of a-z, 0-9, `-`, starting with a letter).
+        name: String,
+        /// Its language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: super::templates::Lang,
+        /// Where to write it (must not exist).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The flow8-sdk a Rust module depends on (default: this repository's `sdk/`).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
 }
 
 /// `components` subcommands.
@@ -430,6 +445,31 @@ fn manifest_json(m: &crate::runtime::module::LoadedModule) -> serde_json::Value 
 }
 
 async fn modules(settings: &HostSettings, cmd: &ModulesCommand) -> ExitCode {
+    if let ModulesCommand::New {
+        name,
+        lang,
+        dir,
+        sdk,
+    } = cmd
+    {
+        let dir = dir.clone().unwrap_or_else(|| PathBuf::from(name));
+        return match super::templates::write(name, *lang, &dir, sdk.as_deref()) {
+            Ok(files) => {
+                print_json(&serde_json::json!({
+                    "dir": dir.display().to_string(),
+                    "files": files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
+                    "build": format!("cd {} && just build", dir.display()),
+                    "run": format!(
+                        "just run-module {}/{name}.wasm {}/example-input.json",
+                        dir.display(),
+                        dir.display()
+                    ),
+                }));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(crate::error::ErrorName::InvalidInput, e),
+        };
+    }
     let registry = match settings.build_modules() {
         Ok(r) => r,
         Err(e) => return fail(e.name(), e),
@@ -489,6 +529,8 @@ async fn modules(settings: &HostSettings, cmd: &ModulesCommand) -> ExitCode {
         | ModulesCommand::Sign(_)
         | ModulesCommand::Push(_)
         | ModulesCommand::Pull(_) => fail(ErrorName::InternalError, "dispatched elsewhere"),
+        // Answered above, before a registry is built.
+        ModulesCommand::New { .. } => ExitCode::SUCCESS,
     }
 }
 

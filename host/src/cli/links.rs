@@ -103,6 +103,9 @@ pub(super) async fn run(cli: &Cli, settings: &HostSettings, cmd: &LinksCommand) 
         store.clone(),
         vault,
         &audit,
+        // Lifecycle events a command causes (a refresh refused) are stored and queued;
+        // a serving host delivers them.
+        &crate::delivery::Deliveries::new(store.clone()),
     )
     .await
     {

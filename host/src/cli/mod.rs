@@ -8,6 +8,7 @@ pub mod config;
 mod distribution;
 mod keys;
 mod links;
+mod templates;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -91,6 +91,7 @@ impl OAuthService {
             provider_user_email,
             provider_metadata: metadata,
             status: LinkStatus::Active,
+            status_reason: None,
             shared_with: Vec::new(),
             webhook_signature_secret: None,
             refresh_lease_owner: None,

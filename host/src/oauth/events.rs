@@ -80,3 +80,17 @@ impl OAuthEvents for NoEvents {
         Box::pin(std::future::ready(()))
     }
 }
+
+/// Several sinks, told in order (the audit log, then the lifecycle events delivered to
+/// flow8).
+pub struct Fanout(pub Vec<std::sync::Arc<dyn OAuthEvents>>);
+
+impl OAuthEvents for Fanout {
+    fn emit(&self, event: OAuthEvent) -> EventFuture<'_> {
+        Box::pin(async move {
+            for sink in &self.0 {
+                sink.emit(event.clone()).await;
+            }
+        })
+    }
+}

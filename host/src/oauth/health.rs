@@ -18,6 +18,12 @@ impl OAuthService {
                     "scopes_granted": [], "user": null, "error": "token_revoked"}),
                 );
             }
+            Err(OAuthError::NeedsReconnect { service, reason }) => {
+                return Ok(
+                    json!({"status": "error", "service": service, "latency_ms": 0, "token_valid": false,
+                    "scopes_granted": [], "user": null, "error": "token_revoked", "message": reason}),
+                );
+            }
             Err(e) => return Err(e),
         };
         let p = self.provider(&link.integration_type)?;
@@ -53,13 +59,15 @@ impl OAuthService {
                     .mark_needs_reconnect(link.clone(), super::refresh::EXPIRED.into())
                     .await
                 {
-                    OAuthError::TokenRevoked(_) => {}
+                    OAuthError::TokenRevoked(_) | OAuthError::NeedsReconnect { .. } => {}
                     e => {
                         tracing::warn!(link = %link.id, error = %e, "cannot mark an expired link as needing reconnection")
                     }
                 }
                 // Whatever the store says now, this token works no more.
                 link.status = LinkStatus::NeedsReconnect;
+                link.status_reason
+                    .get_or_insert_with(|| super::refresh::EXPIRED.to_string());
             }
             out.push(link);
         }

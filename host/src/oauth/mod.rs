@@ -66,6 +66,16 @@ pub enum OAuthError {
     /// The link was revoked at the provider; the user must reconnect.
     #[error("the {0} connection was revoked; reconnect it")]
     TokenRevoked(String),
+    /// The link is marked `needs_reconnect`, for a reason it keeps (its
+    /// `status_reason`: e.g. the provider refused the refresh token, and why that
+    /// provider does).
+    #[error("the {service} connection needs reconnecting: {reason}")]
+    NeedsReconnect {
+        /// The link's service.
+        service: String,
+        /// Why, in words the user can act on.
+        reason: String,
+    },
     /// No such link for this company.
     #[error("no such link")]
     NotFound,
@@ -93,7 +103,9 @@ impl OAuthError {
             OAuthError::InvalidState | OAuthError::NotThisBrowser => ErrorName::InvalidState,
             OAuthError::AccessDenied(_) => ErrorName::AccessDenied,
             OAuthError::InvalidGrant(_) => ErrorName::InvalidGrant,
-            OAuthError::TokenRevoked(_) => ErrorName::TokenRevoked,
+            OAuthError::TokenRevoked(_) | OAuthError::NeedsReconnect { .. } => {
+                ErrorName::TokenRevoked
+            }
             OAuthError::NotFound => ErrorName::NotFound,
             OAuthError::Upstream(_) => ErrorName::UpstreamError,
             OAuthError::Provider(_) => ErrorName::ProviderError,

@@ -132,6 +132,7 @@ mod tests {
             provider_user_email: String::new(),
             provider_metadata: serde_json::Value::Null,
             status: Default::default(),
+            status_reason: None,
             shared_with: shared_with.iter().map(|s| s.to_string()).collect(),
             webhook_signature_secret: None,
             refresh_lease_owner: None,

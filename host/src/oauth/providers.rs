@@ -5,7 +5,7 @@
 
 use crate::catalogue::Catalogue;
 use crate::catalogue::Pin;
-use crate::catalogue::oauth::{OAuthProvider, api_hosts, check_url};
+use crate::catalogue::oauth::{OAuthProvider, api_hosts, check_url, transfer_hosts};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -44,6 +44,10 @@ pub struct ProviderConfig {
     /// Override the API hosts the token is pinned to.
     #[serde(default)]
     pub api_hosts: Option<Vec<String>>,
+    /// Override the hosts of the provider's pre-authenticated URLs (upload sessions,
+    /// download URLs), which modules reach without the token.
+    #[serde(default)]
+    pub transfer_hosts: Option<Vec<String>>,
     /// Override the API base URL modules are told to use.
     #[serde(default)]
     pub api_base_url: Option<String>,
@@ -83,6 +87,9 @@ pub struct Provider {
     pub identity_url: String,
     /// Pinned API hosts.
     pub api_hosts: Vec<Pin>,
+    /// Hosts of the provider's pre-authenticated URLs: reachable without a credential
+    /// by a step holding one of its links; never sent the token.
+    pub transfer_hosts: Vec<Pin>,
     /// API base URL for modules.
     pub api_base_url: String,
     /// Post-connect redirect.
@@ -178,6 +185,11 @@ pub fn configure(
                 .map_err(|(f, e)| format!("oauth2.{service}.{f}: {e}"))?,
             None => defaults.api_hosts.clone(),
         };
+        let transfer = match &c.transfer_hosts {
+            Some(hosts) => transfer_hosts("transfer_hosts", hosts)
+                .map_err(|(f, e)| format!("oauth2.{service}.{f}: {e}"))?,
+            None => defaults.transfer_hosts.clone(),
+        };
         out.insert(
             service.clone(),
             Provider {
@@ -199,6 +211,7 @@ pub fn configure(
                     .clone()
                     .unwrap_or_else(|| defaults.identity_url.clone()),
                 api_hosts: pinned,
+                transfer_hosts: transfer,
                 return_url: c.return_url.clone(),
                 webhook_secret,
                 api_base_url: c

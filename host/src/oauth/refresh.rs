@@ -24,6 +24,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Why a link whose token expired without a refresh token needs reconnecting.
+/// The error for a link marked `needs_reconnect`: with its stored reason when it has
+/// one (links marked before reasons were kept have none).
+fn revoked(link: LinkRecord) -> OAuthError {
+    match link.status_reason {
+        Some(reason) => OAuthError::NeedsReconnect {
+            service: link.integration_type,
+            reason,
+        },
+        None => OAuthError::TokenRevoked(link.integration_type),
+    }
+}
+
 pub(super) const EXPIRED: &str =
     "the access token expired and there is no refresh token to renew it";
 
@@ -121,7 +133,7 @@ impl OAuthService {
     /// still holds once this caller is the link's only refresher.
     async fn refresh(&self, link: LinkRecord, need: Need<'_>) -> Result<LinkRecord, OAuthError> {
         if link.status == LinkStatus::NeedsReconnect {
-            return Err(OAuthError::TokenRevoked(link.integration_type));
+            return Err(revoked(link));
         }
         let p = self.provider(&link.integration_type)?;
         let refreshable = p.defaults.refresh == RefreshPolicy::Auto && link.refresh_token.is_some();
@@ -147,7 +159,7 @@ impl OAuthService {
         loop {
             let current = self.link(&link.company_id, &link.id).await?;
             if current.status == LinkStatus::NeedsReconnect {
-                return Err(OAuthError::TokenRevoked(current.integration_type));
+                return Err(revoked(current));
             }
             if !self.still_needed(&current, need)? {
                 return Ok(current);
@@ -194,7 +206,17 @@ impl OAuthService {
             attempt += 1;
             match client.refresh(&refresh).await {
                 Ok(t) => break t,
-                Err(OAuthError::InvalidGrant(reason)) => {
+                Err(OAuthError::InvalidGrant(refusal)) => {
+                    // Say what the provider is known to mean by it (Google's 7-day
+                    // expiry of apps in "Testing"), so the user knows what to fix.
+                    let mut reason = format!(
+                        "{} refused the refresh token ({refusal})",
+                        p.defaults.display_name
+                    );
+                    if let Some(hint) = &p.defaults.refresh_refused_hint {
+                        reason.push_str(". ");
+                        reason.push_str(hint.trim_end_matches('.'));
+                    }
                     return Err(self.mark_needs_reconnect(leased, reason).await);
                 }
                 Err(e) if attempt < 3 => {
@@ -254,6 +276,7 @@ impl OAuthService {
     ) -> OAuthError {
         let mut dead = leased.clone();
         dead.status = LinkStatus::NeedsReconnect;
+        dead.status_reason = Some(reason.clone());
         dead.refresh_lease_owner = None;
         dead.refresh_lease_until = None;
         match self.store.update_link_cas(dead, leased.version).await {
@@ -262,16 +285,19 @@ impl OAuthService {
                 let service = leased.integration_type.clone();
                 self.emit(OAuthEvent::NeedsReconnect {
                     link: leased,
-                    reason,
+                    reason: reason.clone(),
                 })
                 .await;
-                OAuthError::TokenRevoked(service)
+                OAuthError::NeedsReconnect { service, reason }
             }
             Ok(false) => {
                 // The link changed meanwhile (unlinked, or marked by another host):
                 // this host marked nothing, so it tells nothing.
                 tracing::info!(link = %leased.id, service = %leased.integration_type, %reason, "refresh refused; the link changed meanwhile and is left as it is");
-                OAuthError::TokenRevoked(leased.integration_type)
+                OAuthError::NeedsReconnect {
+                    service: leased.integration_type,
+                    reason,
+                }
             }
             Err(e) => e.into(),
         }

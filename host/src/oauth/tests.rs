@@ -174,6 +174,7 @@ async fn insert_link(store: &AnyStore, oauth: &OAuthService, expires_in: Duratio
         provider_user_email: String::new(),
         provider_metadata: serde_json::Value::Null,
         status: crate::store::LinkStatus::Active,
+        status_reason: None,
         shared_with: Vec::new(),
         webhook_signature_secret: None,
         refresh_lease_owner: None,
@@ -259,21 +260,38 @@ async fn a_refused_refresh_token_marks_the_link_once_and_tells_it_once() {
     let events = Arc::new(Recorded::default());
     let oauth = oauth.with_events(events.clone());
     let link = insert_link(&store, &oauth, Duration::from_secs(60)).await;
+    // Every later use says why, and what Google means by it (apps in "Testing" get
+    // refresh tokens that expire after 7 days).
     for _ in 0..3 {
-        assert!(matches!(
-            oauth.access_token("A", &link.id).await,
-            Err(OAuthError::TokenRevoked(s)) if s == "google"
-        ));
+        let e = oauth.access_token("A", &link.id).await.unwrap_err();
+        assert_eq!(e.name(), crate::error::ErrorName::TokenRevoked);
+        let said = e.to_string();
+        assert!(
+            said.starts_with("the google connection needs reconnecting: Google refused the refresh token (invalid_grant: revoked)"),
+            "{said}"
+        );
+        assert!(
+            said.contains("\"Testing\"") && said.contains("7 days"),
+            "{said}"
+        );
     }
     let rejected = Secret::new("access-0".into());
     assert!(matches!(
         oauth.force_refresh("A", &link.id, &rejected).await,
-        Err(OAuthError::TokenRevoked(_))
+        Err(OAuthError::NeedsReconnect { service, .. }) if service == "google"
     ));
-    // One refresh request, no retry storm; the link marked; one event.
+    // One refresh request, no retry storm; the link marked, with its reason; one event.
     assert_eq!(requests.load(Ordering::SeqCst), 1);
     let stored = store.get_link("A", &link.id).await.unwrap().unwrap();
     assert_eq!(stored.status, crate::store::LinkStatus::NeedsReconnect);
+    assert!(
+        stored
+            .status_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("invalid_grant")),
+        "{:?}",
+        stored.status_reason
+    );
     let told = events
         .0
         .lock()
@@ -331,7 +349,7 @@ async fn audits_of_a_refused_refresh(unlink_meanwhile: bool) -> Vec<crate::store
     assert!(slot.set((store.clone(), link.id.clone())).is_ok());
     assert!(matches!(
         oauth.access_token("A", &link.id).await,
-        Err(OAuthError::TokenRevoked(_))
+        Err(OAuthError::NeedsReconnect { .. })
     ));
     let query = crate::store::AuditQuery {
         action_type: Some("integration_needs_reconnect".into()),

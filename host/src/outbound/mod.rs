@@ -83,6 +83,14 @@ pub enum OutboundBody {
     Bytes(Vec<u8>),
     /// A file streamed from disk (already opened inside the step's workspace).
     File(tokio::fs::File),
+    /// `length` bytes of a file from where it is positioned (opened inside the step's
+    /// workspace and seeked to the range's start): one chunk of a ranged upload.
+    FileRange {
+        /// The file, at the range's first byte.
+        file: tokio::fs::File,
+        /// Bytes to send.
+        length: u64,
+    },
 }
 
 /// A request that passed the step's checks.
@@ -238,6 +246,23 @@ impl OutboundClient {
                     Some(len) => b.header(http::header::CONTENT_LENGTH, len),
                     None => b,
                 }
+            }
+            OutboundBody::FileRange { file, length } => {
+                use tokio::io::AsyncReadExt;
+                // Read in pieces so a chunk of any size never sits whole in memory.
+                let stream =
+                    futures_util::stream::try_unfold(file.take(length), |mut r| async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        let n = r.read(&mut buf).await?;
+                        if n == 0 {
+                            return Ok::<_, std::io::Error>(None);
+                        }
+                        buf.truncate(n);
+                        Ok(Some((buf, r)))
+                    });
+                builder
+                    .body(reqwest::Body::wrap_stream(stream))
+                    .header(http::header::CONTENT_LENGTH, length)
             }
         };
         let resp = match tokio::time::timeout_at(deadline, builder.send()).await {

@@ -139,6 +139,8 @@ impl SandboxEngine {
             .map_err(|e| anyhow::anyhow!("cannot link the workspace budgets: {e}"))?;
         Module::add_to_linker::<_, HasSelf<StepState>>(&mut linker, |s| s)
             .map_err(|e| anyhow::anyhow!("cannot link the flow8 interfaces: {e}"))?;
+        crate::capabilities::wasi_http::add_to_linker(&mut linker)
+            .map_err(|e| anyhow::anyhow!("cannot link wasi:http: {e}"))?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         {

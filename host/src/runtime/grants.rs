@@ -60,6 +60,10 @@ pub struct GrantedCredential {
     pub secrets: Vec<(String, Secret)>,
     /// Where this credential may be sent: hosts, each with an optional path prefix.
     pub pinned: Vec<Pin>,
+    /// Where the provider's pre-authenticated URLs live (an OAuth link's provider's
+    /// `transfer_hosts`): requests that carry no credential may go there; the
+    /// credential itself never does (these are not pins).
+    pub transfer: Vec<Pin>,
     /// How the host attaches it.
     pub attach: Attach,
 }
@@ -249,6 +253,10 @@ async fn resolve_link(
             ErrorName::TokenRevoked,
             format!("the {s} connection was revoked or expired; the user must reconnect it"),
         ),
+        OAuthError::NeedsReconnect { service, reason } => StepError::new(
+            ErrorName::TokenRevoked,
+            format!("the {service} connection needs reconnecting: {reason}"),
+        ),
         OAuthError::Store(e) => StepError::new(ErrorName::StoreUnavailable, e.to_string()),
         // A token that does not open (e.g. moved here from another link): the vault's
         // name, never the provider's.
@@ -305,6 +313,9 @@ async fn resolve_link(
         )));
     }
     let pinned: Vec<Pin> = provider.map(|p| p.api_hosts.clone()).unwrap_or_default();
+    let transfer: Vec<Pin> = provider
+        .map(|p| p.transfer_hosts.clone())
+        .unwrap_or_default();
     let api_base_url = provider.map(|p| p.api_base_url.clone()).unwrap_or_default();
     let grant = GrantedCredential {
         binding: binding.name.clone(),
@@ -322,6 +333,7 @@ async fn resolve_link(
         }),
         secrets: vec![("access_token".to_string(), token.clone())],
         pinned,
+        transfer,
         attach: Attach::Bearer(token),
     };
     Ok((grant, used))
@@ -459,6 +471,7 @@ pub fn grant_component(
         config,
         secrets,
         pinned,
+        transfer: Vec::new(),
         attach,
     })
 }

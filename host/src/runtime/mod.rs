@@ -459,6 +459,12 @@ impl Runtime {
         self.modules.catalogue()
     }
 
+    /// The outbound client (the operator's egress policy), which the event deliverer
+    /// also sends through.
+    pub fn outbound(&self) -> &OutboundClient {
+        &self.outbound
+    }
+
     /// The default per-step limits.
     pub fn default_limits(&self) -> StepLimits {
         self.limits
@@ -707,6 +713,12 @@ impl Runtime {
                 &mut e.message,
                 limits.output_bytes.min(MAX_ERROR_MESSAGE_BYTES),
             );
+        }
+        // What the step's last wasi:http answers carried back, before the report reads
+        // the policy (no later request of the step could take it into account).
+        if let Err(e) = store.data_mut().absorb_wasi_http_findings() {
+            tracing::error!(error = %e, "the workspace taint could not be recorded");
+            report.result = Err(StepError::internal(e.to_string()));
         }
         let (lines, truncated) = log.take();
         report.log = lines

@@ -30,6 +30,9 @@ pub struct LoadedModule {
     /// Worst-case subschema evaluations per input value (see `schema_budget`).
     pub(crate) input_evaluations: u64,
     pub(crate) host_patterns: Arc<Vec<crate::manifest::HostPattern>>,
+    /// The host interfaces the component imports (`wasi:http/outgoing-handler@0.2.3`,
+    /// `flow8:integration/http@0.1.0`, ...), for a review of what it uses.
+    pub imports: Vec<String>,
 }
 
 impl std::fmt::Debug for LoadedModule {
@@ -110,6 +113,12 @@ impl LoadedModule {
                 .map_err(|e| StepError::internal(format!("compile task failed: {e}")))?
                 .map_err(|e| StepError::invalid_module(format!("not a valid component: {e:#}")))?
         };
+        let imports = imported_interfaces(engine.engine(), &component);
+        if let Some(unknown) = imports.iter().find(|i| !offered(i)) {
+            return Err(StepError::invalid_module(format!(
+                "the component imports `{unknown}`, which this host does not offer (it offers {OFFERED_SUMMARY})"
+            )));
+        }
         let instance_pre = engine.linker().instantiate_pre(&component).map_err(|e| {
             StepError::invalid_module(format!(
                 "the component is not a flow8 module (world flow8:integration/module): it needs imports the host does not offer: {e:#}"
@@ -140,8 +149,104 @@ impl LoadedModule {
             input_validator,
             input_evaluations,
             host_patterns,
+            imports,
         })
     }
+
+    /// Whether the module uses standard `wasi:http` for outbound requests.
+    pub fn uses_wasi_http(&self) -> bool {
+        self.imports
+            .iter()
+            .any(|i| i.starts_with("wasi:http/outgoing-handler@"))
+    }
+}
+
+/// The interfaces (instances) `component` imports, by their full names, in its order.
+pub fn imported_interfaces(
+    engine: &wasmtime::Engine,
+    component: &wasmtime::component::Component,
+) -> Vec<String> {
+    component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect()
+}
+
+/// The interfaces the host's linker defines, by package and interface name, each with
+/// the version track the linker matches (semver-compatible: any 0.2.x for WASI). Kept
+/// beside `engine.rs`'s linker setup; a test loads a component importing each.
+const OFFERED: &[(&str, &[&str], &str)] = &[
+    (
+        "flow8:integration",
+        &[
+            "types",
+            "credentials",
+            "http",
+            "object-storage",
+            "mail",
+            "file-transfer",
+            "log",
+            "step",
+        ],
+        "0.1.",
+    ),
+    ("wasi:io", &["error", "poll", "streams"], "0.2."),
+    ("wasi:clocks", &["monotonic-clock", "wall-clock"], "0.2."),
+    (
+        "wasi:random",
+        &["random", "insecure", "insecure-seed"],
+        "0.2.",
+    ),
+    (
+        "wasi:cli",
+        &[
+            "environment",
+            "exit",
+            "stdin",
+            "stdout",
+            "stderr",
+            "terminal-input",
+            "terminal-output",
+            "terminal-stdin",
+            "terminal-stdout",
+            "terminal-stderr",
+        ],
+        "0.2.",
+    ),
+    ("wasi:filesystem", &["types", "preopens"], "0.2."),
+    // Linked so language runtimes that import them load; the step's WASI context
+    // allows no TCP, UDP or name lookup.
+    (
+        "wasi:sockets",
+        &[
+            "network",
+            "instance-network",
+            "tcp",
+            "tcp-create-socket",
+            "udp",
+            "udp-create-socket",
+            "ip-name-lookup",
+        ],
+        "0.2.",
+    ),
+    ("wasi:http", &["types", "outgoing-handler"], "0.2."),
+];
+
+/// What the host offers, for the refusal's message.
+const OFFERED_SUMMARY: &str = "flow8:integration@0.1, wasi:io, wasi:clocks, wasi:random, wasi:cli, wasi:filesystem, wasi:sockets (denied) and wasi:http/types and outgoing-handler, all @0.2";
+
+/// Whether the host offers the import `name` (`package/interface@version`).
+fn offered(name: &str) -> bool {
+    let Some((path, version)) = name.split_once('@') else {
+        return false;
+    };
+    let Some((package, interface)) = path.split_once('/') else {
+        return false;
+    };
+    OFFERED.iter().any(|(p, interfaces, track)| {
+        *p == package && interfaces.contains(&interface) && version.starts_with(track)
+    })
 }
 
 /// Call the `manifest` export in a sandbox with no credentials, no network and a short
@@ -199,4 +304,40 @@ async fn read_manifest(
         ));
     }
     Ok(json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::offered;
+
+    #[test]
+    fn the_interfaces_the_linker_defines_are_offered_at_their_version_track() {
+        for name in [
+            "flow8:integration/http@0.1.0",
+            "wasi:http/outgoing-handler@0.2.3",
+            "wasi:http/types@0.2.12",
+            "wasi:random/random@0.2.0",
+            "wasi:clocks/wall-clock@0.2.6",
+            "wasi:cli/environment@0.2.0",
+            "wasi:sockets/tcp@0.2.0",
+        ] {
+            assert!(offered(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn other_interfaces_versions_and_shapes_are_not() {
+        for name in [
+            "wasi:http/incoming-handler@0.2.3",
+            "wasi:http/types@0.3.0-rc-2025-09-16",
+            "wasi:keyvalue/store@0.2.0-draft",
+            "flow8:integration/http@0.2.0",
+            "flow8:integration/secrets@0.1.0",
+            "wasi:http/types",
+            "outgoing-handler@0.2.3",
+            "",
+        ] {
+            assert!(!offered(name), "{name}");
+        }
+    }
 }

@@ -483,6 +483,8 @@ pub struct StepState {
     pub(crate) refresher: Option<Arc<crate::oauth::OAuthService>>,
     /// Where the taint of the step's workspace is kept, when it has one.
     pub(crate) workspace_taints: Option<Arc<super::taint::WorkspaceTaints>>,
+    /// Standard `wasi:http` (its fields, bodies, and what its requests found).
+    pub(crate) wasi_http: crate::capabilities::wasi_http::WasiHttpState,
 }
 
 /// A credential used by a step: which binding, how, for which destination.
@@ -537,6 +539,7 @@ impl StepState {
             company_id: String::new(),
             refresher: None,
             workspace_taints: None,
+            wasi_http: Default::default(),
         }
     }
 

@@ -214,6 +214,8 @@ impl super::sandbox::StepState {
     /// Take in the workspace's taint as it is now: a step beside this one may have read
     /// a secret since this one started. Before every outbound request.
     pub(crate) fn sync_workspace_taint(&mut self) -> Result<(), GuestError> {
+        // Secrets that came back in answers to wasi:http requests, first.
+        self.absorb_wasi_http_findings()?;
         if let (Some(ledger), Some(ws)) = (&self.workspace_taints, &self.workspace) {
             let taints = ledger
                 .current(ws)

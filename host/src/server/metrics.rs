@@ -37,6 +37,8 @@ pub struct Metrics {
     latency: Mutex<BTreeMap<String, Histogram>>,
     limit_hits: Mutex<BTreeMap<String, u64>>,
     webhooks: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    deliveries: Mutex<BTreeMap<&'static str, u64>>,
+    usage_alerts: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// The provider labels of webhook counts (anything else counts as [`OTHER`]).
@@ -101,6 +103,27 @@ impl Metrics {
             .lock()
             .expect("metrics lock")
             .entry((provider, verdict))
+            .or_default() += 1;
+    }
+
+    /// Count one delivery attempt of an event to its company's endpoint by outcome
+    /// (`delivered`, `failed` (retried later), `parked`, `no_endpoint`).
+    pub fn delivery(&self, outcome: &'static str) {
+        *self
+            .deliveries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(outcome)
+            .or_default() += 1;
+    }
+
+    /// Count one token-usage alert by kind (`new_module`, `rate`, `idle`).
+    pub fn usage_alert(&self, kind: &'static str) {
+        *self
+            .usage_alerts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(kind)
             .or_default() += 1;
     }
 
@@ -171,6 +194,24 @@ impl Metrics {
                 out,
                 "flow8_webhooks_total{{provider=\"{p}\",verdict=\"{v}\"}} {n}"
             );
+        }
+        out.push_str("# HELP flow8_event_deliveries_total Attempts to deliver events to companies' endpoints, by outcome.\n# TYPE flow8_event_deliveries_total counter\n");
+        for (o, n) in self
+            .deliveries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            let _ = writeln!(out, "flow8_event_deliveries_total{{outcome=\"{o}\"}} {n}");
+        }
+        out.push_str("# HELP flow8_usage_alerts_total Unusual uses of credentials, by kind.\n# TYPE flow8_usage_alerts_total counter\n");
+        for (k, n) in self
+            .usage_alerts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            let _ = writeln!(out, "flow8_usage_alerts_total{{kind=\"{k}\"}} {n}");
         }
         out
     }

@@ -36,8 +36,14 @@ pub struct AppState {
     pub modules: Arc<crate::runtime::registry::ModuleRegistry>,
     /// The OAuth service, when providers are configured.
     pub oauth: Option<Arc<crate::oauth::OAuthService>>,
-    /// Metrics.
-    pub metrics: metrics::Metrics,
+    /// Metrics (shared with the background deliverer).
+    pub metrics: Arc<metrics::Metrics>,
+    /// The event delivery queue (stores events and wakes the deliverer).
+    pub deliveries: crate::delivery::Deliveries,
+    /// Per-credential usage baselines (token-usage alerts).
+    pub usage: Arc<crate::usage::UsageMonitor>,
+    /// Webhook subscriptions (Graph, Google), when OAuth providers are configured.
+    pub subscriptions: Option<Arc<crate::subscriptions::SubscriptionService>>,
     /// Group-committing audit writer for the step path.
     pub audit: audit::AuditWriter,
     /// Where admins' modules are installed.
@@ -129,7 +135,10 @@ where
 fn endpoints() -> Vec<Endpoint> {
     use Body::{Json, Module, None, Webhook};
     use Verb::{Delete, Get, Post};
-    use routes::{audit_log, components, connect, integrations, modules, ops, steps, webhooks};
+    use routes::{
+        audit_log, components, connect, event_delivery, integrations, modules, ops, steps,
+        subscriptions, webhooks,
+    };
     vec![
         endpoint(Get, "/healthz", None, ops::healthz),
         endpoint(Get, "/readyz", None, ops::readyz),
@@ -233,6 +242,48 @@ fn endpoints() -> Vec<Endpoint> {
             webhooks::create_secret,
         ),
         endpoint(Get, "/api/v1/events", Json, webhooks::list),
+        endpoint(
+            Post,
+            "/api/v1/events/endpoint",
+            Json,
+            event_delivery::set_endpoint,
+        ),
+        endpoint(
+            Get,
+            "/api/v1/events/endpoint",
+            Json,
+            event_delivery::get_endpoint,
+        ),
+        endpoint(
+            Delete,
+            "/api/v1/events/endpoint",
+            Json,
+            event_delivery::delete_endpoint,
+        ),
+        endpoint(
+            Post,
+            "/api/v1/events/{id}/redeliver",
+            Json,
+            event_delivery::redeliver,
+        ),
+        endpoint(
+            Post,
+            "/api/v1/integrations/{link_id}/subscriptions",
+            Json,
+            subscriptions::create,
+        ),
+        endpoint(
+            Get,
+            "/api/v1/integrations/{link_id}/subscriptions",
+            Json,
+            subscriptions::list,
+        ),
+        endpoint(
+            Delete,
+            "/api/v1/integrations/{link_id}/subscriptions/{subscription_id}",
+            Json,
+            subscriptions::remove,
+        ),
     ]
 }
 

@@ -11,7 +11,8 @@
 
 use crate::runtime::sandbox::StepLimits;
 use crate::server::routes::{
-    audit_log, components, connect, integrations, modules, ops, steps, webhooks,
+    audit_log, components, connect, event_delivery, integrations, modules, ops, steps,
+    subscriptions, webhooks,
 };
 use serde_json::{Value, json};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -154,6 +155,10 @@ pub struct Link {
     provider_user_email: String,
     /// `active` or `needs_reconnect`.
     status: String,
+    /// Why it needs reconnecting (e.g. the provider refused its refresh token, and
+    /// why); null while active.
+    #[schema(nullable = true)]
+    status_reason: Option<String>,
     /// Members it is shared with (`*`: every member).
     shared_with: Vec<String>,
     created_at: String,
@@ -301,6 +306,10 @@ pub struct StoredEvent {
     #[schema(value_type = Object)]
     payload: Value,
     received_at: String,
+    /// Its delivery to the company's endpoint (null for events stored before the
+    /// host delivered them).
+    #[schema(nullable = true)]
+    delivery: Option<crate::server::routes::event_delivery::EventDelivery>,
 }
 
 /// A page of events.
@@ -333,6 +342,43 @@ pub struct WebhookSecret {
     webhook_secret: String,
     /// Where the provider sends the link's notifications.
     webhook_url: String,
+}
+
+/// A webhook subscription the host keeps alive for a link.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Subscription {
+    id: String,
+    link_id: String,
+    /// `microsoft` or `google`.
+    service: String,
+    /// The Graph resource, or `drive/changes`, `drive/files/{file_id}`, `gmail`.
+    resource: String,
+    #[schema(nullable = true)]
+    change_type: Option<String>,
+    #[schema(nullable = true)]
+    topic_name: Option<String>,
+    /// Graph's subscription id or Google's channel id.
+    #[schema(nullable = true)]
+    provider_id: Option<String>,
+    /// When the provider lets it lapse (the host renews it before).
+    expires_at: String,
+    /// `active` or `lost`.
+    status: String,
+    #[schema(nullable = true)]
+    last_error: Option<String>,
+    renewals: u64,
+    /// Where the provider sends its notifications.
+    notification_url: String,
+    created_at: String,
+    updated_at: String,
+}
+
+/// A link's subscriptions.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct SubscriptionList {
+    subscriptions: Vec<Subscription>,
 }
 
 #[derive(OpenApi)]
@@ -371,6 +417,13 @@ pub struct WebhookSecret {
         webhooks::receive_for_link,
         webhooks::create_secret,
         webhooks::list,
+        event_delivery::set_endpoint,
+        event_delivery::get_endpoint,
+        event_delivery::delete_endpoint,
+        event_delivery::redeliver,
+        subscriptions::create,
+        subscriptions::list,
+        subscriptions::remove,
     ),
     components(schemas(Error, StepReport, Taint)),
     modifiers(&Common)

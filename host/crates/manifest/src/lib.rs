@@ -275,6 +275,7 @@ impl Manifest {
     }
 
     /// The allowed hosts as parsed patterns (the manifest was validated, so this cannot fail).
+    #[cfg(feature = "validate")]
     pub fn host_patterns(&self) -> Vec<HostPattern> {
         self.allowed_hosts
             .iter()
@@ -324,7 +325,11 @@ fn default_port(scheme: &str) -> u16 {
 }
 
 impl HostPattern {
-    /// Parse a pattern, refusing anything broader than the language allows.
+    /// Parse a pattern, refusing anything broader than the language allows. An exact
+    /// host is kept as a URL parser writes it (`[0:0::1]` is `[::1]`, `0x7f.1` is
+    /// `127.0.0.1`), so it matches the URLs that name it however they spell it; a
+    /// wildcard is over a domain name, never an IP address.
+    #[cfg(feature = "validate")]
     pub fn parse(text: &str) -> Result<HostPattern, String> {
         let (scheme, rest) = text
             .split_once("://")
@@ -383,6 +388,14 @@ impl HostPattern {
                 ));
             }
             check_hostname(domain, text)?;
+            // `*.0.1` would cover 127.0.0.1: a URL parser reads a name that ends in a
+            // number as an IPv4 address (WHATWG URL, "ends in a number"), which has no
+            // subdomains.
+            if !matches!(url::Host::parse(domain), Ok(url::Host::Domain(_))) {
+                return Err(format!(
+                    "`{text}`: a wildcard covers the subdomains of a domain name, not of an IP address"
+                ));
+            }
             HostMatch::Subdomains(domain.to_string())
         } else {
             if host.contains('*') {
@@ -398,7 +411,9 @@ impl HostPattern {
             {
                 return Err(format!("`{text}` has an invalid IPv6 literal"));
             }
-            HostMatch::Exact(host)
+            let canonical = url::Host::parse(&host)
+                .map_err(|e| format!("`{text}` names no host a URL can reach: {e}"))?;
+            HostMatch::Exact(canonical.to_string())
         };
         Ok(HostPattern {
             scheme: scheme.to_string(),
@@ -428,6 +443,8 @@ impl HostPattern {
         match &self.host {
             HostMatch::Any => true,
             HostMatch::Exact(h) => *h == host,
+            // An IP address is nobody's subdomain, whatever its digits end in.
+            HostMatch::Subdomains(_) if !matches!(url.host(), Some(url::Host::Domain(_))) => false,
             HostMatch::Subdomains(d) => {
                 host.len() > d.len() + 1
                     && host.ends_with(d.as_str())
@@ -442,6 +459,7 @@ impl HostPattern {
     }
 }
 
+#[cfg(feature = "validate")]
 fn check_hostname(host: &str, text: &str) -> Result<(), String> {
     let ok = !host.is_empty()
         && host.len() <= 253
@@ -515,6 +533,30 @@ mod tests {
         assert!(any.is_any_host());
         assert!(any.matches(&url("https://example.org/")));
         assert!(!any.matches(&url("http://example.org/")));
+    }
+
+    /// Found by the host-pattern property test (tests/host_pattern_props.rs).
+    #[test]
+    fn ip_literals_match_as_addresses_and_are_nobodys_subdomain() {
+        // The same address however the pattern writes it.
+        let long = HostPattern::parse("https://[0000:0000:0000:0000:0000:0000:0000:0001]").unwrap();
+        assert!(long.matches(&url("https://[::1]/x")));
+        assert_eq!(long.to_string(), "https://[::1]");
+        let hex = HostPattern::parse("http://0x7f.1:8080").unwrap();
+        assert!(hex.matches(&url("http://127.0.0.1:8080/")));
+        // A wildcard over a number is over an IPv4 address: refused, and no IPv4
+        // address is a subdomain of anything.
+        for bad in ["https://*.0.0.1", "https://*.0.1", "https://*.example.123"] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad} should be refused");
+        }
+        let w = HostPattern {
+            scheme: "https".into(),
+            host: HostMatch::Subdomains("0.1".into()),
+            port: PortMatch::Any,
+        };
+        assert!(!w.matches(&url("https://127.0.0.1/")));
+        // A name a URL cannot hold is no pattern either.
+        assert!(HostPattern::parse("https://xn--a.example").is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use super::embedded::EmbeddedStore;
 use super::mongodb::MongoStore;
 use super::{
     AuditQuery, AuditRecord, ComponentRecord, EventQuery, EventRecord, LinkRecord, ModuleApproval,
-    ModuleRecord, OAuthStateRecord, Store, StoreError, TokenRecord, WebhookRoute,
+    ModuleRecord, OAuthStateRecord, Store, StoreError, SubscriptionRecord, TokenRecord, WebhookRoute,
 };
 use std::path::Path;
 use time::OffsetDateTime;
@@ -231,6 +231,16 @@ impl Store for AnyStore {
     ) -> Result<Vec<AuditRecord>, StoreError> {
         delegate!(self, s => s.scan_audit(after, limit))
     }
+    async fn scan_events(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        delegate!(self, s => s.scan_events(after, limit))
+    }
+    async fn module_companies(&self) -> Result<Vec<String>, StoreError> {
+        delegate!(self, s => s.module_companies())
+    }
     async fn insert_event(&self, event: EventRecord) -> Result<bool, StoreError> {
         delegate!(self, s => s.insert_event(event))
     }
@@ -287,6 +297,53 @@ impl Store for AnyStore {
         version: &str,
     ) -> Result<Option<ModuleRecord>, StoreError> {
         delegate!(self, s => s.delete_module(company_id, name, version))
+    }
+    async fn insert_subscription(&self, record: SubscriptionRecord) -> Result<(), StoreError> {
+        delegate!(self, s => s.insert_subscription(record))
+    }
+    async fn get_subscription(
+        &self,
+        company_id: &str,
+        id: &str,
+    ) -> Result<Option<SubscriptionRecord>, StoreError> {
+        delegate!(self, s => s.get_subscription(company_id, id))
+    }
+    async fn list_subscriptions(
+        &self,
+        company_id: &str,
+        link_id: Option<&str>,
+    ) -> Result<Vec<SubscriptionRecord>, StoreError> {
+        delegate!(self, s => s.list_subscriptions(company_id, link_id))
+    }
+    async fn subscriptions_due(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<SubscriptionRecord>, StoreError> {
+        delegate!(self, s => s.subscriptions_due(before, limit))
+    }
+    async fn update_subscription_cas(
+        &self,
+        record: SubscriptionRecord,
+        expected_version: i64,
+    ) -> Result<bool, StoreError> {
+        delegate!(self, s => s.update_subscription_cas(record, expected_version))
+    }
+    async fn try_lease_subscription(
+        &self,
+        company_id: &str,
+        id: &str,
+        owner: &str,
+        until: OffsetDateTime,
+    ) -> Result<Option<SubscriptionRecord>, StoreError> {
+        delegate!(self, s => s.try_lease_subscription(company_id, id, owner, until))
+    }
+    async fn delete_subscription(
+        &self,
+        company_id: &str,
+        id: &str,
+    ) -> Result<Option<SubscriptionRecord>, StoreError> {
+        delegate!(self, s => s.delete_subscription(company_id, id))
     }
 }
 

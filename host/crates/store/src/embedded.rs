@@ -16,9 +16,12 @@
 use super::{
     AuditQuery, AuditRecord, ComponentRecord, EventQuery, EventRecord, LinkRecord,
     MAX_WEBHOOK_LINKS, ModuleApproval, ModuleRecord, OAuthStateRecord, Store, StoreError,
+    SubscriptionRecord,
     TokenRecord, WebhookRoute,
 };
 use rusqlite::{Connection, OptionalExtension, params};
+
+mod delivery;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -109,6 +112,18 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_company ON events (company_id, received_at);
 CREATE INDEX IF NOT EXISTS events_by_service ON events (company_id, service, received_at);
+CREATE TABLE IF NOT EXISTS webhook_subscriptions (
+    id         TEXT PRIMARY KEY,
+    company_id TEXT NOT NULL,
+    link_id    TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    version    INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    doc        TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS subscriptions_by_link ON webhook_subscriptions (company_id, link_id, created_at);
+CREATE INDEX IF NOT EXISTS subscriptions_due ON webhook_subscriptions (status, expires_at);
 ";
 
 /// The background refresher's query. Its status and refresh-token terms are the
@@ -327,6 +342,7 @@ impl EmbeddedStore {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(unavailable)?;
         tx.execute_batch(SCHEMA).map_err(unavailable)?;
+        tx.execute_batch(delivery::SCHEMA).map_err(unavailable)?;
         let version: Option<String> = tx
             .query_row(
                 "SELECT value FROM meta WHERE key = 'schema_version'",
@@ -1006,6 +1022,32 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn scan_events(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        self.scan_docs(
+            "SELECT doc FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+            after,
+            limit,
+        )
+        .await
+    }
+
+    async fn module_companies(&self) -> Result<Vec<String>, StoreError> {
+        self.read_blocking(|c| {
+            let mut stmt = c
+                .prepare_cached("SELECT DISTINCT company_id FROM modules ORDER BY company_id")
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, String>(0))
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+        .await
+    }
+
     async fn insert_event(&self, event: EventRecord) -> Result<bool, StoreError> {
         let doc = serde_json::to_string(&event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.write(move |tx| {
@@ -1025,6 +1067,10 @@ impl Store for EmbeddedStore {
                     ],
                 )
                 .map_err(unavailable)?;
+            if n == 1 {
+                // Queued for delivery in the same transaction: never stored undelivered.
+                delivery::queue(tx, &event, tx.last_insert_rowid())?;
+            }
             Ok(n == 1)
         })
         .await
@@ -1257,6 +1303,181 @@ impl Store for EmbeddedStore {
                     "DELETE FROM modules WHERE company_id = ?1 AND name = ?2 AND version = ?3
                      RETURNING doc",
                     params![company_id, name, version],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            doc.map(|d| serde_json::from_str(&d).map_err(|e| StoreError::Corrupt(e.to_string())))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn insert_subscription(&self, record: SubscriptionRecord) -> Result<(), StoreError> {
+        let doc = serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO webhook_subscriptions (id, company_id, link_id, status, expires_at, version, created_at, doc)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    record.id,
+                    record.company_id,
+                    record.link_id,
+                    record.status.as_str(),
+                    millis(record.expires_at),
+                    record.version,
+                    millis(record.created_at),
+                    doc
+                ],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_subscription(
+        &self,
+        company_id: &str,
+        id: &str,
+    ) -> Result<Option<SubscriptionRecord>, StoreError> {
+        self.read(|c| {
+            let rows: Vec<SubscriptionRecord> = docs(
+                c.prepare_cached(
+                    "SELECT doc FROM webhook_subscriptions WHERE company_id = ?1 AND id = ?2",
+                )
+                .map_err(unavailable)?
+                .query_map(params![company_id, id], |r| r.get::<_, String>(0))
+                .map_err(unavailable)?,
+            )?;
+            Ok(rows.into_iter().next())
+        })
+    }
+
+    async fn list_subscriptions(
+        &self,
+        company_id: &str,
+        link_id: Option<&str>,
+    ) -> Result<Vec<SubscriptionRecord>, StoreError> {
+        let (company_id, link_id) = (company_id.to_string(), link_id.map(str::to_string));
+        self.read_blocking(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT doc FROM webhook_subscriptions WHERE company_id = ?1
+                       AND (?2 IS NULL OR link_id = ?2)
+                     ORDER BY created_at, id",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![company_id, link_id], |r| r.get::<_, String>(0))
+                .map_err(unavailable)?;
+            docs(rows)
+        })
+        .await
+    }
+
+    async fn subscriptions_due(
+        &self,
+        before: time::OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<SubscriptionRecord>, StoreError> {
+        self.read_blocking(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT doc FROM webhook_subscriptions WHERE status = 'active' AND expires_at < ?1
+                     ORDER BY expires_at LIMIT ?2",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![millis(before), limit], |r| r.get::<_, String>(0))
+                .map_err(unavailable)?;
+            docs(rows)
+        })
+        .await
+    }
+
+    async fn update_subscription_cas(
+        &self,
+        mut record: SubscriptionRecord,
+        expected_version: i64,
+    ) -> Result<bool, StoreError> {
+        record.version = expected_version + 1;
+        record.updated_at = super::now();
+        let doc = serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.write(move |tx| {
+            let n = tx
+                .execute(
+                    "UPDATE webhook_subscriptions SET doc = ?1, version = ?2, status = ?3, expires_at = ?4
+                     WHERE company_id = ?5 AND id = ?6 AND version = ?7",
+                    params![
+                        doc,
+                        record.version,
+                        record.status.as_str(),
+                        millis(record.expires_at),
+                        record.company_id,
+                        record.id,
+                        expected_version
+                    ],
+                )
+                .map_err(unavailable)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn try_lease_subscription(
+        &self,
+        company_id: &str,
+        id: &str,
+        owner: &str,
+        until: time::OffsetDateTime,
+    ) -> Result<Option<SubscriptionRecord>, StoreError> {
+        let (company_id, id, owner) = (company_id.to_string(), id.to_string(), owner.to_string());
+        self.write(move |tx| {
+            let doc: Option<String> = tx
+                .query_row(
+                    "SELECT doc FROM webhook_subscriptions WHERE company_id = ?1 AND id = ?2",
+                    params![company_id, id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            let Some(doc) = doc else {
+                return Ok(None);
+            };
+            let mut record: SubscriptionRecord =
+                serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if record.lease_until.is_some_and(|t| t > super::now())
+                && record.lease_owner.as_deref() != Some(owner.as_str())
+            {
+                return Ok(None);
+            }
+            record.lease_owner = Some(owner);
+            record.lease_until = Some(until);
+            record.version += 1;
+            let doc =
+                serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            tx.execute(
+                "UPDATE webhook_subscriptions SET doc = ?1, version = ?2 WHERE company_id = ?3 AND id = ?4",
+                params![doc, record.version, record.company_id, record.id],
+            )
+            .map_err(unavailable)?;
+            Ok(Some(record))
+        })
+        .await
+    }
+
+    async fn delete_subscription(
+        &self,
+        company_id: &str,
+        id: &str,
+    ) -> Result<Option<SubscriptionRecord>, StoreError> {
+        let (company_id, id) = (company_id.to_string(), id.to_string());
+        self.write(move |tx| {
+            let doc: Option<String> = tx
+                .query_row(
+                    "DELETE FROM webhook_subscriptions WHERE company_id = ?1 AND id = ?2 RETURNING doc",
+                    params![company_id, id],
                     |r| r.get(0),
                 )
                 .optional()

@@ -9,11 +9,13 @@
 //! changes and deletes nothing.
 
 pub mod any;
+pub mod delivery;
 pub mod embedded;
 pub mod mongodb;
 pub mod transfer;
 
 pub use any::{AnyStore, StoreLocation};
+pub use delivery::DeliveryStore;
 
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -107,6 +109,10 @@ pub struct LinkRecord {
     /// Whether the link can be used (stored as `active` / `needs_reconnect`).
     #[serde(default)]
     pub status: LinkStatus,
+    /// Why the link needs reconnecting, in words its user can act on (the provider's
+    /// refusal, and what the provider is known to mean by it); None while it is active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
     /// Users of the company besides `user_id` who may use the link (`*`: every member);
     /// see `oauth::ownership`. Older records have none: only the owner and admins.
     #[serde(default)]
@@ -417,6 +423,92 @@ pub struct EventQuery {
     pub limit: u64,
 }
 
+/// A provider subscription the host keeps alive for a link: a Microsoft Graph
+/// subscription or a Google watch channel (Drive `changes.watch` / `files.watch`, Gmail
+/// `users.watch`), renewed ahead of `expires_at` by one host at a time (the lease) and
+/// recreated when the provider lost it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscriptionRecord {
+    /// Id (ObjectId hex).
+    #[serde(rename = "_id")]
+    pub id: String,
+    /// Owning company (the link's).
+    pub company_id: String,
+    /// The link whose token makes the provider calls and whose webhook URL and secret
+    /// the notifications use.
+    pub link_id: String,
+    /// `microsoft` or `google` (the link's service).
+    pub service: String,
+    /// What is watched: a Graph resource (`me/messages`), or `drive/changes`,
+    /// `drive/files/{file_id}`, `gmail`.
+    pub resource: String,
+    /// Graph's `changeType` (`created,updated`); None for Google.
+    #[serde(default)]
+    pub change_type: Option<String>,
+    /// Gmail's Pub/Sub topic; None otherwise.
+    #[serde(default)]
+    pub topic_name: Option<String>,
+    /// The provider's id: Graph's subscription id, Google's channel id (None for Gmail,
+    /// whose watch has no id, and before the first creation succeeded).
+    #[serde(default)]
+    pub provider_id: Option<String>,
+    /// Google's `resourceId` of the channel (`channels.stop` needs it).
+    #[serde(default)]
+    pub provider_resource_id: Option<String>,
+    /// When the provider lets it lapse.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// `active`, or `lost` (the provider no longer has it and recreating it failed).
+    #[serde(default)]
+    pub status: SubscriptionStatus,
+    /// The last renewal failure, if the last attempt failed.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Times renewed (or recreated) since it was made.
+    #[serde(default)]
+    pub renewals: u64,
+    /// Who asked for it (user id).
+    #[serde(default)]
+    pub created_by: Option<String>,
+    /// Who holds the renewal lease, until when.
+    #[serde(default)]
+    pub lease_owner: Option<String>,
+    /// Lease expiry.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub lease_until: Option<OffsetDateTime>,
+    /// Bumped on every write (compare-and-set).
+    #[serde(default)]
+    pub version: i64,
+    /// Created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Last changed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// A subscription's state, stored as its wire string in both stores.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriptionStatus {
+    /// Kept alive: renewed ahead of expiry.
+    #[default]
+    Active,
+    /// The provider lost it and it could not be made again; renewal stops (audited
+    /// `webhook_subscription_lost`).
+    Lost,
+}
+
+impl SubscriptionStatus {
+    /// The stored and API value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubscriptionStatus::Active => "active",
+            SubscriptionStatus::Lost => "lost",
+        }
+    }
+}
+
 /// How a webhook finds the links it is for, across companies (the webhook's own
 /// signature, not an API token, says who sent it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -625,6 +717,14 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&str>,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<AuditRecord>, StoreError>> + Send;
+    /// Events of every company whose id sorts after `after`, by id, at most `limit`.
+    fn scan_events(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<EventRecord>, StoreError>> + Send;
+    /// The companies that have installed modules, sorted.
+    fn module_companies(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
     /// Store a verified provider event; false (and nothing written) when the company
     /// already has one of that service and provider event id.
     fn insert_event(
@@ -688,6 +788,53 @@ pub trait Store: Send + Sync + 'static {
         name: &str,
         version: &str,
     ) -> impl Future<Output = Result<Option<ModuleRecord>, StoreError>> + Send;
+    /// Store a new webhook subscription.
+    fn insert_subscription(
+        &self,
+        record: SubscriptionRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// A company's subscription by id.
+    fn get_subscription(
+        &self,
+        company_id: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<SubscriptionRecord>, StoreError>> + Send;
+    /// A company's subscriptions, optionally of one link, oldest first.
+    fn list_subscriptions(
+        &self,
+        company_id: &str,
+        link_id: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<SubscriptionRecord>, StoreError>> + Send;
+    /// Active subscriptions of every company that expire before `before`, soonest
+    /// first, at most `limit` (the renewer's query).
+    fn subscriptions_due(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<SubscriptionRecord>, StoreError>> + Send;
+    /// Replace a subscription if its version is still `expected_version` (then
+    /// version + 1); whether it was replaced.
+    fn update_subscription_cas(
+        &self,
+        record: SubscriptionRecord,
+        expected_version: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Take a subscription's renewal lease if nobody holds an unexpired one; the record
+    /// as it is after taking it (re-read), or None when someone else holds it (or it is
+    /// gone).
+    fn try_lease_subscription(
+        &self,
+        company_id: &str,
+        id: &str,
+        owner: &str,
+        until: OffsetDateTime,
+    ) -> impl Future<Output = Result<Option<SubscriptionRecord>, StoreError>> + Send;
+    /// Delete a subscription; the deleted record.
+    fn delete_subscription(
+        &self,
+        company_id: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<SubscriptionRecord>, StoreError>> + Send;
 }
 
 #[cfg(test)]

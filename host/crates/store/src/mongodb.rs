@@ -19,6 +19,7 @@
 use super::{
     AuditQuery, AuditRecord, ComponentRecord, EventQuery, EventRecord, LinkRecord,
     MAX_WEBHOOK_LINKS, ModuleApproval, ModuleRecord, OAuthStateRecord, Store, StoreError,
+    SubscriptionRecord,
     TokenRecord, WebhookRoute,
 };
 use futures_util::TryStreamExt;
@@ -29,6 +30,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 use time::OffsetDateTime;
+
+mod delivery;
 
 /// How long an operation waits for a reachable server before `store_unavailable`.
 pub const DEFAULT_SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(3);
@@ -50,6 +53,7 @@ const MODULE_CHUNKS: &str = "module_chunks";
 /// MongoDB's 16 MB document limit, so a module of any size is stored in pieces.
 pub const MODULE_CHUNK_BYTES: usize = 8 * 1024 * 1024;
 const EVENTS: &str = "events";
+const SUBSCRIPTIONS: &str = "webhook_subscriptions";
 
 /// MongoDB error code for a unique-index violation.
 const DUPLICATE_KEY: i32 = 11000;
@@ -67,6 +71,7 @@ const TOKEN_DATES: &[&str] = &["created_at", "revoked_at"];
 const AUDIT_DATES: &[&str] = &["timestamp"];
 const MODULE_DATES: &[&str] = &["installed_at"];
 const EVENT_DATES: &[&str] = &["received_at"];
+const SUBSCRIPTION_DATES: &[&str] = &["expires_at", "lease_until", "created_at", "updated_at"];
 /// Fields kept as ObjectIds when they look like one.
 const ID_FIELDS: &[&str] = &["_id", "user_id", "company_id"];
 
@@ -235,7 +240,15 @@ impl MongoStore {
 
     /// Every index the host's queries use; creating an existing index is a no-op.
     async fn create_indexes(&self) -> Result<(), StoreError> {
-        let sets: [(&str, Vec<IndexModel>); 8] = [
+        let sets: [(&str, Vec<IndexModel>); 9] = [
+            (
+                SUBSCRIPTIONS,
+                vec![
+                    index(doc! {"company_id": 1, "link_id": 1, "created_at": 1}),
+                    // The renewer's: active subscriptions in expiry order.
+                    index(doc! {"status": 1, "expires_at": 1}),
+                ],
+            ),
             (
                 MODULES,
                 vec![
@@ -319,6 +332,10 @@ impl MongoStore {
                 .await
                 .map_err(store_error)?;
         }
+        self.coll(EVENTS)
+            .create_indexes(delivery::event_indexes())
+            .await
+            .map_err(store_error)?;
         Ok(())
     }
 
@@ -702,8 +719,43 @@ impl Store for MongoStore {
         collect(cursor, AUDIT_DATES).await
     }
 
+    async fn scan_events(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let cursor = self
+            .coll(EVENTS)
+            .find(after_filter(after))
+            .sort(doc! {"_id": 1})
+            .limit(i64::from(limit))
+            .await
+            .map_err(store_error)?;
+        collect(cursor, EVENT_DATES).await
+    }
+
+    async fn module_companies(&self) -> Result<Vec<String>, StoreError> {
+        let values = self
+            .coll(MODULES)
+            .distinct("company_id", doc! {})
+            .await
+            .map_err(store_error)?;
+        let mut companies: Vec<String> = values
+            .into_iter()
+            .filter_map(|v| match v {
+                Bson::String(s) => Some(s),
+                Bson::ObjectId(o) => Some(o.to_hex()),
+                _ => None,
+            })
+            .collect();
+        companies.sort();
+        Ok(companies)
+    }
+
     async fn insert_event(&self, event: EventRecord) -> Result<bool, StoreError> {
-        let d = to_doc(&event, EVENT_DATES)?;
+        let mut d = to_doc(&event, EVENT_DATES)?;
+        // Queued for delivery in the same (single-document) write.
+        delivery::pending_fields(&event, &mut d);
         match self.coll(EVENTS).insert_one(d).await {
             Ok(_) => Ok(true),
             Err(e) if is_duplicate(&e) => Ok(false),
@@ -867,25 +919,8 @@ impl Store for MongoStore {
         // of this deployment) finds every piece. Pieces are keyed by digest, so writing
         // them again (another version with the same bytes, a retried install) is
         // harmless.
-        let total = bytes.len().div_ceil(MODULE_CHUNK_BYTES).max(1);
-        let chunks = self.coll(MODULE_CHUNKS);
-        for n in 0..total {
-            let piece = bytes
-                .get(n * MODULE_CHUNK_BYTES..bytes.len().min((n + 1) * MODULE_CHUNK_BYTES))
-                .unwrap_or_default();
-            let data = Bson::Binary(bson::Binary {
-                subtype: bson::spec::BinarySubtype::Generic,
-                bytes: piece.to_vec(),
-            });
-            chunks
-                .update_one(
-                    doc! {"company_id": id(&record.company_id), "digest": &record.digest, "n": n as i64},
-                    doc! {"$set": {"of": total as i64, "data": data}},
-                )
-                .upsert(true)
-                .await
-                .map_err(store_error)?;
-        }
+        self.write_module_pieces(&record.company_id, &record.digest, &bytes)
+            .await?;
         let d = to_doc(&record, MODULE_DATES)?;
         self.coll(MODULES)
             .insert_one(d)
@@ -896,6 +931,20 @@ impl Store for MongoStore {
                 StoreError::Conflict(_) => conflict(),
                 other => other,
             })?;
+        // A removal of another version with these bytes that counted the versions
+        // before this metadata existed may have deleted the pieces just written (see
+        // `delete_module`). From now on no removal deletes them (it counts this
+        // version), so pieces that are all here now stay; missing ones are written again.
+        let present = self
+            .coll(MODULE_CHUNKS)
+            .count_documents(doc! {"company_id": id(&record.company_id), "digest": &record.digest})
+            .await
+            .map_err(store_error)?;
+        if present != bytes.len().div_ceil(MODULE_CHUNK_BYTES).max(1) as u64 {
+            tracing::info!(module = %format!("{}@{}", record.name, record.version), "a removal of the same bytes raced this install: writing its pieces again");
+            self.write_module_pieces(&record.company_id, &record.digest, &bytes)
+                .await?;
+        }
         Ok(())
     }
 
@@ -983,12 +1032,182 @@ impl Store for MongoStore {
             .await
             .map_err(store_error)?;
         if shared == 0 {
+            // An install of another version with these bytes may be under way: it wrote
+            // (or rewrote) the pieces and is about to write its metadata, which the count
+            // above did not see. Keep the bytes in hand, delete, and count again: a
+            // version that appeared meanwhile gets its pieces back. (One whose metadata
+            // lands after this second count checks its pieces itself, in `put_module`.)
+            let bytes = self.get_module_bytes(company_id, &record.digest).await?;
             self.coll(MODULE_CHUNKS)
                 .delete_many(doc! {"company_id": id(company_id), "digest": &record.digest})
                 .await
                 .map_err(store_error)?;
+            let arrived = self
+                .coll(MODULES)
+                .count_documents(doc! {"company_id": id(company_id), "digest": &record.digest})
+                .await
+                .map_err(store_error)?;
+            if arrived > 0
+                && let Some(bytes) = bytes
+            {
+                tracing::info!(digest = %record.digest, "an install of the same bytes raced this removal: writing its pieces again");
+                self.write_module_pieces(company_id, &record.digest, &bytes)
+                    .await?;
+            }
         }
         Ok(Some(record))
+    }
+
+    async fn insert_subscription(&self, record: SubscriptionRecord) -> Result<(), StoreError> {
+        let d = to_doc(&record, SUBSCRIPTION_DATES)?;
+        self.coll(SUBSCRIPTIONS)
+            .insert_one(d)
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn get_subscription(
+        &self,
+        company_id: &str,
+        sid: &str,
+    ) -> Result<Option<SubscriptionRecord>, StoreError> {
+        self.coll(SUBSCRIPTIONS)
+            .find_one(doc! {"_id": id(sid), "company_id": id(company_id)})
+            .await
+            .map_err(store_error)?
+            .map(|d| from_doc(d, SUBSCRIPTION_DATES))
+            .transpose()
+    }
+
+    async fn list_subscriptions(
+        &self,
+        company_id: &str,
+        link_id: Option<&str>,
+    ) -> Result<Vec<SubscriptionRecord>, StoreError> {
+        let mut filter = doc! {"company_id": id(company_id)};
+        if let Some(l) = link_id {
+            filter.insert("link_id", l);
+        }
+        let cursor = self
+            .coll(SUBSCRIPTIONS)
+            .find(filter)
+            .sort(doc! {"created_at": 1, "_id": 1})
+            .await
+            .map_err(store_error)?;
+        collect(cursor, SUBSCRIPTION_DATES).await
+    }
+
+    async fn subscriptions_due(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<SubscriptionRecord>, StoreError> {
+        let cursor = self
+            .coll(SUBSCRIPTIONS)
+            .find(doc! {
+                "status": super::SubscriptionStatus::Active.as_str(),
+                "expires_at": {"$lt": date(before)},
+            })
+            .sort(doc! {"expires_at": 1})
+            .limit(i64::from(limit))
+            .await
+            .map_err(store_error)?;
+        collect(cursor, SUBSCRIPTION_DATES).await
+    }
+
+    async fn update_subscription_cas(
+        &self,
+        mut record: SubscriptionRecord,
+        expected_version: i64,
+    ) -> Result<bool, StoreError> {
+        record.version = expected_version + 1;
+        record.updated_at = super::now();
+        let d = to_doc(&record, SUBSCRIPTION_DATES)?;
+        let r = self
+            .coll(SUBSCRIPTIONS)
+            .replace_one(
+                doc! {"_id": id(&record.id), "company_id": id(&record.company_id), "version": expected_version},
+                d,
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(r.matched_count == 1)
+    }
+
+    async fn try_lease_subscription(
+        &self,
+        company_id: &str,
+        sid: &str,
+        owner: &str,
+        until: OffsetDateTime,
+    ) -> Result<Option<SubscriptionRecord>, StoreError> {
+        // One atomic find-and-modify: free, expired, or already ours.
+        let filter = doc! {
+            "_id": id(sid),
+            "company_id": id(company_id),
+            "$or": [
+                {"lease_until": null},
+                {"lease_until": {"$lte": date(super::now())}},
+                {"lease_owner": owner},
+            ],
+        };
+        let update = doc! {
+            "$set": {"lease_owner": owner, "lease_until": date(until)},
+            "$inc": {"version": 1_i64},
+        };
+        self.coll(SUBSCRIPTIONS)
+            .find_one_and_update(filter, update)
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(store_error)?
+            .map(|d| from_doc(d, SUBSCRIPTION_DATES))
+            .transpose()
+    }
+
+    async fn delete_subscription(
+        &self,
+        company_id: &str,
+        sid: &str,
+    ) -> Result<Option<SubscriptionRecord>, StoreError> {
+        self.coll(SUBSCRIPTIONS)
+            .find_one_and_delete(doc! {"_id": id(sid), "company_id": id(company_id)})
+            .await
+            .map_err(store_error)?
+            .map(|d| from_doc(d, SUBSCRIPTION_DATES))
+            .transpose()
+    }
+}
+
+impl MongoStore {
+    /// Write a module's bytes as pieces of at most `MODULE_CHUNK_BYTES`, each upserted by
+    /// (company, digest, n): writing the same bytes again changes nothing.
+    async fn write_module_pieces(
+        &self,
+        company_id: &str,
+        digest: &str,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        let total = bytes.len().div_ceil(MODULE_CHUNK_BYTES).max(1);
+        let chunks = self.coll(MODULE_CHUNKS);
+        for n in 0..total {
+            let piece = bytes
+                .get(n * MODULE_CHUNK_BYTES..bytes.len().min((n + 1) * MODULE_CHUNK_BYTES))
+                .unwrap_or_default();
+            let data = Bson::Binary(bson::Binary {
+                subtype: bson::spec::BinarySubtype::Generic,
+                bytes: piece.to_vec(),
+            });
+            chunks
+                .update_one(
+                    doc! {"company_id": id(company_id), "digest": digest, "n": n as i64},
+                    doc! {"$set": {"of": total as i64, "data": data}},
+                )
+                .upsert(true)
+                .await
+                .map_err(store_error)?;
+        }
+        Ok(())
     }
 }
 

@@ -5,13 +5,22 @@
 //! the store's key check value, so an import into a store (or by a host) with another
 //! key is refused before anything is written.
 //!
+//! Installed modules travel with their bytes (base64, checked against their digest on
+//! import) and webhook events as stored.
+//!
 //! Import is idempotent: a document whose id (or unique name) is already there is
 //! counted as skipped, so an interrupted import is finished by running it again.
 //! Pending OAuth states are not moved (they live ten minutes).
 
-use super::{AnyStore, AuditRecord, ComponentRecord, LinkRecord, Store, StoreError, TokenRecord};
+use super::{
+    AnyStore, AuditRecord, ComponentRecord, EventRecord, LinkRecord, ModuleRecord, Store,
+    StoreError, TokenRecord,
+};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use flow8_vault::Vault;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::io::{BufRead, Write};
 
 /// The export format's version.
@@ -40,6 +49,20 @@ pub enum ExportItem {
     ApiTokens(TokenRecord),
     /// An audit entry.
     AuditLog(AuditRecord),
+    /// An installed module and its bytes.
+    Modules(Box<ExportedModule>),
+    /// A stored webhook event.
+    Events(EventRecord),
+}
+
+/// An installed module in an export: its metadata and its bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportedModule {
+    /// The metadata, as stored.
+    pub record: ModuleRecord,
+    /// The component, standard base64.
+    pub bytes: String,
 }
 
 /// Counts per collection.
@@ -53,6 +76,10 @@ pub struct TransferCounts {
     pub api_tokens: u64,
     /// Audit entries.
     pub audit_log: u64,
+    /// Installed modules.
+    pub modules: u64,
+    /// Webhook events.
+    pub events: u64,
 }
 
 impl TransferCounts {
@@ -62,6 +89,8 @@ impl TransferCounts {
             ExportItem::DbLinks(_) => self.db_links += 1,
             ExportItem::ApiTokens(_) => self.api_tokens += 1,
             ExportItem::AuditLog(_) => self.audit_log += 1,
+            ExportItem::Modules(_) => self.modules += 1,
+            ExportItem::Events(_) => self.events += 1,
         }
     }
 }
@@ -101,7 +130,8 @@ pub enum TransferError {
 
 const PAGE: u32 = 500;
 
-/// Write every component, link, API token and audit entry of `store` to `out`.
+/// Write every component, link, API token, audit entry, installed module (with its
+/// bytes) and webhook event of `store` to `out`.
 pub async fn export(
     store: &AnyStore,
     out: &mut impl Write,
@@ -145,6 +175,31 @@ pub async fn export(
         after = Some(last.id.clone());
         for a in page {
             emit(out, ExportItem::AuditLog(a))?;
+        }
+    }
+    for company in store.module_companies().await? {
+        for record in store.list_modules(&company).await? {
+            // Removed between the list and this read: nothing to carry.
+            let Some(bytes) = store
+                .get_module_bytes(&record.company_id, &record.digest)
+                .await?
+            else {
+                continue;
+            };
+            let bytes = B64.encode(bytes);
+            emit(
+                out,
+                ExportItem::Modules(Box::new(ExportedModule { record, bytes })),
+            )?;
+        }
+    }
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.scan_events(after.as_deref(), PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        for e in page {
+            emit(out, ExportItem::Events(e))?;
         }
     }
     out.flush()?;
@@ -200,6 +255,28 @@ pub async fn import(
             ExportItem::Components(c) => store.insert_component(c.clone()).await,
             ExportItem::DbLinks(l) => store.insert_link((**l).clone()).await,
             ExportItem::ApiTokens(t) => store.insert_token(t.clone()).await,
+            ExportItem::Modules(m) => {
+                let bytes = B64.decode(&m.bytes).map_err(|e| TransferError::Format {
+                    line: i + 1,
+                    message: format!("module bytes are not base64: {e}"),
+                })?;
+                if hex::encode(Sha256::digest(&bytes)) != m.record.digest {
+                    return Err(TransferError::Format {
+                        line: i + 1,
+                        message: format!(
+                            "the bytes of module {}@{} do not match its digest",
+                            m.record.name, m.record.version
+                        ),
+                    });
+                }
+                store.put_module(m.record.clone(), bytes).await
+            }
+            // A second copy of an event is refused by its unique key, not an error.
+            ExportItem::Events(e) => match store.insert_event(e.clone()).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(StoreError::Conflict("event already stored".into())),
+                Err(e) => Err(e),
+            },
             ExportItem::AuditLog(a) => {
                 audit_batch.push(a.clone());
                 report.imported.add(&item);
@@ -296,9 +373,34 @@ mod tests {
         })
         .await
         .unwrap();
+        let bytes = b"an installed module".to_vec();
+        let module = ModuleRecord {
+            company_id: "A".into(),
+            name: "theirs".into(),
+            version: "1.0.0".into(),
+            digest: hex::encode(Sha256::digest(&bytes)),
+            size: bytes.len() as u64,
+            installed_at: now(),
+            installed_by: None,
+        };
+        from.put_module(module.clone(), bytes.clone())
+            .await
+            .unwrap();
+        let event = EventRecord {
+            id: new_object_id(),
+            company_id: "A".into(),
+            service: "slack".into(),
+            provider_event_id: "Ev1".into(),
+            link_id: None,
+            event_type: "message".into(),
+            payload: serde_json::json!({"text": "hi"}),
+            received_at: now(),
+        };
+        assert!(from.insert_event(event.clone()).await.unwrap());
         let mut file = Vec::new();
         let counts = export(&from, &mut file).await.unwrap();
         assert_eq!(counts.components, 1);
+        assert_eq!((counts.modules, counts.events), (1, 1));
         assert!(!String::from_utf8_lossy(&file).contains("canary-export-1"));
 
         let to = AnyStore::from(EmbeddedStore::open_in_memory().unwrap());
@@ -309,6 +411,34 @@ mod tests {
             (again.imported.components, again.skipped.components),
             (0, 1)
         );
+        assert_eq!((r.imported.modules, r.imported.events), (1, 1));
+        assert_eq!((again.skipped.modules, again.skipped.events), (1, 1));
+        assert_eq!(to.list_modules("A").await.unwrap(), vec![module.clone()]);
+        assert_eq!(
+            to.get_module_bytes("A", &module.digest).await.unwrap(),
+            Some(bytes)
+        );
+        let events = to
+            .list_events(
+                "A",
+                &crate::EventQuery {
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(events, vec![event]);
+        // Bytes that are not the module's digest are refused, not installed.
+        let tampered = String::from_utf8(file.clone()).unwrap().replace(
+            &B64.encode(b"an installed module"),
+            &B64.encode(b"other bytes"),
+        );
+        let elsewhere = AnyStore::from(EmbeddedStore::open_in_memory().unwrap());
+        assert!(matches!(
+            import(&elsewhere, &vault, tampered.as_bytes()).await,
+            Err(TransferError::Format { .. })
+        ));
         assert_eq!(
             to.list_components("A").await.unwrap(),
             from.list_components("A").await.unwrap()

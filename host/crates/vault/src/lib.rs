@@ -51,6 +51,9 @@ pub enum RecordKind {
     OAuthState,
     /// A host setting (`host_meta`, by its key), e.g. the key check value.
     HostMeta,
+    /// A company's event endpoint (`event_endpoints`, by company); the field is
+    /// `signing_secret`.
+    EventEndpoint,
 }
 
 impl RecordKind {
@@ -61,6 +64,7 @@ impl RecordKind {
             RecordKind::Link => "link",
             RecordKind::OAuthState => "oauth_state",
             RecordKind::HostMeta => "host_meta",
+            RecordKind::EventEndpoint => "event_endpoint",
         }
     }
 }
@@ -580,23 +584,29 @@ fn read_key_ring(path: &Path) -> Result<(KeyRing, FileStamp), VaultError> {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
-    let named = |e: VaultError| match e {
+    let ring = parse_key_ring(&text).map_err(|e| match e {
         VaultError::BadKey(r) => VaultError::BadKey(format!("{}: {r}", path.display())),
         other => other,
-    };
-    let mut lines = key_lines(&text);
-    let current = MasterKey::parse(lines.next().unwrap_or("")).map_err(named)?;
+    })?;
+    Ok((ring, FileStamp::of(&meta)))
+}
+
+/// The keys of a key file's text: the first key line is current, later ones are older
+/// keys (blank lines and `#` comments skipped, a key listed twice kept once).
+fn parse_key_ring(text: &str) -> Result<KeyRing, VaultError> {
+    let mut lines = key_lines(text);
+    let current = MasterKey::parse(lines.next().unwrap_or(""))?;
     let mut ring = KeyRing {
         current,
         old: Vec::new(),
     };
     for line in lines {
-        let key = MasterKey::parse(line).map_err(named)?;
+        let key = MasterKey::parse(line)?;
         if ring.find(&key.id).is_none() {
             ring.old.push(key);
         }
     }
-    Ok((ring, FileStamp::of(&meta)))
+    Ok(ring)
 }
 
 fn key_lines(text: &str) -> impl Iterator<Item = &str> {
@@ -765,6 +775,16 @@ impl Vault {
                 path: data_dir.join(MASTER_KEY_FILE),
                 seen: std::sync::Mutex::new((std::time::Instant::now(), Some(stamp))),
             }),
+        })
+    }
+
+    /// A vault holding the keys of a key file's text (the format of `master.key`: the
+    /// first key seals, later ones only open), following no file. What `Vault::load`
+    /// reads from the file, for tools and tests that have the text in hand.
+    pub fn from_key_file_text(text: &str) -> Result<Vault, VaultError> {
+        Ok(Vault {
+            ring: std::sync::RwLock::new(std::sync::Arc::new(parse_key_ring(text)?)),
+            file: None,
         })
     }
 
@@ -1549,6 +1569,38 @@ mod tests {
         let err = MasterKey::load_with(dir.path(), None).unwrap_err();
         assert!(matches!(err, VaultError::BadKey(_)));
         assert!(err.to_string().contains(MASTER_KEY_FILE), "{err}");
+    }
+
+    #[test]
+    fn key_file_text_reads_as_the_file_does() {
+        let new = "11".repeat(32);
+        let old = "22".repeat(32);
+        let text = format!("# keys\n\n{new}\n  {old}\r\n{new}\n");
+        let vault = Vault::from_key_file_text(&text).unwrap();
+        assert_eq!(vault.key_id(), MasterKey::parse(&new).unwrap().id());
+        // The repeated current key is not an old key too.
+        assert_eq!(
+            vault.old_key_ids(),
+            [MasterKey::parse(&old).unwrap().id().to_string()]
+        );
+        assert!(vault.key_file().is_none());
+        let dir = tempfile::tempdir().unwrap();
+        write_new_private_file(&dir.path().join(MASTER_KEY_FILE), text.as_bytes()).unwrap();
+        let (ring, _) = load_key_file(dir.path()).unwrap();
+        assert_eq!(ring.current.id(), vault.key_id());
+        let old_ids: Vec<String> = ring.old.iter().map(|k| k.id.clone()).collect();
+        assert_eq!(old_ids, vault.old_key_ids());
+        for bad in [
+            "",
+            "# only a comment\n",
+            "not a key",
+            &format!("{new}\nzz\n"),
+        ] {
+            assert!(
+                matches!(Vault::from_key_file_text(bad), Err(VaultError::BadKey(_))),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //! `crate::outbound` applies it after this policy has allowed a request.
 
 pub mod headers;
+#[cfg(test)]
+mod props;
 pub mod redact;
 #[cfg(test)]
 mod tests;
@@ -521,7 +523,15 @@ impl StepPolicy {
         let to_own_service = attach
             .and_then(|(_, g)| g)
             .is_some_and(|g| any_pin_matches(&g.pinned, url));
-        if !to_own_service && !any_matches(&self.manifest_hosts, url) {
+        // A request that carries no credential may go to the pre-authenticated URLs of
+        // a granted link's provider (a Graph upload session, a OneDrive download URL):
+        // the URL itself is the authorization there, so the token must not follow
+        // (the attach check below refuses it: these hosts are not pins).
+        let to_transfer_host = attach.is_none()
+            && self.entries.iter().any(|e| {
+                e.grant.kind == CredentialKind::OauthLink && any_pin_matches(&e.grant.transfer, url)
+            });
+        if !to_own_service && !to_transfer_host && !any_matches(&self.manifest_hosts, url) {
             return Err(PolicyDenial::HostNotAllowed {
                 destination: origin(url),
             });

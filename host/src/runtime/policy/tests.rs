@@ -66,6 +66,7 @@ fn grant(g: G) -> GrantedCredential {
         config: serde_json::json!({}),
         secrets: vec![("secret".into(), secret)],
         pinned: pins_of(pins),
+        transfer: Vec::new(),
         attach,
     }
 }
@@ -1367,4 +1368,58 @@ fn json_escaped(text: &str) -> String {
     text.chars()
         .map(|c| format!("\\u{:04x}", c as u32))
         .collect()
+}
+
+#[test]
+fn a_links_transfer_hosts_take_requests_without_the_token_and_never_with_it() {
+    let mut link = grant(G(
+        "microsoft",
+        A::Bearer,
+        &["https://graph.microsoft.com/v1.0/"],
+    ));
+    link.transfer = pins_of(&["https://*.sharepoint.com", "https://api.onedrive.com/rup/"]);
+    let mut component = grant(G(
+        "api",
+        A::Header("x-api-key"),
+        &["https://api.partner.example"],
+    ));
+    // A component's transfer hosts are never consulted (only links have them).
+    component.transfer = pins_of(&["https://files.partner.example"]);
+    let mut p = StepPolicy::new(Arc::new(Vec::new()), vec![link, component]);
+    let upload = Url::parse("https://contoso-my.sharepoint.com/personal/_api/v2.0/up?tempauth=x")
+        .expect("url");
+    // No credential: allowed, nothing attached.
+    let ok = p.authorize(&upload, None).expect("a transfer host");
+    assert!(ok.attached().is_none());
+    assert!(
+        p.authorize(
+            &Url::parse("https://api.onedrive.com/rup/abc").expect("url"),
+            None
+        )
+        .is_ok()
+    );
+    // The token does not follow: a request there that asks for it is refused (a
+    // transfer host takes only requests without a credential, and is not a pin).
+    let d = p.authorize(&upload, Some("microsoft")).unwrap_err();
+    assert_eq!(d.kind(), Forbidden);
+    assert!(
+        d.to_string()
+            .contains("not among the module's allowed hosts"),
+        "{d}"
+    );
+    // Not a transfer host, not a manifest host: refused.
+    for url in [
+        "https://evil.example/up",
+        "https://api.onedrive.com/other",
+        "https://files.partner.example/x",
+    ] {
+        let d = p
+            .authorize(&Url::parse(url).expect("url"), None)
+            .unwrap_err();
+        assert_eq!(d.kind(), Forbidden, "{url}");
+    }
+    // A step that read the token may only talk to its pins: no transfer host either.
+    p.record_secret_read("microsoft").expect("granted");
+    let d = p.authorize(&upload, None).unwrap_err();
+    assert!(d.to_string().contains("this step read"), "{d}");
 }

@@ -60,6 +60,7 @@ pub fn view(l: &LinkRecord) -> Value {
         "provider_user_id": l.provider_user_id,
         "provider_user_email": l.provider_user_email,
         "status": l.status,
+        "status_reason": l.status_reason,
         "shared_with": l.shared_with,
         "created_at": l.created_at.format(&Rfc3339).unwrap_or_default(),
     })
@@ -328,7 +329,7 @@ pub async fn list(
     Ok(Json(json!({"links": links})))
 }
 
-fn actor(caller: &Caller) -> Actor {
+pub(crate) fn actor(caller: &Caller) -> Actor {
     Actor {
         user_id: caller.user_id.clone(),
         admin: caller.admin,
@@ -364,6 +365,17 @@ async fn unlink_one(
     service: &str,
     id: &str,
 ) -> Result<(), ApiError> {
+    // Its webhook subscriptions go first, while the link's token still works (the
+    // revocation below ends it).
+    if let Some(subs) = &st.subscriptions
+        && let Some(link) = st
+            .store
+            .get_link(&caller.company_id, id)
+            .await?
+            .filter(|l| l.integration_type == service)
+    {
+        subs.delete_for_link(&link, Some(&caller.user_id)).await;
+    }
     // The service records `integration_unlinked` (its events go to the audit log, with
     // the actor and the link's owner).
     oauth(st)?

@@ -75,6 +75,9 @@ pub async fn metrics(
         engine.sandboxes_waiting(),
         engine.config().pool_instances
     ));
+    if let Some(subs) = &st.subscriptions {
+        text.push_str(&subs.render_metrics());
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
 

@@ -375,6 +375,50 @@ async fn run_body(
             ))
             .await;
     }
+    // Token-usage alerts: each credential the step used, judged against its baseline.
+    let module_label = report
+        .module
+        .as_ref()
+        .map(|m| format!("{}@{}", m.name, m.version))
+        .unwrap_or_else(|| module_name.clone());
+    let used_at = crate::store::now();
+    let mut judged = std::collections::BTreeSet::new();
+    for u in &report.credentials_used {
+        if !judged.insert(u.resource_id.clone()) {
+            continue;
+        }
+        let resource_type = crate::server::audit::resource_type(u.kind);
+        for anomaly in st
+            .usage
+            .observe(&caller.company_id, &u.resource_id, &module_label, used_at)
+        {
+            st.metrics.usage_alert(anomaly.kind());
+            st.audit
+                .record(crate::server::audit::entry(
+                    &caller.company_id,
+                    Some(&caller.user_id),
+                    "credential_usage_alert",
+                    resource_type,
+                    &u.resource_id,
+                    json!({}),
+                    json!({"kind": anomaly.kind(), "module": module_label, "binding": u.binding}),
+                ))
+                .await;
+            let link = (resource_type == "integration").then_some(u.resource_id.as_str());
+            let event = crate::delivery::HostEvent::unusual_use(
+                &caller.company_id,
+                resource_type,
+                &u.resource_id,
+                link,
+                &module_label,
+                &anomaly,
+                used_at,
+            );
+            if let Err(e) = st.deliveries.emit(event).await {
+                tracing::warn!(error = %e, "a usage alert could not be stored; it is not delivered");
+            }
+        }
+    }
     let status = match &report.result {
         Ok(_) => StatusCode::OK,
         Err(e) => {
@@ -389,4 +433,105 @@ async fn run_body(
         .with_internal(e)
     })?;
     Ok((status, value))
+}
+
+/// Property tests of the step body: any JSON, and any numbers in `limits` (huge,
+/// negative, fractional, not finite), is read or refused, never a panic, and limits a
+/// body sets are never above the host's defaults.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn number() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            any::<f64>(),
+            (0u64..100_000).prop_map(|n| n as f64),
+            Just(17_592_186_044_416.0),
+            Just(f64::MAX),
+            Just(f64::NAN),
+            Just(-0.0),
+            Just(0.5),
+        ]
+    }
+
+    fn json_number(n: f64) -> Value {
+        serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+        #[test]
+        fn limits_from_any_numbers_are_refused_or_within_the_defaults(
+            fields in prop::collection::vec((0usize..7, number()), 0..7)
+        ) {
+            const NAMES: [&str; 7] = [
+                "deadline_seconds", "memory_mib", "output_kib", "open_files",
+                "workspace_mib", "workspace_files", "unknown",
+            ];
+            let mut o = serde_json::Map::new();
+            for (i, n) in &fields {
+                o.insert(NAMES[*i].into(), json_number(*n));
+            }
+            let body = json!({"module_ref": "http-request", "limits": o});
+            let Ok(body) = serde_json::from_value::<StepBody>(body) else {
+                return Ok(());
+            };
+            let defaults = StepLimits::default();
+            match limits(defaults, body.limits) {
+                Err(e) => prop_assert_eq!(e.name, ErrorName::InvalidInput),
+                Ok(l) => {
+                    prop_assert!(l.deadline <= defaults.deadline);
+                    prop_assert!(l.memory_bytes <= defaults.memory_bytes && l.memory_bytes > 0);
+                    prop_assert!(l.output_bytes <= defaults.output_bytes && l.output_bytes > 0);
+                    prop_assert!(l.open_files <= defaults.open_files);
+                    prop_assert!(l.workspace_bytes <= defaults.workspace_bytes);
+                    prop_assert!(l.workspace_files <= defaults.workspace_files);
+                }
+            }
+        }
+
+        #[test]
+        fn any_json_body_is_read_or_refused(body in json_value(3)) {
+            let _ = serde_json::from_value::<StepBody>(body);
+        }
+    }
+
+    /// JSON values a few levels deep, with the body's own field names as keys often.
+    fn json_value(depth: u32) -> impl Strategy<Value = Value> {
+        let key = prop_oneof![
+            prop::sample::select(
+                &[
+                    "name",
+                    "module_ref",
+                    "input_mapping",
+                    "bindings",
+                    "limits",
+                    "workspace",
+                    "pinned_to",
+                    "credential",
+                    "service",
+                    "pins",
+                    "memory_mib",
+                ][..]
+            )
+            .prop_map(str::to_string),
+            "[a-z_]{0,8}",
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            number().prop_map(json_number),
+            "[ -~]{0,12}".prop_map(Value::String),
+            Just(json!("https://slack.com/api/")),
+        ];
+        leaf.prop_recursive(depth, 32, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(key.clone(), inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
 }

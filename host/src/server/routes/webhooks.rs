@@ -18,7 +18,9 @@ use crate::server::AppState;
 use crate::server::auth::Caller;
 use crate::server::error::ApiError;
 use crate::server::extract::{ApiPath, ApiQuery, whole_number};
-use crate::store::{EventQuery, EventRecord, LinkRecord, Store, WebhookRoute, now, sealing};
+use crate::store::{
+    DeliveryStore, EventQuery, EventRecord, LinkRecord, Store, WebhookRoute, now, sealing,
+};
 use crate::vault::Secret;
 use crate::webhooks::{self, Event, Refusal, Verified};
 use axum::Json;
@@ -290,7 +292,8 @@ async fn store_event(
         payload: event.payload.clone(),
         received_at: now(),
     };
-    let inserted = st.store.insert_event(record.clone()).await?;
+    // Stored and queued for delivery to the company's endpoint in one write.
+    let inserted = st.deliveries.store(record.clone()).await?;
     if inserted && event.lifecycle {
         // Graph says the subscription needs attention (reauthorize, recreate, resync).
         st.audit
@@ -309,6 +312,21 @@ async fn store_event(
                 }),
             ))
             .await;
+        // Graph removed the subscription, or wants it reauthorized: the subscription
+        // service acts on it (under its lease) after Graph has its answer, which it
+        // wants within seconds.
+        if let (Some(subs), Some(sid)) = (
+            &st.subscriptions,
+            event.payload.get("subscriptionId").and_then(Value::as_str),
+        ) {
+            let (subs, link, kind, sid) = (
+                subs.clone(),
+                link.clone(),
+                event.event_type.clone(),
+                sid.to_string(),
+            );
+            tokio::spawn(async move { subs.lifecycle(&link, &kind, &sid).await });
+        }
     }
     Ok(inserted)
 }
@@ -428,10 +446,19 @@ pub async fn list(
     let mut events = st.store.list_events(&caller.company_id, &query).await?;
     let more = events.len() as u64 > limit;
     events.truncate(limit as usize);
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    let mut deliveries: std::collections::HashMap<String, Value> = st
+        .store
+        .delivery_statuses(&caller.company_id, &ids)
+        .await?
+        .iter()
+        .map(|d| (d.event_id.clone(), super::event_delivery::delivery_json(d)))
+        .collect();
     let events: Vec<Value> = events
         .into_iter()
         .map(|e| {
             json!({
+                "delivery": deliveries.remove(&e.id),
                 "id": e.id,
                 "service": e.service,
                 "provider_event_id": e.provider_event_id,
