@@ -321,8 +321,6 @@ pub struct HostConfig {
     pub oci: OciConfig,
     /// Capability review of installed modules.
     pub module_review: ModuleReviewConfig,
-}
-
     /// Delivering stored events to each company's endpoint (`delivery:`).
     pub delivery: crate::delivery::DeliveryConfig,
     /// Token-usage alerts (`usage_alerts:`).
@@ -355,8 +353,6 @@ impl Default for HostConfig {
             module_signatures: ModuleSignaturesConfig::default(),
             oci: OciConfig::default(),
             module_review: ModuleReviewConfig::default(),
-}
-
             delivery: crate::delivery::DeliveryConfig::default(),
             usage_alerts: crate::usage::UsageAlertsConfig::default(),
         }

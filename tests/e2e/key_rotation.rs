@@ -59,6 +59,9 @@ fn installed_module(company: &str) -> ModuleRecord {
         size: MODULE_BYTES.len() as u64,
         installed_at: now().replace_nanosecond(0).unwrap(),
         installed_by: Some("alice".into()),
+        signature: Some("ed25519:carried-over-signature".into()),
+        source: Some("oci://registry.example/acme/their-module:1.2.0".into()),
+        approval: None,
     }
 }
 

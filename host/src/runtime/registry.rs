@@ -143,11 +143,14 @@ impl ModuleRegistry {
 
     /// Whether a company's installed module may run under the review policy: not one
     /// that reads secrets where the operator forbids that, and, where approvals are
-    /// required, only one whose capabilities an approval covers.
+    /// required, only one whose capabilities an approval covers. `versions` are the
+    /// company's other versions of the module: a refusal names what this one asks for
+    /// beyond the newest approved one, which is what the admin is asked to decide.
     pub fn check_review(
         &self,
         record: &ModuleRecord,
         module: &LoadedModule,
+        versions: &[&ModuleRecord],
     ) -> Result<(), StepError> {
         let at = format!("{}@{}", record.name, record.version);
         if self.review.forbid_credentials_get && module.manifest.reads_secrets() {
@@ -165,7 +168,23 @@ impl ModuleRegistry {
             .and_then(|a| serde_json::from_value::<Capabilities>(a.capabilities.clone()).ok());
         let more = match &approved {
             Some(a) => asks.beyond(a),
-            None => vec!["everything (no approval yet)".to_string()],
+            None => match newest_approved(versions) {
+                Some((version, a)) => {
+                    let more: Vec<String> = asks
+                        .beyond(&a)
+                        .into_iter()
+                        .map(|m| format!("{m}, new since the approved {version}"))
+                        .collect();
+                    if more.is_empty() {
+                        // Nothing more than an approved version asks for, yet not
+                        // carried (that approval came after this install).
+                        vec![format!("the same as the approved {version}")]
+                    } else {
+                        more
+                    }
+                }
+                None => vec!["everything (no version is approved yet)".to_string()],
+            },
         };
         if more.is_empty() {
             return Ok(());
@@ -247,9 +266,10 @@ impl ModuleRegistry {
         &self,
         store: &S,
         record: &ModuleRecord,
+        versions: &[&ModuleRecord],
     ) -> Result<Arc<LoadedModule>, StepError> {
         let module = self.load_installed_bytes(store, record).await?;
-        self.check_review(record, &module)?;
+        self.check_review(record, &module, versions)?;
         Ok(module)
     }
 
@@ -459,7 +479,7 @@ impl ModuleRegistry {
                     .max_by_key(|r| semver::Version::parse(&r.version).ok()),
             };
             if let Some(record) = found {
-                return self.load_installed(store, record).await;
+                return self.load_installed(store, record, &named).await;
             }
             if let Some(d) = version.and_then(pinned_digest)
                 && !named.is_empty()
@@ -635,6 +655,24 @@ impl ModuleRegistry {
                 .cloned(),
         }
     }
+}
+
+/// The newest of a module's versions that an admin approved, and what was approved.
+fn newest_approved(versions: &[&ModuleRecord]) -> Option<(String, Capabilities)> {
+    versions
+        .iter()
+        .filter_map(|r| {
+            let caps =
+                serde_json::from_value::<Capabilities>(r.approval.as_ref()?.capabilities.clone())
+                    .ok()?;
+            Some((
+                semver::Version::parse(&r.version).ok()?,
+                r.version.clone(),
+                caps,
+            ))
+        })
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, version, caps)| (version, caps))
 }
 
 /// The hex digest a `name@sha256:<hex>` reference pins, if that is what `version` is.

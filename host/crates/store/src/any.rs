@@ -6,7 +6,8 @@ use super::embedded::EmbeddedStore;
 use super::mongodb::MongoStore;
 use super::{
     AuditQuery, AuditRecord, ComponentRecord, EventQuery, EventRecord, LinkRecord, ModuleApproval,
-    ModuleRecord, OAuthStateRecord, Store, StoreError, SubscriptionRecord, TokenRecord, WebhookRoute,
+    ModuleRecord, OAuthStateRecord, Store, StoreError, SubscriptionRecord, TokenRecord,
+    WebhookRoute,
 };
 use std::path::Path;
 use time::OffsetDateTime;

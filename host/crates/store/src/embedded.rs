@@ -16,8 +16,7 @@
 use super::{
     AuditQuery, AuditRecord, ComponentRecord, EventQuery, EventRecord, LinkRecord,
     MAX_WEBHOOK_LINKS, ModuleApproval, ModuleRecord, OAuthStateRecord, Store, StoreError,
-    SubscriptionRecord,
-    TokenRecord, WebhookRoute,
+    SubscriptionRecord, TokenRecord, WebhookRoute,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 

@@ -19,8 +19,7 @@
 use super::{
     AuditQuery, AuditRecord, ComponentRecord, EventQuery, EventRecord, LinkRecord,
     MAX_WEBHOOK_LINKS, ModuleApproval, ModuleRecord, OAuthStateRecord, Store, StoreError,
-    SubscriptionRecord,
-    TokenRecord, WebhookRoute,
+    SubscriptionRecord, TokenRecord, WebhookRoute,
 };
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, Bson, Document, doc, oid::ObjectId};

@@ -382,6 +382,9 @@ mod tests {
             size: bytes.len() as u64,
             installed_at: now(),
             installed_by: None,
+            signature: None,
+            source: None,
+            approval: None,
         };
         from.put_module(module.clone(), bytes.clone())
             .await
