@@ -168,6 +168,12 @@ impl OciRef {
         if !(registry.contains('.') || registry.contains(':') || registry == "localhost") {
             return Err(bad("the first part must be a registry host"));
         }
+        // The parser reads a bare repository as `:latest`; a module reference names
+        // its tag or digest, so what it runs does not change under it unseen.
+        let last = rest.rsplit('/').next().unwrap_or(rest);
+        if !rest.contains('@') && !last.contains(':') {
+            return Err(bad("no tag or digest"));
+        }
         let r: Reference = bare.parse().map_err(|e| bad(&format!("{e}")))?;
         if r.tag().is_none() && r.digest().is_none() {
             return Err(bad("no tag or digest"));
