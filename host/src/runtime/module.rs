@@ -55,13 +55,8 @@ impl LoadedModule {
     /// `wasi:http/outgoing-handler@0.2.x`, `wasi:cli/stdout@0.2.x`, ...), sorted: what
     /// capability review reports and the OCI artifact's config lists.
     pub fn imported_host_interfaces(&self) -> Vec<String> {
-        let component = self.pre.instance_pre().component();
-        let engine = self.pre.instance_pre().engine();
-        let mut names: Vec<String> = component
-            .component_type()
-            .imports(engine)
-            .map(|(name, _)| name.to_string())
-            .collect();
+        let pre = self.pre.instance_pre();
+        let mut names = imported_interfaces(pre.engine(), pre.component());
         names.sort();
         names
     }
