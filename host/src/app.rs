@@ -378,15 +378,18 @@ impl Host {
         // Its calls carry links' tokens through the same outbound client (the
         // operator's egress policy) as every module request.
         let subscriptions = oauth.as_ref().map(|o| {
-            Arc::new(crate::subscriptions::SubscriptionService::new(
-                store.clone(),
-                vault.clone(),
-                o.clone(),
-                outbound.clone(),
-                audit.clone(),
-                settings.config.public_base(),
-                settings.config.webhook_subscriptions.timing(),
-            ))
+            Arc::new(
+                crate::subscriptions::SubscriptionService::new(
+                    store.clone(),
+                    vault.clone(),
+                    o.clone(),
+                    outbound.clone(),
+                    audit.clone(),
+                    settings.config.public_base(),
+                    settings.config.webhook_subscriptions.timing(),
+                )
+                .with_events(Arc::new(deliveries.clone())),
+            )
         });
         Ok(Host {
             subscriptions,

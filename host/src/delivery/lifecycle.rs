@@ -26,7 +26,7 @@ pub struct HostEvent {
     /// The link it is about (its events are delivered in order with the link's others).
     pub link_id: Option<String>,
     /// `link.needs_reconnect`, `link.refresh_failed`, `link.refresh_recovered`,
-    /// `link.expiring`, `subscription.lost`.
+    /// `link.expiring`, `link.subscription_lost`, `credential.unusual_use`.
     pub event_type: &'static str,
     /// What makes it unique: the same key is stored (and delivered) once.
     pub key: String,
@@ -121,13 +121,23 @@ impl HostEvent {
     }
 
     /// A webhook subscription of the link (a Graph subscription, a Google channel) is
-    /// gone and could not be recreated (`reason` says why).
-    pub fn subscription_lost(link: &LinkRecord, subscription_id: &str, reason: &str) -> HostEvent {
+    /// gone and could not be made again (`reason` says why). Told once per subscription:
+    /// a lost one is never renewed again (a new one, made through the API, has a new id).
+    pub fn subscription_lost(
+        link: &LinkRecord,
+        sub: &crate::store::SubscriptionRecord,
+        reason: &str,
+    ) -> HostEvent {
         HostEvent::for_link(
             link,
-            "subscription.lost",
-            format!("subscription_lost:{}:{subscription_id}", link.id),
-            json!({"subscription_id": subscription_id, "reason": reason}),
+            "link.subscription_lost",
+            format!("subscription_lost:{}:{}", link.id, sub.id),
+            json!({
+                "subscription_id": sub.id,
+                "resource": sub.resource,
+                "provider_id": sub.provider_id,
+                "reason": reason,
+            }),
         )
     }
 
