@@ -419,6 +419,7 @@ impl Host {
             oauth: self.oauth.clone(),
             metrics: self.metrics.clone(),
             deliveries: self.deliveries.clone(),
+            endpoints: self.endpoints(),
             usage: self.usage.clone(),
             subscriptions: self.subscriptions.clone(),
             audit: self.audit.clone(),
@@ -441,6 +442,18 @@ impl Host {
                 sha2::Sha256::digest(t.expose().as_bytes()).into()
             }),
         })
+    }
+
+    /// The company endpoint and redelivery operations over this host's parts.
+    pub fn endpoints(&self) -> crate::delivery::endpoint::EndpointAdmin {
+        crate::delivery::endpoint::EndpointAdmin::new(
+            self.store.clone(),
+            self.vault.clone(),
+            self.outbound.clone(),
+            self.audit.clone(),
+            self.deliveries.clone(),
+            self.config.delivery.replay_on_endpoint_set_hours,
+        )
     }
 
     /// The deliverer of this host's event queue (`start_background_tasks` runs it
