@@ -567,7 +567,9 @@ async fn an_endpoint_is_held_to_the_egress_policy_and_its_secret_shown_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_stored_before_an_endpoint_was_set_are_delivered_when_it_is() {
     let receiver = EventReceiver::start().await;
-    let host = Host::start(&config(&format!("{FAST}  replay_on_endpoint_set_hours: 24\n")));
+    let host = Host::start(&config(&format!(
+        "{FAST}  replay_on_endpoint_set_hours: 24\n"
+    )));
     let link = host.slack_link("T1").await;
     for id in ["EvR1", "EvR2", "EvR3"] {
         host.slack_event(id, "T1").await;

@@ -152,7 +152,11 @@ pub async fn set_endpoint(
             body.rotate_secret,
         )
         .await?;
-    Ok(Json(endpoint_json(&set.record, set.new_secret.as_deref(), Some(set.replayed))))
+    Ok(Json(endpoint_json(
+        &set.record,
+        set.new_secret.as_deref(),
+        Some(set.replayed),
+    )))
 }
 
 /// `GET /api/v1/events/endpoint`
