@@ -655,6 +655,139 @@ async fn events_stored_before_an_endpoint_was_set_are_delivered_when_it_is() {
     assert_eq!(got.len(), 5, "{got:?}");
 }
 
+/// `flow8-host events endpoint set|show|remove` and `events redeliver ID`, driven as a
+/// binary on the store a serving host uses: they do what the admin API does (the same
+/// code): the URL is checked, the secret shown once, earlier `no_endpoint` events
+/// replayed, each change audited, and the serving host delivers what they queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_cli_sets_shows_removes_the_endpoint_and_redelivers() {
+    let receiver = EventReceiver::start().await;
+    // The CLI holds the endpoint to the config's egress policy, as `serve` does.
+    let host = Host::start(&format!(
+        "outbound:\n  allow_loopback: true\n{}",
+        config(FAST)
+    ));
+    let config = host.config.to_str().unwrap().to_string();
+    let events = |args: &[&str]| {
+        let mut all = vec![
+            "--config",
+            config.as_str(),
+            "--company",
+            "company-a",
+            "events",
+        ];
+        all.extend_from_slice(args);
+        host.cli.run(&all)
+    };
+    let out = events(&["endpoint", "show"]);
+    assert_eq!(out.code, Some(1));
+    assert_eq!(
+        out.error_name().as_deref(),
+        Some("not_found"),
+        "{}",
+        out.stderr
+    );
+    let out = events(&["endpoint", "set", "ftp://flow8.example.com/hooks"]);
+    assert_eq!(
+        out.error_name().as_deref(),
+        Some("invalid_input"),
+        "{}",
+        out.stderr
+    );
+
+    let link = host.slack_link("T1").await;
+    host.slack_event("EvC1", "T1").await;
+    host.wait_for_events(|es| state_of(es, "EvC1") == "no_endpoint")
+        .await;
+    let set = events(&["endpoint", "set", &receiver.url]).ok_json();
+    assert_eq!(set["url"], receiver.url.as_str());
+    assert_eq!(set["replayed"], 1, "{set}");
+    let secret = set["signing_secret"].as_str().unwrap();
+    assert!(secret.starts_with("whsec_"), "{set}");
+    receiver.set_secret(secret);
+    let listed = host
+        .wait_for_events(|es| state_of(es, "EvC1") == "delivered")
+        .await;
+    assert_eq!(provider_ids(&receiver.unique(), &link), ["EvC1"]);
+    assert_eq!(receiver.bad_signatures(), 0);
+
+    // Shown without its secret, by the CLI and by the API alike.
+    let shown = events(&["endpoint", "show"]).ok_json();
+    assert!(shown["signing_secret"].is_null(), "{shown}");
+    assert!(!shown.to_string().contains(secret));
+    let (s, api) = host
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/events/endpoint",
+            &host.admin,
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(api["url"], shown["url"]);
+
+    // Redelivered: flow8 gets the same id again.
+    let id = listed
+        .iter()
+        .find(|e| e["provider_event_id"] == "EvC1")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let again = events(&["redeliver", &id]).ok_json();
+    assert_eq!(again["id"], id.as_str());
+    assert_eq!(again["delivery"]["state"], "pending", "{again}");
+    assert!(
+        receiver
+            .wait_until(WAIT, |r| r.accepted().iter().filter(|d| d.id == id).count()
+                == 2)
+            .await,
+        "{:?}",
+        receiver.accepted()
+    );
+    let out = events(&["redeliver", &new_object_id()]);
+    assert_eq!(
+        out.error_name().as_deref(),
+        Some("not_found"),
+        "{}",
+        out.stderr
+    );
+
+    // Every change is audited, as through the API.
+    let (s, v) = host
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/admin/audit?action_type=event_endpoint_set",
+            &host.admin,
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["entries"][0]["after_state"]["replayed"], 1, "{v}");
+
+    assert_eq!(events(&["endpoint", "remove"]).ok_json()["removed"], true);
+    let out = events(&["endpoint", "remove"]);
+    assert_eq!(
+        out.error_name().as_deref(),
+        Some("not_found"),
+        "{}",
+        out.stderr
+    );
+    let (s, _) = host
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/events/endpoint",
+            &host.admin,
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+    // The serving host goes on: a new event is stored, with no endpoint to go to.
+    host.slack_event("EvC2", "T1").await;
+    host.wait_for_events(|es| state_of(es, "EvC2") == "no_endpoint")
+        .await;
+}
+
 /// The host's own lifecycle event: the provider refuses a link's refresh token (the
 /// user revoked access), the host marks the link `needs_reconnect` and tells flow8,
 /// signed and through the same queue as the providers' events.
