@@ -378,15 +378,18 @@ impl Host {
         // Its calls carry links' tokens through the same outbound client (the
         // operator's egress policy) as every module request.
         let subscriptions = oauth.as_ref().map(|o| {
-            Arc::new(crate::subscriptions::SubscriptionService::new(
-                store.clone(),
-                vault.clone(),
-                o.clone(),
-                outbound.clone(),
-                audit.clone(),
-                settings.config.public_base(),
-                settings.config.webhook_subscriptions.timing(),
-            ))
+            Arc::new(
+                crate::subscriptions::SubscriptionService::new(
+                    store.clone(),
+                    vault.clone(),
+                    o.clone(),
+                    outbound.clone(),
+                    audit.clone(),
+                    settings.config.public_base(),
+                    settings.config.webhook_subscriptions.timing(),
+                )
+                .with_events(Arc::new(deliveries.clone())),
+            )
         });
         Ok(Host {
             subscriptions,
@@ -416,6 +419,7 @@ impl Host {
             oauth: self.oauth.clone(),
             metrics: self.metrics.clone(),
             deliveries: self.deliveries.clone(),
+            endpoints: self.endpoints(),
             usage: self.usage.clone(),
             subscriptions: self.subscriptions.clone(),
             audit: self.audit.clone(),
@@ -438,6 +442,18 @@ impl Host {
                 sha2::Sha256::digest(t.expose().as_bytes()).into()
             }),
         })
+    }
+
+    /// The company endpoint and redelivery operations over this host's parts.
+    pub fn endpoints(&self) -> crate::delivery::endpoint::EndpointAdmin {
+        crate::delivery::endpoint::EndpointAdmin::new(
+            self.store.clone(),
+            self.vault.clone(),
+            self.outbound.clone(),
+            self.audit.clone(),
+            self.deliveries.clone(),
+            self.config.delivery.replay_on_endpoint_set_hours,
+        )
     }
 
     /// The deliverer of this host's event queue (`start_background_tasks` runs it

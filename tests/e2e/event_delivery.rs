@@ -5,7 +5,8 @@
 //! event arrives, once per id after deduplication, in order per link. A host killed
 //! (SIGKILL) after storing, before delivering, delivers after its restart. An event
 //! that keeps failing is parked after `delivery.max_attempts` and redelivered through
-//! the API. A link that needs reconnecting is told to flow8. Every wait is bounded and
+//! the API. Events stored before the endpoint was set are delivered when it is (within
+//! the replay window). A link that needs reconnecting is told to flow8. Every wait is bounded and
 //! woken by the receiver's requests or polls what the test is about; nothing is timed.
 
 use flow8_host::store::embedded::EmbeddedStore;
@@ -555,6 +556,235 @@ async fn an_endpoint_is_held_to_the_egress_policy_and_its_secret_shown_once() {
     host.slack_link("T1").await;
     host.slack_event("EvN1", "T1").await;
     host.wait_for_events(|es| state_of(es, "EvN1") == "no_endpoint")
+        .await;
+}
+
+/// Events that arrived before the company set an endpoint (its first links connected
+/// before flow8's receiver was configured) are delivered when the endpoint is first
+/// set, those of the last `delivery.replay_on_endpoint_set_hours`, in order; an older
+/// one stays `no_endpoint` (redeliverable by id), and setting the URL again replays
+/// nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stored_before_an_endpoint_was_set_are_delivered_when_it_is() {
+    let receiver = EventReceiver::start().await;
+    let host = Host::start(&config(&format!(
+        "{FAST}  replay_on_endpoint_set_hours: 24\n"
+    )));
+    let link = host.slack_link("T1").await;
+    for id in ["EvR1", "EvR2", "EvR3"] {
+        host.slack_event(id, "T1").await;
+    }
+    // One from two days ago, stored as the webhook route stores one.
+    let store = EmbeddedStore::open(host.cli.data_dir.path()).await.unwrap();
+    let old_id = new_object_id();
+    assert!(
+        store
+            .insert_event(flow8_host::store::EventRecord {
+                id: old_id.clone(),
+                company_id: "company-a".into(),
+                service: "slack".into(),
+                provider_event_id: "EvOld".into(),
+                link_id: Some(link.clone()),
+                event_type: "message".into(),
+                payload: json!({"event_id": "EvOld"}),
+                received_at: now() - time::Duration::hours(48),
+            })
+            .await
+            .unwrap()
+    );
+    host.wait_for_events(|es| {
+        ["EvR1", "EvR2", "EvR3", "EvOld"]
+            .iter()
+            .all(|id| state_of(es, id) == "no_endpoint")
+    })
+    .await;
+
+    let (s, v) = host
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/events/endpoint",
+            &host.admin,
+            Some(json!({"url": receiver.url})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["replayed"], 3, "{v}");
+    receiver.set_secret(v["signing_secret"].as_str().unwrap());
+    let events = host
+        .wait_for_events(|es| {
+            ["EvR1", "EvR2", "EvR3"]
+                .iter()
+                .all(|id| state_of(es, id) == "delivered")
+        })
+        .await;
+    assert_eq!(state_of(&events, "EvOld"), "no_endpoint");
+    assert_eq!(
+        provider_ids(&receiver.unique(), &link),
+        ["EvR1", "EvR2", "EvR3"]
+    );
+    assert_eq!(receiver.bad_signatures(), 0);
+
+    // Set again (an endpoint exists): nothing is replayed again.
+    let (s, v) = host
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/events/endpoint",
+            &host.admin,
+            Some(json!({"url": receiver.url})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["replayed"], 0, "{v}");
+    // The old one goes when asked for by id, after the others, and the host goes on.
+    let (s, v) = host
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/events/{old_id}/redeliver"),
+            &host.admin,
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    host.slack_event("EvR4", "T1").await;
+    host.wait_for_events(|es| {
+        state_of(es, "EvOld") == "delivered" && state_of(es, "EvR4") == "delivered"
+    })
+    .await;
+    let got = provider_ids(&receiver.unique(), &link);
+    assert_eq!(&got[..3], ["EvR1", "EvR2", "EvR3"]);
+    assert_eq!(got.len(), 5, "{got:?}");
+}
+
+/// `flow8-host events endpoint set|show|remove` and `events redeliver ID`, driven as a
+/// binary on the store a serving host uses: they do what the admin API does (the same
+/// code): the URL is checked, the secret shown once, earlier `no_endpoint` events
+/// replayed, each change audited, and the serving host delivers what they queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_cli_sets_shows_removes_the_endpoint_and_redelivers() {
+    let receiver = EventReceiver::start().await;
+    // The CLI holds the endpoint to the config's egress policy, as `serve` does.
+    let host = Host::start(&format!(
+        "outbound:\n  allow_loopback: true\n{}",
+        config(FAST)
+    ));
+    let config = host.config.to_str().unwrap().to_string();
+    let events = |args: &[&str]| {
+        let mut all = vec![
+            "--config",
+            config.as_str(),
+            "--company",
+            "company-a",
+            "events",
+        ];
+        all.extend_from_slice(args);
+        host.cli.run(&all)
+    };
+    let out = events(&["endpoint", "show"]);
+    assert_eq!(out.code, Some(1));
+    assert_eq!(
+        out.error_name().as_deref(),
+        Some("not_found"),
+        "{}",
+        out.stderr
+    );
+    let out = events(&["endpoint", "set", "ftp://flow8.example.com/hooks"]);
+    assert_eq!(
+        out.error_name().as_deref(),
+        Some("invalid_input"),
+        "{}",
+        out.stderr
+    );
+
+    let link = host.slack_link("T1").await;
+    host.slack_event("EvC1", "T1").await;
+    host.wait_for_events(|es| state_of(es, "EvC1") == "no_endpoint")
+        .await;
+    let set = events(&["endpoint", "set", &receiver.url]).ok_json();
+    assert_eq!(set["url"], receiver.url.as_str());
+    assert_eq!(set["replayed"], 1, "{set}");
+    let secret = set["signing_secret"].as_str().unwrap();
+    assert!(secret.starts_with("whsec_"), "{set}");
+    receiver.set_secret(secret);
+    let listed = host
+        .wait_for_events(|es| state_of(es, "EvC1") == "delivered")
+        .await;
+    assert_eq!(provider_ids(&receiver.unique(), &link), ["EvC1"]);
+    assert_eq!(receiver.bad_signatures(), 0);
+
+    // Shown without its secret, by the CLI and by the API alike.
+    let shown = events(&["endpoint", "show"]).ok_json();
+    assert!(shown["signing_secret"].is_null(), "{shown}");
+    assert!(!shown.to_string().contains(secret));
+    let (s, api) = host
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/events/endpoint",
+            &host.admin,
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(api["url"], shown["url"]);
+
+    // Redelivered: flow8 gets the same id again.
+    let id = listed
+        .iter()
+        .find(|e| e["provider_event_id"] == "EvC1")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let again = events(&["redeliver", &id]).ok_json();
+    assert_eq!(again["id"], id.as_str());
+    assert_eq!(again["delivery"]["state"], "pending", "{again}");
+    assert!(
+        receiver
+            .wait_until(WAIT, |r| r.accepted().iter().filter(|d| d.id == id).count()
+                == 2)
+            .await,
+        "{:?}",
+        receiver.accepted()
+    );
+    let out = events(&["redeliver", &new_object_id()]);
+    assert_eq!(
+        out.error_name().as_deref(),
+        Some("not_found"),
+        "{}",
+        out.stderr
+    );
+
+    // Every change is audited, as through the API.
+    let (s, v) = host
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/admin/audit?action_type=event_endpoint_set",
+            &host.admin,
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["entries"][0]["after_state"]["replayed"], 1, "{v}");
+
+    assert_eq!(events(&["endpoint", "remove"]).ok_json()["removed"], true);
+    let out = events(&["endpoint", "remove"]);
+    assert_eq!(
+        out.error_name().as_deref(),
+        Some("not_found"),
+        "{}",
+        out.stderr
+    );
+    let (s, _) = host
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/events/endpoint",
+            &host.admin,
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+    // The serving host goes on: a new event is stored, with no endpoint to go to.
+    host.slack_event("EvC2", "T1").await;
+    host.wait_for_events(|es| state_of(es, "EvC2") == "no_endpoint")
         .await;
 }
 

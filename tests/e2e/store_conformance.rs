@@ -80,6 +80,7 @@ conformance!(
     parked_deliveries_are_redelivered_on_request,
     event_endpoints_are_per_company_and_compare_and_set,
     subscriptions_are_scoped_due_leased_and_compare_and_set,
+    a_lifecycle_event_two_hosts_store_at_once_is_kept_and_queued_once,
 );
 
 fn component(company: &str, name: &str, kind: &str) -> ComponentRecord {
@@ -1748,5 +1749,51 @@ async fn subscriptions_are_scoped_due_leased_and_compare_and_set<S: Store + Clon
             .await
             .unwrap()
             .is_none()
+    );
+}
+
+/// Two hosts failing the same refresh at the same moment each build the
+/// `link.refresh_failed` event from the same stored link (their own ids, the same key)
+/// and store it at once: the store keeps one, and queues one delivery.
+async fn a_lifecycle_event_two_hosts_store_at_once_is_kept_and_queued_once<
+    S: Store + DeliveryStore,
+>(
+    s: &S,
+) {
+    use flow8_host::delivery::HostEvent;
+    let l = link("A", "google", None);
+    let (a, b) = (
+        HostEvent::refresh_failed(&l, "provider_error").into_record(),
+        HostEvent::refresh_failed(&l, "provider_error").into_record(),
+    );
+    assert_ne!(a.id, b.id);
+    assert_eq!(a.provider_event_id, b.provider_event_id);
+    let (ra, rb) = tokio::join!(s.insert_event(a), s.insert_event(b));
+    let stored = [ra.unwrap(), rb.unwrap()];
+    assert_eq!(stored.iter().filter(|x| **x).count(), 1, "{stored:?}");
+    let q = EventQuery {
+        service: Some(HostEvent::SERVICE.into()),
+        offset: 0,
+        limit: 10,
+    };
+    let listed = s.list_events("A", &q).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let at = now();
+    let claimed = s
+        .claim_deliveries("host-a", at, at + Duration::seconds(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].event.id, listed[0].id);
+    // The store goes on normally: the next run's event (new tokens) is its own.
+    let mut renewed = l.clone();
+    renewed.access_token = Vault::new(MasterKey::generate()).encrypt(
+        "at2",
+        &flow8_host::store::sealing::link("A", &l.id, flow8_host::store::sealing::ACCESS_TOKEN),
+    );
+    assert!(
+        s.insert_event(HostEvent::refresh_failed(&renewed, "provider_error").into_record())
+            .await
+            .unwrap()
     );
 }

@@ -5,7 +5,8 @@
 //! renewed by exactly one host although both look every second; made again when Graph
 //! answers 404 on renewal or sends `subscriptionRemoved` (signed with the link's
 //! `clientState`); not lost when the host renewing it is killed mid-renewal (the other
-//! host renews once the lease has run out); removed at Graph when the link is unlinked.
+//! host renews once the lease has run out); removed at Graph when the link is unlinked;
+//! one Graph removed and refuses to make again is told to flow8 (`link.subscription_lost`).
 //! Every wait is a bounded poll of what the test is about; nothing is timed.
 
 use flow8_host::store::mongodb::MongoStore;
@@ -461,4 +462,126 @@ async fn drive_channels_are_replaced_to_renew_and_stopped_on_unlink() {
     .await;
     assert_eq!(s, 204, "{v}");
     assert!(fake.channels().is_empty(), "{:?}", fake.channels());
+}
+
+/// Graph drops a subscription (`subscriptionRemoved`) and refuses to make it again: the
+/// subscription becomes `lost`, is audited `webhook_subscription_lost`, and flow8 is
+/// told, through the real deliverer, with a signed `link.subscription_lost` event of
+/// service `flow8`, once. The host goes on normally: a new subscription is made and
+/// renewed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_that_cannot_be_made_again_is_told_to_flow8() {
+    use flow8_tests::event_receiver::EventReceiver;
+    let receiver = EventReceiver::start().await;
+    let mongo = MongoServer::start();
+    let uri = mongo.uri("flow8");
+    let fake = GraphSubscriptionFake::start();
+    let cli = host_cli(&uri);
+    let alice = create_token(&cli, "company-a", "alice", false);
+    let root = create_token(&cli, "company-a", "root", true);
+    let link = insert_link(&uri).await;
+    let a = start(&cli, ServerProcess::free_port(), &fake);
+    let (s, v) = call(
+        reqwest::Method::POST,
+        a.url("/api/v1/events/endpoint"),
+        &root,
+        Some(json!({"url": receiver.url})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    receiver.set_secret(v["signing_secret"].as_str().unwrap());
+    let (s, v) = call(
+        reqwest::Method::POST,
+        a.url(&format!("/api/v1/integrations/{link}/subscriptions")),
+        &alice,
+        Some(json!({"resource": "me/messages"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let graph_id = v["provider_id"].as_str().unwrap().to_string();
+
+    fake.fail_next_create(403);
+    assert_eq!(fake.remove_with_lifecycle(&graph_id).await, 202);
+    wait_until("the subscription is lost", async || {
+        one(&a, &alice, &link, &id).await["status"] == "lost"
+    })
+    .await;
+    let lost = |r: &EventReceiver| {
+        r.unique()
+            .into_iter()
+            .filter(|d| d.body["type"] == "link.subscription_lost")
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        receiver
+            .wait_until(Duration::from_secs(60), |r| !lost(r).is_empty())
+            .await,
+        "{:?}",
+        receiver.accepted()
+    );
+    let told = lost(&receiver);
+    assert_eq!(told.len(), 1, "{told:?}");
+    let data = &told[0].body["data"];
+    assert_eq!(data["service"], "flow8");
+    assert_eq!(data["link_id"], link.as_str());
+    assert_eq!(data["payload"]["subscription_id"], id.as_str());
+    assert_eq!(data["payload"]["provider_id"], graph_id.as_str());
+    assert_eq!(data["payload"]["resource"], "me/messages");
+    assert!(
+        data["payload"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("subscriptionRemoved") && r.contains("403")),
+        "{data}"
+    );
+    assert_eq!(receiver.bad_signatures(), 0);
+    let audit = async || {
+        let (s, v) = call(
+            reqwest::Method::GET,
+            a.url("/api/v1/admin/audit?action_type=webhook_subscription_lost"),
+            &root,
+            None,
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        v["entries"].as_array().unwrap().clone()
+    };
+    wait_until("the loss is audited", async || !audit().await.is_empty()).await;
+    let entries = audit().await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["resource_id"], id.as_str());
+
+    // Stored once, as one of the host's own events.
+    let (s, v) = call(
+        reqwest::Method::GET,
+        a.url("/api/v1/events?service=flow8"),
+        &root,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let flow8: Vec<&Value> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event_type"] == "link.subscription_lost")
+        .collect();
+    assert_eq!(flow8.len(), 1, "{v}");
+
+    // The host goes on normally: a new subscription is made (and renewed when due).
+    fake.grant_on_create(Duration::from_secs(120));
+    let (s, v) = call(
+        reqwest::Method::POST,
+        a.url(&format!("/api/v1/integrations/{link}/subscriptions")),
+        &alice,
+        Some(json!({"resource": "me/events"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let next = v["id"].as_str().unwrap().to_string();
+    wait_until("the new one is renewed", async || {
+        one(&a, &alice, &link, &next).await["renewals"] == 1
+    })
+    .await;
+    assert_eq!(one(&a, &alice, &link, &id).await["status"], "lost");
 }

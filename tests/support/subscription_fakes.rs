@@ -14,9 +14,10 @@
 //!
 //! Every call needs a Bearer token; the fake records each one with its token. A test can
 //! make created subscriptions expire soon (so they are due for renewal at once), answer
-//! the next renewal 404 (Graph lost it), hold the next renewal unanswered (to kill the
-//! host mid-renewal), and remove a subscription the way Graph does, sending the
-//! `subscriptionRemoved` lifecycle notification with its `clientState`.
+//! the next renewal 404 (Graph lost it), refuse the next creation, hold the next renewal
+//! unanswered (to kill the host mid-renewal), and remove a subscription the way Graph
+//! does, sending the `subscriptionRemoved` lifecycle notification with its
+//! `clientState`.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -65,6 +66,7 @@ struct Shared {
     calls: Mutex<Vec<Call>>,
     create_lifetime: Mutex<Option<Duration>>,
     fail_next_renewal: Mutex<Option<u16>>,
+    fail_next_create: Mutex<Option<u16>>,
     hold_next_renewal: Mutex<bool>,
     held: Mutex<u32>,
     release: tokio::sync::Notify,
@@ -146,6 +148,18 @@ async fn create(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -
     let Some(token) = bearer(&headers) else {
         return graph_error(401, "InvalidAuthenticationToken", "Access token is empty.");
     };
+    if let Some(status) = s.fail_next_create.lock().unwrap().take() {
+        s.calls.lock().unwrap().push(Call {
+            method: "POST",
+            id: None,
+            token,
+        });
+        return graph_error(
+            status,
+            "ExtensionError",
+            "Operation: Create; Exception: [Status Code: Forbidden; Reason: The mailbox is not enabled for subscriptions]",
+        );
+    }
     let Ok(mut sub) = serde_json::from_slice::<Value>(&body) else {
         return graph_error(400, "BadRequest", "The body is not JSON.");
     };
@@ -339,6 +353,11 @@ impl GraphSubscriptionFake {
     /// Answer the next renewal with `status` (404 or 410) and forget the subscription.
     pub fn fail_next_renewal(&self, status: u16) {
         *self.shared.fail_next_renewal.lock().unwrap() = Some(status);
+    }
+
+    /// Refuse the next creation with `status` (a Graph error body), making nothing.
+    pub fn fail_next_create(&self, status: u16) {
+        *self.shared.fail_next_create.lock().unwrap() = Some(status);
     }
 
     /// Leave the next renewal unanswered (until the fake stops).

@@ -189,6 +189,7 @@ pub(super) async fn dispatch(cli: Cli) -> ExitCode {
         Command::Links(cmd) => super::links::run(&cli, &settings, cmd).await,
         Command::Keys(cmd) => super::keys::keys(&settings, cmd).await,
         Command::Store(cmd) => super::keys::store_cmd(&settings, cmd).await,
+        Command::Events(cmd) => super::events::run(&cli.company, &settings, cmd).await,
     }
 }
 

@@ -1,11 +1,12 @@
 //! The `flow8-host` command line: run a module (`run-module`), inspect modules, manage
 //! API-key components, API tokens and OAuth links in the configured store, serve the
-//! REST API, rotate master keys and move the store. Errors are printed as
-//! `error: <name>: <message>` on stderr with a non-zero exit code.
+//! REST API, rotate master keys, move the store, and set where events are delivered.
+//! Errors are printed as `error: <name>: <message>` on stderr with a non-zero exit code.
 
 mod commands;
 pub mod config;
 mod distribution;
+mod events;
 mod keys;
 mod links;
 mod templates;
@@ -74,6 +75,9 @@ pub enum Command {
     /// Move the store's documents to another store (export, import), secrets sealed.
     #[command(subcommand)]
     Store(keys::StoreCommand),
+    /// Events out to flow8: the company's endpoint, redelivery (as the admin API).
+    #[command(subcommand)]
+    Events(events::EventsCommand),
 }
 
 /// Entry point of the binary.

@@ -3,8 +3,8 @@
 //! `delivery.expiring_days` and the host cannot refresh it, a webhook subscription was
 //! lost. They are stored as events of service [`HostEvent::SERVICE`] (so `GET
 //! /api/v1/events` lists them too), each with a key that makes it told once: by the
-//! one host that saw it, or, where several could (an expiry), by the store's
-//! deduplication.
+//! one host that saw it, or, where several could (an expiry, a refresh failing on two
+//! hosts at once), by a key every host derives alike and the store's deduplication.
 //!
 //! [`LifecycleEvents`] is the OAuth service's second consumer (beside the audit log,
 //! wired in `app.rs`); other parts of the host build a [`HostEvent`] and call
@@ -26,7 +26,7 @@ pub struct HostEvent {
     /// The link it is about (its events are delivered in order with the link's others).
     pub link_id: Option<String>,
     /// `link.needs_reconnect`, `link.refresh_failed`, `link.refresh_recovered`,
-    /// `link.expiring`, `subscription.lost`.
+    /// `link.expiring`, `link.subscription_lost`, `credential.unusual_use`.
     pub event_type: &'static str,
     /// What makes it unique: the same key is stored (and delivered) once.
     pub key: String,
@@ -88,13 +88,14 @@ impl HostEvent {
         )
     }
 
-    /// A refresh failed (provider down, store away); `streak` names the run of
-    /// failures it starts.
-    pub fn refresh_failed(link: &LinkRecord, error: &str, streak: &str) -> HostEvent {
+    /// A refresh failed (provider down, store away). Its key is the link and the token
+    /// generation that failed to refresh ([`token_generation`]): every host failing the
+    /// same refresh builds the same key, and the store keeps one.
+    pub fn refresh_failed(link: &LinkRecord, error: &str) -> HostEvent {
         HostEvent::for_link(
             link,
             "link.refresh_failed",
-            format!("refresh_failed:{streak}"),
+            format!("refresh_failed:{}:{}", link.id, token_generation(link)),
             json!({"error": error}),
         )
     }
@@ -121,13 +122,23 @@ impl HostEvent {
     }
 
     /// A webhook subscription of the link (a Graph subscription, a Google channel) is
-    /// gone and could not be recreated (`reason` says why).
-    pub fn subscription_lost(link: &LinkRecord, subscription_id: &str, reason: &str) -> HostEvent {
+    /// gone and could not be made again (`reason` says why). Told once per subscription:
+    /// a lost one is never renewed again (a new one, made through the API, has a new id).
+    pub fn subscription_lost(
+        link: &LinkRecord,
+        sub: &crate::store::SubscriptionRecord,
+        reason: &str,
+    ) -> HostEvent {
         HostEvent::for_link(
             link,
-            "subscription.lost",
-            format!("subscription_lost:{}:{subscription_id}", link.id),
-            json!({"subscription_id": subscription_id, "reason": reason}),
+            "link.subscription_lost",
+            format!("subscription_lost:{}:{}", link.id, sub.id),
+            json!({
+                "subscription_id": sub.id,
+                "resource": sub.resource,
+                "provider_id": sub.provider_id,
+                "reason": reason,
+            }),
         )
     }
 
@@ -185,8 +196,25 @@ impl HostEvent {
     }
 }
 
-/// The host-meta key of a link's current run of refresh failures (its value the run's
-/// id, empty when none).
+/// What names the tokens a link holds now, the same on every host reading the same
+/// record: a digest of the seals' nonces (random per seal, so new tokens, or tokens
+/// sealed again by a key rotation, are a new generation), never of a secret.
+pub fn token_generation(link: &LinkRecord) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(link.access_token.nonce.as_bytes());
+    h.update(b"|");
+    if let Some(r) = &link.refresh_token {
+        h.update(r.nonce.as_bytes());
+    }
+    h.finalize()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The host-meta key of a link's current run of refresh failures (its value the token
+/// generation that failed, empty when none).
 fn failing_key(link: &LinkRecord) -> String {
     format!("refresh_failing:{}:{}", link.company_id, link.id)
 }
@@ -214,13 +242,15 @@ impl LifecycleEvents {
             OAuthEvent::RefreshFailed { link, error } => {
                 // One event per run of failures: the background refresher retries
                 // every minute while a provider is down, flow8 needs to hear it once.
+                // Hosts failing the same refresh at once may both find no run yet:
+                // they write the same run (the generation) and build the same event
+                // key, which the store keeps once.
                 let key = failing_key(&link);
                 let running = self.store.get_meta(&key).await?;
                 if running.as_deref().is_none_or(str::is_empty) {
-                    let streak = new_object_id();
-                    self.store.put_meta(&key, &streak).await?;
+                    self.store.put_meta(&key, &token_generation(&link)).await?;
                     self.deliveries
-                        .emit(HostEvent::refresh_failed(&link, &error, &streak))
+                        .emit(HostEvent::refresh_failed(&link, &error))
                         .await?;
                 }
             }
@@ -341,6 +371,50 @@ mod tests {
         t
     }
 
+    /// Two hosts (two sinks on one store) failing the same refresh at the same moment
+    /// both find no run of failures yet: flow8 still hears `link.refresh_failed` once,
+    /// and once more for the next run (new tokens after the recovery).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_hosts_failing_one_refresh_at_once_tell_it_once() {
+        let store = Arc::new(AnyStore::from(EmbeddedStore::open_in_memory().unwrap()));
+        let (a, b) = (
+            LifecycleEvents::new(Deliveries::new(store.clone()), store.clone()),
+            LifecycleEvents::new(Deliveries::new(store.clone()), store.clone()),
+        );
+        let l = link(true, None);
+        let failed = || OAuthEvent::RefreshFailed {
+            link: l.clone(),
+            error: "provider_error".into(),
+        };
+        tokio::join!(a.emit(failed()), b.emit(failed()));
+        assert_eq!(types(&store).await, ["link.refresh_failed"]);
+        // Recovered (on one host: the one whose write stored the new tokens), with new
+        // tokens; they fail too, on both hosts at once: a new run, told once.
+        let vault = Vault::new(MasterKey::generate());
+        let mut renewed = l.clone();
+        renewed.access_token =
+            vault.encrypt("at2", &sealing::link("A", &l.id, sealing::ACCESS_TOKEN));
+        a.emit(OAuthEvent::Refreshed {
+            link: renewed.clone(),
+            cause: RefreshCause::Expiring,
+        })
+        .await;
+        let failed2 = || OAuthEvent::RefreshFailed {
+            link: renewed.clone(),
+            error: "provider_error".into(),
+        };
+        tokio::join!(b.emit(failed2()), a.emit(failed2()));
+        assert_eq!(
+            types(&store).await,
+            [
+                "link.refresh_failed",
+                "link.refresh_recovered",
+                "link.refresh_failed"
+            ]
+        );
+        assert_ne!(token_generation(&l), token_generation(&renewed));
+    }
+
     /// A run of refresh failures is told once, its end once; a refusal once per link
     /// version; an expiring unrefreshable link once per expiry, however often scanned.
     #[tokio::test]
@@ -363,9 +437,12 @@ mod tests {
             })
             .await;
         }
-        // A new run after the recovery is told again.
+        // A new run after the recovery (which stored new tokens) is told again.
+        let mut renewed = l.clone();
+        renewed.access_token = Vault::new(MasterKey::generate())
+            .encrypt("at2", &sealing::link("A", &l.id, sealing::ACCESS_TOKEN));
         sink.emit(OAuthEvent::RefreshFailed {
-            link: l.clone(),
+            link: renewed,
             error: "provider_error".into(),
         })
         .await;

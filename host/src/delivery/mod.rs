@@ -4,9 +4,11 @@
 //! (`deliverer`) that leases deliveries in the store, retries with exponential backoff
 //! and jitter, parks an event after `max_attempts` failures, and keeps each link's
 //! events in order. `lifecycle` turns what happens to links into events, and is what
-//! other parts of the host call to send one ([`Deliveries::emit`]).
+//! other parts of the host call to send one ([`Deliveries::emit`]). `endpoint` sets and
+//! removes a company's endpoint and redelivers, for the API and the CLI alike.
 
 pub mod deliverer;
+pub mod endpoint;
 pub mod lifecycle;
 pub mod signing;
 
@@ -46,6 +48,9 @@ pub struct DeliveryConfig {
     pub expiring_days: u32,
     /// How often `serve` looks for such links, seconds.
     pub expiring_scan_seconds: u64,
+    /// When an endpoint is set where the company had none, its events that found no
+    /// endpoint and were stored within this many hours are delivered (0: none).
+    pub replay_on_endpoint_set_hours: u32,
 }
 
 impl Default for DeliveryConfig {
@@ -61,6 +66,7 @@ impl Default for DeliveryConfig {
             batch: 16,
             expiring_days: 7,
             expiring_scan_seconds: 3_600,
+            replay_on_endpoint_set_hours: 24,
         }
     }
 }
@@ -94,6 +100,9 @@ impl DeliveryConfig {
         }
         if !(1..=86_400).contains(&self.expiring_scan_seconds) {
             return Err("expiring_scan_seconds must be 1-86400".into());
+        }
+        if self.replay_on_endpoint_set_hours > 720 {
+            return Err("replay_on_endpoint_set_hours must be 0-720".into());
         }
         Ok(())
     }

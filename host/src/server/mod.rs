@@ -40,6 +40,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// The event delivery queue (stores events and wakes the deliverer).
     pub deliveries: crate::delivery::Deliveries,
+    /// The company endpoint and redelivery operations (shared with the CLI).
+    pub endpoints: crate::delivery::endpoint::EndpointAdmin,
     /// Per-credential usage baselines (token-usage alerts).
     pub usage: Arc<crate::usage::UsageMonitor>,
     /// Webhook subscriptions (Graph, Google), when OAuth providers are configured.

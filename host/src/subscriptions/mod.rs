@@ -6,8 +6,8 @@
 //! (404/410 on renewal, Graph's `subscriptionRemoved`), renewed when Graph asks for
 //! reauthorization, and removed at the provider when the link is unlinked. Every change
 //! and failure is audited; a subscription that is lost for good is audited
-//! `webhook_subscription_lost` and told to [`SubscriptionEvents`] (where events out to
-//! flow8 will hook in).
+//! `webhook_subscription_lost` and told to [`SubscriptionEvents`] (in a serving host,
+//! the events out to flow8: a `link.subscription_lost` event).
 //!
 //! | file | what |
 //! | --- | --- |
@@ -122,18 +122,54 @@ pub struct NewSubscription {
     pub topic_name: Option<String>,
 }
 
-/// Who hears about subscriptions lost for good. The events-out delivery wires itself
-/// in here (`webhook subscription lost`); until then the audit log is the record.
+/// What [`SubscriptionEvents::lost`] returns: done once the loss is recorded.
+pub type LostFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
+/// Who hears about subscriptions lost for good (besides the audit log). A host wires
+/// the events out to flow8 in here ([`crate::delivery::Deliveries`]).
 pub trait SubscriptionEvents: Send + Sync {
-    /// `record` is lost: the provider no longer has it and it could not be made again.
-    fn lost(&self, record: &SubscriptionRecord, reason: &str);
+    /// `record`, of `link`, is lost: the provider no longer has it and it could not be
+    /// made again. Awaited before the renewer goes on, so the event is stored (and
+    /// queued durably) before the loss is audited.
+    fn lost<'a>(
+        &'a self,
+        link: &'a LinkRecord,
+        record: &'a SubscriptionRecord,
+        reason: &'a str,
+    ) -> LostFuture<'a>;
 }
 
 /// Tells nobody.
 pub struct NoSubscriptionEvents;
 
 impl SubscriptionEvents for NoSubscriptionEvents {
-    fn lost(&self, _: &SubscriptionRecord, _: &str) {}
+    fn lost<'a>(
+        &'a self,
+        _: &'a LinkRecord,
+        _: &'a SubscriptionRecord,
+        _: &'a str,
+    ) -> LostFuture<'a> {
+        Box::pin(async {})
+    }
+}
+
+/// A lost subscription becomes a `link.subscription_lost` event, delivered to the
+/// company's endpoint like every other event.
+impl SubscriptionEvents for crate::delivery::Deliveries {
+    fn lost<'a>(
+        &'a self,
+        link: &'a LinkRecord,
+        record: &'a SubscriptionRecord,
+        reason: &'a str,
+    ) -> LostFuture<'a> {
+        Box::pin(async move {
+            let event = crate::delivery::HostEvent::subscription_lost(link, record, reason);
+            if let Err(e) = self.emit(event).await {
+                // The audit entry that follows is then the only record.
+                tracing::warn!(subscription = %record.id, error = %e, "the subscription_lost event could not be stored; it is not delivered");
+            }
+        })
+    }
 }
 
 /// The renewer's timing (`webhook_subscriptions:` in the config file).
@@ -714,7 +750,8 @@ impl SubscriptionService {
         if outcome == Outcome::Lost {
             tracing::error!(subscription = %leased.id, link = %leased.link_id, "webhook subscription lost");
             self.events
-                .lost(&updated, updated.last_error.as_deref().unwrap_or(""));
+                .lost(&link, &updated, updated.last_error.as_deref().unwrap_or(""))
+                .await;
         }
         self.audit_change(&updated, None, action, detail).await;
     }

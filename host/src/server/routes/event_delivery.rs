@@ -1,25 +1,25 @@
 //! Delivering events on to flow8, company by company (admins only, like the events):
 //!
 //! - `POST /api/v1/events/endpoint`: set the company's endpoint URL; the first time
-//!   (or with `rotate_secret`) a new signing secret is made and shown once;
+//!   (or with `rotate_secret`) a new signing secret is made and shown once; where the
+//!   company had none, its recent `no_endpoint` events are queued again;
 //! - `GET /api/v1/events/endpoint`: the endpoint (never its secret);
 //! - `DELETE /api/v1/events/endpoint`: stop delivering (events are still stored);
 //! - `POST /api/v1/events/{id}/redeliver`: queue an event again, whatever its state
 //!   (a parked one, one stored while there was no endpoint, one flow8 lost).
 //!
-//! The URL is checked against the operator's egress policy when it is set (an address
+//! The work is `crate::delivery::endpoint` (the CLI's `flow8-host events` runs the
+//! same). The URL is checked against the operator's egress policy when it is set (an address
 //! literal the policy refuses is refused here) and again on every delivery (a name is
 //! resolved then, and a loopback, private or metadata address refused unless the
 //! operator allows it).
 
-use crate::delivery::signing;
-use crate::error::ErrorName;
+use crate::delivery::endpoint::EndpointError;
 use crate::server::AppState;
 use crate::server::auth::Caller;
 use crate::server::error::ApiError;
 use crate::server::extract::{ApiJson, ApiPath};
-use crate::store::delivery::{DeliveryStatus, EventEndpointRecord, event_endpoint_context};
-use crate::store::{DeliveryStore, now};
+use crate::store::delivery::{DeliveryStatus, EventEndpointRecord};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -28,8 +28,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use time::format_description::well_known::Rfc3339;
 
-/// The longest endpoint URL.
-pub const MAX_URL_LEN: usize = 2048;
+pub use crate::delivery::endpoint::MAX_URL_LEN;
 
 /// The body of `POST /api/v1/events/endpoint`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -52,6 +51,10 @@ pub struct EventEndpoint {
     /// The new signing secret (`whsec_...`), only in the answer that made it.
     #[schema(nullable = true)]
     signing_secret: Option<String>,
+    /// Only in the answer to setting it: events queued again because the company had
+    /// no endpoint before (stored within `delivery.replay_on_endpoint_set_hours`).
+    #[schema(nullable = true)]
+    replayed: Option<u64>,
     created_at: String,
     updated_at: String,
 }
@@ -98,31 +101,32 @@ pub fn delivery_json(d: &DeliveryStatus) -> Value {
     })
 }
 
-fn endpoint_json(e: &EventEndpointRecord, secret: Option<&str>) -> Value {
-    json!({
+/// The API's (and the CLI's) view of an endpoint: `replayed` only in the answer to
+/// setting it.
+pub fn endpoint_json(
+    e: &EventEndpointRecord,
+    secret: Option<&str>,
+    replayed: Option<usize>,
+) -> Value {
+    let mut v = json!({
         "url": e.url,
         "signing_secret": secret,
         "created_at": time_str(Some(e.created_at)),
         "updated_at": time_str(Some(e.updated_at)),
-    })
+    });
+    if let (Some(n), Some(m)) = (replayed, v.as_object_mut()) {
+        m.insert("replayed".into(), json!(n));
+    }
+    v
 }
 
-fn check_url(st: &AppState, raw: &str) -> Result<(), ApiError> {
-    let bad = |m: String| ApiError::invalid_input(format!("url: {m}"));
-    if raw.len() > MAX_URL_LEN {
-        return Err(bad(format!("at most {MAX_URL_LEN} characters")));
+impl From<EndpointError> for ApiError {
+    fn from(e: EndpointError) -> ApiError {
+        match e {
+            EndpointError::Store(e) => ApiError::from(e),
+            e => ApiError::new(e.name(), e.to_string()),
+        }
     }
-    let url = url::Url::parse(raw).map_err(|e| bad(format!("not a URL ({e})")))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(bad("an http or https URL with a host".into()));
-    }
-    if !url.username().is_empty() || url.password().is_some() || url.fragment().is_some() {
-        return Err(bad("no user name, password or fragment".into()));
-    }
-    st.runtime
-        .outbound()
-        .check_destination(&url)
-        .map_err(|e| ApiError::new(ErrorName::InvalidInput, format!("url: {e}")))
 }
 
 /// `POST /api/v1/events/endpoint`
@@ -139,60 +143,20 @@ pub async fn set_endpoint(
     ApiJson(body): ApiJson<EndpointBody>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    check_url(&st, &body.url)?;
-    let company = caller.company_id.clone();
-    let t = now();
-    let existing = st.store.get_event_endpoint(&company).await?;
-    let seal = |secret: &str| st.vault.encrypt(secret, &event_endpoint_context(&company));
-    let (record, new_secret) = match existing {
-        None => {
-            let secret = signing::new_secret();
-            let record = EventEndpointRecord {
-                company_id: company.clone(),
-                url: body.url.clone(),
-                signing_secret: seal(&secret),
-                version: 0,
-                created_at: t,
-                updated_at: t,
-            };
-            st.store.insert_event_endpoint(record.clone()).await?;
-            (record, Some(secret))
-        }
-        Some(old) => {
-            let secret = body.rotate_secret.then(signing::new_secret);
-            let mut record = old.clone();
-            record.url = body.url.clone();
-            record.updated_at = t;
-            if let Some(s) = &secret {
-                record.signing_secret = seal(s);
-            }
-            if !st
-                .store
-                .replace_event_endpoint_cas(record.clone(), old.version)
-                .await?
-            {
-                return Err(ApiError::new(
-                    ErrorName::Conflict,
-                    "the endpoint changed meanwhile; try again",
-                ));
-            }
-            (record, secret)
-        }
-    };
-    st.audit
-        .record(crate::server::audit::entry(
-            &company,
+    let set = st
+        .endpoints
+        .set(
+            &caller.company_id,
             Some(&caller.user_id),
-            "event_endpoint_set",
-            "event_endpoint",
-            &company,
-            Value::Null,
-            json!({"url": record.url, "new_secret": new_secret.is_some()}),
-        ))
-        .await;
-    // Deliveries that were waiting for an endpoint's answer go now.
-    st.deliveries.wake();
-    Ok(Json(endpoint_json(&record, new_secret.as_deref())))
+            &body.url,
+            body.rotate_secret,
+        )
+        .await?;
+    Ok(Json(endpoint_json(
+        &set.record,
+        set.new_secret.as_deref(),
+        Some(set.replayed),
+    )))
 }
 
 /// `GET /api/v1/events/endpoint`
@@ -206,10 +170,8 @@ pub async fn get_endpoint(
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    match st.store.get_event_endpoint(&caller.company_id).await? {
-        Some(e) => Ok(Json(endpoint_json(&e, None))),
-        None => Err(ApiError::not_found("event endpoint")),
-    }
+    let e = st.endpoints.get(&caller.company_id).await?;
+    Ok(Json(endpoint_json(&e, None, None)))
 }
 
 /// `DELETE /api/v1/events/endpoint`
@@ -223,20 +185,9 @@ pub async fn delete_endpoint(
     caller: Caller,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
-    if !st.store.delete_event_endpoint(&caller.company_id).await? {
-        return Err(ApiError::not_found("event endpoint"));
-    }
-    st.audit
-        .record(crate::server::audit::entry(
-            &caller.company_id,
-            Some(&caller.user_id),
-            "event_endpoint_deleted",
-            "event_endpoint",
-            &caller.company_id,
-            Value::Null,
-            Value::Null,
-        ))
-        .await;
+    st.endpoints
+        .remove(&caller.company_id, Some(&caller.user_id))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -254,24 +205,9 @@ pub async fn redeliver(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
-    let Some(status) = st
-        .store
-        .redeliver_event(&caller.company_id, &id, now())
-        .await?
-    else {
-        return Err(ApiError::not_found("event"));
-    };
-    st.audit
-        .record(crate::server::audit::entry(
-            &caller.company_id,
-            Some(&caller.user_id),
-            "event_redelivered",
-            "event",
-            &id,
-            Value::Null,
-            Value::Null,
-        ))
-        .await;
-    st.deliveries.wake();
+    let status = st
+        .endpoints
+        .redeliver(&caller.company_id, Some(&caller.user_id), &id)
+        .await?;
     Ok(Json(json!({"id": id, "delivery": delivery_json(&status)})))
 }
