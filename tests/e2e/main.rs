@@ -24,6 +24,7 @@ mod hostile_guests;
 mod hostile_wasi_http;
 mod key_rotation;
 mod language_examples;
+mod link_memory_scan;
 mod local_store;
 mod microsoft_calendar;
 mod module_loading;

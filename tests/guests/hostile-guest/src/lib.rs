@@ -146,6 +146,21 @@ impl Module for Hostile {
                     .input_field("link_id")
                     .optional(),
             )
+            // Links bound as the Microsoft 365 and Google modules bind theirs (one
+            // service each, scopes in the manifest), for the memory scans of the
+            // request shapes those modules send.
+            .credential(
+                Credential::oauth_link("microsoft", "microsoft")
+                    .scopes(["Mail.Send"])
+                    .input_field("microsoft_link_id")
+                    .optional(),
+            )
+            .credential(
+                Credential::oauth_link("workspace", "google")
+                    .scopes(["https://www.googleapis.com/auth/drive.file"])
+                    .input_field("google_link_id")
+                    .optional(),
+            )
             // A link of any service (as `api-request` binds it), named by `any_link_id`.
             .credential(
                 Credential::any_oauth_link("any")
@@ -395,9 +410,44 @@ fn attack(input: Value) -> Result<Value, Error> {
                 } else {
                     None
                 };
-                let sent = Request::get(str_param(&input, "url")?)
-                    .credential(binding)
-                    .send();
+                let url = str_param(&input, "url")?;
+                // The request shape the modules that spend a link send (`via`): a GET
+                // (read mail, contacts), a JSON POST (send mail, share, sheets), raw
+                // bytes (Gmail's media upload), a workspace file or range as the body
+                // (OneDrive, Drive), or the answer streamed into the workspace
+                // (onedrive-download).
+                let file = input["file_path"].as_str().unwrap_or("/scan.bin");
+                let sent = match input["via"].as_str().unwrap_or("get") {
+                    "get" => Request::get(url).credential(binding).send(),
+                    "json" => Request::post(url)
+                        .json(&json!({"message": {"subject": "scan"}}))?
+                        .credential(binding)
+                        .send(),
+                    "bytes" => Request::post(url)
+                        .header("content-type", "message/rfc822")
+                        .body(b"Subject: scan\r\n\r\nscan\r\n".to_vec())
+                        .credential(binding)
+                        .send(),
+                    "workspace_file" => Request::put(url)
+                        .workspace_file(file)
+                        .credential(binding)
+                        .send(),
+                    "workspace_range" => {
+                        let length = input["length"].as_u64().unwrap_or(1).max(1);
+                        Request::put(url)
+                            .header("content-range", &format!("bytes 0-{}/*", length - 1))
+                            .workspace_range(file, 0, length)
+                            .credential(binding)
+                            .send()
+                    }
+                    "to_workspace" => Request::get(url)
+                        .credential(binding)
+                        .send_to_workspace(file, 1 << 20)
+                        .map(|saved| saved.response),
+                    other => {
+                        return Err(Error::invalid_input(format!("unknown via `{other}`")));
+                    }
+                };
                 let needle = unmask(&input);
                 Ok(json!({
                     "status": sent.map(|r| r.status).ok(),
