@@ -32,6 +32,9 @@ for t in "${targets[@]}"; do
     # stay as committed.
     corpus="$work/$t/corpus"
     artifacts="$work/$t/artifacts"
+    # The target directory outlives the clone: a crash input an earlier run left is
+    # not this run's finding (it was reported then), so each run starts with none.
+    rm -rf "$artifacts"
     mkdir -p "$corpus" "$artifacts"
     log="$work/$t/log"
     status=0
