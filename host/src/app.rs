@@ -436,6 +436,10 @@ impl Host {
                 self.config.rate_limits.steps_per_second,
                 self.config.rate_limits.steps_burst,
             ),
+            refused_webhook_audit: crate::server::rate_limit::RateLimiter::new(
+                1.0 / 60.0,
+                crate::server::WEBHOOK_REFUSED_AUDIT_BURST,
+            ),
             public_url: self.config.public_base(),
             metrics_token_hash: self.config.metrics_token.as_ref().map(|t| {
                 use sha2::Digest;

@@ -479,7 +479,10 @@ mod tests {
                 assert_eq!(value.expose(), *plain);
             }
             for pattern in pinned_hosts(&r) {
-                crate::catalogue::Pin::parse(&pattern).unwrap_or_else(|e| panic!("{p}: {e}"));
+                let pin =
+                    crate::catalogue::Pin::parse(&pattern).unwrap_or_else(|e| panic!("{p}: {e}"));
+                // A report's `pinned_to` carries it; the API's form covers it.
+                assert!(pin.is_documented_form(), "{p}: {pin}");
             }
         }
     }

@@ -167,3 +167,85 @@ pub fn send(email: &Email) -> Result<Sent, Error> {
         accepted: r.accepted,
     })
 }
+
+/// One mailbox as a flow writes it: `user@example.com` or `Name <user@example.com>`
+/// (the name may be quoted). The one rule every mail module reads recipients by, so
+/// `a@x.com,b@y.com` is refused the same way everywhere instead of reaching one
+/// provider as a single address and another as two.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mailbox {
+    /// The display name, if one was given.
+    pub name: Option<String>,
+    /// `local@domain`.
+    pub address: String,
+}
+
+impl Mailbox {
+    /// Read one mailbox; a list (`,` or `;`), a header break, spaces or angle
+    /// brackets inside the address, or a missing local part or domain is
+    /// [`Error::InvalidInput`](crate::Error) naming the text.
+    pub fn parse(text: &str) -> Result<Mailbox, Error> {
+        let text = text.trim();
+        let (name, address) = match (text.rfind('<'), text.strip_suffix('>')) {
+            (Some(open), Some(_)) => (
+                Some(text[..open].trim().trim_matches('"').trim()),
+                text[open + 1..text.len() - 1].trim(),
+            ),
+            _ => (None, text),
+        };
+        let address_ok = address.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && !address.chars().any(|c| {
+                    c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';' | '"')
+                })
+        });
+        let name_ok =
+            name.is_none_or(|n| !n.chars().any(|c| c.is_control() || matches!(c, '<' | '>')));
+        if !address_ok || !name_ok {
+            return Err(Error::invalid_input(format!(
+                "`{}` is not one email address (`user@example.com` or `Name <user@example.com>`; a list is one entry per address)",
+                text.escape_debug()
+            )));
+        }
+        Ok(Mailbox {
+            name: name.filter(|n| !n.is_empty()).map(str::to_string),
+            address: address.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Mailbox;
+
+    #[test]
+    fn one_mailbox_with_or_without_a_name() {
+        let m = Mailbox::parse(" \"Ann Example\" <ann@example.com> ").unwrap();
+        assert_eq!(m.name.as_deref(), Some("Ann Example"));
+        assert_eq!(m.address, "ann@example.com");
+        let m = Mailbox::parse("bob@example.com").unwrap();
+        assert_eq!((m.name, m.address.as_str()), (None, "bob@example.com"));
+        assert_eq!(Mailbox::parse("<c@example.com>").unwrap().name, None);
+    }
+
+    #[test]
+    fn lists_header_breaks_and_junk_are_refused() {
+        for bad in [
+            "a@x.com,b@y.com",
+            "a@x.com; b@y.com",
+            "Ann <a@x.com>, Bob <b@y.com>",
+            "a@b.c\r\nBcc: x@y.z",
+            "Ann\r\nBcc: x@y.z <a@b.c>",
+            "not an address",
+            "@example.com",
+            "ann@",
+            "a@b@c",
+            "a b@example.com",
+            "",
+        ] {
+            assert!(Mailbox::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}

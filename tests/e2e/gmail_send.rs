@@ -232,7 +232,7 @@ async fn an_email_with_attachments_is_sent_through_gmail_and_errors_are_named() 
         "text": "Hello,\nthe report is attached.\n",
         "html": "<p>Hello,</p><p>the report is <b>attached</b>.</p>",
         "attachments": [
-            {"path": "/report.pdf"},
+            {"file_path": "/report.pdf"},
             {"path": "/data/export.csv", "filename": "April export.csv", "content_type": "text/csv"}
         ]
     });

@@ -80,3 +80,55 @@ async fn concurrent_loads_of_a_broken_module_all_fail_by_name_and_block_nothing(
         .expect_err("still broken");
     assert_eq!(again.name.as_str(), "invalid_module");
 }
+
+/// A step naming one module does not compile every other module of the directory to
+/// find it: the compile cache remembers which name each `.wasm` declared, so a host
+/// whose compiled entries are gone (a new engine, eviction) compiles only the one the
+/// step names. A listing still loads them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_naming_one_module_compiles_only_that_one_once_names_are_known() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["http_request.wasm", "slack_message.wasm"] {
+        std::fs::copy(support::wasm_dir().join(file), dir.path().join(file)).expect(file);
+    }
+    let cache_dir = tempfile::tempdir().unwrap();
+    let registry = |cache: &CompileCache| {
+        ModuleRegistry::new(
+            support::shared_engine(),
+            cache.clone(),
+            vec![dir.path().to_path_buf()],
+        )
+    };
+
+    // A cold cache knows no names: finding http-request loads both.
+    let cold = CompileCache::at(cache_dir.path()).unwrap();
+    registry(&cold).resolve("http-request").await.unwrap();
+    assert_eq!(cold.compiled(), 2);
+
+    // The compiled entries go; the names stay.
+    for e in std::fs::read_dir(cache_dir.path()).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_some_and(|x| x == "cwasm") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let warm = CompileCache::at(cache_dir.path()).unwrap();
+    let r = registry(&warm);
+    r.resolve("http-request").await.unwrap();
+    assert_eq!(
+        warm.compiled(),
+        1,
+        "slack-message was compiled to find http-request"
+    );
+    r.resolve("slack-message").await.unwrap();
+    assert_eq!(warm.compiled(), 2);
+    // Both found now, and a listing has both.
+    r.resolve("http-request").await.unwrap();
+    assert_eq!(warm.compiled(), 2);
+    let listed = r.scan().await;
+    assert_eq!(
+        listed.iter().filter(|e| e.module.is_ok()).count(),
+        2,
+        "{listed:?}"
+    );
+}

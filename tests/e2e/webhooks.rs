@@ -839,3 +839,69 @@ async fn google_push_needs_the_channel_token() {
     );
     valid(&host).await;
 }
+
+/// Forged calls to a link's webhook URL are all refused, but write at most a burst of
+/// `webhook_refused` audit entries for that link (then one a minute): whoever learned
+/// the URL cannot fill the company's audit log. Another link's refusals have their own
+/// allowance.
+#[tokio::test]
+async fn a_flood_of_forged_webhooks_writes_a_bounded_audit_trail() {
+    let host = Host::configured();
+    let link = host.link("company-a", "microsoft", json!({})).await;
+    let other = host.link("company-a", "microsoft", json!({})).await;
+    host.webhook_secret("microsoft", &link).await;
+    host.webhook_secret("microsoft", &other).await;
+    let json_ct = [("content-type", "application/json".to_string())];
+    let forged = |id: usize| {
+        json!({"value": [{"id": format!("f{id}"), "changeType": "created", "clientState": "forged"}]})
+            .to_string()
+    };
+    for i in 0..30 {
+        let answer = host
+            .post(&format!("/webhooks/microsoft/{link}"), &json_ct, forged(i))
+            .await;
+        refused(&answer, "a forged notification");
+    }
+    refused(
+        &host
+            .post(
+                &format!("/webhooks/microsoft/{other}"),
+                &json_ct,
+                forged(99),
+            )
+            .await,
+        "a forged notification to another link",
+    );
+    let refusals = async |resource: &str| -> usize {
+        let audit: Value = host
+            .http
+            .get(
+                host.server
+                    .url("/api/v1/admin/audit?action_type=webhook_refused&limit=200"),
+            )
+            .bearer_auth(&host.admin_a)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["resource_id"] == resource)
+            .count()
+    };
+    let burst = flow8_host::server::WEBHOOK_REFUSED_AUDIT_BURST as usize;
+    // The audit writer commits in groups: wait for the entries to land.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while (refusals(&link).await < burst || refusals(&other).await < 1)
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(refusals(&link).await, burst, "30 forged calls");
+    assert_eq!(refusals(&other).await, 1, "the other link's one");
+}

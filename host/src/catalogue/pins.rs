@@ -8,7 +8,30 @@
 
 use crate::manifest::HostPattern;
 use std::fmt;
+use std::sync::LazyLock;
 use url::Url;
+
+/// The written form of a pin in the API (a step body's `pinned_to`, a report's): the
+/// language the OpenAPI document states for `Taint.pins`, which the host enforces on
+/// what a request carries. Every pin it covers parses, and prints back inside it, so a
+/// report's `pinned_to` can be passed to the next step as it is. It is `http` or
+/// `https`; `*`, `*.` a domain of two labels or more, a domain name (lower case, labels
+/// of letters, digits and inner `-`, the last starting with a letter) or a dotted IPv4
+/// address; a port 1-65535 or `*`; path segments of URL characters without `%`, none
+/// starting with `.`. Not covered: IPv6 literals (an endpoint on one gives a pin the
+/// next step cannot be given back).
+pub const PIN_PATTERN: &str = concat!(
+    r"^https?://",
+    r"(?:\*",
+    r"|\*\.(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?",
+    r"|(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?",
+    r"|(?:(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9]))",
+    r"(?::(?:\*|[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?",
+    r"(?:/[A-Za-z0-9_~!$&'()*+,;=:@-][A-Za-z0-9._~!$&'()*+,;=:@-]*)*/?$",
+);
+
+static PIN_FORM: LazyLock<regex::Regex> =
+    LazyLock::new(|| regex::Regex::new(PIN_PATTERN).expect("PIN_PATTERN is a valid regex"));
 
 /// One place a credential may be sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +73,26 @@ impl Pin {
             None => Ok(Pin::host(host)),
             Some(p) => Pin::under(host, p).map_err(|e| format!("`{text}`: {e}")),
         }
+    }
+
+    /// Parse a pin written in the API's form ([`PIN_PATTERN`]): what a request may
+    /// carry. Anything outside that form is refused, even where [`Pin::parse`] would
+    /// read it (`HTTPS://A.example`, `https://a.example:443`), so the document and the
+    /// host agree on one language.
+    pub fn parse_documented(text: &str) -> Result<Pin, String> {
+        if !PIN_FORM.is_match(text) {
+            return Err(format!(
+                "`{}` is not a pin as the API writes one: scheme://host[:port][/path], \
+                 lower-case host, no query, `%` escapes or `.` segments",
+                text.escape_debug()
+            ));
+        }
+        Pin::parse(text)
+    }
+
+    /// Whether this pin prints inside the API's form ([`PIN_PATTERN`]).
+    pub fn is_documented_form(&self) -> bool {
+        PIN_FORM.is_match(&self.to_string())
     }
 
     /// Whether a request to `url` falls under this pin.
@@ -213,6 +256,65 @@ mod tests {
         for (pin, url, want) in rows {
             assert_eq!(m(pin, url), want, "{pin} vs {url}");
         }
+    }
+
+    /// The API's written form is one rule: what the pattern covers parses and prints
+    /// back inside it (so a report's `pinned_to` is a valid next step's), and what it
+    /// does not cover is refused even where the wider parser would read it.
+    #[test]
+    fn the_documented_form_is_what_the_api_takes_and_gives_back() {
+        for text in [
+            "https://slack.com/api/",
+            "https://slack.com/api/chat.postMessage",
+            "http://127.0.0.1:9000/invoices",
+            "http://127.0.0.1:9000/my.bucket-2",
+            "https://s3.eu-west-1.amazonaws.com/b_1/",
+            "https://*.example.com",
+            "https://*:*",
+            "https://a.example:443",
+            "https://a.example/",
+            "http://localhost:8080",
+            "https://x1.a-b.example/~u/a+b/*",
+            "https://a.example:65535",
+        ] {
+            let pin = Pin::parse_documented(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert!(pin.is_documented_form(), "{text} prints as {pin}");
+            assert_eq!(Pin::parse_documented(&pin.to_string()), Ok(pin), "{text}");
+        }
+        for bad in [
+            "HTTPS://slack.com",
+            "https://Slack.com",
+            "https://a.example:0",
+            "https://a.example:65536",
+            "https://a.example:0443",
+            "https://1.2.3.256",
+            "https://01.2.3.4",
+            "https://a.1",
+            "https://*.com",
+            "https://*.*.example.com",
+            "https://[::1]",
+            "https://a.example/api\n",
+            "https://a.example\n",
+            "https://a.example//x",
+            "https://a.example/.well-known",
+            "https://a.example/a/../b",
+            "https://a.example/%41",
+            "https://a.example/a b",
+            "https://a.example/a?b",
+            "https://-a.example",
+            "https://a-.example",
+            "ftp://a.example",
+            "not a pin",
+        ] {
+            assert!(Pin::parse_documented(bad).is_err(), "{bad:?} was taken");
+        }
+        // The wider parser still reads what stored records and the catalogue hold.
+        assert!(Pin::parse("https://[::1]:8443").is_ok());
+        assert!(
+            !Pin::parse("https://[::1]:8443")
+                .unwrap()
+                .is_documented_form()
+        );
     }
 
     #[test]

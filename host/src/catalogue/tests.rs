@@ -215,6 +215,10 @@ fn oauth_providers_keep_every_value_of_the_old_table() {
         assert_eq!(p.refresh, *refresh, "{name}");
         let pinned: Vec<String> = p.api_hosts.iter().map(|h| h.to_string()).collect();
         assert_eq!(pinned, *hosts, "{name}");
+        // A report's `pinned_to` carries these; the API's written form covers them.
+        for pin in p.api_hosts.iter().chain(&p.transfer_hosts) {
+            assert!(pin.is_documented_form(), "{name}: {pin}");
+        }
         assert_eq!(p.api_base_url, *base, "{name}");
         // Revocation was chosen by dialect (Slack's auth.revoke) and by whether there
         // was a URL.

@@ -9,9 +9,11 @@ use crate::distribution::oci::{self, ModuleArtifact, OciRef, RegistryAccess};
 use crate::distribution::signature::{ModuleSignature, PrivateKey};
 use crate::error::ErrorName;
 use crate::runtime::module::digest;
+use crate::runtime::registry::ModuleRegistry;
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// `modules keygen` arguments.
 #[derive(Debug, Args)]
@@ -155,18 +157,24 @@ fn access(
     Ok(access)
 }
 
+/// What `push` and `pull` both start from: the parsed reference, the access to its
+/// registry (config, then flags) and this host's module registry; or the exit a failure
+/// of any of them ends the command with.
+fn prepare(
+    settings: &HostSettings,
+    reference: &str,
+    args: &RegistryArgs,
+) -> Result<(OciRef, RegistryAccess, Arc<ModuleRegistry>), ExitCode> {
+    let reference = OciRef::parse(reference).map_err(|e| fail(e.name(), e))?;
+    let access = access(settings, &reference, args).map_err(|(n, m)| fail(n, m))?;
+    let registry = settings.build_modules().map_err(|e| fail(e.name(), e))?;
+    Ok((reference, access, registry))
+}
+
 pub(super) async fn push(settings: &HostSettings, args: &PushArgs) -> ExitCode {
-    let reference = match OciRef::parse(&args.reference) {
-        Ok(r) => r,
-        Err(e) => return fail(e.name(), e),
-    };
-    let access = match access(settings, &reference, &args.registry) {
-        Ok(a) => a,
-        Err((n, m)) => return fail(n, m),
-    };
-    let registry = match settings.build_modules() {
-        Ok(r) => r,
-        Err(e) => return fail(e.name(), e),
+    let (reference, access, registry) = match prepare(settings, &args.reference, &args.registry) {
+        Ok(p) => p,
+        Err(exit) => return exit,
     };
     // Load it first: only a module this host would run is pushed, and its manifest
     // and imports describe the artifact.
@@ -250,17 +258,9 @@ pub(super) async fn push(settings: &HostSettings, args: &PushArgs) -> ExitCode {
 }
 
 pub(super) async fn pull(settings: &HostSettings, company: &str, args: &PullArgs) -> ExitCode {
-    let reference = match OciRef::parse(&args.reference) {
-        Ok(r) => r,
-        Err(e) => return fail(e.name(), e),
-    };
-    let access = match access(settings, &reference, &args.registry) {
-        Ok(a) => a,
-        Err((n, m)) => return fail(n, m),
-    };
-    let registry = match settings.build_modules() {
-        Ok(r) => r,
-        Err(e) => return fail(e.name(), e),
+    let (reference, access, registry) = match prepare(settings, &args.reference, &args.registry) {
+        Ok(p) => p,
+        Err(exit) => return exit,
     };
     let pulled = match oci::pull(&reference, &access, settings.config.max_module_bytes).await {
         Ok(p) => p,

@@ -87,6 +87,37 @@ impl CompileCache {
         self.compiled.load(Ordering::Relaxed)
     }
 
+    /// Remember which module name the `.wasm` with SHA-256 `digest` declares, so a later
+    /// host looking for another name need not compile it to find out (see
+    /// `ModuleRegistry::resolve`). A few bytes per digest, beside the compiled entries
+    /// (eviction leaves them: they are not `.cwasm`). Failing to write only loses the
+    /// shortcut.
+    pub fn remember_name(&self, digest: &str, name: &str) {
+        let Some(dir) = &self.dir else {
+            return;
+        };
+        let path = dir.join(format!("{digest}.name"));
+        if std::fs::read_to_string(&path).is_ok_and(|n| n == name) {
+            return;
+        }
+        let written = tempfile::NamedTempFile::new_in(dir).and_then(|mut f| {
+            std::io::Write::write_all(&mut f, name.as_bytes())?;
+            f.persist(&path).map_err(|e| e.error)?;
+            Ok(())
+        });
+        if let Err(e) = written {
+            tracing::debug!(path = %path.display(), error = %e, "cannot write a module name to the compile cache");
+        }
+    }
+
+    /// The module name the `.wasm` with SHA-256 `digest` declared when this cache last
+    /// loaded it, if it has.
+    pub fn known_name(&self, digest: &str) -> Option<String> {
+        let dir = self.dir.as_ref()?;
+        let name = std::fs::read_to_string(dir.join(format!("{digest}.name"))).ok()?;
+        (!name.is_empty() && name.len() <= 128).then_some(name)
+    }
+
     fn entry(&self, engine: &SandboxEngine, digest: &str) -> Option<PathBuf> {
         self.dir
             .as_ref()

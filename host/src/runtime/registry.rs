@@ -209,7 +209,10 @@ impl ModuleRegistry {
         self
     }
 
-    async fn scan_dir(&self, dir: &Path, entries: &mut Vec<ModuleEntry>) {
+    /// Scan `dir`; with `only`, skip the files the compile cache's name index says hold
+    /// another module and that are not loaded here (a step naming one module does not
+    /// compile every other one first).
+    async fn scan_dir(&self, dir: &Path, only: Option<&str>, entries: &mut Vec<ModuleEntry>) {
         let Ok(read) = std::fs::read_dir(dir) else {
             return;
         };
@@ -219,12 +222,49 @@ impl ModuleRegistry {
             .collect();
         paths.sort();
         for path in paths {
+            if let Some(name) = only
+                && self.named_otherwise(&path, name).await
+            {
+                continue;
+            }
             let module = self.load_file(&path).await;
             if let Err(e) = &module {
                 tracing::debug!(path = %path.display(), error = %e, "skipping module that does not load");
             }
             entries.push(ModuleEntry { path, module });
         }
+    }
+
+    /// Whether `path` holds a module that is not loaded here and that, by the compile
+    /// cache's name index, is not named `name`.
+    async fn named_otherwise(&self, path: &Path, name: &str) -> bool {
+        let Some(d) = self.file_digest(path).await else {
+            return false;
+        };
+        self.loaded(&d).is_none() && self.cache.known_name(&d).is_some_and(|n| n != name)
+    }
+
+    /// The SHA-256 of a file, from the (len, mtime) memo when the file is unchanged.
+    async fn file_digest(&self, path: &Path) -> Option<String> {
+        let meta = tokio::fs::metadata(path).await.ok()?;
+        let mtime = meta.modified().ok()?;
+        let memo = self
+            .file_digests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(path)
+            .filter(|(len, t, _)| *len == meta.len() && *t == mtime)
+            .map(|(_, _, d)| d.clone());
+        if memo.is_some() {
+            return memo;
+        }
+        let bytes = tokio::fs::read(path).await.ok()?;
+        let d = digest(&bytes);
+        self.file_digests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(path.to_path_buf(), (meta.len(), mtime, d.clone()));
+        Some(d)
     }
 
     fn index(entries: &[ModuleEntry]) -> NameIndex {
@@ -350,7 +390,7 @@ impl ModuleRegistry {
                 continue;
             }
             let mut entries = Vec::new();
-            self.scan_dir(&company.path(), &mut entries).await;
+            self.scan_dir(&company.path(), None, &mut entries).await;
             for entry in entries {
                 let module = match entry.module {
                     Ok(m) => m,
@@ -542,6 +582,7 @@ impl ModuleRegistry {
         d: &str,
     ) -> Result<Arc<LoadedModule>, StepError> {
         let module = LoadedModule::load(&self.engine, &self.cache, bytes).await?;
+        self.cache.remember_name(d, &module.manifest.name);
         self.catalogue
             .check_bindings(&module.manifest)
             .map_err(|e| StepError::invalid_manifest(e.to_string()))?;
@@ -595,11 +636,28 @@ impl ModuleRegistry {
     /// Every `.wasm` in the shared module directories, loaded (a broken file is
     /// reported, not fatal).
     pub async fn scan(&self) -> Vec<ModuleEntry> {
+        self.scan_for(None).await
+    }
+
+    /// A scan for the module `only` names (or for all of them). A full scan rebuilds
+    /// the name index from what the directories hold; a scan for one name replaces
+    /// that name's versions and adds what else it loaded, keeping the rest (a scan for
+    /// another name at the same moment may have skipped a file this one loads).
+    async fn scan_for(&self, only: Option<&str>) -> Vec<ModuleEntry> {
         let mut entries = Vec::new();
         for dir in &self.dirs {
-            self.scan_dir(dir, &mut entries).await;
+            self.scan_dir(dir, only, &mut entries).await;
         }
-        *self.by_name.lock().unwrap_or_else(PoisonError::into_inner) = Self::index(&entries);
+        let fresh = Self::index(&entries);
+        let mut by_name = self.by_name.lock().unwrap_or_else(PoisonError::into_inner);
+        match only {
+            None => *by_name = fresh,
+            Some(name) => {
+                by_name.remove(name);
+                by_name.extend(fresh);
+            }
+        }
+        drop(by_name);
         entries
     }
 
@@ -615,7 +673,7 @@ impl ModuleRegistry {
         if let Some(m) = self.lookup(name, version) {
             return Ok(m);
         }
-        self.scan().await;
+        self.scan_for(Some(name)).await;
         if let Some(d) = version.and_then(pinned_digest)
             && self
                 .by_name

@@ -24,6 +24,10 @@ use axum::routing::MethodRouter;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// How many `webhook_refused` entries a link's refused webhooks may write at once; then
+/// one a minute.
+pub const WEBHOOK_REFUSED_AUDIT_BURST: u32 = 10;
+
 /// What every handler shares.
 pub struct AppState {
     /// Runs steps.
@@ -61,6 +65,10 @@ pub struct AppState {
     pub oci: crate::config::OciConfig,
     /// `POST /api/v1/steps` per company.
     pub step_rate: rate_limit::RateLimiter,
+    /// `webhook_refused` audit entries per link ([`WEBHOOK_REFUSED_AUDIT_BURST`], then
+    /// one a minute): whoever knows a link's webhook URL cannot fill its company's audit
+    /// log with forged calls. `/metrics` still counts every refusal.
+    pub refused_webhook_audit: rate_limit::RateLimiter,
     /// Where browsers reach this host (`public_url`), the base of connect links.
     pub public_url: String,
     /// SHA-256 of the operator's metrics token; None: `/metrics` is off.

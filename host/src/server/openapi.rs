@@ -38,8 +38,8 @@ pub struct Taint {
     credential: String,
     /// The credential's service.
     service: String,
-    /// `scheme://host[:port][/path-prefix]`.
-    #[schema(pattern = r"^https://[a-z][a-z0-9]*(\.[a-z][a-z0-9]*)+(/[a-z0-9]+)*/?$")]
+    /// `scheme://host[:port][/path-prefix]`, each as `PIN_PATTERN` in
+    /// `catalogue/pins.rs` (set in [`document_for`]).
     pins: Vec<String>,
 }
 
@@ -487,6 +487,13 @@ pub fn document_for(limits: &StepLimits) -> Value {
         if let Some(schema) = doc["components"]["schemas"].get_mut(name) {
             schema["additionalProperties"] = json!(false);
         }
+    }
+    // One rule for a pin's written form, the host's (`Pin::parse_documented`).
+    if let Some(items) = doc["components"]["schemas"]["Taint"]["properties"]["pins"]
+        .get_mut("items")
+        .filter(|i| i.is_object())
+    {
+        items["pattern"] = json!(crate::catalogue::pins::PIN_PATTERN);
     }
     let maxima = [
         ("deadline_seconds", json!(limits.deadline.as_secs_f64())),

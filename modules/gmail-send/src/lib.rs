@@ -23,8 +23,10 @@ const MAX_ATTACHMENT_BYTES: u64 = 25 * 1024 * 1024;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Attachment {
-    /// Path in the step's workspace.
-    pub path: String,
+    /// Path in the step's workspace (`file_path`, as in `outlook-send-mail` and
+    /// `smtp-send`; `path`, this module's first name for it, is still read).
+    #[serde(alias = "path")]
+    pub file_path: String,
     /// The file name the recipient sees (default: the path's last segment).
     #[serde(default)]
     pub filename: Option<String>,
@@ -67,28 +69,11 @@ pub struct Output {
     label_ids: Vec<String>,
 }
 
-/// `Name <user@example.com>` or `user@example.com` as mail-builder's address.
+/// `Name <user@example.com>` or `user@example.com` as mail-builder's address (the
+/// SDK's one mailbox rule, as every mail module reads it).
 fn address(value: &str) -> Result<Address<'static>, Error> {
-    let value = value.trim();
-    let (name, email) = match (value.rfind('<'), value.strip_suffix('>')) {
-        (Some(open), Some(_)) => (
-            Some(value[..open].trim().trim_matches('"').to_string()),
-            value[open + 1..value.len() - 1].trim().to_string(),
-        ),
-        _ => (None, value.to_string()),
-    };
-    let ok = email.split_once('@').is_some_and(|(l, d)| {
-        !l.is_empty()
-            && !d.is_empty()
-            && !email.contains(char::is_whitespace)
-            && !email.contains(['<', '>', ',', '\r', '\n'])
-    });
-    if !ok || name.as_deref().is_some_and(|n| n.contains(['\r', '\n'])) {
-        return Err(Error::invalid_input(format!(
-            "`{value}` is not an email address"
-        )));
-    }
-    Ok(Address::new_address(name.filter(|n| !n.is_empty()), email))
+    let mailbox = flow8_sdk::mail::Mailbox::parse(value)?;
+    Ok(Address::new_address(mailbox.name, mailbox.address))
 }
 
 fn addresses(list: &[String]) -> Result<Address<'static>, Error> {
@@ -163,12 +148,12 @@ pub fn build(input: &Input) -> Result<Vec<u8>, Error> {
     }
     let mut total = 0u64;
     for a in &input.attachments {
-        let meta = std::fs::metadata(&a.path)
-            .map_err(|e| Error::invalid_input(format!("attachment `{}`: {e}", a.path)))?;
+        let meta = std::fs::metadata(&a.file_path)
+            .map_err(|e| Error::invalid_input(format!("attachment `{}`: {e}", a.file_path)))?;
         if !meta.is_file() {
             return Err(Error::invalid_input(format!(
                 "attachment `{}` is not a file",
-                a.path
+                a.file_path
             )));
         }
         total = total.saturating_add(meta.len());
@@ -178,16 +163,19 @@ pub fn build(input: &Input) -> Result<Vec<u8>, Error> {
                 MAX_ATTACHMENT_BYTES / (1024 * 1024)
             )));
         }
-        let bytes = std::fs::read(&a.path)
-            .map_err(|e| Error::invalid_input(format!("attachment `{}`: {e}", a.path)))?;
-        let name = a
-            .filename
-            .clone()
-            .unwrap_or_else(|| a.path.rsplit('/').next().unwrap_or(&a.path).to_string());
+        let bytes = std::fs::read(&a.file_path)
+            .map_err(|e| Error::invalid_input(format!("attachment `{}`: {e}", a.file_path)))?;
+        let name = a.filename.clone().unwrap_or_else(|| {
+            a.file_path
+                .rsplit('/')
+                .next()
+                .unwrap_or(&a.file_path)
+                .to_string()
+        });
         if name.is_empty() || name.contains(['\r', '\n']) {
             return Err(Error::invalid_input(format!(
                 "attachment `{}` needs a file name",
-                a.path
+                a.file_path
             )));
         }
         let ctype = a
@@ -227,9 +215,11 @@ impl Module for GmailSend {
                     "text": {"type": "string"},
                     "html": {"type": "string"},
                     "attachments": {"type": "array", "maxItems": 100, "items": {
-                        "type": "object", "additionalProperties": false, "required": ["path"],
+                        "type": "object", "additionalProperties": false,
+                        "oneOf": [{"required": ["file_path"]}, {"required": ["path"]}],
                         "properties": {
-                            "path": {"type": "string", "minLength": 1},
+                            "file_path": {"type": "string", "minLength": 1},
+                            "path": {"type": "string", "minLength": 1, "description": "the old name of `file_path`"},
                             "filename": {"type": "string", "minLength": 1, "maxLength": 255},
                             "content_type": {"type": "string", "minLength": 3, "maxLength": 255}
                         }

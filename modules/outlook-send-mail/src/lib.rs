@@ -79,26 +79,12 @@ struct Output {
     via: &'static str,
 }
 
-/// `Name <user@example.com>` or `user@example.com` as Graph's recipient.
+/// `Name <user@example.com>` or `user@example.com` as Graph's recipient (the SDK's
+/// one mailbox rule, as every mail module reads it).
 fn recipient(text: &str) -> Result<Value, Error> {
-    let text = text.trim();
-    let (name, address) = match (text.rfind('<'), text.ends_with('>')) {
-        (Some(i), true) => (
-            Some(text[..i].trim().trim_matches('"').trim()),
-            &text[i + 1..text.len() - 1],
-        ),
-        _ => (None, text),
-    };
-    let ok = address.split_once('@').is_some_and(|(l, d)| {
-        !l.is_empty() && !d.is_empty() && !address.contains(char::is_whitespace)
-    });
-    if !ok {
-        return Err(Error::invalid_input(format!(
-            "`{text}` is not an email address"
-        )));
-    }
-    let mut email = json!({"address": address});
-    if let Some(n) = name.filter(|n| !n.is_empty()) {
+    let mailbox = flow8_sdk::mail::Mailbox::parse(text)?;
+    let mut email = json!({"address": mailbox.address});
+    if let Some(n) = mailbox.name {
         email["name"] = json!(n);
     }
     Ok(json!({"emailAddress": email}))
@@ -357,7 +343,13 @@ mod tests {
             recipient(" bob@example.com ").unwrap(),
             json!({"emailAddress": {"address": "bob@example.com"}})
         );
-        for bad in ["nobody", "<>", "a b@example.com", "@example.com"] {
+        for bad in [
+            "nobody",
+            "<>",
+            "a b@example.com",
+            "@example.com",
+            "a@x.com,b@y.com",
+        ] {
             assert!(recipient(bad).is_err(), "{bad}");
         }
     }

@@ -64,6 +64,41 @@ pub struct Taint {
     pub pins: Vec<Pin>,
 }
 
+/// A step body's `pinned_to`, each pin in the API's written form
+/// ([`crate::catalogue::pins::PIN_PATTERN`], as the OpenAPI document states it): a pin
+/// the host would read but the document does not describe (`HTTPS://A.example`) is
+/// refused as bad input, so what a request may carry is what the document says.
+/// (Stored taints are read with [`Pin`]'s own, wider parser.)
+pub fn deserialize_documented_taints<'de, D>(d: D) -> Result<Vec<Taint>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error as _;
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Written {
+        credential: String,
+        service: String,
+        pins: Vec<String>,
+    }
+    Vec::<Written>::deserialize(d)?
+        .into_iter()
+        .map(|w| {
+            let pins = w
+                .pins
+                .iter()
+                .map(|p| Pin::parse_documented(p))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(D::Error::custom)?;
+            Ok(Taint {
+                credential: w.credential,
+                service: w.service,
+                pins,
+            })
+        })
+        .collect()
+}
+
 /// Which guest-visible error a denial is. The one mapping to the WIT error variants is
 /// `impl From<PolicyDenial> for GuestError` in `crate::capabilities`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -79,7 +79,10 @@ pub struct StepBody {
     /// The taint the input carries: the `pinned_to` of the reports of the steps its
     /// `input_mapping` took outputs from, passed on as they were. It only narrows where
     /// the step may send data.
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "crate::runtime::policy::deserialize_documented_taints"
+    )]
     #[schema(value_type = Vec<crate::server::openapi::Taint>)]
     pinned_to: Vec<crate::runtime::policy::Taint>,
 }

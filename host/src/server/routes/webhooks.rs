@@ -167,7 +167,9 @@ pub async fn receive_for_link(
     let verified = match verified {
         Ok(v) => v,
         Err(r) => {
-            if let Some(l) = &link {
+            if let Some(l) = &link
+                && st.refused_webhook_audit.check(&l.id).is_ok()
+            {
                 st.audit
                     .record(crate::server::audit::entry(
                         &l.company_id,
