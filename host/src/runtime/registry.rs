@@ -247,24 +247,33 @@ impl ModuleRegistry {
     /// The SHA-256 of a file, from the (len, mtime) memo when the file is unchanged.
     async fn file_digest(&self, path: &Path) -> Option<String> {
         let meta = tokio::fs::metadata(path).await.ok()?;
+        if let Some(d) = self.memo_digest(path, &meta) {
+            return Some(d);
+        }
+        let d = digest(&tokio::fs::read(path).await.ok()?);
+        self.memo_remember(path, &meta, &d);
+        Some(d)
+    }
+
+    /// The digest the memo holds for `path`, if the file's length and mtime are as then.
+    fn memo_digest(&self, path: &Path, meta: &std::fs::Metadata) -> Option<String> {
         let mtime = meta.modified().ok()?;
-        let memo = self
-            .file_digests
+        self.file_digests
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(path)
             .filter(|(len, t, _)| *len == meta.len() && *t == mtime)
-            .map(|(_, _, d)| d.clone());
-        if memo.is_some() {
-            return memo;
+            .map(|(_, _, d)| d.clone())
+    }
+
+    /// Remember `path`'s digest under its length and mtime (none: nothing to key it by).
+    fn memo_remember(&self, path: &Path, meta: &std::fs::Metadata, digest: &str) {
+        if let Ok(mtime) = meta.modified() {
+            self.file_digests
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(path.to_path_buf(), (meta.len(), mtime, digest.to_string()));
         }
-        let bytes = tokio::fs::read(path).await.ok()?;
-        let d = digest(&bytes);
-        self.file_digests
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(path.to_path_buf(), (meta.len(), mtime, d.clone()));
-        Some(d)
     }
 
     fn index(entries: &[ModuleEntry]) -> NameIndex {
@@ -599,37 +608,14 @@ impl ModuleRegistry {
         let meta = tokio::fs::metadata(path).await.map_err(|e| {
             StepError::module_not_found(format!("cannot read `{}`: {e}", path.display()))
         })?;
-        if let Ok(mtime) = meta.modified() {
-            let known = self
-                .file_digests
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(path)
-                .filter(|(len, t, _)| *len == meta.len() && *t == mtime)
-                .map(|(_, _, d)| d.clone());
-            if let Some(d) = known
-                && let Some(m) = self
-                    .by_digest
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .get(&d)
-            {
-                return Ok(m.clone());
-            }
+        if let Some(m) = self.memo_digest(path, &meta).and_then(|d| self.loaded(&d)) {
+            return Ok(m);
         }
         let bytes = tokio::fs::read(path).await.map_err(|e| {
             StepError::module_not_found(format!("cannot read `{}`: {e}", path.display()))
         })?;
         let module = self.load_bytes(&bytes).await?;
-        if let Ok(mtime) = meta.modified() {
-            self.file_digests
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(
-                    path.to_path_buf(),
-                    (meta.len(), mtime, module.digest.clone()),
-                );
-        }
+        self.memo_remember(path, &meta, &module.digest);
         Ok(module)
     }
 
