@@ -581,6 +581,11 @@ mod tests {
             schemas["Taint"]["required"],
             serde_json::json!(["credential", "service", "pins"])
         );
+        // The host's one rule for a pin's written form, not a copy of it.
+        assert_eq!(
+            schemas["Taint"]["properties"]["pins"]["items"]["pattern"],
+            crate::catalogue::pins::PIN_PATTERN
+        );
         assert_eq!(
             schemas["LimitOverrides"]["properties"]["memory_mib"]["maximum"],
             64
