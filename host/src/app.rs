@@ -423,6 +423,9 @@ impl Host {
             usage: self.usage.clone(),
             subscriptions: self.subscriptions.clone(),
             audit: self.audit.clone(),
+            installs: crate::server::install_jobs::InstallJobs::new(
+                self.config.module_install.answer_within(),
+            ),
             install_dir: self.company_modules_dir.clone(),
             workspaces_dir: self
                 .config

@@ -208,6 +208,32 @@ pub struct ModuleReviewConfig {
     pub forbid_credentials_get: bool,
 }
 
+/// How long an install over the API may take before it is answered as compiling
+/// (`module_install:`; see `server::install_jobs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModuleInstallConfig {
+    /// An install still compiling after this many seconds is answered `202 Accepted`
+    /// with the install's status URL, and finishes in the background; 0 answers every
+    /// install that way.
+    pub answer_within_seconds: f64,
+}
+
+impl Default for ModuleInstallConfig {
+    fn default() -> Self {
+        ModuleInstallConfig {
+            answer_within_seconds: 10.0,
+        }
+    }
+}
+
+impl ModuleInstallConfig {
+    /// The wait (call after `HostConfig::validate`, which bounds it).
+    pub fn answer_within(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.answer_within_seconds.clamp(0.0, 600.0))
+    }
+}
+
 /// OCI registries the API may install modules from (the CLI pulls from any).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -321,6 +347,8 @@ pub struct HostConfig {
     pub oci: OciConfig,
     /// Capability review of installed modules.
     pub module_review: ModuleReviewConfig,
+    /// Installs over the API that are still compiling (`module_install:`).
+    pub module_install: ModuleInstallConfig,
     /// Delivering stored events to each company's endpoint (`delivery:`).
     pub delivery: crate::delivery::DeliveryConfig,
     /// Token-usage alerts (`usage_alerts:`).
@@ -353,6 +381,7 @@ impl Default for HostConfig {
             module_signatures: ModuleSignaturesConfig::default(),
             oci: OciConfig::default(),
             module_review: ModuleReviewConfig::default(),
+            module_install: ModuleInstallConfig::default(),
             delivery: crate::delivery::DeliveryConfig::default(),
             usage_alerts: crate::usage::UsageAlertsConfig::default(),
         }
@@ -480,6 +509,11 @@ impl HostConfig {
         }
         if !(1..=3650).contains(&self.compile_cache.max_age_days) {
             return Err(bad("compile_cache.max_age_days must be 1-3650".into()));
+        }
+        if !(0.0..=600.0).contains(&self.module_install.answer_within_seconds) {
+            return Err(bad(
+                "module_install.answer_within_seconds must be 0-600".into()
+            ));
         }
         let w = &self.webhook_subscriptions;
         if !(60..=30 * 86_400).contains(&w.renew_before_seconds) {
@@ -706,6 +740,34 @@ mod tests {
             std::fs::write(&p, format!("compile_cache: {{ {bad} }}\n")).unwrap();
             let e = HostConfig::load(Some(&p)).unwrap_err().to_string();
             assert!(e.contains(named), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_install_answer_wait_loads_and_out_of_range_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.yml");
+        assert_eq!(
+            HostConfig::default().module_install.answer_within(),
+            std::time::Duration::from_secs(10)
+        );
+        std::fs::write(&p, "module_install: { answer_within_seconds: 0.5 }\n").unwrap();
+        let c = HostConfig::load(Some(&p)).unwrap();
+        assert_eq!(
+            c.module_install.answer_within(),
+            std::time::Duration::from_millis(500)
+        );
+        for bad in ["-1", "601", ".nan"] {
+            std::fs::write(
+                &p,
+                format!("module_install: {{ answer_within_seconds: {bad} }}\n"),
+            )
+            .unwrap();
+            let e = HostConfig::load(Some(&p)).unwrap_err().to_string();
+            assert!(
+                e.contains("module_install.answer_within_seconds"),
+                "{bad}: {e}"
+            );
         }
     }
 

@@ -22,6 +22,7 @@ mod google_sheets;
 mod hostile_egress;
 mod hostile_guests;
 mod hostile_wasi_http;
+mod install_status;
 mod key_rotation;
 mod language_examples;
 mod link_memory_scan;

@@ -17,28 +17,7 @@ fn registry_installed() -> bool {
     true
 }
 
-pub(crate) async fn call(
-    method: &str,
-    url: &str,
-    token: &str,
-    body: Option<(&str, Vec<u8>)>,
-    headers: &[(&str, String)],
-) -> (u16, Value) {
-    let client = reqwest::Client::new();
-    let mut req = client
-        .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url)
-        .header("authorization", format!("Bearer {token}"));
-    for (k, v) in headers {
-        req = req.header(*k, v);
-    }
-    if let Some((ct, b)) = body {
-        req = req.header("content-type", ct).body(b);
-    }
-    let resp = req.send().await.expect("request");
-    let status = resp.status().as_u16();
-    let text = resp.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
+pub(crate) use flow8_tests::api_client::call;
 
 pub(crate) async fn step(server: &ServerProcess, token: &str, module_ref: &str) -> (u16, Value) {
     let body = json!({"module_ref": module_ref, "input_mapping": {"attack": "ok"}});

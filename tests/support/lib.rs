@@ -3,6 +3,7 @@
 //! data directory, and one shared engine and module registry for in-process tests.
 
 pub mod ai_fake;
+pub mod api_client;
 pub mod background;
 pub mod browser;
 pub mod event_log;
@@ -341,6 +342,11 @@ impl ServerProcess {
             child,
             stderr,
         }
+    }
+
+    /// The server's process id (for reading its memory from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `base` + path.

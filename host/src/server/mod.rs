@@ -9,6 +9,7 @@ pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod install_jobs;
 pub mod metrics;
 pub mod openapi;
 pub mod pages;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub subscriptions: Option<Arc<crate::subscriptions::SubscriptionService>>,
     /// Group-committing audit writer for the step path.
     pub audit: audit::AuditWriter,
+    /// Installs answered as still compiling, and how they ended.
+    pub installs: install_jobs::InstallJobs,
     /// Where admins' modules are installed.
     pub install_dir: PathBuf,
     /// Root of step workspaces: a step naming workspace `w` of company `c` gets
@@ -226,6 +229,12 @@ fn endpoints() -> Vec<Endpoint> {
         endpoint(Get, "/api/v1/modules/{module_ref}", Json, modules::get_one),
         endpoint(Post, "/api/v1/admin/modules", Module, modules::install),
         endpoint(Post, "/api/v1/admin/modules/pull", Json, modules::pull),
+        endpoint(
+            Get,
+            "/api/v1/admin/modules/installs/{install_id}",
+            Json,
+            modules::install_status,
+        ),
         endpoint(
             Post,
             "/api/v1/admin/modules/{module_ref}/approval",

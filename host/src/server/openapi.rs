@@ -255,6 +255,29 @@ pub struct Module {
     approval: Option<Value>,
 }
 
+/// An install that was still compiling when it was answered (`202`), and where it
+/// stands now.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct InstallStatus {
+    /// `compiling`, `installed` or `failed`.
+    status: String,
+    install_id: String,
+    /// SHA-256 of the uploaded `.wasm`, hex.
+    digest: String,
+    size: u64,
+    /// When the install began (RFC 3339).
+    started_at: String,
+    /// Where this status is read: `/api/v1/admin/modules/installs/{install_id}`.
+    status_url: String,
+    /// On `installed`: the answer a quick install gives.
+    module: Option<Module>,
+    /// On `failed`: the error's name (README, "Error names").
+    error: Option<String>,
+    /// On `failed`: what happened, for a person.
+    message: Option<String>,
+}
+
 /// Modules.
 #[derive(ToSchema)]
 #[allow(dead_code)]
@@ -411,6 +434,7 @@ pub struct SubscriptionList {
         modules::get_one,
         modules::install,
         modules::pull,
+        modules::install_status,
         modules::approve,
         modules::remove,
         webhooks::receive,

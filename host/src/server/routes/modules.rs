@@ -108,6 +108,7 @@ pub async fn get_one(
     params(("x-flow8-signature" = Option<String>, Header, description = "The module's signature document (the JSON `flow8-host modules sign` writes)")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The component"),
     responses((status = 201, description = "Installed", body = crate::server::openapi::Module),
+        (status = 202, description = "Still compiling after `module_install.answer_within_seconds`: the install goes on, and its `status_url` (also the `Location` header) tells how it ends", body = crate::server::openapi::InstallStatus),
         (status = 400, description = "invalid_input", body = crate::server::openapi::Error), (status = 403, description = "admin_required", body = crate::server::openapi::Error), (status = 409, description = "conflict: installed already, or a first-party name", body = crate::server::openapi::Error),
         (status = 422, description = "invalid_module, invalid_manifest, signature_required or signature_invalid", body = crate::server::openapi::Error), (status = 503, description = "store_unavailable", body = crate::server::openapi::Error), (status = 507, description = "storage_error", body = crate::server::openapi::Error)))]
 pub async fn install(
@@ -115,7 +116,7 @@ pub async fn install(
     caller: Caller,
     headers: axum::http::HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, axum::http::HeaderMap, Json<Value>), ApiError> {
     caller.require_admin()?;
     // Past the route's body limit the framework's answer is plain text: name it.
     let body = body.map_err(|e| {
@@ -137,7 +138,7 @@ pub async fn install(
                 .to_string(),
         ),
     };
-    install_bytes(&st, &caller, &body, signature, None).await
+    install_answered(st, caller, body.to_vec(), signature, None).await
 }
 
 /// `POST /api/v1/admin/modules/pull` body.
@@ -158,6 +159,7 @@ pub struct PullBody {
     summary = "Install a module for the company from an OCI registry the operator lists",
     request_body = PullBody,
     responses((status = 201, description = "Installed", body = crate::server::openapi::Module),
+        (status = 202, description = "Pulled and still compiling after `module_install.answer_within_seconds`: see its `status_url`", body = crate::server::openapi::InstallStatus),
         (status = 400, description = "invalid_input: not an OCI reference", body = crate::server::openapi::Error), (status = 403, description = "admin_required, or forbidden: a registry the operator does not list", body = crate::server::openapi::Error),
         (status = 404, description = "module_not_found: the registry has no such reference", body = crate::server::openapi::Error), (status = 409, description = "conflict: installed already, or a first-party name", body = crate::server::openapi::Error),
         (status = 422, description = "invalid_module, invalid_manifest, digest_mismatch, signature_required or signature_invalid", body = crate::server::openapi::Error),
@@ -166,7 +168,7 @@ pub async fn pull(
     State(st): State<Arc<AppState>>,
     caller: Caller,
     crate::server::extract::ApiJson(body): crate::server::extract::ApiJson<PullBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, axum::http::HeaderMap, Json<Value>), ApiError> {
     use crate::distribution::oci;
     caller.require_admin()?;
     let reference =
@@ -195,7 +197,85 @@ pub async fn pull(
         .await
         .map_err(|e| ApiError::new(e.name(), e.to_string()))?;
     let source = reference.pinned(&pulled.manifest_digest);
-    install_bytes(&st, &caller, &pulled.bytes, pulled.signature, Some(source)).await
+    install_answered(st, caller, pulled.bytes, pulled.signature, Some(source)).await
+}
+
+/// Run an install, and answer it when it is done or, once
+/// `module_install.answer_within_seconds` have passed, as `202 Accepted` with the module
+/// marked compiling (see `server::install_jobs`). The install goes on either way: a
+/// client that disconnects loses nothing.
+async fn install_answered(
+    st: Arc<AppState>,
+    caller: Caller,
+    bytes: Vec<u8>,
+    signature: Option<String>,
+    source: Option<String>,
+) -> Result<(StatusCode, axum::http::HeaderMap, Json<Value>), ApiError> {
+    let bytes = Arc::new(bytes);
+    let work = {
+        let (st, caller, bytes) = (st.clone(), caller.clone(), bytes.clone());
+        tokio::spawn(async move { install_bytes(&st, &caller, &bytes, signature, source).await })
+    };
+    let joined = |r: Result<Result<Value, ApiError>, tokio::task::JoinError>| {
+        r.unwrap_or_else(|e| {
+            Err(
+                ApiError::new(ErrorName::InternalError, "the install failed")
+                    .with_internal(e.to_string()),
+            )
+        })
+    };
+    let mut work = work;
+    // A wait of 0 answers every install as compiling, however quick it would be.
+    let wait = st.installs.answer_within();
+    let waited = if wait.is_zero() {
+        None
+    } else {
+        tokio::time::timeout(wait, &mut work).await.ok()
+    };
+    match waited {
+        Some(r) => Ok((
+            StatusCode::CREATED,
+            axum::http::HeaderMap::new(),
+            Json(joined(r)?),
+        )),
+        None => {
+            let (id, body) = st.installs.start(&caller.company_id, &bytes);
+            tracing::info!(install_id = %id, company = %caller.company_id,
+                "install still compiling; answered 202");
+            let state = st.clone();
+            tokio::spawn(async move {
+                let result = joined(work.await);
+                state.installs.finish(&id, result);
+            });
+            let mut headers = axum::http::HeaderMap::new();
+            if let Ok(v) =
+                axum::http::HeaderValue::from_str(body["status_url"].as_str().unwrap_or_default())
+            {
+                headers.insert(axum::http::header::LOCATION, v);
+            }
+            Ok((StatusCode::ACCEPTED, headers, Json(body)))
+        }
+    }
+}
+
+/// `GET /api/v1/admin/modules/installs/{install_id}`: where an install answered as
+/// compiling stands.
+#[utoipa::path(get, path = "/api/v1/admin/modules/installs/{install_id}", tag = "modules", security(("bearer" = [])),
+    params(("install_id" = String, Path, description = "The id a `202 Accepted` install answer gave")),
+    summary = "Where an install that was still compiling stands",
+    responses((status = 200, description = "`compiling`, `installed` (with `module`) or `failed` (with `error` and `message`)", body = crate::server::openapi::InstallStatus),
+        (status = 400, description = "invalid_input: the id does not decode", body = crate::server::openapi::Error), (status = 403, description = "admin_required", body = crate::server::openapi::Error),
+        (status = 404, description = "not_found: no such install of this company on this host, or finished over an hour ago", body = crate::server::openapi::Error)))]
+pub async fn install_status(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(install_id): ApiPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    st.installs
+        .status(&caller.company_id, &install_id)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("install"))
 }
 
 /// Validate, check the signature, store and audit one module.
@@ -205,7 +285,7 @@ async fn install_bytes(
     body: &[u8],
     signature: Option<String>,
     source: Option<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<Value, ApiError> {
     // Installed modules are kept under the company's id: one within the rule.
     crate::company::check(&caller.company_id)
         .map_err(|e| ApiError::invalid_input(e.to_string()))?;
@@ -302,7 +382,7 @@ async fn install_bytes(
         "approved": approved,
         "carried_from": carried.map(|a| a.approved_version),
     });
-    Ok((StatusCode::CREATED, Json(answer)))
+    Ok(answer)
 }
 
 /// `POST /api/v1/admin/modules/{name@version}/approval`: approve what an installed
