@@ -49,5 +49,6 @@ mod smtp_send;
 mod step_budgets;
 mod step_deadline;
 mod store_conformance;
+mod transfer_memory;
 mod webhook_subscriptions;
 mod webhooks;

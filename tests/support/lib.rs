@@ -9,6 +9,7 @@ pub mod browser;
 pub mod event_log;
 pub mod event_receiver;
 pub mod ftp_server;
+pub mod google;
 pub mod google_fake;
 pub mod graph_fake;
 pub mod microsoft;

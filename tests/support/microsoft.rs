@@ -112,10 +112,24 @@ impl Microsoft {
 
     /// `POST /api/v1/steps` as alice: status and answer.
     pub async fn step(&self, module: &str, workspace: Option<&str>, input: Value) -> (u16, Value) {
+        self.step_with_limits(module, workspace, input, None).await
+    }
+
+    /// [`Microsoft::step`] with the step's `limits` (`{"memory_mib": 4}`).
+    pub async fn step_with_limits(
+        &self,
+        module: &str,
+        workspace: Option<&str>,
+        input: Value,
+        limits: Option<Value>,
+    ) -> (u16, Value) {
         let mut body =
             json!({"name": format!("{module}-step"), "module_ref": module, "input_mapping": input});
         if let Some(w) = workspace {
             body["workspace"] = json!(w);
+        }
+        if let Some(l) = limits {
+            body["limits"] = l;
         }
         let r = self
             .http
