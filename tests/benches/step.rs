@@ -113,6 +113,41 @@ fn process_cpu_time() -> Duration {
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
+/// Run `f` `requests` times from `concurrency` tasks: wall time, latencies, and this
+/// process's CPU over the run.
+async fn run_load<F, Fut>(requests: usize, concurrency: usize, f: F) -> Load
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let cpu_before = process_cpu_time();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let f = f.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < requests {
+                let t = Instant::now();
+                f().await;
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    Load {
+        total: start.elapsed(),
+        latencies: all,
+        cpu: process_cpu_time().saturating_sub(cpu_before),
+    }
+}
+
 /// Steps per second through the REST API (http-request against a loopback server) at
 /// concurrency 32, beside native reqwest making the same requests.
 async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: CompileCache) {
@@ -159,39 +194,6 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
         "input_mapping": {"url": "/ping"}, "bindings": {"request": "api"}})
     .to_string();
     let target = upstream.url("/ping");
-
-    async fn run_load<F, Fut>(requests: usize, concurrency: usize, f: F) -> Load
-    where
-        F: Fn() -> Fut + Clone + Send + 'static,
-        Fut: std::future::Future<Output = ()> + Send,
-    {
-        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let cpu_before = process_cpu_time();
-        let start = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..concurrency {
-            let f = f.clone();
-            let next = next.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut lat = Vec::new();
-                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < requests {
-                    let t = Instant::now();
-                    f().await;
-                    lat.push(t.elapsed());
-                }
-                lat
-            }));
-        }
-        let mut all = Vec::new();
-        for t in tasks {
-            all.extend(t.await.unwrap());
-        }
-        Load {
-            total: start.elapsed(),
-            latencies: all,
-            cpu: process_cpu_time().saturating_sub(cpu_before),
-        }
-    }
 
     // Warm both paths (connection pools, compiled module).
     let warm = {
@@ -417,17 +419,9 @@ fn run_cli_peak_kib(
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let status_path = format!("/proc/{}/status", child.id());
     let mut peak = 0u64;
     loop {
-        if let Ok(text) = std::fs::read_to_string(&status_path)
-            && let Some(kb) = text
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        {
-            peak = peak.max(kb);
-        }
+        peak = peak.max(peak_kib(child.id()));
         if let Some(status) = child.try_wait().unwrap() {
             return (start.elapsed(), peak, status);
         }
@@ -549,6 +543,297 @@ async fn s3_throughput() {
         tiny_peak / 1024,
         (big_peak.saturating_sub(tiny_peak)) as f64 / 1024.0
     );
+}
+
+/// Verified webhook events per second (the webhooks issue): Slack Events API deliveries,
+/// each signed as Slack signs them (`v0=` HMAC-SHA256 over `v0:{timestamp}:{body}`)
+/// with its own `event_id`, POSTed at concurrency 32 to the host's API in this process,
+/// which verifies, deduplicates, stores and acknowledges each; beside a native axum
+/// handler that only verifies the same HMAC. Requests are signed before the clock
+/// starts. CPU per event is this whole process's (client, server, store).
+async fn webhook_throughput() {
+    use hmac::{KeyInit, Mac};
+    const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
+    let events: usize = std::env::var("BENCH_WEBHOOK_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4000);
+    let concurrency = 32;
+    let data = tempfile::tempdir().unwrap();
+    let config_path = data.path().join("config.yml");
+    std::fs::write(
+        &config_path,
+        format!("oauth2:\n  slack:\n    client_id: \"123.456\"\n    client_secret: slack-client-secret\n    redirect_uri: http://127.0.0.1:1/auth/callback\n    signing_secret: {SECRET}\n"),
+    )
+    .unwrap();
+    let config = HostConfig::load(Some(&config_path)).unwrap();
+    let registry = Arc::new(ModuleRegistry::new(
+        bench_engine(),
+        CompileCache::at(data.path().join("cache")).unwrap(),
+        vec![],
+    ));
+    let host = bench_host(config, data.path(), registry, None).await;
+    flow8_tests::stored_links::insert_link(
+        data.path(),
+        "company-a",
+        "slack",
+        serde_json::json!({"team": {"id": "T0A"}}),
+    )
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host_url = format!("http://{}/webhooks/slack", listener.local_addr().unwrap());
+    tokio::spawn(flow8_host::server::serve(
+        listener,
+        host.api_state(),
+        std::future::pending(),
+    ));
+    let sign = |ts: i64, body: &str| {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+        mac.update(format!("v0:{ts}:").as_bytes());
+        mac.update(body.as_bytes());
+        format!("v0={}", hex::encode(mac.finalize().into_bytes()))
+    };
+    // Every run gets events of its own (the host drops a repeated event_id).
+    let signed = |run: &str, n: usize| -> Arc<Vec<(String, String, String)>> {
+        let ts = time::OffsetDateTime::now_utc().unix_timestamp();
+        Arc::new(
+            (0..n)
+                .map(|i| {
+                    let body = serde_json::json!({"token": "t", "team_id": "T0A", "api_app_id": "A1",
+                        "event": {"type": "message", "channel": "C1", "user": "U1", "text": "hello", "ts": "1.2"},
+                        "type": "event_callback", "event_id": format!("Ev{run}{i:07}"), "event_time": ts})
+                    .to_string();
+                    let sig = sign(ts, &body);
+                    (ts.to_string(), sig, body)
+                })
+                .collect(),
+        )
+    };
+    // The native baseline: verify the signature and the timestamp window, answer 200.
+    let native_url = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/webhooks/slack", listener.local_addr().unwrap());
+        let app = axum::Router::new().route(
+            "/webhooks/slack",
+            axum::routing::post(|headers: http::HeaderMap, body: bytes::Bytes| async move {
+                let ts = headers
+                    .get("x-slack-request-timestamp")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i64>().ok());
+                let sig = headers
+                    .get("x-slack-signature")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("v0="))
+                    .and_then(|v| hex::decode(v).ok());
+                let (Some(ts), Some(sig)) = (ts, sig) else {
+                    return http::StatusCode::UNAUTHORIZED;
+                };
+                if (time::OffsetDateTime::now_utc().unix_timestamp() - ts).abs() > 300 {
+                    return http::StatusCode::UNAUTHORIZED;
+                }
+                let mut mac =
+                    hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+                mac.update(format!("v0:{ts}:").as_bytes());
+                mac.update(&body);
+                match mac.verify_slice(&sig) {
+                    Ok(()) => http::StatusCode::OK,
+                    Err(_) => http::StatusCode::UNAUTHORIZED,
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    };
+    let client = reqwest::Client::new();
+    let load = |url: String, events: Arc<Vec<(String, String, String)>>| {
+        let client = client.clone();
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        move || {
+            let (client, url, events, next) =
+                (client.clone(), url.clone(), events.clone(), next.clone());
+            async move {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (ts, sig, body) = &events[i % events.len()];
+                let r = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("x-slack-request-timestamp", ts)
+                    .header("x-slack-signature", sig)
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status();
+                let answer = r.bytes().await.unwrap();
+                assert!(
+                    status.is_success(),
+                    "{status}: {}",
+                    String::from_utf8_lossy(&answer)
+                );
+            }
+        }
+    };
+    // Warm both (connection pools, the store's first writes).
+    run_load(200, concurrency, load(native_url.clone(), signed("w", 200))).await;
+    run_load(200, concurrency, load(host_url.clone(), signed("w", 200))).await;
+    let native = run_load(events, concurrency, load(native_url, signed("n", events))).await;
+    let hosted = run_load(events, concurrency, load(host_url, signed("h", events))).await;
+    let query = flow8_host::store::EventQuery {
+        service: None,
+        offset: 0,
+        limit: (events + 1000) as u64,
+    };
+    let stored = flow8_host::store::Store::list_events(&*host.store, "company-a", &query)
+        .await
+        .map(|e| e.len())
+        .unwrap_or(0);
+    println!();
+    println!(
+        "Verified webhook events: Slack Events API deliveries, signed, {events} per path, concurrency {concurrency}"
+    );
+    println!("| path | events/s | p50 | p99 | CPU per event |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    let mut rates = Vec::new();
+    for (label, run) in [
+        (
+            "native axum handler: verify the HMAC only (baseline)",
+            &native,
+        ),
+        (
+            "POST /webhooks/slack: verify, dedupe, store, acknowledge",
+            &hosted,
+        ),
+    ] {
+        let rate = events as f64 / run.total.as_secs_f64();
+        let st = stats(run.latencies.clone());
+        println!(
+            "| {label} | {rate:.0} | {} | {} | {:.0} µs |",
+            us(st.median),
+            us(st.p99),
+            run.cpu.as_secs_f64() * 1e6 / events as f64
+        );
+        rates.push((rate, run.cpu.as_secs_f64() / events as f64));
+    }
+    println!();
+    println!(
+        "host events/s ÷ native = {:.2}; CPU per event host ÷ native = {:.1}; events stored: {stored} (of {} sent)",
+        rates[1].0 / rates[0].0,
+        rates[1].1 / rates[0].1,
+        events + 200
+    );
+}
+
+/// The `VmHWM` (peak resident memory) of process `pid`, in KiB.
+fn peak_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Start `pid`'s peak resident memory again from its current size (Linux 4.0+).
+fn reset_peak(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+/// 100 MB (`BENCH_TRANSFER_MB`) through the OAuth modules that move files, against the
+/// Graph and Google fakes, through a `serve` process: a OneDrive download streamed to
+/// the workspace, a OneDrive upload session and a Google Drive resumable upload, each
+/// streamed from the workspace by the host. For each, the server's peak memory during a
+/// 1 KiB transfer and during the big one (the peak is reset before each): the growth is
+/// what the file's size cost the host.
+async fn transfer_memory() {
+    use flow8_tests::google::{GoogleSetup, pseudo_random};
+    use flow8_tests::microsoft::{Microsoft, pattern};
+    use serde_json::json;
+    let mb: usize = std::env::var("BENCH_TRANSFER_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let n = mb * 1024 * 1024;
+    let mut rows = Vec::new();
+
+    let ms = Microsoft::start(&["Files.Read", "Files.ReadWrite"]);
+    let link = ms.connect("microsoft").await;
+    let ws = ms.workspace("bench");
+    ms.graph.put_drive_file("/tiny.bin", pattern(1024, 1));
+    ms.graph.put_drive_file("/big.bin", pattern(n, 2));
+    std::fs::write(ws.join("tiny-up.bin"), pattern(1024, 3)).unwrap();
+    std::fs::write(ws.join("big-up.bin"), pattern(n, 4)).unwrap();
+    let pid = ms.server.pid();
+    for (label, module, input) in [
+        (
+            "onedrive-download (Graph 302, streamed to the workspace)",
+            "onedrive-download",
+            json!({"link_id": link, "path": "/FILE.bin", "save_as": "/FILE-down.bin"}),
+        ),
+        (
+            "onedrive-upload (upload session, chunks from the workspace)",
+            "onedrive-upload",
+            json!({"link_id": link, "file_path": "/FILE-up.bin", "path": "/Uploads/FILE.bin"}),
+        ),
+    ] {
+        let with = |file: &str| {
+            serde_json::from_str::<serde_json::Value>(&input.to_string().replace("FILE", file))
+                .unwrap()
+        };
+        reset_peak(pid);
+        let (status, v) = ms.step(module, Some("bench"), with("tiny")).await;
+        assert_eq!(status, 200, "{v}");
+        let tiny = peak_kib(pid);
+        reset_peak(pid);
+        let start = Instant::now();
+        let (status, v) = ms.step(module, Some("bench"), with("big")).await;
+        assert_eq!(status, 200, "{v}");
+        rows.push((label, start.elapsed(), tiny, peak_kib(pid)));
+    }
+    drop(ms);
+
+    let g = GoogleSetup::start().await;
+    let ws = g.workspace("bench");
+    std::fs::write(ws.join("tiny.bin"), pseudo_random(1024, 5)).unwrap();
+    std::fs::write(ws.join("big.bin"), pseudo_random(n, 6)).unwrap();
+    let pid = g.server.pid();
+    let upload = |file: &str| json!({"link_id": g.link_id, "file_path": format!("/{file}.bin"), "name": file});
+    reset_peak(pid);
+    let (status, v) = g
+        .step("google-drive-upload", upload("tiny"), Some("bench"))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let tiny = peak_kib(pid);
+    reset_peak(pid);
+    let start = Instant::now();
+    let (status, v) = g
+        .step("google-drive-upload", upload("big"), Some("bench"))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    rows.push((
+        "google-drive-upload (resumable, the file streamed from the workspace)",
+        start.elapsed(),
+        tiny,
+        peak_kib(pid),
+    ));
+
+    println!();
+    println!(
+        "{mb} MB files through OAuth modules (serve process, Graph and Google fakes on loopback)"
+    );
+    println!("| module | time | MB/s | host peak, 1 KiB file | host peak, {mb} MB file | growth |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    for (label, time, tiny, big) in rows {
+        println!(
+            "| {label} | {:.2} s | {:.0} | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
+            time.as_secs_f64(),
+            mb as f64 / time.as_secs_f64(),
+            tiny as f64 / 1024.0,
+            big as f64 / 1024.0,
+            big.saturating_sub(tiny) as f64 / 1024.0
+        );
+    }
 }
 
 /// OAuth: a refresh storm (many steps on one link about to expire) against a real
@@ -885,7 +1170,7 @@ fn bench_engine() -> Arc<flow8_host::runtime::SandboxEngine> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    // BENCH_ONLY=step|api|s3|store|oauth runs one section (for iterating on it).
+    // BENCH_ONLY=step|api|s3|store|oauth|transfers|webhooks runs one section (for iterating on it).
     match std::env::var("BENCH_ONLY").as_deref() {
         Ok("api") => {
             let cache_dir = tempfile::tempdir().unwrap();
@@ -895,6 +1180,8 @@ async fn main() {
         Ok("s3") => return s3_throughput().await,
         Ok("store") => return store_comparison().await,
         Ok("oauth") => return refresh_storm().await,
+        Ok("transfers") => return transfer_memory().await,
+        Ok("webhooks") => return webhook_throughput().await,
         _ => {}
     }
     let iterations: usize = std::env::var("BENCH_ITERATIONS")
@@ -1020,4 +1307,6 @@ async fn main() {
     s3_throughput().await;
     store_comparison().await;
     refresh_storm().await;
+    webhook_throughput().await;
+    transfer_memory().await;
 }

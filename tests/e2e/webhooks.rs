@@ -7,8 +7,6 @@
 //! with the `hmac` and `sha2` crates), not by the host's code.
 
 use base64::Engine;
-use flow8_host::store::embedded::EmbeddedStore;
-use flow8_host::store::{LinkRecord, LinkStatus, Store, new_object_id, now, sealing};
 use flow8_tests::{Cli, ServerProcess, create_token, wasm_dir};
 use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
@@ -84,40 +82,8 @@ impl Host {
 
     /// A link of `company` stored as the OAuth callback stores one.
     async fn link(&self, company: &str, service: &str, metadata: Value) -> String {
-        let store = EmbeddedStore::open(self.cli.data_dir.path()).await.unwrap();
-        // The access token is never opened here: any key seals it.
-        let vault = flow8_host::vault::Vault::new(flow8_host::vault::MasterKey::generate());
-        let id = new_object_id();
-        let t = now();
-        store
-            .insert_link(LinkRecord {
-                access_token: vault.encrypt(
-                    "unused",
-                    &sealing::link(company, &id, sealing::ACCESS_TOKEN),
-                ),
-                id: id.clone(),
-                user_id: "alice".into(),
-                company_id: company.into(),
-                integration_type: service.into(),
-                refresh_token: None,
-                token_expiry: None,
-                scopes: vec![],
-                provider_user_id: "u1".into(),
-                provider_user_email: "alice@example.com".into(),
-                provider_metadata: metadata,
-                status: LinkStatus::Active,
-                status_reason: None,
-                shared_with: Vec::new(),
-                webhook_signature_secret: None,
-                refresh_lease_owner: None,
-                refresh_lease_until: None,
-                version: 0,
-                created_at: t,
-                updated_at: t,
-            })
+        flow8_tests::stored_links::insert_link(self.cli.data_dir.path(), company, service, metadata)
             .await
-            .unwrap();
-        id
     }
 
     async fn post(

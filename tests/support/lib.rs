@@ -21,6 +21,7 @@ pub mod recording_server;
 pub mod s3_server;
 pub mod slack_fake;
 pub mod smtp_server;
+pub mod stored_links;
 pub mod subscription_fakes;
 pub mod wat_guest;
 
