@@ -28,7 +28,12 @@ fn big_len() -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn onedrive_and_outlook_move_files_larger_than_the_module_memory() {
-    let ms = Microsoft::start(&["Files.Read", "Files.ReadWrite", "Mail.Send", "Mail.ReadWrite"]);
+    let ms = Microsoft::start(&[
+        "Files.Read",
+        "Files.ReadWrite",
+        "Mail.Send",
+        "Mail.ReadWrite",
+    ]);
     let link = ms.connect("microsoft").await;
     let ws = ms.workspace("big");
     let n = big_len();
