@@ -836,6 +836,111 @@ async fn transfer_memory() {
     }
 }
 
+/// A 50 MB (`BENCH_FTP_MB`) upload through ftp-upload to a local pyftpdlib (plain FTP,
+/// the operator's plaintext-login opt-in given), beside a native suppaftp upload of the
+/// same file, and the host's peak memory growth over a 4-byte upload.
+async fn ftp_throughput() {
+    use flow8_tests::ftp_server::{FtpServer, PASSWORD, USER};
+    let mb: usize = std::env::var("BENCH_FTP_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let server = FtpServer::start(false);
+    let data = tempfile::tempdir().unwrap();
+    let ws = data.path().join("ws");
+    std::fs::create_dir_all(&ws).unwrap();
+    let big = ws.join("big.bin");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&big).unwrap();
+        let chunk: Vec<u8> = (0..1024 * 1024).map(|i| (i * 37 % 253) as u8).collect();
+        for _ in 0..mb {
+            f.write_all(&chunk).unwrap();
+        }
+    }
+    std::fs::write(ws.join("tiny.bin"), b"tiny").unwrap();
+    let body = serde_json::json!({"name": "bench-ftp", "kind": "ftp", "config": {"provider": "ftp",
+        "host": "localhost", "port": server.port, "tls": false, "base_dir": "/",
+        "username": USER, "password": PASSWORD}});
+    let body_path = data.path().join("component.json");
+    std::fs::write(&body_path, body.to_string()).unwrap();
+    let data_dir = data.path().join("host");
+    let (_, _, st) = run_cli_peak_kib(
+        &["components", "create", body_path.to_str().unwrap()],
+        &data_dir,
+    );
+    assert!(st.success());
+    let run = |file: &str| {
+        let p = data.path().join(format!("{file}.json"));
+        std::fs::write(
+            &p,
+            serde_json::json!({"file_path": format!("/{file}.bin"), "remote_path": format!("host-{file}.bin")})
+                .to_string(),
+        )
+        .unwrap();
+        run_cli_peak_kib(
+            &[
+                "run-module",
+                "ftp-upload",
+                p.to_str().unwrap(),
+                "--workspace",
+                ws.to_str().unwrap(),
+                "--bind",
+                "ftp=bench-ftp",
+                "--allow-loopback",
+                "--allow-plaintext-login",
+                "--deadline-secs",
+                "600",
+            ],
+            &data_dir,
+        )
+    };
+    let (_, tiny_peak, st) = run("tiny");
+    assert!(st.success(), "the tiny FTP upload failed");
+    let (host_time, big_peak, st) = run("big");
+    assert!(st.success(), "the {mb} MB FTP upload failed");
+    assert_eq!(
+        std::fs::metadata(server.root().join("host-big.bin"))
+            .unwrap()
+            .len(),
+        (mb * 1024 * 1024) as u64
+    );
+
+    // Native: suppaftp logs in and streams the same file (binary).
+    let start = Instant::now();
+    let mut ftp = suppaftp::tokio::AsyncFtpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    ftp.login(USER, PASSWORD).await.unwrap();
+    let mut file = tokio::fs::File::open(&big).await.unwrap();
+    ftp.put_file("native-big.bin", &mut file).await.unwrap();
+    let _ = ftp.quit().await;
+    let native_time = start.elapsed();
+    let mbps = |d: Duration| mb as f64 / d.as_secs_f64();
+    println!();
+    println!("FTP upload of {mb} MB to a local pyftpdlib (plain FTP, binary)");
+    println!("| path | time | MB/s |");
+    println!("| --- | ---: | ---: |");
+    println!(
+        "| native suppaftp put_file (baseline) | {:.2} s | {:.0} |",
+        native_time.as_secs_f64(),
+        mbps(native_time)
+    );
+    println!(
+        "| flow8-host run-module ftp-upload (process start, load, login, stream) | {:.2} s | {:.0} |",
+        host_time.as_secs_f64(),
+        mbps(host_time)
+    );
+    println!();
+    println!(
+        "throughput ratio host/native = {:.2} (target >= 0.8); host peak memory {} MiB vs {} MiB for a 4-byte upload: growth {:.1} MiB (target < 32 MB)",
+        native_time.as_secs_f64() / host_time.as_secs_f64(),
+        big_peak / 1024,
+        tiny_peak / 1024,
+        (big_peak.saturating_sub(tiny_peak)) as f64 / 1024.0
+    );
+}
+
 /// OAuth: a refresh storm (many steps on one link about to expire) against a real
 /// OAuth2 server (oauth2-mock-server), and what the refresh check costs a step whose
 /// token is fresh, beside the same step with no credential.
@@ -1170,7 +1275,7 @@ fn bench_engine() -> Arc<flow8_host::runtime::SandboxEngine> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    // BENCH_ONLY=step|api|s3|store|oauth|transfers|webhooks runs one section (for iterating on it).
+    // BENCH_ONLY=step|api|s3|ftp|store|oauth|transfers|webhooks runs one section (for iterating on it).
     match std::env::var("BENCH_ONLY").as_deref() {
         Ok("api") => {
             let cache_dir = tempfile::tempdir().unwrap();
@@ -1182,6 +1287,7 @@ async fn main() {
         Ok("oauth") => return refresh_storm().await,
         Ok("transfers") => return transfer_memory().await,
         Ok("webhooks") => return webhook_throughput().await,
+        Ok("ftp") => return ftp_throughput().await,
         _ => {}
     }
     let iterations: usize = std::env::var("BENCH_ITERATIONS")
@@ -1305,6 +1411,7 @@ async fn main() {
     }
     api_throughput(engine.clone(), cache.clone()).await;
     s3_throughput().await;
+    ftp_throughput().await;
     store_comparison().await;
     refresh_storm().await;
     webhook_throughput().await;
