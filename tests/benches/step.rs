@@ -405,6 +405,30 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
     }
 }
 
+/// The size (MiB) a bench section moves: `var` if set, else `default`.
+fn bench_mib(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A workspace in a new temporary directory holding `big.bin` (`mb` MiB of bytes that
+/// are not all alike) and `tiny.bin` (4 bytes): the directory and the workspace.
+fn big_and_tiny_workspace(mb: usize) -> (tempfile::TempDir, std::path::PathBuf) {
+    use std::io::Write;
+    let data = tempfile::tempdir().unwrap();
+    let ws = data.path().join("ws");
+    std::fs::create_dir_all(&ws).unwrap();
+    let mut f = std::fs::File::create(ws.join("big.bin")).unwrap();
+    let chunk: Vec<u8> = (0..1024 * 1024).map(|i| (i * 31 % 251) as u8).collect();
+    for _ in 0..mb {
+        f.write_all(&chunk).unwrap();
+    }
+    std::fs::write(ws.join("tiny.bin"), b"tiny").unwrap();
+    (data, ws)
+}
+
 /// Peak resident memory of a `flow8-host` run, sampled from /proc until it exits.
 fn run_cli_peak_kib(
     args: &[&str],
@@ -434,24 +458,10 @@ fn run_cli_peak_kib(
 /// of the same file, and the host's peak memory growth over a tiny upload.
 async fn s3_throughput() {
     use flow8_tests::s3_server::{ACCESS_KEY_ID, S3Server, SECRET_ACCESS_KEY};
-    let mb: usize = std::env::var("BENCH_S3_MB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
+    let mb = bench_mib("BENCH_S3_MB", 100);
     let s3 = S3Server::start(&["bench"]);
-    let data = tempfile::tempdir().unwrap();
-    let ws = data.path().join("ws");
-    std::fs::create_dir_all(&ws).unwrap();
+    let (data, ws) = big_and_tiny_workspace(mb);
     let big = ws.join("big.bin");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&big).unwrap();
-        let chunk: Vec<u8> = (0..1024 * 1024).map(|i| (i * 31 % 251) as u8).collect();
-        for _ in 0..mb {
-            f.write_all(&chunk).unwrap();
-        }
-    }
-    std::fs::write(ws.join("tiny.bin"), b"tiny").unwrap();
     let body = serde_json::json!({"name": "bench-s3", "kind": "storage", "config": {"provider": "s3", "bucket": "bench",
         "endpoint": s3.endpoint(), "access_key_id": ACCESS_KEY_ID, "secret_access_key": SECRET_ACCESS_KEY}});
     let body_path = data.path().join("component.json");
@@ -750,10 +760,7 @@ async fn transfer_memory() {
     use flow8_tests::google::{GoogleSetup, pseudo_random};
     use flow8_tests::microsoft::{Microsoft, pattern};
     use serde_json::json;
-    let mb: usize = std::env::var("BENCH_TRANSFER_MB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
+    let mb = bench_mib("BENCH_TRANSFER_MB", 100);
     let n = mb * 1024 * 1024;
     let mut rows = Vec::new();
 
@@ -841,24 +848,10 @@ async fn transfer_memory() {
 /// same file, and the host's peak memory growth over a 4-byte upload.
 async fn ftp_throughput() {
     use flow8_tests::ftp_server::{FtpServer, PASSWORD, USER};
-    let mb: usize = std::env::var("BENCH_FTP_MB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
+    let mb = bench_mib("BENCH_FTP_MB", 50);
     let server = FtpServer::start(false);
-    let data = tempfile::tempdir().unwrap();
-    let ws = data.path().join("ws");
-    std::fs::create_dir_all(&ws).unwrap();
+    let (data, ws) = big_and_tiny_workspace(mb);
     let big = ws.join("big.bin");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&big).unwrap();
-        let chunk: Vec<u8> = (0..1024 * 1024).map(|i| (i * 37 % 253) as u8).collect();
-        for _ in 0..mb {
-            f.write_all(&chunk).unwrap();
-        }
-    }
-    std::fs::write(ws.join("tiny.bin"), b"tiny").unwrap();
     let body = serde_json::json!({"name": "bench-ftp", "kind": "ftp", "config": {"provider": "ftp",
         "host": "localhost", "port": server.port, "tls": false, "base_dir": "/",
         "username": USER, "password": PASSWORD}});

@@ -28,6 +28,27 @@ async fn until_finished(server: &ServerProcess, token: &str, status_url: &str) -
     }
 }
 
+/// Install `bytes`: answered 202, then the status ends `failed` with error `name` and a
+/// message.
+async fn failed_as(server: &ServerProcess, token: &str, bytes: Vec<u8>, name: &str) {
+    let (s, v) = call(
+        "POST",
+        &server.url("/api/v1/admin/modules"),
+        token,
+        Some(("application/wasm", bytes)),
+        &[],
+    )
+    .await;
+    assert_eq!(s, 202, "{v}");
+    let done = until_finished(server, token, v["status_url"].as_str().unwrap()).await;
+    assert_eq!(
+        (done["status"].as_str(), done["error"].as_str()),
+        (Some("failed"), Some(name)),
+        "{done}"
+    );
+    assert!(done["message"].as_str().is_some_and(|m| !m.is_empty()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_install_answered_as_compiling_tells_how_it_ended() {
     let work = tempfile::tempdir().unwrap();
@@ -93,41 +114,12 @@ async fn an_install_answered_as_compiling_tells_how_it_ended() {
 
     // The same version again: the conflict arrives through the status, not lost.
     let again = WatGuest::with_schema("slow-to-say", json!({"type": "object"})).component();
-    let (s, v) = call(
-        "POST",
-        &install_url,
-        &admin,
-        Some(("application/wasm", again)),
-        &[],
-    )
-    .await;
-    assert_eq!(s, 202, "{v}");
-    let done = until_finished(&server, &admin, v["status_url"].as_str().unwrap()).await;
-    assert_eq!(
-        (done["status"].as_str(), done["error"].as_str()),
-        (Some("failed"), Some("conflict")),
-        "{done}"
-    );
+    failed_as(&server, &admin, again, "conflict").await;
 
     // A file with a component's header that does not compile: failed, invalid_module.
     let mut broken = b"\0asm\x0d\x00\x01\x00".to_vec();
     broken.extend_from_slice(&[0xff; 64]);
-    let (s, v) = call(
-        "POST",
-        &install_url,
-        &admin,
-        Some(("application/wasm", broken)),
-        &[],
-    )
-    .await;
-    assert_eq!(s, 202, "{v}");
-    let done = until_finished(&server, &admin, v["status_url"].as_str().unwrap()).await;
-    assert_eq!(
-        (done["status"].as_str(), done["error"].as_str()),
-        (Some("failed"), Some("invalid_module")),
-        "{done}"
-    );
-    assert!(done["message"].as_str().is_some_and(|m| !m.is_empty()));
+    failed_as(&server, &admin, broken, "invalid_module").await;
 
     let (s, e) = call(
         "GET",
