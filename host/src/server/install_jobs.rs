@@ -43,11 +43,16 @@ struct Job {
     finished: Option<Instant>,
 }
 
+/// The most seconds a status read may wait for its install to end (`wait_seconds`).
+pub const MAX_WAIT_SECONDS: u64 = 30;
+
 /// The installs this host answered as compiling.
 #[derive(Debug)]
 pub struct InstallJobs {
     answer_within: Duration,
     jobs: Mutex<HashMap<String, Job>>,
+    /// Woken whenever an install ends, for status reads that wait.
+    finished: tokio::sync::Notify,
 }
 
 impl InstallJobs {
@@ -56,6 +61,7 @@ impl InstallJobs {
         InstallJobs {
             answer_within,
             jobs: Mutex::new(HashMap::new()),
+            finished: tokio::sync::Notify::new(),
         }
     }
 
@@ -95,6 +101,25 @@ impl InstallJobs {
                 },
             };
             job.finished = Some(Instant::now());
+        }
+        drop(jobs);
+        self.finished.notify_waiters();
+    }
+
+    /// [`InstallJobs::status`], waiting up to `wait` for a compiling install to end: the
+    /// status as it is then (still `compiling` if it did not end in time).
+    pub async fn status_within(&self, company_id: &str, id: &str, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before the status is read, so an end in between is not missed.
+            let ended = self.finished.notified();
+            let status = self.status(company_id, id)?;
+            if status["status"] != "compiling" || tokio::time::Instant::now() >= deadline {
+                return Some(status);
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                return self.status(company_id, id);
+            }
         }
     }
 
@@ -196,6 +221,34 @@ mod tests {
         assert_eq!(failed["status"], "failed");
         assert_eq!(failed["error"], "invalid_module");
         assert_eq!(failed["message"], "not a valid component");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_status_read_answers_when_the_install_ends() {
+        let jobs = std::sync::Arc::new(InstallJobs::new(Duration::ZERO));
+        let (id, _) = jobs.start("acme", b"\0asm waited");
+        let still = jobs
+            .status_within("acme", &id, Duration::from_millis(1))
+            .await
+            .unwrap();
+        assert_eq!(still["status"], "compiling", "no end within the wait");
+        let reader = {
+            let (jobs, id) = (jobs.clone(), id.clone());
+            tokio::spawn(async move {
+                jobs.status_within("acme", &id, Duration::from_secs(600))
+                    .await
+                    .unwrap()
+            })
+        };
+        tokio::task::yield_now().await;
+        jobs.finish(&id, Ok(json!({"name": "m"})));
+        assert_eq!(reader.await.unwrap()["status"], "installed");
+        assert!(
+            jobs.status_within("globex", &id, Duration::from_secs(600))
+                .await
+                .is_none(),
+            "another company's install answers at once, with nothing"
+        );
     }
 
     #[test]

@@ -138,7 +138,7 @@ pub async fn install(
                 .to_string(),
         ),
     };
-    install_answered(st, caller, body.to_vec(), signature, None).await
+    install_answered(st, caller, body, signature, None).await
 }
 
 /// `POST /api/v1/admin/modules/pull` body.
@@ -197,7 +197,14 @@ pub async fn pull(
         .await
         .map_err(|e| ApiError::new(e.name(), e.to_string()))?;
     let source = reference.pinned(&pulled.manifest_digest);
-    install_answered(st, caller, pulled.bytes, pulled.signature, Some(source)).await
+    install_answered(
+        st,
+        caller,
+        Bytes::from(pulled.bytes),
+        pulled.signature,
+        Some(source),
+    )
+    .await
 }
 
 /// Run an install, and answer it when it is done or, once
@@ -207,11 +214,10 @@ pub async fn pull(
 async fn install_answered(
     st: Arc<AppState>,
     caller: Caller,
-    bytes: Vec<u8>,
+    bytes: Bytes,
     signature: Option<String>,
     source: Option<String>,
 ) -> Result<(StatusCode, axum::http::HeaderMap, Json<Value>), ApiError> {
-    let bytes = Arc::new(bytes);
     let work = {
         let (st, caller, bytes) = (st.clone(), caller.clone(), bytes.clone());
         tokio::spawn(async move { install_bytes(&st, &caller, &bytes, signature, source).await })
@@ -258,22 +264,51 @@ async fn install_answered(
     }
 }
 
+/// `GET /api/v1/admin/modules/installs/{install_id}` query.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct InstallWait {
+    /// Wait up to this many whole seconds for a compiling install to end, and answer
+    /// then (a long poll); 0 or absent answers at once.
+    #[param(value_type = Option<u64>, minimum = 0, maximum = 30)]
+    wait_seconds: Option<f64>,
+}
+
 /// `GET /api/v1/admin/modules/installs/{install_id}`: where an install answered as
 /// compiling stands.
 #[utoipa::path(get, path = "/api/v1/admin/modules/installs/{install_id}", tag = "modules", security(("bearer" = [])),
-    params(("install_id" = String, Path, description = "The id a `202 Accepted` install answer gave")),
+    params(("install_id" = String, Path, description = "The id a `202 Accepted` install answer gave"), InstallWait),
     summary = "Where an install that was still compiling stands",
     responses((status = 200, description = "`compiling`, `installed` (with `module`) or `failed` (with `error` and `message`)", body = crate::server::openapi::InstallStatus),
-        (status = 400, description = "invalid_input: the id does not decode", body = crate::server::openapi::Error), (status = 403, description = "admin_required", body = crate::server::openapi::Error),
+        (status = 400, description = "invalid_input: the id does not decode, or wait_seconds is out of range", body = crate::server::openapi::Error), (status = 403, description = "admin_required", body = crate::server::openapi::Error),
         (status = 404, description = "not_found: no such install of this company on this host, or finished over an hour ago", body = crate::server::openapi::Error)))]
 pub async fn install_status(
     State(st): State<Arc<AppState>>,
     caller: Caller,
     ApiPath(install_id): ApiPath<String>,
+    crate::server::extract::ApiQuery(q): crate::server::extract::ApiQuery<InstallWait>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
+    let wait = q
+        .wait_seconds
+        .map(|w| {
+            crate::server::extract::whole_number(
+                "wait_seconds",
+                w,
+                0,
+                crate::server::install_jobs::MAX_WAIT_SECONDS,
+            )
+        })
+        .transpose()?
+        .unwrap_or(0);
     st.installs
-        .status(&caller.company_id, &install_id)
+        .status_within(
+            &caller.company_id,
+            &install_id,
+            std::time::Duration::from_secs(wait),
+        )
+        .await
         .map(Json)
         .ok_or_else(|| ApiError::not_found("install"))
 }
