@@ -794,6 +794,30 @@ async fn installed_modules_are_scoped_listed_and_removed<S: Store>(s: &S) {
     );
     assert_eq!(s.list_modules(&b).await.unwrap(), vec![b1.clone()]);
     assert_eq!(s.list_modules("company-c").await.unwrap(), vec![]);
+    // One name's versions: exactly that name (not a prefix of it), the company's own.
+    let other = module(&a, "thing-extra", "1.0.0", &one);
+    s.put_module(other.clone(), one.clone()).await.unwrap();
+    assert_eq!(
+        s.list_module_versions(&a, "thing").await.unwrap(),
+        vec![a1.clone(), a2.clone()]
+    );
+    assert_eq!(
+        s.list_module_versions(&a, "thing-extra").await.unwrap(),
+        vec![other.clone()]
+    );
+    assert_eq!(
+        s.list_module_versions(&b, "thing").await.unwrap(),
+        vec![b1.clone()]
+    );
+    assert_eq!(s.list_module_versions(&a, "thin").await.unwrap(), vec![]);
+    assert_eq!(
+        s.list_module_versions("company-c", "thing").await.unwrap(),
+        vec![]
+    );
+    assert_eq!(
+        s.delete_module(&a, "thing-extra", "1.0.0").await.unwrap(),
+        Some(other)
+    );
     assert_eq!(
         s.get_module_bytes(&a, &a1.digest).await.unwrap(),
         Some(one.clone())

@@ -514,11 +514,13 @@ impl ModuleRegistry {
             return Ok(m);
         }
         if self.installed && crate::company::is_valid(company_id) {
+            // Only this name's versions: a step's cost does not grow with how many other
+            // modules the company installed.
             let records = store
-                .list_modules(company_id)
+                .list_module_versions(company_id, name)
                 .await
                 .map_err(store_failure)?;
-            let named: Vec<&ModuleRecord> = records.iter().filter(|r| r.name == name).collect();
+            let named: Vec<&ModuleRecord> = records.iter().collect();
             let found = match (version, version.and_then(pinned_digest)) {
                 (_, Some(d)) => named.iter().copied().find(|r| r.digest == d),
                 (Some(v), None) => named.iter().copied().find(|r| r.version == v),

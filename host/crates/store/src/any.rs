@@ -275,6 +275,13 @@ impl Store for AnyStore {
     async fn list_modules(&self, company_id: &str) -> Result<Vec<ModuleRecord>, StoreError> {
         delegate!(self, s => s.list_modules(company_id))
     }
+    async fn list_module_versions(
+        &self,
+        company_id: &str,
+        name: &str,
+    ) -> Result<Vec<ModuleRecord>, StoreError> {
+        delegate!(self, s => s.list_module_versions(company_id, name))
+    }
     async fn get_module_bytes(
         &self,
         company_id: &str,

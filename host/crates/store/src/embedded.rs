@@ -1225,6 +1225,27 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn list_module_versions(
+        &self,
+        company_id: &str,
+        name: &str,
+    ) -> Result<Vec<ModuleRecord>, StoreError> {
+        let (company_id, name) = (company_id.to_string(), name.to_string());
+        // The primary key's prefix (company_id, name): an index range, not a scan.
+        self.read_blocking(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT doc FROM modules WHERE company_id = ?1 AND name = ?2 ORDER BY version",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![company_id, name], |r| r.get::<_, String>(0))
+                .map_err(unavailable)?;
+            docs(rows)
+        })
+        .await
+    }
+
     async fn get_module_bytes(
         &self,
         company_id: &str,

@@ -766,6 +766,14 @@ pub trait Store: Send + Sync + 'static {
         &self,
         company_id: &str,
     ) -> impl Future<Output = Result<Vec<ModuleRecord>, StoreError>> + Send;
+    /// A company's installed versions of the module `name` (metadata only), by version:
+    /// what a step naming the module reads, so its cost does not grow with how many
+    /// other modules the company installed.
+    fn list_module_versions(
+        &self,
+        company_id: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Vec<ModuleRecord>, StoreError>> + Send;
     /// The bytes of a company's installed module with this digest.
     fn get_module_bytes(
         &self,

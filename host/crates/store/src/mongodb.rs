@@ -957,6 +957,21 @@ impl Store for MongoStore {
         collect(cursor, MODULE_DATES).await
     }
 
+    async fn list_module_versions(
+        &self,
+        company_id: &str,
+        name: &str,
+    ) -> Result<Vec<ModuleRecord>, StoreError> {
+        // The unique (company_id, name, version) index's prefix.
+        let cursor = self
+            .coll(MODULES)
+            .find(doc! {"company_id": id(company_id), "name": name})
+            .sort(doc! {"version": 1})
+            .await
+            .map_err(store_error)?;
+        collect(cursor, MODULE_DATES).await
+    }
+
     async fn get_module_bytes(
         &self,
         company_id: &str,
