@@ -938,6 +938,138 @@ async fn ftp_throughput() {
     );
 }
 
+/// SMTP messages per second (the API-key services issue): smtp-send steps in this
+/// process, each a fresh sandbox whose message the host sends over its own connection
+/// (STARTTLS, AUTH with the component's password, MAIL, RCPT, DATA, QUIT), beside a
+/// native lettre loop sending the same message the same way (one connection per
+/// message: lettre's pool is not in the host's features) to the same aiosmtpd server.
+/// CPU per message is this process's (client side only; the Python server's own CPU is
+/// not counted), the steadier figure: both paths wait on the same server.
+async fn smtp_throughput() {
+    use flow8_tests::smtp_server::{Mode, PASSWORD, SmtpServer, USER};
+    use lettre::AsyncTransport;
+    let messages: usize = std::env::var("BENCH_SMTP_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400);
+    let concurrency: usize = std::env::var("BENCH_SMTP_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let server = SmtpServer::start(Mode::StartTls);
+    let data = tempfile::tempdir().unwrap();
+    let registry = Arc::new(ModuleRegistry::new(
+        shared_engine(),
+        CompileCache::at(data.path().join("cache")).unwrap(),
+        vec![wasm_dir()],
+    ));
+    let mut config = loopback();
+    config.outbound.extra_ca_file = Some(server.ca_file());
+    let host = bench_host(config, data.path(), registry, None).await;
+    let new: NewComponent = serde_json::from_value(serde_json::json!({
+        "name": "bench-smtp", "kind": "smtp",
+        "config": {"provider": "smtp", "host": "localhost", "port": server.port,
+            "security": "starttls", "from": "Flow8 Bench <bench@example.com>",
+            "username": USER, "password": PASSWORD}
+    }))
+    .unwrap();
+    host.store
+        .insert_component(
+            components::prepare(new, "bench", &host.vault, host.modules.catalogue()).unwrap(),
+        )
+        .await
+        .unwrap();
+    let runtime = Arc::new(host.runtime.clone());
+    let step = move || {
+        let runtime = runtime.clone();
+        async move {
+            let mut bindings = BTreeMap::new();
+            bindings.insert("mail".to_string(), "bench-smtp".to_string());
+            let r = runtime
+                .run_step(StepRequest {
+                    company_id: "bench".into(),
+                    module_ref: "smtp-send".into(),
+                    input: serde_json::json!({"to": ["ann@example.com"], "subject": "ping",
+                        "text": "one short line"}),
+                    bindings,
+                    limits: None,
+                    workspace: None,
+                    pinned_to: Vec::new(),
+                })
+                .await;
+            assert!(r.result.is_ok(), "{:?}", r.result);
+        }
+    };
+    // Warm: the module compiled and loaded, the server's first session done.
+    step.clone()().await;
+
+    let ca = lettre::transport::smtp::client::Certificate::from_pem(
+        &std::fs::read(server.ca_file()).unwrap(),
+    )
+    .unwrap();
+    let tls = lettre::transport::smtp::client::TlsParameters::builder("localhost".into())
+        .add_root_certificate(ca)
+        .build_rustls()
+        .unwrap();
+    let transport =
+        lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::builder_dangerous("localhost")
+            .port(server.port)
+            .tls(lettre::transport::smtp::client::Tls::Required(tls))
+            .credentials(lettre::transport::smtp::authentication::Credentials::new(
+                USER.into(),
+                PASSWORD.into(),
+            ))
+            .build();
+    let native = move || {
+        let transport = transport.clone();
+        async move {
+            let message = lettre::Message::builder()
+                .from("Flow8 Bench <bench@example.com>".parse().unwrap())
+                .to("ann@example.com".parse().unwrap())
+                .subject("ping")
+                .message_id(None)
+                .date_now()
+                .body("one short line".to_string())
+                .unwrap();
+            transport.send(message).await.unwrap();
+        }
+    };
+    native.clone()().await;
+    let before = server.received().len();
+    let native = run_load(messages, concurrency, native).await;
+    let host_run = run_load(messages, concurrency, step).await;
+    assert_eq!(
+        server.received().len(),
+        before + 2 * messages,
+        "a message went missing"
+    );
+    println!();
+    println!(
+        "SMTP: {messages} one-line messages to a local aiosmtpd (STARTTLS, AUTH PLAIN, one connection each), concurrency {concurrency}"
+    );
+    println!("| path | messages/s | p50 | p99 | CPU per message (this process) |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    let row = |label: &str, load: &Load| {
+        let st = stats(load.latencies.clone());
+        let rate = messages as f64 / load.total.as_secs_f64();
+        println!(
+            "| {label} | {rate:.0} | {} | {} | {:.0} µs |",
+            us(st.median),
+            us(st.p99),
+            load.cpu.as_secs_f64() * 1e6 / messages as f64
+        );
+        rate
+    };
+    let n = row("native lettre AsyncSmtpTransport (baseline)", &native);
+    let h = row("smtp-send step in process (fresh sandbox each)", &host_run);
+    println!();
+    println!(
+        "messages/s ratio host/native = {:.2}; CPU per message ratio = {:.2}",
+        h / n,
+        host_run.cpu.as_secs_f64() / native.cpu.as_secs_f64().max(1e-9)
+    );
+}
+
 /// OAuth: a refresh storm (many steps on one link about to expire) against a real
 /// OAuth2 server (oauth2-mock-server), and what the refresh check costs a step whose
 /// token is fresh, beside the same step with no credential.
@@ -1153,19 +1285,18 @@ async fn http_step_on(
     .await
 }
 
-/// Link lookups per second from one host: 32 tasks reading one link for `window`.
-async fn link_lookups_per_second(store: Arc<AnyStore>, window: Duration) -> f64 {
-    let vault = Vault::new(MasterKey::generate());
+/// An active Slack link of `company`, its token sealed by `vault`.
+fn bench_link(vault: &Vault, company: &str) -> flow8_host::store::LinkRecord {
     let t = flow8_host::store::now();
     let id = flow8_host::store::new_object_id();
     let access_token = vault.encrypt(
         "xoxb-bench",
-        &flow8_host::store::sealing::link("bench", &id, flow8_host::store::sealing::ACCESS_TOKEN),
+        &flow8_host::store::sealing::link(company, &id, flow8_host::store::sealing::ACCESS_TOKEN),
     );
-    let link = flow8_host::store::LinkRecord {
+    flow8_host::store::LinkRecord {
         id,
         user_id: "u".into(),
-        company_id: "bench".into(),
+        company_id: company.into(),
         integration_type: "slack".into(),
         access_token,
         refresh_token: None,
@@ -1183,7 +1314,12 @@ async fn link_lookups_per_second(store: Arc<AnyStore>, window: Duration) -> f64 
         version: 0,
         created_at: t,
         updated_at: t,
-    };
+    }
+}
+
+/// Link lookups per second from one host: 32 tasks reading one link for `window`.
+async fn link_lookups_per_second(store: Arc<AnyStore>, window: Duration) -> f64 {
+    let link = bench_link(&Vault::new(MasterKey::generate()), "bench");
     store.insert_link(link.clone()).await.unwrap();
     let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let start = Instant::now();
@@ -1201,6 +1337,231 @@ async fn link_lookups_per_second(store: Arc<AnyStore>, window: Duration) -> f64 
         t.await.unwrap();
     }
     done.load(std::sync::atomic::Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// `var` as a list of sizes (`1,10000,100000`), else `default`.
+fn bench_sizes(var: &str, default: &[usize]) -> Vec<usize> {
+    std::env::var(var)
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| default.to_vec())
+}
+
+/// Fill `store` with `n` links and `n` API-key components of 100 other companies and
+/// `audit` audit entries (written 32 at a time; audit entries in batches of 1,000).
+/// Their secrets are sealed with a key of their own: the step never reads them, and no
+/// host has opened the store yet (it records its own key when one does).
+async fn fill_other_companies(store: &Arc<AnyStore>, n: usize, audit: usize) {
+    let vault = Arc::new(Vault::new(MasterKey::generate()));
+    let catalogue = flow8_host::catalogue::Catalogue::builtin();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let (store, next) = (store.clone(), next.clone());
+        let (vault, catalogue) = (vault.clone(), catalogue.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let company = format!("other-{}", i % 100);
+                store
+                    .insert_link(bench_link(&vault, &company))
+                    .await
+                    .unwrap();
+                let new: NewComponent = serde_json::from_value(serde_json::json!({
+                    "name": format!("api-{i}"), "kind": "http",
+                    "config": {"provider": "http", "base_url": "https://api.example.com",
+                        "auth_value": format!("Bearer filler-{i}")}
+                }))
+                .unwrap();
+                store
+                    .insert_component(
+                        components::prepare(new, &company, &vault, &catalogue).unwrap(),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let t = flow8_host::store::now();
+    for start in (0..audit).step_by(1000) {
+        let batch = (start..audit.min(start + 1000))
+            .map(|i| flow8_host::store::AuditRecord {
+                id: flow8_host::store::new_object_id(),
+                company_id: if i % 10 == 0 {
+                    "bench".into()
+                } else {
+                    format!("other-{}", i % 100)
+                },
+                user_id: Some("u".into()),
+                action_type: "credential_used".into(),
+                resource_type: "component".into(),
+                resource_id: format!("filler-{}", i % 1000),
+                before_state: serde_json::Value::Null,
+                after_state: serde_json::json!({"module": "http-request"}),
+                timestamp: t,
+            })
+            .collect();
+        store.insert_audit_batch(batch).await.unwrap();
+    }
+}
+
+/// A company's installed module among `installed` of its modules: the hostile guest
+/// (its `ok` step) and `installed - 1` other modules' records, on a registry with no
+/// shared modules, so every step resolves it from the store.
+async fn installed_module_step(store: Arc<AnyStore>, installed: usize, iterations: usize) -> Stats {
+    let data = tempfile::tempdir().unwrap();
+    let registry = Arc::new(
+        ModuleRegistry::new(
+            shared_engine(),
+            CompileCache::at(data.path().join("cache")).unwrap(),
+            Vec::new(),
+        )
+        .with_installed_modules(),
+    );
+    let bytes = std::fs::read(wasm("hostile_guest")).unwrap();
+    let loaded = registry.load_bytes(&bytes).await.unwrap();
+    let host = bench_host(loopback(), data.path(), registry, Some(store.clone())).await;
+    let record = |name: &str, version: &str, bytes: &[u8]| flow8_host::store::ModuleRecord {
+        company_id: "bench".into(),
+        name: name.into(),
+        version: version.into(),
+        digest: flow8_host::runtime::module::digest(bytes),
+        size: bytes.len() as u64,
+        installed_at: flow8_host::store::now(),
+        installed_by: Some("u".into()),
+        signature: None,
+        source: None,
+        approval: None,
+    };
+    let (name, version) = (
+        loaded.manifest.name.clone(),
+        loaded.manifest.version.clone(),
+    );
+    store
+        .put_module(record(&name, &version, &bytes), bytes.clone())
+        .await
+        .unwrap();
+    for i in 1..installed {
+        let filler = format!("filler module {i}").into_bytes();
+        store
+            .put_module(record(&format!("filler-{i:04}"), "1.0.0", &filler), filler)
+            .await
+            .unwrap();
+    }
+    let runtime = &host.runtime;
+    measure(iterations, || async {
+        let r = runtime
+            .run_step(StepRequest {
+                company_id: "bench".into(),
+                module_ref: name.clone(),
+                input: serde_json::json!({"attack": "ok"}),
+                bindings: BTreeMap::new(),
+                limits: None,
+                workspace: None,
+                pinned_to: Vec::new(),
+            })
+            .await;
+        assert!(r.result.is_ok(), "{:?}", r.result);
+    })
+    .await
+}
+
+/// Scale in work, not only speed (issue 19 item 5): one step's latency as the store
+/// grows. An http-request step with a bound component, against embedded and MongoDB
+/// stores holding 1, 10k and 100k links and components of other companies (and 1M audit
+/// entries at the largest size; MongoDB, a local SecantusDB, 1 and 10k with 100k audit
+/// entries); and an installed module's step among 1 and 500 of the company's installed
+/// modules. Sizes: BENCH_SCALE_SIZES, BENCH_SCALE_AUDIT, BENCH_SCALE_MONGO_SIZES,
+/// BENCH_SCALE_MONGO_AUDIT, BENCH_SCALE_MODULES; BENCH_SCALE_STORES=embedded|mongodb
+/// for one store.
+async fn scale_bench() {
+    use flow8_host::store::mongodb::MongoStore;
+    let iterations: usize = std::env::var("BENCH_SCALE_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    // SecantusDB (Python) writes about 200 records a second: MongoDB is filled less.
+    let sizes_of = |kind: &str| match kind {
+        "embedded" => (
+            bench_sizes("BENCH_SCALE_SIZES", &[1, 10_000, 100_000]),
+            bench_sizes("BENCH_SCALE_AUDIT", &[1_000_000])[0],
+        ),
+        _ => (
+            bench_sizes("BENCH_SCALE_MONGO_SIZES", &[1, 10_000]),
+            bench_sizes("BENCH_SCALE_MONGO_AUDIT", &[100_000])[0],
+        ),
+    };
+    let module_counts = bench_sizes("BENCH_SCALE_MODULES", &[1, 500]);
+    let only = std::env::var("BENCH_SCALE_STORES").ok();
+    let mongo_server = flow8_tests::mongo_server::MongoServer::start();
+    let mut rows = Vec::new();
+    for kind in ["embedded", "mongodb"] {
+        if only.as_deref().is_some_and(|o| o != kind) {
+            continue;
+        }
+        let (sizes, audit) = sizes_of(kind);
+        let mut database = 0;
+        let mut open = || {
+            database += 1;
+            let uri = mongo_server.uri(&format!("scale{database}"));
+            async move {
+                let dir = tempfile::tempdir().unwrap();
+                let store = match kind {
+                    "embedded" => AnyStore::from(
+                        flow8_host::store::embedded::EmbeddedStore::open(dir.path())
+                            .await
+                            .unwrap(),
+                    ),
+                    _ => AnyStore::from(MongoStore::connect(&uri).await.unwrap()),
+                };
+                (dir, Arc::new(store))
+            }
+        };
+        for &n in &sizes {
+            let (_dir, store) = open().await;
+            let audit_here = if Some(&n) == sizes.iter().max() {
+                audit
+            } else {
+                0
+            };
+            let t = Instant::now();
+            fill_other_companies(&store, n, audit_here).await;
+            let fill = t.elapsed();
+            // A fresh upstream each time: one that kept every earlier row's requests
+            // would slow the later rows.
+            let upstream = flow8_tests::RecordingServer::start();
+            let st = http_step_on(store, &upstream, iterations).await;
+            rows.push((
+                kind,
+                format!("http-request step; {n} links + {n} components of other companies, {audit_here} audit entries (filled in {:.1} s)", fill.as_secs_f64()),
+                st,
+            ));
+        }
+        for &m in &module_counts {
+            let (_dir, store) = open().await;
+            let st = installed_module_step(store, m, iterations).await;
+            rows.push((
+                kind,
+                format!("installed module's step among {m} installed modules of the company"),
+                st,
+            ));
+        }
+    }
+    println!();
+    println!(
+        "Scale: one step's latency as the store grows ({iterations} steps each; MongoDB is a local SecantusDB)"
+    );
+    println!("| store | what the store holds | p50 | p99 |");
+    println!("| --- | --- | ---: | ---: |");
+    for (kind, what, st) in &rows {
+        println!("| {kind} | {what} | {} | {} |", us(st.median), us(st.p99));
+    }
 }
 
 /// The MongoDB store (a local SecantusDB) beside the embedded one, in one run.
@@ -1272,7 +1633,7 @@ fn bench_engine() -> Arc<flow8_host::runtime::SandboxEngine> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    // BENCH_ONLY=step|api|s3|ftp|store|oauth|transfers|webhooks runs one section (for iterating on it).
+    // BENCH_ONLY=step|api|s3|ftp|smtp|store|scale|oauth|transfers|webhooks runs one section (for iterating on it).
     match std::env::var("BENCH_ONLY").as_deref() {
         Ok("api") => {
             let cache_dir = tempfile::tempdir().unwrap();
@@ -1285,6 +1646,8 @@ async fn main() {
         Ok("transfers") => return transfer_memory().await,
         Ok("webhooks") => return webhook_throughput().await,
         Ok("ftp") => return ftp_throughput().await,
+        Ok("smtp") => return smtp_throughput().await,
+        Ok("scale") => return scale_bench().await,
         _ => {}
     }
     let iterations: usize = std::env::var("BENCH_ITERATIONS")
@@ -1409,7 +1772,9 @@ async fn main() {
     api_throughput(engine.clone(), cache.clone()).await;
     s3_throughput().await;
     ftp_throughput().await;
+    smtp_throughput().await;
     store_comparison().await;
+    scale_bench().await;
     refresh_storm().await;
     webhook_throughput().await;
     transfer_memory().await;
