@@ -152,14 +152,8 @@ where
 /// concurrency 32, beside native reqwest making the same requests.
 async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: CompileCache) {
     use flow8_host::server::{auth, serve};
-    let requests: usize = std::env::var("BENCH_API_REQUESTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4000);
-    let concurrency: usize = std::env::var("BENCH_CONCURRENCY")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(32);
+    let requests: usize = bench_number("BENCH_API_REQUESTS", 4000);
+    let concurrency: usize = bench_number("BENCH_CONCURRENCY", 32);
     // BENCH_API_PATHS=direct (or api, proxy, native; comma-separated) runs only those
     // paths, for profiling one of them.
     let only: Option<Vec<String>> = std::env::var("BENCH_API_PATHS")
@@ -405,8 +399,9 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
     }
 }
 
-/// The size (MiB) a bench section moves: `var` if set, else `default`.
-fn bench_mib(var: &str, default: usize) -> usize {
+/// A number a bench section takes from the environment (a size in MiB, a count): `var`
+/// if set to one, else `default`.
+fn bench_number(var: &str, default: usize) -> usize {
     std::env::var(var)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -458,7 +453,7 @@ fn run_cli_peak_kib(
 /// of the same file, and the host's peak memory growth over a tiny upload.
 async fn s3_throughput() {
     use flow8_tests::s3_server::{ACCESS_KEY_ID, S3Server, SECRET_ACCESS_KEY};
-    let mb = bench_mib("BENCH_S3_MB", 100);
+    let mb = bench_number("BENCH_S3_MB", 100);
     let s3 = S3Server::start(&["bench"]);
     let (data, ws) = big_and_tiny_workspace(mb);
     let big = ws.join("big.bin");
@@ -564,10 +559,7 @@ async fn s3_throughput() {
 async fn webhook_throughput() {
     use hmac::{KeyInit, Mac};
     const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
-    let events: usize = std::env::var("BENCH_WEBHOOK_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4000);
+    let events: usize = bench_number("BENCH_WEBHOOK_EVENTS", 4000);
     let concurrency = 32;
     let data = tempfile::tempdir().unwrap();
     let config_path = data.path().join("config.yml");
@@ -760,7 +752,7 @@ async fn transfer_memory() {
     use flow8_tests::google::{GoogleSetup, pseudo_random};
     use flow8_tests::microsoft::{Microsoft, pattern};
     use serde_json::json;
-    let mb = bench_mib("BENCH_TRANSFER_MB", 100);
+    let mb = bench_number("BENCH_TRANSFER_MB", 100);
     let n = mb * 1024 * 1024;
     let mut rows = Vec::new();
 
@@ -848,7 +840,7 @@ async fn transfer_memory() {
 /// same file, and the host's peak memory growth over a 4-byte upload.
 async fn ftp_throughput() {
     use flow8_tests::ftp_server::{FtpServer, PASSWORD, USER};
-    let mb = bench_mib("BENCH_FTP_MB", 50);
+    let mb = bench_number("BENCH_FTP_MB", 50);
     let server = FtpServer::start(false);
     let (data, ws) = big_and_tiny_workspace(mb);
     let big = ws.join("big.bin");
@@ -948,14 +940,8 @@ async fn ftp_throughput() {
 async fn smtp_throughput() {
     use flow8_tests::smtp_server::{Mode, PASSWORD, SmtpServer, USER};
     use lettre::AsyncTransport;
-    let messages: usize = std::env::var("BENCH_SMTP_MESSAGES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(400);
-    let concurrency: usize = std::env::var("BENCH_SMTP_CONCURRENCY")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(8);
+    let messages: usize = bench_number("BENCH_SMTP_MESSAGES", 400);
+    let concurrency: usize = bench_number("BENCH_SMTP_CONCURRENCY", 8);
     let server = SmtpServer::start(Mode::StartTls);
     let data = tempfile::tempdir().unwrap();
     let registry = Arc::new(ModuleRegistry::new(
@@ -1074,14 +1060,8 @@ async fn smtp_throughput() {
 /// OAuth2 server (oauth2-mock-server), and what the refresh check costs a step whose
 /// token is fresh, beside the same step with no credential.
 async fn refresh_storm() {
-    let storm: usize = std::env::var("BENCH_STORM")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(500);
-    let iterations: usize = std::env::var("BENCH_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
+    let storm: usize = bench_number("BENCH_STORM", 500);
+    let iterations: usize = bench_number("BENCH_ITERATIONS", 2000);
     // The first access token lives 20 s (inside the 300 s window); later ones an hour.
     let provider = flow8_tests::oauth_server::OAuthServer::start(3600, &[20]);
     let upstream = flow8_tests::RecordingServer::start();
@@ -1482,10 +1462,7 @@ async fn installed_module_step(store: Arc<AnyStore>, installed: usize, iteration
 /// for one store.
 async fn scale_bench() {
     use flow8_host::store::mongodb::MongoStore;
-    let iterations: usize = std::env::var("BENCH_SCALE_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+    let iterations: usize = bench_number("BENCH_SCALE_ITERATIONS", 300);
     // SecantusDB (Python) writes about 200 records a second: MongoDB is filled less.
     let sizes_of = |kind: &str| match kind {
         "embedded" => (
@@ -1567,10 +1544,7 @@ async fn scale_bench() {
 /// The MongoDB store (a local SecantusDB) beside the embedded one, in one run.
 async fn store_comparison() {
     use flow8_host::store::mongodb::MongoStore;
-    let iterations: usize = std::env::var("BENCH_STORE_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(500);
+    let iterations: usize = bench_number("BENCH_STORE_ITERATIONS", 500);
     let upstream = flow8_tests::RecordingServer::start();
     let mongo_server = flow8_tests::mongo_server::MongoServer::start();
     let data = tempfile::tempdir().unwrap();
@@ -1650,10 +1624,7 @@ async fn main() {
         Ok("scale") => return scale_bench().await,
         _ => {}
     }
-    let iterations: usize = std::env::var("BENCH_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
+    let iterations: usize = bench_number("BENCH_ITERATIONS", 2000);
     let engine = bench_engine();
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = CompileCache::at(cache_dir.path()).unwrap();
