@@ -788,11 +788,22 @@ async fn the_events_cli_sets_shows_removes_the_endpoint_and_redelivers() {
         .await;
 }
 
-/// The host's own lifecycle event: the provider refuses a link's refresh token (the
-/// user revoked access), the host marks the link `needs_reconnect` and tells flow8,
-/// signed and through the same queue as the providers' events.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_link_that_needs_reconnecting_is_told_to_flow8() {
+/// A Google link of company A's member, connected through a host whose events go to a
+/// receiver, whose refresh token the user then revoked at the provider (the next use
+/// needs a refresh, which the provider refuses).
+struct RevokedLink {
+    receiver: EventReceiver,
+    _oauth: flow8_tests::oauth_server::OAuthServer,
+    cli: Cli,
+    config_path: std::path::PathBuf,
+    server: ServerProcess,
+    http: reqwest::Client,
+    member: String,
+    admin: String,
+    link_id: String,
+}
+
+async fn a_revoked_link() -> RevokedLink {
     use flow8_tests::oauth_server::OAuthServer;
     let receiver = EventReceiver::start().await;
     // The first access token is nearly expired (20 s, inside the 300 s refresh window).
@@ -861,6 +872,36 @@ async fn a_link_that_needs_reconnecting_is_told_to_flow8() {
         .unwrap();
     assert!(r.status().is_success());
     assert!(oauth.wait_for_revocation(&refresh));
+    RevokedLink {
+        receiver,
+        _oauth: oauth,
+        cli,
+        config_path,
+        server,
+        http,
+        member,
+        admin,
+        link_id,
+    }
+}
+
+/// The host's own lifecycle event: the provider refuses a link's refresh token (the
+/// user revoked access), the host marks the link `needs_reconnect` and tells flow8,
+/// signed and through the same queue as the providers' events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_that_needs_reconnecting_is_told_to_flow8() {
+    // Every field bound: the OAuth server and the data directory live to the end.
+    let RevokedLink {
+        receiver,
+        _oauth,
+        cli: _cli,
+        config_path: _,
+        server,
+        http,
+        member,
+        admin,
+        link_id,
+    } = a_revoked_link().await;
     let api = flow8_tests::RecordingServer::start();
     let step = json!({"name": "s", "module_ref": "hostile", "input_mapping": {"attack": "http", "url": api.url("/x"), "credential": "google", "link_id": link_id}});
     let v: Value = http
@@ -920,4 +961,119 @@ async fn a_link_that_needs_reconnecting_is_told_to_flow8() {
         .unwrap();
     assert_eq!(listed["events"].as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(listed["events"][0]["event_type"], "link.needs_reconnect");
+}
+
+/// The same event with two hosts on one store (the embedded store shared through its
+/// data directory): steps on both hosts at once meet the revoked refresh token, and
+/// flow8 is told once, delivered once, by whichever host's deliverer claimed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_meeting_one_revoked_link_tell_flow8_once() {
+    let RevokedLink {
+        receiver,
+        _oauth,
+        cli,
+        config_path,
+        server,
+        http,
+        member,
+        admin,
+        link_id,
+    } = a_revoked_link().await;
+    let second = ServerProcess::start(
+        &cli,
+        &wasm_dir(),
+        &["--config", config_path.to_str().unwrap()],
+    );
+    let api = flow8_tests::RecordingServer::start();
+    let step = json!({"name": "s", "module_ref": "hostile", "input_mapping": {"attack": "http", "url": api.url("/x"), "credential": "google", "link_id": link_id}});
+    let steps: Vec<_> = (0..16)
+        .map(|i| {
+            let url = if i % 2 == 0 {
+                server.url("/api/v1/steps")
+            } else {
+                second.url("/api/v1/steps")
+            };
+            let (http, member, step) = (http.clone(), member.clone(), step.clone());
+            tokio::spawn(async move {
+                let r = http
+                    .post(url)
+                    .bearer_auth(&member)
+                    .json(&step)
+                    .send()
+                    .await
+                    .unwrap();
+                r.json::<Value>().await.unwrap()
+            })
+        })
+        .collect();
+    // A step on the host that did not win the refresh lease uses the current token
+    // while it has not expired (20 s): `ok`. Every other one meets the refusal.
+    let mut used_current = 0;
+    for t in steps {
+        let v = t.await.unwrap();
+        if v["status"] == "ok" {
+            used_current += 1;
+        } else {
+            assert_eq!(v["error"], "token_revoked", "{v}");
+        }
+    }
+    assert!(used_current < 16, "no step met the revoked refresh token");
+    assert_eq!(api.requests().len(), used_current);
+    // Once the link is marked, every host refuses it.
+    for host in [&server, &second] {
+        let v: Value = http
+            .post(host.url("/api/v1/steps"))
+            .bearer_auth(&member)
+            .json(&step)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["error"], "token_revoked", "{v}");
+    }
+
+    let reconnect =
+        |d: &flow8_tests::event_receiver::Delivered| d.body["type"] == "link.needs_reconnect";
+    assert!(
+        receiver
+            .wait_until(WAIT, |r| r.unique().iter().any(reconnect))
+            .await,
+        "{:?}",
+        receiver.accepted()
+    );
+    // Both hosts' deliverers claim from the one store, under a lease. Once the event
+    // reads `delivered` no deliverer takes it again (only pending ones are claimed),
+    // and no failed attempt means no lease ran out for another host to take over. The
+    // list has no change notification: a bounded poll.
+    let until = std::time::Instant::now() + WAIT;
+    let delivery = loop {
+        let listed: Value = http
+            .get(server.url("/api/v1/events?service=flow8"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let events = listed["events"].as_array().unwrap();
+        assert_eq!(events.len(), 1, "{listed}");
+        assert_eq!(events[0]["event_type"], "link.needs_reconnect");
+        if events[0]["delivery"]["state"] == "delivered" {
+            break events[0]["delivery"].clone();
+        }
+        assert!(std::time::Instant::now() < until, "{listed}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(delivery["attempts"], 0, "{delivery}");
+    let delivered: Vec<_> = receiver.accepted().into_iter().filter(reconnect).collect();
+    assert_eq!(
+        delivered.len(),
+        1,
+        "delivered more than once: {delivered:?}"
+    );
+    assert_eq!(delivered[0].body["data"]["link_id"], link_id.as_str());
+    assert_eq!(receiver.bad_signatures(), 0);
 }
