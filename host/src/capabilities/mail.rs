@@ -265,15 +265,7 @@ impl Transaction {
                     "{dest}: the server does not offer STARTTLS, which the component requires"
                 ))));
             }
-            let mut params = TlsParameters::builder(self.host.clone());
-            for der in connect::extra_roots(&self.policy).map_err(|e| outbound_failure(e, dest))? {
-                let cert = lettre::transport::smtp::client::Certificate::from_der(der.to_vec())
-                    .map_err(|e| Failure::Final(GuestError::Internal(e.to_string())))?;
-                params = params.add_root_certificate(cert);
-            }
-            let params = params
-                .build_rustls()
-                .map_err(|e| Failure::Final(GuestError::Internal(e.to_string())))?;
+            let params = starttls_parameters(&self.policy, &self.host, dest)?;
             conn.starttls(params, hello)
                 .await
                 .map_err(|e| smtp_error(Stage::StartTls, &e))?;
@@ -321,6 +313,31 @@ impl Transaction {
             .map_err(|e| smtp_error(Stage::Data, &e))?;
         Ok(accepted)
     }
+}
+
+/// The STARTTLS parameters built so far, by extra CA file and server name.
+static STARTTLS: std::sync::LazyLock<
+    connect::TlsSettingsCache<(Option<std::path::PathBuf>, String), TlsParameters>,
+> = std::sync::LazyLock::new(connect::TlsSettingsCache::new);
+
+/// lettre's STARTTLS parameters for `host`: the Mozilla roots and the operator's extra
+/// ones, names verified; built once per server name.
+fn starttls_parameters(
+    policy: &OutboundPolicy,
+    host: &str,
+    dest: &str,
+) -> Result<TlsParameters, Failure> {
+    STARTTLS.get_or_build((policy.extra_ca_file.clone(), host.to_string()), || {
+        let mut params = TlsParameters::builder(host.to_string());
+        for der in connect::extra_roots(policy).map_err(|e| outbound_failure(e, dest))? {
+            let cert = lettre::transport::smtp::client::Certificate::from_der(der.to_vec())
+                .map_err(|e| Failure::Final(GuestError::Internal(e.to_string())))?;
+            params = params.add_root_certificate(cert);
+        }
+        params
+            .build_rustls()
+            .map_err(|e| Failure::Final(GuestError::Internal(e.to_string())))
+    })
 }
 
 /// The first retry waits this long, each next one twice as long (up to `MAX_BACKOFF`).

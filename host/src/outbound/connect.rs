@@ -149,9 +149,66 @@ pub fn extra_roots(policy: &OutboundPolicy) -> Result<Vec<CertificateDer<'static
     Ok(certs)
 }
 
+/// A small map of TLS client settings built once per process and then shared: they
+/// hold the Mozilla roots and the operator's extra CA file, neither of which changes
+/// while the host runs (the file is checked when the host starts), so building them
+/// (reading and parsing the file) for every SMTP or FTP connection was wasted work.
+/// Keyed by what they were built from; at most `MAX_TLS_SETTINGS` are kept.
+pub struct TlsSettingsCache<K, V> {
+    built: std::sync::Mutex<std::collections::HashMap<K, V>>,
+}
+
+/// Settings a [`TlsSettingsCache`] keeps before it starts again from empty.
+const MAX_TLS_SETTINGS: usize = 256;
+
+impl<K: std::hash::Hash + Eq, V: Clone> TlsSettingsCache<K, V> {
+    /// An empty cache (for a `static`).
+    pub fn new() -> TlsSettingsCache<K, V> {
+        TlsSettingsCache {
+            built: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// The settings for `key`, built by `build` the first time (a failure is not kept:
+    /// the next connection tries again).
+    pub fn get_or_build<E>(&self, key: K, build: impl FnOnce() -> Result<V, E>) -> Result<V, E> {
+        let lock = || {
+            self.built
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some(v) = lock().get(&key) {
+            return Ok(v.clone());
+        }
+        let v = build()?;
+        let mut built = lock();
+        if built.len() >= MAX_TLS_SETTINGS {
+            built.clear();
+        }
+        built.insert(key, v.clone());
+        Ok(v)
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> Default for TlsSettingsCache<K, V> {
+    fn default() -> Self {
+        TlsSettingsCache::new()
+    }
+}
+
+/// The client configurations [`tls_config`] built, by extra CA file.
+static TLS_CONFIGS: std::sync::LazyLock<
+    TlsSettingsCache<Option<std::path::PathBuf>, Arc<rustls::ClientConfig>>,
+> = std::sync::LazyLock::new(TlsSettingsCache::new);
+
 /// The TLS client configuration for SMTP and FTP connections: the Mozilla roots and
-/// the operator's extra ones, certificates and names always verified.
+/// the operator's extra ones, certificates and names always verified. Built once per
+/// extra CA file and process.
 pub fn tls_config(policy: &OutboundPolicy) -> Result<Arc<rustls::ClientConfig>, OutboundError> {
+    TLS_CONFIGS.get_or_build(policy.extra_ca_file.clone(), || build_tls_config(policy))
+}
+
+fn build_tls_config(policy: &OutboundPolicy) -> Result<Arc<rustls::ClientConfig>, OutboundError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for cert in extra_roots(policy)? {
@@ -173,6 +230,31 @@ pub fn tls_config(policy: &OutboundPolicy) -> Result<Arc<rustls::ClientConfig>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_settings_are_built_once_per_key_failures_are_not_kept_and_the_cache_is_bounded() {
+        let cache = TlsSettingsCache::<u32, u32>::new();
+        let mut builds = 0;
+        for _ in 0..3 {
+            let v = cache.get_or_build(7, || {
+                builds += 1;
+                Ok::<_, ()>(70)
+            });
+            assert_eq!(v, Ok(70));
+        }
+        assert_eq!(builds, 1);
+        // A failed build is tried again by the next caller.
+        assert_eq!(
+            cache.get_or_build(8, || Err::<u32, _>("no file")),
+            Err("no file")
+        );
+        assert_eq!(cache.get_or_build(8, || Ok::<_, &str>(80)), Ok(80));
+        // Past its bound it starts again from empty rather than growing.
+        for k in 0..(MAX_TLS_SETTINGS as u32 + 10) {
+            cache.get_or_build(100 + k, || Ok::<_, ()>(k)).unwrap();
+        }
+        assert!(cache.built.lock().unwrap().len() <= MAX_TLS_SETTINGS);
+    }
 
     fn policy(patterns: &[&str]) -> OutboundPolicy {
         OutboundPolicy {
