@@ -11,6 +11,7 @@
 
 use flow8_host::store::embedded::EmbeddedStore;
 use flow8_host::store::{LinkRecord, LinkStatus, Store, new_object_id, now, sealing};
+use flow8_tests::api_client::call;
 use flow8_tests::event_receiver::EventReceiver;
 use flow8_tests::{Cli, ServerProcess, create_token, wasm_dir};
 use hmac::{KeyInit, Mac};
@@ -803,6 +804,20 @@ struct RevokedLink {
     link_id: String,
 }
 
+/// A step posted to `host` as `token`: its report.
+async fn step_on(host: &ServerProcess, token: &str, step: &Value) -> Value {
+    let body = Some(("application/json", step.to_string().into_bytes()));
+    call("POST", &host.url("/api/v1/steps"), token, body, &[])
+        .await
+        .1
+}
+
+/// The host's own (`flow8`) lifecycle events, as `admin` lists them.
+async fn flow8_events(host: &ServerProcess, admin: &str) -> Value {
+    let url = host.url("/api/v1/events?service=flow8");
+    call("GET", &url, admin, None, &[]).await.1
+}
+
 async fn a_revoked_link() -> RevokedLink {
     use flow8_tests::oauth_server::OAuthServer;
     let receiver = EventReceiver::start().await;
@@ -897,23 +912,14 @@ async fn a_link_that_needs_reconnecting_is_told_to_flow8() {
         cli: _cli,
         config_path: _,
         server,
-        http,
+        http: _,
         member,
         admin,
         link_id,
     } = a_revoked_link().await;
     let api = flow8_tests::RecordingServer::start();
     let step = json!({"name": "s", "module_ref": "hostile", "input_mapping": {"attack": "http", "url": api.url("/x"), "credential": "google", "link_id": link_id}});
-    let v: Value = http
-        .post(server.url("/api/v1/steps"))
-        .bearer_auth(&member)
-        .json(&step)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = step_on(&server, &member, &step).await;
     assert_eq!(v["error"], "token_revoked", "{v}");
 
     assert!(
@@ -939,26 +945,9 @@ async fn a_link_that_needs_reconnecting_is_told_to_flow8() {
     assert_eq!(data["payload"]["link_id"], link_id.as_str());
     assert_eq!(receiver.bad_signatures(), 0);
     // Again refused, not told again: the link was marked once.
-    let v: Value = http
-        .post(server.url("/api/v1/steps"))
-        .bearer_auth(&member)
-        .json(&step)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = step_on(&server, &member, &step).await;
     assert_eq!(v["error"], "token_revoked", "{v}");
-    let listed: Value = http
-        .get(server.url("/api/v1/events?service=flow8"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = flow8_events(&server, &admin).await;
     assert_eq!(listed["events"].as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(listed["events"][0]["event_type"], "link.needs_reconnect");
 }
@@ -1021,16 +1010,7 @@ async fn two_hosts_meeting_one_revoked_link_tell_flow8_once() {
     assert_eq!(api.requests().len(), used_current);
     // Once the link is marked, every host refuses it.
     for host in [&server, &second] {
-        let v: Value = http
-            .post(host.url("/api/v1/steps"))
-            .bearer_auth(&member)
-            .json(&step)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = step_on(host, &member, &step).await;
         assert_eq!(v["error"], "token_revoked", "{v}");
     }
 
@@ -1049,15 +1029,7 @@ async fn two_hosts_meeting_one_revoked_link_tell_flow8_once() {
     // list has no change notification: a bounded poll.
     let until = std::time::Instant::now() + WAIT;
     let delivery = loop {
-        let listed: Value = http
-            .get(server.url("/api/v1/events?service=flow8"))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let listed = flow8_events(&server, &admin).await;
         let events = listed["events"].as_array().unwrap();
         assert_eq!(events.len(), 1, "{listed}");
         assert_eq!(events[0]["event_type"], "link.needs_reconnect");
