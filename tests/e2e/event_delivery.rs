@@ -203,19 +203,7 @@ impl Host {
     /// Poll `GET /api/v1/events` until `cond` holds for the list (the host records an
     /// outcome just after the receiver answers it, so the test waits for the record).
     async fn wait_for_events(&self, cond: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let events = self.events().await;
-            if cond(&events) {
-                return events;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "events never got there: {events:#?}"
-            );
-            // A bounded poll of the API: the store has no change feed to wait on.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        poll_events(|| self.events(), cond).await
     }
 
     async fn metrics(&self) -> String {
@@ -818,6 +806,28 @@ async fn flow8_events(host: &ServerProcess, admin: &str) -> Value {
     call("GET", &url, admin, None, &[]).await.1
 }
 
+/// Read an event list with `fetch` until `cond` holds for it (at most [`WAIT`]). The
+/// host records a delivery's outcome just after the receiver answers, and the store
+/// has no change feed to wait on: a bounded poll of the API.
+async fn poll_events<F, Fut>(fetch: F, cond: impl Fn(&[Value]) -> bool) -> Vec<Value>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Vec<Value>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let events = fetch().await;
+        if cond(&events) {
+            return events;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "events never got there: {events:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn a_revoked_link() -> RevokedLink {
     use flow8_tests::oauth_server::OAuthServer;
     let receiver = EventReceiver::start().await;
@@ -905,34 +915,24 @@ async fn a_revoked_link() -> RevokedLink {
 /// signed and through the same queue as the providers' events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_that_needs_reconnecting_is_told_to_flow8() {
-    // Every field bound: the OAuth server and the data directory live to the end.
-    let RevokedLink {
-        receiver,
-        _oauth,
-        cli: _cli,
-        config_path: _,
-        server,
-        http: _,
-        member,
-        admin,
-        link_id,
-    } = a_revoked_link().await;
+    let r = a_revoked_link().await;
     let api = flow8_tests::RecordingServer::start();
-    let step = json!({"name": "s", "module_ref": "hostile", "input_mapping": {"attack": "http", "url": api.url("/x"), "credential": "google", "link_id": link_id}});
-    let v = step_on(&server, &member, &step).await;
+    let step = json!({"name": "s", "module_ref": "hostile", "input_mapping": {"attack": "http", "url": api.url("/x"), "credential": "google", "link_id": r.link_id}});
+    let v = step_on(&r.server, &r.member, &step).await;
     assert_eq!(v["error"], "token_revoked", "{v}");
 
     assert!(
-        receiver
+        r.receiver
             .wait_until(WAIT, |r| r
                 .unique()
                 .iter()
                 .any(|d| d.body["type"] == "link.needs_reconnect"))
             .await,
         "{:?}",
-        receiver.accepted()
+        r.receiver.accepted()
     );
-    let told: Vec<_> = receiver
+    let told: Vec<_> = r
+        .receiver
         .unique()
         .into_iter()
         .filter(|d| d.body["type"] == "link.needs_reconnect")
@@ -940,14 +940,14 @@ async fn a_link_that_needs_reconnecting_is_told_to_flow8() {
     assert_eq!(told.len(), 1, "{told:?}");
     let data = &told[0].body["data"];
     assert_eq!(data["service"], "flow8");
-    assert_eq!(data["link_id"], link_id.as_str());
+    assert_eq!(data["link_id"], r.link_id.as_str());
     assert_eq!(data["payload"]["service"], "google");
-    assert_eq!(data["payload"]["link_id"], link_id.as_str());
-    assert_eq!(receiver.bad_signatures(), 0);
+    assert_eq!(data["payload"]["link_id"], r.link_id.as_str());
+    assert_eq!(r.receiver.bad_signatures(), 0);
     // Again refused, not told again: the link was marked once.
-    let v = step_on(&server, &member, &step).await;
+    let v = step_on(&r.server, &r.member, &step).await;
     assert_eq!(v["error"], "token_revoked", "{v}");
-    let listed = flow8_events(&server, &admin).await;
+    let listed = flow8_events(&r.server, &r.admin).await;
     assert_eq!(listed["events"].as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(listed["events"][0]["event_type"], "link.needs_reconnect");
 }
@@ -957,41 +957,31 @@ async fn a_link_that_needs_reconnecting_is_told_to_flow8() {
 /// flow8 is told once, delivered once, by whichever host's deliverer claimed it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hosts_meeting_one_revoked_link_tell_flow8_once() {
-    let RevokedLink {
-        receiver,
-        _oauth,
-        cli,
-        config_path,
-        server,
-        http,
-        member,
-        admin,
-        link_id,
-    } = a_revoked_link().await;
+    let r = a_revoked_link().await;
     let second = ServerProcess::start(
-        &cli,
+        &r.cli,
         &wasm_dir(),
-        &["--config", config_path.to_str().unwrap()],
+        &["--config", r.config_path.to_str().unwrap()],
     );
     let api = flow8_tests::RecordingServer::start();
-    let step = json!({"name": "s", "module_ref": "hostile", "input_mapping": {"attack": "http", "url": api.url("/x"), "credential": "google", "link_id": link_id}});
+    let step = json!({"name": "s", "module_ref": "hostile", "input_mapping": {"attack": "http", "url": api.url("/x"), "credential": "google", "link_id": r.link_id}});
     let steps: Vec<_> = (0..16)
         .map(|i| {
             let url = if i % 2 == 0 {
-                server.url("/api/v1/steps")
+                r.server.url("/api/v1/steps")
             } else {
                 second.url("/api/v1/steps")
             };
-            let (http, member, step) = (http.clone(), member.clone(), step.clone());
+            let (http, member, step) = (r.http.clone(), r.member.clone(), step.clone());
             tokio::spawn(async move {
-                let r = http
+                let answer = http
                     .post(url)
                     .bearer_auth(&member)
                     .json(&step)
                     .send()
                     .await
                     .unwrap();
-                r.json::<Value>().await.unwrap()
+                answer.json::<Value>().await.unwrap()
             })
         })
         .collect();
@@ -1009,43 +999,49 @@ async fn two_hosts_meeting_one_revoked_link_tell_flow8_once() {
     assert!(used_current < 16, "no step met the revoked refresh token");
     assert_eq!(api.requests().len(), used_current);
     // Once the link is marked, every host refuses it.
-    for host in [&server, &second] {
-        let v = step_on(host, &member, &step).await;
+    for host in [&r.server, &second] {
+        let v = step_on(host, &r.member, &step).await;
         assert_eq!(v["error"], "token_revoked", "{v}");
     }
 
     let reconnect =
         |d: &flow8_tests::event_receiver::Delivered| d.body["type"] == "link.needs_reconnect";
     assert!(
-        receiver
+        r.receiver
             .wait_until(WAIT, |r| r.unique().iter().any(reconnect))
             .await,
         "{:?}",
-        receiver.accepted()
+        r.receiver.accepted()
     );
     // Both hosts' deliverers claim from the one store, under a lease. Once the event
     // reads `delivered` no deliverer takes it again (only pending ones are claimed),
     // and no failed attempt means no lease ran out for another host to take over. The
     // list has no change notification: a bounded poll.
-    let until = std::time::Instant::now() + WAIT;
-    let delivery = loop {
-        let listed = flow8_events(&server, &admin).await;
-        let events = listed["events"].as_array().unwrap();
-        assert_eq!(events.len(), 1, "{listed}");
-        assert_eq!(events[0]["event_type"], "link.needs_reconnect");
-        if events[0]["delivery"]["state"] == "delivered" {
-            break events[0]["delivery"].clone();
-        }
-        assert!(std::time::Instant::now() < until, "{listed}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let listed = poll_events(
+        || async {
+            flow8_events(&r.server, &r.admin).await["events"]
+                .as_array()
+                .unwrap()
+                .clone()
+        },
+        |es| es.iter().any(|e| e["delivery"]["state"] == "delivered"),
+    )
+    .await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["event_type"], "link.needs_reconnect");
+    let delivery = &listed[0]["delivery"];
     assert_eq!(delivery["attempts"], 0, "{delivery}");
-    let delivered: Vec<_> = receiver.accepted().into_iter().filter(reconnect).collect();
+    let delivered: Vec<_> = r
+        .receiver
+        .accepted()
+        .into_iter()
+        .filter(reconnect)
+        .collect();
     assert_eq!(
         delivered.len(),
         1,
         "delivered more than once: {delivered:?}"
     );
-    assert_eq!(delivered[0].body["data"]["link_id"], link_id.as_str());
-    assert_eq!(receiver.bad_signatures(), 0);
+    assert_eq!(delivered[0].body["data"]["link_id"], r.link_id.as_str());
+    assert_eq!(r.receiver.bad_signatures(), 0);
 }
