@@ -96,6 +96,22 @@ struct Load {
     cpu: Duration,
 }
 
+impl Load {
+    /// Print this run of `count` operations as a table row (`| label | per second |
+    /// p50 | p99 | CPU per operation |`); its rate and latency statistics.
+    fn print_row(&self, label: &str, count: usize) -> (f64, Stats) {
+        let rate = count as f64 / self.total.as_secs_f64();
+        let st = stats(self.latencies.clone());
+        println!(
+            "| {label} | {rate:.0} | {} | {} | {:.0} µs |",
+            us(st.median),
+            us(st.p99),
+            self.cpu.as_secs_f64() * 1e6 / count as f64
+        );
+        (rate, st)
+    }
+}
+
 /// CPU time (user + system) this process has used, all threads, from /proc. CPU per
 /// request is steadier than requests per second on a shared machine.
 fn process_cpu_time() -> Duration {
@@ -355,16 +371,7 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
         None
     };
     let row = |label: &str, run: &Option<Load>| -> Option<(f64, Stats)> {
-        let load = run.as_ref()?;
-        let rps = requests as f64 / load.total.as_secs_f64();
-        let st = stats(load.latencies.clone());
-        println!(
-            "| {label} | {rps:.0} | {} | {} | {:.0} µs |",
-            us(st.median),
-            us(st.p99),
-            load.cpu.as_secs_f64() * 1e6 / requests as f64
-        );
-        Some((rps, st))
+        Some(run.as_ref()?.print_row(label, requests))
     };
     println!();
     println!(
@@ -706,14 +713,7 @@ async fn webhook_throughput() {
             &hosted,
         ),
     ] {
-        let rate = events as f64 / run.total.as_secs_f64();
-        let st = stats(run.latencies.clone());
-        println!(
-            "| {label} | {rate:.0} | {} | {} | {:.0} µs |",
-            us(st.median),
-            us(st.p99),
-            run.cpu.as_secs_f64() * 1e6 / events as f64
-        );
+        let (rate, _) = run.print_row(label, events);
         rates.push((rate, run.cpu.as_secs_f64() / events as f64));
     }
     println!();
@@ -1035,19 +1035,8 @@ async fn smtp_throughput() {
     );
     println!("| path | messages/s | p50 | p99 | CPU per message (this process) |");
     println!("| --- | ---: | ---: | ---: | ---: |");
-    let row = |label: &str, load: &Load| {
-        let st = stats(load.latencies.clone());
-        let rate = messages as f64 / load.total.as_secs_f64();
-        println!(
-            "| {label} | {rate:.0} | {} | {} | {:.0} µs |",
-            us(st.median),
-            us(st.p99),
-            load.cpu.as_secs_f64() * 1e6 / messages as f64
-        );
-        rate
-    };
-    let n = row("native lettre AsyncSmtpTransport (baseline)", &native);
-    let h = row("smtp-send step in process (fresh sandbox each)", &host_run);
+    let (n, _) = native.print_row("native lettre AsyncSmtpTransport (baseline)", messages);
+    let (h, _) = host_run.print_row("smtp-send step in process (fresh sandbox each)", messages);
     println!();
     println!(
         "messages/s ratio host/native = {:.2}; CPU per message ratio = {:.2}",
