@@ -366,6 +366,7 @@ impl Host {
             settings.config.step_limits(),
         )
         .with_company_share(settings.config.company_share())
+        .with_component_cache(settings.config.component_cache())
         .with_workspace_taints(crate::runtime::taint::WorkspaceTaints::in_dir(
             settings.data_dir.join("workspace-taint"),
         ));

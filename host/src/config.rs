@@ -326,6 +326,11 @@ pub struct HostConfig {
     pub oauth_refresh_window_seconds: u64,
     /// How often `serve` renews links nearing expiry in the background (0: never).
     pub oauth_background_refresh_seconds: u64,
+    /// How long a step may reuse a component record read for an earlier step
+    /// (`runtime::component_cache`): the bound, in seconds, within which a component
+    /// changed or deleted by another host or the CLI stops being used here (this host's
+    /// own changes apply at once). 0 reads the store on every step.
+    pub component_cache_seconds: f64,
     /// The sandbox pool and each company's share of it.
     pub sandboxes: SandboxesConfig,
     /// Per-company API rate limits.
@@ -372,6 +377,7 @@ impl Default for HostConfig {
             oauth2: Default::default(),
             oauth_refresh_window_seconds: 3600,
             oauth_background_refresh_seconds: 60,
+            component_cache_seconds: DEFAULT_COMPONENT_CACHE.as_secs_f64(),
             sandboxes: SandboxesConfig::default(),
             rate_limits: RateLimitsConfig::default(),
             compile_cache: CompileCacheConfig::default(),
@@ -385,6 +391,22 @@ impl Default for HostConfig {
             delivery: crate::delivery::DeliveryConfig::default(),
             usage_alerts: crate::usage::UsageAlertsConfig::default(),
         }
+    }
+}
+
+/// How long a step may reuse a component record by default (`component_cache_seconds`).
+pub const DEFAULT_COMPONENT_CACHE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The longest `component_cache_seconds`: a deleted component must stop being used soon.
+const MAX_COMPONENT_CACHE_SECONDS: f64 = 60.0;
+
+impl HostConfig {
+    /// How long a step may reuse a component record (call after `validate`).
+    pub fn component_cache(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(
+            self.component_cache_seconds
+                .clamp(0.0, MAX_COMPONENT_CACHE_SECONDS),
+        )
     }
 }
 
@@ -509,6 +531,11 @@ impl HostConfig {
         }
         if !(1..=3650).contains(&self.compile_cache.max_age_days) {
             return Err(bad("compile_cache.max_age_days must be 1-3650".into()));
+        }
+        if !(0.0..=MAX_COMPONENT_CACHE_SECONDS).contains(&self.component_cache_seconds) {
+            return Err(bad(format!(
+                "component_cache_seconds must be 0-{MAX_COMPONENT_CACHE_SECONDS}"
+            )));
         }
         if !(0.0..=600.0).contains(&self.module_install.answer_within_seconds) {
             return Err(bad(

@@ -4,6 +4,7 @@
 //! attaches it to a request, both from the provider's catalogue entry. The module only
 //! ever sees what `credentials.get` hands it, and only for bindings resolved here.
 
+use super::component_cache::ComponentCache;
 use super::error::StepError;
 use crate::catalogue::Catalogue;
 use crate::catalogue::Pin;
@@ -11,7 +12,7 @@ use crate::catalogue::api_key::Attachment;
 use crate::components;
 use crate::manifest::{CredentialBinding, CredentialKind, Manifest};
 use crate::store::AnyStore;
-use crate::store::{ComponentRecord, Store};
+use crate::store::ComponentRecord;
 use crate::vault::{Secret, Vault};
 use std::collections::BTreeMap;
 use tracing::Instrument;
@@ -86,6 +87,7 @@ fn looks_like_object_id(s: &str) -> bool {
 /// any link of the company.
 pub async fn resolve(
     store: &AnyStore,
+    component_cache: &ComponentCache,
     vault: &Vault,
     catalogue: &Catalogue,
     oauth: Option<&std::sync::Arc<crate::oauth::OAuthService>>,
@@ -122,6 +124,7 @@ pub async fn resolve(
                 CredentialKind::Component => {
                     resolve_component(
                         store,
+                        component_cache,
                         vault,
                         catalogue,
                         binding,
@@ -341,6 +344,7 @@ async fn resolve_link(
 
 async fn resolve_component(
     store: &AnyStore,
+    component_cache: &ComponentCache,
     vault: &Vault,
     catalogue: &Catalogue,
     binding: &CredentialBinding,
@@ -351,29 +355,18 @@ async fn resolve_component(
         StepError::new(super::error::ErrorName::StoreUnavailable, e.to_string())
     };
     let record = match named {
-        Some(n) => {
-            let by_id = if looks_like_object_id(n) {
-                store
-                    .get_component(company_id, n)
-                    .await
-                    .map_err(store_err)?
-            } else {
-                None
-            };
-            let found = match by_id {
-                Some(r) => Some(r),
-                None => store
-                    .find_component_by_name(company_id, n)
-                    .await
-                    .map_err(store_err)?,
-            };
-            Some(found.ok_or_else(|| {
-                StepError::access_denied(format!(
-                    "component `{n}` for binding `{}` does not exist or is not yours",
-                    binding.name
-                ))
-            })?)
-        }
+        Some(n) => Some(
+            component_cache
+                .named(store, company_id, n, looks_like_object_id(n))
+                .await
+                .map_err(store_err)?
+                .ok_or_else(|| {
+                    StepError::access_denied(format!(
+                        "component `{n}` for binding `{}` does not exist or is not yours",
+                        binding.name
+                    ))
+                })?,
+        ),
         None => {
             // The registry checked the binding against this catalogue when it loaded
             // the module.
@@ -386,8 +379,8 @@ async fn resolve_component(
                         binding.name, binding.service
                     ))
                 })?;
-            store
-                .default_component(company_id, kind)
+            component_cache
+                .default_of(store, company_id, kind)
                 .await
                 .map_err(store_err)?
                 .filter(|r| components::provider(r) == binding.service)

@@ -4,6 +4,7 @@
 
 pub mod bindings;
 pub mod cache;
+pub mod component_cache;
 pub mod engine;
 pub mod error;
 pub mod fair;
@@ -161,6 +162,8 @@ pub struct Runtime {
     share: fair::CompanyShare,
     /// Which step workspaces hold data derived from a secret.
     workspace_taints: Arc<taint::WorkspaceTaints>,
+    /// Component records recently read for bindings.
+    components: Arc<component_cache::ComponentCache>,
 }
 
 impl Clone for Runtime {
@@ -174,6 +177,7 @@ impl Clone for Runtime {
             limits: self.limits,
             share: self.share,
             workspace_taints: self.workspace_taints.clone(),
+            components: self.components.clone(),
         }
     }
 }
@@ -427,7 +431,17 @@ impl Runtime {
                 max_waiting: usize::MAX,
             },
             workspace_taints: Arc::new(taint::WorkspaceTaints::in_memory()),
+            components: Arc::new(component_cache::ComponentCache::new(
+                crate::config::DEFAULT_COMPONENT_CACHE,
+            )),
         }
+    }
+
+    /// Keep the component records bindings resolve to for at most `lifetime` (zero:
+    /// read the store on every step); see `component_cache`.
+    pub fn with_component_cache(mut self, lifetime: std::time::Duration) -> Runtime {
+        self.components = Arc::new(component_cache::ComponentCache::new(lifetime));
+        self
     }
 
     /// Give each company at most this share of the sandbox pool.
@@ -570,6 +584,7 @@ impl Runtime {
             };
         let resolve = grants::resolve(
             &self.store,
+            &self.components,
             &self.vault,
             self.modules.catalogue(),
             self.oauth.as_ref(),

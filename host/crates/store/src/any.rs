@@ -10,6 +10,7 @@ use super::{
     WebhookRoute,
 };
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use time::OffsetDateTime;
 
 /// Where the host keeps its documents.
@@ -90,9 +91,34 @@ macro_rules! delegate {
 
 type Config = serde_json::Map<String, serde_json::Value>;
 
+impl AnyStore {
+    /// How many component writes (insert, delete, a new default, a replaced config) this
+    /// store and its clones have made. A reader that caches component records notes it
+    /// before reading and treats a record as stale once it has moved, so the host's own
+    /// changes show at once; another host's (or another store opened on the same data)
+    /// show when the reader's entry ages out.
+    pub fn component_writes(&self) -> u64 {
+        self.component_write_count().load(Ordering::Acquire)
+    }
+
+    fn component_write_count(&self) -> &AtomicU64 {
+        match self {
+            AnyStore::Embedded(s) => &s.component_writes,
+            AnyStore::Mongo(s) => &s.component_writes,
+        }
+    }
+
+    /// Count a component write, finished or failed (a failed one may still have changed
+    /// the store: a timeout after the server applied it).
+    fn wrote_component<T>(&self, result: T) -> T {
+        self.component_write_count().fetch_add(1, Ordering::AcqRel);
+        result
+    }
+}
+
 impl Store for AnyStore {
     async fn insert_component(&self, record: ComponentRecord) -> Result<(), StoreError> {
-        delegate!(self, s => s.insert_component(record))
+        self.wrote_component(delegate!(self, s => s.insert_component(record)))
     }
     async fn get_component(
         &self,
@@ -112,10 +138,10 @@ impl Store for AnyStore {
         delegate!(self, s => s.list_components(company_id))
     }
     async fn delete_component(&self, company_id: &str, id: &str) -> Result<bool, StoreError> {
-        delegate!(self, s => s.delete_component(company_id, id))
+        self.wrote_component(delegate!(self, s => s.delete_component(company_id, id)))
     }
     async fn set_default_component(&self, company_id: &str, id: &str) -> Result<bool, StoreError> {
-        delegate!(self, s => s.set_default_component(company_id, id))
+        self.wrote_component(delegate!(self, s => s.set_default_component(company_id, id)))
     }
     async fn default_component(
         &self,
@@ -266,7 +292,9 @@ impl Store for AnyStore {
         expected: &Config,
         config: Config,
     ) -> Result<bool, StoreError> {
-        delegate!(self, s => s.replace_component_config(company_id, id, expected, config))
+        self.wrote_component(
+            delegate!(self, s => s.replace_component_config(company_id, id, expected, config)),
+        )
     }
 
     async fn put_module(&self, record: ModuleRecord, bytes: Vec<u8>) -> Result<(), StoreError> {

@@ -142,6 +142,8 @@ pub struct EmbeddedStore {
     conn: Arc<Mutex<Connection>>,
     /// The read connection (query-only); the same connection for an in-memory store.
     reader: Arc<Mutex<Connection>>,
+    /// Component writes made through this store and its clones (`AnyStore::component_writes`).
+    pub(crate) component_writes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -314,6 +316,7 @@ impl EmbeddedStore {
         Ok(EmbeddedStore {
             conn: Arc::new(Mutex::new(writer)),
             reader: Arc::new(Mutex::new(reader)),
+            component_writes: Arc::default(),
         })
     }
 
@@ -325,6 +328,7 @@ impl EmbeddedStore {
         Ok(EmbeddedStore {
             reader: conn.clone(),
             conn,
+            component_writes: Arc::default(),
         })
     }
 

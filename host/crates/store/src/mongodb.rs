@@ -78,6 +78,8 @@ const ID_FIELDS: &[&str] = &["_id", "user_id", "company_id"];
 #[derive(Clone)]
 pub struct MongoStore {
     db: Database,
+    /// Component writes made through this store and its clones (`AnyStore::component_writes`).
+    pub(crate) component_writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for MongoStore {
@@ -228,6 +230,7 @@ impl MongoStore {
         let client = Client::with_options(opts).map_err(store_error)?;
         let store = MongoStore {
             db: client.database(&name),
+            component_writes: Default::default(),
         };
         store.create_indexes().await?;
         Ok(store)
