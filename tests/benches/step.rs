@@ -8,6 +8,7 @@
 //!
 //! Prints a table of medians and 99th percentiles and the full-step/raw ratio.
 
+use flow8_bench_load::{Load, Stats, measure, run_load, stats, us};
 use flow8_host::app::{Host, HostSettings};
 use flow8_host::components::{self, NewComponent};
 use flow8_host::config::HostConfig;
@@ -44,124 +45,21 @@ async fn bench_host(
 
 /// The default configuration with loopback allowed (the bench's servers are local) and
 /// a step rate far above what the bench sends: the limiter still runs on every step (its
-/// cost is measured) but never refuses one.
+/// cost is measured) but never refuses one. `BENCH_COMPONENT_CACHE_SECONDS` sets
+/// `component_cache_seconds`.
 fn loopback() -> HostConfig {
     let mut config = HostConfig::default();
     config.outbound.allow_loopback = true;
     config.rate_limits.steps_per_second = 100_000.0;
     config.rate_limits.steps_burst = 1_000_000;
+    // BENCH_COMPONENT_CACHE_SECONDS=0 reads the component on every step (issue 19 item 6).
+    if let Some(seconds) = std::env::var("BENCH_COMPONENT_CACHE_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.component_cache_seconds = seconds;
+    }
     config
-}
-
-struct Stats {
-    median: Duration,
-    p99: Duration,
-}
-
-fn stats(mut samples: Vec<Duration>) -> Stats {
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
-    Stats {
-        median: at(0.5),
-        p99: at(0.99),
-    }
-}
-
-async fn measure<F, Fut>(iterations: usize, mut f: F) -> Stats
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for _ in 0..iterations / 10 + 1 {
-        f().await;
-    }
-    let mut samples = Vec::with_capacity(iterations);
-    for _ in 0..iterations {
-        let t = Instant::now();
-        f().await;
-        samples.push(t.elapsed());
-    }
-    stats(samples)
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.1} µs", d.as_secs_f64() * 1e6)
-}
-
-/// One load phase: wall time, each request's latency, and the CPU time the whole
-/// process (client, host, upstream server) spent meanwhile.
-struct Load {
-    total: Duration,
-    latencies: Vec<Duration>,
-    cpu: Duration,
-}
-
-impl Load {
-    /// Print this run of `count` operations as a table row (`| label | per second |
-    /// p50 | p99 | CPU per operation |`); its rate and latency statistics.
-    fn print_row(&self, label: &str, count: usize) -> (f64, Stats) {
-        let rate = count as f64 / self.total.as_secs_f64();
-        let st = stats(self.latencies.clone());
-        println!(
-            "| {label} | {rate:.0} | {} | {} | {:.0} µs |",
-            us(st.median),
-            us(st.p99),
-            self.cpu.as_secs_f64() * 1e6 / count as f64
-        );
-        (rate, st)
-    }
-}
-
-/// CPU time (user + system) this process has used, all threads, from /proc. CPU per
-/// request is steadier than requests per second on a shared machine.
-fn process_cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the 12th and
-    // 13th of them, in clock ticks (100 per second on Linux).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
-}
-
-/// Run `f` `requests` times from `concurrency` tasks: wall time, latencies, and this
-/// process's CPU over the run.
-async fn run_load<F, Fut>(requests: usize, concurrency: usize, f: F) -> Load
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let cpu_before = process_cpu_time();
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let f = f.clone();
-        let next = next.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < requests {
-                let t = Instant::now();
-                f().await;
-                lat.push(t.elapsed());
-            }
-            lat
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    Load {
-        total: start.elapsed(),
-        latencies: all,
-        cpu: process_cpu_time().saturating_sub(cpu_before),
-    }
 }
 
 /// Steps per second through the REST API (http-request against a loopback server) at
@@ -262,30 +160,12 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
     } else {
         None
     };
-    let steps = {
-        let (client, api, body, token) = (client.clone(), api.clone(), body.clone(), token.clone());
-        move || {
-            let (client, api, body, token) =
-                (client.clone(), api.clone(), body.clone(), token.clone());
-            async move {
-                let r = client
-                    .post(&api)
-                    .bearer_auth(&token)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap();
-                let status = r.status();
-                let answer = r.bytes().await.unwrap();
-                assert!(
-                    status.is_success(),
-                    "{status}: {}",
-                    String::from_utf8_lossy(&answer)
-                );
-            }
-        }
-    };
+    let steps = post_body(
+        client.clone(),
+        api.clone(),
+        Some(token.clone()),
+        body.clone(),
+    );
     let api = if wanted("api") {
         Some(run_load(requests, concurrency, steps).await)
     } else {
@@ -294,49 +174,8 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
     // The best any integration host could do with this two-hop shape: a native Rust
     // proxy taking the same step body over HTTP and making the same upstream request,
     // with no authentication, sandbox, credential or audit.
-    let proxy_url = {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/proxy", listener.local_addr().unwrap());
-        let (proxy_client, base) = (client.clone(), upstream.url(""));
-        let app = axum::Router::new().route(
-            "/proxy",
-            axum::routing::post(move |body: bytes::Bytes| {
-                let (c, base) = (proxy_client.clone(), base.clone());
-                async move {
-                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                    let path = v["input_mapping"]["url"].as_str().unwrap_or("/");
-                    let r = c.get(format!("{base}{path}")).send().await.unwrap();
-                    let status = r.status().as_u16();
-                    let text = r.text().await.unwrap();
-                    axum::Json(serde_json::json!({"status": "ok", "output": {"status": status, "body": text}}))
-                }
-            }),
-        );
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        url
-    };
-    let proxy = {
-        let (client, url, body) = (client.clone(), proxy_url.clone(), body.clone());
-        move || {
-            let (client, url, body) = (client.clone(), url.clone(), body.clone());
-            async move {
-                let r = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap();
-                let status = r.status();
-                let answer = r.bytes().await.unwrap();
-                assert!(
-                    status.is_success(),
-                    "{status}: {}",
-                    String::from_utf8_lossy(&answer)
-                );
-            }
-        }
-    };
+    let proxy_url = start_native_proxy(client.clone(), upstream.url("")).await;
+    let proxy = post_body(client.clone(), proxy_url, None, body.clone());
     let proxy = if wanted("proxy") {
         Some(run_load(requests, concurrency, proxy).await)
     } else {
@@ -404,6 +243,189 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
             steps_rps / proxy_rps
         );
     }
+}
+
+/// The best any integration host could do with the two-hop shape: a native Rust proxy
+/// (axum in, reqwest out) taking a step body over HTTP and making the same GET of
+/// `input_mapping.url` on `base`, with no authentication, sandbox, credential or audit.
+/// Answers its URL.
+async fn start_native_proxy(client: reqwest::Client, base: String) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/proxy", listener.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/proxy",
+        axum::routing::post(move |body: bytes::Bytes| {
+            let (c, base) = (client.clone(), base.clone());
+            async move {
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let path = v["input_mapping"]["url"].as_str().unwrap_or("/");
+                let r = c.get(format!("{base}{path}")).send().await.unwrap();
+                let status = r.status().as_u16();
+                let text = r.text().await.unwrap();
+                axum::Json(
+                    serde_json::json!({"status": "ok", "output": {"status": status, "body": text}}),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// A load function POSTing `body` to `url` (with `token` as a bearer token when given)
+/// and checking the answer is a success.
+fn post_body(
+    client: reqwest::Client,
+    url: String,
+    token: Option<String>,
+    body: String,
+) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Clone + Send + 'static
+{
+    move || {
+        let (client, url, token, body) = (client.clone(), url.clone(), token.clone(), body.clone());
+        Box::pin(async move {
+            let mut request = client.post(&url).header("content-type", "application/json");
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let r = request.body(body).send().await.unwrap();
+            let status = r.status();
+            let answer = r.bytes().await.unwrap();
+            assert!(
+                status.is_success(),
+                "{status}: {}",
+                String::from_utf8_lossy(&answer)
+            );
+        })
+    }
+}
+
+/// flow8's side of `just bench-peers` (issue 19, target 3), as `PEER|…` rows: the same
+/// work `tests/peers/extism` measures Extism doing, in this process, against the same
+/// upstream (`flow8_bench_load::start_ping_server`). An http-request step through the
+/// REST API at concurrency 32 beside native reqwest and the native two-hop proxy, and
+/// the no-network echo step called in process beside native Rust.
+async fn peer_rows() {
+    use flow8_host::server::{auth, serve};
+    let requests: usize = bench_number("BENCH_API_REQUESTS", 4000);
+    let echoes: usize = bench_number("BENCH_ECHO_CALLS", 20000);
+    let concurrency: usize = bench_number("BENCH_CONCURRENCY", 32);
+    let upstream = flow8_bench_load::start_ping_server().await;
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = CompileCache::at(cache_dir.path()).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let registry = Arc::new(ModuleRegistry::new(bench_engine(), cache, vec![wasm_dir()]));
+    let host = bench_host(loopback(), data.path(), registry, None).await;
+    for (name, base_url) in [
+        ("api", upstream.as_str()),
+        ("bench-api", "https://api.example.com"),
+    ] {
+        let new: NewComponent = serde_json::from_value(serde_json::json!({
+            "name": name, "kind": "http",
+            "config": {"provider": "http", "base_url": base_url, "auth_value": "Bearer bench-secret-123", "max_retries": 0}
+        }))
+        .unwrap();
+        host.store
+            .insert_component(
+                components::prepare(new, "bench", &host.vault, host.modules.catalogue()).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    let (token, _) = auth::create_token(&host.store, "bench", "bench-user", false, "bench")
+        .await
+        .unwrap();
+    let runtime = Arc::new(host.runtime.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}/api/v1/steps", listener.local_addr().unwrap());
+    tokio::spawn(serve(listener, host.api_state(), std::future::pending()));
+    let client = reqwest::Client::new();
+    let body = serde_json::json!({"name": "bench", "module_ref": "http-request",
+        "input_mapping": {"url": "/ping"}, "bindings": {"request": "api"}})
+    .to_string();
+    let target = format!("{upstream}/ping");
+    let native = {
+        let (client, target) = (client.clone(), target.clone());
+        move || {
+            let (client, target) = (client.clone(), target.clone());
+            async move {
+                let r = client.get(&target).send().await.unwrap();
+                assert!(r.status().is_success());
+                r.bytes().await.unwrap();
+            }
+        }
+    };
+    let proxy = start_native_proxy(client.clone(), upstream.clone()).await;
+    let proxy = post_body(client.clone(), proxy, None, body.clone());
+    let steps = post_body(client.clone(), api, Some(token), body);
+    // Warm every path: connections, the compiled module.
+    run_load(200, concurrency, native.clone()).await;
+    run_load(200, concurrency, proxy.clone()).await;
+    run_load(200, concurrency, steps.clone()).await;
+    let section = "http";
+    run_load(requests, concurrency, native)
+        .await
+        .print_peer_row(
+            section,
+            "native reqwest -> server (baseline, in flow8's bench)",
+            requests,
+        );
+    run_load(requests, concurrency, proxy).await.print_peer_row(
+        section,
+        "native Rust proxy: POST -> reqwest -> server (best case for two hops)",
+        requests,
+    );
+    run_load(requests, concurrency, steps).await.print_peer_row(
+        section,
+        "flow8: POST /api/v1/steps -> http-request -> server (fresh sandbox per step)",
+        requests,
+    );
+
+    let input = serde_json::json!({"attack": "ok", "document_id": "doc_001"});
+    let input_text = input.to_string();
+    let native_echo = move || {
+        let input = input_text.clone();
+        async move {
+            let v: serde_json::Value = serde_json::from_str(std::hint::black_box(&input)).unwrap();
+            std::hint::black_box(serde_json::json!({"ok": true, "echo": v}).to_string());
+        }
+    };
+    let echo_step = move || {
+        let (runtime, input) = (runtime.clone(), input.clone());
+        async move {
+            let mut bindings = BTreeMap::new();
+            bindings.insert("api".to_string(), "bench-api".to_string());
+            let r = runtime
+                .run_step(StepRequest {
+                    company_id: "bench".into(),
+                    module_ref: "hostile".into(),
+                    input,
+                    bindings,
+                    limits: None,
+                    workspace: None,
+                    pinned_to: Vec::new(),
+                })
+                .await;
+            let output = r.result.expect("the echo step runs");
+            assert_eq!(output["echo"]["document_id"], "doc_001", "{output}");
+        }
+    };
+    run_load(200, concurrency, echo_step.clone()).await;
+    let section = "echo";
+    run_load(echoes, concurrency, native_echo)
+        .await
+        .print_peer_row(
+            section,
+            "native Rust JSON echo (baseline, in flow8's bench)",
+            echoes,
+        );
+    run_load(echoes, concurrency, echo_step)
+        .await
+        .print_peer_row(
+            section,
+            "flow8: step in process (runtime.run_step, fresh sandbox per step)",
+            echoes,
+        );
 }
 
 /// A number a bench section takes from the environment (a size in MiB, a count): `var`
@@ -1596,7 +1618,7 @@ fn bench_engine() -> Arc<flow8_host::runtime::SandboxEngine> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    // BENCH_ONLY=step|api|s3|ftp|smtp|store|scale|oauth|transfers|webhooks runs one section (for iterating on it).
+    // BENCH_ONLY=step|api|s3|ftp|smtp|store|scale|oauth|transfers|webhooks|peers runs one section (for iterating on it).
     match std::env::var("BENCH_ONLY").as_deref() {
         Ok("api") => {
             let cache_dir = tempfile::tempdir().unwrap();
@@ -1611,6 +1633,7 @@ async fn main() {
         Ok("ftp") => return ftp_throughput().await,
         Ok("smtp") => return smtp_throughput().await,
         Ok("scale") => return scale_bench().await,
+        Ok("peers") => return peer_rows().await,
         _ => {}
     }
     let iterations: usize = bench_number("BENCH_ITERATIONS", 2000);
