@@ -143,6 +143,8 @@ lint:
     cargo fmt --manifest-path modules/Cargo.toml --all --check
     cargo fmt --manifest-path tests/guests/Cargo.toml --all --check
     cargo fmt --manifest-path tests/fuzz/Cargo.toml --all --check
+    cargo fmt --manifest-path tests/peers/extism/Cargo.toml --all --check
+    cargo fmt --manifest-path tests/peers/extism/plugin/Cargo.toml --all --check
     cargo clippy --workspace --all-targets -- -D warnings
     cargo clippy --manifest-path modules/Cargo.toml --target wasm32-wasip2 --target-dir {{wasm_target_dir}} -- -D warnings
     cargo clippy --manifest-path tests/guests/Cargo.toml --target wasm32-wasip2 --target-dir {{wasm_target_dir}} -- -D warnings
@@ -167,6 +169,28 @@ test: lint modules guests examples test-servers fuzz-tools
 bench: modules guests
     cargo build --release -p flow8-host
     FLOW8_WASM_DIR={{wasm_dir}} cargo bench -p flow8-tests --bench step
+
+# Extism beside this host in one run (issue 19, target 3; tests/peers/extism/README.md):
+# `rounds` alternating rounds of flow8's peer section (`BENCH_ONLY=peers`) and the
+# Extism bench, then each path's median as one table. Extism cannot link into flow8's
+# bench (another wasmtime), so it is its own binary, built here, never by `just test`.
+bench-peers rounds="3": modules guests
+    #!/usr/bin/env bash
+    set -euo pipefail
+    peers="{{justfile_directory()}}/tests/peers/extism"
+    peer_target="{{target_dir}}/peers"
+    (cd "$peers/plugin" && cargo build --release --locked --target-dir "$peer_target")
+    plugin="$peer_target/wasm32-wasip2/release/flow8_peer_extism_plugin.wasm"
+    cargo build --release --locked --manifest-path "$peers/Cargo.toml" --target-dir "$peer_target"
+    FLOW8_WASM_DIR={{wasm_dir}} cargo bench -p flow8-tests --bench step --no-run
+    rows=$(mktemp)
+    trap 'rm -f "$rows"' EXIT
+    for round in $(seq {{rounds}}); do
+        echo "bench-peers: round $round of {{rounds}}"
+        FLOW8_WASM_DIR={{wasm_dir}} BENCH_ONLY=peers cargo bench -q -p flow8-tests --bench step | tee -a "$rows"
+        "$peer_target/release/extism-peer-bench" run "$plugin" | tee -a "$rows"
+    done
+    "$peer_target/release/extism-peer-bench" summarize "$rows"
 
 # The README's quick start as a new user meets it: a fresh clone of HEAD in a temporary
 # folder with its own empty target directory, then `just demo` and `just test` there,
