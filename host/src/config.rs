@@ -799,6 +799,33 @@ mod tests {
     }
 
     #[test]
+    fn the_component_cache_bound_loads_and_out_of_range_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.yml");
+        assert_eq!(
+            HostConfig::default().component_cache(),
+            std::time::Duration::from_secs(2)
+        );
+        for (text, want) in [("0", 0), ("0.25", 250), ("60", 60_000)] {
+            std::fs::write(&p, format!("component_cache_seconds: {text}\n")).unwrap();
+            let c = HostConfig::load(Some(&p)).unwrap();
+            assert_eq!(
+                c.component_cache(),
+                std::time::Duration::from_millis(want),
+                "{text}"
+            );
+        }
+        for bad in ["-1", "61", ".nan", ".inf"] {
+            std::fs::write(&p, format!("component_cache_seconds: {bad}\n")).unwrap();
+            let e = HostConfig::load(Some(&p)).unwrap_err().to_string();
+            assert!(
+                e.contains("component_cache_seconds must be 0-60"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn auto_create_users_is_refused_unless_false() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("config.yml");
