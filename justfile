@@ -166,7 +166,7 @@ test: lint modules guests examples test-servers fuzz-tools
     @awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' {{target_dir}}/test-output.log
 
 # Benchmarks (release build); prints a table.
-bench: modules guests
+bench: modules guests examples
     cargo build --release -p flow8-host
     FLOW8_WASM_DIR={{wasm_dir}} cargo bench -p flow8-tests --bench step
 

@@ -43,6 +43,34 @@ async fn bench_host(
     Host::from_config(settings).await.unwrap()
 }
 
+/// Add the company `bench`'s http component `name` (base URL `base_url`, a bearer key,
+/// no retries) to `host`'s store.
+async fn add_http_component(host: &Host, name: &str, base_url: &str) {
+    let new: NewComponent = serde_json::from_value(serde_json::json!({
+        "name": name, "kind": "http",
+        "config": {"provider": "http", "base_url": base_url, "auth_value": "Bearer bench-secret-123", "max_retries": 0}
+    }))
+    .unwrap();
+    host.store
+        .insert_component(
+            components::prepare(new, "bench", &host.vault, host.modules.catalogue()).unwrap(),
+        )
+        .await
+        .unwrap();
+}
+
+/// Serve `host`'s REST API on a loopback port; the URL of its step route.
+async fn serve_steps_api(host: &Host) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}/api/v1/steps", listener.local_addr().unwrap());
+    tokio::spawn(flow8_host::server::serve(
+        listener,
+        host.api_state(),
+        std::future::pending(),
+    ));
+    api
+}
+
 /// The default configuration with loopback allowed (the bench's servers are local) and
 /// a step rate far above what the bench sends: the limiter still runs on every step (its
 /// cost is measured) but never refuses one. `BENCH_COMPONENT_CACHE_SECONDS` sets
@@ -65,7 +93,7 @@ fn loopback() -> HostConfig {
 /// Steps per second through the REST API (http-request against a loopback server) at
 /// concurrency 32, beside native reqwest making the same requests.
 async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: CompileCache) {
-    use flow8_host::server::{auth, serve};
+    use flow8_host::server::auth;
     let requests: usize = bench_number("BENCH_API_REQUESTS", 4000);
     let concurrency: usize = bench_number("BENCH_CONCURRENCY", 32);
     // BENCH_API_PATHS=direct (or api, proxy, native; comma-separated) runs only those
@@ -78,25 +106,12 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
     let data = tempfile::tempdir().unwrap();
     let registry = Arc::new(ModuleRegistry::new(engine, cache, vec![wasm_dir()]));
     let host = bench_host(loopback(), data.path(), registry, None).await;
-    let new: NewComponent = serde_json::from_value(serde_json::json!({
-        "name": "api", "kind": "http",
-        "config": {"provider": "http", "base_url": upstream.url(""), "auth_value": "Bearer bench-secret-123", "max_retries": 0}
-    }))
-    .unwrap();
-    host.store
-        .insert_component(
-            components::prepare(new, "bench", &host.vault, host.modules.catalogue()).unwrap(),
-        )
-        .await
-        .unwrap();
+    add_http_component(&host, "api", &upstream.url("")).await;
     let (token, _) = auth::create_token(&host.store, "bench", "bench-user", false, "bench")
         .await
         .unwrap();
     let in_process = Arc::new(host.runtime.clone());
-    let state = host.api_state();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = format!("http://{}/api/v1/steps", listener.local_addr().unwrap());
-    tokio::spawn(serve(listener, state, std::future::pending()));
+    let api = serve_steps_api(&host).await;
     let client = reqwest::Client::new();
     let body = serde_json::json!({"name": "bench", "module_ref": "http-request",
         "input_mapping": {"url": "/ping"}, "bindings": {"request": "api"}})
@@ -160,7 +175,7 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
     } else {
         None
     };
-    let steps = post_body(
+    let steps = flow8_bench_load::post_ok(
         client.clone(),
         api.clone(),
         Some(token.clone()),
@@ -175,7 +190,7 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
     // proxy taking the same step body over HTTP and making the same upstream request,
     // with no authentication, sandbox, credential or audit.
     let proxy_url = start_native_proxy(client.clone(), upstream.url("")).await;
-    let proxy = post_body(client.clone(), proxy_url, None, body.clone());
+    let proxy = flow8_bench_load::post_ok(client.clone(), proxy_url, None, body.clone());
     let proxy = if wanted("proxy") {
         Some(run_load(requests, concurrency, proxy).await)
     } else {
@@ -272,41 +287,13 @@ async fn start_native_proxy(client: reqwest::Client, base: String) -> String {
     url
 }
 
-/// A load function POSTing `body` to `url` (with `token` as a bearer token when given)
-/// and checking the answer is a success.
-fn post_body(
-    client: reqwest::Client,
-    url: String,
-    token: Option<String>,
-    body: String,
-) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Clone + Send + 'static
-{
-    move || {
-        let (client, url, token, body) = (client.clone(), url.clone(), token.clone(), body.clone());
-        Box::pin(async move {
-            let mut request = client.post(&url).header("content-type", "application/json");
-            if let Some(token) = token {
-                request = request.bearer_auth(token);
-            }
-            let r = request.body(body).send().await.unwrap();
-            let status = r.status();
-            let answer = r.bytes().await.unwrap();
-            assert!(
-                status.is_success(),
-                "{status}: {}",
-                String::from_utf8_lossy(&answer)
-            );
-        })
-    }
-}
-
 /// flow8's side of `just bench-peers` (issue 19, target 3), as `PEER|…` rows: the same
 /// work `tests/peers/extism` measures Extism doing, in this process, against the same
 /// upstream (`flow8_bench_load::start_ping_server`). An http-request step through the
 /// REST API at concurrency 32 beside native reqwest and the native two-hop proxy, and
 /// the no-network echo step called in process beside native Rust.
 async fn peer_rows() {
-    use flow8_host::server::{auth, serve};
+    use flow8_host::server::auth;
     let requests: usize = bench_number("BENCH_API_REQUESTS", 4000);
     let echoes: usize = bench_number("BENCH_ECHO_CALLS", 20000);
     let concurrency: usize = bench_number("BENCH_CONCURRENCY", 32);
@@ -316,48 +303,19 @@ async fn peer_rows() {
     let data = tempfile::tempdir().unwrap();
     let registry = Arc::new(ModuleRegistry::new(bench_engine(), cache, vec![wasm_dir()]));
     let host = bench_host(loopback(), data.path(), registry, None).await;
-    for (name, base_url) in [
-        ("api", upstream.as_str()),
-        ("bench-api", "https://api.example.com"),
-    ] {
-        let new: NewComponent = serde_json::from_value(serde_json::json!({
-            "name": name, "kind": "http",
-            "config": {"provider": "http", "base_url": base_url, "auth_value": "Bearer bench-secret-123", "max_retries": 0}
-        }))
-        .unwrap();
-        host.store
-            .insert_component(
-                components::prepare(new, "bench", &host.vault, host.modules.catalogue()).unwrap(),
-            )
-            .await
-            .unwrap();
-    }
+    add_http_component(&host, "api", &upstream).await;
+    add_http_component(&host, "bench-api", "https://api.example.com").await;
     let (token, _) = auth::create_token(&host.store, "bench", "bench-user", false, "bench")
         .await
         .unwrap();
     let runtime = Arc::new(host.runtime.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = format!("http://{}/api/v1/steps", listener.local_addr().unwrap());
-    tokio::spawn(serve(listener, host.api_state(), std::future::pending()));
+    let api = serve_steps_api(&host).await;
     let client = reqwest::Client::new();
-    let body = serde_json::json!({"name": "bench", "module_ref": "http-request",
-        "input_mapping": {"url": "/ping"}, "bindings": {"request": "api"}})
-    .to_string();
-    let target = format!("{upstream}/ping");
-    let native = {
-        let (client, target) = (client.clone(), target.clone());
-        move || {
-            let (client, target) = (client.clone(), target.clone());
-            async move {
-                let r = client.get(&target).send().await.unwrap();
-                assert!(r.status().is_success());
-                r.bytes().await.unwrap();
-            }
-        }
-    };
+    let body = flow8_bench_load::ping_step_body();
+    let native = flow8_bench_load::get_ok(client.clone(), format!("{upstream}/ping"));
     let proxy = start_native_proxy(client.clone(), upstream.clone()).await;
-    let proxy = post_body(client.clone(), proxy, None, body.clone());
-    let steps = post_body(client.clone(), api, Some(token), body);
+    let proxy = flow8_bench_load::post_ok(client.clone(), proxy, None, body.clone());
+    let steps = flow8_bench_load::post_ok(client.clone(), api, Some(token), body);
     // Warm every path: connections, the compiled module.
     run_load(200, concurrency, native.clone()).await;
     run_load(200, concurrency, proxy.clone()).await;
@@ -426,6 +384,123 @@ async fn peer_rows() {
             "flow8: step in process (runtime.run_step, fresh sandbox per step)",
             echoes,
         );
+}
+
+/// Issue 19 item 4: what a step of the JavaScript and Python example modules
+/// (`modules/examples/`, built by `just examples`) costs beside Rust's http-request,
+/// each making the same GET through the host with a bound component, in process at
+/// concurrency 32; and what their size costs: a cold compile, a load from the compile
+/// cache.
+async fn language_steps() {
+    let requests: usize = bench_number("BENCH_LANGUAGE_STEPS", 1000);
+    let concurrency: usize = bench_number("BENCH_CONCURRENCY", 32);
+    let upstream = flow8_bench_load::start_ping_server().await;
+    let engine = bench_engine();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = CompileCache::at(cache_dir.path()).unwrap();
+    let examples = flow8_tests::examples_dir();
+    let modules = [
+        (
+            "http-request",
+            "Rust",
+            wasm_dir().join("http_request.wasm"),
+            "request",
+            serde_json::json!({"url": "/ping"}),
+        ),
+        (
+            "js-fetch",
+            "JavaScript (componentize-js)",
+            examples.join("js-fetch.wasm"),
+            "api",
+            serde_json::json!({"url": format!("{upstream}/ping"), "method": "GET"}),
+        ),
+        (
+            "python-echo",
+            "Python (componentize-py)",
+            examples.join("python-echo.wasm"),
+            "api",
+            serde_json::json!({"url": format!("{upstream}/ping"), "method": "GET"}),
+        ),
+    ];
+    let mut loads = Vec::new();
+    for (name, _, path, _, _) in &modules {
+        let bytes = std::fs::read(path)
+            .unwrap_or_else(|e| panic!("{}: {e} (run `just examples` first)", path.display()));
+        let t = Instant::now();
+        LoadedModule::load(&engine, &cache, &bytes).await.unwrap();
+        let cold = t.elapsed();
+        let cached = measure(10, || async {
+            LoadedModule::load(&engine, &cache, &bytes).await.unwrap();
+        })
+        .await;
+        loads.push((*name, bytes.len(), cold, cached));
+    }
+    let data = tempfile::tempdir().unwrap();
+    let registry = Arc::new(ModuleRegistry::new(
+        engine,
+        cache,
+        vec![wasm_dir(), examples],
+    ));
+    let host = bench_host(loopback(), data.path(), registry, None).await;
+    add_http_component(&host, "api", &upstream).await;
+    let runtime = Arc::new(host.runtime.clone());
+    println!();
+    println!(
+        "Languages: one GET through the host with a bound component, in process ({requests} steps, concurrency {concurrency})"
+    );
+    println!(
+        "| module | language | size | cold compile | cached load (p50) | steps/s | p50 | p99 | CPU per step |"
+    );
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for ((name, language, _, binding, input), (_, size, cold, cached)) in modules.iter().zip(&loads)
+    {
+        let step = {
+            let (runtime, name, binding, input) = (
+                runtime.clone(),
+                name.to_string(),
+                binding.to_string(),
+                input.clone(),
+            );
+            move || {
+                let (runtime, name, binding, input) = (
+                    runtime.clone(),
+                    name.clone(),
+                    binding.clone(),
+                    input.clone(),
+                );
+                async move {
+                    let mut bindings = BTreeMap::new();
+                    bindings.insert(binding, "api".to_string());
+                    let r = runtime
+                        .run_step(StepRequest {
+                            company_id: "bench".into(),
+                            module_ref: name,
+                            input,
+                            bindings,
+                            limits: None,
+                            workspace: None,
+                            pinned_to: Vec::new(),
+                        })
+                        .await;
+                    let output = r.result.expect("the step runs");
+                    assert!(output.to_string().contains("pong"), "{output}");
+                }
+            }
+        };
+        run_load(50, concurrency, step.clone()).await;
+        let load = run_load(requests, concurrency, step).await;
+        let st = stats(load.latencies.clone());
+        println!(
+            "| {name} | {language} | {:.1} MB | {:.2} s | {} | {:.0} | {} | {} | {:.0} µs |",
+            *size as f64 / 1e6,
+            cold.as_secs_f64(),
+            us(cached.median),
+            requests as f64 / load.total.as_secs_f64(),
+            us(st.median),
+            us(st.p99),
+            load.cpu_per_operation_us(requests)
+        );
+    }
 }
 
 /// A number a bench section takes from the environment (a size in MiB, a count): `var`
@@ -1245,17 +1320,7 @@ async fn http_step_on(
         vec![wasm_dir()],
     ));
     let host = bench_host(loopback(), cache_dir.path(), registry, Some(store)).await;
-    let new: NewComponent = serde_json::from_value(serde_json::json!({
-        "name": "api", "kind": "http",
-        "config": {"provider": "http", "base_url": upstream.url(""), "auth_value": "Bearer bench-secret-123", "max_retries": 0}
-    }))
-    .unwrap();
-    host.store
-        .insert_component(
-            components::prepare(new, "bench", &host.vault, host.modules.catalogue()).unwrap(),
-        )
-        .await
-        .unwrap();
+    add_http_component(&host, "api", &upstream.url("")).await;
     let runtime = &host.runtime;
     let mut bindings = BTreeMap::new();
     bindings.insert("request".to_string(), "api".to_string());
@@ -1618,7 +1683,7 @@ fn bench_engine() -> Arc<flow8_host::runtime::SandboxEngine> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    // BENCH_ONLY=step|api|s3|ftp|smtp|store|scale|oauth|transfers|webhooks|peers runs one section (for iterating on it).
+    // BENCH_ONLY=step|api|s3|ftp|smtp|store|scale|oauth|transfers|webhooks|peers|languages runs one section (for iterating on it).
     match std::env::var("BENCH_ONLY").as_deref() {
         Ok("api") => {
             let cache_dir = tempfile::tempdir().unwrap();
@@ -1634,6 +1699,7 @@ async fn main() {
         Ok("smtp") => return smtp_throughput().await,
         Ok("scale") => return scale_bench().await,
         Ok("peers") => return peer_rows().await,
+        Ok("languages") => return language_steps().await,
         _ => {}
     }
     let iterations: usize = bench_number("BENCH_ITERATIONS", 2000);
@@ -1753,6 +1819,7 @@ async fn main() {
         return;
     }
     api_throughput(engine.clone(), cache.clone()).await;
+    language_steps().await;
     s3_throughput().await;
     ftp_throughput().await;
     smtp_throughput().await;

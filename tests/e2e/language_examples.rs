@@ -6,19 +6,11 @@
 //! `python-echo` uses `flow8:integration/http`. A request to a host the module did not
 //! declare, or with the credential to another host, is refused and never arrives.
 
-use flow8_tests::{Cli, RecordingServer, Reply, ServerProcess, create_token};
+use flow8_tests::{Cli, RecordingServer, Reply, ServerProcess, create_token, examples_dir};
 use serde_json::{Value, json};
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 const SECRET: &str = "Bearer example-canary-61d0e2";
-
-/// Where `just examples` puts the example components.
-fn examples_dir() -> PathBuf {
-    std::env::var_os("FLOW8_EXAMPLES_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| flow8_tests::wasm_dir().join("../../examples"))
-}
 
 /// The example's path, compiled into the tests' shared compile cache first: compiling a
 /// 12-18 MB language runtime in a debug host takes longer than a step's deadline on a

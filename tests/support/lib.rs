@@ -72,6 +72,14 @@ pub fn wasm_dir() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("target/wasm/wasm32-wasip2/release"))
 }
 
+/// Where `just examples` puts the JavaScript and Python example components
+/// (`FLOW8_EXAMPLES_DIR`, else beside the wasm32-wasip2 builds).
+pub fn examples_dir() -> PathBuf {
+    std::env::var_os("FLOW8_EXAMPLES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| wasm_dir().join("../../examples"))
+}
+
 /// A built module or guest, e.g. `wasm("http_request")`.
 pub fn wasm(name: &str) -> PathBuf {
     let p = wasm_dir().join(format!("{name}.wasm"));

@@ -18,7 +18,9 @@ use extism::{
     CompiledPlugin, CurrentPlugin, Function, Manifest, Plugin, PluginBuilder, Pool, PoolBuilder,
     UserData, Val, ValType, Wasm,
 };
-use flow8_bench_load::{PeerRow, median_rows, run_load, start_ping_server};
+use flow8_bench_load::{
+    PeerRow, get_ok, median_rows, ping_step_body, post_ok, run_load, start_ping_server,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -208,41 +210,6 @@ async fn start_front(
     Ok(url)
 }
 
-/// A load function POSTing flow8's step body to `url` and checking the answer.
-fn post_step(
-    client: reqwest::Client,
-    url: String,
-) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Clone + Send + 'static
-{
-    let body = serde_json::json!({"name": "bench", "module_ref": "http-request",
-        "input_mapping": {"url": "/ping"}, "bindings": {"request": "api"}})
-    .to_string();
-    move || {
-        let (client, url, body) = (client.clone(), url.clone(), body.clone());
-        Box::pin(async move {
-            let r = client
-                .post(&url)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .expect("the front answers");
-            let status = r.status();
-            let answer = r.bytes().await.expect("an answer body");
-            assert!(
-                status.is_success(),
-                "{status}: {}",
-                String::from_utf8_lossy(&answer)
-            );
-            assert!(
-                answer.windows(4).any(|w| w == b"pong"),
-                "the upstream's body is in the answer: {}",
-                String::from_utf8_lossy(&answer)
-            );
-        })
-    }
-}
-
 async fn run(plugin_path: &str) -> anyhow::Result<()> {
     let wasm = std::fs::read(plugin_path)
         .map_err(|e| anyhow::anyhow!("read the plugin {plugin_path}: {e}"))?;
@@ -265,23 +232,17 @@ async fn run(plugin_path: &str) -> anyhow::Result<()> {
     let upstream = start_ping_server().await;
     let front = start_front(upstream.clone(), reused.clone(), fresh.clone()).await?;
     let client = reqwest::Client::new();
-    let target = format!("{upstream}/ping");
-    let native = {
-        let (client, target) = (client.clone(), target.clone());
-        move || {
-            let (client, target) = (client.clone(), target.clone());
-            async move {
-                let r = client.get(&target).send().await.expect("upstream answers");
-                assert!(r.status().is_success());
-                r.bytes().await.expect("a body");
-            }
-        }
-    };
+    let native = get_ok(client.clone(), format!("{upstream}/ping"));
     // Warm every path: connections, the pool's plugins, the compiled code.
     run_load(200, concurrency, native.clone()).await;
     for arrangement in ["reused", "fresh", "pooled"] {
         let url = format!("{front}/step/{arrangement}");
-        run_load(200, concurrency, post_step(client.clone(), url)).await;
+        run_load(
+            200,
+            concurrency,
+            post_ok(client.clone(), url, None, ping_step_body()),
+        )
+        .await;
     }
 
     let section = "http";
@@ -307,9 +268,13 @@ async fn run(plugin_path: &str) -> anyhow::Result<()> {
         ),
     ] {
         let url = format!("{front}/step/{arrangement}");
-        run_load(requests, concurrency, post_step(client.clone(), url))
-            .await
-            .print_peer_row(section, label, requests);
+        run_load(
+            requests,
+            concurrency,
+            post_ok(client.clone(), url, None, ping_step_body()),
+        )
+        .await
+        .print_peer_row(section, label, requests);
     }
 
     // The echo, in process: called straight from the async workers (no network, so no

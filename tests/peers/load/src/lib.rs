@@ -204,6 +204,57 @@ pub async fn start_ping_server() -> String {
     base
 }
 
+/// A boxed future, as the load functions below make them.
+pub type LoadFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// A load function for [`run_load`]: `GET url`, checked to succeed, body read.
+pub fn get_ok(
+    client: reqwest::Client,
+    url: String,
+) -> impl Fn() -> LoadFuture + Clone + Send + 'static {
+    move || {
+        let (client, url) = (client.clone(), url.clone());
+        Box::pin(async move {
+            let r = client.get(&url).send().await.expect("the server answers");
+            assert!(r.status().is_success(), "GET {url}: {}", r.status());
+            r.bytes().await.expect("an answer body");
+        })
+    }
+}
+
+/// A load function for [`run_load`]: `POST body` (JSON) to `url`, with `token` as a
+/// bearer token when given, checked to succeed.
+pub fn post_ok(
+    client: reqwest::Client,
+    url: String,
+    token: Option<String>,
+    body: String,
+) -> impl Fn() -> LoadFuture + Clone + Send + 'static {
+    move || {
+        let (client, url, token, body) = (client.clone(), url.clone(), token.clone(), body.clone());
+        Box::pin(async move {
+            let mut request = client.post(&url).header("content-type", "application/json");
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let r = request.body(body).send().await.expect("the server answers");
+            let status = r.status();
+            let answer = r.bytes().await.expect("an answer body");
+            assert!(
+                status.is_success(),
+                "{status}: {}",
+                String::from_utf8_lossy(&answer)
+            );
+        })
+    }
+}
+
+/// The step body every HTTP path of a peer comparison sends: flow8's `POST
+/// /api/v1/steps` body for an http-request GET of the upstream's `/ping`.
+pub fn ping_step_body() -> String {
+    r#"{"name":"bench","module_ref":"http-request","input_mapping":{"url":"/ping"},"bindings":{"request":"api"}}"#.to_string()
+}
+
 /// What [`start_ping_server`] answers.
 pub const PING_BODY: &str = r#"{"method":"GET","path":"/ping","pong":true}"#;
 
