@@ -149,6 +149,18 @@ macro_rules! export_module {
         // Emits the `manifest`/`execute` exports and the component-type custom section
         // that describes the whole world (imports and exports) for `wit-component`.
         $crate::__private::bindings::__export_module_world!(__Flow8ModuleExport with_types_in $crate::__private::bindings);
+
+        // The module's name where a host reads it without compiling the component: the
+        // crate's Cargo package name (which `flow8-host modules new` makes the
+        // manifest's name). A host looking for another module by name skips this file
+        // on a cold compile cache instead of compiling it to read its manifest. Only a
+        // hint: the manifest decides, and a host that finds no module under a name
+        // compiles every file whose hint disagreed.
+        #[doc(hidden)]
+        #[used]
+        #[unsafe(link_section = "flow8:module-name")]
+        static __FLOW8_MODULE_NAME: [u8; env!("CARGO_PKG_NAME").len()] =
+            $crate::__private::name_section(env!("CARGO_PKG_NAME"));
     };
 }
 
@@ -175,6 +187,18 @@ pub mod __private {
     }
 
     use super::{Error, Module};
+
+    /// `name`'s bytes as the `flow8:module-name` custom section's contents.
+    pub const fn name_section<const N: usize>(name: &str) -> [u8; N] {
+        let bytes = name.as_bytes();
+        let mut out = [0u8; N];
+        let mut i = 0;
+        while i < N {
+            out[i] = bytes[i];
+            i += 1;
+        }
+        out
+    }
 
     pub fn manifest_json<M: Module>() -> String {
         M::manifest().to_json()

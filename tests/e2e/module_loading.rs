@@ -81,16 +81,51 @@ async fn concurrent_loads_of_a_broken_module_all_fail_by_name_and_block_nothing(
     assert_eq!(again.name.as_str(), "invalid_module");
 }
 
+/// `bytes` with the first occurrence of `from` replaced by `to` (same length).
+fn patched(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let at = bytes
+        .windows(from.len())
+        .position(|w| w == from)
+        .unwrap_or_else(|| panic!("{} not in the module", String::from_utf8_lossy(from)));
+    let mut out = bytes.to_vec();
+    out[at..at + to.len()].copy_from_slice(to);
+    out
+}
+
 /// A step naming one module does not compile every other module of the directory to
-/// find it: the compile cache remembers which name each `.wasm` declared, so a host
-/// whose compiled entries are gone (a new engine, eviction) compiles only the one the
-/// step names. A listing still loads them all.
+/// find it. On a cold compile cache, a file whose `flow8:module-name` section (the Rust
+/// SDK writes the package name there) names another module is skipped; one without the
+/// section is compiled to read its manifest; when no file answers to the name, the
+/// files skipped by their section are compiled too, so a section that lies only costs
+/// time. Once the compile cache knows each digest's name, the section is not needed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_step_naming_one_module_compiles_only_that_one_once_names_are_known() {
+async fn a_step_naming_one_module_compiles_only_the_files_that_may_hold_it() {
     let dir = tempfile::tempdir().unwrap();
     for file in ["http_request.wasm", "slack_message.wasm"] {
         std::fs::copy(support::wasm_dir().join(file), dir.path().join(file)).expect(file);
     }
+    let read = |f: &str| std::fs::read(support::wasm_dir().join(f)).expect(f);
+    // No section (its name is broken): only its manifest tells.
+    let plain = patched(
+        &read("microsoft_calendar.wasm"),
+        b"flow8:module-name",
+        b"flow8:module-nama",
+    );
+    std::fs::write(dir.path().join("plain.wasm"), &plain).unwrap();
+    // A section that names another module than the manifest does.
+    let liar = patched(
+        &read("s3_upload.wasm"),
+        b"flow8:module-names3-upload",
+        b"flow8:module-names3-uplaad",
+    );
+    std::fs::write(dir.path().join("liar.wasm"), &liar).unwrap();
+    assert_eq!(flow8_host::runtime::name_hint::read(&plain), None);
+    assert_eq!(
+        flow8_host::runtime::name_hint::read(&read("slack_message.wasm")).as_deref(),
+        Some("slack-message")
+    );
+
     let cache_dir = tempfile::tempdir().unwrap();
     let registry = |cache: &CompileCache| {
         ModuleRegistry::new(
@@ -100,12 +135,28 @@ async fn a_step_naming_one_module_compiles_only_that_one_once_names_are_known() 
         )
     };
 
-    // A cold cache knows no names: finding http-request loads both.
+    // Cold: http-request itself and the file without a section.
     let cold = CompileCache::at(cache_dir.path()).unwrap();
-    registry(&cold).resolve("http-request").await.unwrap();
-    assert_eq!(cold.compiled(), 2);
+    let r = registry(&cold);
+    r.resolve("http-request").await.unwrap();
+    assert_eq!(
+        cold.compiled(),
+        2,
+        "slack-message or the lying file was compiled to find http-request"
+    );
+    // The lying file is skipped at first; nothing else answers, so the skipped files
+    // are compiled and s3-upload is found under its manifest's name.
+    let s3 = r.resolve("s3-upload").await.expect("s3-upload is found");
+    assert_eq!(s3.manifest.name, "s3-upload");
+    assert_eq!(cold.compiled(), 4);
+    assert_eq!(
+        r.resolve("s3-uplaad").await.unwrap_err().name.as_str(),
+        "module_not_found",
+        "the section's name is not a module's name"
+    );
+    assert_eq!(cold.compiled(), 4);
 
-    // The compiled entries go; the names stay.
+    // The compiled entries go; the names the cache learnt stay, and lead.
     for e in std::fs::read_dir(cache_dir.path()).unwrap() {
         let path = e.unwrap().path();
         if path.extension().is_some_and(|x| x == "cwasm") {
@@ -114,21 +165,69 @@ async fn a_step_naming_one_module_compiles_only_that_one_once_names_are_known() 
     }
     let warm = CompileCache::at(cache_dir.path()).unwrap();
     let r = registry(&warm);
-    r.resolve("http-request").await.unwrap();
+    r.resolve("s3-upload").await.unwrap();
     assert_eq!(
         warm.compiled(),
         1,
-        "slack-message was compiled to find http-request"
+        "only the file the cache knows holds s3-upload"
     );
-    r.resolve("slack-message").await.unwrap();
+    r.resolve("microsoft-calendar").await.unwrap();
     assert_eq!(warm.compiled(), 2);
-    // Both found now, and a listing has both.
-    r.resolve("http-request").await.unwrap();
-    assert_eq!(warm.compiled(), 2);
+    // A listing loads every file.
     let listed = r.scan().await;
     assert_eq!(
         listed.iter().filter(|e| e.module.is_ok()).count(),
-        2,
+        4,
         "{listed:?}"
     );
+    assert_eq!(warm.compiled(), 4);
+}
+
+/// The same from the CLI, as an author or operator meets it: `run-module NAME` on an
+/// empty compile cache, with every first-party module in the module path, compiles one
+/// component, not the whole directory.
+#[test]
+fn run_module_by_name_on_a_cold_cache_compiles_only_that_module() {
+    let modules_dir = tempfile::tempdir().unwrap();
+    let mut copied = 0;
+    for folder in std::fs::read_dir(support::repo_root().join("modules")).unwrap() {
+        let name = folder
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .replace('-', "_");
+        let built = support::wasm_dir().join(format!("{name}.wasm"));
+        if built.exists() {
+            std::fs::copy(&built, modules_dir.path().join(format!("{name}.wasm"))).unwrap();
+            copied += 1;
+        }
+    }
+    assert!(
+        copied >= 15,
+        "the module path holds the built modules ({copied})"
+    );
+    let cache_dir = tempfile::tempdir().unwrap();
+    let mut cli = support::Cli::new();
+    for (var, dir) in [
+        ("FLOW8_CACHE_DIR", &cache_dir),
+        ("FLOW8_MODULES_PATH", &modules_dir),
+    ] {
+        cli.env
+            .push((var.into(), dir.path().to_str().unwrap().into()));
+    }
+    let input = cli.data_dir.path().join("input.json");
+    // Refused by the module's input schema: the module is loaded, nothing is sent.
+    std::fs::write(&input, r#"{"method":"GET"}"#).unwrap();
+    let out = cli.run(&["run-module", "http-request", input.to_str().unwrap()]);
+    assert_eq!(
+        out.error_name().as_deref(),
+        Some("invalid_input"),
+        "{out:?}"
+    );
+    let compiled: Vec<_> = std::fs::read_dir(cache_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .collect();
+    assert_eq!(compiled.len(), 1, "{compiled:?}");
 }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod fair;
 pub mod grants;
 pub mod module;
+pub mod name_hint;
 pub mod policy;
 pub mod registry;
 pub mod review;

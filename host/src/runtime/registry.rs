@@ -10,6 +10,12 @@
 //! not been loaded here yet. A module whose manifest binds a service the host's
 //! provider catalogue does not have is refused (`invalid_manifest`).
 //!
+//! Looking for one name compiles only the files that may hold it: a file the compile
+//! cache knows (from an earlier load) to hold another module is skipped, and so, on a
+//! cold cache, is one whose `flow8:module-name` section names another module
+//! ([`super::name_hint`]); if that finds nothing, the files skipped by their section
+//! are compiled too.
+//!
 //! A `module_ref` may pin the module's bytes: `name@sha256:<hex>` resolves only to a
 //! version of `name` with exactly that digest (SHA-256 of the `.wasm`), and answers
 //! `digest_mismatch` when `name` exists but no version of it has those bytes. Every load
@@ -59,6 +65,15 @@ fn store_failure(e: StoreError) -> StepError {
 /// Modules by name (each name may have several versions).
 type NameIndex = HashMap<String, Vec<Arc<LoadedModule>>>;
 
+/// Whether a scan for one name skips files by their own `flow8:module-name` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hints {
+    /// Skip a file whose section names another module (the first look).
+    Trusted,
+    /// Compile it to read its manifest (when the first look found nothing).
+    Ignored,
+}
+
 /// Resolves `module_ref`s to loaded modules.
 pub struct ModuleRegistry {
     engine: Arc<SandboxEngine>,
@@ -76,6 +91,9 @@ pub struct ModuleRegistry {
     by_name: Mutex<NameIndex>,
     /// (path, len, mtime) -> digest, so an unchanged file is not re-hashed.
     file_digests: Mutex<HashMap<PathBuf, (u64, std::time::SystemTime, String)>>,
+    /// digest -> the name its `flow8:module-name` section gives, if any (see
+    /// [`super::name_hint`]), so a file is parsed for it once.
+    name_hints: Mutex<HashMap<String, Option<String>>>,
     /// One turn per digest being loaded: the first caller compiles, the others wait for
     /// it and take its result from `by_digest` (see [`ModuleRegistry::load_bytes`]).
     loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -108,6 +126,7 @@ impl ModuleRegistry {
             by_digest: Mutex::new(HashMap::new()),
             by_name: Mutex::new(HashMap::new()),
             file_digests: Mutex::new(HashMap::new()),
+            name_hints: Mutex::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
         }
     }
@@ -209,10 +228,17 @@ impl ModuleRegistry {
         self
     }
 
-    /// Scan `dir`; with `only`, skip the files the compile cache's name index says hold
-    /// another module and that are not loaded here (a step naming one module does not
-    /// compile every other one first).
-    async fn scan_dir(&self, dir: &Path, only: Option<&str>, entries: &mut Vec<ModuleEntry>) {
+    /// Scan `dir`; with `only`, skip the files that are not loaded here and that hold
+    /// another module by the compile cache's name index or, with `hints`, by their own
+    /// `flow8:module-name` section (a step naming one module does not compile every
+    /// other one first).
+    async fn scan_dir(
+        &self,
+        dir: &Path,
+        only: Option<&str>,
+        hints: Hints,
+        entries: &mut Vec<ModuleEntry>,
+    ) {
         let Ok(read) = std::fs::read_dir(dir) else {
             return;
         };
@@ -223,7 +249,7 @@ impl ModuleRegistry {
         paths.sort();
         for path in paths {
             if let Some(name) = only
-                && self.named_otherwise(&path, name).await
+                && self.named_otherwise(&path, name, hints).await
             {
                 continue;
             }
@@ -236,23 +262,66 @@ impl ModuleRegistry {
     }
 
     /// Whether `path` holds a module that is not loaded here and that, by the compile
-    /// cache's name index, is not named `name`.
-    async fn named_otherwise(&self, path: &Path, name: &str) -> bool {
+    /// cache's name index (or, with `hints` and no name known, the file's own name
+    /// section), is not named `name`.
+    async fn named_otherwise(&self, path: &Path, name: &str, hints: Hints) -> bool {
         let Some(d) = self.file_digest(path).await else {
             return false;
         };
-        self.loaded(&d).is_none() && self.cache.known_name(&d).is_some_and(|n| n != name)
+        if self.loaded(&d).is_some() {
+            return false;
+        }
+        let said = match self.cache.known_name(&d) {
+            Some(known) => Some(known),
+            None if hints == Hints::Trusted => self.name_hint(path, &d).await,
+            None => None,
+        };
+        said.is_some_and(|n| n != name)
     }
 
     /// The SHA-256 of a file, from the (len, mtime) memo when the file is unchanged.
+    /// A file read to hash it is also read for its name hint.
     async fn file_digest(&self, path: &Path) -> Option<String> {
         let meta = tokio::fs::metadata(path).await.ok()?;
         if let Some(d) = self.memo_digest(path, &meta) {
             return Some(d);
         }
-        let d = digest(&tokio::fs::read(path).await.ok()?);
+        let bytes = tokio::fs::read(path).await.ok()?;
+        let d = digest(&bytes);
         self.memo_remember(path, &meta, &d);
+        self.hint_remember(&d, &bytes);
         Some(d)
+    }
+
+    /// The name `path` (whose digest is `d`) says it holds in its `flow8:module-name`
+    /// section, read once per digest.
+    async fn name_hint(&self, path: &Path, d: &str) -> Option<String> {
+        let memo = self
+            .name_hints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(d)
+            .cloned();
+        if let Some(hint) = memo {
+            return hint;
+        }
+        let bytes = tokio::fs::read(path).await.ok()?;
+        // The file may have changed since it was hashed: keep the hint under its bytes.
+        self.hint_remember(&digest(&bytes), &bytes)
+    }
+
+    fn hint_remember(&self, d: &str, bytes: &[u8]) -> Option<String> {
+        let hint = super::name_hint::read(bytes);
+        let mut hints = self
+            .name_hints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Bounded like the directories it describes; past that it starts again.
+        if hints.len() >= 4096 {
+            hints.clear();
+        }
+        hints.insert(d.to_string(), hint.clone());
+        hint
     }
 
     /// The digest the memo holds for `path`, if the file's length and mtime are as then.
@@ -399,7 +468,8 @@ impl ModuleRegistry {
                 continue;
             }
             let mut entries = Vec::new();
-            self.scan_dir(&company.path(), None, &mut entries).await;
+            self.scan_dir(&company.path(), None, Hints::Ignored, &mut entries)
+                .await;
             for entry in entries {
                 let module = match entry.module {
                     Ok(m) => m,
@@ -594,6 +664,15 @@ impl ModuleRegistry {
     ) -> Result<Arc<LoadedModule>, StepError> {
         let module = LoadedModule::load(&self.engine, &self.cache, bytes).await?;
         self.cache.remember_name(d, &module.manifest.name);
+        if let Some(hint) = super::name_hint::read(bytes)
+            && hint != module.manifest.name
+        {
+            tracing::warn!(
+                module = %module.manifest.name,
+                name_section = %hint,
+                "the module's flow8:module-name section names another module (a Rust module's Cargo package name should be its manifest name): on a cold compile cache, a step naming it compiles every module file to find it"
+            );
+        }
         self.catalogue
             .check_bindings(&module.manifest)
             .map_err(|e| StepError::invalid_manifest(e.to_string()))?;
@@ -624,17 +703,17 @@ impl ModuleRegistry {
     /// Every `.wasm` in the shared module directories, loaded (a broken file is
     /// reported, not fatal).
     pub async fn scan(&self) -> Vec<ModuleEntry> {
-        self.scan_for(None).await
+        self.scan_for(None, Hints::Trusted).await
     }
 
     /// A scan for the module `only` names (or for all of them). A full scan rebuilds
     /// the name index from what the directories hold; a scan for one name replaces
     /// that name's versions and adds what else it loaded, keeping the rest (a scan for
     /// another name at the same moment may have skipped a file this one loads).
-    async fn scan_for(&self, only: Option<&str>) -> Vec<ModuleEntry> {
+    async fn scan_for(&self, only: Option<&str>, hints: Hints) -> Vec<ModuleEntry> {
         let mut entries = Vec::new();
         for dir in &self.dirs {
-            self.scan_dir(dir, only, &mut entries).await;
+            self.scan_dir(dir, only, hints, &mut entries).await;
         }
         let fresh = Self::index(&entries);
         let mut by_name = self.by_name.lock().unwrap_or_else(PoisonError::into_inner);
@@ -661,7 +740,12 @@ impl ModuleRegistry {
         if let Some(m) = self.lookup(name, version) {
             return Ok(m);
         }
-        self.scan_for(Some(name)).await;
+        self.scan_for(Some(name), Hints::Trusted).await;
+        if self.lookup(name, version).is_none() {
+            // Nothing answered: a file whose name section disagrees with its manifest
+            // may hold it. Compile those too (the compile cache's names still hold).
+            self.scan_for(Some(name), Hints::Ignored).await;
+        }
         if let Some(d) = version.and_then(pinned_digest)
             && self
                 .by_name
