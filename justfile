@@ -192,6 +192,15 @@ bench-peers rounds="3": modules guests
     done
     "$peer_target/release/extism-peer-bench" summarize "$rows"
 
+# The share of an http step's CPU the security budgets, pins, taint and redaction take
+# (issue 18), sampled with `perf` (linux-perf; not part of `just test`). They cannot be
+# switched off to compare; tests/benches/budget-share.sh explains what it counts.
+bench-budgets requests="30000": modules guests
+    #!/usr/bin/env bash
+    set -euo pipefail
+    bin=$(cargo bench -p flow8-tests --bench step --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\))$/\1/p')
+    FLOW8_WASM_DIR={{wasm_dir}} tests/benches/budget-share.sh "$bin" {{requests}}
+
 # The README's quick start as a new user meets it: a fresh clone of HEAD in a temporary
 # folder with its own empty target directory, then `just demo` and `just test` there,
 # each timed. Cold on 2 cores this takes about as long as both README commands do

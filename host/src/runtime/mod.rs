@@ -27,8 +27,7 @@ use module::LoadedModule;
 use policy::Taint;
 use registry::ModuleRegistry;
 use sandbox::{
-    CredentialUse, DeadlineHit, LogLevel, LogLine, MemoryLimitHit, Redactor, StepLimits, StepLog,
-    StepState,
+    CredentialUse, DeadlineHit, LogLevel, LogLine, MemoryLimitHit, StepLimits, StepLog, StepState,
 };
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -688,7 +687,7 @@ impl Runtime {
             tokio::time::timeout_at((deadline + Duration::from_millis(50)).into(), run).await;
         // After the run, so secrets the step got during it (a forced refresh) are
         // redacted too.
-        let redactor = Redactor::new(store.data().policy.redaction_values());
+        let redactor = store.data().policy.output_redactor();
         report.result = match outcome {
             Err(_) => Err(StepError::new(
                 ErrorName::DeadlineExceeded,

@@ -296,6 +296,25 @@ struct Entry {
     held: Option<TaintHow>,
     /// It was force-refreshed in this step.
     refreshed: bool,
+    /// Its secrets' searcher, built at its first use in the step (every response to a
+    /// request it is attached to is searched, and so is the output) and dropped with
+    /// the step or when a refresh replaces the secrets.
+    redactor: std::sync::OnceLock<Arc<redact::Redactor>>,
+}
+
+impl Entry {
+    fn redactor(&self) -> Arc<redact::Redactor> {
+        self.redactor
+            .get_or_init(|| {
+                Arc::new(redact::Redactor::new(
+                    self.grant
+                        .secrets
+                        .iter()
+                        .map(|(_, s)| s.expose().to_string()),
+                ))
+            })
+            .clone()
+    }
 }
 
 /// A request the policy allowed, and the credential (if any) the host is to attach.
@@ -321,7 +340,7 @@ impl<'p> Authorized<'p> {
 /// to straddle the two (`Redactor::longest_spelling`).
 #[derive(Debug)]
 pub struct ReflectionScan {
-    redactor: redact::Redactor,
+    redactor: Arc<redact::Redactor>,
     tail: Vec<u8>,
     keep: usize,
 }
@@ -382,6 +401,7 @@ impl StepPolicy {
                     grant,
                     held: None,
                     refreshed: false,
+                    redactor: std::sync::OnceLock::new(),
                 })
                 .collect(),
             retired: Vec::new(),
@@ -456,13 +476,7 @@ impl StepPolicy {
         let Some(entry) = self.entry_mut(binding) else {
             return false;
         };
-        let redactor = redact::Redactor::new(
-            entry
-                .grant
-                .secrets
-                .iter()
-                .map(|(_, s)| s.expose().to_string()),
-        );
+        let redactor = entry.redactor();
         let found = parts.iter().any(|p| redactor.finds_in(p));
         if found && entry.held.is_none() {
             entry.held = Some(TaintHow::Reflected);
@@ -475,14 +489,7 @@ impl StepPolicy {
     /// when it is not bound. Feed it the body piece by piece
     /// ([`ReflectionScan::finds_in`]) and call [`StepPolicy::note_reflected`] on a find.
     pub fn reflection_scan(&self, binding: &str) -> Option<ReflectionScan> {
-        let entry = self.entry(binding)?;
-        let redactor = redact::Redactor::new(
-            entry
-                .grant
-                .secrets
-                .iter()
-                .map(|(_, s)| s.expose().to_string()),
-        );
+        let redactor = self.entry(binding)?.redactor();
         Some(ReflectionScan {
             keep: redactor.longest_spelling(),
             redactor,
@@ -731,8 +738,20 @@ impl StepPolicy {
             vec![("access_token".to_string(), token.clone())],
         );
         entry.grant.attach = Attach::Bearer(token);
+        entry.redactor = std::sync::OnceLock::new();
         self.retired.extend(old.into_iter().map(|(_, s)| s));
         Ok(())
+    }
+
+    /// The searcher of every secret value this step was handed (see
+    /// [`StepPolicy::redaction_values`]), for its output: made of the searchers its
+    /// response scans built already, so each secret's forms are encoded once a step.
+    pub fn output_redactor(&self) -> redact::Redactor {
+        let parts: Vec<Arc<redact::Redactor>> = self.entries.iter().map(Entry::redactor).collect();
+        redact::Redactor::union(
+            parts.iter().map(|r| &**r),
+            self.retired.iter().map(|s| s.expose().to_string()),
+        )
     }
 
     /// Every secret value this step was handed (the grants' current secrets and those a

@@ -21,6 +21,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use memchr::memmem::Finder;
 use serde_json::Value;
 
 /// What a secret is replaced with.
@@ -29,13 +30,16 @@ pub const MASK: &str = "***";
 /// Base64 fragments shorter than this are not searched: too short to tell from text.
 const MIN_FRAGMENT: usize = 8;
 
-/// One secret and its encoded forms.
+/// One secret and its encoded forms, each a searcher built once (a step's output is
+/// searched string by string, so building them per search cost more than searching).
 #[derive(Debug, Clone)]
 struct Needle {
+    /// The secret itself (telling one needle from another when redactors are joined).
+    secret: Vec<u8>,
     /// Forms matched byte for byte (the plain value, base64 variants).
-    exact: Vec<Vec<u8>>,
-    /// Forms matched ignoring ASCII case (hexadecimal).
-    any_case: Vec<Vec<u8>>,
+    exact: Vec<Finder<'static>>,
+    /// Forms matched ignoring ASCII case (hexadecimal), held in lower case.
+    any_case: Vec<Finder<'static>>,
 }
 
 impl Needle {
@@ -65,10 +69,16 @@ impl Needle {
         exact.dedup();
         // The longest first, so a form that contains another is replaced whole.
         exact.sort_by_key(|f| std::cmp::Reverse(f.len()));
+        let finder = |form: &[u8]| Finder::new(form).into_owned();
         Needle {
-            exact,
-            any_case: vec![hex::encode(&raw).into_bytes()],
+            exact: exact.iter().map(|f| finder(f)).collect(),
+            any_case: vec![finder(hex::encode(&raw).as_bytes())],
+            secret: raw,
         }
+    }
+
+    fn forms(&self) -> impl Iterator<Item = &[u8]> {
+        self.exact.iter().chain(&self.any_case).map(Finder::needle)
     }
 }
 
@@ -76,6 +86,10 @@ impl Needle {
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
     needles: Vec<Needle>,
+    /// The fewest bytes any form of any secret takes: a shorter text (and its decoded
+    /// views, never longer) holds none, and most of an output's strings and keys are
+    /// shorter.
+    shortest: usize,
 }
 
 /// A decoded view of a text: its bytes after decoding one escape syntax, each mapped
@@ -213,14 +227,6 @@ fn json_escape(text: &[u8]) -> Option<([u8; 4], usize, usize)> {
     }
 }
 
-/// Start offsets of `needle` in `hay`.
-fn find_all(hay: &[u8], needle: &[u8]) -> Vec<usize> {
-    if needle.is_empty() || needle.len() > hay.len() {
-        return Vec::new();
-    }
-    memchr::memmem::find_iter(hay, needle).collect()
-}
-
 impl Redactor {
     /// A redactor of these values (empty ones are dropped: they would match between
     /// every two characters).
@@ -230,9 +236,38 @@ impl Redactor {
         values.dedup();
         // Longest first, so a secret containing another is replaced whole.
         values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-        Redactor {
-            needles: values.iter().map(|v| Needle::new(v)).collect(),
+        Redactor::of(values.iter().map(|v| Needle::new(v)).collect())
+    }
+
+    /// A redactor of everything `parts` redact and of `more` values, reusing the
+    /// parts' searchers (each secret once).
+    pub fn union<'r>(
+        parts: impl IntoIterator<Item = &'r Redactor>,
+        more: impl IntoIterator<Item = String>,
+    ) -> Redactor {
+        let mut needles: Vec<Needle> = Vec::new();
+        for needle in parts.into_iter().flat_map(|r| &r.needles) {
+            if !needles.iter().any(|n| n.secret == needle.secret) {
+                needles.push(needle.clone());
+            }
         }
+        for value in more {
+            if !value.is_empty() && !needles.iter().any(|n| n.secret == value.as_bytes()) {
+                needles.push(Needle::new(&value));
+            }
+        }
+        needles.sort_by_key(|n| std::cmp::Reverse(n.secret.len()));
+        Redactor::of(needles)
+    }
+
+    fn of(needles: Vec<Needle>) -> Redactor {
+        let shortest = needles
+            .iter()
+            .flat_map(Needle::forms)
+            .map(<[u8]>::len)
+            .min()
+            .unwrap_or(0);
+        Redactor { needles, shortest }
     }
 
     /// Whether there is nothing to redact.
@@ -246,7 +281,7 @@ impl Redactor {
     pub fn longest_spelling(&self) -> usize {
         self.needles
             .iter()
-            .flat_map(|n| n.exact.iter().chain(&n.any_case))
+            .flat_map(Needle::forms)
             .map(|f| f.len() * 6)
             .max()
             .unwrap_or(0)
@@ -255,28 +290,31 @@ impl Redactor {
     /// The ranges of `text` holding a secret in any form, merged, in order.
     fn ranges(&self, text: &[u8]) -> Vec<(usize, usize)> {
         let mut found: Vec<(usize, usize)> = Vec::new();
+        if self.needles.is_empty() || text.len() < self.shortest {
+            return found;
+        }
         let views = [
             Some(View::identity(text)),
             View::percent(text),
             View::json(text),
         ];
         for view in views.iter().flatten() {
-            // Lower-cased once per view, for the forms matched in any case.
-            let lower = view.bytes.to_ascii_lowercase();
+            let hay = &view.bytes[..];
+            // Lower-cased at most once per view, for the forms matched in any case.
+            let mut lower: Option<Vec<u8>> = None;
             for needle in &self.needles {
-                let forms = needle
-                    .exact
-                    .iter()
-                    .map(|f| (f.clone(), &view.bytes[..]))
-                    .chain(
-                        needle
-                            .any_case
-                            .iter()
-                            .map(|f| (f.to_ascii_lowercase(), &lower[..])),
-                    );
-                for (form, hay) in forms {
-                    for start in find_all(hay, &form) {
-                        found.push(view.source(start, start + form.len() - 1));
+                for form in &needle.exact {
+                    for start in form.find_iter(hay) {
+                        found.push(view.source(start, start + form.needle().len() - 1));
+                    }
+                }
+                for form in &needle.any_case {
+                    if form.needle().len() > hay.len() {
+                        continue;
+                    }
+                    let lower = lower.get_or_insert_with(|| hay.to_ascii_lowercase());
+                    for start in form.find_iter(lower) {
+                        found.push(view.source(start, start + form.needle().len() - 1));
                     }
                 }
             }
@@ -299,13 +337,15 @@ impl Redactor {
 
     /// The text with every secret, in any form, replaced by `***`.
     pub fn redact(&self, text: &str) -> String {
-        if self.is_empty() {
-            return text.to_string();
-        }
+        self.redacted(text).unwrap_or_else(|| text.to_string())
+    }
+
+    /// [`Redactor::redact`], or `None` when the text holds no secret (nothing copied).
+    fn redacted(&self, text: &str) -> Option<String> {
         let bytes = text.as_bytes();
         let ranges = self.ranges(bytes);
         if ranges.is_empty() {
-            return text.to_string();
+            return None;
         }
         let mut out = Vec::with_capacity(bytes.len());
         let mut at = 0;
@@ -316,7 +356,9 @@ impl Redactor {
         }
         out.extend_from_slice(&bytes[at..]);
         // Ranges end on escape or character boundaries; lossy only as a guard.
-        String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into())
+        Some(
+            String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into()),
+        )
     }
 
     /// A parsed value with every string, object key and number that holds a secret
@@ -326,18 +368,23 @@ impl Redactor {
             return value;
         }
         match value {
-            Value::String(s) => Value::String(self.redact(&s)),
-            Value::Number(n) => {
-                let text = n.to_string();
-                let redacted = self.redact(&text);
-                if redacted == text {
-                    Value::Number(n)
-                } else {
-                    Value::String(redacted)
+            Value::String(s) => Value::String(self.redacted(&s).unwrap_or(s)),
+            Value::Number(n) => match self.redacted(&n.to_string()) {
+                Some(redacted) => Value::String(redacted),
+                None => Value::Number(n),
+            },
+            Value::Array(mut items) => {
+                for item in &mut items {
+                    *item = self.redact_value(std::mem::take(item));
                 }
+                Value::Array(items)
             }
-            Value::Array(items) => {
-                Value::Array(items.into_iter().map(|v| self.redact_value(v)).collect())
+            // No key holds a secret (the usual case): the values are redacted in place.
+            Value::Object(mut map) if !map.keys().any(|k| self.redacted(k).is_some()) => {
+                for v in map.values_mut() {
+                    *v = self.redact_value(std::mem::take(v));
+                }
+                Value::Object(map)
             }
             Value::Object(map) => {
                 let mut out = serde_json::Map::new();

@@ -1070,9 +1070,14 @@ fn a_refreshed_token_is_attached_read_and_redacted_with_the_one_it_replaced() {
     let mut tiny = grant(G("tiny", A::Header("x-k"), &[]));
     tiny.secrets = vec![("pin".into(), Secret::new("12345".into()))];
     let mut p = StepPolicy::new(Arc::new(Vec::new()), vec![grant(SLACK), grant(API), tiny]);
+    // A response scan before the refresh builds the searcher of the old token.
+    assert!(p.note_response("slack", &[secret_of("slack").as_bytes()]));
+    assert!(!p.note_response("slack", &[b"xoxb-refreshed-token"]));
     let _ticket = p.begin_refresh("slack", Some(())).expect("first refresh");
     p.record_refresh("slack", Secret::new("xoxb-refreshed-token".into()))
         .expect("granted");
+    // After it, responses are searched for the new token.
+    assert!(p.note_response("slack", &[b"echo xoxb-refreshed-token"]));
 
     let url = Url::parse("https://slack.com/api/chat.postMessage").expect("url");
     let authorized = p.authorize(&url, Some("slack")).expect("own host");
@@ -1099,10 +1104,16 @@ fn a_refreshed_token_is_attached_read_and_redacted_with_the_one_it_replaced() {
             "xoxb-refreshed-token".to_string()
         ]
     );
-    let redactor = Redactor::new(p.redaction_values());
+    let text = "old secret-of-slack, new xoxb-refreshed-token, pin 12345, api secret-of-api";
+    let want = "old ***, new ***, pin ***, api ***";
+    assert_eq!(Redactor::new(p.redaction_values()).redact(text), want);
+    // The output's redactor, joined from the grants' searchers and the retired token,
+    // hides the same values.
+    assert_eq!(p.output_redactor().redact(text), want);
     assert_eq!(
-        redactor.redact("old secret-of-slack, new xoxb-refreshed-token, pin 12345"),
-        "old ***, new ***, pin ***"
+        p.output_redactor()
+            .redact_value(serde_json::json!({"xoxb-refreshed-token": [hex::encode("12345")]})),
+        serde_json::json!({"***": ["***"]})
     );
     assert!(p.record_refresh("nope", Secret::new("x".into())).is_err());
 }
