@@ -43,6 +43,23 @@ async fn bench_host(
     Host::from_config(settings).await.unwrap()
 }
 
+/// A step of company `bench` with no limits, workspace or pins of its own.
+fn bench_step(
+    module_ref: &str,
+    input: serde_json::Value,
+    bindings: BTreeMap<String, String>,
+) -> StepRequest {
+    StepRequest {
+        company_id: "bench".into(),
+        module_ref: module_ref.into(),
+        input,
+        bindings,
+        limits: None,
+        workspace: None,
+        pinned_to: Vec::new(),
+    }
+}
+
 /// Add the company `bench`'s http component `name` (base URL `base_url`, a bearer key,
 /// no retries) to `host`'s store.
 async fn add_http_component(host: &Host, name: &str, base_url: &str) {
@@ -205,15 +222,11 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
                 let mut bindings = BTreeMap::new();
                 bindings.insert("request".to_string(), "api".to_string());
                 let r = runtime
-                    .run_step(StepRequest {
-                        company_id: "bench".into(),
-                        module_ref: "http-request".into(),
-                        input: serde_json::json!({"url": "/ping"}),
+                    .run_step(bench_step(
+                        "http-request",
+                        serde_json::json!({"url": "/ping"}),
                         bindings,
-                        limits: None,
-                        workspace: None,
-                        pinned_to: Vec::new(),
-                    })
+                    ))
                     .await;
                 assert!(r.result.is_ok(), "{:?}", r.result);
             }
@@ -354,15 +367,7 @@ async fn peer_rows() {
             let mut bindings = BTreeMap::new();
             bindings.insert("api".to_string(), "bench-api".to_string());
             let r = runtime
-                .run_step(StepRequest {
-                    company_id: "bench".into(),
-                    module_ref: "hostile".into(),
-                    input,
-                    bindings,
-                    limits: None,
-                    workspace: None,
-                    pinned_to: Vec::new(),
-                })
+                .run_step(bench_step("hostile", input, bindings))
                 .await;
             let output = r.result.expect("the echo step runs");
             assert_eq!(output["echo"]["document_id"], "doc_001", "{output}");
@@ -471,17 +476,7 @@ async fn language_steps() {
                 async move {
                     let mut bindings = BTreeMap::new();
                     bindings.insert(binding, "api".to_string());
-                    let r = runtime
-                        .run_step(StepRequest {
-                            company_id: "bench".into(),
-                            module_ref: name,
-                            input,
-                            bindings,
-                            limits: None,
-                            workspace: None,
-                            pinned_to: Vec::new(),
-                        })
-                        .await;
+                    let r = runtime.run_step(bench_step(&name, input, bindings)).await;
                     let output = r.result.expect("the step runs");
                     assert!(output.to_string().contains("pong"), "{output}");
                 }
@@ -1069,16 +1064,12 @@ async fn smtp_throughput() {
             let mut bindings = BTreeMap::new();
             bindings.insert("mail".to_string(), "bench-smtp".to_string());
             let r = runtime
-                .run_step(StepRequest {
-                    company_id: "bench".into(),
-                    module_ref: "smtp-send".into(),
-                    input: serde_json::json!({"to": ["ann@example.com"], "subject": "ping",
+                .run_step(bench_step(
+                    "smtp-send",
+                    serde_json::json!({"to": ["ann@example.com"], "subject": "ping",
                         "text": "one short line"}),
                     bindings,
-                    limits: None,
-                    workspace: None,
-                    pinned_to: Vec::new(),
-                })
+                ))
                 .await;
             assert!(r.result.is_ok(), "{:?}", r.result);
         }
@@ -1202,15 +1193,7 @@ async fn refresh_storm() {
             input["credential"] = "google".into();
             input["link_id"] = link.id.clone().into();
         }
-        StepRequest {
-            company_id: "bench".into(),
-            module_ref: "hostile".into(),
-            input,
-            bindings: BTreeMap::new(),
-            limits: None,
-            workspace: None,
-            pinned_to: Vec::new(),
-        }
+        bench_step("hostile", input, BTreeMap::new())
     };
     // Warm the module before the storm.
     assert!(runtime.run_step(step(false)).await.result.is_ok());
@@ -1326,15 +1309,11 @@ async fn http_step_on(
     bindings.insert("request".to_string(), "api".to_string());
     measure(iterations, || async {
         let r = runtime
-            .run_step(StepRequest {
-                company_id: "bench".into(),
-                module_ref: "http-request".into(),
-                input: serde_json::json!({"url": "/ping"}),
-                bindings: bindings.clone(),
-                limits: None,
-                workspace: None,
-                pinned_to: Vec::new(),
-            })
+            .run_step(bench_step(
+                "http-request",
+                serde_json::json!({"url": "/ping"}),
+                bindings.clone(),
+            ))
             .await;
         assert!(r.result.is_ok(), "{:?}", r.result);
     })
@@ -1513,15 +1492,11 @@ async fn installed_module_step(store: Arc<AnyStore>, installed: usize, iteration
     let runtime = &host.runtime;
     measure(iterations, || async {
         let r = runtime
-            .run_step(StepRequest {
-                company_id: "bench".into(),
-                module_ref: name.clone(),
-                input: serde_json::json!({"attack": "ok"}),
-                bindings: BTreeMap::new(),
-                limits: None,
-                workspace: None,
-                pinned_to: Vec::new(),
-            })
+            .run_step(bench_step(
+                &name,
+                serde_json::json!({"attack": "ok"}),
+                BTreeMap::new(),
+            ))
             .await;
         assert!(r.result.is_ok(), "{:?}", r.result);
     })
@@ -1766,15 +1741,7 @@ async fn main() {
     bindings.insert("api".to_string(), "bench-api".to_string());
     let full = measure(iterations, || async {
         let r = runtime
-            .run_step(StepRequest {
-                company_id: "bench".into(),
-                module_ref: "hostile".into(),
-                input: input.clone(),
-                bindings: bindings.clone(),
-                limits: None,
-                workspace: None,
-                pinned_to: Vec::new(),
-            })
+            .run_step(bench_step("hostile", input.clone(), bindings.clone()))
             .await;
         assert!(r.result.is_ok(), "{:?}", r.result);
     })
