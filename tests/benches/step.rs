@@ -63,11 +63,19 @@ fn bench_step(
 /// Add the company `bench`'s http component `name` (base URL `base_url`, a bearer key,
 /// no retries) to `host`'s store.
 async fn add_http_component(host: &Host, name: &str, base_url: &str) {
-    let new: NewComponent = serde_json::from_value(serde_json::json!({
-        "name": name, "kind": "http",
-        "config": {"provider": "http", "base_url": base_url, "auth_value": "Bearer bench-secret-123", "max_retries": 0}
-    }))
-    .unwrap();
+    add_component(
+        host,
+        serde_json::json!({
+            "name": name, "kind": "http",
+            "config": {"provider": "http", "base_url": base_url, "auth_value": "Bearer bench-secret-123", "max_retries": 0}
+        }),
+    )
+    .await;
+}
+
+/// Add the company `bench`'s component from flow8's create body to `host`'s store.
+async fn add_component(host: &Host, body: serde_json::Value) {
+    let new: NewComponent = serde_json::from_value(body).unwrap();
     host.store
         .insert_component(
             components::prepare(new, "bench", &host.vault, host.modules.catalogue()).unwrap(),
@@ -1044,19 +1052,16 @@ async fn smtp_throughput() {
     let mut config = loopback();
     config.outbound.extra_ca_file = Some(server.ca_file());
     let host = bench_host(config, data.path(), registry, None).await;
-    let new: NewComponent = serde_json::from_value(serde_json::json!({
-        "name": "bench-smtp", "kind": "smtp",
-        "config": {"provider": "smtp", "host": "localhost", "port": server.port,
-            "security": "starttls", "from": "Flow8 Bench <bench@example.com>",
-            "username": USER, "password": PASSWORD}
-    }))
-    .unwrap();
-    host.store
-        .insert_component(
-            components::prepare(new, "bench", &host.vault, host.modules.catalogue()).unwrap(),
-        )
-        .await
-        .unwrap();
+    add_component(
+        &host,
+        serde_json::json!({
+            "name": "bench-smtp", "kind": "smtp",
+            "config": {"provider": "smtp", "host": "localhost", "port": server.port,
+                "security": "starttls", "from": "Flow8 Bench <bench@example.com>",
+                "username": USER, "password": PASSWORD}
+        }),
+    )
+    .await;
     let runtime = Arc::new(host.runtime.clone());
     let step = move || {
         let runtime = runtime.clone();
@@ -1707,18 +1712,15 @@ async fn main() {
         vec![wasm_dir()],
     ));
     let host = bench_host(HostConfig::default(), data.path(), registry.clone(), None).await;
-    let (store, vault, runtime) = (host.store.clone(), host.vault.clone(), &host.runtime);
-    let new: NewComponent = serde_json::from_value(serde_json::json!({
-        "name": "bench-api", "kind": "http",
-        "config": {"provider": "http", "base_url": "https://api.example.com", "auth_value": "Bearer bench-secret-123"}
-    }))
-    .unwrap();
-    store
-        .insert_component(
-            components::prepare(new, "bench", &vault, host.modules.catalogue()).unwrap(),
-        )
-        .await
-        .unwrap();
+    let runtime = &host.runtime;
+    add_component(
+        &host,
+        serde_json::json!({
+            "name": "bench-api", "kind": "http",
+            "config": {"provider": "http", "base_url": "https://api.example.com", "auth_value": "Bearer bench-secret-123"}
+        }),
+    )
+    .await;
 
     let module = registry.resolve("hostile").await.unwrap();
     let input = serde_json::json!({"attack": "ok", "document_id": "doc_001"});
