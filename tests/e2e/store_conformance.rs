@@ -466,6 +466,27 @@ async fn the_refresh_lease_has_one_holder_until_it_expires<S: Store + Clone>(s: 
             .unwrap()
             .is_none()
     );
+    // A link marked for reconnection (by a host whose refresh was refused) is leased by
+    // nobody, not even a host that read it active a moment before: it would refresh
+    // the refused token again and tell flow8 a second time.
+    let mut marked = s.get_link("A", &l.id).await.unwrap().unwrap();
+    marked.status = flow8_host::store::LinkStatus::NeedsReconnect;
+    marked.refresh_lease_owner = None;
+    marked.refresh_lease_until = None;
+    assert!(
+        s.update_link_cas(marked.clone(), marked.version)
+            .await
+            .unwrap()
+    );
+    for owner in ["late-host", "other-host"] {
+        assert!(
+            s.try_lease_link("A", &l.id, owner, now() + Duration::seconds(30))
+                .await
+                .unwrap()
+                .is_none(),
+            "{owner} leased a link that needs reconnection"
+        );
+    }
 }
 
 async fn oauth_states_are_single_use_and_expire<S: Store + Clone>(s: &S) {

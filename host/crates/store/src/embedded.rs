@@ -728,8 +728,9 @@ impl Store for EmbeddedStore {
             let mut link: LinkRecord =
                 serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let now = super::now();
-            if link.refresh_lease_until.is_some_and(|t| t > now)
-                && link.refresh_lease_owner.as_deref() != Some(owner.as_str())
+            if link.status == crate::LinkStatus::NeedsReconnect
+                || link.refresh_lease_until.is_some_and(|t| t > now)
+                    && link.refresh_lease_owner.as_deref() != Some(owner.as_str())
             {
                 return Ok(None);
             }

@@ -635,7 +635,9 @@ pub trait Store: Send + Sync + 'static {
         expected_version: i64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Take the refresh lease of a link if nobody holds an unexpired one; the link as it
-    /// is after taking it (re-read), or None when someone else holds it.
+    /// is after taking it (re-read), or None when someone else holds it or the link
+    /// needs reconnection (nothing refreshes it any more: a host that read it active
+    /// just before another host marked it must not refresh, and tell, it again).
     fn try_lease_link(
         &self,
         company_id: &str,

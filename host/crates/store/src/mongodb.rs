@@ -574,10 +574,12 @@ impl Store for MongoStore {
         owner: &str,
         until: OffsetDateTime,
     ) -> Result<Option<LinkRecord>, StoreError> {
-        // One atomic find-and-modify: free, expired, or already ours.
+        // One atomic find-and-modify: free, expired, or already ours, and still
+        // refreshable.
         let filter = doc! {
             "_id": id(lid),
             "company_id": id(company_id),
+            "status": {"$ne": "needs_reconnect"},
             "$or": [
                 {"refresh_lease_until": null},
                 {"refresh_lease_until": {"$lte": date(super::now())}},
