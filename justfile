@@ -22,25 +22,32 @@ guests: wasm-target
 # The example modules in JavaScript (componentize-js, npm) and Python (componentize-py,
 # PyPI) under `modules/examples/`, into `<wasm target dir>/examples/`. Each toolchain is
 # installed once, pinned (package-lock.json, requirements.txt), into its own folder
-# (node_modules, .venv); a module is rebuilt only when its source or the WIT changed.
+# (node_modules, .venv); a module is rebuilt only when its source, the WIT or this
+# justfile changed.
 examples:
     #!/usr/bin/env bash
     set -euo pipefail
     out="{{wasm_target_dir}}/examples"
     wit="{{justfile_directory()}}/wit"
     mkdir -p "$out"
-    stale() { [ ! -f "$1" ] || [ "$2" -nt "$1" ] || [ "$wit/world.wit" -nt "$1" ]; }
+    stale() { [ ! -f "$1" ] || [ "$2" -nt "$1" ] || [ "$wit/world.wit" -nt "$1" ] || [ "{{justfile()}}" -nt "$1" ]; }
+    # The `flow8:module-name` custom section the Rust SDK writes (host/src/runtime/
+    # name_hint.rs), appended: a host looking for another module skips the file
+    # uncompiled. Id 0, size, name length 17, the section name, the module name.
+    name_section() { printf "\\000\\$(printf %03o $((18 + ${#2})))\\021flow8:module-name%s" "$2" >> "$1"; }
     cd "{{justfile_directory()}}/modules/examples/js-fetch"
     test -x node_modules/.bin/componentize-js || npm ci --no-audit --no-fund
     if stale "$out/js-fetch.wasm" app.js; then
         echo "building js-fetch (componentize-js)"
         node_modules/.bin/componentize-js app.js --wit "$wit" --world-name module -o "$out/js-fetch.wasm"
+        name_section "$out/js-fetch.wasm" js-fetch
     fi
     cd ../python-echo
     .venv/bin/python -c 'import componentize_py' 2>/dev/null || { python3 -m venv .venv && .venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt; }
     if stale "$out/python-echo.wasm" app.py; then
         echo "building python-echo (componentize-py)"
         .venv/bin/componentize-py -d "$wit" -w module componentize app -o "$out/python-echo.wasm"
+        name_section "$out/python-echo.wasm" python-echo
     fi
     ls -l "$out"/*.wasm
 

@@ -24,6 +24,12 @@ fn example(name: &str) -> String {
         "{} is missing: run `just examples` (or `just test`, which builds it first)",
         p.display()
     );
+    // `just examples` names each one where a host reads it uncompiled.
+    let bytes = std::fs::read(&p).unwrap();
+    assert_eq!(
+        flow8_host::runtime::name_hint::read(&bytes).as_deref(),
+        Some(name)
+    );
     let path = p.display().to_string();
     let slot = usize::from(name != "js-fetch");
     WARM[slot].get_or_init(|| {

@@ -36,6 +36,13 @@ fn new_build_run(name: &str, lang: &str, env: &[(&str, String)]) {
     );
     let wasm = dir.join(format!("{name}.wasm"));
     assert!(wasm.exists(), "{lang}: no {}", wasm.display());
+    // Every template's build names the module where a host reads it uncompiled.
+    let bytes = std::fs::read(&wasm).unwrap();
+    assert_eq!(
+        flow8_host::runtime::name_hint::read(&bytes).as_deref(),
+        Some(name),
+        "{lang}: the flow8:module-name section"
+    );
     // Compiled into the tests' shared cache first: a 12-18 MB language runtime takes a
     // debug host on a busy machine longer than a step's deadline to compile, and a
     // step counts loading its module against the deadline.

@@ -54,12 +54,26 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
+/// The `flow8:module-name` custom section naming `name` (what the Rust SDK writes; see
+/// `runtime::name_hint`), as `printf` octal escapes of its id, size and name length:
+/// appended to a built component it lets a host skip it, uncompiled, when a step names
+/// another module. `name` is at most 64 bytes, so each length is one LEB128 byte.
+fn name_section_escapes(name: &str) -> String {
+    let section = crate::runtime::name_hint::SECTION;
+    format!(
+        "\\000\\{:03o}\\{:03o}{section}",
+        1 + section.len() + name.len(),
+        section.len()
+    )
+}
+
 /// The files of a module `name` in `lang`, by relative path.
 pub fn files(name: &str, lang: Lang, sdk: &Path) -> Vec<(&'static str, String)> {
     let fill = |t: &str| {
         t.replace("{{name}}", name)
             .replace("{{crate}}", &name.replace('-', "_"))
             .replace("{{sdk}}", &sdk.display().to_string())
+            .replace("{{name_section}}", &name_section_escapes(name))
     };
     let input = r#"{"name": "flow8"}
 "#
@@ -216,6 +230,7 @@ const JS_JUSTFILE: &str = r#"componentize := env_var_or_default("COMPONENTIZE_JS
 build:
     test -x "{{componentize}}" || npm install --no-audit --no-fund
     "{{componentize}}" app.js --wit wit --world-name module -o {{name}}.wasm
+    printf '{{name_section}}%s' '{{name}}' >> {{name}}.wasm
 "#;
 
 const PY_APP: &str = r#""""{{name}}: a flow8 module. The host calls `manifest` once when it loads the module
@@ -252,6 +267,7 @@ const PY_JUSTFILE: &str = r#"componentize := env_var_or_default("COMPONENTIZE_PY
 build:
     test -x "{{componentize}}" || (python3 -m venv .venv && .venv/bin/pip install --quiet -r requirements.txt)
     "{{componentize}}" -d wit -w module componentize app -o {{name}}.wasm
+    printf '{{name_section}}%s' '{{name}}' >> {{name}}.wasm
 "#;
 
 #[cfg(test)]
@@ -276,7 +292,7 @@ mod tests {
             let files = write("hello-x", lang, &target, None).unwrap();
             for f in &files {
                 let text = std::fs::read_to_string(f).unwrap();
-                for p in ["{{name}}", "{{crate}}", "{{sdk}}"] {
+                for p in ["{{name}}", "{{crate}}", "{{sdk}}", "{{name_section}}"] {
                     assert!(!text.contains(p), "{} keeps {p}", f.display());
                 }
             }
