@@ -138,9 +138,7 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
     let in_process = Arc::new(host.runtime.clone());
     let api = serve_steps_api(&host).await;
     let client = reqwest::Client::new();
-    let body = serde_json::json!({"name": "bench", "module_ref": "http-request",
-        "input_mapping": {"url": "/ping"}, "bindings": {"request": "api"}})
-    .to_string();
+    let body = flow8_bench_load::ping_step_body();
     let target = upstream.url("/ping");
 
     // Warm both paths (connection pools, compiled module).
@@ -205,6 +203,7 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
         api.clone(),
         Some(token.clone()),
         body.clone(),
+        None,
     );
     let api = if wanted("api") {
         Some(run_load(requests, concurrency, steps).await)
@@ -215,7 +214,7 @@ async fn api_throughput(engine: Arc<flow8_host::runtime::SandboxEngine>, cache: 
     // proxy taking the same step body over HTTP and making the same upstream request,
     // with no authentication, sandbox, credential or audit.
     let proxy_url = start_native_proxy(client.clone(), upstream.url("")).await;
-    let proxy = flow8_bench_load::post_ok(client.clone(), proxy_url, None, body.clone());
+    let proxy = flow8_bench_load::post_ok(client.clone(), proxy_url, None, body.clone(), None);
     let proxy = if wanted("proxy") {
         Some(run_load(requests, concurrency, proxy).await)
     } else {
@@ -335,8 +334,8 @@ async fn peer_rows() {
     let body = flow8_bench_load::ping_step_body();
     let native = flow8_bench_load::get_ok(client.clone(), format!("{upstream}/ping"));
     let proxy = start_native_proxy(client.clone(), upstream.clone()).await;
-    let proxy = flow8_bench_load::post_ok(client.clone(), proxy, None, body.clone());
-    let steps = flow8_bench_load::post_ok(client.clone(), api, Some(token), body);
+    let proxy = flow8_bench_load::post_ok(client.clone(), proxy, None, body.clone(), None);
+    let steps = flow8_bench_load::post_ok(client.clone(), api, Some(token), body, None);
     // Warm every path: connections, the compiled module.
     run_load(200, concurrency, native.clone()).await;
     run_load(200, concurrency, proxy.clone()).await;

@@ -74,6 +74,17 @@ enum Hints {
     Ignored,
 }
 
+/// What a scan for one name left uncompiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Skipped {
+    /// Nothing (or this file: it is loaded).
+    Nothing,
+    /// Files the compile cache knows hold another module.
+    ByKnownName,
+    /// At least one file by its name section alone (which may be wrong).
+    ByHint,
+}
+
 /// Resolves `module_ref`s to loaded modules.
 pub struct ModuleRegistry {
     engine: Arc<SandboxEngine>,
@@ -238,9 +249,10 @@ impl ModuleRegistry {
         only: Option<&str>,
         hints: Hints,
         entries: &mut Vec<ModuleEntry>,
-    ) {
+    ) -> Skipped {
+        let mut skipped = Skipped::Nothing;
         let Ok(read) = std::fs::read_dir(dir) else {
-            return;
+            return skipped;
         };
         let mut paths: Vec<PathBuf> = read
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -248,10 +260,15 @@ impl ModuleRegistry {
             .collect();
         paths.sort();
         for path in paths {
-            if let Some(name) = only
-                && self.named_otherwise(&path, name, hints).await
-            {
-                continue;
+            if let Some(name) = only {
+                match self.named_otherwise(&path, name, hints).await {
+                    Skipped::Nothing => {}
+                    Skipped::ByKnownName => continue,
+                    Skipped::ByHint => {
+                        skipped = Skipped::ByHint;
+                        continue;
+                    }
+                }
             }
             let module = self.load_file(&path).await;
             if let Err(e) = &module {
@@ -259,59 +276,57 @@ impl ModuleRegistry {
             }
             entries.push(ModuleEntry { path, module });
         }
+        skipped
     }
 
-    /// Whether `path` holds a module that is not loaded here and that, by the compile
-    /// cache's name index (or, with `hints` and no name known, the file's own name
-    /// section), is not named `name`.
-    async fn named_otherwise(&self, path: &Path, name: &str, hints: Hints) -> bool {
+    /// Whether a scan for `name` skips `path`: a file not loaded here that holds another
+    /// module by the compile cache's name index or (with `hints`, no name known) by its
+    /// own name section.
+    async fn named_otherwise(&self, path: &Path, name: &str, hints: Hints) -> Skipped {
         let Some(d) = self.file_digest(path).await else {
-            return false;
+            return Skipped::Nothing;
         };
         if self.loaded(&d).is_some() {
-            return false;
+            return Skipped::Nothing;
         }
-        let said = match self.cache.known_name(&d) {
-            Some(known) => Some(known),
-            None if hints == Hints::Trusted => self.name_hint(path, &d).await,
-            None => None,
-        };
-        said.is_some_and(|n| n != name)
+        if let Some(known) = self.cache.known_name(&d) {
+            return if known == name {
+                Skipped::Nothing
+            } else {
+                Skipped::ByKnownName
+            };
+        }
+        if hints == Hints::Trusted
+            && self
+                .name_hint(path, &d)
+                .await
+                .is_some_and(|hint| hint != name)
+        {
+            return Skipped::ByHint;
+        }
+        Skipped::Nothing
     }
 
     /// The SHA-256 of a file, from the (len, mtime) memo when the file is unchanged.
-    /// A file read to hash it is also read for its name hint.
     async fn file_digest(&self, path: &Path) -> Option<String> {
         let meta = tokio::fs::metadata(path).await.ok()?;
         if let Some(d) = self.memo_digest(path, &meta) {
             return Some(d);
         }
-        let bytes = tokio::fs::read(path).await.ok()?;
-        let d = digest(&bytes);
+        let d = digest(&tokio::fs::read(path).await.ok()?);
         self.memo_remember(path, &meta, &d);
-        self.hint_remember(&d, &bytes);
         Some(d)
     }
 
-    /// The name `path` (whose digest is `d`) says it holds in its `flow8:module-name`
-    /// section, read once per digest.
+    /// The name `path` (just hashed to `d`) says it holds in its `flow8:module-name`
+    /// section, read only when asked (no name is known for `d` yet), once per digest. A
+    /// file replaced between the hash and this read gets the new file's hint: it is
+    /// only a hint, and a wrong one is undone by the scan that ignores hints.
     async fn name_hint(&self, path: &Path, d: &str) -> Option<String> {
-        let memo = self
-            .name_hints
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(d)
-            .cloned();
-        if let Some(hint) = memo {
+        if let Some(hint) = self.memo_hint(d) {
             return hint;
         }
-        let bytes = tokio::fs::read(path).await.ok()?;
-        // The file may have changed since it was hashed: keep the hint under its bytes.
-        self.hint_remember(&digest(&bytes), &bytes)
-    }
-
-    fn hint_remember(&self, d: &str, bytes: &[u8]) -> Option<String> {
-        let hint = super::name_hint::read(bytes);
+        let hint = super::name_hint::read(&tokio::fs::read(path).await.ok()?);
         let mut hints = self
             .name_hints
             .lock()
@@ -322,6 +337,15 @@ impl ModuleRegistry {
         }
         hints.insert(d.to_string(), hint.clone());
         hint
+    }
+
+    /// The hint read for digest `d`, if it was read: `Some(None)` when the file had none.
+    fn memo_hint(&self, d: &str) -> Option<Option<String>> {
+        self.name_hints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(d)
+            .cloned()
     }
 
     /// The digest the memo holds for `path`, if the file's length and mtime are as then.
@@ -664,7 +688,9 @@ impl ModuleRegistry {
     ) -> Result<Arc<LoadedModule>, StepError> {
         let module = LoadedModule::load(&self.engine, &self.cache, bytes).await?;
         self.cache.remember_name(d, &module.manifest.name);
-        if let Some(hint) = super::name_hint::read(bytes)
+        // Only a hint a scan read (and may have skipped the file by) is checked: no
+        // load parses the whole component again for it.
+        if let Some(Some(hint)) = self.memo_hint(d)
             && hint != module.manifest.name
         {
             tracing::warn!(
@@ -703,17 +729,19 @@ impl ModuleRegistry {
     /// Every `.wasm` in the shared module directories, loaded (a broken file is
     /// reported, not fatal).
     pub async fn scan(&self) -> Vec<ModuleEntry> {
-        self.scan_for(None, Hints::Trusted).await
+        self.scan_for(None, Hints::Trusted).await.0
     }
 
     /// A scan for the module `only` names (or for all of them). A full scan rebuilds
     /// the name index from what the directories hold; a scan for one name replaces
     /// that name's versions and adds what else it loaded, keeping the rest (a scan for
-    /// another name at the same moment may have skipped a file this one loads).
-    async fn scan_for(&self, only: Option<&str>, hints: Hints) -> Vec<ModuleEntry> {
+    /// another name at the same moment may have skipped a file this one loads). Also
+    /// whether it skipped a file by its name section alone.
+    async fn scan_for(&self, only: Option<&str>, hints: Hints) -> (Vec<ModuleEntry>, bool) {
         let mut entries = Vec::new();
+        let mut by_hint = false;
         for dir in &self.dirs {
-            self.scan_dir(dir, only, hints, &mut entries).await;
+            by_hint |= self.scan_dir(dir, only, hints, &mut entries).await == Skipped::ByHint;
         }
         let fresh = Self::index(&entries);
         let mut by_name = self.by_name.lock().unwrap_or_else(PoisonError::into_inner);
@@ -725,7 +753,7 @@ impl ModuleRegistry {
             }
         }
         drop(by_name);
-        entries
+        (entries, by_hint)
     }
 
     /// Resolve a `module_ref`: a path to a `.wasm`, `name`, or `name@version`.
@@ -740,10 +768,11 @@ impl ModuleRegistry {
         if let Some(m) = self.lookup(name, version) {
             return Ok(m);
         }
-        self.scan_for(Some(name), Hints::Trusted).await;
-        if self.lookup(name, version).is_none() {
-            // Nothing answered: a file whose name section disagrees with its manifest
-            // may hold it. Compile those too (the compile cache's names still hold).
+        let (_, skipped_by_hint) = self.scan_for(Some(name), Hints::Trusted).await;
+        if skipped_by_hint && self.lookup(name, version).is_none() {
+            // Nothing answered, and a file was skipped by its name section alone: one
+            // whose section disagrees with its manifest may hold it. Compile those too
+            // (the compile cache's names still hold).
             self.scan_for(Some(name), Hints::Ignored).await;
         }
         if let Some(d) = version.and_then(pinned_digest)

@@ -32,7 +32,9 @@ const MIN_FRAGMENT: usize = 8;
 
 /// One secret and its encoded forms, each a searcher built once (a step's output is
 /// searched string by string, so building them per search cost more than searching).
-#[derive(Debug, Clone)]
+/// Its `Debug` shows how many forms it has, never their bytes: a step's policy, which
+/// holds these, is `Debug` too.
+#[derive(Clone)]
 struct Needle {
     /// The secret itself (telling one needle from another when redactors are joined).
     secret: Vec<u8>,
@@ -79,6 +81,14 @@ impl Needle {
 
     fn forms(&self) -> impl Iterator<Item = &[u8]> {
         self.exact.iter().chain(&self.any_case).map(Finder::needle)
+    }
+}
+
+impl std::fmt::Debug for Needle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Needle")
+            .field("forms", &(self.exact.len() + self.any_case.len()))
+            .finish_non_exhaustive()
     }
 }
 

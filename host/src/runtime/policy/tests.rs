@@ -1116,6 +1116,15 @@ fn a_refreshed_token_is_attached_read_and_redacted_with_the_one_it_replaced() {
         serde_json::json!({"***": ["***"]})
     );
     assert!(p.record_refresh("nope", Secret::new("x".into())).is_err());
+    // The policy holds the searchers now; its `Debug` (and theirs) shows no secret.
+    let shown = format!("{p:?} {:?}", p.output_redactor());
+    for secret in p.redaction_values() {
+        assert!(!shown.contains(&secret), "{secret} in {shown}");
+        assert!(
+            !shown.contains(&format!("{:?}", secret.as_bytes())),
+            "{shown}"
+        );
+    }
 }
 
 #[test]

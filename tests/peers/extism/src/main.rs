@@ -240,7 +240,7 @@ async fn run(plugin_path: &str) -> anyhow::Result<()> {
         run_load(
             200,
             concurrency,
-            post_ok(client.clone(), url, None, ping_step_body()),
+            post_ok(client.clone(), url, None, ping_step_body(), Some("pong")),
         )
         .await;
     }
@@ -271,7 +271,7 @@ async fn run(plugin_path: &str) -> anyhow::Result<()> {
         run_load(
             requests,
             concurrency,
-            post_ok(client.clone(), url, None, ping_step_body()),
+            post_ok(client.clone(), url, None, ping_step_body(), Some("pong")),
         )
         .await
         .print_peer_row(section, label, requests);

@@ -223,12 +223,14 @@ pub fn get_ok(
 }
 
 /// A load function for [`run_load`]: `POST body` (JSON) to `url`, with `token` as a
-/// bearer token when given, checked to succeed.
+/// bearer token when given, checked to succeed and, with `expect`, to answer a body
+/// holding that text (the upstream's answer made it through).
 pub fn post_ok(
     client: reqwest::Client,
     url: String,
     token: Option<String>,
     body: String,
+    expect: Option<&'static str>,
 ) -> impl Fn() -> LoadFuture + Clone + Send + 'static {
     move || {
         let (client, url, token, body) = (client.clone(), url.clone(), token.clone(), body.clone());
@@ -245,6 +247,13 @@ pub fn post_ok(
                 "{status}: {}",
                 String::from_utf8_lossy(&answer)
             );
+            if let Some(text) = expect {
+                assert!(
+                    answer.windows(text.len()).any(|w| w == text.as_bytes()),
+                    "`{text}` is not in the answer: {}",
+                    String::from_utf8_lossy(&answer)
+                );
+            }
         })
     }
 }
