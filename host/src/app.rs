@@ -270,6 +270,7 @@ pub async fn oauth_service(
     let lifecycle = crate::delivery::LifecycleEvents::new(deliveries.clone(), store.clone());
     let mut oauth = OAuthService::new(store, vault, providers)
         .with_journal(data_dir.join(crate::oauth::journal::JOURNAL_DIR))
+        .with_link_cache(config.record_cache())
         .with_events(Arc::new(crate::oauth::events::Fanout(vec![
             Arc::new(audit.clone()),
             Arc::new(lifecycle),
@@ -366,7 +367,7 @@ impl Host {
             settings.config.step_limits(),
         )
         .with_company_share(settings.config.company_share())
-        .with_component_cache(settings.config.component_cache())
+        .with_component_cache(settings.config.record_cache())
         .with_workspace_taints(crate::runtime::taint::WorkspaceTaints::in_dir(
             settings.data_dir.join("workspace-taint"),
         ));
@@ -449,6 +450,10 @@ impl Host {
                 use sha2::Digest;
                 sha2::Sha256::digest(t.expose().as_bytes()).into()
             }),
+            tokens: crate::server::auth::TokenCache::new(
+                crate::store::read_cache::Records::Tokens,
+                self.config.record_cache(),
+            ),
         })
     }
 

@@ -326,11 +326,15 @@ pub struct HostConfig {
     pub oauth_refresh_window_seconds: u64,
     /// How often `serve` renews links nearing expiry in the background (0: never).
     pub oauth_background_refresh_seconds: u64,
-    /// How long a step may reuse a component record read for an earlier step
-    /// (`runtime::component_cache`): the bound, in seconds, within which a component
-    /// changed or deleted by another host or the CLI stops being used here (this host's
-    /// own changes apply at once). 0 reads the store on every step.
-    pub component_cache_seconds: f64,
+    /// How long a record read for one step or call may serve later ones
+    /// (`store::read_cache`): a step's component and OAuth link, an API caller's token.
+    /// The bound, in seconds, within which a record changed or deleted by another host
+    /// or the CLI (a deleted component, an unlinked link, a revoked token) stops being
+    /// used here; this host's own changes apply at once. 0 reads the store every time.
+    /// `component_cache_seconds`, its name before it covered links and tokens, is read
+    /// as this.
+    #[serde(alias = "component_cache_seconds")]
+    pub record_cache_seconds: f64,
     /// The sandbox pool and each company's share of it.
     pub sandboxes: SandboxesConfig,
     /// Per-company API rate limits.
@@ -377,7 +381,7 @@ impl Default for HostConfig {
             oauth2: Default::default(),
             oauth_refresh_window_seconds: 3600,
             oauth_background_refresh_seconds: 60,
-            component_cache_seconds: DEFAULT_COMPONENT_CACHE.as_secs_f64(),
+            record_cache_seconds: DEFAULT_RECORD_CACHE.as_secs_f64(),
             sandboxes: SandboxesConfig::default(),
             rate_limits: RateLimitsConfig::default(),
             compile_cache: CompileCacheConfig::default(),
@@ -394,18 +398,19 @@ impl Default for HostConfig {
     }
 }
 
-/// How long a step may reuse a component record by default (`component_cache_seconds`).
-pub const DEFAULT_COMPONENT_CACHE: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a record may serve later reads by default (`record_cache_seconds`).
+pub const DEFAULT_RECORD_CACHE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The longest `component_cache_seconds`: a deleted component must stop being used soon.
-const MAX_COMPONENT_CACHE_SECONDS: f64 = 60.0;
+/// The longest `record_cache_seconds`: a deleted component, an unlinked link or a revoked
+/// token must stop being used soon.
+const MAX_RECORD_CACHE_SECONDS: f64 = 60.0;
 
 impl HostConfig {
-    /// How long a step may reuse a component record (call after `validate`).
-    pub fn component_cache(&self) -> std::time::Duration {
+    /// How long a record may serve later reads (call after `validate`).
+    pub fn record_cache(&self) -> std::time::Duration {
         std::time::Duration::from_secs_f64(
-            self.component_cache_seconds
-                .clamp(0.0, MAX_COMPONENT_CACHE_SECONDS),
+            self.record_cache_seconds
+                .clamp(0.0, MAX_RECORD_CACHE_SECONDS),
         )
     }
 }
@@ -532,9 +537,9 @@ impl HostConfig {
         if !(1..=3650).contains(&self.compile_cache.max_age_days) {
             return Err(bad("compile_cache.max_age_days must be 1-3650".into()));
         }
-        if !(0.0..=MAX_COMPONENT_CACHE_SECONDS).contains(&self.component_cache_seconds) {
+        if !(0.0..=MAX_RECORD_CACHE_SECONDS).contains(&self.record_cache_seconds) {
             return Err(bad(format!(
-                "component_cache_seconds must be 0-{MAX_COMPONENT_CACHE_SECONDS}"
+                "record_cache_seconds must be 0-{MAX_RECORD_CACHE_SECONDS}"
             )));
         }
         if !(0.0..=600.0).contains(&self.module_install.answer_within_seconds) {
@@ -799,29 +804,31 @@ mod tests {
     }
 
     #[test]
-    fn the_component_cache_bound_loads_and_out_of_range_ones_are_named() {
+    fn the_record_cache_bound_loads_under_both_names_and_out_of_range_ones_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("config.yml");
         assert_eq!(
-            HostConfig::default().component_cache(),
+            HostConfig::default().record_cache(),
             std::time::Duration::from_secs(2)
         );
-        for (text, want) in [("0", 0), ("0.25", 250), ("60", 60_000)] {
-            std::fs::write(&p, format!("component_cache_seconds: {text}\n")).unwrap();
-            let c = HostConfig::load(Some(&p)).unwrap();
-            assert_eq!(
-                c.component_cache(),
-                std::time::Duration::from_millis(want),
-                "{text}"
-            );
-        }
-        for bad in ["-1", "61", ".nan", ".inf"] {
-            std::fs::write(&p, format!("component_cache_seconds: {bad}\n")).unwrap();
-            let e = HostConfig::load(Some(&p)).unwrap_err().to_string();
-            assert!(
-                e.contains("component_cache_seconds must be 0-60"),
-                "{bad}: {e}"
-            );
+        for key in ["record_cache_seconds", "component_cache_seconds"] {
+            for (text, want) in [("0", 0), ("0.25", 250), ("60", 60_000)] {
+                std::fs::write(&p, format!("{key}: {text}\n")).unwrap();
+                let c = HostConfig::load(Some(&p)).unwrap();
+                assert_eq!(
+                    c.record_cache(),
+                    std::time::Duration::from_millis(want),
+                    "{key}: {text}"
+                );
+            }
+            for bad in ["-1", "61", ".nan", ".inf"] {
+                std::fs::write(&p, format!("{key}: {bad}\n")).unwrap();
+                let e = HostConfig::load(Some(&p)).unwrap_err().to_string();
+                assert!(
+                    e.contains("record_cache_seconds must be 0-60"),
+                    "{key}: {bad}: {e}"
+                );
+            }
         }
     }
 

@@ -98,19 +98,20 @@ async fn serve_steps_api(host: &Host) -> String {
 
 /// The default configuration with loopback allowed (the bench's servers are local) and
 /// a step rate far above what the bench sends: the limiter still runs on every step (its
-/// cost is measured) but never refuses one. `BENCH_COMPONENT_CACHE_SECONDS` sets
-/// `component_cache_seconds`.
+/// cost is measured) but never refuses one. `BENCH_RECORD_CACHE_SECONDS` sets
+/// `record_cache_seconds`.
 fn loopback() -> HostConfig {
     let mut config = HostConfig::default();
     config.outbound.allow_loopback = true;
     config.rate_limits.steps_per_second = 100_000.0;
     config.rate_limits.steps_burst = 1_000_000;
-    // BENCH_COMPONENT_CACHE_SECONDS=0 reads the component on every step (issue 19 item 6).
-    if let Some(seconds) = std::env::var("BENCH_COMPONENT_CACHE_SECONDS")
+    // BENCH_RECORD_CACHE_SECONDS=0 reads the component, link and API token on every step
+    // (issue 19 item 6).
+    if let Some(seconds) = std::env::var("BENCH_RECORD_CACHE_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())
     {
-        config.component_cache_seconds = seconds;
+        config.record_cache_seconds = seconds;
     }
     config
 }

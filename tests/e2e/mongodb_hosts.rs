@@ -1,5 +1,6 @@
 //! Several host processes on one MongoDB (a real SecantusDB server) behave as one host:
-//! tokens, components and links made on either are seen by the other at once, a
+//! tokens, components and links made on either are seen by the other at once (and
+//! removed ones within `record_cache_seconds`), a
 //! refresh storm across both makes one token request, a host that died holding a
 //! refresh lease blocks the link no longer than the lease, and a MongoDB outage gives
 //! `store_unavailable` fast, writes nothing half, and heals without a restart. A module
@@ -8,6 +9,7 @@
 
 use flow8_host::store::Store;
 use flow8_host::store::mongodb::MongoStore;
+use flow8_tests::bounded::{Answer, refused_past_the_bound};
 use flow8_tests::mongo_server::MongoServer;
 use flow8_tests::oauth_server::OAuthServer;
 use flow8_tests::wat_guest::WatGuest;
@@ -204,7 +206,9 @@ async fn two_hosts_on_one_mongodb_behave_as_one() {
         Some(1),
         "{audit}"
     );
-    // Unlinking on B makes A's next step fail with access_denied.
+    // Unlinking on B makes B's next step fail with access_denied at once, and every
+    // step on A sent past `record_cache_seconds` (A may keep the link's record that
+    // long).
     let (s, _) = call(
         &http,
         reqwest::Method::DELETE,
@@ -214,19 +218,37 @@ async fn two_hosts_on_one_mongodb_behave_as_one() {
     )
     .await;
     assert_eq!(s, 204);
-    let (s, v) = call(
-        &http,
-        reqwest::Method::POST,
-        a.url("/api/v1/steps"),
-        &member,
-        Some(linked_call(api.url("/after"), &link_id)),
-    )
-    .await;
+    let unlinked_at = Instant::now();
+    let linked_step = |host: &ServerProcess| {
+        call(
+            &http,
+            reqwest::Method::POST,
+            host.url("/api/v1/steps"),
+            &member,
+            Some(linked_call(api.url("/after"), &link_id)),
+        )
+    };
+    let (s, v) = linked_step(&b).await;
     assert_eq!(
         (s, v["error"].as_str()),
         (403, Some("access_denied")),
         "{v}"
     );
+    let bound = flow8_host::config::DEFAULT_RECORD_CACHE;
+    refused_past_the_bound(unlinked_at, bound, || async {
+        match linked_step(&a).await {
+            (200, v) => Answer::Served(v.to_string()),
+            (s, v) => {
+                assert_eq!(
+                    (s, v["error"].as_str()),
+                    (403, Some("access_denied")),
+                    "{v}"
+                );
+                Answer::Refused
+            }
+        }
+    })
+    .await;
 }
 
 /// Install `bytes` through `host` as `token`'s company; the status and answer.

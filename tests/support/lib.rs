@@ -5,6 +5,7 @@
 pub mod ai_fake;
 pub mod api_client;
 pub mod background;
+pub mod bounded;
 pub mod browser;
 pub mod event_log;
 pub mod event_receiver;

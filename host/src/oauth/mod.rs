@@ -32,6 +32,7 @@ pub use client::http_client;
 pub use events::{NoEvents, OAuthEvent, OAuthEvents, RefreshCause};
 
 use crate::error::ErrorName;
+use crate::store::read_cache::{ReadCache, Records};
 use crate::store::{AnyStore, LinkRecord, Store, StoreError, new_object_id};
 use crate::vault::{Envelope, SealContext, Secret, Vault};
 use providers::Provider;
@@ -132,6 +133,8 @@ pub struct OAuthService {
     single_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     journal: Option<journal::RefreshJournal>,
     events: Arc<dyn OAuthEvents>,
+    /// Link records steps read, kept a short while (see [`OAuthService::with_link_cache`]).
+    links: ReadCache<(String, String), LinkRecord>,
 }
 
 impl OAuthService {
@@ -153,7 +156,20 @@ impl OAuthService {
             single_flight: Mutex::new(HashMap::new()),
             journal: None,
             events: Arc::new(NoEvents),
+            links: ReadCache::new(Records::Links, Duration::ZERO),
         }
+    }
+
+    /// Let a step use a link record read for an earlier step less than `lifetime` ago
+    /// (`record_cache_seconds`; zero, the default: read the store every time), unless a
+    /// link write went through this host's store since. Only the record is kept, its
+    /// tokens sealed; a token inside the refresh window, or one the provider refused,
+    /// is always handled on the record read afresh. So a refresh by another host is seen
+    /// on this host's next refresh or within `lifetime`, and a link unlinked through
+    /// another host or the CLI serves no step here once `lifetime` has passed.
+    pub fn with_link_cache(mut self, lifetime: Duration) -> OAuthService {
+        self.links = ReadCache::new(Records::Links, lifetime);
+        self
     }
 
     /// Keep refresh answers in a local journal until the store has them (see
@@ -193,6 +209,21 @@ impl OAuthService {
             .get_link(company_id, link_id)
             .await?
             .ok_or(OAuthError::NotFound)
+    }
+
+    /// A company's link for a step: the kept record while it is fresh (see
+    /// [`OAuthService::with_link_cache`]), else the store's.
+    async fn link_for_step(
+        &self,
+        company_id: &str,
+        link_id: &str,
+    ) -> Result<LinkRecord, OAuthError> {
+        let key = (company_id.to_string(), link_id.to_string());
+        let read = self.store.get_link(company_id, link_id);
+        match self.links.get_or_read(&self.store, key, read).await? {
+            Some(link) => Ok(LinkRecord::clone(&link)),
+            None => Err(OAuthError::NotFound),
+        }
     }
 
     /// Open a sealed token where it was read from (a link's token, a pending

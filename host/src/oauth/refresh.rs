@@ -68,7 +68,7 @@ impl OAuthService {
         company_id: &str,
         link_id: &str,
     ) -> Result<(Secret, LinkRecord), OAuthError> {
-        let link = self.link(company_id, link_id).await?;
+        let link = self.link_for_step(company_id, link_id).await?;
         let link = self.refresh(link, Need::Expiring).await?;
         let token = self.open(&link.access_token, &link.access_token_context())?;
         Ok((token, link))

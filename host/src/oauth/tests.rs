@@ -370,3 +370,82 @@ async fn a_refused_refresh_is_audited_only_when_this_host_marked_the_link() {
     let unlinked = audits_of_a_refused_refresh(true).await;
     assert!(unlinked.is_empty(), "{unlinked:?}");
 }
+
+#[tokio::test]
+async fn a_kept_link_serves_steps_until_a_write_here_or_its_lifetime_and_never_past_the_window() {
+    use std::sync::atomic::Ordering;
+    let (url, requests) = token_endpoint(rotating).await;
+    let (store, oauth) = service_with(json!({"token_url": url}));
+    let lifetime = Duration::from_secs(2);
+    let mut oauth = oauth.with_link_cache(lifetime);
+    oauth.refresh_window = Duration::from_secs(300);
+    // Another process on the same data: its writes are not this store's.
+    let AnyStore::Embedded(elsewhere) = &*store else {
+        unreachable!("the test service is on the embedded store")
+    };
+    let elsewhere = elsewhere.clone();
+
+    // A token far from expiry: read once, then served from the kept record.
+    let link = insert_link(&store, &oauth, Duration::from_secs(3600)).await;
+    assert_eq!(
+        oauth.access_token("A", &link.id).await.unwrap().0.expose(),
+        "access-0"
+    );
+    assert!(
+        elsewhere
+            .delete_link("A", &link.id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    oauth.links.age(lifetime - Duration::from_millis(1));
+    assert!(
+        oauth.access_token("A", &link.id).await.is_ok(),
+        "within the lifetime the kept record is used: that is the cache"
+    );
+    oauth.links.age(Duration::from_millis(1));
+    assert!(
+        matches!(
+            oauth.access_token("A", &link.id).await,
+            Err(OAuthError::NotFound)
+        ),
+        "a link another process deleted serves no step once the lifetime passed"
+    );
+
+    // Deleted through this host's store: at once.
+    let link = insert_link(&store, &oauth, Duration::from_secs(3600)).await;
+    assert!(oauth.access_token("A", &link.id).await.is_ok());
+    assert!(store.delete_link("A", &link.id).await.unwrap().is_some());
+    assert!(matches!(
+        oauth.access_token("A", &link.id).await,
+        Err(OAuthError::NotFound)
+    ));
+
+    // A kept record whose token has come inside the refresh window is refreshed on the
+    // store's record, and the refreshed token is what the next step gets.
+    let link = insert_link(&store, &oauth, Duration::from_secs(3600)).await;
+    assert_eq!(
+        oauth.access_token("A", &link.id).await.unwrap().0.expose(),
+        "access-0"
+    );
+    let mut nearly = store.get_link("A", &link.id).await.unwrap().unwrap();
+    nearly.token_expiry = Some(now() + Duration::from_secs(60));
+    // Written elsewhere, so the kept record still says an hour...
+    assert!(
+        elsewhere
+            .update_link_cas(nearly, link.version)
+            .await
+            .unwrap()
+    );
+    oauth.links.age(lifetime);
+    // ...until it ages out; then the expiry is seen and the token refreshed once.
+    assert_eq!(
+        oauth.access_token("A", &link.id).await.unwrap().0.expose(),
+        "access-1"
+    );
+    assert_eq!(
+        oauth.access_token("A", &link.id).await.unwrap().0.expose(),
+        "access-1"
+    );
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+}

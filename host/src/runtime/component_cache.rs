@@ -1,30 +1,14 @@
-//! The component records a step's bindings resolve to, kept for a short, bounded time so
-//! that a busy flow does not read the store for the same component on every step
-//! (issue 19, item 6).
-//!
-//! What is kept is the record as the store holds it: its secrets stay sealed, and every
-//! step still opens them with the vault. A record is used again only while both hold:
-//!
-//! - it was read less than the cache's lifetime ago (`component_cache_seconds`, 2 s by
-//!   default, 0 turns the cache off): the bound within which a change made by another
-//!   process (another host on the same store, the operator's CLI) reaches this host's
-//!   steps;
-//! - no component write went through this host's store since it was read
-//!   ([`AnyStore::component_writes`]): a change made through this host (its API, a key
-//!   rotation it ran) reaches its next step at once.
-//!
-//! Lookups that find nothing are not kept: a step naming a missing component reads the
-//! store every time, so a component created anywhere is found at once.
+//! The component records a step's bindings resolve to, kept for a short, bounded time
+//! (`record_cache_seconds`, 2 s by default, 0 turns it off) so that a busy flow does not
+//! read the store for the same component on every step (issue 19, item 6). The rules of
+//! what is kept and for how long are [`crate::store::read_cache`]'s: a change through
+//! this host shows at its next step, another process's within the lifetime, and a
+//! lookup that found nothing is never kept.
 
+use crate::store::read_cache::{ReadCache, Records};
 use crate::store::{AnyStore, ComponentRecord, Store, StoreError};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
-
-/// At most this many records are kept; a full cache starts over (the records come
-/// back on their next use).
-const MAX_ENTRIES: usize = 4096;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// How a binding names its component.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -35,33 +19,22 @@ enum Lookup {
     Default(String),
 }
 
-struct Kept {
-    record: Arc<ComponentRecord>,
-    read_at: Instant,
-    writes: u64,
-}
-
 /// Component records recently read for steps (see the module documentation).
 pub struct ComponentCache {
-    lifetime: Duration,
-    kept: Mutex<HashMap<(String, Lookup), Kept>>,
-    /// Added to the clock: how tests age the entries without waiting.
-    skew_nanos: AtomicU64,
+    kept: ReadCache<(String, Lookup), ComponentRecord>,
 }
 
 impl ComponentCache {
     /// A cache keeping each record at most `lifetime` (zero: nothing is kept).
     pub fn new(lifetime: Duration) -> ComponentCache {
         ComponentCache {
-            lifetime,
-            kept: Mutex::new(HashMap::new()),
-            skew_nanos: AtomicU64::new(0),
+            kept: ReadCache::new(Records::Components, lifetime),
         }
     }
 
     /// How long a record is kept: the bound on another process's change reaching a step.
     pub fn lifetime(&self) -> Duration {
-        self.lifetime
+        self.kept.lifetime()
     }
 
     /// The component a binding names (`named`: an id or a name), as
@@ -74,13 +47,14 @@ impl ComponentCache {
         by_id_first: bool,
     ) -> Result<Option<Arc<ComponentRecord>>, StoreError> {
         let key = (company_id.to_string(), Lookup::Named(named.to_string()));
-        self.get_or_read(store, key, async {
-            if by_id_first && let Some(r) = store.get_component(company_id, named).await? {
-                return Ok(Some(r));
-            }
-            store.find_component_by_name(company_id, named).await
-        })
-        .await
+        self.kept
+            .get_or_read(store, key, async {
+                if by_id_first && let Some(r) = store.get_component(company_id, named).await? {
+                    return Ok(Some(r));
+                }
+                store.find_component_by_name(company_id, named).await
+            })
+            .await
     }
 
     /// The company's default component of `kind` (`Store::default_component`).
@@ -91,61 +65,15 @@ impl ComponentCache {
         kind: &str,
     ) -> Result<Option<Arc<ComponentRecord>>, StoreError> {
         let key = (company_id.to_string(), Lookup::Default(kind.to_string()));
-        self.get_or_read(store, key, store.default_component(company_id, kind))
+        self.kept
+            .get_or_read(store, key, store.default_component(company_id, kind))
             .await
-    }
-
-    async fn get_or_read(
-        &self,
-        store: &AnyStore,
-        key: (String, Lookup),
-        read: impl Future<Output = Result<Option<ComponentRecord>, StoreError>>,
-    ) -> Result<Option<Arc<ComponentRecord>>, StoreError> {
-        if self.lifetime.is_zero() {
-            return Ok(read.await?.map(Arc::new));
-        }
-        // Noted before the read: a write racing it makes the entry stale, never the
-        // other way round.
-        let writes = store.component_writes();
-        if let Some(k) = self.lock().get(&key)
-            && k.writes == writes
-            && self.now().saturating_duration_since(k.read_at) < self.lifetime
-        {
-            return Ok(Some(k.record.clone()));
-        }
-        let read_at = self.now();
-        let Some(record) = read.await?.map(Arc::new) else {
-            self.lock().remove(&key);
-            return Ok(None);
-        };
-        let mut kept = self.lock();
-        if kept.len() >= MAX_ENTRIES && !kept.contains_key(&key) {
-            kept.clear();
-        }
-        kept.insert(
-            key,
-            Kept {
-                record: record.clone(),
-                read_at,
-                writes,
-            },
-        );
-        Ok(Some(record))
-    }
-
-    fn now(&self) -> Instant {
-        Instant::now() + Duration::from_nanos(self.skew_nanos.load(Ordering::Relaxed))
     }
 
     /// Age every kept entry by `by` (tests).
     #[cfg(test)]
     fn age(&self, by: Duration) {
-        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
-        self.skew_nanos.fetch_add(by, Ordering::Relaxed);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, Lookup), Kept>> {
-        self.kept.lock().unwrap_or_else(PoisonError::into_inner)
+        self.kept.age(by);
     }
 }
 

@@ -432,7 +432,7 @@ impl Runtime {
             },
             workspace_taints: Arc::new(taint::WorkspaceTaints::in_memory()),
             components: Arc::new(component_cache::ComponentCache::new(
-                crate::config::DEFAULT_COMPONENT_CACHE,
+                crate::config::DEFAULT_RECORD_CACHE,
             )),
         }
     }

@@ -76,6 +76,9 @@ pub struct AppState {
     pub public_url: String,
     /// SHA-256 of the operator's metrics token; None: `/metrics` is off.
     pub metrics_token_hash: Option<[u8; 32]>,
+    /// API token records by hash, kept `record_cache_seconds` (see `auth`): a token
+    /// revoked with the CLI or through another host is refused within that bound.
+    pub tokens: auth::TokenCache,
 }
 
 /// The HTTP methods the API uses.

@@ -4,13 +4,13 @@
 
 use super::embedded::EmbeddedStore;
 use super::mongodb::MongoStore;
+use super::read_cache::{Records, WriteCounts};
 use super::{
     AuditQuery, AuditRecord, ComponentRecord, EventQuery, EventRecord, LinkRecord, ModuleApproval,
     ModuleRecord, OAuthStateRecord, Store, StoreError, SubscriptionRecord, TokenRecord,
     WebhookRoute,
 };
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use time::OffsetDateTime;
 
 /// Where the host keeps its documents.
@@ -92,33 +92,36 @@ macro_rules! delegate {
 type Config = serde_json::Map<String, serde_json::Value>;
 
 impl AnyStore {
-    /// How many component writes (insert, delete, a new default, a replaced config) this
-    /// store and its clones have made. A reader that caches component records notes it
-    /// before reading and treats a record as stale once it has moved, so the host's own
-    /// changes show at once; another host's (or another store opened on the same data)
-    /// show when the reader's entry ages out.
-    pub fn component_writes(&self) -> u64 {
-        self.component_write_count().load(Ordering::Acquire)
+    /// How many writes of `records` this store and its clones have made. A reader that
+    /// caches records ([`crate::read_cache`]) notes it before reading and treats a
+    /// record as stale once it has moved, so the host's own changes show at once;
+    /// another host's (or another store opened on the same data) show when the reader's
+    /// entry ages out.
+    pub fn writes(&self, records: Records) -> u64 {
+        self.write_counts().get(records)
     }
 
-    fn component_write_count(&self) -> &AtomicU64 {
+    fn write_counts(&self) -> &WriteCounts {
         match self {
-            AnyStore::Embedded(s) => &s.component_writes,
-            AnyStore::Mongo(s) => &s.component_writes,
+            AnyStore::Embedded(s) => &s.writes,
+            AnyStore::Mongo(s) => &s.writes,
         }
     }
 
-    /// Count a component write, finished or failed (a failed one may still have changed
-    /// the store: a timeout after the server applied it).
-    fn wrote_component<T>(&self, result: T) -> T {
-        self.component_write_count().fetch_add(1, Ordering::AcqRel);
+    /// Count a write of `records`, finished or failed (a failed one may still have
+    /// changed the store: a timeout after the server applied it).
+    fn wrote<T>(&self, records: Records, result: T) -> T {
+        self.write_counts().count(records);
         result
     }
 }
 
 impl Store for AnyStore {
     async fn insert_component(&self, record: ComponentRecord) -> Result<(), StoreError> {
-        self.wrote_component(delegate!(self, s => s.insert_component(record)))
+        self.wrote(
+            Records::Components,
+            delegate!(self, s => s.insert_component(record)),
+        )
     }
     async fn get_component(
         &self,
@@ -138,10 +141,16 @@ impl Store for AnyStore {
         delegate!(self, s => s.list_components(company_id))
     }
     async fn delete_component(&self, company_id: &str, id: &str) -> Result<bool, StoreError> {
-        self.wrote_component(delegate!(self, s => s.delete_component(company_id, id)))
+        self.wrote(
+            Records::Components,
+            delegate!(self, s => s.delete_component(company_id, id)),
+        )
     }
     async fn set_default_component(&self, company_id: &str, id: &str) -> Result<bool, StoreError> {
-        self.wrote_component(delegate!(self, s => s.set_default_component(company_id, id)))
+        self.wrote(
+            Records::Components,
+            delegate!(self, s => s.set_default_component(company_id, id)),
+        )
     }
     async fn default_component(
         &self,
@@ -151,7 +160,7 @@ impl Store for AnyStore {
         delegate!(self, s => s.default_component(company_id, kind))
     }
     async fn insert_link(&self, link: LinkRecord) -> Result<(), StoreError> {
-        delegate!(self, s => s.insert_link(link))
+        self.wrote(Records::Links, delegate!(self, s => s.insert_link(link)))
     }
     async fn get_link(&self, company_id: &str, id: &str) -> Result<Option<LinkRecord>, StoreError> {
         delegate!(self, s => s.get_link(company_id, id))
@@ -176,14 +185,20 @@ impl Store for AnyStore {
         company_id: &str,
         id: &str,
     ) -> Result<Option<LinkRecord>, StoreError> {
-        delegate!(self, s => s.delete_link(company_id, id))
+        self.wrote(
+            Records::Links,
+            delegate!(self, s => s.delete_link(company_id, id)),
+        )
     }
     async fn update_link_cas(
         &self,
         link: LinkRecord,
         expected_version: i64,
     ) -> Result<bool, StoreError> {
-        delegate!(self, s => s.update_link_cas(link, expected_version))
+        self.wrote(
+            Records::Links,
+            delegate!(self, s => s.update_link_cas(link, expected_version)),
+        )
     }
     async fn try_lease_link(
         &self,
@@ -192,7 +207,10 @@ impl Store for AnyStore {
         owner: &str,
         until: OffsetDateTime,
     ) -> Result<Option<LinkRecord>, StoreError> {
-        delegate!(self, s => s.try_lease_link(company_id, id, owner, until))
+        self.wrote(
+            Records::Links,
+            delegate!(self, s => s.try_lease_link(company_id, id, owner, until)),
+        )
     }
     async fn insert_oauth_state(&self, state: OAuthStateRecord) -> Result<(), StoreError> {
         delegate!(self, s => s.insert_oauth_state(state))
@@ -204,7 +222,7 @@ impl Store for AnyStore {
         delegate!(self, s => s.take_oauth_state(state_hash))
     }
     async fn insert_token(&self, token: TokenRecord) -> Result<(), StoreError> {
-        delegate!(self, s => s.insert_token(token))
+        self.wrote(Records::Tokens, delegate!(self, s => s.insert_token(token)))
     }
     async fn find_token_by_hash(
         &self,
@@ -216,7 +234,7 @@ impl Store for AnyStore {
         delegate!(self, s => s.list_tokens())
     }
     async fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
-        delegate!(self, s => s.revoke_token(id))
+        self.wrote(Records::Tokens, delegate!(self, s => s.revoke_token(id)))
     }
     async fn insert_audit(&self, entry: AuditRecord) -> Result<(), StoreError> {
         delegate!(self, s => s.insert_audit(entry))
@@ -292,7 +310,8 @@ impl Store for AnyStore {
         expected: &Config,
         config: Config,
     ) -> Result<bool, StoreError> {
-        self.wrote_component(
+        self.wrote(
+            Records::Components,
             delegate!(self, s => s.replace_component_config(company_id, id, expected, config)),
         )
     }

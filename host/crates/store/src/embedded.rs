@@ -142,8 +142,8 @@ pub struct EmbeddedStore {
     conn: Arc<Mutex<Connection>>,
     /// The read connection (query-only); the same connection for an in-memory store.
     reader: Arc<Mutex<Connection>>,
-    /// Component writes made through this store and its clones (`AnyStore::component_writes`).
-    pub(crate) component_writes: Arc<std::sync::atomic::AtomicU64>,
+    /// Writes made through this store and its clones (`AnyStore::writes`).
+    pub(crate) writes: std::sync::Arc<crate::read_cache::WriteCounts>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -316,7 +316,7 @@ impl EmbeddedStore {
         Ok(EmbeddedStore {
             conn: Arc::new(Mutex::new(writer)),
             reader: Arc::new(Mutex::new(reader)),
-            component_writes: Arc::default(),
+            writes: Arc::default(),
         })
     }
 
@@ -328,7 +328,7 @@ impl EmbeddedStore {
         Ok(EmbeddedStore {
             reader: conn.clone(),
             conn,
-            component_writes: Arc::default(),
+            writes: Arc::default(),
         })
     }
 

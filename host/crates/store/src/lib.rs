@@ -12,6 +12,7 @@ pub mod any;
 pub mod delivery;
 pub mod embedded;
 pub mod mongodb;
+pub mod read_cache;
 pub mod transfer;
 
 pub use any::{AnyStore, StoreLocation};

@@ -78,8 +78,8 @@ const ID_FIELDS: &[&str] = &["_id", "user_id", "company_id"];
 #[derive(Clone)]
 pub struct MongoStore {
     db: Database,
-    /// Component writes made through this store and its clones (`AnyStore::component_writes`).
-    pub(crate) component_writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Writes made through this store and its clones (`AnyStore::writes`).
+    pub(crate) writes: std::sync::Arc<crate::read_cache::WriteCounts>,
 }
 
 impl std::fmt::Debug for MongoStore {
@@ -230,7 +230,7 @@ impl MongoStore {
         let client = Client::with_options(opts).map_err(store_error)?;
         let store = MongoStore {
             db: client.database(&name),
-            component_writes: Default::default(),
+            writes: Default::default(),
         };
         store.create_indexes().await?;
         Ok(store)
