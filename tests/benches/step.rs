@@ -13,6 +13,7 @@ use flow8_host::app::{Host, HostSettings};
 use flow8_host::components::{self, NewComponent};
 use flow8_host::config::HostConfig;
 use flow8_host::runtime::cache::CompileCache;
+use flow8_host::runtime::engine::CodeTier;
 use flow8_host::runtime::module::LoadedModule;
 use flow8_host::runtime::registry::ModuleRegistry;
 use flow8_host::runtime::{StepRequest, raw_execute};
@@ -402,15 +403,26 @@ async fn peer_rows() {
 /// Issue 19 item 4: what a step of the JavaScript and Python example modules
 /// (`modules/examples/`, built by `just examples`) costs beside Rust's http-request,
 /// each making the same GET through the host with a bound component, in process at
-/// concurrency 32; and what their size costs: a cold compile, a load from the compile
-/// cache.
+/// concurrency 32; and what their size costs: a compile by each tier (Winch, quick;
+/// Cranelift, optimised), a load from the compile cache, and a step on each tier's code.
 async fn language_steps() {
     let requests: usize = bench_number("BENCH_LANGUAGE_STEPS", 1000);
     let concurrency: usize = bench_number("BENCH_CONCURRENCY", 32);
     let upstream = flow8_bench_load::start_ping_server().await;
     let engine = bench_engine();
+    // Every module on quick code, and kept there: what a large module's steps cost
+    // until its optimised code is ready.
+    let quick_engine =
+        flow8_host::runtime::SandboxEngine::new(flow8_host::runtime::engine::EngineConfig {
+            quick_tier_min_bytes: Some(0),
+            tier_up: false,
+            ..Default::default()
+        })
+        .unwrap();
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = CompileCache::at(cache_dir.path()).unwrap();
+    let quick_cache_dir = tempfile::tempdir().unwrap();
+    let quick_cache = CompileCache::at(quick_cache_dir.path()).unwrap();
     let examples = flow8_tests::examples_dir();
     let modules = [
         (
@@ -439,69 +451,89 @@ async fn language_steps() {
     for (name, _, path, _, _) in &modules {
         let bytes = std::fs::read(path)
             .unwrap_or_else(|e| panic!("{}: {e} (run `just examples` first)", path.display()));
+        let digest = flow8_host::runtime::module::digest(&bytes);
+        // Each tier's compile of the component alone, into an empty cache.
         let t = Instant::now();
-        LoadedModule::load(&engine, &cache, &bytes).await.unwrap();
-        let cold = t.elapsed();
+        quick_cache
+            .load(&quick_engine, CodeTier::Quick, &digest, &bytes)
+            .unwrap();
+        let quick = t.elapsed();
+        let t = Instant::now();
+        cache
+            .load(&engine, CodeTier::Optimized, &digest, &bytes)
+            .unwrap();
+        let optimized = t.elapsed();
         let cached = measure(10, || async {
             LoadedModule::load(&engine, &cache, &bytes).await.unwrap();
         })
         .await;
-        loads.push((*name, bytes.len(), cold, cached));
+        loads.push((*name, bytes.len(), quick, optimized, cached));
     }
-    let data = tempfile::tempdir().unwrap();
-    let registry = Arc::new(ModuleRegistry::new(
-        engine,
-        cache,
-        vec![wasm_dir(), examples],
-    ));
-    let host = bench_host(loopback(), data.path(), registry, None).await;
-    add_http_component(&host, "api", &upstream).await;
-    let runtime = Arc::new(host.runtime.clone());
+    let mut runtimes = Vec::new();
+    let mut hosts = Vec::new();
+    for (engine, cache) in [(engine, cache), (quick_engine, quick_cache)] {
+        let data = tempfile::tempdir().unwrap();
+        let registry = Arc::new(ModuleRegistry::new(
+            engine,
+            cache,
+            vec![wasm_dir(), examples.clone()],
+        ));
+        let host = bench_host(loopback(), data.path(), registry, None).await;
+        add_http_component(&host, "api", &upstream).await;
+        runtimes.push(Arc::new(host.runtime.clone()));
+        hosts.push((host, data));
+    }
     println!();
     println!(
-        "Languages: one GET through the host with a bound component, in process ({requests} steps, concurrency {concurrency})"
+        "Languages: one GET through the host with a bound component, in process ({requests} steps, concurrency {concurrency}); steps/s, p50 and p99 on optimised code"
     );
     println!(
-        "| module | language | size | cold compile | cached load (p50) | steps/s | p50 | p99 | CPU per step |"
+        "| module | language | size | compile, quick (Winch) | compile, optimised (Cranelift) | cached load (p50) | steps/s | p50 | p99 | CPU per step, optimised | CPU per step, quick |"
     );
-    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for ((name, language, _, binding, input), (_, size, cold, cached)) in modules.iter().zip(&loads)
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for ((name, language, _, binding, input), (_, size, quick, optimized, cached)) in
+        modules.iter().zip(&loads)
     {
-        let step = {
-            let (runtime, name, binding, input) = (
-                runtime.clone(),
-                name.to_string(),
-                binding.to_string(),
-                input.clone(),
-            );
-            move || {
+        let mut rows = Vec::new();
+        for runtime in &runtimes {
+            let step = {
                 let (runtime, name, binding, input) = (
                     runtime.clone(),
-                    name.clone(),
-                    binding.clone(),
+                    name.to_string(),
+                    binding.to_string(),
                     input.clone(),
                 );
-                async move {
-                    let mut bindings = BTreeMap::new();
-                    bindings.insert(binding, "api".to_string());
-                    let r = runtime.run_step(bench_step(&name, input, bindings)).await;
-                    let output = r.result.expect("the step runs");
-                    assert!(output.to_string().contains("pong"), "{output}");
+                move || {
+                    let (runtime, name, binding, input) = (
+                        runtime.clone(),
+                        name.clone(),
+                        binding.clone(),
+                        input.clone(),
+                    );
+                    async move {
+                        let mut bindings = BTreeMap::new();
+                        bindings.insert(binding, "api".to_string());
+                        let r = runtime.run_step(bench_step(&name, input, bindings)).await;
+                        let output = r.result.expect("the step runs");
+                        assert!(output.to_string().contains("pong"), "{output}");
+                    }
                 }
-            }
-        };
-        run_load(50, concurrency, step.clone()).await;
-        let load = run_load(requests, concurrency, step).await;
-        let st = stats(load.latencies.clone());
+            };
+            run_load(50, concurrency, step.clone()).await;
+            rows.push(run_load(requests, concurrency, step).await);
+        }
+        let st = stats(rows[0].latencies.clone());
         println!(
-            "| {name} | {language} | {:.1} MB | {:.2} s | {} | {:.0} | {} | {} | {:.0} µs |",
+            "| {name} | {language} | {:.1} MB | {:.2} s | {:.2} s | {} | {:.0} | {} | {} | {:.0} µs | {:.0} µs |",
             *size as f64 / 1e6,
-            cold.as_secs_f64(),
+            quick.as_secs_f64(),
+            optimized.as_secs_f64(),
             us(cached.median),
-            requests as f64 / load.total.as_secs_f64(),
+            requests as f64 / rows[0].total.as_secs_f64(),
             us(st.median),
             us(st.p99),
-            load.cpu_per_operation_us(requests)
+            rows[0].cpu_per_operation_us(requests),
+            rows[1].cpu_per_operation_us(requests),
         );
     }
 }
@@ -1151,6 +1183,9 @@ async fn refresh_storm() {
     let mut config = loopback();
     // Refresh when a token expires within 300 s (the first one lives 20 s).
     config.oauth_refresh_window_seconds = 300;
+    // The storm's 500 steps all wait for one refresh and then for sandboxes at once:
+    // more than the pool and a company's default queue (128 + 256) hold.
+    config.sandboxes.per_company_waiting = 1024;
     config.oauth2.insert(
         "google".to_string(),
         serde_json::from_value(serde_json::json!({
@@ -1733,10 +1768,7 @@ async fn main() {
     })
     .await;
     let raw = measure(iterations, || async {
-        raw_execute(&engine, &module, &input_text)
-            .await
-            .unwrap()
-            .unwrap();
+        raw_execute(&module, &input_text).await.unwrap().unwrap();
     })
     .await;
     let mut bindings = BTreeMap::new();

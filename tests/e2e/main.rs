@@ -12,6 +12,7 @@ mod capability_review;
 mod catalogue_config;
 mod cli_http_request;
 mod cli_links;
+mod code_tiers;
 mod connect_page;
 mod event_delivery;
 mod fair_share;

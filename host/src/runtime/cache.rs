@@ -10,7 +10,7 @@
 //! within its size limit. A compiled JavaScript or Python component is tens of
 //! megabytes, so without a bound the directory grows with every version installed.
 
-use super::engine::SandboxEngine;
+use super::engine::{CodeTier, SandboxEngine};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -118,28 +118,36 @@ impl CompileCache {
         (!name.is_empty() && name.len() <= 128).then_some(name)
     }
 
-    fn entry(&self, engine: &SandboxEngine, digest: &str) -> Option<PathBuf> {
+    fn entry(&self, engine: &SandboxEngine, tier: CodeTier, digest: &str) -> Option<PathBuf> {
         self.dir
             .as_ref()
-            .map(|d| d.join(format!("{digest}-{}.cwasm", engine.compatibility_key())))
+            .map(|d| d.join(format!("{digest}-{}.cwasm", engine.compatibility_key(tier))))
     }
 
-    /// Load the compiled form of `bytes` (whose SHA-256 is `digest`), compiling and
-    /// storing it on a miss. A corrupt or stale entry is recompiled, not fatal.
+    /// Whether code of `tier` for the `.wasm` with SHA-256 `digest` is in the cache (it
+    /// may still turn out unusable when loaded, and is then compiled again).
+    pub fn has(&self, engine: &SandboxEngine, tier: CodeTier, digest: &str) -> bool {
+        self.entry(engine, tier, digest).is_some_and(|p| p.exists())
+    }
+
+    /// Load the compiled form of `bytes` (whose SHA-256 is `digest`) in code of `tier`,
+    /// compiling and storing it on a miss. A corrupt or stale entry is recompiled, not
+    /// fatal.
     pub fn load(
         &self,
         engine: &SandboxEngine,
+        tier: CodeTier,
         digest: &str,
         bytes: &[u8],
     ) -> wasmtime::Result<Component> {
-        let entry = self.entry(engine, digest);
+        let entry = self.entry(engine, tier, digest);
         if let Some(path) = &entry
             && path.exists()
         {
             // SAFETY: the cache directory is created 0700 by this host and entries are
             // written only by `store` below from code this engine compiled; wasmtime
             // also checks the header and engine compatibility before using it.
-            match unsafe { Component::deserialize_file(engine.engine(), path) } {
+            match unsafe { Component::deserialize_file(engine.engine_of(tier), path) } {
                 Ok(c) => {
                     // Renew its time: eviction removes the least recently used first.
                     let touched = std::fs::File::options()
@@ -156,7 +164,7 @@ impl CompileCache {
                 }
             }
         }
-        let component = Component::new(engine.engine(), bytes)?;
+        let component = Component::new(engine.engine_of(tier), bytes)?;
         self.compiled.fetch_add(1, Ordering::Relaxed);
         if let Some(path) = &entry {
             match store(path, &component) {

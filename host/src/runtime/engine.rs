@@ -1,6 +1,14 @@
-//! The one wasmtime `Engine` a host process uses, its `Linker`, and the epoch ticker
-//! that enforces step deadlines. Everything compiled or instantiated in the process
-//! hangs off this, so tests and servers create it once and share it.
+//! The wasmtime engine a host process uses, its `Linker`, and the epoch ticker that
+//! enforces step deadlines. Everything compiled or instantiated in the process hangs off
+//! this, so tests and servers create it once and share it.
+//!
+//! It holds two compilers' engines ([`CodeTier`]): Cranelift's, which compiles every
+//! module, and Winch's (wasmtime's baseline compiler), which compiles a large module
+//! (a JavaScript or Python runtime, tens of megabytes) several times faster into slower
+//! code. A large module with no Cranelift code in the compile cache runs its first steps
+//! on Winch's code while Cranelift compiles it in the background (`LoadedModule`'s tier
+//! up). Both engines have the same settings, the same linker and the same limits; a
+//! step's store is made by the engine its module's code belongs to.
 
 use super::bindings::Module;
 use super::fair::{CompanyShare, FairSlots, SandboxSlot, SlotError};
@@ -9,7 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Strategy,
+};
 
 /// How often the epoch advances: the granularity of deadlines and of yielding a
 /// long-running guest back to the async executor.
@@ -19,6 +29,34 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// written pages: more than the first-party modules' working set, so a step returns
 /// nothing to the kernel and takes no page faults.
 const RESIDENT_WITH_PAGEMAP: usize = 4 * 1024 * 1024;
+
+/// Modules of at least this many bytes start on the quick tier by default.
+pub const QUICK_TIER_MIN_BYTES: usize = 4 * 1024 * 1024;
+
+/// Which compiler a module's code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeTier {
+    /// Cranelift, optimising: what every module runs on once compiled.
+    Optimized,
+    /// Winch, single pass: a large module's first steps, while Cranelift compiles it.
+    Quick,
+}
+
+impl CodeTier {
+    /// `optimized` or `quick` (logs, the module listing).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CodeTier::Optimized => "optimized",
+            CodeTier::Quick => "quick",
+        }
+    }
+}
+
+/// The quick tier's engine and linker.
+struct QuickTier {
+    engine: Engine,
+    linker: Linker<StepState>,
+}
 
 /// Engine-wide settings.
 #[derive(Debug, Clone)]
@@ -35,6 +73,13 @@ pub struct EngineConfig {
     /// Linux can report them (PAGEMAP_SCAN, 6.7+). Off: reset a fixed first part of
     /// each memory and return the rest to the kernel.
     pub reset_written_pages: bool,
+    /// Modules of at least this many bytes with no optimised code in the compile cache
+    /// start on the quick tier ([`CodeTier::Quick`]); None: every module waits for
+    /// Cranelift.
+    pub quick_tier_min_bytes: Option<usize>,
+    /// Compile a module started on the quick tier with Cranelift in the background and
+    /// swap that in (off: it stays on quick code; tests of quick-tier code use this).
+    pub tier_up: bool,
 }
 
 impl Default for EngineConfig {
@@ -45,6 +90,8 @@ impl Default for EngineConfig {
             max_memory_ceiling: 1024 * 1024 * 1024,
             max_wasm_stack: 512 * 1024,
             reset_written_pages: true,
+            quick_tier_min_bytes: Some(QUICK_TIER_MIN_BYTES),
+            tier_up: true,
         }
     }
 }
@@ -53,6 +100,8 @@ impl Default for EngineConfig {
 pub struct SandboxEngine {
     engine: Engine,
     linker: Linker<StepState>,
+    /// Winch's engine, where it is available and configured.
+    quick: Option<QuickTier>,
     pooling: bool,
     ticker_stop: Arc<AtomicBool>,
     config: EngineConfig,
@@ -79,6 +128,32 @@ fn base_config(config: &EngineConfig) -> Config {
     // hosts; NaN canonicalisation keeps float results identical everywhere.
     c.cranelift_nan_canonicalization(true);
     c
+}
+
+/// The linker every step's store is linked with: WASI, the workspace budgets, the flow8
+/// interfaces and `wasi:http`.
+fn flow8_linker(engine: &Engine) -> anyhow::Result<Linker<StepState>> {
+    let mut linker = Linker::<StepState>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(|e| anyhow::anyhow!("cannot link WASI: {e}"))?;
+    super::workspace_quota::add_to_linker(&mut linker)
+        .map_err(|e| anyhow::anyhow!("cannot link the workspace budgets: {e}"))?;
+    Module::add_to_linker::<_, HasSelf<StepState>>(&mut linker, |s| s)
+        .map_err(|e| anyhow::anyhow!("cannot link the flow8 interfaces: {e}"))?;
+    crate::capabilities::wasi_http::add_to_linker(&mut linker)
+        .map_err(|e| anyhow::anyhow!("cannot link wasi:http: {e}"))?;
+    Ok(linker)
+}
+
+/// Winch's engine: the same settings, instances allocated on demand (a module runs on
+/// it only until its optimised code is ready, so it reserves no pool of its own; the
+/// store's limiter caps its memory and tables as on the pool).
+fn quick_tier(config: &EngineConfig) -> anyhow::Result<QuickTier> {
+    let mut c = base_config(config);
+    c.strategy(Strategy::Winch);
+    let engine = Engine::new(&c).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let linker = flow8_linker(&engine)?;
+    Ok(QuickTier { engine, linker })
 }
 
 impl SandboxEngine {
@@ -132,26 +207,32 @@ impl SandboxEngine {
             None => Engine::new(&base_config(&config))
                 .map_err(|e| anyhow::anyhow!("cannot create wasmtime engine: {e}"))?,
         };
-        let mut linker = Linker::<StepState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| anyhow::anyhow!("cannot link WASI: {e}"))?;
-        super::workspace_quota::add_to_linker(&mut linker)
-            .map_err(|e| anyhow::anyhow!("cannot link the workspace budgets: {e}"))?;
-        Module::add_to_linker::<_, HasSelf<StepState>>(&mut linker, |s| s)
-            .map_err(|e| anyhow::anyhow!("cannot link the flow8 interfaces: {e}"))?;
-        crate::capabilities::wasi_http::add_to_linker(&mut linker)
-            .map_err(|e| anyhow::anyhow!("cannot link wasi:http: {e}"))?;
+        let linker = flow8_linker(&engine)?;
+        let quick = match config.quick_tier_min_bytes {
+            Some(_) => match quick_tier(&config) {
+                Ok(q) => Some(q),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the quick compiler tier (Winch) is unavailable; large modules wait for Cranelift");
+                    None
+                }
+            },
+            None => None,
+        };
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         {
-            let engine = engine.clone();
+            let engines: Vec<Engine> = std::iter::once(engine.clone())
+                .chain(quick.as_ref().map(|q| q.engine.clone()))
+                .collect();
             let stop = ticker_stop.clone();
             std::thread::Builder::new()
                 .name("flow8-epoch".into())
                 .spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(EPOCH_TICK);
-                        engine.increment_epoch();
+                        for e in &engines {
+                            e.increment_epoch();
+                        }
                     }
                 })?;
         }
@@ -159,6 +240,7 @@ impl SandboxEngine {
         Ok(Arc::new(SandboxEngine {
             engine,
             linker,
+            quick,
             pooling,
             ticker_stop,
             slots: FairSlots::new(config.pool_instances as usize),
@@ -166,7 +248,7 @@ impl SandboxEngine {
         }))
     }
 
-    /// The wasmtime engine.
+    /// The wasmtime engine of optimised code.
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
@@ -174,6 +256,31 @@ impl SandboxEngine {
     /// The linker with WASI and the flow8 interfaces.
     pub fn linker(&self) -> &Linker<StepState> {
         &self.linker
+    }
+
+    /// The engine compiling code of `tier` (the optimised one when there is no quick
+    /// tier).
+    pub fn engine_of(&self, tier: CodeTier) -> &Engine {
+        match (tier, &self.quick) {
+            (CodeTier::Quick, Some(q)) => &q.engine,
+            _ => &self.engine,
+        }
+    }
+
+    /// The linker for code of `tier`.
+    pub fn linker_of(&self, tier: CodeTier) -> &Linker<StepState> {
+        match (tier, &self.quick) {
+            (CodeTier::Quick, Some(q)) => &q.linker,
+            _ => &self.linker,
+        }
+    }
+
+    /// The tier a module of `size` bytes with no optimised code at hand starts on.
+    pub fn first_tier(&self, size: usize) -> CodeTier {
+        match self.config.quick_tier_min_bytes {
+            Some(min) if self.quick.is_some() && size >= min => CodeTier::Quick,
+            _ => CodeTier::Optimized,
+        }
     }
 
     /// Whether the pooling allocator is in use.
@@ -210,10 +317,12 @@ impl SandboxEngine {
 
     /// A string that changes whenever compiled code from another engine setup would not
     /// load here (wasmtime version, target, settings): part of the compile-cache key.
-    pub fn compatibility_key(&self) -> String {
+    pub fn compatibility_key(&self, tier: CodeTier) -> String {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut h);
+        self.engine_of(tier)
+            .precompile_compatibility_hash()
+            .hash(&mut h);
         format!("{:016x}", h.finish())
     }
 }

@@ -182,10 +182,12 @@ impl Clone for Runtime {
     }
 }
 
-pub(crate) fn new_store(engine: &SandboxEngine, state: StepState) -> WasmStore<StepState> {
+/// A step's store, made by `engine`: the engine of the code it will run (see
+/// `engine::CodeTier`).
+pub(crate) fn new_store(engine: &wasmtime::Engine, state: StepState) -> WasmStore<StepState> {
     let deadline = state.deadline;
     let budget = state.limits.deadline;
-    let mut store = WasmStore::new(engine.engine(), state);
+    let mut store = WasmStore::new(engine, state);
     store.limiter(|s| &mut s.limiter);
     store.set_epoch_deadline(1);
     // Every tick: trap past the deadline, otherwise yield so one busy module cannot
@@ -676,9 +678,10 @@ impl Runtime {
             }
             state.workspace_taints = Some(self.workspace_taints.clone());
         }
-        let mut store = new_store(engine, state);
+        let code = module.code();
+        let mut store = new_store(code.engine(), state);
         let run = async {
-            let instance = module.pre.instantiate_async(&mut store).await?;
+            let instance = code.pre.instantiate_async(&mut store).await?;
             instance.call_execute(&mut store, &input_text).await
         };
         // The epoch callback stops a busy module; this stops one waiting on the host
@@ -763,7 +766,6 @@ impl Runtime {
 /// limiter, no deadline callback, default WASI) and call `execute`. What wasmtime alone
 /// costs, to set a full step against.
 pub async fn raw_execute(
-    engine: &SandboxEngine,
     module: &LoadedModule,
     input: &str,
 ) -> wasmtime::Result<Result<String, bindings::GuestError>> {
@@ -779,8 +781,9 @@ pub async fn raw_execute(
         outbound,
         None,
     );
-    let mut store = WasmStore::new(engine.engine(), state);
+    let code = module.code();
+    let mut store = WasmStore::new(code.engine(), state);
     store.set_epoch_deadline(u64::MAX / 2);
-    let instance = module.pre.instantiate_async(&mut store).await?;
+    let instance = code.pre.instantiate_async(&mut store).await?;
     instance.call_execute(&mut store, input).await
 }

@@ -2,17 +2,23 @@
 //! world, compile it (or load it from the compile cache), pre-instantiate it once, and
 //! read and validate its manifest. A `LoadedModule` is then instantiated afresh for
 //! every step.
+//!
+//! A large module with no optimised code in the compile cache is compiled by the quick
+//! tier first ([`CodeTier::Quick`], Winch: a JavaScript runtime in about 1.5 s instead
+//! of 8-15 s), so its install answers and its first steps run at once; then
+//! [`LoadedModule::tier_up`] compiles it with Cranelift in the background, stores that in
+//! the cache, and swaps it in: steps started after the swap run the optimised code.
 
 use super::bindings::ModulePre;
 use super::cache::CompileCache;
-use super::engine::SandboxEngine;
+use super::engine::{CodeTier, SandboxEngine};
 use super::error::StepError;
 use super::sandbox::{StepLimits, StepLog, StepState};
 use crate::manifest::Manifest;
 use crate::outbound::{OutboundClient, OutboundPolicy};
 use sha2::{Digest, Sha256};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 /// The largest `.wasm` file the host accepts.
 pub const MAX_MODULE_BYTES: usize = 64 * 1024 * 1024;
@@ -25,7 +31,8 @@ pub struct LoadedModule {
     pub digest: String,
     /// Size of the `.wasm` in bytes.
     pub size: usize,
-    pub(crate) pre: ModulePre<StepState>,
+    /// The code steps run: swapped once, quick to optimised, by [`LoadedModule::tier_up`].
+    code: RwLock<Arc<ModuleCode>>,
     pub(crate) input_validator: jsonschema::Validator,
     /// Worst-case subschema evaluations per input value (see `schema_budget`).
     pub(crate) input_evaluations: u64,
@@ -34,6 +41,22 @@ pub struct LoadedModule {
     /// `flow8:integration/http@0.1.0`, ...), for a review of what it uses.
     pub imports: Vec<String>,
 }
+
+/// A module's pre-instantiated code and the compiler it came from.
+pub(crate) struct ModuleCode {
+    pub(crate) pre: ModulePre<StepState>,
+    pub(crate) tier: CodeTier,
+}
+
+impl ModuleCode {
+    /// The engine the code belongs to: a step's store must be made by it.
+    pub(crate) fn engine(&self) -> &wasmtime::Engine {
+        self.pre.instance_pre().engine()
+    }
+}
+
+/// One tier-up compiles at a time: each already uses every core.
+static TIER_UP: Mutex<()> = Mutex::new(());
 
 impl std::fmt::Debug for LoadedModule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,16 +78,31 @@ impl LoadedModule {
     /// `wasi:http/outgoing-handler@0.2.x`, `wasi:cli/stdout@0.2.x`, ...), sorted: what
     /// capability review reports and the OCI artifact's config lists.
     pub fn imported_host_interfaces(&self) -> Vec<String> {
-        let pre = self.pre.instance_pre();
+        let code = self.code();
+        let pre = code.pre.instance_pre();
         let mut names = imported_interfaces(pre.engine(), pre.component());
         names.sort();
         names
     }
 
+    /// The code a step runs now.
+    pub(crate) fn code(&self) -> Arc<ModuleCode> {
+        self.code
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The compiler of the code steps run now.
+    pub fn tier(&self) -> CodeTier {
+        self.code().tier
+    }
+
     /// The names the component exports (`flow8:integration/module@0.1.0`, ...), sorted.
     pub fn exported_interfaces(&self) -> Vec<String> {
-        let component = self.pre.instance_pre().component();
-        let engine = self.pre.instance_pre().engine();
+        let code = self.code();
+        let component = code.pre.instance_pre().component();
+        let engine = code.engine();
         let mut names: Vec<String> = component
             .component_type()
             .exports(engine)
@@ -98,33 +136,23 @@ impl LoadedModule {
             ));
         }
         let digest = digest(bytes);
+        let tier = if cache.has(engine, CodeTier::Optimized, &digest) {
+            CodeTier::Optimized
+        } else {
+            engine.first_tier(bytes.len())
+        };
         let component = {
             let engine = engine.clone();
             let cache = cache.clone();
             let bytes = bytes.to_vec();
             let digest = digest.clone();
-            tokio::task::spawn_blocking(move || cache.load(&engine, &digest, &bytes))
+            tokio::task::spawn_blocking(move || cache.load(&engine, tier, &digest, &bytes))
                 .await
                 .map_err(|e| StepError::internal(format!("compile task failed: {e}")))?
                 .map_err(|e| StepError::invalid_module(format!("not a valid component: {e:#}")))?
         };
-        let imports = imported_interfaces(engine.engine(), &component);
-        if let Some(unknown) = imports.iter().find(|i| !offered(i)) {
-            return Err(StepError::invalid_module(format!(
-                "the component imports `{unknown}`, which this host does not offer (it offers {OFFERED_SUMMARY})"
-            )));
-        }
-        let instance_pre = engine.linker().instantiate_pre(&component).map_err(|e| {
-            StepError::invalid_module(format!(
-                "the component is not a flow8 module (world flow8:integration/module): it needs imports the host does not offer: {e:#}"
-            ))
-        })?;
-        let pre = ModulePre::new(instance_pre).map_err(|e| {
-            StepError::invalid_module(format!(
-                "the component is not a flow8 module (world flow8:integration/module): {e:#}"
-            ))
-        })?;
-        let manifest_json = read_manifest(engine, &pre).await?;
+        let (pre, imports) = prepare(engine, tier, &component)?;
+        let manifest_json = read_manifest(&pre).await?;
         let manifest = Manifest::parse(&manifest_json)
             .map_err(|e| StepError::invalid_manifest(e.to_string()))?;
         // The schema runs on the host, outside the sandbox: refuse one that could cost
@@ -140,12 +168,59 @@ impl LoadedModule {
             manifest,
             digest,
             size: bytes.len(),
-            pre,
+            code: RwLock::new(Arc::new(ModuleCode { pre, tier })),
             input_validator,
             input_evaluations,
             host_patterns,
             imports,
         })
+    }
+
+    /// If the module runs quick-tier code: compile `bytes` (its `.wasm`) with Cranelift
+    /// on a background thread, store that in `cache`, and swap it in. Steps running
+    /// meanwhile keep the code they started with. A failure is logged and leaves the
+    /// quick code in use; a host that exits first only loses the work (the next start
+    /// compiles again).
+    pub fn tier_up(
+        self: &Arc<Self>,
+        engine: &Arc<SandboxEngine>,
+        cache: &CompileCache,
+        bytes: Vec<u8>,
+    ) {
+        if self.tier() != CodeTier::Quick || !engine.config().tier_up {
+            return;
+        }
+        let (module, engine, cache) = (Arc::downgrade(self), engine.clone(), cache.clone());
+        let (name, digest) = (self.manifest.name.clone(), self.digest.clone());
+        let spawned = std::thread::Builder::new()
+            .name("flow8-tier-up".into())
+            .spawn(move || {
+                let _one_at_a_time = TIER_UP.lock().unwrap_or_else(PoisonError::into_inner);
+                // Unloaded meanwhile (a newer version, a removal): nothing to do.
+                if module.strong_count() == 0 {
+                    return;
+                }
+                let started = Instant::now();
+                let built = cache
+                    .load(&engine, CodeTier::Optimized, &digest, &bytes)
+                    .map_err(|e| StepError::invalid_module(format!("{e:#}")))
+                    .and_then(|c| prepare(&engine, CodeTier::Optimized, &c));
+                match (built, module.upgrade()) {
+                    (Ok((pre, _)), Some(m)) => {
+                        *m.code.write().unwrap_or_else(PoisonError::into_inner) =
+                            Arc::new(ModuleCode {
+                                pre,
+                                tier: CodeTier::Optimized,
+                            });
+                        tracing::info!(module = %name, seconds = started.elapsed().as_secs_f64(), "module now runs optimised code");
+                    }
+                    (Ok(_), None) => {}
+                    (Err(e), _) => tracing::warn!(module = %name, error = %e.message, "cannot compile the module's optimised code; it keeps running quick-tier code"),
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(module = %self.manifest.name, error = %e, "cannot start the module's tier up; it keeps running quick-tier code");
+        }
     }
 
     /// Whether the module uses standard `wasi:http` for outbound requests.
@@ -154,6 +229,32 @@ impl LoadedModule {
             .iter()
             .any(|i| i.starts_with("wasi:http/outgoing-handler@"))
     }
+}
+
+/// Check what `component` (code of `tier`) imports against what the host offers and
+/// pre-instantiate it with the tier's linker; also the imports.
+fn prepare(
+    engine: &SandboxEngine,
+    tier: CodeTier,
+    component: &wasmtime::component::Component,
+) -> Result<(ModulePre<StepState>, Vec<String>), StepError> {
+    let imports = imported_interfaces(engine.engine_of(tier), component);
+    if let Some(unknown) = imports.iter().find(|i| !offered(i)) {
+        return Err(StepError::invalid_module(format!(
+            "the component imports `{unknown}`, which this host does not offer (it offers {OFFERED_SUMMARY})"
+        )));
+    }
+    let instance_pre = engine.linker_of(tier).instantiate_pre(component).map_err(|e| {
+        StepError::invalid_module(format!(
+            "the component is not a flow8 module (world flow8:integration/module): it needs imports the host does not offer: {e:#}"
+        ))
+    })?;
+    let pre = ModulePre::new(instance_pre).map_err(|e| {
+        StepError::invalid_module(format!(
+            "the component is not a flow8 module (world flow8:integration/module): {e:#}"
+        ))
+    })?;
+    Ok((pre, imports))
 }
 
 /// The interfaces (instances) `component` imports, by their full names, in its order.
@@ -246,10 +347,7 @@ fn offered(name: &str) -> bool {
 
 /// Call the `manifest` export in a sandbox with no credentials, no network and a short
 /// deadline: a module cannot do anything useful (or harmful) while describing itself.
-async fn read_manifest(
-    engine: &Arc<SandboxEngine>,
-    pre: &ModulePre<StepState>,
-) -> Result<String, StepError> {
+async fn read_manifest(pre: &ModulePre<StepState>) -> Result<String, StepError> {
     let limits = StepLimits {
         deadline: Duration::from_secs(2),
         memory_bytes: 32 * 1024 * 1024,
@@ -264,7 +362,7 @@ async fn read_manifest(
     })
     .map_err(|e| StepError::internal(e.to_string()))?;
     let mut store = super::new_store(
-        engine,
+        pre.instance_pre().engine(),
         StepState::new(
             super::locked_down_wasi(&StepLog::with_capacity(limits.log_bytes), None)?,
             StepLog::with_capacity(limits.log_bytes),

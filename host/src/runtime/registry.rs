@@ -707,6 +707,8 @@ impl ModuleRegistry {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(d.to_string(), module.clone());
+        // A large module started on quick-tier code: its optimised code follows.
+        module.tier_up(&self.engine, &self.cache, bytes.to_vec());
         Ok(module)
     }
 
