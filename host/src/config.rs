@@ -528,8 +528,11 @@ impl HostConfig {
         crate::oauth::providers::configure(&catalogue, &self.oauth2).map_err(bad)?;
         crate::store::any::StoreLocation::parse(self.store.expose())
             .map_err(|e| bad(format!("store: {e}")))?;
-        if !(self.limits.deadline_seconds > 0.0 && self.limits.deadline_seconds <= 3600.0) {
-            return Err(bad("limits.deadline_seconds must be in (0, 3600]".into()));
+        let min_deadline = crate::runtime::sandbox::MIN_DEADLINE_SECONDS;
+        if !(min_deadline..=3600.0).contains(&self.limits.deadline_seconds) {
+            return Err(bad(format!(
+                "limits.deadline_seconds must be in [{min_deadline}, 3600]"
+            )));
         }
         if !(1..=1024 * 1024).contains(&self.compile_cache.max_mib) {
             return Err(bad("compile_cache.max_mib must be 1-1048576".into()));

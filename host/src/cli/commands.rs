@@ -28,7 +28,7 @@ pub struct RunModuleArgs {
     /// The step's workspace directory (the module sees it as `/`). Default: none.
     #[arg(long)]
     pub workspace: Option<PathBuf>,
-    /// Step deadline in seconds, 0-3600 (default: the config file's `limits`, else 30).
+    /// Step deadline in seconds, 0.01-3600 (default: the config file's `limits`, else 30).
     #[arg(long)]
     pub deadline_secs: Option<f64>,
     /// Memory cap in MiB, 1-1024 (default: the config file's `limits`, else 64).

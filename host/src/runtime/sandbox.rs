@@ -53,6 +53,11 @@ impl Default for StepLimits {
     }
 }
 
+/// The shortest `deadline_seconds` (config file and API): one epoch tick, the
+/// granularity at which a running module is stopped. A shorter one (a value that rounds
+/// to nothing) could only ever answer `deadline_exceeded`.
+pub const MIN_DEADLINE_SECONDS: f64 = 0.01;
+
 /// The values `open_files` may take (config file and API). Below 16 a module's
 /// standard library may not get its streams open.
 pub const OPEN_FILES_RANGE: std::ops::RangeInclusive<usize> = 16..=65_536;

@@ -31,8 +31,8 @@ use std::time::Duration;
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitOverrides {
-    /// The step's whole wall time, seconds.
-    #[schema(exclusive_minimum = 0.0)]
+    /// The step's whole wall time, seconds (at least 0.01, one epoch tick).
+    #[schema(minimum = 0.01)]
     deadline_seconds: Option<f64>,
     /// All of the component's memories and tables together, MiB.
     #[schema(value_type = Option<u64>, minimum = 1)]
@@ -92,7 +92,9 @@ fn empty_object() -> Value {
 }
 
 fn limits(defaults: StepLimits, o: Option<LimitOverrides>) -> Result<StepLimits, ApiError> {
-    use crate::runtime::sandbox::{OPEN_FILES_RANGE, WORKSPACE_FILES_RANGE, WORKSPACE_MIB_RANGE};
+    use crate::runtime::sandbox::{
+        MIN_DEADLINE_SECONDS, OPEN_FILES_RANGE, WORKSPACE_FILES_RANGE, WORKSPACE_MIB_RANGE,
+    };
     use crate::server::extract::whole_number;
     const MIB: usize = 1024 * 1024;
     let Some(o) = o else {
@@ -101,9 +103,9 @@ fn limits(defaults: StepLimits, o: Option<LimitOverrides>) -> Result<StepLimits,
     let mut l = defaults;
     if let Some(d) = o.deadline_seconds {
         // NaN and infinities fail the comparison too.
-        if !(d > 0.0 && d <= defaults.deadline.as_secs_f64()) {
+        if !(MIN_DEADLINE_SECONDS..=defaults.deadline.as_secs_f64()).contains(&d) {
             return Err(ApiError::invalid_input(format!(
-                "limits.deadline_seconds must be in (0, {}]",
+                "limits.deadline_seconds must be in [{MIN_DEADLINE_SECONDS}, {}]",
                 defaults.deadline.as_secs_f64()
             )));
         }
@@ -486,6 +488,7 @@ mod props {
                 Err(e) => prop_assert_eq!(e.name, ErrorName::InvalidInput),
                 Ok(l) => {
                     prop_assert!(l.deadline <= defaults.deadline);
+                    prop_assert!(l.deadline >= Duration::from_millis(10), "{:?}", l.deadline);
                     prop_assert!(l.memory_bytes <= defaults.memory_bytes && l.memory_bytes > 0);
                     prop_assert!(l.output_bytes <= defaults.output_bytes && l.output_bytes > 0);
                     prop_assert!(l.open_files <= defaults.open_files);
@@ -499,6 +502,34 @@ mod props {
         fn any_json_body_is_read_or_refused(body in json_value(3)) {
             let _ = serde_json::from_value::<StepBody>(body);
         }
+    }
+
+    /// A deadline too short for the clock that stops a module (schemathesis sent
+    /// 1.4e-45, which became 0 ns and a `504 deadline_exceeded` for every step) is
+    /// refused by name; the shortest one allowed is taken.
+    #[test]
+    fn a_deadline_shorter_than_one_tick_is_refused() {
+        let defaults = StepLimits::default();
+        for tiny in [1.401298464324817e-45, 5e-324, 0.0099] {
+            let body: StepBody = serde_json::from_value(
+                json!({"module_ref": "m", "limits": {"deadline_seconds": tiny}}),
+            )
+            .unwrap();
+            let e = limits(defaults, body.limits).unwrap_err();
+            assert_eq!(e.name, ErrorName::InvalidInput, "{tiny}");
+            assert!(
+                e.message
+                    .contains("limits.deadline_seconds must be in [0.01, 30]"),
+                "{}",
+                e.message
+            );
+        }
+        let body: StepBody = serde_json::from_value(
+            json!({"module_ref": "m", "limits": {"deadline_seconds": 0.01}}),
+        )
+        .unwrap();
+        let l = limits(defaults, body.limits).unwrap();
+        assert_eq!(l.deadline, Duration::from_millis(10));
     }
 
     /// JSON values a few levels deep, with the body's own field names as keys often.
