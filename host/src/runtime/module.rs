@@ -141,15 +141,16 @@ impl LoadedModule {
         } else {
             engine.first_tier(bytes.len())
         };
-        let component = {
-            let engine = engine.clone();
-            let cache = cache.clone();
-            let bytes = bytes.to_vec();
-            let digest = digest.clone();
-            tokio::task::spawn_blocking(move || cache.load(&engine, tier, &digest, &bytes))
-                .await
-                .map_err(|e| StepError::internal(format!("compile task failed: {e}")))?
-                .map_err(|e| StepError::invalid_module(format!("not a valid component: {e:#}")))?
+        let (component, tier) = match compile(engine, cache, tier, &digest, bytes).await {
+            Ok(c) => (c, tier),
+            // Winch does not compile every proposal Cranelift does: such a module waits
+            // for Cranelift instead (an invalid one fails there too, with its reason).
+            Err(e) if tier == CodeTier::Quick => {
+                tracing::debug!(error = %e.message, "the quick tier cannot compile the module; compiling it with Cranelift");
+                let tier = CodeTier::Optimized;
+                (compile(engine, cache, tier, &digest, bytes).await?, tier)
+            }
+            Err(e) => return Err(e),
         };
         let (pre, imports) = prepare(engine, tier, &component)?;
         let manifest_json = read_manifest(&pre).await?;
@@ -229,6 +230,23 @@ impl LoadedModule {
             .iter()
             .any(|i| i.starts_with("wasi:http/outgoing-handler@"))
     }
+}
+
+/// Compile `bytes` (SHA-256 `digest`) into code of `tier` through the compile cache, off
+/// the async threads.
+async fn compile(
+    engine: &Arc<SandboxEngine>,
+    cache: &CompileCache,
+    tier: CodeTier,
+    digest: &str,
+    bytes: &[u8],
+) -> Result<wasmtime::component::Component, StepError> {
+    let (engine, cache) = (engine.clone(), cache.clone());
+    let (bytes, digest) = (bytes.to_vec(), digest.to_string());
+    tokio::task::spawn_blocking(move || cache.load(&engine, tier, &digest, &bytes))
+        .await
+        .map_err(|e| StepError::internal(format!("compile task failed: {e}")))?
+        .map_err(|e| StepError::invalid_module(format!("not a valid component: {e:#}")))
 }
 
 /// Check what `component` (code of `tier`) imports against what the host offers and
