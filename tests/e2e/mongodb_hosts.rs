@@ -236,17 +236,7 @@ async fn two_hosts_on_one_mongodb_behave_as_one() {
     );
     let bound = flow8_host::config::DEFAULT_RECORD_CACHE;
     refused_past_the_bound(unlinked_at, bound, || async {
-        match linked_step(&a).await {
-            (200, v) => Answer::Served(v.to_string()),
-            (s, v) => {
-                assert_eq!(
-                    (s, v["error"].as_str()),
-                    (403, Some("access_denied")),
-                    "{v}"
-                );
-                Answer::Refused
-            }
-        }
+        Answer::of_step(linked_step(&a).await, (403, "access_denied"))
     })
     .await;
 }

@@ -81,17 +81,7 @@ async fn a_deleted_component_serves_no_step_here_at_once_and_none_elsewhere_past
     // The other host: any step sent past the bound is refused. Steps sent before it may
     // still use the kept record.
     refused_past_the_bound(deleted_at, BOUND, || async {
-        match step(&there, &admin).await {
-            (200, v) => Answer::Served(v.to_string()),
-            (s, v) => {
-                assert_eq!(
-                    (s, v["error"].as_str()),
-                    (403, Some("access_denied")),
-                    "{v}"
-                );
-                Answer::Refused
-            }
-        }
+        Answer::of_step(step(&there, &admin).await, (403, "access_denied"))
     })
     .await;
 }

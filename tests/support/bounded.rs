@@ -13,6 +13,22 @@ pub enum Answer {
     Refused,
 }
 
+impl Answer {
+    /// A step's answer (status and body): served when 200; otherwise it must be the
+    /// `refused` one (status and error name), or the test fails.
+    pub fn of_step((status, body): (u16, serde_json::Value), refused: (u16, &str)) -> Answer {
+        if status == 200 {
+            return Answer::Served(body.to_string());
+        }
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (refused.0, Some(refused.1)),
+            "{body}"
+        );
+        Answer::Refused
+    }
+}
+
 /// Send `call` again and again until a call sent `bound` or more after `changed_at` was
 /// refused. A call sent before the bound may still be served (that is the cache); one
 /// sent past it being served fails the test, and so does no refusal within 30 s more.
