@@ -5,7 +5,7 @@
 //!
 //! A large module with no optimised code in the compile cache is compiled by the quick
 //! tier first ([`CodeTier::Quick`], Winch: a JavaScript runtime in about 1.5 s instead
-//! of 8-15 s), so its install answers and its first steps run at once; then
+//! of 6-15 s), so its install answers and its first steps run at once; then
 //! [`LoadedModule::tier_up`] compiles it with Cranelift in the background, stores that in
 //! the cache, and swaps it in: steps started after the swap run the optimised code.
 
