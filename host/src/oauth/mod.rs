@@ -30,6 +30,7 @@ mod revoke;
 pub use authorize::{BINDING_COOKIE, STATE_TTL, new_browser_binding};
 pub use client::http_client;
 pub use events::{NoEvents, OAuthEvent, OAuthEvents, RefreshCause};
+pub use refresh::SweepReport;
 
 use crate::error::ErrorName;
 use crate::store::read_cache::{ReadCache, Records};
@@ -135,6 +136,8 @@ pub struct OAuthService {
     events: Arc<dyn OAuthEvents>,
     /// Link records steps read, kept a short while (see [`OAuthService::with_link_cache`]).
     links: ReadCache<(String, String), LinkRecord>,
+    /// Links background sweeps leave out until then (`refresh::SWEEP_BACKOFF`).
+    sweep_backoff: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl OAuthService {
@@ -157,6 +160,7 @@ impl OAuthService {
             journal: None,
             events: Arc::new(NoEvents),
             links: ReadCache::new(Records::Links, Duration::ZERO),
+            sweep_backoff: Mutex::new(HashMap::new()),
         }
     }
 

@@ -39,8 +39,33 @@ fn revoked(link: LinkRecord) -> OAuthError {
 pub(super) const EXPIRED: &str =
     "the access token expired and there is no refresh token to renew it";
 
-/// At most this many links are renewed per background tick (the rest wait a tick).
+/// Due links a background sweep reads at a time; a sweep reads again while a batch was
+/// full and had links to try, so one tick renews every due link it can.
 const BACKGROUND_REFRESH_BATCH: u32 = 500;
+
+/// Links a sweep renews at once.
+const SWEEP_CONCURRENCY: usize = 8;
+
+/// A link a sweep could not renew (the provider failed, another host kept the lease, a
+/// token with no way to renew it) is left out of sweeps this long, so links that keep
+/// failing neither hold up the others nor are asked for again and again.
+const SWEEP_BACKOFF: Duration = Duration::from_secs(300);
+
+/// The most links left out at once whose places a sweep's read makes up for (beyond
+/// them, left-out links can again fill a batch; they come back after their back-off).
+const MAX_SWEEP_BACKOFF: usize = 20_000;
+
+/// What one background sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Links tried whose token now expires beyond the refresh window (renewed by this
+    /// sweep, or by another host meanwhile).
+    pub fresh: usize,
+    /// Links tried and not renewed (left out for [`SWEEP_BACKOFF`]).
+    pub not_renewed: usize,
+    /// Due links not tried: left out after an earlier sweep could not renew them.
+    pub backing_off: usize,
+}
 
 /// Why a link is being refreshed, and so when a refresh is no longer needed.
 #[derive(Clone, Copy)]
@@ -466,9 +491,92 @@ impl OAuthService {
             .collect()
     }
 
-    /// Renew links nearing expiry in the background, every `every`, so steps rarely wait
-    /// for a refresh. Uses the same path as a step (single flight, lease), so it never
-    /// races a step or another host.
+    /// Renew every link nearing expiry that can be renewed now, a few at a time, through
+    /// the same path as a step (single flight, lease), so it never races a step or
+    /// another host. Each batch is taken in a random order, so two hosts sweeping at
+    /// once mostly renew different links (the lease settles the rest). A link not
+    /// renewed is left out for a while (see [`SWEEP_BACKOFF`]) and the read takes that
+    /// many more, so it does not hide the links behind it.
+    pub async fn sweep_due_links(&self) -> SweepReport {
+        use futures_util::StreamExt;
+        use rand::seq::SliceRandom;
+        let mut report = SweepReport::default();
+        let window = time::Duration::try_from(self.refresh_window).unwrap_or(time::Duration::HOUR);
+        let services = self.auto_refresh_services();
+        loop {
+            let now_i = std::time::Instant::now();
+            let left_out = {
+                let mut b = self
+                    .sweep_backoff
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                b.retain(|_, until| *until > now_i);
+                b.len().min(MAX_SWEEP_BACKOFF)
+            };
+            let limit = BACKGROUND_REFRESH_BATCH
+                .saturating_add(u32::try_from(left_out).unwrap_or(u32::MAX));
+            let due = match self
+                .store
+                .links_due_for_refresh(now() + window, &services, limit)
+                .await
+            {
+                Ok(links) => links,
+                Err(e) => {
+                    tracing::warn!(error = %e, "background refresher cannot list links");
+                    break;
+                }
+            };
+            let more = due.len() == limit as usize;
+            let due_len = due.len();
+            let mut todo: Vec<LinkRecord> = {
+                let b = self
+                    .sweep_backoff
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                due.into_iter().filter(|l| !b.contains_key(&l.id)).collect()
+            };
+            report.backing_off = due_len - todo.len();
+            todo.shuffle(&mut rand::rng());
+            let results: Vec<(String, bool)> = futures_util::stream::iter(todo)
+                .map(|link| async move {
+                    let renewed = match self.access_token(&link.company_id, &link.id).await {
+                        Ok((_, now_held)) => !self.expires_soon(&now_held),
+                        Err(e) => {
+                            tracing::warn!(link = %link.id, error = %e, "background refresh failed");
+                            false
+                        }
+                    };
+                    (link.id, renewed)
+                })
+                .buffer_unordered(SWEEP_CONCURRENCY)
+                .collect()
+                .await;
+            // Each link tried was renewed or is left out from now on, so the next read
+            // reaches past it; a read with nothing to try ends the sweep.
+            let tried = results.len();
+            {
+                let mut b = self
+                    .sweep_backoff
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for (id, renewed) in results {
+                    if renewed {
+                        report.fresh += 1;
+                    } else {
+                        report.not_renewed += 1;
+                        b.insert(id, now_i + SWEEP_BACKOFF);
+                    }
+                }
+            }
+            if !more || tried == 0 {
+                break;
+            }
+        }
+        report
+    }
+
+    /// Sweep the links nearing expiry every `every` (see [`OAuthService::sweep_due_links`]),
+    /// so steps rarely wait for a refresh.
     pub fn spawn_background_refresher(
         self: &Arc<Self>,
         every: Duration,
@@ -479,27 +587,9 @@ impl OAuthService {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let window =
-                    time::Duration::try_from(this.refresh_window).unwrap_or(time::Duration::HOUR);
-                let due = match this
-                    .store
-                    .links_due_for_refresh(
-                        now() + window,
-                        &this.auto_refresh_services(),
-                        BACKGROUND_REFRESH_BATCH,
-                    )
-                    .await
-                {
-                    Ok(links) => links,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "background refresher cannot list links");
-                        continue;
-                    }
-                };
-                for link in due {
-                    if let Err(e) = this.access_token(&link.company_id, &link.id).await {
-                        tracing::warn!(link = %link.id, error = %e, "background refresh failed");
-                    }
+                let report = this.sweep_due_links().await;
+                if report != SweepReport::default() {
+                    tracing::debug!(?report, "background refresh sweep");
                 }
             }
         })

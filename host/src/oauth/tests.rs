@@ -449,3 +449,107 @@ async fn a_kept_link_serves_steps_until_a_write_here_or_its_lifetime_and_never_p
     );
     assert_eq!(requests.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn a_sweep_renews_every_due_link_not_only_one_batch() {
+    use std::sync::atomic::Ordering;
+    let (url, requests) = token_endpoint(rotating).await;
+    let (store, oauth) = service_with(json!({"token_url": url}));
+    let mut oauth = oauth;
+    oauth.refresh_window = Duration::from_secs(300);
+    for _ in 0..1100 {
+        insert_link(&store, &oauth, Duration::from_secs(60)).await;
+    }
+    let report = oauth.sweep_due_links().await;
+    assert_eq!(report.fresh, 1100, "{report:?}");
+    assert_eq!(requests.load(Ordering::SeqCst), 1100);
+    // Nothing is due any more: the next sweep asks for nothing.
+    assert_eq!(oauth.sweep_due_links().await, SweepReport::default());
+    assert_eq!(requests.load(Ordering::SeqCst), 1100);
+}
+
+#[tokio::test]
+async fn links_a_sweep_cannot_renew_are_left_out_and_hide_no_others() {
+    use std::sync::atomic::Ordering;
+    let (url, requests) = token_endpoint(rotating).await;
+    let (store, oauth) = service_with(json!({"token_url": url}));
+    let mut oauth = oauth;
+    oauth.refresh_window = Duration::from_secs(300);
+    // 600 links first in expiry order whose lease a dead host holds for an hour: more
+    // than a batch, all of them in front of the 300 renewable ones.
+    for _ in 0..600 {
+        let link = insert_link(&store, &oauth, Duration::from_secs(10)).await;
+        let until = now() + Duration::from_secs(3600);
+        assert!(
+            store
+                .try_lease_link("A", &link.id, "a-dead-host", until)
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+    for _ in 0..300 {
+        insert_link(&store, &oauth, Duration::from_secs(60)).await;
+    }
+    let report = oauth.sweep_due_links().await;
+    assert_eq!((report.fresh, report.not_renewed), (300, 600), "{report:?}");
+    assert_eq!(requests.load(Ordering::SeqCst), 300);
+    // The next sweep leaves the 600 out: no request, no retry storm.
+    let again = oauth.sweep_due_links().await;
+    assert_eq!(
+        again,
+        SweepReport {
+            fresh: 0,
+            not_renewed: 0,
+            backing_off: 600
+        }
+    );
+    assert_eq!(requests.load(Ordering::SeqCst), 300);
+}
+
+/// Two hosts on one store sweeping at once: every due link renewed once, by one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_sweeping_at_once_renew_each_link_once() {
+    use std::sync::atomic::Ordering;
+    let (url, requests) = token_endpoint(rotating).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = crate::vault::MasterKey::generate();
+    let mut config = BTreeMap::new();
+    config.insert(
+        "google".to_string(),
+        serde_json::from_value(json!({
+            "client_id": "c", "client_secret": "s",
+            "redirect_uri": "http://127.0.0.1:1/auth/callback", "scopes": ["drive"],
+            "authorize_url": "http://127.0.0.1:9/authorize", "token_url": url,
+        }))
+        .unwrap(),
+    );
+    let providers = providers::configure(&crate::catalogue::Catalogue::builtin(), &config).unwrap();
+    let mut hosts = Vec::new();
+    for _ in 0..2 {
+        let store = Arc::new(AnyStore::from(
+            crate::store::embedded::EmbeddedStore::open(dir.path())
+                .await
+                .unwrap(),
+        ));
+        let vault = Arc::new(Vault::new(key.clone()));
+        let mut oauth = OAuthService::new(store.clone(), vault, providers.clone());
+        oauth.refresh_window = Duration::from_secs(300);
+        hosts.push((store, oauth));
+    }
+    for _ in 0..1000 {
+        insert_link(&hosts[0].0, &hosts[0].1, Duration::from_secs(60)).await;
+    }
+    let (a, b) = tokio::join!(hosts[0].1.sweep_due_links(), hosts[1].1.sweep_due_links());
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        1000,
+        "each link's refresh token spent once: {a:?} {b:?}"
+    );
+    let left = hosts[0]
+        .0
+        .links_due_for_refresh(now() + Duration::from_secs(300), &["google".into()], 10)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{} links still due", left.len());
+}
