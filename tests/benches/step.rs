@@ -538,6 +538,140 @@ async fn language_steps() {
     }
 }
 
+/// Issue 19 item 5: the background refresher's sweep at scale. `BENCH_SWEEP_LINKS` links
+/// (100,000 by default) of one company, each with a token expiring within the refresh
+/// window, in one embedded store; two OAuth services on that store (two hosts) sweep at
+/// once against oauth2-mock-server, which refuses a spent refresh token (so a link
+/// refreshed twice would be marked `needs_reconnect`).
+async fn refresher_sweep() {
+    use flow8_host::store::{LinkRecord, LinkStatus, new_object_id, now, sealing};
+    let links: usize = bench_number("BENCH_SWEEP_LINKS", 100_000);
+    let provider = flow8_tests::oauth_server::OAuthServer::start(3600, &[]);
+    let data = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate();
+    let mut oauth2 = BTreeMap::new();
+    oauth2.insert(
+        "google".to_string(),
+        serde_json::from_value(serde_json::json!({
+            "client_id": "bench", "client_secret": "bench-secret",
+            "redirect_uri": "http://127.0.0.1:1/auth/callback", "scopes": ["drive"],
+            "authorize_url": format!("{}/authorize", provider.base),
+            "token_url": format!("{}/token", provider.base),
+        }))
+        .unwrap(),
+    );
+    let providers = flow8_host::oauth::providers::configure(
+        &flow8_host::catalogue::Catalogue::builtin(),
+        &oauth2,
+    )
+    .unwrap();
+    let window = Duration::from_secs(300);
+    let mut hosts = Vec::new();
+    for _ in 0..2 {
+        let store = Arc::new(AnyStore::from(
+            flow8_host::store::embedded::EmbeddedStore::open(data.path())
+                .await
+                .unwrap(),
+        ));
+        let vault = Arc::new(Vault::new(key.clone()));
+        let mut oauth =
+            flow8_host::oauth::OAuthService::new(store.clone(), vault.clone(), providers.clone());
+        oauth.refresh_window = window;
+        hosts.push((store, vault, oauth));
+    }
+    let (store, vault) = (&hosts[0].0, &hosts[0].1);
+    let t = Instant::now();
+    for i in 0..links {
+        let id = new_object_id();
+        let created = now();
+        let seal =
+            |plain: String, field| vault.encrypt(&plain, &sealing::link("bench", &id, field));
+        store
+            .insert_link(LinkRecord {
+                access_token: seal(format!("at-{i}"), sealing::ACCESS_TOKEN),
+                refresh_token: Some(seal(format!("rt-{i}"), sealing::REFRESH_TOKEN)),
+                id: id.clone(),
+                user_id: "alice".into(),
+                company_id: "bench".into(),
+                integration_type: "google".into(),
+                // Spread over the window: all due, the soonest first.
+                token_expiry: Some(created + Duration::from_secs(10 + (i % 280) as u64)),
+                scopes: vec!["drive".into()],
+                provider_user_id: "u".into(),
+                provider_user_email: String::new(),
+                provider_metadata: serde_json::Value::Null,
+                status: LinkStatus::Active,
+                status_reason: None,
+                shared_with: Vec::new(),
+                webhook_signature_secret: None,
+                refresh_lease_owner: None,
+                refresh_lease_until: None,
+                version: 0,
+                created_at: created,
+                updated_at: created,
+            })
+            .await
+            .unwrap();
+    }
+    let inserted = t.elapsed();
+    let cpu = flow8_bench_load::process_cpu_time();
+    let t = Instant::now();
+    let (a, b) = tokio::join!(hosts[0].2.sweep_due_links(), hosts[1].2.sweep_due_links());
+    let wall = t.elapsed();
+    let cpu = flow8_bench_load::process_cpu_time().saturating_sub(cpu);
+    let requests = provider.token_requests_at_least("refresh_token", links);
+    let still_due = store
+        .links_due_for_refresh(now() + window, &["google".to_string()], 1_000_000)
+        .await
+        .unwrap()
+        .len();
+    let mut reconnect = 0;
+    let mut cursor = None;
+    loop {
+        let page = store.scan_links(cursor.as_deref(), 1000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        cursor = Some(last.id.clone());
+        reconnect += page
+            .iter()
+            .filter(|l| l.status == LinkStatus::NeedsReconnect)
+            .count();
+    }
+    let per_second = links as f64 / wall.as_secs_f64();
+    println!();
+    println!(
+        "Refresher sweep: {links} links due, two hosts on one embedded store sweeping at once, oauth2-mock-server"
+    );
+    println!("| measurement | value |");
+    println!("| --- | ---: |");
+    println!(
+        "| links stored (setup) | {links} in {:.1} s |",
+        inserted.as_secs_f64()
+    );
+    println!("| refresh token requests | {requests} |");
+    println!("| links fresh after the sweep | {} |", links - still_due);
+    println!("| links still due | {still_due} |");
+    println!("| links marked needs_reconnect (a refresh token spent twice) | {reconnect} |");
+    println!(
+        "| host A: fresh / not renewed / backing off | {} / {} / {} |",
+        a.fresh, a.not_renewed, a.backing_off
+    );
+    println!(
+        "| host B: fresh / not renewed / backing off | {} / {} / {} |",
+        b.fresh, b.not_renewed, b.backing_off
+    );
+    println!("| sweep wall time | {:.1} s |", wall.as_secs_f64());
+    println!("| links renewed per second (both hosts) | {per_second:.0} |");
+    println!(
+        "| needed for {links} one-hour tokens | {:.0} per second ({:.0}x headroom) |",
+        links as f64 / 3600.0,
+        per_second / (links as f64 / 3600.0)
+    );
+    println!(
+        "| CPU per renewed link (this process: both hosts and the load; the provider is another process) | {:.0} µs |",
+        cpu.as_secs_f64() * 1e6 / links as f64
+    );
+}
+
 /// A number a bench section takes from the environment (a size in MiB, a count): `var`
 /// if set to one, else `default`.
 fn bench_number(var: &str, default: usize) -> usize {
@@ -1698,7 +1832,7 @@ fn bench_engine() -> Arc<flow8_host::runtime::SandboxEngine> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    // BENCH_ONLY=step|api|s3|ftp|smtp|store|scale|oauth|transfers|webhooks|peers|languages runs one section (for iterating on it).
+    // BENCH_ONLY=step|api|s3|ftp|smtp|store|scale|oauth|sweep|transfers|webhooks|peers|languages runs one section (for iterating on it).
     match std::env::var("BENCH_ONLY").as_deref() {
         Ok("api") => {
             let cache_dir = tempfile::tempdir().unwrap();
@@ -1708,6 +1842,7 @@ async fn main() {
         Ok("s3") => return s3_throughput().await,
         Ok("store") => return store_comparison().await,
         Ok("oauth") => return refresh_storm().await,
+        Ok("sweep") => return refresher_sweep().await,
         Ok("transfers") => return transfer_memory().await,
         Ok("webhooks") => return webhook_throughput().await,
         Ok("ftp") => return ftp_throughput().await,
@@ -1827,6 +1962,7 @@ async fn main() {
     store_comparison().await;
     scale_bench().await;
     refresh_storm().await;
+    refresher_sweep().await;
     webhook_throughput().await;
     transfer_memory().await;
 }
