@@ -616,6 +616,26 @@ mod tests {
         );
     }
 
+    /// A share's `user_id` in the path states the rule the handler applies (printable
+    /// ASCII but `%`, 1-128): schemathesis sent `U%0Eb`, which the pattern allowed and
+    /// the server decoded into a control character.
+    #[test]
+    fn a_shares_user_id_in_the_path_has_the_handlers_pattern() {
+        let doc = document();
+        let params = &doc["paths"]["/api/v1/integrations/{service}/{link_id}/shares/{user_id}"]["delete"]
+            ["parameters"];
+        let user_id = params
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "user_id")
+            .unwrap();
+        assert_eq!(
+            user_id["schema"]["pattern"], r"^[\x21-\x24\x26-\x7e]{1,128}$",
+            "{user_id}"
+        );
+    }
+
     /// Both directions, methods included: every route the router serves is documented
     /// and every documented route is served.
     #[test]

@@ -406,17 +406,21 @@ pub async fn unlink(
 #[serde(deny_unknown_fields)]
 pub struct ShareBody {
     /// The member to share with, or `*` for every member of the company.
-    #[schema(pattern = r"^[\x21-\x7e]{1,128}$")]
+    #[schema(pattern = r"^[\x21-\x24\x26-\x7e]{1,128}$")]
     user_id: String,
 }
 
 fn check_user_id(user_id: &str) -> Result<(), ApiError> {
     if user_id.is_empty()
         || user_id.len() > 128
-        || user_id.chars().any(|c| c.is_control() || c.is_whitespace())
+        || user_id
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == '%')
     {
+        // `%` too: in the path it is where a percent-encoded character starts, so a
+        // value holding one would not be the value a client meant.
         return Err(ApiError::invalid_input(
-            "user_id is 1-128 characters without spaces, or `*` for every member",
+            "user_id is 1-128 characters without spaces or `%`, or `*` for every member",
         ));
     }
     Ok(())
@@ -440,7 +444,7 @@ pub async fn share(
 }
 
 /// `DELETE /api/v1/integrations/{service}/{link_id}/shares/{user_id}`: stop sharing.
-#[utoipa::path(delete, path = "/api/v1/integrations/{service}/{link_id}/shares/{user_id}", tag = "integrations", security(("bearer" = [])), params(("service" = String, Path, description = "The link's provider"), ("link_id" = String, Path, description = "The link's id"), ("user_id" = String, Path, description = "The member, or *", pattern = r"^[\x21-\x7e]{1,128}$")),
+#[utoipa::path(delete, path = "/api/v1/integrations/{service}/{link_id}/shares/{user_id}", tag = "integrations", security(("bearer" = [])), params(("service" = String, Path, description = "The link's provider"), ("link_id" = String, Path, description = "The link's id"), ("user_id" = String, Path, description = "The member, or *", pattern = r"^[\x21-\x24\x26-\x7e]{1,128}$")),
     summary = "Stop sharing the link with a member (or *); its owner or an admin",
     responses((status = 200, description = "The link", body = crate::server::openapi::Link),
         (status = 400, description = "invalid_input", body = crate::server::openapi::Error), (status = 403, description = "access_denied", body = crate::server::openapi::Error), (status = 404, description = "not_found or not_configured", body = crate::server::openapi::Error)))]
