@@ -113,7 +113,9 @@ async fn a_module_started_on_quick_code_moves_to_optimised_code_which_the_cache_
     )
     .await;
     assert_eq!(first.result.as_ref().unwrap()["echo"]["n"], 1, "{first:?}");
-    // The tier up runs on its own thread and says nothing: poll the module's tier.
+    // The tier up runs on its own thread and the host gives no signal when it swaps the
+    // code in (a step just starts on the new code), so poll the very thing under test,
+    // the module's tier, every 50 ms within a bound.
     let give_up = Instant::now() + Duration::from_secs(120);
     while tier(&host).await != CodeTier::Optimized {
         assert!(Instant::now() < give_up, "the optimised code never came");

@@ -54,6 +54,9 @@ where
             Instant::now() < give_up,
             "no call sent past the bound was answered"
         );
+        // Not a wait for readiness: what is under test is a time bound, so the calls
+        // themselves are the measurement, sent every 50 ms until one past the bound is
+        // refused (there is no event for "the other host's kept record aged out").
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
