@@ -145,7 +145,7 @@ demo: modules
     {{target_dir}}/debug/demo --host-bin {{target_dir}}/debug/flow8-host --modules-dir {{wasm_dir}} --data-dir {{target_dir}}/demo-data
 
 # Formatting and lints, host and guests.
-lint:
+lint: wasm-target
     cargo fmt --all --check
     cargo fmt --manifest-path modules/Cargo.toml --all --check
     cargo fmt --manifest-path tests/guests/Cargo.toml --all --check
