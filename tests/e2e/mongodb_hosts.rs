@@ -603,10 +603,23 @@ async fn a_crash_between_the_refresh_answer_and_the_store_write_loses_no_refresh
         .collect();
     assert_eq!(entries.len(), 1);
     let text = std::fs::read_to_string(entries[0].path()).unwrap();
-    assert!(
-        text.contains("ciphertext") && !text.contains("eyJ"),
-        "tokens are sealed: {text}"
-    );
+    assert!(text.contains("ciphertext"), "tokens are sealed: {text}");
+    // No token the provider issued (the connect's and the refresh's) is in the clear.
+    // (Not a search for "eyJ", a JWT's start: sealed base64 holds those three letters
+    // by chance about once in a hundred journals.)
+    oauth.refresh_tokens_at_least(2);
+    let issued: Vec<String> = oauth
+        .access_tokens_issued()
+        .into_iter()
+        .chain(oauth.refresh_tokens_issued())
+        .collect();
+    assert!(issued.len() >= 4, "both answers seen: {issued:?}");
+    for token in &issued {
+        assert!(
+            !text.contains(token.as_str()),
+            "a token in the clear: {text}"
+        );
+    }
 
     // The host crashes; the store comes back; a new host process starts on the same
     // data directory and writes the journaled tokens before anything else.
