@@ -551,6 +551,7 @@ mod tests {
             ),
             refresh_lease_owner: None,
             refresh_lease_until: None,
+            refresh_retry_after: None,
             version: 0,
             created_at: now(),
             updated_at: now(),

@@ -231,6 +231,7 @@ async fn pages_escape_what_providers_and_links_say() {
             webhook_signature_secret: None,
             refresh_lease_owner: None,
             refresh_lease_until: None,
+            refresh_retry_after: None,
             version: 0,
             created_at: t,
             updated_at: t,

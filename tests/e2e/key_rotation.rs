@@ -137,6 +137,7 @@ fn sealed_link(vault: &Vault, company: &str) -> LinkRecord {
         webhook_signature_secret: None,
         refresh_lease_owner: None,
         refresh_lease_until: None,
+        refresh_retry_after: None,
         version: 0,
         created_at: now(),
         updated_at: now(),

@@ -605,8 +605,8 @@ async fn a_crash_between_the_refresh_answer_and_the_store_write_loses_no_refresh
     let text = std::fs::read_to_string(entries[0].path()).unwrap();
     assert!(text.contains("ciphertext"), "tokens are sealed: {text}");
     // No token the provider issued (the connect's and the refresh's) is in the clear.
-    // (Not a search for "eyJ", a JWT's start: sealed base64 holds those three letters
-    // by chance about once in a hundred journals.)
+    // (Not a search for "eyJ", a JWT's start: the ~1,500 base64 characters sealed here
+    // hold those three letters by chance in about one journal in 200.)
     oauth.refresh_tokens_at_least(2);
     let issued: Vec<String> = oauth
         .access_tokens_issued()

@@ -45,6 +45,7 @@ fn link(vault: &Vault, company: &str, user: &str, token: &str) -> LinkRecord {
         webhook_signature_secret: None,
         refresh_lease_owner: None,
         refresh_lease_until: None,
+        refresh_retry_after: None,
         version: 0,
         created_at: now(),
         updated_at: now(),

@@ -60,6 +60,7 @@ conformance!(
     one_default_per_kind,
     links_are_scoped_listed_and_found_by_expiry,
     links_the_refresher_skips_never_hide_one_it_must_renew,
+    sweeps_claim_due_links_in_disjoint_batches,
     link_writes_are_compare_and_set,
     the_refresh_lease_has_one_holder_until_it_expires,
     oauth_states_are_single_use_and_expire,
@@ -140,6 +141,7 @@ fn link(company: &str, service: &str, expiry: Option<OffsetDateTime>) -> LinkRec
         webhook_signature_secret: None,
         refresh_lease_owner: None,
         refresh_lease_until: None,
+        refresh_retry_after: None,
         version: 0,
         created_at: t,
         updated_at: t,
@@ -367,6 +369,117 @@ async fn links_the_refresher_skips_never_hide_one_it_must_renew<S: Store>(s: &S)
     // No provider refreshing automatically: nothing to renew.
     assert!(
         s.links_due_for_refresh(t + Duration::hours(1), &[], LIMIT)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn sweeps_claim_due_links_in_disjoint_batches<S: Store + Clone>(s: &S) {
+    let t = now();
+    let auto = auto_refresh();
+    let before = t + Duration::hours(1);
+    let until = || now() + Duration::seconds(30);
+    // 40 due links across companies; a dead host's lease, a back-off and an expired
+    // lease in front of them; and links no sweep renews.
+    let mut due = Vec::new();
+    for i in 0..40 {
+        let l = link(
+            ["A", "B"][i % 2],
+            "microsoft",
+            Some(t + Duration::minutes(10) + Duration::seconds(i as i64)),
+        );
+        s.insert_link(l.clone()).await.unwrap();
+        due.push(l.id);
+    }
+    let mut held = link("A", "slack", Some(t + Duration::minutes(1)));
+    held.refresh_lease_owner = Some("a-dead-host".into());
+    held.refresh_lease_until = Some(t + Duration::hours(1));
+    let mut backing_off = link("A", "slack", Some(t + Duration::minutes(2)));
+    backing_off.refresh_retry_after = Some(t + Duration::minutes(5));
+    let mut lapsed = link("B", "slack", Some(t + Duration::minutes(3)));
+    lapsed.refresh_lease_owner = Some("a-dead-host".into());
+    lapsed.refresh_lease_until = Some(t - Duration::seconds(1));
+    lapsed.refresh_retry_after = Some(t - Duration::seconds(1));
+    let mut reconnect = link("A", "slack", Some(t + Duration::minutes(4)));
+    reconnect.status = flow8_host::store::LinkStatus::NeedsReconnect;
+    for l in [&held, &backing_off, &lapsed, &reconnect] {
+        s.insert_link(l.clone()).await.unwrap();
+    }
+    s.insert_link(link("A", "clio", Some(t + Duration::minutes(5))))
+        .await
+        .unwrap();
+    s.insert_link(link("A", "slack", Some(t + Duration::days(2))))
+        .await
+        .unwrap();
+    // The back-off and a stored lease round-trip.
+    let stored = s.get_link("A", &backing_off.id).await.unwrap().unwrap();
+    assert_eq!(stored.refresh_retry_after, backing_off.refresh_retry_after);
+
+    // A first claim: soonest first, the lapsed lease taken over, the live lease and the
+    // back-off passed over; each claimed link leased to the claimer (version bumped).
+    let first = s
+        .claim_links_due_for_refresh(before, &auto, "host-1", until(), 5)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = first.iter().map(|l| l.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [lapsed.id.as_str(), &due[0], &due[1], &due[2], &due[3]]
+    );
+    for l in &first {
+        assert_eq!(l.refresh_lease_owner.as_deref(), Some("host-1"));
+        let stored = s.get_link(&l.company_id, &l.id).await.unwrap().unwrap();
+        assert_eq!(stored.version, 1, "{stored:?}");
+        assert_eq!(stored.refresh_lease_owner.as_deref(), Some("host-1"));
+        assert_eq!(stored.refresh_lease_until, l.refresh_lease_until);
+    }
+    // Two hosts claiming at once get disjoint batches that together cover the rest.
+    let (a, b) = {
+        let (sa, sb) = (s.clone(), s.clone());
+        let a = tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let batch = sa
+                    .claim_links_due_for_refresh(before, &auto_refresh(), "host-a", until(), 4)
+                    .await
+                    .unwrap();
+                if batch.is_empty() {
+                    break got;
+                }
+                got.extend(batch.into_iter().map(|l| l.id));
+            }
+        });
+        let b = tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let batch = sb
+                    .claim_links_due_for_refresh(before, &auto_refresh(), "host-b", until(), 4)
+                    .await
+                    .unwrap();
+                if batch.is_empty() {
+                    break got;
+                }
+                got.extend(batch.into_iter().map(|l| l.id));
+            }
+        });
+        (a.await.unwrap(), b.await.unwrap())
+    };
+    let mut all: Vec<String> = a.iter().chain(&b).cloned().collect();
+    all.sort();
+    let mut want: Vec<String> = due[4..].to_vec();
+    want.sort();
+    assert_eq!(all, want, "host-a {a:?}, host-b {b:?}");
+    // Not even the claimer takes its own unexpired lease again, and nothing is left.
+    assert!(
+        s.claim_links_due_for_refresh(before, &auto, "host-1", until(), 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // No provider refreshing automatically: nothing to claim.
+    assert!(
+        s.claim_links_due_for_refresh(before, &[], "host-1", until(), 100)
             .await
             .unwrap()
             .is_empty()

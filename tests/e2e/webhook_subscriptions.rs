@@ -90,6 +90,7 @@ async fn insert_service_link(uri: &str, service: &str) -> String {
             webhook_signature_secret: None,
             refresh_lease_owner: None,
             refresh_lease_until: None,
+            refresh_retry_after: None,
             version: 0,
             created_at: t,
             updated_at: t,

@@ -39,6 +39,7 @@ pub async fn insert_link(data_dir: &Path, company: &str, service: &str, metadata
             webhook_signature_secret: None,
             refresh_lease_owner: None,
             refresh_lease_until: None,
+            refresh_retry_after: None,
             version: 0,
             created_at: t,
             updated_at: t,

@@ -348,6 +348,7 @@ mod tests {
             webhook_signature_secret: None,
             refresh_lease_owner: None,
             refresh_lease_until: None,
+            refresh_retry_after: None,
             version: 3,
             created_at: now(),
             updated_at: now(),

@@ -96,6 +96,7 @@ impl OAuthService {
             webhook_signature_secret: None,
             refresh_lease_owner: None,
             refresh_lease_until: None,
+            refresh_retry_after: None,
             version: 0,
             created_at: t,
             updated_at: t,

@@ -136,8 +136,6 @@ pub struct OAuthService {
     events: Arc<dyn OAuthEvents>,
     /// Link records steps read, kept a short while (see [`OAuthService::with_link_cache`]).
     links: ReadCache<(String, String), LinkRecord>,
-    /// Links background sweeps leave out until then (`refresh::SWEEP_BACKOFF`).
-    sweep_backoff: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl OAuthService {
@@ -160,7 +158,6 @@ impl OAuthService {
             journal: None,
             events: Arc::new(NoEvents),
             links: ReadCache::new(Records::Links, Duration::ZERO),
-            sweep_backoff: Mutex::new(HashMap::new()),
         }
     }
 

@@ -39,32 +39,27 @@ fn revoked(link: LinkRecord) -> OAuthError {
 pub(super) const EXPIRED: &str =
     "the access token expired and there is no refresh token to renew it";
 
-/// Due links a background sweep reads at a time; a sweep reads again while a batch was
-/// full and had links to try, so one tick renews every due link it can.
+/// Due links a background sweep claims at a time (leases in the store); a sweep claims
+/// again while a batch was full, so one tick renews every due link it can.
 const BACKGROUND_REFRESH_BATCH: u32 = 500;
 
 /// Links a sweep renews at once.
 const SWEEP_CONCURRENCY: usize = 8;
 
-/// A link a sweep could not renew (the provider failed, another host kept the lease, a
-/// token with no way to renew it) is left out of sweeps this long, so links that keep
-/// failing neither hold up the others nor are asked for again and again.
+/// A link a sweep could not renew (the provider failed or refused, the token could not
+/// be saved) is claimed by no sweep, on any host, for this long (the link's
+/// `refresh_retry_after`), so links that keep failing neither hold up the others nor
+/// are asked for again and again. Steps still refresh it when they need to.
 const SWEEP_BACKOFF: Duration = Duration::from_secs(300);
-
-/// The most links left out at once whose places a sweep's read makes up for (beyond
-/// them, left-out links can again fill a batch; they come back after their back-off).
-const MAX_SWEEP_BACKOFF: usize = 20_000;
 
 /// What one background sweep did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SweepReport {
-    /// Links tried whose token now expires beyond the refresh window (renewed by this
-    /// sweep, or by another host meanwhile).
+    /// Links claimed whose token now expires beyond the refresh window (renewed by
+    /// this sweep, or by a step of this host meanwhile).
     pub fresh: usize,
-    /// Links tried and not renewed (left out for [`SWEEP_BACKOFF`]).
+    /// Links claimed and not renewed: no sweep claims them for [`SWEEP_BACKOFF`].
     pub not_renewed: usize,
-    /// Due links not tried: left out after an earlier sweep could not renew them.
-    pub backing_off: usize,
 }
 
 /// Why a link is being refreshed, and so when a refresh is no longer needed.
@@ -280,6 +275,7 @@ impl OAuthService {
         }
         updated.refresh_lease_owner = None;
         updated.refresh_lease_until = None;
+        updated.refresh_retry_after = None;
         let (updated, ours) = self.save_refreshed(&leased, updated).await?;
         if ours {
             self.emit(OAuthEvent::Refreshed {
@@ -421,6 +417,7 @@ impl OAuthService {
             link.status = LinkStatus::Active;
             link.refresh_lease_owner = None;
             link.refresh_lease_until = None;
+            link.refresh_retry_after = None;
             if self.store.update_link_cas(link, current.version).await? {
                 tracing::info!(link = %id, "a journaled refresh reached the store");
                 j.remove(&id);
@@ -491,88 +488,111 @@ impl OAuthService {
             .collect()
     }
 
-    /// Renew every link nearing expiry that can be renewed now, a few at a time, through
-    /// the same path as a step (single flight, lease), so it never races a step or
-    /// another host. Each batch is taken in a random order, so two hosts sweeping at
-    /// once mostly renew different links (the lease settles the rest). A link not
-    /// renewed is left out for a while (see [`SWEEP_BACKOFF`]) and the read takes that
-    /// many more, so it does not hide the links behind it.
+    /// Renew every link nearing expiry that can be renewed now, a few at a time. Links
+    /// are claimed from the store in batches (leased to this host in the same write that
+    /// finds them free), so hosts sweeping at once share the work without asking for
+    /// the same link twice, and links a dead host still holds, or that are backing off
+    /// after a failed renewal, are passed over by the store's query instead of filling
+    /// a batch. Each is renewed through the same path as a step (single flight, the
+    /// journal, a compare-and-set write), so it never races a step.
     pub async fn sweep_due_links(&self) -> SweepReport {
         use futures_util::StreamExt;
-        use rand::seq::SliceRandom;
         let mut report = SweepReport::default();
         let window = time::Duration::try_from(self.refresh_window).unwrap_or(time::Duration::HOUR);
         let services = self.auto_refresh_services();
+        if services.is_empty() {
+            return report;
+        }
         loop {
-            let now_i = std::time::Instant::now();
-            let left_out = {
-                let mut b = self
-                    .sweep_backoff
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                b.retain(|_, until| *until > now_i);
-                b.len().min(MAX_SWEEP_BACKOFF)
-            };
-            let limit = BACKGROUND_REFRESH_BATCH
-                .saturating_add(u32::try_from(left_out).unwrap_or(u32::MAX));
-            let due = match self
+            let claimed = match self
                 .store
-                .links_due_for_refresh(now() + window, &services, limit)
+                .claim_links_due_for_refresh(
+                    now() + window,
+                    &services,
+                    &self.owner,
+                    now() + self.lease,
+                    BACKGROUND_REFRESH_BATCH,
+                )
                 .await
             {
                 Ok(links) => links,
                 Err(e) => {
-                    tracing::warn!(error = %e, "background refresher cannot list links");
+                    tracing::warn!(error = %e, "background refresher cannot claim links");
                     break;
                 }
             };
-            let more = due.len() == limit as usize;
-            let due_len = due.len();
-            let mut todo: Vec<LinkRecord> = {
-                let b = self
-                    .sweep_backoff
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                due.into_iter().filter(|l| !b.contains_key(&l.id)).collect()
-            };
-            report.backing_off = due_len - todo.len();
-            todo.shuffle(&mut rand::rng());
-            let results: Vec<(String, bool)> = futures_util::stream::iter(todo)
-                .map(|link| async move {
-                    let renewed = match self.access_token(&link.company_id, &link.id).await {
-                        Ok((_, now_held)) => !self.expires_soon(&now_held),
-                        Err(e) => {
-                            tracing::warn!(link = %link.id, error = %e, "background refresh failed");
-                            false
-                        }
-                    };
-                    (link.id, renewed)
-                })
+            let more = claimed.len() == BACKGROUND_REFRESH_BATCH as usize;
+            let renewed: Vec<bool> = futures_util::stream::iter(claimed)
+                .map(|link| self.renew_claimed(link))
                 .buffer_unordered(SWEEP_CONCURRENCY)
                 .collect()
                 .await;
-            // Each link tried was renewed or is left out from now on, so the next read
-            // reaches past it; a read with nothing to try ends the sweep.
-            let tried = results.len();
-            {
-                let mut b = self
-                    .sweep_backoff
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                for (id, renewed) in results {
-                    if renewed {
-                        report.fresh += 1;
-                    } else {
-                        report.not_renewed += 1;
-                        b.insert(id, now_i + SWEEP_BACKOFF);
-                    }
+            for r in renewed {
+                if r {
+                    report.fresh += 1;
+                } else {
+                    report.not_renewed += 1;
                 }
             }
-            if !more || tried == 0 {
+            // Every link of the batch was renewed or now backs off (or, if even that
+            // write failed, is still leased): the next claim reaches past it.
+            if !more {
                 break;
             }
         }
         report
+    }
+
+    /// Renew a link this host's sweep claimed; whether its token is fresh now. One not
+    /// renewed backs off (see [`SWEEP_BACKOFF`]) and its lease is let go.
+    async fn renew_claimed(&self, claimed: LinkRecord) -> bool {
+        match self.refresh_claimed(&claimed).await {
+            Ok(link) if !self.expires_soon(&link) => return true,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(link = %claimed.id, error = %e, "background refresh failed");
+            }
+        }
+        self.back_off(&claimed).await;
+        false
+    }
+
+    async fn refresh_claimed(&self, claimed: &LinkRecord) -> Result<LinkRecord, OAuthError> {
+        let p = self.provider(&claimed.integration_type)?;
+        let flight = self.flight(&claimed.id);
+        let guard = flight.lock().await;
+        self.settle_journal(&claimed.id).await?;
+        let current = self.link(&claimed.company_id, &claimed.id).await?;
+        if current.version == claimed.version {
+            // Nothing wrote it since the claim: the lease is this sweep's.
+            return self.refresh_leased(p, current, Need::Expiring).await;
+        }
+        // A step of this host (same owner) refreshed or changed it meanwhile: the
+        // step's path decides whether anything is left to do.
+        drop(guard);
+        self.refresh(current, Need::Expiring).await
+    }
+
+    /// A claimed link was not renewed: no sweep claims it for [`SWEEP_BACKOFF`], and
+    /// this host's lease on it goes, so a step elsewhere need not wait for it.
+    async fn back_off(&self, claimed: &LinkRecord) {
+        let Ok(Some(mut link)) = self.store.get_link(&claimed.company_id, &claimed.id).await else {
+            return;
+        };
+        if link.status != LinkStatus::Active || !self.expires_soon(&link) {
+            return;
+        }
+        let version = link.version;
+        let backoff = time::Duration::try_from(SWEEP_BACKOFF).unwrap_or(time::Duration::MINUTE);
+        link.refresh_retry_after = Some(now() + backoff);
+        if link.refresh_lease_owner.as_deref() == Some(self.owner.as_str()) {
+            link.refresh_lease_owner = None;
+            link.refresh_lease_until = None;
+        }
+        // Lost to another writer: that write decides (it renewed, or leased, the link).
+        if let Err(e) = self.store.update_link_cas(link, version).await {
+            tracing::warn!(link = %claimed.id, error = %e, "cannot record a sweep's back-off; the lease holds the link until it expires");
+        }
     }
 
     /// Sweep the links nearing expiry every `every` (see [`OAuthService::sweep_due_links`]),

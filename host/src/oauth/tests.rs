@@ -179,6 +179,7 @@ async fn insert_link(store: &AnyStore, oauth: &OAuthService, expires_in: Duratio
         webhook_signature_secret: None,
         refresh_lease_owner: None,
         refresh_lease_until: None,
+        refresh_retry_after: None,
         version: 0,
         created_at: t,
         updated_at: t,
@@ -469,7 +470,7 @@ async fn a_sweep_renews_every_due_link_not_only_one_batch() {
 }
 
 #[tokio::test]
-async fn links_a_sweep_cannot_renew_are_left_out_and_hide_no_others() {
+async fn links_a_dead_host_holds_are_passed_over_and_hide_no_others() {
     use std::sync::atomic::Ordering;
     let (url, requests) = token_endpoint(rotating).await;
     let (store, oauth) = service_with(json!({"token_url": url}));
@@ -492,19 +493,50 @@ async fn links_a_sweep_cannot_renew_are_left_out_and_hide_no_others() {
         insert_link(&store, &oauth, Duration::from_secs(60)).await;
     }
     let report = oauth.sweep_due_links().await;
-    assert_eq!((report.fresh, report.not_renewed), (300, 600), "{report:?}");
+    assert_eq!((report.fresh, report.not_renewed), (300, 0), "{report:?}");
     assert_eq!(requests.load(Ordering::SeqCst), 300);
-    // The next sweep leaves the 600 out: no request, no retry storm.
-    let again = oauth.sweep_due_links().await;
-    assert_eq!(
-        again,
-        SweepReport {
-            fresh: 0,
-            not_renewed: 0,
-            backing_off: 600
-        }
-    );
+    // The next sweep claims nothing: no request, no retry storm.
+    assert_eq!(oauth.sweep_due_links().await, SweepReport::default());
     assert_eq!(requests.load(Ordering::SeqCst), 300);
+}
+
+/// A provider that keeps failing: each due link is tried once (three attempts), then no
+/// sweep of any host on the store claims it until its back-off has passed, and its lease
+/// is let go at once so a step elsewhere never waits on it.
+#[tokio::test]
+async fn a_link_a_sweep_cannot_renew_backs_off_on_every_host() {
+    use std::sync::atomic::Ordering;
+    let (url, requests) =
+        token_endpoint(|_| (503, json!({"error": "temporarily_unavailable"}))).await;
+    let (store, oauth) = service_with(json!({"token_url": url}));
+    let mut oauth = oauth;
+    oauth.refresh_window = Duration::from_secs(300);
+    let mut links = Vec::new();
+    for _ in 0..12 {
+        links.push(insert_link(&store, &oauth, Duration::from_secs(60)).await);
+    }
+    let report = oauth.sweep_due_links().await;
+    assert_eq!((report.fresh, report.not_renewed), (0, 12), "{report:?}");
+    assert_eq!(requests.load(Ordering::SeqCst), 36, "three attempts each");
+    for l in &links {
+        let stored = store.get_link("A", &l.id).await.unwrap().unwrap();
+        assert!(stored.refresh_lease_owner.is_none(), "lease let go");
+        let after = stored.refresh_retry_after.expect("backing off");
+        assert!(after > now() + Duration::from_secs(200), "{after}");
+    }
+    // Another host on the same store claims none of them.
+    let mut other = OAuthService::new(store.clone(), oauth.vault.clone(), oauth.providers.clone());
+    other.refresh_window = Duration::from_secs(300);
+    assert_eq!(other.sweep_due_links().await, SweepReport::default());
+    assert_eq!(requests.load(Ordering::SeqCst), 36);
+    // Once the back-off has passed (moved into the past here), the link is claimed again.
+    let mut first = store.get_link("A", &links[0].id).await.unwrap().unwrap();
+    let version = first.version;
+    first.refresh_retry_after = Some(now() - Duration::from_secs(1));
+    assert!(store.update_link_cas(first, version).await.unwrap());
+    let again = other.sweep_due_links().await;
+    assert_eq!((again.fresh, again.not_renewed), (0, 1), "{again:?}");
+    assert_eq!(requests.load(Ordering::SeqCst), 39);
 }
 
 /// Two hosts on one store sweeping at once: every due link renewed once, by one of them.
@@ -545,6 +577,11 @@ async fn two_hosts_sweeping_at_once_renew_each_link_once() {
         requests.load(Ordering::SeqCst),
         1000,
         "each link's refresh token spent once: {a:?} {b:?}"
+    );
+    // Claimed, not raced for: every link renewed by the host that claimed it.
+    assert_eq!(
+        (a.fresh + b.fresh, a.not_renewed + b.not_renewed),
+        (1000, 0)
     );
     let left = hosts[0]
         .0

@@ -180,6 +180,19 @@ impl Store for AnyStore {
     ) -> Result<Vec<LinkRecord>, StoreError> {
         delegate!(self, s => s.links_due_for_refresh(before, services, limit))
     }
+    async fn claim_links_due_for_refresh(
+        &self,
+        before: OffsetDateTime,
+        services: &[String],
+        owner: &str,
+        until: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<LinkRecord>, StoreError> {
+        self.wrote(
+            Records::Links,
+            delegate!(self, s => s.claim_links_due_for_refresh(before, services, owner, until, limit)),
+        )
+    }
     async fn delete_link(
         &self,
         company_id: &str,

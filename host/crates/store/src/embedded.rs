@@ -135,6 +135,20 @@ const DUE_FOR_REFRESH: &str = "SELECT doc FROM db_links
       AND integration_type IN (SELECT value FROM json_each(?2))
     ORDER BY token_expiry LIMIT ?3";
 
+/// [`DUE_FOR_REFRESH`] less the links a sweep may not claim now: leased (unexpired) or
+/// backing off. Dates inside the document are RFC 3339, which `julianday` reads; the
+/// claim checks each row again once parsed.
+const CLAIMABLE_FOR_REFRESH: &str = "SELECT doc FROM db_links
+    WHERE token_expiry < ?1
+      AND json_extract(doc, '$.status') = 'active'
+      AND json_extract(doc, '$.refresh_token') IS NOT NULL
+      AND integration_type IN (SELECT value FROM json_each(?2))
+      AND (json_extract(doc, '$.refresh_lease_until') IS NULL
+           OR julianday(json_extract(doc, '$.refresh_lease_until')) <= julianday(?3))
+      AND (json_extract(doc, '$.refresh_retry_after') IS NULL
+           OR julianday(json_extract(doc, '$.refresh_retry_after')) <= julianday(?3))
+    ORDER BY token_expiry LIMIT ?4";
+
 /// SQLite-backed store. Cloning shares the connections.
 #[derive(Clone)]
 pub struct EmbeddedStore {
@@ -667,6 +681,57 @@ impl Store for EmbeddedStore {
                     .map_err(unavailable)?,
             )
         })
+    }
+
+    async fn claim_links_due_for_refresh(
+        &self,
+        before: time::OffsetDateTime,
+        services: &[String],
+        owner: &str,
+        until: time::OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<LinkRecord>, StoreError> {
+        let services =
+            serde_json::to_string(services).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let owner = owner.to_string();
+        self.write(move |tx| {
+            let now = super::now();
+            let now_text = now
+                .format(&time::format_description::well_known::Rfc3339)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let rows: Vec<String> = tx
+                .prepare_cached(CLAIMABLE_FOR_REFRESH)
+                .map_err(unavailable)?
+                .query_map(params![millis(before), services, now_text, limit], |r| {
+                    r.get::<_, String>(0)
+                })
+                .map_err(unavailable)?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(unavailable)?;
+            let mut claimed = Vec::with_capacity(rows.len());
+            for doc in rows {
+                let mut link: LinkRecord =
+                    serde_json::from_str(&doc).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                if link.refresh_lease_until.is_some_and(|t| t > now)
+                    || link.refresh_retry_after.is_some_and(|t| t > now)
+                {
+                    continue;
+                }
+                link.refresh_lease_owner = Some(owner.clone());
+                link.refresh_lease_until = Some(until);
+                link.version += 1;
+                let doc =
+                    serde_json::to_string(&link).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                tx.execute(
+                    "UPDATE db_links SET doc = ?1, version = ?2 WHERE company_id = ?3 AND id = ?4",
+                    params![doc, link.version, link.company_id, link.id],
+                )
+                .map_err(unavailable)?;
+                claimed.push(link);
+            }
+            Ok(claimed)
+        })
+        .await
     }
 
     async fn delete_link(

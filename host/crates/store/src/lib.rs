@@ -129,6 +129,15 @@ pub struct LinkRecord {
     /// Lease expiry.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub refresh_lease_until: Option<OffsetDateTime>,
+    /// A background sweep tried to renew the token and could not: no sweep claims the
+    /// link again before then (a step still refreshes it when it needs to). Cleared by
+    /// the next refresh.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub refresh_retry_after: Option<OffsetDateTime>,
     /// Bumped on every write (compare-and-set).
     #[serde(default)]
     pub version: i64,
@@ -621,6 +630,20 @@ pub trait Store: Send + Sync + 'static {
         &self,
         before: OffsetDateTime,
         services: &[String],
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<LinkRecord>, StoreError>> + Send;
+    /// Claim a batch for one background sweep: lease to `owner` until `until` at most
+    /// `limit` of the links [`Store::links_due_for_refresh`] lists whose refresh lease
+    /// nobody holds (none, or expired) and whose `refresh_retry_after` has passed;
+    /// soonest expiry first, each leased in the same atomic step that checks it is
+    /// free. The links as they are after the lease. Hosts claiming at once get disjoint
+    /// batches, and links a dead host still holds are passed over, never waited on.
+    fn claim_links_due_for_refresh(
+        &self,
+        before: OffsetDateTime,
+        services: &[String],
+        owner: &str,
+        until: OffsetDateTime,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<LinkRecord>, StoreError>> + Send;
     /// Delete a link; the deleted record.

@@ -61,6 +61,7 @@ const DUPLICATE_KEY: i32 = 11000;
 const LINK_DATES: &[&str] = &[
     "token_expiry",
     "refresh_lease_until",
+    "refresh_retry_after",
     "created_at",
     "updated_at",
 ];
@@ -531,6 +532,67 @@ impl Store for MongoStore {
             },
             doc! {"token_expiry": 1},
             Some(i64::from(limit)),
+        )
+        .await
+    }
+
+    async fn claim_links_due_for_refresh(
+        &self,
+        before: OffsetDateTime,
+        services: &[String],
+        owner: &str,
+        until: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<LinkRecord>, StoreError> {
+        let now = date(super::now());
+        let claimable = doc! {
+            "status": super::LinkStatus::Active.as_str(),
+            "refresh_token": {"$ne": null},
+            "integration_type": {"$in": services},
+            "token_expiry": {"$lt": date(before)},
+            "$and": [
+                {"$or": [{"refresh_lease_until": null}, {"refresh_lease_until": {"$lte": now.clone()}}]},
+                {"$or": [{"refresh_retry_after": null}, {"refresh_retry_after": {"$lte": now}}]},
+            ],
+        };
+        let links = self.coll(LINKS);
+        // The candidates, then one update that leases those still claimable (another
+        // host may have taken some meanwhile), then the ones this update leased: each
+        // carries this owner and this exact lease expiry.
+        let candidates: Vec<Document> = links
+            .find(claimable.clone())
+            .sort(doc! {"token_expiry": 1})
+            .limit(i64::from(limit))
+            .projection(doc! {"_id": 1})
+            .await
+            .map_err(store_error)?
+            .try_collect()
+            .await
+            .map_err(store_error)?;
+        let ids: Vec<Bson> = candidates
+            .into_iter()
+            .filter_map(|mut d| d.remove("_id"))
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut lease = claimable;
+        lease.insert("_id", doc! {"$in": ids.clone()});
+        let until = date(until);
+        links
+            .update_many(
+                lease,
+                doc! {
+                    "$set": {"refresh_lease_owner": owner, "refresh_lease_until": until.clone()},
+                    "$inc": {"version": 1_i64},
+                },
+            )
+            .await
+            .map_err(store_error)?;
+        self.find_links(
+            doc! {"_id": {"$in": ids}, "refresh_lease_owner": owner, "refresh_lease_until": until},
+            doc! {"token_expiry": 1},
+            None,
         )
         .await
     }
