@@ -391,13 +391,20 @@ async fn peer_rows() {
             "native Rust JSON echo (baseline, in flow8's bench)",
             echoes,
         );
-    run_load(echoes, concurrency, echo_step)
+    run_load(echoes, concurrency, echo_step.clone())
         .await
         .print_peer_row(
             section,
             "flow8: step in process (runtime.run_step, fresh sandbox per step)",
             echoes,
         );
+    // The same step one at a time: what running steps on both cores at once costs.
+    let sequential = (echoes / 4).max(1);
+    run_load(sequential, 1, echo_step).await.print_peer_row(
+        section,
+        "flow8: the same step one at a time (concurrency 1)",
+        sequential,
+    );
 }
 
 /// Issue 19 item 4: what a step of the JavaScript and Python example modules
@@ -668,12 +675,12 @@ async fn refresher_sweep() {
     println!("| links still due | {still_due} |");
     println!("| links marked needs_reconnect (a refresh token spent twice) | {reconnect} |");
     println!(
-        "| host A: links claimed and renewed / not renewed | {} / {} |",
-        a.fresh, a.not_renewed
+        "| host A: links claimed and renewed / not renewed / handed over | {} / {} / {} |",
+        a.fresh, a.not_renewed, a.handed_over
     );
     println!(
-        "| host B: links claimed and renewed / not renewed | {} / {} |",
-        b.fresh, b.not_renewed
+        "| host B: links claimed and renewed / not renewed / handed over | {} / {} / {} |",
+        b.fresh, b.not_renewed, b.handed_over
     );
     println!("| sweep wall time | {:.1} s |", wall.as_secs_f64());
     println!("| links renewed per second (both hosts) | {per_second:.0} |");

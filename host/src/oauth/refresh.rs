@@ -39,12 +39,16 @@ fn revoked(link: LinkRecord) -> OAuthError {
 pub(super) const EXPIRED: &str =
     "the access token expired and there is no refresh token to renew it";
 
-/// Due links a background sweep claims at a time (leases in the store); a sweep claims
-/// again while a batch was full, so one tick renews every due link it can.
-const BACKGROUND_REFRESH_BATCH: u32 = 500;
-
 /// Links a sweep renews at once.
 const SWEEP_CONCURRENCY: usize = 8;
+
+/// Due links a background sweep claims at a time (leases in the store); a sweep claims
+/// again while a batch was full, so one tick renews every due link it can. Small
+/// enough that the last link of a batch is reached well inside the claim's lease even
+/// on a slow store or provider (a link reached later is leased again first, or left
+/// to the host that claimed it meanwhile); large enough that claiming is a small part
+/// of the work.
+const BACKGROUND_REFRESH_BATCH: u32 = 8 * SWEEP_CONCURRENCY as u32;
 
 /// A link a sweep could not renew (the provider failed or refused, the token could not
 /// be saved) is claimed by no sweep, on any host, for this long (the link's
@@ -60,6 +64,16 @@ pub struct SweepReport {
     pub fresh: usize,
     /// Links claimed and not renewed: no sweep claims them for [`SWEEP_BACKOFF`].
     pub not_renewed: usize,
+    /// Links claimed whose lease ran out while they waited their turn in the batch and
+    /// that another host had leased by then: left to that host.
+    pub handed_over: usize,
+}
+
+/// What became of one link a sweep claimed.
+pub(super) enum Claimed {
+    Fresh,
+    NotRenewed,
+    HandedOver,
 }
 
 /// Why a link is being refreshed, and so when a refresh is no longer needed.
@@ -522,16 +536,16 @@ impl OAuthService {
                 }
             };
             let more = claimed.len() == BACKGROUND_REFRESH_BATCH as usize;
-            let renewed: Vec<bool> = futures_util::stream::iter(claimed)
+            let outcomes: Vec<Claimed> = futures_util::stream::iter(claimed)
                 .map(|link| self.renew_claimed(link))
                 .buffer_unordered(SWEEP_CONCURRENCY)
                 .collect()
                 .await;
-            for r in renewed {
-                if r {
-                    report.fresh += 1;
-                } else {
-                    report.not_renewed += 1;
+            for outcome in outcomes {
+                match outcome {
+                    Claimed::Fresh => report.fresh += 1,
+                    Claimed::NotRenewed => report.not_renewed += 1,
+                    Claimed::HandedOver => report.handed_over += 1,
                 }
             }
             // Every link of the batch was renewed or now backs off (or, if even that
@@ -543,34 +557,72 @@ impl OAuthService {
         report
     }
 
-    /// Renew a link this host's sweep claimed; whether its token is fresh now. One not
-    /// renewed backs off (see [`SWEEP_BACKOFF`]) and its lease is let go.
-    async fn renew_claimed(&self, claimed: LinkRecord) -> bool {
+    /// Renew a link this host's sweep claimed. One not renewed backs off (see
+    /// [`SWEEP_BACKOFF`]) and its lease is let go.
+    pub(super) async fn renew_claimed(&self, claimed: LinkRecord) -> Claimed {
         match self.refresh_claimed(&claimed).await {
-            Ok(link) if !self.expires_soon(&link) => return true,
-            Ok(_) => {}
+            Ok(Some(link)) if !self.expires_soon(&link) => return Claimed::Fresh,
+            Ok(None) => return Claimed::HandedOver,
+            Ok(Some(_)) => {}
             Err(e) => {
                 tracing::warn!(link = %claimed.id, error = %e, "background refresh failed");
             }
         }
         self.back_off(&claimed).await;
-        false
+        Claimed::NotRenewed
     }
 
-    async fn refresh_claimed(&self, claimed: &LinkRecord) -> Result<LinkRecord, OAuthError> {
+    /// The claimed link, refreshed if it still needs it; None when another host holds
+    /// its lease now (this claim's ran out while the link waited its turn in the batch):
+    /// that host renews it.
+    async fn refresh_claimed(
+        &self,
+        claimed: &LinkRecord,
+    ) -> Result<Option<LinkRecord>, OAuthError> {
         let p = self.provider(&claimed.integration_type)?;
         let flight = self.flight(&claimed.id);
         let guard = flight.lock().await;
         self.settle_journal(&claimed.id).await?;
         let current = self.link(&claimed.company_id, &claimed.id).await?;
-        if current.version == claimed.version {
-            // Nothing wrote it since the claim: the lease is this sweep's.
-            return self.refresh_leased(p, current, Need::Expiring).await;
+        if current.status != LinkStatus::Active || !self.still_needed(&current, Need::Expiring)? {
+            return Ok(Some(current));
         }
-        // A step of this host (same owner) refreshed or changed it meanwhile: the
-        // step's path decides whether anything is left to do.
-        drop(guard);
-        self.refresh(current, Need::Expiring).await
+        if self.leased_elsewhere(&current) {
+            return Ok(None);
+        }
+        if current.version != claimed.version {
+            // A step of this host (same owner) refreshed or changed it meanwhile: the
+            // step's path decides whether anything is left to do.
+            drop(guard);
+            return self.refresh(current, Need::Expiring).await.map(Some);
+        }
+        // The claim's lease, taken again once half of it has run (a link late in a long
+        // batch): two hosts must never both spend its refresh token.
+        let left = current
+            .refresh_lease_until
+            .map_or(time::Duration::ZERO, |t| t - now());
+        let leased = if left > time::Duration::try_from(self.lease / 2).unwrap_or_default() {
+            current
+        } else {
+            let until = now() + self.lease;
+            match self
+                .store
+                .try_lease_link(&current.company_id, &current.id, &self.owner, until)
+                .await?
+            {
+                Some(leased) => leased,
+                None => return Ok(None),
+            }
+        };
+        self.refresh_leased(p, leased, Need::Expiring)
+            .await
+            .map(Some)
+    }
+
+    /// Does another host hold the link's refresh lease now?
+    fn leased_elsewhere(&self, link: &LinkRecord) -> bool {
+        link.refresh_lease_until.is_some_and(|t| t > now())
+            && link.refresh_lease_owner.as_deref() != Some(self.owner.as_str())
     }
 
     /// A claimed link was not renewed: no sweep claims it for [`SWEEP_BACKOFF`], and
@@ -579,7 +631,10 @@ impl OAuthService {
         let Ok(Some(mut link)) = self.store.get_link(&claimed.company_id, &claimed.id).await else {
             return;
         };
-        if link.status != LinkStatus::Active || !self.expires_soon(&link) {
+        if link.status != LinkStatus::Active
+            || !self.expires_soon(&link)
+            || self.leased_elsewhere(&link)
+        {
             return;
         }
         let version = link.version;

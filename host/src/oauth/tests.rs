@@ -1,6 +1,7 @@
 //! Unit tests of the service over a real embedded store and real local HTTP servers
 //! (the dialect edge has its own, in `client.rs`).
 
+use super::refresh::Claimed;
 use super::*;
 use crate::store::{OAuthStateRecord, now};
 use serde_json::json;
@@ -537,6 +538,75 @@ async fn a_link_a_sweep_cannot_renew_backs_off_on_every_host() {
     let again = other.sweep_due_links().await;
     assert_eq!((again.fresh, again.not_renewed), (0, 1), "{again:?}");
     assert_eq!(requests.load(Ordering::SeqCst), 39);
+}
+
+/// A claim's lease runs out while the link waits its turn (a long batch, a slow store):
+/// the claimer takes the lease again before refreshing, and once another host has
+/// claimed the link the first leaves it to that host. A refresh token is never spent
+/// twice.
+#[tokio::test]
+async fn a_claim_whose_lease_ran_out_is_leased_again_or_handed_over() {
+    use std::sync::atomic::Ordering;
+    let (url, requests) = token_endpoint(rotating).await;
+    let (store, oauth) = service_with(json!({"token_url": url}));
+    let mut a = oauth;
+    a.refresh_window = Duration::from_secs(300);
+    let mut b = OAuthService::new(store.clone(), a.vault.clone(), a.providers.clone());
+    b.refresh_window = Duration::from_secs(300);
+    let services = vec!["google".to_string()];
+    let before = now() + Duration::from_secs(300);
+    let claim = |owner: String| {
+        let (store, services) = (store.clone(), services.clone());
+        async move {
+            store
+                .claim_links_due_for_refresh(
+                    before,
+                    &services,
+                    &owner,
+                    now() + Duration::from_millis(200),
+                    10,
+                )
+                .await
+                .unwrap()
+        }
+    };
+    // Run down but nobody else's: leased again, then renewed once.
+    let link = insert_link(&store, &a, Duration::from_secs(60)).await;
+    let claimed = claim(a.owner.clone()).await;
+    assert_eq!(claimed.len(), 1);
+    assert!(matches!(
+        a.renew_claimed(claimed[0].clone()).await,
+        Claimed::Fresh
+    ));
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+    let renewed = store.get_link("A", &link.id).await.unwrap().unwrap();
+    assert!(renewed.refresh_lease_owner.is_none());
+    // Run out and claimed by another host meanwhile: handed over, no request...
+    let link = insert_link(&store, &a, Duration::from_secs(60)).await;
+    let claimed = claim(a.owner.clone()).await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let theirs = claim(b.owner.clone()).await;
+    assert_eq!(theirs.len(), 1, "the lapsed claim is claimable");
+    assert!(matches!(
+        a.renew_claimed(claimed[0].clone()).await,
+        Claimed::HandedOver
+    ));
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+    // ...and the other host renews it once, its lease untouched by the first.
+    let stored = store.get_link("A", &link.id).await.unwrap().unwrap();
+    assert!(stored.refresh_retry_after.is_none());
+    assert!(matches!(
+        b.renew_claimed(theirs[0].clone()).await,
+        Claimed::Fresh
+    ));
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+    // A claim that another host has since renewed is found fresh, not refreshed again.
+    let claimed_again = store.get_link("A", &link.id).await.unwrap().unwrap();
+    assert!(matches!(
+        a.renew_claimed(claimed_again).await,
+        Claimed::Fresh
+    ));
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
 }
 
 /// Two hosts on one store sweeping at once: every due link renewed once, by one of them.

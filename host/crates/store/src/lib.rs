@@ -636,8 +636,9 @@ pub trait Store: Send + Sync + 'static {
     /// `limit` of the links [`Store::links_due_for_refresh`] lists whose refresh lease
     /// nobody holds (none, or expired) and whose `refresh_retry_after` has passed;
     /// soonest expiry first, each leased in the same atomic step that checks it is
-    /// free. The links as they are after the lease. Hosts claiming at once get disjoint
-    /// batches, and links a dead host still holds are passed over, never waited on.
+    /// free. The links as they are after the lease; fewer than `limit` only when no
+    /// more were free. Hosts claiming at once get disjoint batches, and links a dead
+    /// host still holds are passed over, never waited on.
     fn claim_links_due_for_refresh(
         &self,
         before: OffsetDateTime,

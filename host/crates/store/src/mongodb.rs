@@ -58,6 +58,10 @@ const SUBSCRIPTIONS: &str = "webhook_subscriptions";
 const DUPLICATE_KEY: i32 = 11000;
 
 /// Fields kept as BSON dates, per record type.
+/// Find-then-lease rounds one claim of due links makes at most (each round lost only
+/// to links another host leased meanwhile).
+const CLAIM_ROUNDS: usize = 8;
+
 const LINK_DATES: &[&str] = &[
     "token_expiry",
     "refresh_lease_until",
@@ -556,45 +560,58 @@ impl Store for MongoStore {
             ],
         };
         let links = self.coll(LINKS);
-        // The candidates, then one update that leases those still claimable (another
-        // host may have taken some meanwhile), then the ones this update leased: each
-        // carries this owner and this exact lease expiry.
-        let candidates: Vec<Document> = links
-            .find(claimable.clone())
-            .sort(doc! {"token_expiry": 1})
-            .limit(i64::from(limit))
-            .projection(doc! {"_id": 1})
-            .await
-            .map_err(store_error)?
-            .try_collect()
-            .await
-            .map_err(store_error)?;
-        let ids: Vec<Bson> = candidates
-            .into_iter()
-            .filter_map(|mut d| d.remove("_id"))
-            .collect();
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut lease = claimable;
-        lease.insert("_id", doc! {"$in": ids.clone()});
         let until = date(until);
-        links
-            .update_many(
-                lease,
-                doc! {
-                    "$set": {"refresh_lease_owner": owner, "refresh_lease_until": until.clone()},
-                    "$inc": {"version": 1_i64},
-                },
-            )
-            .await
-            .map_err(store_error)?;
-        self.find_links(
-            doc! {"_id": {"$in": ids}, "refresh_lease_owner": owner, "refresh_lease_until": until},
-            doc! {"token_expiry": 1},
-            None,
-        )
-        .await
+        // The candidates, then one update that leases those still claimable, then the
+        // ones this update leased: each carries this owner and this exact lease expiry.
+        // Another host may take some candidates between the find and the update; the
+        // claim then looks again, so it comes back short only when nothing more is free
+        // (a sweep takes a short batch as the end of the due links).
+        let mut claimed = Vec::new();
+        for _ in 0..CLAIM_ROUNDS {
+            let want = i64::from(limit) - claimed.len() as i64;
+            if want <= 0 {
+                break;
+            }
+            let candidates: Vec<Document> = links
+                .find(claimable.clone())
+                .sort(doc! {"token_expiry": 1})
+                .limit(want)
+                .projection(doc! {"_id": 1})
+                .await
+                .map_err(store_error)?
+                .try_collect()
+                .await
+                .map_err(store_error)?;
+            let ids: Vec<Bson> = candidates
+                .into_iter()
+                .filter_map(|mut d| d.remove("_id"))
+                .collect();
+            if ids.is_empty() {
+                break;
+            }
+            let mut lease = claimable.clone();
+            lease.insert("_id", doc! {"$in": ids.clone()});
+            links
+                .update_many(
+                    lease,
+                    doc! {
+                        "$set": {"refresh_lease_owner": owner, "refresh_lease_until": until.clone()},
+                        "$inc": {"version": 1_i64},
+                    },
+                )
+                .await
+                .map_err(store_error)?;
+            claimed.extend(
+                self.find_links(
+                    doc! {"_id": {"$in": ids}, "refresh_lease_owner": owner, "refresh_lease_until": until.clone()},
+                    doc! {"token_expiry": 1},
+                    None,
+                )
+                .await?,
+            );
+        }
+        claimed.sort_by_key(|l| l.token_expiry);
+        Ok(claimed)
     }
 
     async fn delete_link(
