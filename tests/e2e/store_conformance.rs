@@ -435,13 +435,13 @@ async fn sweeps_claim_due_links_in_disjoint_batches<S: Store + Clone>(s: &S) {
         assert_eq!(stored.refresh_lease_until, l.refresh_lease_until);
     }
     // Two hosts claiming at once get disjoint batches that together cover the rest.
-    let (a, b) = {
-        let (sa, sb) = (s.clone(), s.clone());
-        let a = tokio::spawn(async move {
+    let claim_all = |owner: &'static str| {
+        let s = s.clone();
+        tokio::spawn(async move {
             let mut got = Vec::new();
             loop {
-                let batch = sa
-                    .claim_links_due_for_refresh(before, &auto_refresh(), "host-a", until(), 4)
+                let batch = s
+                    .claim_links_due_for_refresh(before, &auto_refresh(), owner, until(), 4)
                     .await
                     .unwrap();
                 if batch.is_empty() {
@@ -449,22 +449,10 @@ async fn sweeps_claim_due_links_in_disjoint_batches<S: Store + Clone>(s: &S) {
                 }
                 got.extend(batch.into_iter().map(|l| l.id));
             }
-        });
-        let b = tokio::spawn(async move {
-            let mut got = Vec::new();
-            loop {
-                let batch = sb
-                    .claim_links_due_for_refresh(before, &auto_refresh(), "host-b", until(), 4)
-                    .await
-                    .unwrap();
-                if batch.is_empty() {
-                    break got;
-                }
-                got.extend(batch.into_iter().map(|l| l.id));
-            }
-        });
-        (a.await.unwrap(), b.await.unwrap())
+        })
     };
+    let (a, b) = (claim_all("host-a"), claim_all("host-b"));
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
     let mut all: Vec<String> = a.iter().chain(&b).cloned().collect();
     all.sort();
     let mut want: Vec<String> = due[4..].to_vec();

@@ -277,6 +277,25 @@ fn link_doc(
 }
 
 /// Parse every JSON document a query returns.
+/// Give `owner` the refresh lease of `link` until `until`, in `tx` (version + 1).
+fn lease_link(
+    tx: &rusqlite::Transaction<'_>,
+    link: &mut LinkRecord,
+    owner: String,
+    until: time::OffsetDateTime,
+) -> Result<(), StoreError> {
+    link.refresh_lease_owner = Some(owner);
+    link.refresh_lease_until = Some(until);
+    link.version += 1;
+    let doc = serde_json::to_string(&*link).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    tx.execute(
+        "UPDATE db_links SET doc = ?1, version = ?2 WHERE company_id = ?3 AND id = ?4",
+        params![doc, link.version, link.company_id, link.id],
+    )
+    .map_err(unavailable)?;
+    Ok(())
+}
+
 fn docs<T: serde::de::DeserializeOwned>(
     rows: impl Iterator<Item = rusqlite::Result<String>>,
 ) -> Result<Vec<T>, StoreError> {
@@ -717,16 +736,7 @@ impl Store for EmbeddedStore {
                 {
                     continue;
                 }
-                link.refresh_lease_owner = Some(owner.clone());
-                link.refresh_lease_until = Some(until);
-                link.version += 1;
-                let doc =
-                    serde_json::to_string(&link).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                tx.execute(
-                    "UPDATE db_links SET doc = ?1, version = ?2 WHERE company_id = ?3 AND id = ?4",
-                    params![doc, link.version, link.company_id, link.id],
-                )
-                .map_err(unavailable)?;
+                lease_link(tx, &mut link, owner.clone(), until)?;
                 claimed.push(link);
             }
             Ok(claimed)
@@ -799,16 +809,7 @@ impl Store for EmbeddedStore {
             {
                 return Ok(None);
             }
-            link.refresh_lease_owner = Some(owner);
-            link.refresh_lease_until = Some(until);
-            link.version += 1;
-            let doc =
-                serde_json::to_string(&link).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            tx.execute(
-                "UPDATE db_links SET doc = ?1, version = ?2 WHERE company_id = ?3 AND id = ?4",
-                params![doc, link.version, link.company_id, link.id],
-            )
-            .map_err(unavailable)?;
+            lease_link(tx, &mut link, owner, until)?;
             Ok(Some(link))
         })
         .await
