@@ -60,7 +60,7 @@ const SWEEP_BACKOFF: Duration = Duration::from_secs(300);
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SweepReport {
     /// Links claimed whose token now expires beyond the refresh window (renewed by
-    /// this sweep, or by a step of this host meanwhile).
+    /// this sweep, or meanwhile by a step or another host).
     pub fresh: usize,
     /// Links claimed and not renewed: no sweep claims them for [`SWEEP_BACKOFF`].
     pub not_renewed: usize,

@@ -452,13 +452,36 @@ async fn a_kept_link_serves_steps_until_a_write_here_or_its_lifetime_and_never_p
     assert_eq!(requests.load(Ordering::SeqCst), 1);
 }
 
+/// A service whose token endpoint answers with `answer`, with a 300 s refresh window
+/// (the sweep tests): its store, and the endpoint's request count.
+async fn sweeping_service(
+    answer: impl Fn(usize) -> (u16, serde_json::Value) + Send + Sync + 'static,
+) -> (
+    Arc<AnyStore>,
+    OAuthService,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let (url, requests) = token_endpoint(answer).await;
+    let (store, mut oauth) = service_with(json!({"token_url": url}));
+    oauth.refresh_window = Duration::from_secs(300);
+    (store, oauth, requests)
+}
+
+/// Another host on `oauth`'s store, with its vault, providers and refresh window.
+fn another_host(oauth: &OAuthService) -> OAuthService {
+    let mut other = OAuthService::new(
+        oauth.store.clone(),
+        oauth.vault.clone(),
+        oauth.providers.clone(),
+    );
+    other.refresh_window = oauth.refresh_window;
+    other
+}
+
 #[tokio::test]
 async fn a_sweep_renews_every_due_link_not_only_one_batch() {
     use std::sync::atomic::Ordering;
-    let (url, requests) = token_endpoint(rotating).await;
-    let (store, oauth) = service_with(json!({"token_url": url}));
-    let mut oauth = oauth;
-    oauth.refresh_window = Duration::from_secs(300);
+    let (store, oauth, requests) = sweeping_service(rotating).await;
     for _ in 0..1100 {
         insert_link(&store, &oauth, Duration::from_secs(60)).await;
     }
@@ -473,10 +496,7 @@ async fn a_sweep_renews_every_due_link_not_only_one_batch() {
 #[tokio::test]
 async fn links_a_dead_host_holds_are_passed_over_and_hide_no_others() {
     use std::sync::atomic::Ordering;
-    let (url, requests) = token_endpoint(rotating).await;
-    let (store, oauth) = service_with(json!({"token_url": url}));
-    let mut oauth = oauth;
-    oauth.refresh_window = Duration::from_secs(300);
+    let (store, oauth, requests) = sweeping_service(rotating).await;
     // 600 links first in expiry order whose lease a dead host holds for an hour: more
     // than a batch, all of them in front of the 300 renewable ones.
     for _ in 0..600 {
@@ -507,11 +527,8 @@ async fn links_a_dead_host_holds_are_passed_over_and_hide_no_others() {
 #[tokio::test]
 async fn a_link_a_sweep_cannot_renew_backs_off_on_every_host() {
     use std::sync::atomic::Ordering;
-    let (url, requests) =
-        token_endpoint(|_| (503, json!({"error": "temporarily_unavailable"}))).await;
-    let (store, oauth) = service_with(json!({"token_url": url}));
-    let mut oauth = oauth;
-    oauth.refresh_window = Duration::from_secs(300);
+    let (store, oauth, requests) =
+        sweeping_service(|_| (503, json!({"error": "temporarily_unavailable"}))).await;
     let mut links = Vec::new();
     for _ in 0..12 {
         links.push(insert_link(&store, &oauth, Duration::from_secs(60)).await);
@@ -526,8 +543,7 @@ async fn a_link_a_sweep_cannot_renew_backs_off_on_every_host() {
         assert!(after > now() + Duration::from_secs(200), "{after}");
     }
     // Another host on the same store claims none of them.
-    let mut other = OAuthService::new(store.clone(), oauth.vault.clone(), oauth.providers.clone());
-    other.refresh_window = Duration::from_secs(300);
+    let other = another_host(&oauth);
     assert_eq!(other.sweep_due_links().await, SweepReport::default());
     assert_eq!(requests.load(Ordering::SeqCst), 36);
     // Once the back-off has passed (moved into the past here), the link is claimed again.
@@ -547,12 +563,8 @@ async fn a_link_a_sweep_cannot_renew_backs_off_on_every_host() {
 #[tokio::test]
 async fn a_claim_whose_lease_ran_out_is_leased_again_or_handed_over() {
     use std::sync::atomic::Ordering;
-    let (url, requests) = token_endpoint(rotating).await;
-    let (store, oauth) = service_with(json!({"token_url": url}));
-    let mut a = oauth;
-    a.refresh_window = Duration::from_secs(300);
-    let mut b = OAuthService::new(store.clone(), a.vault.clone(), a.providers.clone());
-    b.refresh_window = Duration::from_secs(300);
+    let (store, a, requests) = sweeping_service(rotating).await;
+    let b = another_host(&a);
     let services = vec!["google".to_string()];
     let before = now() + Duration::from_secs(300);
     let claim = |owner: String| {

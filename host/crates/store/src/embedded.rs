@@ -125,29 +125,39 @@ CREATE INDEX IF NOT EXISTS subscriptions_by_link ON webhook_subscriptions (compa
 CREATE INDEX IF NOT EXISTS subscriptions_due ON webhook_subscriptions (status, expires_at);
 ";
 
-/// The background refresher's query. Its status and refresh-token terms are the
-/// partial index's own (so SQLite walks only links the refresher may renew, in expiry
-/// order); the services are a JSON array bound as one parameter.
-const DUE_FOR_REFRESH: &str = "SELECT doc FROM db_links
+/// The links the background refresher renews, as a `FROM ... WHERE` clause shared by
+/// its two queries. Its status and refresh-token terms are the partial index's own (so
+/// SQLite walks only links the refresher may renew, in expiry order); the services are
+/// a JSON array bound as one parameter (`?2`), the expiry bound is `?1`.
+macro_rules! due_for_refresh {
+    () => {
+        "FROM db_links
     WHERE token_expiry < ?1
       AND json_extract(doc, '$.status') = 'active'
       AND json_extract(doc, '$.refresh_token') IS NOT NULL
-      AND integration_type IN (SELECT value FROM json_each(?2))
-    ORDER BY token_expiry LIMIT ?3";
+      AND integration_type IN (SELECT value FROM json_each(?2))"
+    };
+}
 
-/// [`DUE_FOR_REFRESH`] less the links a sweep may not claim now: leased (unexpired) or
-/// backing off. Dates inside the document are RFC 3339, which `julianday` reads; the
-/// claim checks each row again once parsed.
-const CLAIMABLE_FOR_REFRESH: &str = "SELECT doc FROM db_links
-    WHERE token_expiry < ?1
-      AND json_extract(doc, '$.status') = 'active'
-      AND json_extract(doc, '$.refresh_token') IS NOT NULL
-      AND integration_type IN (SELECT value FROM json_each(?2))
-      AND (json_extract(doc, '$.refresh_lease_until') IS NULL
+/// The background refresher's due links.
+const DUE_FOR_REFRESH: &str = concat!(
+    "SELECT doc ",
+    due_for_refresh!(),
+    " ORDER BY token_expiry LIMIT ?3"
+);
+
+/// [`DUE_FOR_REFRESH`] less the links a sweep may not claim now (`?3`): leased
+/// (unexpired) or backing off. Dates inside the document are RFC 3339, which
+/// `julianday` reads; the claim checks each row again once parsed.
+const CLAIMABLE_FOR_REFRESH: &str = concat!(
+    "SELECT doc ",
+    due_for_refresh!(),
+    " AND (json_extract(doc, '$.refresh_lease_until') IS NULL
            OR julianday(json_extract(doc, '$.refresh_lease_until')) <= julianday(?3))
       AND (json_extract(doc, '$.refresh_retry_after') IS NULL
            OR julianday(json_extract(doc, '$.refresh_retry_after')) <= julianday(?3))
-    ORDER BY token_expiry LIMIT ?4";
+    ORDER BY token_expiry LIMIT ?4"
+);
 
 /// SQLite-backed store. Cloning shares the connections.
 #[derive(Clone)]
@@ -276,7 +286,6 @@ fn link_doc(
     .map_err(unavailable)
 }
 
-/// Parse every JSON document a query returns.
 /// Give `owner` the refresh lease of `link` until `until`, in `tx` (version + 1).
 fn lease_link(
     tx: &rusqlite::Transaction<'_>,
@@ -296,6 +305,7 @@ fn lease_link(
     Ok(())
 }
 
+/// Parse every JSON document a query returns.
 fn docs<T: serde::de::DeserializeOwned>(
     rows: impl Iterator<Item = rusqlite::Result<String>>,
 ) -> Result<Vec<T>, StoreError> {
@@ -1607,27 +1617,30 @@ mod tests {
         }
     }
 
-    /// The refresher's query walks the partial index of refreshable links, so its cost
-    /// does not grow with the links it skips.
+    /// The refresher's queries (its list and a sweep's claim) walk the partial index of
+    /// refreshable links, so their cost does not grow with the links they skip.
     #[test]
-    fn the_refresher_query_uses_its_partial_index() {
+    fn the_refresher_queries_use_their_partial_index() {
         let s = EmbeddedStore::open_in_memory().unwrap();
-        let plan: Vec<String> = {
-            let c = lock(&s.reader);
-            let mut q = c
-                .prepare(&format!("EXPLAIN QUERY PLAN {DUE_FOR_REFRESH}"))
-                .unwrap();
-            q.query_map(params![0_i64, "[\"slack\"]", 10_u32], |r| {
-                r.get::<_, String>(3)
-            })
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
+        let c = lock(&s.reader);
+        let plan = |query: &str, params: &[&dyn rusqlite::ToSql]| -> Vec<String> {
+            let mut q = c.prepare(&format!("EXPLAIN QUERY PLAN {query}")).unwrap();
+            q.query_map(params, |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
         };
-        assert!(
-            plan.iter().any(|l| l.contains("links_due_for_refresh")),
-            "{plan:?}"
+        let due = plan(DUE_FOR_REFRESH, params![0_i64, "[\"slack\"]", 10_u32]);
+        let claim = plan(
+            CLAIMABLE_FOR_REFRESH,
+            params![0_i64, "[\"slack\"]", "2026-12-06T00:00:00Z", 10_u32],
         );
+        for p in [due, claim] {
+            assert!(
+                p.iter().any(|l| l.contains("links_due_for_refresh")),
+                "{p:?}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -57,11 +57,11 @@ const SUBSCRIPTIONS: &str = "webhook_subscriptions";
 /// MongoDB error code for a unique-index violation.
 const DUPLICATE_KEY: i32 = 11000;
 
-/// Fields kept as BSON dates, per record type.
 /// Find-then-lease rounds one claim of due links makes at most (each round lost only
 /// to links another host leased meanwhile).
 const CLAIM_ROUNDS: usize = 8;
 
+/// Fields kept as BSON dates, per record type.
 const LINK_DATES: &[&str] = &[
     "token_expiry",
     "refresh_lease_until",
@@ -102,6 +102,17 @@ fn id(s: &str) -> Bson {
         return Bson::ObjectId(oid);
     }
     Bson::String(s.to_string())
+}
+
+/// The links the background refresher renews (its list and a sweep's claim): active,
+/// holding a refresh token, of one of `services`, expiring before `before`.
+fn due_for_refresh(before: OffsetDateTime, services: &[String]) -> Document {
+    doc! {
+        "status": super::LinkStatus::Active.as_str(),
+        "refresh_token": {"$ne": null},
+        "integration_type": {"$in": services},
+        "token_expiry": {"$lt": date(before)},
+    }
 }
 
 fn date(t: OffsetDateTime) -> Bson {
@@ -528,12 +539,7 @@ impl Store for MongoStore {
         limit: u32,
     ) -> Result<Vec<LinkRecord>, StoreError> {
         self.find_links(
-            doc! {
-                "status": super::LinkStatus::Active.as_str(),
-                "refresh_token": {"$ne": null},
-                "integration_type": {"$in": services},
-                "token_expiry": {"$lt": date(before)},
-            },
+            due_for_refresh(before, services),
             doc! {"token_expiry": 1},
             Some(i64::from(limit)),
         )
@@ -549,16 +555,14 @@ impl Store for MongoStore {
         limit: u32,
     ) -> Result<Vec<LinkRecord>, StoreError> {
         let now = date(super::now());
-        let claimable = doc! {
-            "status": super::LinkStatus::Active.as_str(),
-            "refresh_token": {"$ne": null},
-            "integration_type": {"$in": services},
-            "token_expiry": {"$lt": date(before)},
-            "$and": [
-                {"$or": [{"refresh_lease_until": null}, {"refresh_lease_until": {"$lte": now.clone()}}]},
-                {"$or": [{"refresh_retry_after": null}, {"refresh_retry_after": {"$lte": now}}]},
+        let mut claimable = due_for_refresh(before, services);
+        claimable.insert(
+            "$and",
+            vec![
+                doc! {"$or": [{"refresh_lease_until": null}, {"refresh_lease_until": {"$lte": now.clone()}}]},
+                doc! {"$or": [{"refresh_retry_after": null}, {"refresh_retry_after": {"$lte": now}}]},
             ],
-        };
+        );
         let links = self.coll(LINKS);
         let until = date(until);
         // The candidates, then one update that leases those still claimable, then the
